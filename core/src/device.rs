@@ -1,0 +1,65 @@
+//! Device identities as the registry stores them, and the read-only view gateways and the
+//! engine use.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceStatus {
+    #[default]
+    Enabled,
+    Disabled,
+}
+
+/// How a device authenticates. Only SAS exists today; X.509 variants come with the
+/// provisioning work and keep this shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum DeviceAuth {
+    Sas {
+        primary_key: String,
+        secondary_key: String,
+    },
+}
+
+/// A device as stored in the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub device_id: String,
+    pub generation_id: String,
+    pub etag: String,
+    pub status: DeviceStatus,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    pub auth: DeviceAuth,
+    /// Free-form JSON object; rules read it as `$twin.tags.*`.
+    #[serde(default = "empty_object")]
+    pub tags: serde_json::Value,
+    /// RFC 3339, UTC.
+    pub created_time: String,
+    pub status_updated_time: String,
+    pub last_updated_time: String,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+impl DeviceRecord {
+    /// The symmetric keys, when the device uses SAS.
+    pub fn sas_keys(&self) -> Option<(&str, &str)> {
+        match &self.auth {
+            DeviceAuth::Sas {
+                primary_key,
+                secondary_key,
+            } => Some((primary_key, secondary_key)),
+        }
+    }
+}
+
+/// Read access to the device registry, fast enough for the per-event path.
+pub trait DeviceDirectory: Send + Sync {
+    fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>>;
+}

@@ -1,0 +1,137 @@
+//! The event envelope: what a gateway hands the engine and the engine hands a sink.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ids::DeviceId;
+
+/// Which stream an event belongs to; routes select one (IoT Hub's "data source").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    DeviceMessages,
+    TwinChangeEvents,
+    DeviceLifecycleEvents,
+    DeviceConnectionStateEvents,
+}
+
+impl EventSource {
+    pub const ALL: [EventSource; 4] = [
+        EventSource::DeviceMessages,
+        EventSource::TwinChangeEvents,
+        EventSource::DeviceLifecycleEvents,
+        EventSource::DeviceConnectionStateEvents,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventSource::DeviceMessages => "DeviceMessages",
+            EventSource::TwinChangeEvents => "TwinChangeEvents",
+            EventSource::DeviceLifecycleEvents => "DeviceLifecycleEvents",
+            EventSource::DeviceConnectionStateEvents => "DeviceConnectionStateEvents",
+        }
+    }
+
+    /// Parses a route's `source`, case-insensitively as IoT Hub does.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|src| src.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for EventSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the connection that produced the event proved its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthMethod {
+    Sas,
+    X509Thumbprint,
+    X509Ca,
+    /// Events Weir itself produces (lifecycle, twin changes made by a service).
+    Internal,
+}
+
+impl AuthMethod {
+    /// The `type` IoT Hub reports in `$connectionAuthMethod`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Sas => "sas",
+            AuthMethod::X509Thumbprint => "selfSigned",
+            AuthMethod::X509Ca => "certificateAuthority",
+            AuthMethod::Internal => "internal",
+        }
+    }
+}
+
+/// IoT Hub system properties a device may set in the property bag (`$.mid`, `$.cid`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SystemProperties {
+    /// `$.mid`
+    pub message_id: Option<String>,
+    /// `$.cid`
+    pub correlation_id: Option<String>,
+    /// `$.ct`
+    pub content_type: Option<String>,
+    /// `$.ce`
+    pub content_encoding: Option<String>,
+    /// `$.uid`
+    pub user_id: Option<String>,
+    /// `$.on` (module output name)
+    pub output_name: Option<String>,
+    /// `iothub-creation-time-utc`, as the device wrote it
+    pub creation_time_utc: Option<String>,
+    /// `$.schema` (IoT Plug and Play `dt-dataschema`)
+    pub dt_dataschema: Option<String>,
+    /// `$.sub` (IoT Plug and Play `dt-subject`)
+    pub dt_subject: Option<String>,
+}
+
+/// One event on its way through Weir.
+///
+/// `enqueued_ms` is the time Weir accepted the event and is the engine's notion of time:
+/// sinks partition by it and the dataflow frontier is expressed in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub source: EventSource,
+    pub device_id: DeviceId,
+    pub module_id: Option<Arc<str>>,
+    /// The registry generation id of the device at the time it connected.
+    pub generation_id: Option<Arc<str>>,
+    pub auth_method: AuthMethod,
+    pub enqueued_ms: i64,
+    pub system: SystemProperties,
+    /// Application properties, in the order the device sent them; keys are unique.
+    pub properties: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl Event {
+    /// A device-to-cloud message with no properties; gateways fill in the rest.
+    pub fn telemetry(device_id: DeviceId, enqueued_ms: i64, body: Bytes) -> Self {
+        Event {
+            source: EventSource::DeviceMessages,
+            device_id,
+            module_id: None,
+            generation_id: None,
+            auth_method: AuthMethod::Sas,
+            enqueued_ms,
+            system: SystemProperties::default(),
+            properties: Vec::new(),
+            body,
+        }
+    }
+
+    /// Looks up an application property, case-insensitively as IoT Hub does.
+    pub fn property(&self, name: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}

@@ -1,0 +1,19 @@
+//! Weir's shared vocabulary.
+//!
+//! Every other crate depends on this one and on nothing else of Weir's, so it stays small:
+//! the event envelope that flows from a gateway through the engine to a sink, device ids,
+//! the device directory the gateways authenticate against and the engine enriches from,
+//! and the [`Sink`] seam that storage implements.
+
+pub mod device;
+pub mod endpoint;
+pub mod event;
+pub mod ids;
+pub mod sink;
+pub mod time;
+
+pub use device::{DeviceDirectory, DeviceRecord, DeviceStatus};
+pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
+pub use event::{AuthMethod, Event, EventSource, SystemProperties};
+pub use ids::{DeviceId, InvalidId};
+pub use sink::{Sink, SinkError, SinkFactory};

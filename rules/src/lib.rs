@@ -1,0 +1,26 @@
+//! Routing rules written as files.
+//!
+//! A rules directory holds TOML files declaring endpoints, routes (conditions in the
+//! IoT Hub routing query language), a fallback and enrichments. The pipeline here is
+//! text → [`lex`] → [`parse`] (syntax tree) → [`compile`] ([`ir`]) → [`eval`], with
+//! [`load`] turning files into a [`RuleSet`] and every problem into a [`Diagnostic`].
+//! [`interp`] is an independent, naive evaluator that tests compare against.
+
+pub mod ast;
+pub mod compile;
+pub mod diag;
+pub mod eval;
+pub mod file;
+pub mod interp;
+pub mod ir;
+pub mod lex;
+pub mod load;
+pub mod parse;
+pub mod ruleset;
+pub mod value;
+pub mod view;
+
+pub use diag::Diagnostic;
+pub use load::{SourceFile, load_dir, load_sources, read_dir};
+pub use ruleset::{Outcome, Route, RuleSet};
+pub use view::{EventView, MessageView};

@@ -1,0 +1,385 @@
+//! Reads rules files into a [`RuleSet`], collecting every problem as a [`Diagnostic`].
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use toml::Spanned;
+use weir_core::{ColumnSpec, ColumnType, EndpointKind, EndpointSpec, EventSource};
+
+use crate::compile::compile_str;
+use crate::diag::{Diagnostic, string_offsets};
+use crate::file::{RawEndpoint, RawFile};
+use crate::ir::Ir;
+use crate::parse::SyntaxError;
+use crate::ruleset::{EnrichValue, Enrichment, Route, RuleSet};
+
+/// One rules file's name (as shown in diagnostics) and text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub text: Arc<str>,
+}
+
+/// Columns every Parquet file has; typed columns may not reuse these names.
+pub const BUILTIN_COLUMNS: [&str; 7] = [
+    "device_id",
+    "enqueued_time",
+    "message_id",
+    "correlation_id",
+    "content_type",
+    "properties",
+    "body",
+];
+
+/// Placeholders a Parquet `path` template may use.
+pub const PATH_PLACEHOLDERS: [&str; 5] = ["date", "hour", "year", "month", "day"];
+
+/// Reads every `*.toml` file in `dir` (sorted by name) and compiles them as one set.
+pub fn load_dir(dir: &Path, hub_name: &str) -> Result<RuleSet, Vec<Diagnostic>> {
+    read_dir(dir).and_then(|files| load_sources(&files, hub_name))
+}
+
+/// Lists and reads the rules files of `dir`.
+pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
+    let io_diag = |what: String| {
+        vec![Diagnostic {
+            file: dir.display().to_string(),
+            src: Arc::from(""),
+            span: 0..0,
+            message: what,
+            hint: Some("pass an existing directory with --rules".into()),
+        }]
+    };
+    let entries = std::fs::read_dir(dir).map_err(|e| io_diag(format!("cannot read the rules directory: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    let mut files = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| io_diag(format!("cannot read {}: {e}", path.display())))?;
+        files.push(SourceFile {
+            name: path.display().to_string(),
+            path,
+            text: Arc::from(text),
+        });
+    }
+    Ok(files)
+}
+
+/// Compiles already-read files into one rule set.
+pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec<Diagnostic>> {
+    let mut b = Builder {
+        files,
+        diags: Vec::new(),
+        set: RuleSet {
+            hub_name: hub_name.to_owned(),
+            files: files.iter().map(|f| f.path.clone()).collect(),
+            ..RuleSet::default()
+        },
+        endpoint_names: HashMap::new(),
+        route_names: HashMap::new(),
+        fallback_at: None,
+    };
+    let parsed: Vec<Option<RawFile>> = files.iter().enumerate().map(|(i, f)| b.parse(i, f)).collect();
+    for (i, raw) in parsed.iter().enumerate() {
+        if let Some(raw) = raw {
+            for ep in &raw.endpoint {
+                b.endpoint(i, ep);
+            }
+        }
+    }
+    for (i, raw) in parsed.into_iter().enumerate() {
+        let Some(raw) = raw else { continue };
+        for r in raw.route {
+            b.route(i, r);
+        }
+        if let Some(fb) = raw.fallback {
+            b.fallback(i, fb);
+        }
+        for e in raw.enrichment {
+            b.enrichment(i, e);
+        }
+    }
+    if b.diags.is_empty() { Ok(b.set) } else { Err(b.diags) }
+}
+
+struct Builder<'a> {
+    files: &'a [SourceFile],
+    diags: Vec<Diagnostic>,
+    set: RuleSet,
+    endpoint_names: HashMap<String, (usize, Range<usize>)>,
+    route_names: HashMap<String, (usize, Range<usize>)>,
+    fallback_at: Option<(usize, Range<usize>)>,
+}
+
+impl Builder<'_> {
+    fn diag(&mut self, file: usize, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+        let f = &self.files[file];
+        self.diags.push(Diagnostic {
+            file: f.name.clone(),
+            src: Arc::clone(&f.text),
+            span,
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn where_is(&self, (file, span): &(usize, Range<usize>)) -> String {
+        let d = Diagnostic {
+            file: self.files[*file].name.clone(),
+            src: Arc::clone(&self.files[*file].text),
+            span: span.clone(),
+            message: String::new(),
+            hint: None,
+        };
+        let (l, c) = d.line_col();
+        format!("{}:{l}:{c}", d.file)
+    }
+
+    fn parse(&mut self, i: usize, f: &SourceFile) -> Option<RawFile> {
+        match toml::from_str::<RawFile>(&f.text) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                let msg = e.message().trim().to_owned();
+                let hint = if msg.contains("unknown field") {
+                    Some("top-level tables are [[endpoint]], [[route]], [fallback] and [[enrichment]]; check the key's spelling".into())
+                } else {
+                    None
+                };
+                self.diag(i, span, msg, hint);
+                None
+            }
+        }
+    }
+
+    /// Compiles an expression held in a TOML string, mapping error positions into the file.
+    fn expr(&mut self, file: usize, s: &Spanned<String>, offset_in_value: usize, text: &str) -> Option<Ir> {
+        match compile_str(text) {
+            Ok(ir) => Some(ir),
+            Err(SyntaxError { span, message, hint }) => {
+                let map = string_offsets(&self.files[file].text[s.span()], s.span().start);
+                let at = |o: usize| map.get(o + offset_in_value).copied().unwrap_or(s.span().end);
+                let file_span = at(span.start)..at(span.end).max(at(span.start) + 1);
+                self.diag(file, file_span, message, hint);
+                None
+            }
+        }
+    }
+
+    fn endpoint(&mut self, i: usize, ep: &RawEndpoint) {
+        let name = ep.name.get_ref().clone();
+        if !valid_name(&name) {
+            self.diag(
+                i,
+                ep.name.span(),
+                format!("invalid endpoint name {name:?}"),
+                Some("endpoint names become directory names: use letters, digits, '-' and '_' (at most 64)".into()),
+            );
+            return;
+        }
+        if let Some(prev) = self.endpoint_names.get(&name).cloned() {
+            let at = self.where_is(&prev);
+            self.diag(i, ep.name.span(), format!("endpoint {name:?} is defined twice"), Some(format!("the first definition is at {at}")));
+            return;
+        }
+        let kind = match ep.kind.get_ref().to_ascii_lowercase().as_str() {
+            "parquet" => EndpointKind::Parquet {
+                path: ep.path.as_ref().map(|p| p.get_ref().clone()),
+            },
+            other => {
+                self.diag(i, ep.kind.span(), format!("unknown endpoint type {other:?}"), Some("supported types: parquet".into()));
+                return;
+            }
+        };
+        if let Some(p) = &ep.path
+            && let Err(msg) = check_path_template(p.get_ref())
+        {
+            self.diag(i, p.span(), msg, Some(format!("placeholders are {{{}}}", PATH_PLACEHOLDERS.join("}, {"))));
+            return;
+        }
+        let mut columns = Vec::new();
+        let mut exprs = Vec::new();
+        for (col, spec) in &ep.columns.0 {
+            if !valid_column(col) {
+                self.diag(i, spec.span(), format!("invalid column name {col:?}"), Some("use letters, digits and '_', starting with a letter".into()));
+                continue;
+            }
+            if BUILTIN_COLUMNS.contains(&col.as_str()) || columns.iter().any(|c: &ColumnSpec| c.name == *col) {
+                self.diag(i, spec.span(), format!("column {col:?} clashes with another column"), Some(format!("built-in columns are {}", BUILTIN_COLUMNS.join(", "))));
+                continue;
+            }
+            let Some((ty_text, expr_text)) = spec.get_ref().split_once(':') else {
+                self.diag(i, spec.span(), "a column is written \"type:expression\"", Some(format!("for example \"double:$body.temp\"; types are {}", ColumnType::NAMES)));
+                continue;
+            };
+            let Some(ty) = ColumnType::parse(ty_text.trim()) else {
+                self.diag(i, spec.span(), format!("unknown column type {:?}", ty_text.trim()), Some(format!("types are {}", ColumnType::NAMES)));
+                continue;
+            };
+            if let Some(ir) = self.expr(i, spec, ty_text.len() + 1, expr_text) {
+                columns.push(ColumnSpec { name: col.clone(), ty });
+                exprs.push(ir);
+            }
+        }
+        self.endpoint_names.insert(name.clone(), (i, ep.name.span()));
+        self.set.endpoints.push(Arc::new(EndpointSpec {
+            name: Arc::from(name),
+            kind,
+            columns,
+        }));
+        self.set.columns.push(exprs);
+        self.set.enrichments.push(Vec::new());
+    }
+
+    /// Resolves endpoint names; reports unknown ones.
+    fn endpoint_refs(&mut self, i: usize, list: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<usize>> {
+        if list.get_ref().is_empty() {
+            self.diag(i, list.span(), "the endpoint list is empty", Some("name at least one [[endpoint]]".into()));
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut ok = true;
+        for n in list.get_ref() {
+            match self.set.endpoint_index(n.get_ref()) {
+                Some(ix) => out.push(ix),
+                None => {
+                    let known: Vec<&str> = self.set.endpoints.iter().map(|e| &*e.name).collect();
+                    let hint = if known.is_empty() {
+                        "no endpoints are defined; add an [[endpoint]] table".to_string()
+                    } else {
+                        format!("defined endpoints: {}", known.join(", "))
+                    };
+                    self.diag(i, n.span(), format!("unknown endpoint {:?}", n.get_ref()), Some(hint));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn route(&mut self, i: usize, r: crate::file::RawRoute) {
+        let name = r.name.get_ref().clone();
+        if name.trim().is_empty() || name.len() > 64 {
+            self.diag(i, r.name.span(), "a route name must be 1 to 64 characters", None);
+            return;
+        }
+        if let Some(prev) = self.route_names.get(&name).cloned() {
+            let at = self.where_is(&prev);
+            self.diag(i, r.name.span(), format!("route {name:?} is defined twice"), Some(format!("the first definition is at {at}")));
+            return;
+        }
+        self.route_names.insert(name.clone(), (i, r.name.span()));
+        let source = match &r.source {
+            None => Some(EventSource::DeviceMessages),
+            Some(s) => {
+                let parsed = EventSource::parse(s.get_ref());
+                if parsed.is_none() {
+                    let all: Vec<&str> = EventSource::ALL.iter().map(|s| s.as_str()).collect();
+                    self.diag(i, s.span(), format!("unknown source {:?}", s.get_ref()), Some(format!("sources are {}", all.join(", "))));
+                }
+                parsed
+            }
+        };
+        let (condition, text) = match &r.condition {
+            None => (Some(Ir::Const(crate::ir::Const::Bool(true))), "true".to_owned()),
+            Some(c) => (self.expr(i, c, 0, c.get_ref()), c.get_ref().clone()),
+        };
+        let endpoints = self.endpoint_refs(i, &r.endpoints);
+        if let (Some(source), Some(condition), Some(endpoints)) = (source, condition, endpoints) {
+            self.set.routes.push(Route {
+                name,
+                source,
+                condition,
+                condition_text: text,
+                endpoints,
+                enabled: r.enabled,
+            });
+        }
+    }
+
+    fn fallback(&mut self, i: usize, fb: Spanned<crate::file::RawFallback>) {
+        let span = fb.span();
+        if let Some(prev) = self.fallback_at.clone() {
+            let at = self.where_is(&prev);
+            self.diag(i, span, "only one [fallback] is allowed across all rules files", Some(format!("another is at {at}")));
+            return;
+        }
+        self.fallback_at = Some((i, span));
+        let fb = fb.into_inner();
+        if let Some(eps) = self.endpoint_refs(i, &fb.endpoints)
+            && fb.enabled
+        {
+            self.set.fallback = eps;
+        }
+    }
+
+    fn enrichment(&mut self, i: usize, e: crate::file::RawEnrichment) {
+        let key = e.key.get_ref().clone();
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            self.diag(i, e.key.span(), format!("invalid enrichment key {key:?}"), Some("keys use letters, digits, '-', '_' and '.'".into()));
+            return;
+        }
+        let text = e.value.get_ref();
+        let value = if text.eq_ignore_ascii_case("$iothubname") {
+            EnrichValue::HubName
+        } else if text.to_ascii_lowercase().starts_with("$twin.") {
+            match self.expr(i, &e.value, 0, text) {
+                Some(Ir::Twin(section, path)) => EnrichValue::Twin {
+                    section,
+                    path,
+                    literal: text.clone(),
+                },
+                Some(_) => {
+                    self.diag(i, e.value.span(), "an enrichment value is a string, $iothubname or a $twin path", None);
+                    return;
+                }
+                None => return,
+            }
+        } else {
+            EnrichValue::Static(text.clone())
+        };
+        let Some(eps) = self.endpoint_refs(i, &e.endpoints) else { return };
+        for ep in eps {
+            self.set.enrichments[ep].push(Enrichment {
+                key: key.clone(),
+                value: value.clone(),
+            });
+        }
+    }
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn valid_column(n: &str) -> bool {
+    n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a partition path template such as `date={date}/hour={hour}`.
+pub fn check_path_template(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.starts_with('/') || t.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(format!("path template {t:?} must be relative, without empty, '.' or '..' segments"));
+    }
+    let mut rest = t;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in path template {t:?}"))?;
+        let name = &rest[open + 1..open + close];
+        if !PATH_PLACEHOLDERS.contains(&name) {
+            return Err(format!("unknown placeholder {{{name}}} in path template"));
+        }
+        rest = &rest[open + close + 1..];
+    }
+    if rest.contains('}') {
+        return Err(format!("stray '}}' in path template {t:?}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! A compiled, validated set of rules and the routing decision for one event.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use weir_core::{ColumnType, ColumnValue, Delivery, EndpointSpec, Event, EventSource};
+
+use crate::ast::Seg;
+use crate::eval::{eval, walk};
+use crate::ir::Ir;
+use crate::value::Val;
+use crate::view::{EventView, MessageView, TwinSection};
+
+/// A route: a condition over one source, and where matching events go.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub name: String,
+    pub source: EventSource,
+    pub condition: Ir,
+    pub condition_text: String,
+    /// Indexes into [`RuleSet::endpoints`].
+    pub endpoints: Vec<usize>,
+    pub enabled: bool,
+}
+
+/// What an enrichment stamps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EnrichValue {
+    Static(String),
+    HubName,
+    /// A twin path; `literal` is stamped when the path does not exist.
+    Twin {
+        section: TwinSection,
+        path: Vec<Seg>,
+        literal: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Enrichment {
+    pub key: String,
+    pub value: EnrichValue,
+}
+
+/// Rules compiled from a directory of files.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub endpoints: Vec<Arc<EndpointSpec>>,
+    /// Per endpoint, one expression per typed column.
+    pub(crate) columns: Vec<Vec<Ir>>,
+    pub routes: Vec<Route>,
+    pub fallback: Vec<usize>,
+    /// Per endpoint, the enrichments that apply to it.
+    pub(crate) enrichments: Vec<Vec<Enrichment>>,
+    pub hub_name: String,
+    /// The files this set was built from.
+    pub files: Vec<PathBuf>,
+}
+
+/// The routing decision for one event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Indexes of the routes whose condition was true.
+    pub routes: Vec<usize>,
+    /// Indexes of the endpoints the event goes to, each once, in ascending order.
+    pub endpoints: Vec<usize>,
+    /// True when no route matched and the fallback applied.
+    pub fallback: bool,
+}
+
+impl Outcome {
+    pub fn clear(&mut self) {
+        self.routes.clear();
+        self.endpoints.clear();
+        self.fallback = false;
+    }
+}
+
+impl RuleSet {
+    pub fn endpoint_index(&self, name: &str) -> Option<usize> {
+        self.endpoints.iter().position(|e| &*e.name == name)
+    }
+
+    /// True when any route or column reads the body, so the engine knows whether a
+    /// malformed body matters.
+    pub fn reads_body(&self) -> bool {
+        self.routes.iter().any(|r| r.condition.reads_body())
+            || self.columns.iter().flatten().any(Ir::reads_body)
+    }
+
+    /// Decides where `view`'s event goes. A message goes to every endpoint of every
+    /// enabled route whose condition is true, once per endpoint; device messages that
+    /// match no route go to the fallback endpoints.
+    pub fn evaluate(&self, view: &dyn MessageView, source: EventSource, out: &mut Outcome) {
+        out.clear();
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.enabled && r.source == source && eval(&r.condition, view).is_true() {
+                out.routes.push(i);
+                out.endpoints.extend_from_slice(&r.endpoints);
+            }
+        }
+        if out.routes.is_empty() && source == EventSource::DeviceMessages {
+            out.fallback = !self.fallback.is_empty();
+            out.endpoints.extend_from_slice(&self.fallback);
+        }
+        out.endpoints.sort_unstable();
+        out.endpoints.dedup();
+    }
+
+    /// Builds what `endpoint` receives for this event: its enrichments and typed columns.
+    pub fn delivery(&self, endpoint: usize, view: &EventView<'_>, event: &Arc<Event>) -> Delivery {
+        let enrichments = self.enrichments.get(endpoint).map_or_else(Vec::new, |list| {
+            list.iter()
+                .map(|e| (e.key.clone(), self.enrichment_value(&e.value, view)))
+                .collect()
+        });
+        let columns = match (self.columns.get(endpoint), self.endpoints.get(endpoint)) {
+            (Some(exprs), Some(spec)) => exprs
+                .iter()
+                .zip(&spec.columns)
+                .map(|(ir, col)| column_value(col.ty, eval(ir, view)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Delivery {
+            event: Arc::clone(event),
+            enrichments,
+            columns,
+        }
+    }
+
+    fn enrichment_value(&self, v: &EnrichValue, view: &dyn MessageView) -> String {
+        match v {
+            EnrichValue::Static(s) => s.clone(),
+            EnrichValue::HubName => self.hub_name.clone(),
+            EnrichValue::Twin {
+                section,
+                path,
+                literal,
+            } => match view.twin(*section).and_then(|t| walk(t, path)) {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => literal.clone(),
+            },
+        }
+    }
+}
+
+/// Converts an expression value to a typed column value: `Null` when undefined or of
+/// the wrong type.
+pub fn column_value(ty: ColumnType, v: Val<'_>) -> ColumnValue {
+    match (ty, v) {
+        (ColumnType::Double, Val::Num(n)) => ColumnValue::Double(n),
+        (ColumnType::Int64, Val::Num(n))
+            if n.fract() == 0.0 && n >= i64::MIN as f64 && n <= i64::MAX as f64 =>
+        {
+            ColumnValue::Int64(n as i64)
+        }
+        (ColumnType::String, Val::Str(s)) => ColumnValue::String(s.into_owned()),
+        (ColumnType::Bool, Val::Bool(b)) => ColumnValue::Bool(b),
+        (ColumnType::Timestamp, Val::Num(n)) if n.is_finite() => ColumnValue::Timestamp(n as i64),
+        (ColumnType::Timestamp, Val::Str(s)) => chrono::DateTime::parse_from_rfc3339(&s)
+            .map_or(ColumnValue::Null, |t| ColumnValue::Timestamp(t.timestamp_millis())),
+        _ => ColumnValue::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_columns_are_null_when_the_type_is_wrong() {
+        assert_eq!(column_value(ColumnType::Int64, Val::Num(3.0)), ColumnValue::Int64(3));
+        assert_eq!(column_value(ColumnType::Int64, Val::Num(3.5)), ColumnValue::Null);
+        assert_eq!(column_value(ColumnType::Double, Val::Str("3".into())), ColumnValue::Null);
+        assert_eq!(column_value(ColumnType::String, Val::Undef), ColumnValue::Null);
+        assert_eq!(
+            column_value(ColumnType::Timestamp, Val::Str("2026-01-02T03:04:05Z".into())),
+            ColumnValue::Timestamp(1_767_323_045_000)
+        );
+    }
+}

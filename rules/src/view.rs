@@ -1,0 +1,180 @@
+//! What a condition can see of a message.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::sync::Arc;
+
+use serde_json::Value as Json;
+use weir_core::{DeviceDirectory, DeviceRecord, Event};
+
+/// IoT Hub system properties a condition can reference with `$name`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SysProp {
+    ContentType,
+    ContentEncoding,
+    ConnectionDeviceId,
+    ConnectionModuleId,
+    ConnectionDeviceGenerationId,
+    ConnectionAuthMethod,
+    MessageId,
+    CorrelationId,
+    UserId,
+    EnqueuedTime,
+    CreationTimeUtc,
+    DtDataschema,
+    DtSubject,
+    OutputName,
+}
+
+impl SysProp {
+    /// Resolves `$name` (without the `$`), case-insensitively.
+    pub fn parse(name: &str) -> Option<SysProp> {
+        const NAMES: [(&str, SysProp); 16] = [
+            ("contentType", SysProp::ContentType),
+            ("contentEncoding", SysProp::ContentEncoding),
+            ("connectionDeviceId", SysProp::ConnectionDeviceId),
+            ("connectionModuleId", SysProp::ConnectionModuleId),
+            ("connectionDeviceGenerationId", SysProp::ConnectionDeviceGenerationId),
+            ("connectionAuthMethod", SysProp::ConnectionAuthMethod),
+            ("messageId", SysProp::MessageId),
+            ("correlationId", SysProp::CorrelationId),
+            ("userId", SysProp::UserId),
+            ("enqueuedTime", SysProp::EnqueuedTime),
+            ("iothub-creation-time-utc", SysProp::CreationTimeUtc),
+            ("creationTimeUtc", SysProp::CreationTimeUtc),
+            ("dt-dataschema", SysProp::DtDataschema),
+            ("dt-subject", SysProp::DtSubject),
+            ("outputName", SysProp::OutputName),
+            ("iothub-outputname", SysProp::OutputName),
+        ];
+        NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, p)| *p)
+    }
+}
+
+/// Which part of the device twin a `$twin` path reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TwinSection {
+    Tags,
+    Desired,
+    Reported,
+}
+
+/// Read access to one message for condition evaluation.
+pub trait MessageView {
+    fn system(&self, p: SysProp) -> Option<Cow<'_, str>>;
+    /// An application property, looked up case-insensitively.
+    fn app(&self, name: &str) -> Option<&str>;
+    /// The body as JSON; `None` when it is not JSON (then `$body` paths are undefined).
+    fn body(&self) -> Option<&Json>;
+    fn twin(&self, section: TwinSection) -> Option<&Json>;
+}
+
+/// The [`MessageView`] of an [`Event`]: parses the body and fetches the device record at
+/// most once, and only when a condition needs them.
+pub struct EventView<'a> {
+    event: &'a Event,
+    directory: &'a dyn DeviceDirectory,
+    body: OnceCell<Option<Json>>,
+    record: OnceCell<Option<Arc<DeviceRecord>>>,
+}
+
+impl<'a> EventView<'a> {
+    pub fn new(event: &'a Event, directory: &'a dyn DeviceDirectory) -> Self {
+        EventView {
+            event,
+            directory,
+            body: OnceCell::new(),
+            record: OnceCell::new(),
+        }
+    }
+
+    pub fn event(&self) -> &Event {
+        self.event
+    }
+
+    /// True when the body was needed, was declared (or assumed) JSON, and did not parse.
+    pub fn body_is_malformed(&self) -> bool {
+        matches!(self.body.get(), Some(None)) && body_may_be_json(self.event)
+    }
+
+    fn record(&self) -> Option<&Arc<DeviceRecord>> {
+        self.record
+            .get_or_init(|| self.directory.get(self.event.device_id.as_str()))
+            .as_ref()
+    }
+}
+
+/// IoT Hub only looks into bodies declared `application/json` in UTF-8/16/32. Plain MQTT
+/// clients declare nothing, so Weir also tries bodies that declare no content type.
+fn body_may_be_json(e: &Event) -> bool {
+    let ct_ok = e
+        .system
+        .content_type
+        .as_deref()
+        .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+    let ce_ok = e.system.content_encoding.as_deref().is_none_or(|ce| {
+        let ce = ce.to_ascii_lowercase();
+        ce.is_empty() || ce == "utf-8" || ce == "utf8" || ce == "utf-16" || ce == "utf-32"
+    });
+    ct_ok && ce_ok
+}
+
+/// Formats milliseconds since the epoch as RFC 3339 with milliseconds, UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_default()
+}
+
+impl<'a> MessageView for EventView<'a> {
+    fn system(&self, p: SysProp) -> Option<Cow<'_, str>> {
+        let e = self.event;
+        let s = &e.system;
+        let b = |o: &'a Option<String>| o.as_deref().map(Cow::Borrowed);
+        match p {
+            SysProp::ContentType => b(&s.content_type),
+            SysProp::ContentEncoding => b(&s.content_encoding),
+            SysProp::ConnectionDeviceId => Some(Cow::Borrowed(e.device_id.as_str())),
+            SysProp::ConnectionModuleId => e.module_id.as_deref().map(Cow::Borrowed),
+            SysProp::ConnectionDeviceGenerationId => e.generation_id.as_deref().map(Cow::Borrowed),
+            SysProp::ConnectionAuthMethod => Some(Cow::Owned(format!(
+                "{{\"scope\":\"device\",\"type\":\"{}\",\"issuer\":\"iothub\",\"acceptingIpFilterRule\":null}}",
+                e.auth_method.as_str()
+            ))),
+            SysProp::MessageId => b(&s.message_id),
+            SysProp::CorrelationId => b(&s.correlation_id),
+            SysProp::UserId => b(&s.user_id),
+            SysProp::EnqueuedTime => Some(Cow::Owned(rfc3339_ms(e.enqueued_ms))),
+            SysProp::CreationTimeUtc => b(&s.creation_time_utc),
+            SysProp::DtDataschema => b(&s.dt_dataschema),
+            SysProp::DtSubject => b(&s.dt_subject),
+            SysProp::OutputName => b(&s.output_name),
+        }
+    }
+
+    fn app(&self, name: &str) -> Option<&str> {
+        self.event.property(name)
+    }
+
+    fn body(&self) -> Option<&Json> {
+        self.body
+            .get_or_init(|| {
+                if !body_may_be_json(self.event) {
+                    return None;
+                }
+                serde_json::from_slice(&self.event.body).ok()
+            })
+            .as_ref()
+    }
+
+    fn twin(&self, section: TwinSection) -> Option<&Json> {
+        let r = self.record()?;
+        match section {
+            TwinSection::Tags => Some(&r.tags),
+            TwinSection::Desired | TwinSection::Reported => None,
+        }
+    }
+}
