@@ -63,3 +63,19 @@ impl DeviceRecord {
 pub trait DeviceDirectory: Send + Sync {
     fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>>;
 }
+
+/// A directory with no devices, for tools that route recorded events without a registry.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDevices;
+
+impl DeviceDirectory for NoDevices {
+    fn get(&self, _device_id: &str) -> Option<Arc<DeviceRecord>> {
+        None
+    }
+}
+
+impl DeviceDirectory for std::collections::HashMap<String, Arc<DeviceRecord>> {
+    fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>> {
+        std::collections::HashMap::get(self, device_id).cloned()
+    }
+}

@@ -4,11 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::ids::DeviceId;
 
 /// Which stream an event belongs to; routes select one (IoT Hub's "data source").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EventSource {
     DeviceMessages,
     TwinChangeEvents,
@@ -48,7 +49,7 @@ impl fmt::Display for EventSource {
 }
 
 /// How the connection that produced the event proved its identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AuthMethod {
     Sas,
     X509Thumbprint,
@@ -70,7 +71,7 @@ impl AuthMethod {
 }
 
 /// IoT Hub system properties a device may set in the property bag (`$.mid`, `$.cid`, ...).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemProperties {
     /// `$.mid`
     pub message_id: Option<String>,
@@ -96,7 +97,7 @@ pub struct SystemProperties {
 ///
 /// `enqueued_ms` is the time Weir accepted the event and is the engine's notion of time:
 /// sinks partition by it and the dataflow frontier is expressed in it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub source: EventSource,
     pub device_id: DeviceId,
@@ -105,6 +106,8 @@ pub struct Event {
     pub generation_id: Option<Arc<str>>,
     pub auth_method: AuthMethod,
     pub enqueued_ms: i64,
+    /// Position in the ingest log; ties an archived row back to what was acknowledged.
+    pub offset: u64,
     pub system: SystemProperties,
     /// Application properties, in the order the device sent them; keys are unique.
     pub properties: Vec<(String, String)>,
@@ -121,6 +124,7 @@ impl Event {
             generation_id: None,
             auth_method: AuthMethod::Sas,
             enqueued_ms,
+            offset: 0,
             system: SystemProperties::default(),
             properties: Vec::new(),
             body,

@@ -16,6 +16,7 @@ pub enum InvalidId {
 
 /// A device id as IoT Hub defines it: 1..=128 ASCII characters from a fixed set,
 /// case-sensitive. Cheap to clone because every event carries one.
+/// Hashing uses the string, so the engine can place a device on a worker consistently.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DeviceId(Arc<str>);
 
@@ -82,5 +83,18 @@ mod tests {
             DeviceId::parse(&"x".repeat(129)),
             Err(InvalidId::TooLong(129))
         );
+    }
+}
+
+impl serde::Serialize for DeviceId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        DeviceId::parse(&s).map_err(serde::de::Error::custom)
     }
 }

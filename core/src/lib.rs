@@ -12,7 +12,7 @@ pub mod ids;
 pub mod sink;
 pub mod time;
 
-pub use device::{DeviceDirectory, DeviceRecord, DeviceStatus};
+pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use ids::{DeviceId, InvalidId};

@@ -1,0 +1,120 @@
+//! Runs a fixed list of events through the real dataflow and captures what comes out.
+//!
+//! `weir rules test` uses this to show what rules do to recorded events, and tests use it
+//! to compare the engine with the reference evaluator.
+
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use weir_core::{Delivery, DeviceDirectory, EndpointSpec, Event, Sink, SinkError, SinkFactory};
+use weir_rules::RuleSet;
+
+use crate::engine::{Engine, EngineConfig, EngineError, TraceFn};
+
+/// The routing decision for one event, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub offset: u64,
+    pub routes: Vec<String>,
+    pub endpoints: Vec<String>,
+    pub fallback: bool,
+}
+
+/// What the sinks received.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub endpoint: Arc<EndpointSpec>,
+    pub delivery: Delivery,
+}
+
+#[derive(Debug, Default)]
+pub struct HarnessOutput {
+    /// One per event, sorted by offset.
+    pub traces: Vec<Trace>,
+    /// Sorted by event offset, then endpoint name.
+    pub deliveries: Vec<Captured>,
+}
+
+type Shared = Arc<Mutex<Vec<Captured>>>;
+
+struct CaptureFactory(Shared);
+struct CaptureSink(Shared);
+
+impl SinkFactory for CaptureFactory {
+    fn open(&self, _worker: usize) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(CaptureSink(Arc::clone(&self.0))))
+    }
+}
+
+impl Sink for CaptureSink {
+    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend(batch.into_iter().map(|delivery| Captured {
+                endpoint: Arc::clone(endpoint),
+                delivery,
+            }));
+        }
+        Ok(())
+    }
+    fn advance(&mut self, _frontier_ms: i64, _now_ms: i64) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+/// Runs `events` through an engine with `workers` workers and returns what happened.
+/// Give each event a distinct `offset`: results are keyed by it.
+pub fn run(
+    events: Vec<Event>,
+    rules: RuleSet,
+    directory: Arc<dyn DeviceDirectory>,
+    workers: usize,
+) -> Result<HarnessOutput, EngineError> {
+    let captured: Shared = Arc::default();
+    let traces: Arc<Mutex<Vec<Trace>>> = Arc::default();
+    let trace_sink = Arc::clone(&traces);
+    let trace: TraceFn = Arc::new(move |e, rules, outcome| {
+        let t = Trace {
+            offset: e.offset,
+            routes: outcome.routes.iter().map(|&i| rules.routes[i].name.clone()).collect(),
+            endpoints: outcome
+                .endpoints
+                .iter()
+                .map(|&i| rules.endpoints[i].name.to_string())
+                .collect(),
+            fallback: outcome.fallback,
+        };
+        if let Ok(mut v) = trace_sink.lock() {
+            v.push(t);
+        }
+    });
+    let config = EngineConfig {
+        workers,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::start(
+        config,
+        Arc::new(ArcSwap::from_pointee(rules)),
+        directory,
+        Arc::new(CaptureFactory(Arc::clone(&captured))),
+        Some(trace),
+    )?;
+    let ingress = engine.ingress();
+    for e in events {
+        let device = e.device_id.clone();
+        if ingress.send_blocking(&device, vec![e]).is_err() {
+            break;
+        }
+    }
+    engine.shutdown()?;
+    let mut out = HarnessOutput {
+        traces: std::mem::take(&mut *traces.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
+        deliveries: std::mem::take(&mut *captured.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
+    };
+    out.traces.sort_by_key(|t| t.offset);
+    out.deliveries
+        .sort_by(|a, b| (a.delivery.event.offset, &a.endpoint.name).cmp(&(b.delivery.event.offset, &b.endpoint.name)));
+    Ok(out)
+}

@@ -1,0 +1,29 @@
+//! Counters the engine keeps; the binary exposes them on `/metrics`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct EngineMetrics {
+    /// Events taken from the ingress queues.
+    pub events_in: AtomicU64,
+    /// Events that reached at least one endpoint.
+    pub events_routed: AtomicU64,
+    /// Device messages that matched no route and had no fallback.
+    pub events_unrouted: AtomicU64,
+    /// Deliveries handed to sinks (one event can be delivered to several endpoints).
+    pub deliveries: AtomicU64,
+    /// Rule evaluation problems: malformed JSON bodies that routes needed, and similar.
+    pub dead_letters: AtomicU64,
+    /// Sink write or finalise failures.
+    pub sink_errors: AtomicU64,
+}
+
+impl EngineMetrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
