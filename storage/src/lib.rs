@@ -1,0 +1,8 @@
+//! Storage: the device registry (redb) and the Parquet archive sink.
+
+pub mod parquet;
+pub mod registry;
+pub mod secret;
+
+pub use parquet::{ParquetConfig, ParquetSinkFactory};
+pub use registry::{DeviceUpsert, Registry, RegistryError};

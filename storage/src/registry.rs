@@ -1,0 +1,294 @@
+//! The device registry: redb on disk, a read-mostly map in memory.
+//!
+//! Gateways look devices up on every CONNECT and the engine on events that enrich from
+//! tags, so reads come from memory; every change is committed to redb before it is
+//! visible.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use weir_core::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus};
+
+use crate::secret::{generate_key, random_hex, valid_key};
+
+const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("device {0} does not exist")]
+    NotFound(String),
+    #[error("the etag does not match the device's current etag {current}")]
+    PreconditionFailed { current: String },
+    #[error("invalid device id: {0}")]
+    InvalidId(#[from] weir_core::InvalidId),
+    #[error("the body's deviceId {body} does not match the URL's {url}")]
+    IdMismatch { url: String, body: String },
+    #[error("{0} must be base64 of 16 to 64 bytes")]
+    InvalidKey(&'static str),
+    #[error("tags must be a JSON object")]
+    InvalidTags,
+    #[error("registry storage error: {0}")]
+    Storage(String),
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> RegistryError {
+    RegistryError::Storage(e.to_string())
+}
+
+/// A create-or-update request (the writable part of IoT Hub's Device).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceUpsert {
+    pub device_id: String,
+    pub status: Option<DeviceStatus>,
+    pub status_reason: Option<String>,
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+    pub tags: Option<serde_json::Value>,
+}
+
+pub struct Registry {
+    db: Database,
+    devices: RwLock<HashMap<String, Arc<DeviceRecord>>>,
+    /// Serialises read-modify-write so etag checks and version bumps are atomic.
+    writer: Mutex<()>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+impl Registry {
+    /// Opens (or creates) the registry at `path` and loads every device into memory.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let db = Database::create(path).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(DEVICES).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        let mut devices = HashMap::new();
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            let table = txn.open_table(DEVICES).map_err(storage)?;
+            for row in table.iter().map_err(storage)? {
+                let (k, v) = row.map_err(storage)?;
+                let rec: DeviceRecord = serde_json::from_slice(v.value())
+                    .map_err(|e| RegistryError::Storage(format!("device {} is unreadable: {e}", k.value())))?;
+                devices.insert(k.value().to_owned(), Arc::new(rec));
+            }
+        }
+        Ok(Registry {
+            db,
+            devices: RwLock::new(devices),
+            writer: Mutex::new(()),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices.read().map_or(0, |d| d.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Devices sorted by id, at most `top`.
+    pub fn list(&self, top: Option<usize>) -> Vec<Arc<DeviceRecord>> {
+        let mut all: Vec<Arc<DeviceRecord>> = self
+            .devices
+            .read()
+            .map(|d| d.values().cloned().collect())
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        all.truncate(top.unwrap_or(usize::MAX));
+        all
+    }
+
+    /// Creates the device or updates it. `if_match` (an etag, or `*`) makes the update
+    /// conditional. Returns the stored record and whether it was created.
+    pub fn upsert(&self, req: DeviceUpsert, if_match: Option<&str>) -> Result<(Arc<DeviceRecord>, bool), RegistryError> {
+        weir_core::ids::validate(&req.device_id)?;
+        for (name, k) in [("primaryKey", &req.primary_key), ("secondaryKey", &req.secondary_key)] {
+            if k.as_deref().is_some_and(|k| !valid_key(k)) {
+                return Err(RegistryError::InvalidKey(name));
+            }
+        }
+        if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
+            return Err(RegistryError::InvalidTags);
+        }
+        let _w = self.writer.lock().map_err(storage)?;
+        let existing = self.get(&req.device_id);
+        check_etag(existing.as_deref(), if_match)?;
+        let now = now();
+        let created = existing.is_none();
+        let rec = match existing {
+            None => DeviceRecord {
+                device_id: req.device_id.clone(),
+                generation_id: random_hex(8).map_err(storage)?,
+                etag: new_etag(1),
+                status: req.status.unwrap_or_default(),
+                status_reason: req.status_reason,
+                auth: DeviceAuth::Sas {
+                    primary_key: req.primary_key.map_or_else(generate_key, Ok).map_err(storage)?,
+                    secondary_key: req.secondary_key.map_or_else(generate_key, Ok).map_err(storage)?,
+                },
+                tags: req.tags.unwrap_or_else(|| serde_json::json!({})),
+                created_time: now.clone(),
+                status_updated_time: now.clone(),
+                last_updated_time: now,
+            },
+            Some(old) => {
+                let mut rec = (*old).clone();
+                if let Some(s) = req.status
+                    && s != rec.status
+                {
+                    rec.status = s;
+                    rec.status_updated_time = now.clone();
+                }
+                if req.status_reason.is_some() {
+                    rec.status_reason = req.status_reason;
+                }
+                let DeviceAuth::Sas { primary_key, secondary_key } = &mut rec.auth;
+                if let Some(k) = req.primary_key {
+                    *primary_key = k;
+                }
+                if let Some(k) = req.secondary_key {
+                    *secondary_key = k;
+                }
+                if let Some(t) = req.tags {
+                    rec.tags = t;
+                }
+                rec.etag = new_etag(etag_version(&old.etag) + 1);
+                rec.last_updated_time = now;
+                rec
+            }
+        };
+        self.store(&rec)?;
+        let rec = Arc::new(rec);
+        self.devices
+            .write()
+            .map_err(storage)?
+            .insert(rec.device_id.clone(), Arc::clone(&rec));
+        Ok((rec, created))
+    }
+
+    /// Deletes a device, conditionally on `if_match`.
+    pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<Arc<DeviceRecord>, RegistryError> {
+        let _w = self.writer.lock().map_err(storage)?;
+        let existing = self.get(id).ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        check_etag(Some(&existing), if_match)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(DEVICES).map_err(storage)?;
+            t.remove(id).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        self.devices.write().map_err(storage)?.remove(id);
+        Ok(existing)
+    }
+
+    fn store(&self, rec: &DeviceRecord) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec(rec).map_err(storage)?;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(DEVICES).map_err(storage)?;
+            t.insert(rec.device_id.as_str(), bytes.as_slice()).map_err(storage)?;
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+impl DeviceDirectory for Registry {
+    fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>> {
+        self.devices.read().ok()?.get(device_id).cloned()
+    }
+}
+
+/// Etags are opaque to clients; Weir encodes a per-device version so they change on
+/// every write and are stable across restarts.
+fn new_etag(version: u64) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(version.to_string())
+}
+
+fn etag_version(etag: &str) -> u64 {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(etag)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn check_etag(existing: Option<&DeviceRecord>, if_match: Option<&str>) -> Result<(), RegistryError> {
+    let Some(want) = if_match.map(|s| s.trim().trim_matches('"')) else {
+        return Ok(());
+    };
+    match existing {
+        _ if want == "*" => Ok(()),
+        Some(rec) if rec.etag == want => Ok(()),
+        Some(rec) => Err(RegistryError::PreconditionFailed {
+            current: rec.etag.clone(),
+        }),
+        None => Err(RegistryError::PreconditionFailed { current: String::new() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen_and_checks_etags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("registry.redb");
+        let etag;
+        {
+            let r = Registry::open(&path).expect("open");
+            let (rec, created) = r
+                .upsert(
+                    DeviceUpsert {
+                        device_id: "dev1".into(),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .expect("create");
+            assert!(created);
+            assert!(rec.sas_keys().is_some_and(|(p, s)| valid_key(p) && valid_key(s) && p != s));
+            etag = rec.etag.clone();
+            let err = r
+                .upsert(
+                    DeviceUpsert {
+                        device_id: "dev1".into(),
+                        status: Some(DeviceStatus::Disabled),
+                        ..Default::default()
+                    },
+                    Some("\"bogus\""),
+                )
+                .expect_err("stale etag");
+            assert!(matches!(err, RegistryError::PreconditionFailed { .. }));
+            let (rec, created) = r
+                .upsert(
+                    DeviceUpsert {
+                        device_id: "dev1".into(),
+                        status: Some(DeviceStatus::Disabled),
+                        ..Default::default()
+                    },
+                    Some(&format!("\"{etag}\"")),
+                )
+                .expect("update");
+            assert!(!created);
+            assert_ne!(rec.etag, etag);
+        }
+        let r = Registry::open(&path).expect("reopen");
+        let rec = r.get("dev1").expect("persisted");
+        assert_eq!(rec.status, DeviceStatus::Disabled);
+        assert!(r.delete("nope", None).is_err());
+        r.delete("dev1", None).expect("delete");
+        assert!(r.get("dev1").is_none());
+        drop(r);
+        assert!(Registry::open(&path).expect("reopen").is_empty());
+    }
+}
