@@ -9,6 +9,7 @@ pub mod device;
 pub mod endpoint;
 pub mod event;
 pub mod ids;
+pub mod ingest;
 pub mod sink;
 pub mod time;
 
@@ -16,4 +17,5 @@ pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevi
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use ids::{DeviceId, InvalidId};
+pub use ingest::{Ingest, IngestError, IngestFuture};
 pub use sink::{Sink, SinkError, SinkFactory};

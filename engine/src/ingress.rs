@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use timely::scheduling::SyncActivator;
 use tokio::sync::mpsc;
-use weir_core::{DeviceId, Event};
+use weir_core::{DeviceId, Event, Ingest, IngestError, IngestFuture};
 
 /// A batch of events from one connection, so from one device.
 pub type Batch = Vec<Event>;
@@ -86,5 +86,17 @@ impl Ingress {
             }
             Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => Err(b),
         }
+    }
+}
+
+impl Ingest for Ingress {
+    fn ingest(&self, device: &DeviceId, batch: Vec<Event>) -> IngestFuture {
+        let this = self.clone();
+        let device = device.clone();
+        Box::pin(async move {
+            this.send(&device, batch)
+                .await
+                .map_err(|_| IngestError::ShuttingDown)
+        })
     }
 }

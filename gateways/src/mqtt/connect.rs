@@ -1,0 +1,105 @@
+//! CONNECT: who is this client, and may it connect?
+
+use std::sync::Arc;
+
+use rumqttd::protocol::{Connect, Login};
+use weir_core::{AuthMethod, DeviceDirectory, DeviceId, DeviceStatus};
+
+use crate::sas;
+
+/// An authenticated device connection.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub device_id: DeviceId,
+    pub generation_id: Arc<str>,
+    pub auth: AuthMethod,
+}
+
+/// A refused CONNECT: the CONNACK return code and a reason for the log (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: u8,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: u8, reason: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Splits `{host}/{deviceId}/?{query}` (the query is optional and ignored) into host and
+/// device id. Module identities (`{host}/{device}/{module}/?...`) are not supported yet.
+pub fn parse_username(username: &str) -> Option<(&str, &str)> {
+    let (host, rest) = username.split_once('/')?;
+    let (device, tail) = match rest.split_once('/') {
+        Some((d, t)) => (d, t),
+        None => (rest, ""),
+    };
+    if host.is_empty() || device.is_empty() || !(tail.is_empty() || tail.starts_with('?')) {
+        return None;
+    }
+    Some((host, device))
+}
+
+/// Authenticates a CONNECT against the registry with the IoT Hub SAS scheme.
+pub fn authenticate(
+    connect: &Connect,
+    login: Option<&Login>,
+    hub: &str,
+    directory: &dyn DeviceDirectory,
+    now_secs: i64,
+) -> Result<Identity, Refusal> {
+    let client_id = connect.client_id.as_str();
+    let login = login.ok_or_else(|| Refusal::new(4, "no username or password"))?;
+    let (host, device) = parse_username(&login.username).ok_or_else(|| {
+        Refusal::new(4, "username must be {hub}/{deviceId}/?api-version=... (module identities are not supported)")
+    })?;
+    if !host.eq_ignore_ascii_case(hub) {
+        return Err(Refusal::new(4, format!("username names hub {host:?}, this hub is {hub:?}")));
+    }
+    if device != client_id {
+        return Err(Refusal::new(2, format!("client id {client_id:?} differs from the username's device id {device:?}")));
+    }
+    let device_id = DeviceId::parse(device).map_err(|e| Refusal::new(2, format!("invalid device id: {e}")))?;
+    if login.password.is_empty() {
+        return Err(Refusal::new(4, "no SAS token in the password"));
+    }
+    let token = sas::parse(&login.password).map_err(|e| Refusal::new(5, e.to_string()))?;
+    let record = directory
+        .get(device)
+        .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
+    if record.status != DeviceStatus::Enabled {
+        return Err(Refusal::new(5, "device is disabled"));
+    }
+    let Some((primary, secondary)) = record.sas_keys() else {
+        return Err(Refusal::new(5, "device does not use symmetric keys"));
+    };
+    let resource = format!("{hub}/devices/{device}");
+    sas::verify(&token, &resource, &[primary, secondary], now_secs).map_err(|e| Refusal::new(5, e.to_string()))?;
+    Ok(Identity {
+        device_id,
+        generation_id: Arc::from(record.generation_id.as_str()),
+        auth: AuthMethod::Sas,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sdk_usernames() {
+        assert_eq!(
+            parse_username("localhost/dev1/?api-version=2019-10-01&DeviceClientType=x%2F1"),
+            Some(("localhost", "dev1"))
+        );
+        assert_eq!(parse_username("hub/dev1"), Some(("hub", "dev1")));
+        assert_eq!(parse_username("hub/dev1/"), Some(("hub", "dev1")));
+        assert_eq!(parse_username("hub/dev1/mod1/?api-version=1"), None);
+        assert_eq!(parse_username("dev1"), None);
+    }
+}
