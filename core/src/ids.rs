@@ -63,6 +63,12 @@ impl fmt::Debug for DeviceId {
     }
 }
 
+impl std::borrow::Borrow<str> for DeviceId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for DeviceId {
     fn as_ref(&self) -> &str {
         &self.0

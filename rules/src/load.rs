@@ -57,6 +57,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        // The default rules directory doubles as the weir-rules crate (docs/decisions/003).
+        .filter(|p| p.file_name().is_some_and(|n| n != "Cargo.toml"))
         .collect();
     paths.sort();
     let mut files = Vec::new();

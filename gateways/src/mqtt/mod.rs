@@ -76,6 +76,10 @@ impl MqttGateway {
         }
     }
 
+    pub fn is_connected(&self, device: &str) -> bool {
+        self.shared.sessions.is_connected(device)
+    }
+
     /// Devices currently connected.
     pub fn connected(&self) -> usize {
         self.shared.sessions.connected()

@@ -39,6 +39,10 @@ impl Sessions {
         }
     }
 
+    pub fn is_connected(&self, device: &str) -> bool {
+        self.live.lock().is_ok_and(|l| l.contains_key(device))
+    }
+
     pub fn connected(&self) -> usize {
         self.live.lock().map_or(0, |l| l.len())
     }

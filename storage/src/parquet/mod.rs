@@ -12,4 +12,4 @@ mod sink;
 
 pub use config::ParquetConfig;
 pub use path::partition_dir;
-pub use sink::{ParquetSink, ParquetSinkFactory};
+pub use sink::{ArchiveMetrics, ParquetSink, ParquetSinkFactory};

@@ -1,0 +1,193 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{config, device_cmd, rules_cmd, serve, simulate};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "An IoT hub and stream-processing engine that speaks the Azure IoT Hub device protocol",
+    long_about = "Weir accepts device telemetry over MQTT (TCP and TLS) from Azure IoT device SDKs and plain MQTT \
+clients, routes it with rules written as files, and archives it as partitioned Parquet.\n\n\
+Start a hub with embedded defaults:   weir serve\n\
+Register a device:                    weir device create dev1\n\
+Check rules before deploying them:    weir rules check ./rules"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the hub: MQTT gateways, the routing engine, the archive and the REST API.
+    Serve(ServeArgs),
+    /// Print the default weir.toml with every setting and its meaning.
+    DefaultConfig,
+    /// Validate or test routing rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+    /// Manage devices on a running hub (through its REST API).
+    Device(DeviceArgs),
+    /// Simulate devices publishing telemetry, and report throughput and latency.
+    Simulate(simulate::SimulateArgs),
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// Configuration file; flags override it. Without it, weir.toml in the current
+    /// directory is read if present.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    /// Where Weir keeps its registry, keys, certificates and archive.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of rules files (*.toml); reloaded when they change.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// Plain MQTT listener address, or "off".
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// MQTT over TLS listener address, or "off".
+    #[arg(long)]
+    pub mqtts: Option<String>,
+    /// REST API listener (plain HTTP), or "off".
+    #[arg(long)]
+    pub http: Option<String>,
+    /// REST API listener over TLS, or "off" (the default).
+    #[arg(long)]
+    pub https: Option<String>,
+    /// The hub's host name: devices put it in their SAS tokens and MQTT usernames, and
+    /// the generated server certificate names it.
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Engine worker threads (default: the number of cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// Check every rules file in DIR; exits 1 and prints diagnostics on any error.
+    Check {
+        dir: PathBuf,
+        /// Hub name for $iothubname enrichments.
+        #[arg(long, default_value = "localhost")]
+        hostname: String,
+    },
+    /// Run recorded events (JSON lines) through the engine with the rules in DIR and print,
+    /// per event, the routes it matched and what each endpoint received.
+    Test {
+        dir: PathBuf,
+        /// A JSON-lines file; see `weir rules test --help` for the format.
+        #[arg(long)]
+        events: PathBuf,
+        /// Hub name for $iothubname enrichments.
+        #[arg(long, default_value = "localhost")]
+        hostname: String,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DeviceArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(subcommand)]
+    pub command: DeviceCommand,
+}
+
+/// How management commands reach a running hub.
+#[derive(Args, Debug, Clone)]
+pub struct HubArgs {
+    /// The hub's REST API.
+    #[arg(long, global = true, env = "WEIR_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Service connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).
+    /// Default: read from <data-dir>/iothubowner.connstr.
+    #[arg(long, global = true, env = "WEIR_CONNECTION_STRING", hide_env_values = true)]
+    pub connection_string: Option<String>,
+    /// Data directory of the hub, to find iothubowner.connstr.
+    #[arg(long, global = true, default_value = "./weir-data")]
+    pub data_dir: PathBuf,
+    /// CA certificate to trust for an https:// API (default: <data-dir>/tls/ca.pem).
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DeviceCommand {
+    /// Register a device (keys are generated unless given).
+    Create {
+        id: String,
+        #[arg(long)]
+        primary_key: Option<String>,
+        #[arg(long)]
+        secondary_key: Option<String>,
+        /// Register the device disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// A tag as key=value (repeatable); values that parse as JSON are stored as JSON.
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List devices.
+    List {
+        #[arg(long)]
+        top: Option<usize>,
+    },
+    /// Show one device as JSON.
+    Show { id: String },
+    /// Delete a device.
+    Delete { id: String },
+    /// Enable or disable a device.
+    SetStatus {
+        id: String,
+        #[arg(value_parser = ["enabled", "disabled"])]
+        status: String,
+    },
+    /// Print the device's connection string.
+    ConnectionString {
+        id: String,
+        /// Use the secondary key.
+        #[arg(long)]
+        secondary: bool,
+    },
+    /// Print a SAS token for the device (the MQTT password).
+    Token {
+        id: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => {
+            let cfg = config::load(&args)?;
+            serve::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DefaultConfig => {
+            print!("{}", config::DEFAULT_TOML);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rules(RulesCommand::Check { dir, hostname }) => Ok(rules_cmd::check(&dir, &hostname)),
+        Command::Rules(RulesCommand::Test {
+            dir,
+            events,
+            hostname,
+            json,
+        }) => rules_cmd::test(&dir, &events, &hostname, json),
+        Command::Device(d) => device_cmd::run(d),
+        Command::Simulate(s) => simulate::run(s),
+    }
+}

@@ -1,0 +1,264 @@
+//! Configuration: embedded defaults < weir.toml < command-line flags, validated before
+//! anything starts. Every error names the key it concerns.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::cli::ServeArgs;
+
+pub const DEFAULT_TOML: &str = include_str!("../default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    hub: Hub,
+    listen: Listen,
+    tls: Tls,
+    mqtt: Mqtt,
+    engine: EngineSection,
+    archive: Archive,
+    log: Log,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Hub {
+    hostname: String,
+    data_dir: PathBuf,
+    rules: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Listen {
+    mqtt: String,
+    mqtts: String,
+    http: String,
+    https: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Mqtt {
+    max_message_bytes: usize,
+    connect_timeout_secs: u64,
+    max_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EngineSection {
+    workers: usize,
+    queue_batches: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Archive {
+    max_rows: usize,
+    max_bytes: usize,
+    max_age_secs: f64,
+    zstd_level: i32,
+    path: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Log {
+    level: String,
+}
+
+/// The validated configuration `weir serve` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub rules: PathBuf,
+    /// True when the rules directory is the built-in default (it may then be created).
+    pub rules_is_default: bool,
+    pub mqtt: Option<SocketAddr>,
+    pub mqtts: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub mqtt_settings: weir_gateways::MqttConfig,
+    pub workers: usize,
+    pub queue_batches: usize,
+    pub archive: weir_storage::ParquetConfig,
+    pub log_level: String,
+}
+
+/// Merges a TOML document over the embedded defaults, key by key.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn parse_table(text: &str, what: &str) -> anyhow::Result<toml::Table> {
+    text.parse::<toml::Table>().map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// Reads configuration for `weir serve`.
+pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut table = parse_table(DEFAULT_TOML, "embedded default configuration")?;
+    let file = match &args.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from("weir.toml")).filter(|p| p.exists()),
+    };
+    if let Some(path) = &file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+        merge(&mut table, parse_table(&text, &path.display().to_string())?);
+    }
+    let source = file.as_ref().map_or("the default configuration".to_string(), |p| p.display().to_string());
+    let de = toml::Value::Table(table);
+    let parsed: File = serde_path_to_error::deserialize(de).map_err(|e| {
+        anyhow::anyhow!("{source}: key `{}`: {}", e.path(), e.inner().to_string().trim())
+    })?;
+    resolve(parsed, args)
+}
+
+fn addr(key: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
+    let v = value.trim();
+    if v.is_empty() || v.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| anyhow::anyhow!("`{key}` = {v:?} is not an address like 127.0.0.1:1883 (or \"off\")"))
+}
+
+fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
+    let hostname = a.hostname.clone().unwrap_or(f.hub.hostname);
+    if hostname.is_empty() || hostname.contains(['/', ' ', ';']) {
+        bail!("`hub.hostname` = {hostname:?} must be a host name such as localhost or myhub.example.com");
+    }
+    let listen = |key: &str, flag: &Option<String>, file: &str| addr(key, flag.as_deref().unwrap_or(file));
+    let mqtt = listen("listen.mqtt", &a.mqtt, &f.listen.mqtt)?;
+    let mqtts = listen("listen.mqtts", &a.mqtts, &f.listen.mqtts)?;
+    let http = listen("listen.http", &a.http, &f.listen.http)?;
+    let https = listen("listen.https", &a.https, &f.listen.https)?;
+    let bound: Vec<SocketAddr> = [mqtt, mqtts, http, https].into_iter().flatten().collect();
+    for (i, x) in bound.iter().enumerate() {
+        if bound[..i].contains(x) {
+            bail!("two listeners in [listen] use the same address {x}");
+        }
+    }
+    let tls = match (f.tls.cert.trim(), f.tls.key.trim()) {
+        ("", "") => None,
+        ("", _) | (_, "") => bail!("`tls.cert` and `tls.key` must be set together"),
+        (c, k) => Some((PathBuf::from(c), PathBuf::from(k))),
+    };
+    if f.mqtt.max_message_bytes < 1024 || f.mqtt.max_message_bytes > 256 * 1024 * 1024 {
+        bail!("`mqtt.max_message_bytes` must be between 1024 and 268435456");
+    }
+    if f.mqtt.connect_timeout_secs == 0 {
+        bail!("`mqtt.connect_timeout_secs` must be at least 1");
+    }
+    if f.mqtt.max_connections == 0 || f.mqtt.max_connections > u32::MAX as usize {
+        bail!("`mqtt.max_connections` must be at least 1");
+    }
+    let workers = match a.workers.unwrap_or(f.engine.workers) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > 256 => bail!("`engine.workers` = {n} is more than 256"),
+        n => n,
+    };
+    if f.engine.queue_batches == 0 {
+        bail!("`engine.queue_batches` must be at least 1");
+    }
+    if !(1..=22).contains(&f.archive.zstd_level) {
+        bail!("`archive.zstd_level` must be between 1 and 22");
+    }
+    if f.archive.max_rows == 0 || f.archive.max_bytes == 0 {
+        bail!("`archive.max_rows` and `archive.max_bytes` must be positive");
+    }
+    if !(f.archive.max_age_secs > 0.0 && f.archive.max_age_secs.is_finite()) {
+        bail!("`archive.max_age_secs` must be positive");
+    }
+    weir_rules::load::check_path_template(&f.archive.path).map_err(|e| anyhow::anyhow!("`archive.path`: {e}"))?;
+    let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
+    let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
+    let rules = a.rules.clone().unwrap_or(f.hub.rules);
+    let mut archive = weir_storage::ParquetConfig::new(data_dir.join("archive"));
+    archive.max_rows = f.archive.max_rows;
+    archive.max_bytes = f.archive.max_bytes;
+    archive.max_age = Duration::from_secs_f64(f.archive.max_age_secs);
+    archive.zstd_level = f.archive.zstd_level;
+    archive.default_path = f.archive.path;
+    Ok(Config {
+        hostname,
+        data_dir,
+        rules,
+        rules_is_default,
+        mqtt,
+        mqtts,
+        http,
+        https,
+        tls,
+        mqtt_settings: weir_gateways::MqttConfig {
+            max_message_bytes: f.mqtt.max_message_bytes,
+            connect_timeout: Duration::from_secs(f.mqtt.connect_timeout_secs),
+            max_connections: f.mqtt.max_connections,
+        },
+        workers,
+        queue_batches: f.engine.queue_batches,
+        archive,
+        log_level: f.log.level,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_file(text: &str) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("weir.toml");
+        std::fs::write(&p, text)?;
+        load(&ServeArgs {
+            config: Some(p),
+            ..ServeArgs::default()
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid_and_flags_override() {
+        let c = load(&ServeArgs {
+            config: None,
+            mqtt: Some("off".into()),
+            workers: Some(3),
+            ..ServeArgs::default()
+        })
+        .expect("defaults load");
+        assert_eq!(c.mqtt, None);
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.mqtts, Some("127.0.0.1:8883".parse().expect("addr")));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = with_file("[mqtt]\nmax_message_bytes = \"big\"\n").expect_err("type error");
+        assert!(e.to_string().contains("mqtt.max_message_bytes"), "{e}");
+        let e = with_file("[listen]\nhttp = \"nowhere\"\n").expect_err("bad addr");
+        assert!(e.to_string().contains("listen.http"), "{e}");
+        let e = with_file("[archive]\nzstd = 3\n").expect_err("unknown key");
+        assert!(e.to_string().contains("archive"), "{e}");
+    }
+}

@@ -1,0 +1,274 @@
+//! `weir serve`: wires the registry, rules, engine, gateways and API together, and takes
+//! them down in order on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use weir_engine::{Engine, EngineConfig};
+use weir_gateways::{GatewayMetrics, MqttGateway};
+use weir_storage::secret::{generate_key, write_private};
+use weir_storage::{ParquetSinkFactory, Registry};
+
+use crate::api::{self, ApiState, ServiceKeys};
+use crate::config::Config;
+use crate::reload::{self, ReloadStatus};
+use crate::{http_server, tls_setup};
+
+/// The example rules written into ./rules when it does not exist.
+pub const EXAMPLE_RULES: &str = include_str!("../../rules/example.toml");
+
+/// How long a graceful stop may take before Weir gives up waiting.
+const STOP_LIMIT: Duration = Duration::from_secs(30);
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    init_tracing(&cfg.log_level);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("weir-io")
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cfg))
+}
+
+fn init_tracing(level: &str) {
+    // rustls warns about every client that sends an IP address as SNI (mosquitto does).
+    let level = if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn bind(addr: Option<SocketAddr>, key: &str) -> anyhow::Result<Option<TcpListener>> {
+    let Some(a) = addr else { return Ok(None) };
+    TcpListener::bind(a)
+        .await
+        .map(Some)
+        .with_context(|| format!("cannot listen on {a} (`listen.{key}`, --{key}): is another process using it? Choose another address or \"off\""))
+}
+
+/// Reads the `iothubowner` key from `<data-dir>/iothubowner.connstr`, creating it (0600) at
+/// first start and rewriting it when the host name changed.
+fn ensure_owner_key(data_dir: &Path, hostname: &str) -> anyhow::Result<String> {
+    let path = data_dir.join("iothubowner.connstr");
+    let existing = std::fs::read_to_string(&path).ok();
+    let key = match existing.as_deref().and_then(|s| connstr_field(s, "SharedAccessKey")) {
+        Some(k) => k.to_owned(),
+        None => generate_key()?,
+    };
+    let connstr = format!("HostName={hostname};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
+    if existing.as_deref().map(str::trim) != Some(connstr.as_str()) {
+        write_private(&path, format!("{connstr}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(path = %path.display(), "wrote the service connection string (policy iothubowner)");
+    }
+    Ok(key)
+}
+
+/// A field of an IoT Hub connection string (`Key=Value;...`).
+pub fn connstr_field<'a>(s: &'a str, name: &str) -> Option<&'a str> {
+    s.trim().split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
+    if cfg.rules_is_default && !cfg.rules.exists() {
+        std::fs::create_dir_all(&cfg.rules)?;
+        std::fs::write(cfg.rules.join("example.toml"), EXAMPLE_RULES)?;
+        tracing::info!(dir = %cfg.rules.display(), "created the rules directory with an example");
+    }
+    match weir_rules::load_dir(&cfg.rules, &cfg.hostname) {
+        Ok(set) => Ok(set),
+        Err(diags) => {
+            for d in &diags {
+                eprintln!("{}", d.render(std::io::IsTerminal::is_terminal(&std::io::stderr())));
+            }
+            bail!(
+                "{} error(s) in the rules in {}; fix them (check with `weir rules check {}`) and start again",
+                diags.len(),
+                cfg.rules.display(),
+                cfg.rules.display()
+            )
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    // Bind first, so a busy port fails before anything else starts.
+    let mqtt_l = bind(cfg.mqtt, "mqtt").await?;
+    let mqtts_l = bind(cfg.mqtts, "mqtts").await?;
+    let http_l = bind(cfg.http, "http").await?;
+    let https_l = bind(cfg.https, "https").await?;
+
+    let owner_key = ensure_owner_key(&cfg.data_dir, &cfg.hostname)?;
+    let tls = if mqtts_l.is_some() || https_l.is_some() {
+        let files = match &cfg.tls {
+            Some((cert, key)) => tls_setup::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            },
+            None => tls_setup::ensure_dev_certs(&cfg.data_dir, &cfg.hostname)?,
+        };
+        let config = weir_gateways::tls::server_config(&files.cert, &files.key, &[])
+            .with_context(|| format!("loading the TLS certificate {}", files.cert.display()))?;
+        Some(TlsAcceptor::from(config))
+    } else {
+        None
+    };
+
+    let registry = Arc::new(
+        Registry::open(&cfg.data_dir.join("registry.redb"))
+            .with_context(|| format!("opening the device registry in {}", cfg.data_dir.display()))?,
+    );
+    let rules = load_rules(&cfg)?;
+    tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
+    let rules = Arc::new(ArcSwap::from_pointee(rules));
+
+    let sinks = Arc::new(ParquetSinkFactory::new(cfg.archive.clone()));
+    let archive_metrics = sinks.metrics();
+    let engine = Engine::start(
+        EngineConfig {
+            workers: cfg.workers,
+            queue_batches: cfg.queue_batches,
+            tick: Duration::from_millis(200),
+        },
+        Arc::clone(&rules),
+        registry.clone(),
+        sinks,
+        None,
+    )?;
+    let gateway_metrics = Arc::new(GatewayMetrics::default());
+    let gateway = MqttGateway::new(
+        cfg.mqtt_settings.clone(),
+        cfg.hostname.clone(),
+        registry.clone(),
+        Arc::new(engine.ingress()),
+        Arc::clone(&gateway_metrics),
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if let Some(l) = mqtt_l {
+        let (g, s) = (gateway.clone(), stop_rx.clone());
+        tasks.push(tokio::spawn(async move { g.serve(l, None, s).await }));
+    }
+    if let Some(l) = mqtts_l {
+        let (g, s, t) = (gateway.clone(), stop_rx.clone(), tls.clone());
+        tasks.push(tokio::spawn(async move { g.serve(l, t, s).await }));
+    }
+    let reload_status = Arc::new(ReloadStatus::default());
+    let state = Arc::new(ApiState {
+        hostname: cfg.hostname.clone(),
+        keys: ServiceKeys {
+            policies: vec![("iothubowner".into(), owner_key)],
+        },
+        registry: registry.clone(),
+        gateway: gateway.clone(),
+        engine_metrics: engine.metrics(),
+        gateway_metrics,
+        archive_metrics,
+        reload: Arc::clone(&reload_status),
+    });
+    let app = api::router(state);
+    if let Some(l) = http_l {
+        tasks.push(tokio::spawn(http_server::serve(l, None, app.clone(), stop_rx.clone())));
+    }
+    if let Some(l) = https_l {
+        tasks.push(tokio::spawn(http_server::serve(l, tls.clone(), app.clone(), stop_rx.clone())));
+    }
+    tasks.push(tokio::spawn(reload::watch_rules(
+        cfg.rules.clone(),
+        cfg.hostname.clone(),
+        Arc::clone(&rules),
+        reload_status,
+        Duration::from_secs(1),
+        stop_rx.clone(),
+    )));
+
+    let show = |a: Option<SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+    tracing::info!(
+        hostname = %cfg.hostname,
+        mqtt = %show(cfg.mqtt),
+        mqtts = %show(cfg.mqtts),
+        http = %show(cfg.http),
+        https = %show(cfg.https),
+        workers = cfg.workers,
+        data = %cfg.data_dir.display(),
+        "Weir is ready"
+    );
+
+    wait_for_signal().await;
+    tracing::info!("stopping: no new connections; draining accepted messages");
+    let _ = stop_tx.send(true);
+    // A second signal stops at once.
+    tokio::spawn(async {
+        wait_for_signal().await;
+        eprintln!("second signal: exiting immediately");
+        std::process::exit(130);
+    });
+    if !gateway.drain(Duration::from_secs(10)).await {
+        tracing::warn!("some connections did not close within 10 s");
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let stopped = tokio::time::timeout(STOP_LIMIT, tokio::task::spawn_blocking(move || engine.shutdown())).await;
+    match stopped {
+        Ok(Ok(Ok(()))) => {
+            tracing::info!("stopped; all open Parquet files are finalised");
+            Ok(())
+        }
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => bail!("the engine did not stop within {} s", STOP_LIMIT.as_secs()),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_key_is_created_private_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        let k1 = ensure_owner_key(dir.path(), "localhost").expect("create");
+        let p = dir.path().join("iothubowner.connstr");
+        assert_eq!(std::fs::metadata(&p).expect("file").permissions().mode() & 0o777, 0o600);
+        let k2 = ensure_owner_key(dir.path(), "hub.example").expect("rename");
+        assert_eq!(k1, k2);
+        let text = std::fs::read_to_string(&p).expect("read");
+        assert_eq!(connstr_field(&text, "HostName"), Some("hub.example"));
+        assert_eq!(connstr_field(&text, "SharedAccessKeyName"), Some("iothubowner"));
+    }
+}
