@@ -10,7 +10,9 @@ pub enum InvalidId {
     Empty,
     #[error("id is {0} characters long; the limit is 128")]
     TooLong(usize),
-    #[error("id contains {0:?}; allowed are ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '")]
+    #[error(
+        "id contains {0:?}; allowed are ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '"
+    )]
     BadChar(char),
 }
 

@@ -27,7 +27,11 @@ pub enum SinkError {
 /// Receives routed deliveries in one worker.
 pub trait Sink {
     /// Accepts deliveries for one endpoint.
-    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError>;
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError>;
 
     /// Tells the sink no more events with `enqueued_ms < frontier_ms` are expected and that
     /// wall-clock time is `now_ms`, so it can finalise partitions and roll aged files.

@@ -96,7 +96,10 @@ impl Engine {
                 .ok()
                 .and_then(|mut r| r.get_mut(index).and_then(Option::take));
             let Some(rx) = rx else {
-                tracing::error!(worker = index, "engine worker started without an ingress queue");
+                tracing::error!(
+                    worker = index,
+                    "engine worker started without an ingress queue"
+                );
                 return;
             };
             let sink = match sinks.open(index) {

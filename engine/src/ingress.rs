@@ -84,7 +84,9 @@ impl Ingress {
                 }
                 Ok(())
             }
-            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => Err(b),
+            Err(mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b)) => {
+                Err(b)
+            }
         }
     }
 }

@@ -23,7 +23,10 @@ fn event(offset: u64, device: &str, body: &str, props: &[(&str, &str)]) -> Event
         Bytes::from(body.to_owned()),
     );
     e.offset = offset;
-    e.properties = props.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    e.properties = props
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     e
 }
 
@@ -74,7 +77,10 @@ endpoints = ["hot"]
     assert_eq!(out.deliveries.len(), 4);
     let hot = &out.deliveries[0];
     assert_eq!(&*hot.endpoint.name, "hot");
-    assert_eq!(hot.delivery.enrichments, vec![("site".to_string(), "berlin".to_string())]);
+    assert_eq!(
+        hot.delivery.enrichments,
+        vec![("site".to_string(), "berlin".to_string())]
+    );
     assert_eq!(
         hot.delivery.columns,
         vec![ColumnValue::Double(35.0), ColumnValue::String("hi".into())]

@@ -9,7 +9,11 @@ use sha2::Sha256;
 type HmacSha256 = Hmac<Sha256>;
 
 /// Characters the device SDK leaves unescaped (`urllib.parse.quote(s, safe="")`).
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
 
 /// Why a token was refused. Messages never contain the signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,11 +47,15 @@ pub struct SasToken<'a> {
 pub fn parse(token: &str) -> Result<SasToken<'_>, SasError> {
     let body = token
         .strip_prefix("SharedAccessSignature ")
-        .ok_or(SasError::Malformed("must start with 'SharedAccessSignature '"))?
+        .ok_or(SasError::Malformed(
+            "must start with 'SharedAccessSignature '",
+        ))?
         .trim();
     let (mut sr, mut sig, mut se, mut skn) = (None, None, None, None);
     for part in body.split('&') {
-        let (k, v) = part.split_once('=').ok_or(SasError::Malformed("every field must be key=value"))?;
+        let (k, v) = part
+            .split_once('=')
+            .ok_or(SasError::Malformed("every field must be key=value"))?;
         let slot = match k {
             "sr" => &mut sr,
             "sig" => &mut sig,
@@ -99,7 +107,12 @@ pub fn sign(key_b64: &str, sr_encoded: &str, se: &str) -> Result<String, SasErro
 }
 
 /// Builds a token the way the device SDK does.
-pub fn build(resource: &str, key_b64: &str, expiry: i64, skn: Option<&str>) -> Result<String, SasError> {
+pub fn build(
+    resource: &str,
+    key_b64: &str,
+    expiry: i64,
+    skn: Option<&str>,
+) -> Result<String, SasError> {
     let sr = utf8_percent_encode(resource, UNRESERVED).to_string();
     let se = expiry.to_string();
     let sig = sign(key_b64, &sr, &se)?;
@@ -123,7 +136,12 @@ fn covers(resource: &str, expected: &str) -> bool {
 
 /// Checks a token against the resource it must cover, the current time and the keys
 /// (any may match). The signature comparison is constant-time.
-pub fn verify(token: &SasToken<'_>, expected_resource: &str, keys: &[&str], now: i64) -> Result<(), SasError> {
+pub fn verify(
+    token: &SasToken<'_>,
+    expected_resource: &str,
+    keys: &[&str],
+    now: i64,
+) -> Result<(), SasError> {
     if token.expiry < now {
         return Err(SasError::Expired {
             expiry: token.expiry,
@@ -140,9 +158,16 @@ pub fn verify(token: &SasToken<'_>, expected_resource: &str, keys: &[&str], now:
     // the canonical upper- and lower-case encodings of the decoded resource.
     let canonical = utf8_percent_encode(&token.resource, UNRESERVED).to_string();
     let lower = lower_hex_escapes(&canonical);
-    let lower_resource = utf8_percent_encode(&token.resource.to_ascii_lowercase(), UNRESERVED).to_string();
+    let lower_resource =
+        utf8_percent_encode(&token.resource.to_ascii_lowercase(), UNRESERVED).to_string();
     let lower_lower = lower_hex_escapes(&lower_resource);
-    let candidates = [token.sr_raw, &canonical, &lower, &lower_resource, &lower_lower];
+    let candidates = [
+        token.sr_raw,
+        &canonical,
+        &lower,
+        &lower_resource,
+        &lower_lower,
+    ];
     for key in keys {
         for (i, sr) in candidates.iter().enumerate() {
             if candidates[..i].contains(sr) {
@@ -185,11 +210,23 @@ mod tests {
     #[test]
     fn matches_the_sdk_test_vectors() {
         assert_eq!(
-            build("myhub.azure-devices.net/devices/dev1", KEY, 1_700_000_000, None).expect("token"),
+            build(
+                "myhub.azure-devices.net/devices/dev1",
+                KEY,
+                1_700_000_000,
+                None
+            )
+            .expect("token"),
             "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev1&sig=i%2BYmMcSSZc4KzBi6ejz3l0iL%2B2sN0CE3q6vSm837h2g%3D&se=1700000000"
         );
         assert_eq!(
-            build("myhub.azure-devices.net/devices/dev1/modules/mod1", KEY, 1_700_000_000, None).expect("token"),
+            build(
+                "myhub.azure-devices.net/devices/dev1/modules/mod1",
+                KEY,
+                1_700_000_000,
+                None
+            )
+            .expect("token"),
             "SharedAccessSignature sr=myhub.azure-devices.net%2Fdevices%2Fdev1%2Fmodules%2Fmod1&sig=kA6xjFLkZvk4Cdh0nD8uWAzassq6PB47f7BepMMtmlY%3D&se=1700000000"
         );
     }
@@ -201,17 +238,29 @@ mod tests {
         assert_eq!(p.resource, "localhost/devices/dev1");
         assert!(verify(&p, "localhost/devices/dev1", &[KEY], 1_000).is_ok());
         assert!(verify(&p, "LOCALHOST/devices/dev1", &["AAAA", KEY], 1_000).is_ok());
-        assert!(matches!(verify(&p, "localhost/devices/dev1", &[KEY], 3_000), Err(SasError::Expired { .. })));
-        assert!(matches!(verify(&p, "localhost/devices/dev10", &[KEY], 1_000), Err(SasError::WrongResource { .. })));
+        assert!(matches!(
+            verify(&p, "localhost/devices/dev1", &[KEY], 3_000),
+            Err(SasError::Expired { .. })
+        ));
+        assert!(matches!(
+            verify(&p, "localhost/devices/dev10", &[KEY], 1_000),
+            Err(SasError::WrongResource { .. })
+        ));
         let other = "BBECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-        assert_eq!(verify(&p, "localhost/devices/dev1", &[other], 1_000), Err(SasError::BadSignature));
+        assert_eq!(
+            verify(&p, "localhost/devices/dev1", &[other], 1_000),
+            Err(SasError::BadSignature)
+        );
     }
 
     #[test]
     fn accepts_service_sdk_encoding_and_any_field_order() {
         // azure-iot-hub: sr via quote_plus, sig via quote (leaves '/').
         let sig = sign(KEY, "localhost", "2000").expect("sig");
-        let t = format!("SharedAccessSignature skn=iothubowner&se=2000&sig={}&sr=localhost", sig.replace('+', "%2B").replace('=', "%3D"));
+        let t = format!(
+            "SharedAccessSignature skn=iothubowner&se=2000&sig={}&sr=localhost",
+            sig.replace('+', "%2B").replace('=', "%3D")
+        );
         let p = parse(&t).expect("parses");
         assert_eq!(p.skn.as_deref(), Some("iothubowner"));
         assert!(verify(&p, "localhost", &[KEY], 1_000).is_ok());

@@ -31,7 +31,11 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Loads a PEM certificate chain and private key into a server config. The provider is
 /// chosen explicitly, so several rustls providers in one binary cannot make it panic.
-pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|source| TlsError::Read {

@@ -36,8 +36,11 @@ pub fn compile(e: &Expr) -> Result<Ir, SyntaxError> {
         ExprKind::Twin(path) => {
             let (section, rest) = twin_section(path).ok_or_else(|| {
                 err(
-                    "a $twin path must start with tags, properties.desired or properties.reported".into(),
-                    Some("for example $twin.tags.site or $twin.properties.reported.firmware".into()),
+                    "a $twin path must start with tags, properties.desired or properties.reported"
+                        .into(),
+                    Some(
+                        "for example $twin.tags.site or $twin.properties.reported.firmware".into(),
+                    ),
                 )
             })?;
             Ir::Twin(section, rest.to_vec())
@@ -50,7 +53,11 @@ pub fn compile(e: &Expr) -> Result<Ir, SyntaxError> {
                         Some(c) => format!("did you mean {c}?"),
                         None => format!(
                             "functions are {}",
-                            Func::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+                            Func::ALL
+                                .iter()
+                                .map(|(n, _)| *n)
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ),
                     }),
                 )
@@ -74,7 +81,9 @@ pub fn compile(e: &Expr) -> Result<Ir, SyntaxError> {
         ExprKind::Not(x) => Ir::Not(Box::new(compile(x)?)),
         ExprKind::Neg(x) => Ir::Neg(Box::new(compile(x)?)),
         ExprKind::Bin(op, a, b) => Ir::Bin(*op, Box::new(compile(a)?), Box::new(compile(b)?)),
-        ExprKind::In(x, items, neg) => Ir::In(Box::new(compile(x)?), items.iter().map(lit).collect(), *neg),
+        ExprKind::In(x, items, neg) => {
+            Ir::In(Box::new(compile(x)?), items.iter().map(lit).collect(), *neg)
+        }
     })
 }
 
@@ -129,7 +138,8 @@ fn lit(l: &Lit) -> Const {
 
 fn lit_json(l: &Lit) -> serde_json::Value {
     match l {
-        Lit::Num(n) => serde_json::Number::from_f64(*n).map_or(serde_json::Value::Null, serde_json::Value::Number),
+        Lit::Num(n) => serde_json::Number::from_f64(*n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number),
         Lit::Str(s) => serde_json::Value::String(s.clone()),
         Lit::Bool(b) => serde_json::Value::Bool(*b),
         Lit::Null | Lit::Undefined => serde_json::Value::Null,
@@ -149,7 +159,10 @@ mod tests {
         assert!(e.message.contains("POWER takes 2"), "{}", e.message);
         assert!(compile_str("$twin.location = 'x'").is_err());
         assert!(compile_str("$body = 1").is_err());
-        assert!(matches!(compile_str("$CONTENTTYPE").expect("ok"), Ir::Sys(SysProp::ContentType)));
+        assert!(matches!(
+            compile_str("$CONTENTTYPE").expect("ok"),
+            Ir::Sys(SysProp::ContentType)
+        ));
         assert!(matches!(compile_str("$custom").expect("ok"), Ir::App(_)));
     }
 }

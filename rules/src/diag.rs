@@ -163,6 +163,9 @@ mod tests {
         assert!(r.contains("rules/x.toml:2:12"), "{r}");
         assert!(r.contains("^") || r.contains("┬") || r.contains("─"), "{r}");
         assert!(r.contains("try this"), "{r}");
-        assert_eq!(d.to_string(), "rules/x.toml:2:12: error: boom (hint: try this)");
+        assert_eq!(
+            d.to_string(),
+            "rules/x.toml:2:12: error: boom (hint: try this)"
+        );
     }
 }

@@ -14,8 +14,13 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
     match ir {
         Ir::Const(c) => constant(c),
         Ir::Sys(p) => m.system(*p).map_or(Val::Undef, Val::Str),
-        Ir::App(name) => m.app(name).map_or(Val::Undef, |s| Val::Str(Cow::Borrowed(s))),
-        Ir::Body(path) => m.body().and_then(|b| walk(b, path)).map_or(Val::Undef, Val::from_json),
+        Ir::App(name) => m
+            .app(name)
+            .map_or(Val::Undef, |s| Val::Str(Cow::Borrowed(s))),
+        Ir::Body(path) => m
+            .body()
+            .and_then(|b| walk(b, path))
+            .map_or(Val::Undef, Val::from_json),
         Ir::Twin(section, path) => m
             .twin(*section)
             .and_then(|t| walk(t, path))
@@ -80,7 +85,10 @@ pub fn walk<'a>(mut v: &'a Json, path: &[Seg]) -> Option<&'a Json> {
         v = match (seg, v) {
             (Seg::Field(name), Json::Object(map)) => match map.get(name) {
                 Some(x) => x,
-                None => map.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, x)| x)?,
+                None => map
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, x)| x)?,
             },
             (Seg::Index(i), Json::Array(items)) => items.get(*i)?,
             _ => return None,
@@ -101,7 +109,15 @@ fn call<'a>(f: Func, args: &'a [Ir], m: &'a dyn MessageView) -> Val<'a> {
         Func::Square => num1(|x| x * x),
         Func::Ceiling => num1(f64::ceil),
         Func::Floor => num1(f64::floor),
-        Func::Sign => num1(|x| if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 }),
+        Func::Sign => num1(|x| {
+            if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            }
+        }),
         Func::Sqrt => num1(f64::sqrt),
         Func::Power => match (arg(0), arg(1)) {
             (Val::Num(x), Val::Num(y)) => Val::num(x.powf(y)),
@@ -157,7 +173,11 @@ fn call<'a>(f: Func, args: &'a [Ir], m: &'a dyn MessageView) -> Val<'a> {
                 _ => f64::INFINITY,
             };
             let start = start.max(0.0) as usize;
-            let len = if len.is_finite() { len.max(0.0) as usize } else { usize::MAX };
+            let len = if len.is_finite() {
+                len.max(0.0) as usize
+            } else {
+                usize::MAX
+            };
             Val::Str(Cow::Owned(s.chars().skip(start).take(len).collect()))
         }
         Func::IndexOf => match (arg(0), arg(1)) {

@@ -31,7 +31,9 @@ pub fn routes(e: &Expr, m: &RefMessage) -> bool {
 pub fn eval(e: &Expr, m: &RefMessage) -> Option<Json> {
     match &e.kind {
         ExprKind::Lit(l) => lit(l),
-        ExprKind::Array(items) => Some(Json::Array(items.iter().map(|l| lit(l).unwrap_or(Json::Null)).collect())),
+        ExprKind::Array(items) => Some(Json::Array(
+            items.iter().map(|l| lit(l).unwrap_or(Json::Null)).collect(),
+        )),
         ExprKind::Sys(name) => {
             let key = name.to_lowercase();
             let key = match key.as_str() {
@@ -245,7 +247,13 @@ fn call(name: &str, args: &[Expr], m: &RefMessage) -> Option<Json> {
         "FLOOR" => number(n(0)?.floor()),
         "SIGN" => {
             let x = n(0)?;
-            number(if x > 0.0 { 1.0 } else if x < 0.0 { -1.0 } else { 0.0 })
+            number(if x > 0.0 {
+                1.0
+            } else if x < 0.0 {
+                -1.0
+            } else {
+                0.0
+            })
         }
         "SQRT" => number(n(0)?.sqrt()),
         "AS_NUMBER" => match first? {
@@ -277,7 +285,11 @@ fn call(name: &str, args: &[Expr], m: &RefMessage) -> Option<Json> {
         "SUBSTRING" => {
             let text: Vec<char> = s(0)?.chars().collect();
             let start = n(1)?.max(0.0) as usize;
-            let len = if vals.len() == 3 { n(2)?.max(0.0) as usize } else { usize::MAX };
+            let len = if vals.len() == 3 {
+                n(2)?.max(0.0) as usize
+            } else {
+                usize::MAX
+            };
             Some(Json::String(text.iter().skip(start).take(len).collect()))
         }
         "INDEX_OF" => {

@@ -122,7 +122,9 @@ impl Func {
     /// Minimum and maximum number of arguments.
     pub fn arity(self) -> (usize, usize) {
         match self {
-            Func::Power | Func::IndexOf | Func::StartsWith | Func::EndsWith | Func::Contains => (2, 2),
+            Func::Power | Func::IndexOf | Func::StartsWith | Func::EndsWith | Func::Contains => {
+                (2, 2)
+            }
             Func::Substring => (2, 3),
             Func::Concat => (1, usize::MAX),
             _ => (1, 1),

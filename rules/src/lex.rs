@@ -285,7 +285,10 @@ mod tests {
         );
         assert_eq!(kinds("2.5e1"), vec![Tok::Number(25.0)]);
         assert_eq!(kinds("\"\\u0041\""), vec![Tok::Str("A".into())]);
-        assert_eq!(kinds("iothub-creation-time-utc"), vec![Tok::Ident("iothub-creation-time-utc".into())]);
+        assert_eq!(
+            kinds("iothub-creation-time-utc"),
+            vec![Tok::Ident("iothub-creation-time-utc".into())]
+        );
     }
 
     #[test]

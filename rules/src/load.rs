@@ -53,7 +53,8 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
             hint: Some("pass an existing directory with --rules".into()),
         }]
     };
-    let entries = std::fs::read_dir(dir).map_err(|e| io_diag(format!("cannot read the rules directory: {e}")))?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| io_diag(format!("cannot read the rules directory: {e}")))?;
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
@@ -88,7 +89,11 @@ pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec
         route_names: HashMap::new(),
         fallback_at: None,
     };
-    let parsed: Vec<Option<RawFile>> = files.iter().enumerate().map(|(i, f)| b.parse(i, f)).collect();
+    let parsed: Vec<Option<RawFile>> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| b.parse(i, f))
+        .collect();
     for (i, raw) in parsed.iter().enumerate() {
         if let Some(raw) = raw {
             for ep in &raw.endpoint {
@@ -108,7 +113,11 @@ pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec
             b.enrichment(i, e);
         }
     }
-    if b.diags.is_empty() { Ok(b.set) } else { Err(b.diags) }
+    if b.diags.is_empty() {
+        Ok(b.set)
+    } else {
+        Err(b.diags)
+    }
 }
 
 struct Builder<'a> {
@@ -121,7 +130,13 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
-    fn diag(&mut self, file: usize, span: Range<usize>, message: impl Into<String>, hint: Option<String>) {
+    fn diag(
+        &mut self,
+        file: usize,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         let f = &self.files[file];
         self.diags.push(Diagnostic {
             file: f.name.clone(),
@@ -151,7 +166,7 @@ impl Builder<'_> {
                 let span = e.span().unwrap_or(0..0);
                 let msg = e.message().trim().to_owned();
                 let hint = if msg.contains("unknown field") {
-                    Some("top-level tables are [[endpoint]], [[route]], [fallback] and [[enrichment]]; check the key's spelling".into())
+                    Some("check the key's spelling; tables are [[endpoint]], [[route]], [fallback] and [[enrichment]]".into())
                 } else {
                     None
                 };
@@ -162,12 +177,26 @@ impl Builder<'_> {
     }
 
     /// Compiles an expression held in a TOML string, mapping error positions into the file.
-    fn expr(&mut self, file: usize, s: &Spanned<String>, offset_in_value: usize, text: &str) -> Option<Ir> {
+    fn expr(
+        &mut self,
+        file: usize,
+        s: &Spanned<String>,
+        offset_in_value: usize,
+        text: &str,
+    ) -> Option<Ir> {
         match compile_str(text) {
             Ok(ir) => Some(ir),
-            Err(SyntaxError { span, message, hint }) => {
+            Err(SyntaxError {
+                span,
+                message,
+                hint,
+            }) => {
                 let map = string_offsets(&self.files[file].text[s.span()], s.span().start);
-                let at = |o: usize| map.get(o + offset_in_value).copied().unwrap_or(s.span().end);
+                let at = |o: usize| {
+                    map.get(o + offset_in_value)
+                        .copied()
+                        .unwrap_or(s.span().end)
+                };
                 let file_span = at(span.start)..at(span.end).max(at(span.start) + 1);
                 self.diag(file, file_span, message, hint);
                 None
@@ -188,7 +217,12 @@ impl Builder<'_> {
         }
         if let Some(prev) = self.endpoint_names.get(&name).cloned() {
             let at = self.where_is(&prev);
-            self.diag(i, ep.name.span(), format!("endpoint {name:?} is defined twice"), Some(format!("the first definition is at {at}")));
+            self.diag(
+                i,
+                ep.name.span(),
+                format!("endpoint {name:?} is defined twice"),
+                Some(format!("the first definition is at {at}")),
+            );
             return;
         }
         let kind = match ep.kind.get_ref().to_ascii_lowercase().as_str() {
@@ -196,41 +230,86 @@ impl Builder<'_> {
                 path: ep.path.as_ref().map(|p| p.get_ref().clone()),
             },
             other => {
-                self.diag(i, ep.kind.span(), format!("unknown endpoint type {other:?}"), Some("supported types: parquet".into()));
+                self.diag(
+                    i,
+                    ep.kind.span(),
+                    format!("unknown endpoint type {other:?}"),
+                    Some("supported types: parquet".into()),
+                );
                 return;
             }
         };
         if let Some(p) = &ep.path
             && let Err(msg) = check_path_template(p.get_ref())
         {
-            self.diag(i, p.span(), msg, Some(format!("placeholders are {{{}}}", PATH_PLACEHOLDERS.join("}, {"))));
+            self.diag(
+                i,
+                p.span(),
+                msg,
+                Some(format!(
+                    "placeholders are {{{}}}",
+                    PATH_PLACEHOLDERS.join("}, {")
+                )),
+            );
             return;
         }
         let mut columns = Vec::new();
         let mut exprs = Vec::new();
         for (col, spec) in &ep.columns.0 {
             if !valid_column(col) {
-                self.diag(i, spec.span(), format!("invalid column name {col:?}"), Some("use letters, digits and '_', starting with a letter".into()));
+                self.diag(
+                    i,
+                    spec.span(),
+                    format!("invalid column name {col:?}"),
+                    Some("use letters, digits and '_', starting with a letter".into()),
+                );
                 continue;
             }
-            if BUILTIN_COLUMNS.contains(&col.as_str()) || columns.iter().any(|c: &ColumnSpec| c.name == *col) {
-                self.diag(i, spec.span(), format!("column {col:?} clashes with another column"), Some(format!("built-in columns are {}", BUILTIN_COLUMNS.join(", "))));
+            if BUILTIN_COLUMNS.contains(&col.as_str())
+                || columns.iter().any(|c: &ColumnSpec| c.name == *col)
+            {
+                self.diag(
+                    i,
+                    spec.span(),
+                    format!("column {col:?} clashes with another column"),
+                    Some(format!(
+                        "built-in columns are {}",
+                        BUILTIN_COLUMNS.join(", ")
+                    )),
+                );
                 continue;
             }
             let Some((ty_text, expr_text)) = spec.get_ref().split_once(':') else {
-                self.diag(i, spec.span(), "a column is written \"type:expression\"", Some(format!("for example \"double:$body.temp\"; types are {}", ColumnType::NAMES)));
+                self.diag(
+                    i,
+                    spec.span(),
+                    "a column is written \"type:expression\"",
+                    Some(format!(
+                        "for example \"double:$body.temp\"; types are {}",
+                        ColumnType::NAMES
+                    )),
+                );
                 continue;
             };
             let Some(ty) = ColumnType::parse(ty_text.trim()) else {
-                self.diag(i, spec.span(), format!("unknown column type {:?}", ty_text.trim()), Some(format!("types are {}", ColumnType::NAMES)));
+                self.diag(
+                    i,
+                    spec.span(),
+                    format!("unknown column type {:?}", ty_text.trim()),
+                    Some(format!("types are {}", ColumnType::NAMES)),
+                );
                 continue;
             };
             if let Some(ir) = self.expr(i, spec, ty_text.len() + 1, expr_text) {
-                columns.push(ColumnSpec { name: col.clone(), ty });
+                columns.push(ColumnSpec {
+                    name: col.clone(),
+                    ty,
+                });
                 exprs.push(ir);
             }
         }
-        self.endpoint_names.insert(name.clone(), (i, ep.name.span()));
+        self.endpoint_names
+            .insert(name.clone(), (i, ep.name.span()));
         self.set.endpoints.push(Arc::new(EndpointSpec {
             name: Arc::from(name),
             kind,
@@ -241,9 +320,18 @@ impl Builder<'_> {
     }
 
     /// Resolves endpoint names; reports unknown ones.
-    fn endpoint_refs(&mut self, i: usize, list: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<usize>> {
+    fn endpoint_refs(
+        &mut self,
+        i: usize,
+        list: &Spanned<Vec<Spanned<String>>>,
+    ) -> Option<Vec<usize>> {
         if list.get_ref().is_empty() {
-            self.diag(i, list.span(), "the endpoint list is empty", Some("name at least one [[endpoint]]".into()));
+            self.diag(
+                i,
+                list.span(),
+                "the endpoint list is empty",
+                Some("name at least one [[endpoint]]".into()),
+            );
             return None;
         }
         let mut out = Vec::new();
@@ -258,7 +346,12 @@ impl Builder<'_> {
                     } else {
                         format!("defined endpoints: {}", known.join(", "))
                     };
-                    self.diag(i, n.span(), format!("unknown endpoint {:?}", n.get_ref()), Some(hint));
+                    self.diag(
+                        i,
+                        n.span(),
+                        format!("unknown endpoint {:?}", n.get_ref()),
+                        Some(hint),
+                    );
                     ok = false;
                 }
             }
@@ -269,12 +362,22 @@ impl Builder<'_> {
     fn route(&mut self, i: usize, r: crate::file::RawRoute) {
         let name = r.name.get_ref().clone();
         if name.trim().is_empty() || name.len() > 64 {
-            self.diag(i, r.name.span(), "a route name must be 1 to 64 characters", None);
+            self.diag(
+                i,
+                r.name.span(),
+                "a route name must be 1 to 64 characters",
+                None,
+            );
             return;
         }
         if let Some(prev) = self.route_names.get(&name).cloned() {
             let at = self.where_is(&prev);
-            self.diag(i, r.name.span(), format!("route {name:?} is defined twice"), Some(format!("the first definition is at {at}")));
+            self.diag(
+                i,
+                r.name.span(),
+                format!("route {name:?} is defined twice"),
+                Some(format!("the first definition is at {at}")),
+            );
             return;
         }
         self.route_names.insert(name.clone(), (i, r.name.span()));
@@ -284,13 +387,21 @@ impl Builder<'_> {
                 let parsed = EventSource::parse(s.get_ref());
                 if parsed.is_none() {
                     let all: Vec<&str> = EventSource::ALL.iter().map(|s| s.as_str()).collect();
-                    self.diag(i, s.span(), format!("unknown source {:?}", s.get_ref()), Some(format!("sources are {}", all.join(", "))));
+                    self.diag(
+                        i,
+                        s.span(),
+                        format!("unknown source {:?}", s.get_ref()),
+                        Some(format!("sources are {}", all.join(", "))),
+                    );
                 }
                 parsed
             }
         };
         let (condition, text) = match &r.condition {
-            None => (Some(Ir::Const(crate::ir::Const::Bool(true))), "true".to_owned()),
+            None => (
+                Some(Ir::Const(crate::ir::Const::Bool(true))),
+                "true".to_owned(),
+            ),
             Some(c) => (self.expr(i, c, 0, c.get_ref()), c.get_ref().clone()),
         };
         let endpoints = self.endpoint_refs(i, &r.endpoints);
@@ -310,7 +421,12 @@ impl Builder<'_> {
         let span = fb.span();
         if let Some(prev) = self.fallback_at.clone() {
             let at = self.where_is(&prev);
-            self.diag(i, span, "only one [fallback] is allowed across all rules files", Some(format!("another is at {at}")));
+            self.diag(
+                i,
+                span,
+                "only one [fallback] is allowed across all rules files",
+                Some(format!("another is at {at}")),
+            );
             return;
         }
         self.fallback_at = Some((i, span));
@@ -324,8 +440,17 @@ impl Builder<'_> {
 
     fn enrichment(&mut self, i: usize, e: crate::file::RawEnrichment) {
         let key = e.key.get_ref().clone();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            self.diag(i, e.key.span(), format!("invalid enrichment key {key:?}"), Some("keys use letters, digits, '-', '_' and '.'".into()));
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            self.diag(
+                i,
+                e.key.span(),
+                format!("invalid enrichment key {key:?}"),
+                Some("keys use letters, digits, '-', '_' and '.'".into()),
+            );
             return;
         }
         let text = e.value.get_ref();
@@ -339,7 +464,12 @@ impl Builder<'_> {
                     literal: text.clone(),
                 },
                 Some(_) => {
-                    self.diag(i, e.value.span(), "an enrichment value is a string, $iothubname or a $twin path", None);
+                    self.diag(
+                        i,
+                        e.value.span(),
+                        "an enrichment value is a string, $iothubname or a $twin path",
+                        None,
+                    );
                     return;
                 }
                 None => return,
@@ -347,7 +477,9 @@ impl Builder<'_> {
         } else {
             EnrichValue::Static(text.clone())
         };
-        let Some(eps) = self.endpoint_refs(i, &e.endpoints) else { return };
+        let Some(eps) = self.endpoint_refs(i, &e.endpoints) else {
+            return;
+        };
         for ep in eps {
             self.set.enrichments[ep].push(Enrichment {
                 key: key.clone(),
@@ -358,7 +490,10 @@ impl Builder<'_> {
 }
 
 fn valid_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 64 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !n.is_empty()
+        && n.len() <= 64
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn valid_column(n: &str) -> bool {
@@ -368,12 +503,19 @@ fn valid_column(n: &str) -> bool {
 
 /// Checks a partition path template such as `date={date}/hour={hour}`.
 pub fn check_path_template(t: &str) -> Result<(), String> {
-    if t.is_empty() || t.starts_with('/') || t.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
-        return Err(format!("path template {t:?} must be relative, without empty, '.' or '..' segments"));
+    if t.is_empty()
+        || t.starts_with('/')
+        || t.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err(format!(
+            "path template {t:?} must be relative, without empty, '.' or '..' segments"
+        ));
     }
     let mut rest = t;
     while let Some(open) = rest.find('{') {
-        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed '{{' in path template {t:?}"))?;
+        let close = rest[open..]
+            .find('}')
+            .ok_or_else(|| format!("unclosed '{{' in path template {t:?}"))?;
         let name = &rest[open + 1..open + close];
         if !PATH_PLACEHOLDERS.contains(&name) {
             return Err(format!("unknown placeholder {{{name}}} in path template"));

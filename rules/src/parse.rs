@@ -14,7 +14,16 @@ pub struct SyntaxError {
     pub hint: Option<String>,
 }
 
-const KEYWORDS: [&str; 8] = ["AND", "OR", "NOT", "IN", "TRUE", "FALSE", "NULL", "UNDEFINED"];
+const KEYWORDS: [&str; 8] = [
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "TRUE",
+    "FALSE",
+    "NULL",
+    "UNDEFINED",
+];
 
 /// True when `s` is a reserved word (and so cannot name a property without quoting).
 pub fn is_keyword(s: &str) -> bool {
@@ -44,7 +53,10 @@ pub fn parse(src: &str) -> Result<Expr, SyntaxError> {
     if let Some(t) = p.peek() {
         return Err(SyntaxError {
             span: t.span.clone(),
-            message: format!("unexpected {} after a complete expression", t.kind.describe()),
+            message: format!(
+                "unexpected {} after a complete expression",
+                t.kind.describe()
+            ),
             hint: Some("join conditions with AND or OR".into()),
         });
     }
@@ -88,7 +100,11 @@ impl Parser {
                 hint: None,
             },
             None => SyntaxError {
-                span: if after.end >= self.end { self.eof_span() } else { after.clone() },
+                span: if after.end >= self.end {
+                    self.eof_span()
+                } else {
+                    after.clone()
+                },
                 message: format!("expected {what}, but the condition ends here"),
                 hint: None,
             },
@@ -186,7 +202,11 @@ impl Parser {
 
     fn in_list(&mut self, lhs: Expr, negated: bool) -> Result<Expr, SyntaxError> {
         let at = lhs.span.clone();
-        let Some(open) = self.peek().filter(|t| t.kind == Tok::LBracket).map(|t| t.span.clone()) else {
+        let Some(open) = self
+            .peek()
+            .filter(|t| t.kind == Tok::LBracket)
+            .map(|t| t.span.clone())
+        else {
             return Err(self.expected("a list like ['a', 'b'] after IN", &at));
         };
         self.pos += 1;
@@ -241,7 +261,11 @@ impl Parser {
     }
 
     fn primary(&mut self) -> Result<Expr, SyntaxError> {
-        let before = self.tokens.get(self.pos.saturating_sub(1)).map(|t| t.span.clone()).unwrap_or(0..0);
+        let before = self
+            .tokens
+            .get(self.pos.saturating_sub(1))
+            .map(|t| t.span.clone())
+            .unwrap_or(0..0);
         let Some(tok) = self.next() else {
             return Err(SyntaxError {
                 span: self.eof_span(),
@@ -296,7 +320,10 @@ impl Parser {
             "AND" | "OR" | "NOT" | "IN" => {
                 return Err(SyntaxError {
                     span,
-                    message: format!("expected an expression, found the keyword {}", name.to_ascii_uppercase()),
+                    message: format!(
+                        "expected an expression, found the keyword {}",
+                        name.to_ascii_uppercase()
+                    ),
                     hint: Some("a property with this name cannot be referenced; rename it".into()),
                 });
             }
@@ -339,7 +366,10 @@ impl Parser {
                 _ => {
                     let last = args.last().map(|a| a.span.clone()).unwrap_or(open.clone());
                     let mut e = self.expected("',' or ')' in the argument list", &last);
-                    e.hint = Some(format!("the call to {name} starts at offset {}", span.start));
+                    e.hint = Some(format!(
+                        "the call to {name} starts at offset {}",
+                        span.start
+                    ));
                     return Err(e);
                 }
             }
@@ -368,11 +398,17 @@ impl Parser {
             if self.at(&Tok::Dot) {
                 let dot = self.next().map(|t| t.span).unwrap_or_default();
                 match self.next() {
-                    Some(Token { kind: Tok::Ident(n), span: s }) => {
+                    Some(Token {
+                        kind: Tok::Ident(n),
+                        span: s,
+                    }) => {
                         path.push(Seg::Field(n));
                         end = s.end;
                     }
-                    Some(Token { kind: Tok::LBracket, span: s }) => {
+                    Some(Token {
+                        kind: Tok::LBracket,
+                        span: s,
+                    }) => {
                         end = self.bracket_seg(&mut path, s)?;
                     }
                     other => {
@@ -404,7 +440,10 @@ impl Parser {
     /// After '[': an index or a quoted field name, then ']'. Returns the end offset.
     fn bracket_seg(&mut self, path: &mut Vec<Seg>, open: Span) -> Result<usize, SyntaxError> {
         let seg = match self.next() {
-            Some(Token { kind: Tok::Number(n), span }) => {
+            Some(Token {
+                kind: Tok::Number(n),
+                span,
+            }) => {
                 if n < 0.0 || n.fract() != 0.0 || n > u32::MAX as f64 {
                     return Err(SyntaxError {
                         span,
@@ -414,7 +453,9 @@ impl Parser {
                 }
                 Seg::Index(n as usize)
             }
-            Some(Token { kind: Tok::Str(s), .. }) => Seg::Field(s),
+            Some(Token {
+                kind: Tok::Str(s), ..
+            }) => Seg::Field(s),
             other => {
                 return Err(SyntaxError {
                     span: other.map(|t| t.span).unwrap_or(open),
@@ -425,7 +466,10 @@ impl Parser {
         };
         path.push(seg);
         match self.next() {
-            Some(Token { kind: Tok::RBracket, span }) => Ok(span.end),
+            Some(Token {
+                kind: Tok::RBracket,
+                span,
+            }) => Ok(span.end),
             other => Err(SyntaxError {
                 span: other.map(|t| t.span).unwrap_or(open),
                 message: "expected ']'".into(),
@@ -447,9 +491,17 @@ impl Parser {
                 self.pos += 1;
             }
             let lit = match self.next() {
-                Some(Token { kind: Tok::Number(n), .. }) => Lit::Num(if neg { -n } else { n }),
-                Some(Token { kind: Tok::Str(s), .. }) if !neg => Lit::Str(s),
-                Some(Token { kind: Tok::Ident(s), span }) if !neg => match s.to_ascii_uppercase().as_str() {
+                Some(Token {
+                    kind: Tok::Number(n),
+                    ..
+                }) => Lit::Num(if neg { -n } else { n }),
+                Some(Token {
+                    kind: Tok::Str(s), ..
+                }) if !neg => Lit::Str(s),
+                Some(Token {
+                    kind: Tok::Ident(s),
+                    span,
+                }) if !neg => match s.to_ascii_uppercase().as_str() {
                     "TRUE" => Lit::Bool(true),
                     "FALSE" => Lit::Bool(false),
                     "NULL" => Lit::Null,
@@ -471,8 +523,13 @@ impl Parser {
             };
             items.push(lit);
             match self.next() {
-                Some(Token { kind: Tok::Comma, .. }) => {}
-                Some(Token { kind: Tok::RBracket, span }) => return Ok((items, span)),
+                Some(Token {
+                    kind: Tok::Comma, ..
+                }) => {}
+                Some(Token {
+                    kind: Tok::RBracket,
+                    span,
+                }) => return Ok((items, span)),
                 other => {
                     return Err(SyntaxError {
                         span: other.map(|t| t.span).unwrap_or(open.clone()),
@@ -495,11 +552,20 @@ mod tests {
 
     #[test]
     fn precedence_and_case_insensitive_keywords() {
-        assert_eq!(show("a = 1 or b = 2 and not c"), "((a = 1) OR ((b = 2) AND (NOT c)))");
+        assert_eq!(
+            show("a = 1 or b = 2 and not c"),
+            "((a = 1) OR ((b = 2) AND (NOT c)))"
+        );
         assert_eq!(show("1 + 2 * 3 - -4"), "((1 + (2 * 3)) - (-4))");
         assert_eq!(show("$body.a.b[0]['x y'] > 3"), "($body.a.b[0]['x y'] > 3)");
-        assert_eq!(show("IS_DEFINED($twin.tags.site)"), "IS_DEFINED($twin.tags.site)");
-        assert_eq!(show("x not in ['a', -1, null]"), "(x NOT IN ['a', -1, null])");
+        assert_eq!(
+            show("IS_DEFINED($twin.tags.site)"),
+            "IS_DEFINED($twin.tags.site)"
+        );
+        assert_eq!(
+            show("x not in ['a', -1, null]"),
+            "(x NOT IN ['a', -1, null])"
+        );
         assert_eq!(show("(a <> 'b')"), "(a != 'b')");
     }
 
@@ -507,7 +573,11 @@ mod tests {
     fn errors_point_at_the_problem() {
         let e = parse("$body.temp > ").expect_err("dangling");
         assert_eq!(e.span, 11..12);
-        assert!(e.message.contains("'>' needs an expression"), "{}", e.message);
+        assert!(
+            e.message.contains("'>' needs an expression"),
+            "{}",
+            e.message
+        );
 
         let e = parse("(a = 1").expect_err("unclosed");
         assert!(e.message.contains("expected ')'"), "{}", e.message);

@@ -109,11 +109,14 @@ impl RuleSet {
 
     /// Builds what `endpoint` receives for this event: its enrichments and typed columns.
     pub fn delivery(&self, endpoint: usize, view: &EventView<'_>, event: &Arc<Event>) -> Delivery {
-        let enrichments = self.enrichments.get(endpoint).map_or_else(Vec::new, |list| {
-            list.iter()
-                .map(|e| (e.key.clone(), self.enrichment_value(&e.value, view)))
-                .collect()
-        });
+        let enrichments = self
+            .enrichments
+            .get(endpoint)
+            .map_or_else(Vec::new, |list| {
+                list.iter()
+                    .map(|e| (e.key.clone(), self.enrichment_value(&e.value, view)))
+                    .collect()
+            });
         let columns = match (self.columns.get(endpoint), self.endpoints.get(endpoint)) {
             (Some(exprs), Some(spec)) => exprs
                 .iter()
@@ -160,7 +163,9 @@ pub fn column_value(ty: ColumnType, v: Val<'_>) -> ColumnValue {
         (ColumnType::Bool, Val::Bool(b)) => ColumnValue::Bool(b),
         (ColumnType::Timestamp, Val::Num(n)) if n.is_finite() => ColumnValue::Timestamp(n as i64),
         (ColumnType::Timestamp, Val::Str(s)) => chrono::DateTime::parse_from_rfc3339(&s)
-            .map_or(ColumnValue::Null, |t| ColumnValue::Timestamp(t.timestamp_millis())),
+            .map_or(ColumnValue::Null, |t| {
+                ColumnValue::Timestamp(t.timestamp_millis())
+            }),
         _ => ColumnValue::Null,
     }
 }
@@ -171,12 +176,27 @@ mod tests {
 
     #[test]
     fn typed_columns_are_null_when_the_type_is_wrong() {
-        assert_eq!(column_value(ColumnType::Int64, Val::Num(3.0)), ColumnValue::Int64(3));
-        assert_eq!(column_value(ColumnType::Int64, Val::Num(3.5)), ColumnValue::Null);
-        assert_eq!(column_value(ColumnType::Double, Val::Str("3".into())), ColumnValue::Null);
-        assert_eq!(column_value(ColumnType::String, Val::Undef), ColumnValue::Null);
         assert_eq!(
-            column_value(ColumnType::Timestamp, Val::Str("2026-01-02T03:04:05Z".into())),
+            column_value(ColumnType::Int64, Val::Num(3.0)),
+            ColumnValue::Int64(3)
+        );
+        assert_eq!(
+            column_value(ColumnType::Int64, Val::Num(3.5)),
+            ColumnValue::Null
+        );
+        assert_eq!(
+            column_value(ColumnType::Double, Val::Str("3".into())),
+            ColumnValue::Null
+        );
+        assert_eq!(
+            column_value(ColumnType::String, Val::Undef),
+            ColumnValue::Null
+        );
+        assert_eq!(
+            column_value(
+                ColumnType::Timestamp,
+                Val::Str("2026-01-02T03:04:05Z".into())
+            ),
             ColumnValue::Timestamp(1_767_323_045_000)
         );
     }

@@ -39,7 +39,11 @@ impl<'a> Val<'a> {
     }
 
     pub fn num(n: f64) -> Val<'a> {
-        if n.is_finite() { Val::Num(n) } else { Val::Undef }
+        if n.is_finite() {
+            Val::Num(n)
+        } else {
+            Val::Undef
+        }
     }
 
     /// The value as JSON, for printing; `None` when undefined.

@@ -34,7 +34,10 @@ impl SysProp {
             ("contentEncoding", SysProp::ContentEncoding),
             ("connectionDeviceId", SysProp::ConnectionDeviceId),
             ("connectionModuleId", SysProp::ConnectionModuleId),
-            ("connectionDeviceGenerationId", SysProp::ConnectionDeviceGenerationId),
+            (
+                "connectionDeviceGenerationId",
+                SysProp::ConnectionDeviceGenerationId,
+            ),
             ("connectionAuthMethod", SysProp::ConnectionAuthMethod),
             ("messageId", SysProp::MessageId),
             ("correlationId", SysProp::CorrelationId),

@@ -72,8 +72,9 @@ impl Registry {
             let table = txn.open_table(DEVICES).map_err(storage)?;
             for row in table.iter().map_err(storage)? {
                 let (k, v) = row.map_err(storage)?;
-                let rec: DeviceRecord = serde_json::from_slice(v.value())
-                    .map_err(|e| RegistryError::Storage(format!("device {} is unreadable: {e}", k.value())))?;
+                let rec: DeviceRecord = serde_json::from_slice(v.value()).map_err(|e| {
+                    RegistryError::Storage(format!("device {} is unreadable: {e}", k.value()))
+                })?;
                 devices.insert(k.value().to_owned(), Arc::new(rec));
             }
         }
@@ -106,9 +107,16 @@ impl Registry {
 
     /// Creates the device or updates it. `if_match` (an etag, or `*`) makes the update
     /// conditional. Returns the stored record and whether it was created.
-    pub fn upsert(&self, req: DeviceUpsert, if_match: Option<&str>) -> Result<(Arc<DeviceRecord>, bool), RegistryError> {
+    pub fn upsert(
+        &self,
+        req: DeviceUpsert,
+        if_match: Option<&str>,
+    ) -> Result<(Arc<DeviceRecord>, bool), RegistryError> {
         weir_core::ids::validate(&req.device_id)?;
-        for (name, k) in [("primaryKey", &req.primary_key), ("secondaryKey", &req.secondary_key)] {
+        for (name, k) in [
+            ("primaryKey", &req.primary_key),
+            ("secondaryKey", &req.secondary_key),
+        ] {
             if k.as_deref().is_some_and(|k| !valid_key(k)) {
                 return Err(RegistryError::InvalidKey(name));
             }
@@ -129,8 +137,14 @@ impl Registry {
                 status: req.status.unwrap_or_default(),
                 status_reason: req.status_reason,
                 auth: DeviceAuth::Sas {
-                    primary_key: req.primary_key.map_or_else(generate_key, Ok).map_err(storage)?,
-                    secondary_key: req.secondary_key.map_or_else(generate_key, Ok).map_err(storage)?,
+                    primary_key: req
+                        .primary_key
+                        .map_or_else(generate_key, Ok)
+                        .map_err(storage)?,
+                    secondary_key: req
+                        .secondary_key
+                        .map_or_else(generate_key, Ok)
+                        .map_err(storage)?,
                 },
                 tags: req.tags.unwrap_or_else(|| serde_json::json!({})),
                 created_time: now.clone(),
@@ -148,7 +162,10 @@ impl Registry {
                 if req.status_reason.is_some() {
                     rec.status_reason = req.status_reason;
                 }
-                let DeviceAuth::Sas { primary_key, secondary_key } = &mut rec.auth;
+                let DeviceAuth::Sas {
+                    primary_key,
+                    secondary_key,
+                } = &mut rec.auth;
                 if let Some(k) = req.primary_key {
                     *primary_key = k;
                 }
@@ -173,9 +190,15 @@ impl Registry {
     }
 
     /// Deletes a device, conditionally on `if_match`.
-    pub fn delete(&self, id: &str, if_match: Option<&str>) -> Result<Arc<DeviceRecord>, RegistryError> {
+    pub fn delete(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<Arc<DeviceRecord>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
-        let existing = self.get(id).ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let existing = self
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         check_etag(Some(&existing), if_match)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
@@ -192,7 +215,8 @@ impl Registry {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
-            t.insert(rec.device_id.as_str(), bytes.as_slice()).map_err(storage)?;
+            t.insert(rec.device_id.as_str(), bytes.as_slice())
+                .map_err(storage)?;
         }
         txn.commit().map_err(storage)
     }
@@ -221,7 +245,10 @@ fn etag_version(etag: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn check_etag(existing: Option<&DeviceRecord>, if_match: Option<&str>) -> Result<(), RegistryError> {
+fn check_etag(
+    existing: Option<&DeviceRecord>,
+    if_match: Option<&str>,
+) -> Result<(), RegistryError> {
     let Some(want) = if_match.map(|s| s.trim().trim_matches('"')) else {
         return Ok(());
     };
@@ -231,7 +258,9 @@ fn check_etag(existing: Option<&DeviceRecord>, if_match: Option<&str>) -> Result
         Some(rec) => Err(RegistryError::PreconditionFailed {
             current: rec.etag.clone(),
         }),
-        None => Err(RegistryError::PreconditionFailed { current: String::new() }),
+        None => Err(RegistryError::PreconditionFailed {
+            current: String::new(),
+        }),
     }
 }
 
@@ -256,7 +285,10 @@ mod tests {
                 )
                 .expect("create");
             assert!(created);
-            assert!(rec.sas_keys().is_some_and(|(p, s)| valid_key(p) && valid_key(s) && p != s));
+            assert!(
+                rec.sas_keys()
+                    .is_some_and(|(p, s)| valid_key(p) && valid_key(s) && p != s)
+            );
             etag = rec.etag.clone();
             let err = r
                 .upsert(

@@ -1,0 +1,1 @@
+//! This crate only has tests; see tests/ and e2e/.

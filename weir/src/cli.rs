@@ -108,11 +108,21 @@ pub struct DeviceArgs {
 #[derive(Args, Debug, Clone)]
 pub struct HubArgs {
     /// The hub's REST API.
-    #[arg(long, global = true, env = "WEIR_API", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub api: String,
     /// Service connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...).
     /// Default: read from <data-dir>/iothubowner.connstr.
-    #[arg(long, global = true, env = "WEIR_CONNECTION_STRING", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "WEIR_CONNECTION_STRING",
+        hide_env_values = true
+    )]
     pub connection_string: Option<String>,
     /// Data directory of the hub, to find iothubowner.connstr.
     #[arg(long, global = true, default_value = "./weir-data")]
@@ -180,7 +190,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", config::DEFAULT_TOML);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rules(RulesCommand::Check { dir, hostname }) => Ok(rules_cmd::check(&dir, &hostname)),
+        Command::Rules(RulesCommand::Check { dir, hostname }) => {
+            Ok(rules_cmd::check(&dir, &hostname))
+        }
         Command::Rules(RulesCommand::Test {
             dir,
             events,

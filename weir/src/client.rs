@@ -36,7 +36,12 @@ impl Reply {
         if self.status.is_success() {
             return Ok(self.body);
         }
-        let msg = self.body.get("Message").and_then(Value::as_str).unwrap_or("").to_string();
+        let msg = self
+            .body
+            .get("Message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let hint = match self.status {
             StatusCode::UNAUTHORIZED => {
                 "; check the service connection string (--connection-string, or iothubowner.connstr in --data-dir)"
@@ -67,9 +72,15 @@ impl HubClient {
                 .map(str::to_owned)
                 .ok_or_else(|| anyhow!("the connection string has no {n}"))
         };
-        let uri: Uri = args.api.parse().with_context(|| format!("--api {:?} is not a URL", args.api))?;
+        let uri: Uri = args
+            .api
+            .parse()
+            .with_context(|| format!("--api {:?} is not a URL", args.api))?;
         let tls = if uri.scheme_str() == Some("https") {
-            let ca = args.ca.clone().unwrap_or_else(|| args.data_dir.join("tls/ca.pem"));
+            let ca = args
+                .ca
+                .clone()
+                .unwrap_or_else(|| args.data_dir.join("tls/ca.pem"));
             Some(tls_connector(&ca)?)
         } else {
             None
@@ -85,17 +96,34 @@ impl HubClient {
 
     fn token(&self) -> anyhow::Result<String> {
         let expiry = weir_core::time::now_secs() + 3600;
-        Ok(sas::build(&self.hostname, &self.key, expiry, Some(&self.policy))?)
+        Ok(sas::build(
+            &self.hostname,
+            &self.key,
+            expiry,
+            Some(&self.policy),
+        )?)
     }
 
     /// Sends one request and reads the JSON reply.
-    pub async fn call(&self, method: Method, path: &str, body: Option<&Value>, if_match: Option<&str>) -> anyhow::Result<Reply> {
-        let authority = self.uri.authority().ok_or_else(|| anyhow!("--api needs a host and port"))?.clone();
-        let port = authority.port_u16().unwrap_or(if self.tls.is_some() { 443 } else { 80 });
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        if_match: Option<&str>,
+    ) -> anyhow::Result<Reply> {
+        let authority = self
+            .uri
+            .authority()
+            .ok_or_else(|| anyhow!("--api needs a host and port"))?
+            .clone();
+        let port = authority
+            .port_u16()
+            .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let addr = format!("{}:{port}", authority.host());
-        let tcp = TcpStream::connect(&addr)
-            .await
-            .with_context(|| format!("cannot reach the hub's REST API at {addr}: is `weir serve` running? (--api)"))?;
+        let tcp = TcpStream::connect(&addr).await.with_context(|| {
+            format!("cannot reach the hub's REST API at {addr}: is `weir serve` running? (--api)")
+        })?;
         let sep = if path.contains('?') { '&' } else { '?' };
         let mut req = Request::builder()
             .method(method)
@@ -112,7 +140,10 @@ impl HubClient {
             None => send(TokioIo::new(tcp), req).await?,
             Some(conn) => {
                 let name = rustls::pki_types::ServerName::try_from(authority.host().to_string())?;
-                let stream = conn.connect(name, tcp).await.context("TLS handshake with the hub failed")?;
+                let stream = conn
+                    .connect(name, tcp)
+                    .await
+                    .context("TLS handshake with the hub failed")?;
                 send(TokioIo::new(stream), req).await?
             }
         };
@@ -132,28 +163,35 @@ where
     let body = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
     };
     Ok(Reply { status, body })
 }
 
 /// A TLS client trusting only `ca` (a PEM file).
 pub fn tls_connector(ca: &PathBuf) -> anyhow::Result<tokio_rustls::TlsConnector> {
-    let pem = std::fs::read(ca).with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
+    let pem = std::fs::read(ca)
+        .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile_certs(&pem)? {
         roots.add(cert)?;
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-fn rustls_pemfile_certs(pem: &[u8]) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+fn rustls_pemfile_certs(
+    pem: &[u8],
+) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
     use rustls::pki_types::pem::PemObject;
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
+    let certs =
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         bail!("no certificate in the CA file");
     }

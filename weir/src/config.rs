@@ -112,7 +112,8 @@ fn merge(base: &mut toml::Table, over: toml::Table) {
 }
 
 fn parse_table(text: &str, what: &str) -> anyhow::Result<toml::Table> {
-    text.parse::<toml::Table>().map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    text.parse::<toml::Table>()
+        .map_err(|e| anyhow::anyhow!("{what}: {e}"))
 }
 
 /// Reads configuration for `weir serve`.
@@ -127,10 +128,18 @@ pub fn load(args: &ServeArgs) -> anyhow::Result<Config> {
             .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
         merge(&mut table, parse_table(&text, &path.display().to_string())?);
     }
-    let source = file.as_ref().map_or("the default configuration".to_string(), |p| p.display().to_string());
+    let source = file
+        .as_ref()
+        .map_or("the default configuration".to_string(), |p| {
+            p.display().to_string()
+        });
     let de = toml::Value::Table(table);
     let parsed: File = serde_path_to_error::deserialize(de).map_err(|e| {
-        anyhow::anyhow!("{source}: key `{}`: {}", e.path(), e.inner().to_string().trim())
+        anyhow::anyhow!(
+            "{source}: key `{}`: {}",
+            e.path(),
+            e.inner().to_string().trim()
+        )
     })?;
     resolve(parsed, args)
 }
@@ -140,17 +149,20 @@ fn addr(key: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
     if v.is_empty() || v.eq_ignore_ascii_case("off") {
         return Ok(None);
     }
-    v.parse()
-        .map(Some)
-        .map_err(|_| anyhow::anyhow!("`{key}` = {v:?} is not an address like 127.0.0.1:1883 (or \"off\")"))
+    v.parse().map(Some).map_err(|_| {
+        anyhow::anyhow!("`{key}` = {v:?} is not an address like 127.0.0.1:1883 (or \"off\")")
+    })
 }
 
 fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     let hostname = a.hostname.clone().unwrap_or(f.hub.hostname);
     if hostname.is_empty() || hostname.contains(['/', ' ', ';']) {
-        bail!("`hub.hostname` = {hostname:?} must be a host name such as localhost or myhub.example.com");
+        bail!(
+            "`hub.hostname` = {hostname:?} must be a host name such as localhost or myhub.example.com"
+        );
     }
-    let listen = |key: &str, flag: &Option<String>, file: &str| addr(key, flag.as_deref().unwrap_or(file));
+    let listen =
+        |key: &str, flag: &Option<String>, file: &str| addr(key, flag.as_deref().unwrap_or(file));
     let mqtt = listen("listen.mqtt", &a.mqtt, &f.listen.mqtt)?;
     let mqtts = listen("listen.mqtts", &a.mqtts, &f.listen.mqtts)?;
     let http = listen("listen.http", &a.http, &f.listen.http)?;
@@ -192,7 +204,8 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     if !(f.archive.max_age_secs > 0.0 && f.archive.max_age_secs.is_finite()) {
         bail!("`archive.max_age_secs` must be positive");
     }
-    weir_rules::load::check_path_template(&f.archive.path).map_err(|e| anyhow::anyhow!("`archive.path`: {e}"))?;
+    weir_rules::load::check_path_template(&f.archive.path)
+        .map_err(|e| anyhow::anyhow!("`archive.path`: {e}"))?;
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
     let rules = a.rules.clone().unwrap_or(f.hub.rules);

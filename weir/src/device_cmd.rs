@@ -11,11 +11,18 @@ use crate::cli::{DeviceArgs, DeviceCommand};
 use crate::client::HubClient;
 
 fn path(id: &str) -> String {
-    format!("/devices/{}", percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC))
+    format!(
+        "/devices/{}",
+        percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
+    )
 }
 
 fn key(device: &Value, secondary: bool) -> anyhow::Result<String> {
-    let k = if secondary { "secondaryKey" } else { "primaryKey" };
+    let k = if secondary {
+        "secondaryKey"
+    } else {
+        "primaryKey"
+    };
     device["authentication"]["symmetricKey"][k]
         .as_str()
         .map(str::to_owned)
@@ -44,7 +51,9 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<Option<Value>> {
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     let client = HubClient::new(&args.hub)?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match args.command {
             DeviceCommand::Create {

@@ -11,7 +11,12 @@ use tokio_rustls::TlsAcceptor;
 
 /// Accepts connections until `shutdown` turns true. Each connection is served on its
 /// own task; a TLS handshake that stalls is dropped after ten seconds.
-pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (socket, peer) = tokio::select! {
             _ = shutdown.changed() => return,
@@ -32,28 +37,36 @@ pub async fn serve(listener: TcpListener, tls: Option<TlsAcceptor>, app: Router,
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match tls {
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(socket), service).with_upgrades();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(socket), service)
+                        .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
                         r = conn.as_mut() => r,
                         _ = stop.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
                     }
                 }
-                Some(acceptor) => match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
-                    Ok(Ok(stream)) => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
-                        tokio::pin!(conn);
-                        tokio::select! {
-                            r = conn.as_mut() => r,
-                            _ = stop.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket))
+                        .await
+                    {
+                        Ok(Ok(stream)) => {
+                            let conn = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades();
+                            tokio::pin!(conn);
+                            tokio::select! {
+                                r = conn.as_mut() => r,
+                                _ = stop.changed() => { conn.as_mut().graceful_shutdown(); conn.await }
+                            }
                         }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
                     }
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "HTTPS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                },
+                }
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");

@@ -22,7 +22,9 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "toml") && e.file_name() != "Cargo.toml")
+        .filter(|e| {
+            e.path().extension().is_some_and(|x| x == "toml") && e.file_name() != "Cargo.toml"
+        })
         .filter_map(|e| {
             let m = e.metadata().ok()?;
             Some((e.path(), m.len(), m.modified().ok()))
@@ -75,7 +77,10 @@ pub async fn watch_rules(
                 for d in &diags {
                     tracing::error!("{}", d.render(false));
                 }
-                tracing::error!(errors = diags.len(), "rules NOT reloaded; the previous rules stay in effect");
+                tracing::error!(
+                    errors = diags.len(),
+                    "rules NOT reloaded; the previous rules stay in effect"
+                );
             }
             Err(e) => tracing::error!(error = %e, "rules reload task failed"),
         }

@@ -10,7 +10,10 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weir_core::{ColumnValue, DeviceAuth, DeviceId, DeviceRecord, DeviceStatus, Event, EventSource, SystemProperties};
+use weir_core::{
+    ColumnValue, DeviceAuth, DeviceId, DeviceRecord, DeviceStatus, Event, EventSource,
+    SystemProperties,
+};
 
 fn render(diags: &[weir_rules::Diagnostic]) {
     let color = std::io::stderr().is_terminal();
@@ -69,7 +72,9 @@ fn to_event(line: usize, r: Recorded) -> anyhow::Result<(Event, Option<Value>)> 
     let device_id = DeviceId::parse(&r.device_id)?;
     let enqueued_ms = match &r.enqueued_time {
         None => 1_767_225_600_000 + line as i64,
-        Some(Value::Number(n)) => n.as_i64().ok_or_else(|| anyhow!("enqueuedTime must be an integer"))?,
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| anyhow!("enqueuedTime must be an integer"))?,
         Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)?.timestamp_millis(),
         Some(_) => bail!("enqueuedTime must be RFC 3339 or milliseconds"),
     };
@@ -118,7 +123,8 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
             return Ok(ExitCode::from(1));
         }
     };
-    let text = std::fs::read_to_string(events).with_context(|| format!("cannot read {}", events.display()))?;
+    let text = std::fs::read_to_string(events)
+        .with_context(|| format!("cannot read {}", events.display()))?;
     let mut list = Vec::new();
     let mut devices: HashMap<String, Arc<DeviceRecord>> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
@@ -128,16 +134,24 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
         }
         let rec: Recorded = serde_json::from_str(line)
             .map_err(|e| anyhow!("{}:{n}:{}: {e}", events.display(), e.column()))?;
-        let (event, tags) = to_event(n, rec).map_err(|e| anyhow!("{}:{n}: {e}", events.display()))?;
+        let (event, tags) =
+            to_event(n, rec).map_err(|e| anyhow!("{}:{n}: {e}", events.display()))?;
         if let Some(tags) = tags {
-            devices.insert(event.device_id.to_string(), Arc::new(test_device(event.device_id.as_str(), tags)));
+            devices.insert(
+                event.device_id.to_string(),
+                Arc::new(test_device(event.device_id.as_str(), tags)),
+            );
         }
         list.push(event);
     }
     let count = list.len();
     let out = weir_engine::harness::run(list, set, Arc::new(devices), 1)?;
     for t in &out.traces {
-        let deliveries: Vec<_> = out.deliveries.iter().filter(|d| d.delivery.event.offset == t.offset).collect();
+        let deliveries: Vec<_> = out
+            .deliveries
+            .iter()
+            .filter(|d| d.delivery.event.offset == t.offset)
+            .collect();
         if as_json {
             let eps: Vec<Value> = deliveries
                 .iter()
@@ -152,14 +166,42 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
                     json!({"endpoint": &*d.endpoint.name, "columns": cols, "enrichments": d.delivery.enrichments.iter().cloned().collect::<HashMap<_, _>>()})
                 })
                 .collect();
-            println!("{}", json!({"line": t.offset, "routes": t.routes, "endpoints": t.endpoints, "fallback": t.fallback, "deliveries": eps}));
+            println!(
+                "{}",
+                json!({"line": t.offset, "routes": t.routes, "endpoints": t.endpoints, "fallback": t.fallback, "deliveries": eps})
+            );
             continue;
         }
-        let device = deliveries.first().map(|d| d.delivery.event.device_id.to_string()).unwrap_or_default();
-        println!("line {}{}:", t.offset, if device.is_empty() { String::new() } else { format!(" ({device})") });
-        println!("  routes:    {}", if t.routes.is_empty() { "(none)".into() } else { t.routes.join(", ") });
-        let eps = if t.endpoints.is_empty() { "(dropped: no route and no fallback)".into() } else { t.endpoints.join(", ") };
-        println!("  endpoints: {eps}{}", if t.fallback { " (fallback)" } else { "" });
+        let device = deliveries
+            .first()
+            .map(|d| d.delivery.event.device_id.to_string())
+            .unwrap_or_default();
+        println!(
+            "line {}{}:",
+            t.offset,
+            if device.is_empty() {
+                String::new()
+            } else {
+                format!(" ({device})")
+            }
+        );
+        println!(
+            "  routes:    {}",
+            if t.routes.is_empty() {
+                "(none)".into()
+            } else {
+                t.routes.join(", ")
+            }
+        );
+        let eps = if t.endpoints.is_empty() {
+            "(dropped: no route and no fallback)".into()
+        } else {
+            t.endpoints.join(", ")
+        };
+        println!(
+            "  endpoints: {eps}{}",
+            if t.fallback { " (fallback)" } else { "" }
+        );
         for d in deliveries {
             let cols: Vec<String> = d
                 .endpoint
@@ -168,9 +210,19 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
                 .zip(&d.delivery.columns)
                 .map(|(c, v)| format!("{}={}", c.name, column_json(v)))
                 .collect();
-            let enr: Vec<String> = d.delivery.enrichments.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let enr: Vec<String> = d
+                .delivery
+                .enrichments
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             if !cols.is_empty() || !enr.is_empty() {
-                println!("    {}: columns [{}] enrichments [{}]", d.endpoint.name, cols.join(", "), enr.join(", "));
+                println!(
+                    "    {}: columns [{}] enrichments [{}]",
+                    d.endpoint.name,
+                    cols.join(", "),
+                    enr.join(", ")
+                );
             }
         }
     }

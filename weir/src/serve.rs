@@ -39,7 +39,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 fn init_tracing(level: &str) {
     // rustls warns about every client that sends an IP address as SNI (mosquitto does).
-    let level = if level.contains("rustls") { level.to_string() } else { format!("{level},rustls=error") };
+    let level = if level.contains("rustls") {
+        level.to_string()
+    } else {
+        format!("{level},rustls=error")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -62,11 +66,15 @@ async fn bind(addr: Option<SocketAddr>, key: &str) -> anyhow::Result<Option<TcpL
 fn ensure_owner_key(data_dir: &Path, hostname: &str) -> anyhow::Result<String> {
     let path = data_dir.join("iothubowner.connstr");
     let existing = std::fs::read_to_string(&path).ok();
-    let key = match existing.as_deref().and_then(|s| connstr_field(s, "SharedAccessKey")) {
+    let key = match existing
+        .as_deref()
+        .and_then(|s| connstr_field(s, "SharedAccessKey"))
+    {
         Some(k) => k.to_owned(),
         None => generate_key()?,
     };
-    let connstr = format!("HostName={hostname};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
+    let connstr =
+        format!("HostName={hostname};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
     if existing.as_deref().map(str::trim) != Some(connstr.as_str()) {
         write_private(&path, format!("{connstr}\n").as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -93,7 +101,10 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
         Ok(set) => Ok(set),
         Err(diags) => {
             for d in &diags {
-                eprintln!("{}", d.render(std::io::IsTerminal::is_terminal(&std::io::stderr())));
+                eprintln!(
+                    "{}",
+                    d.render(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                );
             }
             bail!(
                 "{} error(s) in the rules in {}; fix them (check with `weir rules check {}`) and start again",
@@ -106,8 +117,12 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
+    })?;
     // Bind first, so a busy port fails before anything else starts.
     let mqtt_l = bind(cfg.mqtt, "mqtt").await?;
     let mqtts_l = bind(cfg.mqtts, "mqtts").await?;
@@ -131,8 +146,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
 
     let registry = Arc::new(
-        Registry::open(&cfg.data_dir.join("registry.redb"))
-            .with_context(|| format!("opening the device registry in {}", cfg.data_dir.display()))?,
+        Registry::open(&cfg.data_dir.join("registry.redb")).with_context(|| {
+            format!("opening the device registry in {}", cfg.data_dir.display())
+        })?,
     );
     let rules = load_rules(&cfg)?;
     tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
@@ -185,10 +201,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     let app = api::router(state);
     if let Some(l) = http_l {
-        tasks.push(tokio::spawn(http_server::serve(l, None, app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(http_server::serve(
+            l,
+            None,
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     if let Some(l) = https_l {
-        tasks.push(tokio::spawn(http_server::serve(l, tls.clone(), app.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(http_server::serve(
+            l,
+            tls.clone(),
+            app.clone(),
+            stop_rx.clone(),
+        )));
     }
     tasks.push(tokio::spawn(reload::watch_rules(
         cfg.rules.clone(),
@@ -226,7 +252,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
-    let stopped = tokio::time::timeout(STOP_LIMIT, tokio::task::spawn_blocking(move || engine.shutdown())).await;
+    let stopped = tokio::time::timeout(
+        STOP_LIMIT,
+        tokio::task::spawn_blocking(move || engine.shutdown()),
+    )
+    .await;
     match stopped {
         Ok(Ok(Ok(()))) => {
             tracing::info!("stopped; all open Parquet files are finalised");
@@ -264,11 +294,17 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let k1 = ensure_owner_key(dir.path(), "localhost").expect("create");
         let p = dir.path().join("iothubowner.connstr");
-        assert_eq!(std::fs::metadata(&p).expect("file").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&p).expect("file").permissions().mode() & 0o777,
+            0o600
+        );
         let k2 = ensure_owner_key(dir.path(), "hub.example").expect("rename");
         assert_eq!(k1, k2);
         let text = std::fs::read_to_string(&p).expect("read");
         assert_eq!(connstr_field(&text, "HostName"), Some("hub.example"));
-        assert_eq!(connstr_field(&text, "SharedAccessKeyName"), Some("iothubowner"));
+        assert_eq!(
+            connstr_field(&text, "SharedAccessKeyName"),
+            Some("iothubowner")
+        );
     }
 }

@@ -4,7 +4,10 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use weir_storage::secret::write_private;
 
 /// Where the certificate and key Weir serves come from.
@@ -28,22 +31,34 @@ pub fn ensure_dev_certs(data_dir: &Path, hostname: &str) -> anyhow::Result<TlsFi
     let dir = data_dir.join("tls");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
-    let (cert, key, marker) = (dir.join("server.pem"), dir.join("server.key"), dir.join("server.names"));
+    let (cert, key, marker) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("server.names"),
+    );
     let wanted = names(hostname).join(",");
     let files = TlsFiles {
         cert: cert.clone(),
         key: key.clone(),
     };
-    if cert.exists() && key.exists() && ca_pem.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted) {
+    if cert.exists()
+        && key.exists()
+        && ca_pem.exists()
+        && std::fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
+    {
         return Ok(files);
     }
     let issuer = if ca_pem.exists() && ca_key.exists() {
-        let key = KeyPair::from_pem(&std::fs::read_to_string(&ca_key)?).context("reading the development CA key")?;
-        Issuer::from_ca_cert_pem(&std::fs::read_to_string(&ca_pem)?, key).context("reading the development CA")?
+        let key = KeyPair::from_pem(&std::fs::read_to_string(&ca_key)?)
+            .context("reading the development CA key")?;
+        Issuer::from_ca_cert_pem(&std::fs::read_to_string(&ca_pem)?, key)
+            .context("reading the development CA")?
     } else {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, "Weir development CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Weir development CA");
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let key_pem = key.serialize_pem();
@@ -86,7 +101,11 @@ mod tests {
         let f = ensure_dev_certs(dir.path(), "myhub.example").expect("certs");
         let mode = std::fs::metadata(&f.key).expect("key").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let mode = std::fs::metadata(dir.path().join("tls/ca.key")).expect("ca key").permissions().mode() & 0o777;
+        let mode = std::fs::metadata(dir.path().join("tls/ca.key"))
+            .expect("ca key")
+            .permissions()
+            .mode()
+            & 0o777;
         assert_eq!(mode, 0o600);
         let before = std::fs::read(&f.cert).expect("cert");
         ensure_dev_certs(dir.path(), "myhub.example").expect("again");

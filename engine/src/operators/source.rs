@@ -45,10 +45,16 @@ pub(crate) fn ingress_source<'s>(
             loop {
                 match rx.try_recv() {
                     Ok(batch) => {
-                        let first = batch.iter().map(|e| e.enqueued_ms).min().unwrap_or(*c.time());
+                        let first = batch
+                            .iter()
+                            .map(|e| e.enqueued_ms)
+                            .min()
+                            .unwrap_or(*c.time());
                         let t = first.max(*c.time());
                         EngineMetrics::add(&metrics.events_in, batch.len() as u64);
-                        output.session(&c.delayed(&t)).give_iterator(batch.into_iter());
+                        output
+                            .session(&c.delayed(&t))
+                            .give_iterator(batch.into_iter());
                         taken += 1;
                         if taken == BATCHES_PER_ACTIVATION {
                             activator.activate();

@@ -8,8 +8,8 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rumqttd::protocol::v4::{self, V4};
 use rumqttd::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Login, Packet, PingReq, PingResp, Protocol, PubAck, PubAckReason, SubAck,
-    Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
+    ConnAck, Connect, ConnectReturnCode, Login, Packet, PingReq, PingResp, Protocol, PubAck,
+    PubAckReason, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, Unsubscribe,
 };
 
 pub use rumqttd::protocol::{Filter, QoS};
@@ -53,7 +53,8 @@ pub struct Publish {
 
 impl Publish {
     pub fn topic_str(&self) -> Result<&str, CodecError> {
-        std::str::from_utf8(&self.topic).map_err(|_| CodecError::Malformed("topic is not UTF-8".into()))
+        std::str::from_utf8(&self.topic)
+            .map_err(|_| CodecError::Malformed("topic is not UTF-8".into()))
     }
 }
 
@@ -135,11 +136,15 @@ fn decode_publish(flags: u8, mut body: Bytes) -> Result<Publish, CodecError> {
         return Err(CodecError::Malformed("PUBLISH with QoS 3".into()));
     }
     if body.remaining() < 2 {
-        return Err(CodecError::Malformed("PUBLISH too short for its topic".into()));
+        return Err(CodecError::Malformed(
+            "PUBLISH too short for its topic".into(),
+        ));
     }
     let topic_len = body.get_u16() as usize;
     if body.remaining() < topic_len {
-        return Err(CodecError::Malformed("PUBLISH topic runs past the packet".into()));
+        return Err(CodecError::Malformed(
+            "PUBLISH topic runs past the packet".into(),
+        ));
     }
     let topic = body.split_to(topic_len);
     let pkid = if qos > 0 {
@@ -180,7 +185,16 @@ pub fn connack(code: u8, session_present: bool, out: &mut BytesMut) {
         4 => ConnectReturnCode::BadUserNamePassword,
         _ => ConnectReturnCode::NotAuthorized,
     };
-    write(Packet::ConnAck(ConnAck { session_present, code }, None), out);
+    write(
+        Packet::ConnAck(
+            ConnAck {
+                session_present,
+                code,
+            },
+            None,
+        ),
+        out,
+    );
 }
 
 pub fn puback(pkid: u16, out: &mut BytesMut) {
@@ -210,7 +224,16 @@ pub fn suback(pkid: u16, granted: &[Option<u8>], out: &mut BytesMut) {
 }
 
 pub fn unsuback(pkid: u16, out: &mut BytesMut) {
-    write(Packet::UnsubAck(UnsubAck { pkid, reasons: Vec::new() }, None), out);
+    write(
+        Packet::UnsubAck(
+            UnsubAck {
+                pkid,
+                reasons: Vec::new(),
+            },
+            None,
+        ),
+        out,
+    );
 }
 
 pub fn pingresp(out: &mut BytesMut) {
@@ -226,7 +249,13 @@ pub fn disconnect(out: &mut BytesMut) {
 }
 
 /// CONNECT for clients (the load generator and tests).
-pub fn connect(client_id: &str, keep_alive: u16, clean_session: bool, login: Option<(&str, &str)>, out: &mut BytesMut) {
+pub fn connect(
+    client_id: &str,
+    keep_alive: u16,
+    clean_session: bool,
+    login: Option<(&str, &str)>,
+    out: &mut BytesMut,
+) {
     let connect = Connect {
         keep_alive,
         client_id: client_id.to_owned(),
@@ -243,7 +272,11 @@ pub fn connect(client_id: &str, keep_alive: u16, clean_session: bool, login: Opt
 pub fn subscribe(pkid: u16, filter: &str, qos: u8, out: &mut BytesMut) {
     let filter = Filter {
         path: filter.to_owned(),
-        qos: if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce },
+        qos: if qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
         nolocal: false,
         preserve_retain: false,
         retain_forward_rule: rumqttd::protocol::RetainForwardRule::OnEverySubscribe,
@@ -295,7 +328,14 @@ mod tests {
     #[test]
     fn publish_round_trips_and_partial_input_waits() {
         let mut out = BytesMut::new();
-        publish("devices/d/messages/events/", b"{\"a\":1}", 1, 7, true, &mut out);
+        publish(
+            "devices/d/messages/events/",
+            b"{\"a\":1}",
+            1,
+            7,
+            true,
+            &mut out,
+        );
         let full = out.clone();
         let mut partial = BytesMut::from(&full[..full.len() - 1]);
         assert_eq!(decode(&mut partial, 1024), Ok(None));
@@ -313,9 +353,15 @@ mod tests {
     fn rejects_oversize_and_malformed() {
         let mut out = BytesMut::new();
         publish("t", &[0u8; 2000], 0, 0, false, &mut out);
-        assert!(matches!(decode(&mut out, 1000), Err(CodecError::TooLarge(_))));
+        assert!(matches!(
+            decode(&mut out, 1000),
+            Err(CodecError::TooLarge(_))
+        ));
         let mut bad = BytesMut::from(&[0x32u8, 0x03, 0x00, 0x05, b'a'][..]);
-        assert!(matches!(decode(&mut bad, 1000), Err(CodecError::Malformed(_))));
+        assert!(matches!(
+            decode(&mut bad, 1000),
+            Err(CodecError::Malformed(_))
+        ));
         let mut len = BytesMut::from(&[0x30u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
         assert!(decode(&mut len, 1000).is_err());
     }
@@ -323,7 +369,13 @@ mod tests {
     #[test]
     fn connect_round_trips_through_rumqttd() {
         let mut out = BytesMut::new();
-        connect("dev1", 60, false, Some(("hub/dev1/?api-version=1", "tok")), &mut out);
+        connect(
+            "dev1",
+            60,
+            false,
+            Some(("hub/dev1/?api-version=1", "tok")),
+            &mut out,
+        );
         match decode(&mut out, 1024) {
             Ok(Some(Inbound::Connect { connect, login, .. })) => {
                 assert_eq!(connect.client_id, "dev1");

@@ -59,12 +59,19 @@ pub fn authenticate(
         Refusal::new(4, "username must be {hub}/{deviceId}/?api-version=... (module identities are not supported)")
     })?;
     if !host.eq_ignore_ascii_case(hub) {
-        return Err(Refusal::new(4, format!("username names hub {host:?}, this hub is {hub:?}")));
+        return Err(Refusal::new(
+            4,
+            format!("username names hub {host:?}, this hub is {hub:?}"),
+        ));
     }
     if device != client_id {
-        return Err(Refusal::new(2, format!("client id {client_id:?} differs from the username's device id {device:?}")));
+        return Err(Refusal::new(
+            2,
+            format!("client id {client_id:?} differs from the username's device id {device:?}"),
+        ));
     }
-    let device_id = DeviceId::parse(device).map_err(|e| Refusal::new(2, format!("invalid device id: {e}")))?;
+    let device_id =
+        DeviceId::parse(device).map_err(|e| Refusal::new(2, format!("invalid device id: {e}")))?;
     if login.password.is_empty() {
         return Err(Refusal::new(4, "no SAS token in the password"));
     }
@@ -79,7 +86,8 @@ pub fn authenticate(
         return Err(Refusal::new(5, "device does not use symmetric keys"));
     };
     let resource = format!("{hub}/devices/{device}");
-    sas::verify(&token, &resource, &[primary, secondary], now_secs).map_err(|e| Refusal::new(5, e.to_string()))?;
+    sas::verify(&token, &resource, &[primary, secondary], now_secs)
+        .map_err(|e| Refusal::new(5, e.to_string()))?;
     Ok(Identity {
         device_id,
         generation_id: Arc::from(record.generation_id.as_str()),

@@ -41,23 +41,28 @@ fn allowed_filter(filter: &str, device: &str) -> bool {
         || filter == "$iothub/twin/PATCH/properties/desired/#"
 }
 
-pub(crate) async fn serve<S>(mut stream: S, peer: String, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>)
-where
+pub(crate) async fn serve<S>(
+    mut stream: S,
+    peer: String,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let deadline = Instant::now() + shared.config.connect_timeout;
-    let (identity, keep_alive) = match handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await {
-        Ok(x) => x,
-        Err(reason) => {
-            GatewayMetrics::inc(&shared.metrics.connects_refused, 1);
-            tracing::warn!(%peer, %reason, "connection refused");
-            let _ = stream.write_all(&out).await;
-            let _ = stream.shutdown().await;
-            return;
-        }
-    };
+    let (identity, keep_alive) =
+        match handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await {
+            Ok(x) => x,
+            Err(reason) => {
+                GatewayMetrics::inc(&shared.metrics.connects_refused, 1);
+                tracing::warn!(%peer, %reason, "connection refused");
+                let _ = stream.write_all(&out).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+        };
     let device = identity.device_id.clone();
     let registration = shared.sessions.register(&device);
     tracing::debug!(%peer, %device, "device connected");
@@ -65,7 +70,17 @@ where
     let end = match stream.write_all(&out).await {
         Ok(()) => {
             out.clear();
-            run(&mut stream, buf, out, &identity, keep_alive, &shared, &registration.kicked, &mut shutdown).await
+            run(
+                &mut stream,
+                buf,
+                out,
+                &identity,
+                keep_alive,
+                &shared,
+                &registration.kicked,
+                &mut shutdown,
+            )
+            .await
         }
         Err(e) => End::Io(e),
     };
@@ -78,8 +93,12 @@ where
         }
         End::Io(e) => tracing::debug!(%peer, %device, error = %e, "connection lost"),
         End::KeepAlive => tracing::info!(%peer, %device, "keep-alive expired; connection closed"),
-        End::Replaced => tracing::info!(%peer, %device, "a newer connection for this device replaced this one"),
-        End::PeerClosed | End::Disconnect | End::ShuttingDown => tracing::debug!(%peer, %device, "device disconnected"),
+        End::Replaced => {
+            tracing::info!(%peer, %device, "a newer connection for this device replaced this one")
+        }
+        End::PeerClosed | End::Disconnect | End::ShuttingDown => {
+            tracing::debug!(%peer, %device, "device disconnected")
+        }
     }
 }
 
@@ -99,7 +118,13 @@ where
         match codec::decode(buf, shared.config.max_message_bytes) {
             Ok(Some(Inbound::Connect { connect, login, .. })) => {
                 let hub = &shared.hub_name;
-                return match authenticate(&connect, login.as_ref(), hub, &*shared.directory, now_secs()) {
+                return match authenticate(
+                    &connect,
+                    login.as_ref(),
+                    hub,
+                    &*shared.directory,
+                    now_secs(),
+                ) {
                     Ok(id) => Ok((id, connect.keep_alive)),
                     Err(refusal) => {
                         codec::connack(refusal.code, false, out);
@@ -110,7 +135,9 @@ where
             Ok(Some(other)) => return Err(format!("first packet must be CONNECT, got {other:?}")),
             Err(codec::CodecError::ProtocolLevel(l)) => {
                 codec::connack(1, false, out);
-                return Err(format!("unsupported MQTT protocol level {l}; Weir speaks MQTT 3.1.1"));
+                return Err(format!(
+                    "unsupported MQTT protocol level {l}; Weir speaks MQTT 3.1.1"
+                ));
             }
             Err(e) => return Err(e.to_string()),
             Ok(None) => {}
@@ -128,7 +155,11 @@ where
 /// The idle limit for a keep-alive: 1.5 times it, as IoT Hub does, with 0 meaning the
 /// hub's maximum.
 fn idle_limit(keep_alive: u16) -> Duration {
-    let ka = if keep_alive == 0 { 1767 } else { keep_alive.min(1767) };
+    let ka = if keep_alive == 0 {
+        1767
+    } else {
+        keep_alive.min(1767)
+    };
     Duration::from_millis(u64::from(ka) * 1500)
 }
 
@@ -169,7 +200,11 @@ where
         deadline = Instant::now() + idle;
         GatewayMetrics::inc(&shared.metrics.bytes_in, n as u64);
         // Grow reads while the peer keeps them full; shrink back when it goes quiet.
-        read_size = if n >= read_size { (read_size * 2).min(MAX_READ) } else { MIN_READ.max(n) };
+        read_size = if n >= read_size {
+            (read_size * 2).min(MAX_READ)
+        } else {
+            MIN_READ.max(n)
+        };
 
         let enqueued = now_ms();
         let mut disconnect = false;
@@ -193,10 +228,21 @@ where
                 }
                 Inbound::PingReq => codec::pingresp(&mut out),
                 Inbound::Subscribe(s) => {
-                    if let Some(f) = s.filters.iter().find(|f| !allowed_filter(&f.path, id.device_id.as_str())) {
-                        return End::Violation(format!("subscription to {:?} is not allowed for this device", f.path));
+                    if let Some(f) = s
+                        .filters
+                        .iter()
+                        .find(|f| !allowed_filter(&f.path, id.device_id.as_str()))
+                    {
+                        return End::Violation(format!(
+                            "subscription to {:?} is not allowed for this device",
+                            f.path
+                        ));
                     }
-                    let granted: Vec<Option<u8>> = s.filters.iter().map(|f| Some((f.qos as u8).min(1))).collect();
+                    let granted: Vec<Option<u8>> = s
+                        .filters
+                        .iter()
+                        .map(|f| Some((f.qos as u8).min(1)))
+                        .collect();
                     codec::suback(s.pkid, &granted, &mut out);
                 }
                 Inbound::Unsubscribe(u) => codec::unsuback(u.pkid, &mut out),
@@ -212,7 +258,11 @@ where
             let count = batch.len() as u64;
             // Waiting here is the backpressure: nothing more is read from this device
             // until its events are accepted.
-            if let Err(e) = shared.ingest.ingest(&id.device_id, std::mem::take(&mut batch)).await {
+            if let Err(e) = shared
+                .ingest
+                .ingest(&id.device_id, std::mem::take(&mut batch))
+                .await
+            {
                 tracing::warn!(device = %id.device_id, error = %e, "events not accepted; closing without acknowledging");
                 return End::ShuttingDown;
             }
@@ -237,13 +287,21 @@ where
     }
 }
 
-fn accept_publish(p: Publish, id: &Identity, enqueued_ms: i64, batch: &mut Vec<Event>, acks: &mut Vec<u16>) -> Result<(), String> {
+fn accept_publish(
+    p: Publish,
+    id: &Identity,
+    enqueued_ms: i64,
+    batch: &mut Vec<Event>,
+    acks: &mut Vec<u16>,
+) -> Result<(), String> {
     if p.qos > 1 {
         return Err("QoS 2 is not supported".into());
     }
     let topic = p.topic_str().map_err(|e| e.to_string())?;
     let Some(DeviceTopic::Telemetry { bag }) = classify(topic, id.device_id.as_str()) else {
-        return Err(format!("publish to {topic:?} is not allowed for this device"));
+        return Err(format!(
+            "publish to {topic:?} is not allowed for this device"
+        ));
     };
     let (system, properties) = decode_bag(bag).map_err(|e| format!("bad property bag: {e}"))?;
     batch.push(Event {
@@ -266,11 +324,15 @@ fn accept_publish(p: Publish, id: &Identity, enqueued_ms: i64, batch: &mut Vec<E
 
 impl Shared {
     pub(crate) fn open_connection(&self) {
-        self.metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .connections_open
+            .fetch_add(1, Ordering::Relaxed);
         GatewayMetrics::inc(&self.metrics.connections_total, 1);
     }
 
     pub(crate) fn close_connection(&self) {
-        self.metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }

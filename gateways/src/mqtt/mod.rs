@@ -87,7 +87,12 @@ impl MqttGateway {
 
     /// Accepts connections until `shutdown` turns true; with `tls`, each connection
     /// first completes a TLS handshake.
-    pub async fn serve(&self, listener: TcpListener, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        tls: Option<TlsAcceptor>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.changed() => break,
@@ -119,8 +124,12 @@ impl MqttGateway {
                     Some(acceptor) => {
                         let deadline = shared.config.connect_timeout;
                         match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
-                            Ok(Ok(stream)) => connection::serve(stream, peer, Arc::clone(&shared), shutdown).await,
-                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Ok(Ok(stream)) => {
+                                connection::serve(stream, peer, Arc::clone(&shared), shutdown).await
+                            }
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                            }
                             Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                         }
                     }
@@ -134,6 +143,8 @@ impl MqttGateway {
     /// Waits until every connection has ended, or `limit` passes.
     pub async fn drain(&self, limit: Duration) -> bool {
         let all = self.shared.config.max_connections as u32;
-        tokio::time::timeout(limit, self.permits.acquire_many(all)).await.is_ok()
+        tokio::time::timeout(limit, self.permits.acquire_many(all))
+            .await
+            .is_ok()
     }
 }

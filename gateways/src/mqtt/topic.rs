@@ -66,7 +66,9 @@ pub fn decode_bag(bag: &str) -> Result<(SystemProperties, Vec<(String, String)>)
         match slot {
             Some(s) if s.is_some() => return Err(BagError::Duplicate(key)),
             Some(s) => *s = Some(value),
-            None if app.iter().any(|(k, _)| k.eq_ignore_ascii_case(&key)) => return Err(BagError::Duplicate(key)),
+            None if app.iter().any(|(k, _)| k.eq_ignore_ascii_case(&key)) => {
+                return Err(BagError::Duplicate(key));
+            }
             None => app.push((key, value)),
         }
     }
@@ -89,7 +91,9 @@ fn well_formed_escapes(s: &str) -> bool {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit)) {
+            if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+            {
                 return false;
             }
             i += 3;
@@ -115,7 +119,10 @@ mod tests {
         assert_eq!(sys.correlation_id.as_deref(), Some("probe-0"));
         assert_eq!(sys.content_type.as_deref(), Some("application/json"));
         assert_eq!(sys.content_encoding.as_deref(), Some("utf-8"));
-        assert_eq!(sys.creation_time_utc.as_deref(), Some("2026-11-26T17:34:09.223328Z"));
+        assert_eq!(
+            sys.creation_time_utc.as_deref(),
+            Some("2026-11-26T17:34:09.223328Z")
+        );
         assert_eq!(
             app,
             vec![
@@ -140,7 +147,10 @@ mod tests {
     #[test]
     fn plus_is_not_space_and_bad_escapes_fail() {
         let (_, app) = decode_bag("a=1+1&b").expect("ok");
-        assert_eq!(app, vec![("a".into(), "1+1".into()), ("b".into(), "".into())]);
+        assert_eq!(
+            app,
+            vec![("a".into(), "1+1".into()), ("b".into(), "".into())]
+        );
         assert!(decode_bag("a=%zz").is_err());
         assert!(decode_bag("a=%4").is_err());
         assert!(decode_bag("a=%ff").is_err());

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder, TimestampMillisecondBuilder,
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMillisecondBuilder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -43,7 +44,11 @@ pub fn schema(endpoint: &EndpointSpec) -> SchemaRef {
 }
 
 /// Encodes deliveries as one record batch of `schema`.
-pub fn to_batch(schema: &SchemaRef, endpoint: &EndpointSpec, rows: &[Delivery]) -> Result<RecordBatch, ArrowError> {
+pub fn to_batch(
+    schema: &SchemaRef,
+    endpoint: &EndpointSpec,
+    rows: &[Delivery],
+) -> Result<RecordBatch, ArrowError> {
     let n = rows.len();
     let mut device = StringBuilder::with_capacity(n, n * 16);
     let mut enqueued = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -80,42 +85,52 @@ pub fn to_batch(schema: &SchemaRef, endpoint: &EndpointSpec, rows: &[Delivery]) 
         let array: ArrayRef = match c.ty {
             ColumnType::Double => {
                 let mut b = Float64Builder::with_capacity(n);
-                rows.iter().for_each(|d| b.append_option(match value(d) {
-                    ColumnValue::Double(x) => Some(x),
-                    _ => None,
-                }));
+                rows.iter().for_each(|d| {
+                    b.append_option(match value(d) {
+                        ColumnValue::Double(x) => Some(x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnType::Int64 => {
                 let mut b = Int64Builder::with_capacity(n);
-                rows.iter().for_each(|d| b.append_option(match value(d) {
-                    ColumnValue::Int64(x) => Some(x),
-                    _ => None,
-                }));
+                rows.iter().for_each(|d| {
+                    b.append_option(match value(d) {
+                        ColumnValue::Int64(x) => Some(x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnType::String => {
                 let mut b = StringBuilder::with_capacity(n, n * 8);
-                rows.iter().for_each(|d| b.append_option(match value(d) {
-                    ColumnValue::String(x) => Some(x),
-                    _ => None,
-                }));
+                rows.iter().for_each(|d| {
+                    b.append_option(match value(d) {
+                        ColumnValue::String(x) => Some(x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnType::Bool => {
                 let mut b = BooleanBuilder::with_capacity(n);
-                rows.iter().for_each(|d| b.append_option(match value(d) {
-                    ColumnValue::Bool(x) => Some(x),
-                    _ => None,
-                }));
+                rows.iter().for_each(|d| {
+                    b.append_option(match value(d) {
+                        ColumnValue::Bool(x) => Some(x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
             ColumnType::Timestamp => {
                 let mut b = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-                rows.iter().for_each(|d| b.append_option(match value(d) {
-                    ColumnValue::Timestamp(x) => Some(x),
-                    _ => None,
-                }));
+                rows.iter().for_each(|d| {
+                    b.append_option(match value(d) {
+                        ColumnValue::Timestamp(x) => Some(x),
+                        _ => None,
+                    })
+                });
                 Arc::new(b.finish())
             }
         };

@@ -23,6 +23,9 @@ mod tests {
             partition_dir("date={date}/hour={hour}", 1_767_323_045_000),
             "date=2026-01-02/hour=03"
         );
-        assert_eq!(partition_dir("y={year}/m={month}/d={day}", 0), "y=1970/m=01/d=01");
+        assert_eq!(
+            partition_dir("y={year}/m={month}/d={day}", 0),
+            "y=1970/m=01/d=01"
+        );
     }
 }

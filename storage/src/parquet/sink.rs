@@ -98,10 +98,18 @@ pub struct ParquetSink {
 }
 
 impl ParquetSink {
-    fn open_file(&mut self, endpoint: &Arc<EndpointSpec>, hour: i64) -> Result<OpenFile, SinkError> {
+    fn open_file(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        hour: i64,
+    ) -> Result<OpenFile, SinkError> {
         let EndpointKind::Parquet { path } = &endpoint.kind;
         let template = path.as_deref().unwrap_or(&self.config.default_path);
-        let dir = self.config.root.join(&*endpoint.name).join(partition_dir(template, hour));
+        let dir = self
+            .config
+            .root
+            .join(&*endpoint.name)
+            .join(partition_dir(template, hour));
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         self.seq += 1;
         let stem = format!("part-{}-w{}-{:06}", now_ms(), self.worker, self.seq);
@@ -115,7 +123,8 @@ impl ParquetSink {
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let schema = schema(endpoint);
-        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| encode(endpoint, e))?;
+        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
+            .map_err(|e| encode(endpoint, e))?;
         Ok(OpenFile {
             endpoint: Arc::clone(endpoint),
             schema,
@@ -133,7 +142,8 @@ impl ParquetSink {
     }
 
     fn over_limits(&self, f: &OpenFile) -> bool {
-        f.rows >= self.config.max_rows || f.writer.bytes_written() + f.writer.in_progress_size() >= self.config.max_bytes
+        f.rows >= self.config.max_rows
+            || f.writer.bytes_written() + f.writer.in_progress_size() >= self.config.max_bytes
     }
 
     /// Finalises the files `pick` selects.
@@ -176,25 +186,38 @@ fn finalise(mut f: OpenFile, worker: usize, metrics: &ArchiveMetrics) -> Result<
         ("weir.min_enqueued_ms", f.min_ms.to_string()),
         ("weir.max_enqueued_ms", f.max_ms.to_string()),
     ] {
-        f.writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+        f.writer
+            .append_key_value_metadata(KeyValue::new(k.into(), v));
     }
     f.writer.finish().map_err(|e| encode(&f.endpoint, e))?;
     f.writer.inner().sync_all().map_err(|e| io(&f.tmp, e))?;
     std::fs::rename(&f.tmp, &f.done).map_err(|e| io(&f.done, e))?;
-    File::open(&f.dir).and_then(|d| d.sync_all()).map_err(|e| io(&f.dir, e))?;
-    metrics.rows_committed.fetch_add(f.rows as u64, Ordering::Relaxed);
+    File::open(&f.dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(&f.dir, e))?;
+    metrics
+        .rows_committed
+        .fetch_add(f.rows as u64, Ordering::Relaxed);
     metrics.files_committed.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(file = %f.done.display(), rows = f.rows, "parquet file finalised");
     Ok(())
 }
 
 impl Sink for ParquetSink {
-    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError> {
         for d in batch {
             let hour = hour_floor(d.event.enqueued_ms);
             let key = (Arc::clone(&endpoint.name), hour);
             // A reloaded rule set may change an endpoint's columns: start a new file.
-            if self.files.get(&key).is_some_and(|f| f.endpoint != *endpoint) {
+            if self
+                .files
+                .get(&key)
+                .is_some_and(|f| f.endpoint != *endpoint)
+            {
                 if let Some(f) = self.files.remove(&key) {
                     finalise(f, self.worker, &self.metrics)?;
                 }
@@ -204,7 +227,9 @@ impl Sink for ParquetSink {
                 self.files.insert(key.clone(), f);
             }
             let batch_rows = self.config.batch_rows;
-            let Some(f) = self.files.get_mut(&key) else { continue };
+            let Some(f) = self.files.get_mut(&key) else {
+                continue;
+            };
             f.min_ms = f.min_ms.min(d.event.enqueued_ms);
             f.max_ms = f.max_ms.max(d.event.enqueued_ms);
             f.pending.push(d);
@@ -234,7 +259,10 @@ impl Sink for ParquetSink {
 impl Drop for ParquetSink {
     fn drop(&mut self) {
         if !self.files.is_empty() {
-            tracing::warn!(open = self.files.len(), "parquet sink dropped with open files; finalising");
+            tracing::warn!(
+                open = self.files.len(),
+                "parquet sink dropped with open files; finalising"
+            );
             if let Err(e) = self.close() {
                 tracing::error!(error = %e, "could not finalise parquet files");
             }

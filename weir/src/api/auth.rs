@@ -49,7 +49,9 @@ pub async fn require_service_token(
         .ok_or_else(|| unauthorized("the token names no shared access policy (skn)"))?;
     let keys = state.keys.keys_for(&policy);
     if keys.is_empty() {
-        return Err(unauthorized(format!("unknown shared access policy {policy:?}")));
+        return Err(unauthorized(format!(
+            "unknown shared access policy {policy:?}"
+        )));
     }
     if let Err(e) = sas::verify(&token, &state.hostname, &keys, now_secs()) {
         tracing::warn!(%policy, reason = %e, "service request refused");

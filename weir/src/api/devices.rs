@@ -49,9 +49,15 @@ fn with_etag(rec: &DeviceRecord, body: Value, status: StatusCode) -> Response {
     resp
 }
 
-pub async fn list(State(s): State<Arc<ApiState>>, Query(q): Query<HashMap<String, String>>) -> Result<Json<Value>, ApiError> {
+pub async fn list(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
     let top = match q.get("top") {
-        Some(t) => Some(t.parse::<usize>().map_err(|_| ApiError::bad_request("top must be a positive integer"))?),
+        Some(t) => Some(
+            t.parse::<usize>()
+                .map_err(|_| ApiError::bad_request("top must be a positive integer"))?,
+        ),
         None => None,
     };
     let devices: Vec<Value> = s
@@ -63,12 +69,19 @@ pub async fn list(State(s): State<Arc<ApiState>>, Query(q): Query<HashMap<String
     Ok(Json(Value::Array(devices)))
 }
 
-pub async fn show(State(s): State<Arc<ApiState>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn show(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let rec = s
         .registry
         .get(&id)
         .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
-    Ok(with_etag(&rec, device_json(&rec, s.gateway.is_connected(&id)), StatusCode::OK))
+    Ok(with_etag(
+        &rec,
+        device_json(&rec, s.gateway.is_connected(&id)),
+        StatusCode::OK,
+    ))
 }
 
 fn if_match(headers: &HeaderMap) -> Option<&str> {
@@ -87,7 +100,10 @@ fn string_field(v: &Value, path: &[&str]) -> Result<Option<String>, ApiError> {
         Value::Null => Ok(None),
         Value::String(s) if s.is_empty() => Ok(None),
         Value::String(s) => Ok(Some(s.clone())),
-        _ => Err(ApiError::bad_request(format!("{} must be a string", path.join(".")))),
+        _ => Err(ApiError::bad_request(format!(
+            "{} must be a string",
+            path.join(".")
+        ))),
     }
 }
 
@@ -102,15 +118,22 @@ pub async fn put(
     let doc: Value = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?
     };
     if !doc.is_object() {
-        return Err(ApiError::bad_request("the body must be a Device JSON object"));
+        return Err(ApiError::bad_request(
+            "the body must be a Device JSON object",
+        ));
     }
     if let Some(body_id) = string_field(&doc, &["deviceId"])?
         && body_id != id
     {
-        return Err(weir_storage::RegistryError::IdMismatch { url: id, body: body_id }.into());
+        return Err(weir_storage::RegistryError::IdMismatch {
+            url: id,
+            body: body_id,
+        }
+        .into());
     }
     if let Some(t) = string_field(&doc, &["authentication", "type"])?
         && !t.eq_ignore_ascii_case("sas")
@@ -123,7 +146,11 @@ pub async fn put(
         None => None,
         Some(s) if s.eq_ignore_ascii_case("enabled") => Some(DeviceStatus::Enabled),
         Some(s) if s.eq_ignore_ascii_case("disabled") => Some(DeviceStatus::Disabled),
-        Some(other) => return Err(ApiError::bad_request(format!("status must be enabled or disabled, not {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "status must be enabled or disabled, not {other:?}"
+            )));
+        }
     };
     let tags = match doc.get("tags") {
         None | Some(Value::Null) => None,
@@ -150,7 +177,11 @@ pub async fn put(
     if created {
         tracing::info!(device = %id, "device created");
     }
-    Ok(with_etag(&rec, device_json(&rec, s.gateway.is_connected(&id)), StatusCode::OK))
+    Ok(with_etag(
+        &rec,
+        device_json(&rec, s.gateway.is_connected(&id)),
+        StatusCode::OK,
+    ))
 }
 
 pub async fn delete(

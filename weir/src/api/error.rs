@@ -42,11 +42,19 @@ impl From<weir_storage::RegistryError> for ApiError {
         let msg = e.to_string();
         match e {
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "DeviceNotFound", msg),
-            E::PreconditionFailed { .. } => ApiError::new(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", msg),
-            E::InvalidId(_) | E::IdMismatch { .. } | E::InvalidKey(_) | E::InvalidTags => ApiError::bad_request(msg),
+            E::PreconditionFailed { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", msg)
+            }
+            E::InvalidId(_) | E::IdMismatch { .. } | E::InvalidKey(_) | E::InvalidTags => {
+                ApiError::bad_request(msg)
+            }
             E::Storage(_) => {
                 tracing::error!(error = %msg, "registry storage failure");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", "the registry could not be updated")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "ServerError",
+                    "the registry could not be updated",
+                )
             }
         }
     }

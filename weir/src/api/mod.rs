@@ -35,7 +35,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/devices/{id}",
             get(devices::show).put(devices::put).delete(devices::delete),
         )
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&state), auth::require_service_token));
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_service_token,
+        ));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::render))

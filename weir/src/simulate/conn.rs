@@ -42,8 +42,13 @@ pub struct Counters {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-pub async fn connect(addr: &str, tls: &Option<(tokio_rustls::TlsConnector, String)>) -> anyhow::Result<Box<dyn Stream>> {
-    let tcp = TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+pub async fn connect(
+    addr: &str,
+    tls: &Option<(tokio_rustls::TlsConnector, String)>,
+) -> anyhow::Result<Box<dyn Stream>> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_nodelay(true)?;
     Ok(match tls {
         None => Box::new(tcp),
@@ -55,7 +60,11 @@ pub async fn connect(addr: &str, tls: &Option<(tokio_rustls::TlsConnector, Strin
 }
 
 /// CONNECT and wait for a successful CONNACK.
-pub async fn mqtt_connect(s: &mut Box<dyn Stream>, client_id: &str, login: Option<(&str, &str)>) -> anyhow::Result<BytesMut> {
+pub async fn mqtt_connect(
+    s: &mut Box<dyn Stream>,
+    client_id: &str,
+    login: Option<(&str, &str)>,
+) -> anyhow::Result<BytesMut> {
     let mut out = BytesMut::new();
     codec::connect(client_id, 60, false, login, &mut out);
     s.write_all(&out).await?;
@@ -64,7 +73,9 @@ pub async fn mqtt_connect(s: &mut Box<dyn Stream>, client_id: &str, login: Optio
         if let Some(p) = codec::decode(&mut buf, 1 << 20)? {
             match p {
                 Inbound::ConnAck { code: 0, .. } => return Ok(buf),
-                Inbound::ConnAck { code, .. } => bail!("{client_id}: connection refused, CONNACK return code {code}"),
+                Inbound::ConnAck { code, .. } => {
+                    bail!("{client_id}: connection refused, CONNACK return code {code}")
+                }
                 other => bail!("{client_id}: expected CONNACK, got {other:?}"),
             }
         }
@@ -75,7 +86,11 @@ pub async fn mqtt_connect(s: &mut Box<dyn Stream>, client_id: &str, login: Optio
 }
 
 /// Publishes per `plan`; returns the latency histogram (microseconds) at QoS 1.
-pub async fn publish(plan: Plan, counters: Arc<Counters>, seed: u64) -> anyhow::Result<Histogram<u64>> {
+pub async fn publish(
+    plan: Plan,
+    counters: Arc<Counters>,
+    seed: u64,
+) -> anyhow::Result<Histogram<u64>> {
     let mut stream = connect(&plan.addr, &plan.tls).await?;
     let login = plan.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
     let leftover = mqtt_connect(&mut stream, &plan.client_id, login).await?;
@@ -87,7 +102,12 @@ pub async fn publish(plan: Plan, counters: Arc<Counters>, seed: u64) -> anyhow::
     let total_acks = Arc::new(AtomicU64::new(0));
 
     let reader = {
-        let (sent_at, window, counters, total_acks) = (Arc::clone(&sent_at), Arc::clone(&window), Arc::clone(&counters), Arc::clone(&total_acks));
+        let (sent_at, window, counters, total_acks) = (
+            Arc::clone(&sent_at),
+            Arc::clone(&window),
+            Arc::clone(&counters),
+            Arc::clone(&total_acks),
+        );
         let mut hist = hist.clone();
         tokio::spawn(async move {
             let mut buf = leftover;
@@ -137,7 +157,8 @@ pub async fn publish(plan: Plan, counters: Arc<Counters>, seed: u64) -> anyhow::
             pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
             sent_at[pkid as usize].store(epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
-        plan.template.render(&mut body, seq, &plan.client_id, &mut rng);
+        plan.template
+            .render(&mut body, seq, &plan.client_id, &mut rng);
         codec::publish(&plan.topic, &body, plan.qos, pkid, false, &mut out);
         seq += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);

@@ -40,7 +40,10 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub qos: u8,
     /// Payload template: {{seq}}, {{device}}, {{ts}}, {{rand:LO:HI}}, {{randint:LO:HI}}.
-    #[arg(long, default_value = r#"{"temp": {{rand:15:35}}, "hum": {{randint:20:80}}, "seq": {{seq}}}"#)]
+    #[arg(
+        long,
+        default_value = r#"{"temp": {{rand:15:35}}, "hum": {{randint:20:80}}, "seq": {{seq}}}"#
+    )]
     pub payload: String,
     /// Connect over TLS (to --mqtts) and trust --ca.
     #[arg(long)]
@@ -82,7 +85,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.messages == 0 && args.duration.is_none() {
         bail!("give --messages or --duration, or the simulation never ends");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(simulate(args))
 }
 
@@ -92,7 +97,11 @@ struct Device {
 }
 
 /// Registers (or looks up) the simulated devices and builds their MQTT credentials.
-async fn register(args: &SimulateArgs, client: &HubClient, ttl: i64) -> anyhow::Result<Vec<Device>> {
+async fn register(
+    args: &SimulateArgs,
+    client: &HubClient,
+    ttl: i64,
+) -> anyhow::Result<Vec<Device>> {
     let mut out = Vec::with_capacity(args.devices);
     for i in 0..args.devices {
         let id = format!("{}{i:04}", args.prefix);
@@ -108,7 +117,8 @@ async fn register(args: &SimulateArgs, client: &HubClient, ttl: i64) -> anyhow::
             .as_str()
             .context("device without a key")?;
         let resource = format!("{}/devices/{id}", client.hostname);
-        let token = weir_gateways::sas::build(&resource, key, weir_core::time::now_secs() + ttl, None)?;
+        let token =
+            weir_gateways::sas::build(&resource, key, weir_core::time::now_secs() + ttl, None)?;
         let user = format!("{}/{id}/?api-version=2021-04-12", client.hostname);
         out.push(Device {
             id,
@@ -128,7 +138,11 @@ async fn metric(client: &HubClient, name: &str) -> anyhow::Result<u64> {
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
     let template = Arc::new(Template::parse(&args.payload)?);
-    let client = if args.broker { None } else { Some(HubClient::new(&args.hub)?) };
+    let client = if args.broker {
+        None
+    } else {
+        Some(HubClient::new(&args.hub)?)
+    };
     let ttl = 3600 + args.duration.unwrap_or(0.0) as i64;
     let devices = match &client {
         Some(c) => register(&args, c, ttl).await?,
@@ -140,9 +154,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             .collect(),
     };
     let (addr, tls) = if args.tls {
-        let ca = args.hub.ca.clone().unwrap_or_else(|| args.hub.data_dir.join("tls/ca.pem"));
-        let host = client.as_ref().map_or("localhost".to_string(), |c| c.hostname.clone());
-        (args.mqtts.clone(), Some((crate::client::tls_connector(&ca)?, host)))
+        let ca = args
+            .hub
+            .ca
+            .clone()
+            .unwrap_or_else(|| args.hub.data_dir.join("tls/ca.pem"));
+        let host = client
+            .as_ref()
+            .map_or("localhost".to_string(), |c| c.hostname.clone());
+        (
+            args.mqtts.clone(),
+            Some((crate::client::tls_connector(&ca)?, host)),
+        )
     } else {
         (args.mqtt.clone(), None)
     };
@@ -169,7 +192,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     }
 
     let counters = Arc::new(Counters::default());
-    let per_device_rate = if args.rate > 0.0 { args.rate / args.devices as f64 } else { 0.0 };
+    let per_device_rate = if args.rate > 0.0 {
+        args.rate / args.devices as f64
+    } else {
+        0.0
+    };
     let total = args.messages.saturating_mul(args.devices as u64);
     let bar = if args.quiet || args.json {
         indicatif::ProgressBar::hidden()
@@ -179,8 +206,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
         indicatif::ProgressBar::new_spinner()
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} msgs {per_sec} {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} msgs {per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -197,7 +226,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             inflight: args.inflight,
             template: Arc::clone(&template),
         };
-        tasks.push(tokio::spawn(conn::publish(plan, Arc::clone(&counters), i as u64 + 1)));
+        tasks.push(tokio::spawn(conn::publish(
+            plan,
+            Arc::clone(&counters),
+            i as u64 + 1,
+        )));
     }
     let ticker = {
         let (counters, bar) = (Arc::clone(&counters), bar.clone());
@@ -246,7 +279,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
         stop_sub.store(true, Ordering::Relaxed);
         let _ = sub.await;
         let got = received.load(Ordering::Relaxed);
-        let last = last_received.lock().ok().and_then(|l| *l).unwrap_or(started);
+        let last = last_received
+            .lock()
+            .ok()
+            .and_then(|l| *l)
+            .unwrap_or(started);
         subscribed = Some((got, last.duration_since(started)));
     }
 
@@ -255,7 +292,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
         let want = if args.qos == 1 { acked } else { sent };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let rows = metric(c, "weir_archive_rows_total").await?.saturating_sub(archived_before);
+            let rows = metric(c, "weir_archive_rows_total")
+                .await?
+                .saturating_sub(archived_before);
             if rows >= want || Instant::now() > deadline {
                 archived = Some((rows, started.elapsed()));
                 break;
@@ -283,7 +322,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     if args.json {
         println!("{report}");
     } else {
-        println!("devices {}  qos {}  sent {sent}  acked {acked}", args.devices, args.qos);
+        println!(
+            "devices {}  qos {}  sent {sent}  acked {acked}",
+            args.devices, args.qos
+        );
         println!(
             "published in {:.2} s: {:.0} msg/s",
             publish_elapsed.as_secs_f64(),
@@ -300,10 +342,18 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             );
         }
         if let Some((n, d)) = subscribed {
-            println!("subscriber received {n} in {:.2} s: {:.0} msg/s", d.as_secs_f64(), rate(n, d));
+            println!(
+                "subscriber received {n} in {:.2} s: {:.0} msg/s",
+                d.as_secs_f64(),
+                rate(n, d)
+            );
         }
         if let Some((n, d)) = archived {
-            println!("archived {n} rows, visible in Parquet after {:.2} s: {:.0} msg/s end to end", d.as_secs_f64(), rate(n, d));
+            println!(
+                "archived {n} rows, visible in Parquet after {:.2} s: {:.0} msg/s end to end",
+                d.as_secs_f64(),
+                rate(n, d)
+            );
         }
         for f in &failures {
             eprintln!("error: {f}");

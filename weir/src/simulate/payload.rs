@@ -67,7 +67,11 @@ impl Template {
                 Part::Device => out.write_all(device.as_bytes()),
                 Part::Ts => write!(out, "{}", weir_core::time::now_ms()),
                 Part::Rand(lo, hi) => write!(out, "{:.2}", lo + (hi - lo) * rng.unit()),
-                Part::RandInt(lo, hi) => write!(out, "{}", lo + (rng.next() % ((hi - lo + 1).max(1) as u64)) as i64),
+                Part::RandInt(lo, hi) => write!(
+                    out,
+                    "{}",
+                    lo + (rng.next() % ((hi - lo + 1).max(1) as u64)) as i64
+                ),
             };
         }
     }
@@ -99,10 +103,14 @@ mod tests {
 
     #[test]
     fn renders_placeholders() {
-        let t = Template::parse(r#"{"d":"{{device}}","n":{{seq}},"t":{{randint:5:5}}}"#).expect("parses");
+        let t = Template::parse(r#"{"d":"{{device}}","n":{{seq}},"t":{{randint:5:5}}}"#)
+            .expect("parses");
         let mut out = Vec::new();
         t.render(&mut out, 7, "sim-1", &mut Rng::new(1));
-        assert_eq!(String::from_utf8(out).expect("utf8"), r#"{"d":"sim-1","n":7,"t":5}"#);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            r#"{"d":"sim-1","n":7,"t":5}"#
+        );
         assert!(Template::parse("{{nope}}").is_err());
         assert!(Template::parse("{{seq").is_err());
     }
