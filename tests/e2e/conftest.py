@@ -1,0 +1,34 @@
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from weirhub import ROOT, WEIR, Hub  # noqa: E402
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_sessionstart(session):
+    if not WEIR.exists():
+        raise pytest.UsageError(f"{WEIR} is missing: build it first (cargo build -p weir), or set WEIR_BIN")
+
+
+@pytest.fixture
+def rules_dir(tmp_path):
+    d = tmp_path / "rules"
+    shutil.copytree(FIXTURES / "rules", d)
+    return d
+
+
+@pytest.fixture
+def hub(tmp_path, rules_dir):
+    h = Hub(tmp_path, rules_dir).start()
+    yield h
+    h.stop()
+
+
+def run_weir(*args, **kw):
+    return subprocess.run([str(WEIR), *map(str, args)], capture_output=True, text=True, timeout=60, **kw)

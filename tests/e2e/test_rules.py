@@ -1,0 +1,89 @@
+"""Rules as files: check, test, hot reload."""
+
+import json
+import time
+from pathlib import Path
+
+from conftest import run_weir
+from mqttclients import Device
+from weirhub import ROOT
+
+FIX = ROOT / "rules" / "tests" / "fixtures"
+
+
+def test_rules_check_accepts_good_and_rejects_broken():
+    r = run_weir("rules", "check", FIX / "ok")
+    assert r.returncode == 0 and r.stdout.startswith("ok: 3 endpoint(s), 2 route(s)")
+    r = run_weir("rules", "check", ROOT / "rules")
+    assert r.returncode == 0, "the shipped example must be valid"
+    r = run_weir("rules", "check", FIX / "broken")
+    assert r.returncode == 1
+    assert "broken/syntax_toml.toml:2:16" in r.stderr and "is defined twice" in r.stderr
+    assert "error(s)" in r.stderr
+
+
+def test_rules_test_on_shipped_fixtures_matches_golden():
+    r = run_weir("rules", "test", FIX / "ok", "--events", FIX / "ok" / "events.jsonl")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (FIX / "ok" / "expected.txt").read_text()
+    r = run_weir("rules", "test", FIX / "ok", "--events", FIX / "ok" / "events.jsonl", "--json")
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [x["endpoints"] for x in lines][:3] == [["hot"], ["archive"], ["hot", "alerts"]]
+
+
+def test_rules_test_reports_bad_event_lines(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"deviceId": "ok", "body": {}}\n{"deviceId": "x", "bdy": 1}\n')
+    r = run_weir("rules", "test", FIX / "ok", "--events", bad)
+    assert r.returncode == 1 and "bad.jsonl:2" in r.stderr
+
+
+def test_hot_reload_swaps_atomically_and_keeps_old_rules_on_error(hub):
+    key = hub.create_device("hr")["authentication"]["symmetricKey"]["primaryKey"]
+    d = Device(hub, "hr", hub.device_token("hr", key))
+    assert d.connect() == 0
+    assert d.publish(d.telemetry_topic(), '{"temp": 1, "seq": 1}')
+
+    broken = hub.rules / "zz-broken.toml"
+    broken.write_text('[[route]]\nname = "x"\ncondition = "$body.temp >"\nendpoints = ["archive"]\n')
+    deadline = time.time() + 10
+    while "rules NOT reloaded" not in hub.log_text() and time.time() < deadline:
+        time.sleep(0.1)
+    log = hub.log_text()
+    assert "rules NOT reloaded" in log and "zz-broken.toml:3:" in log
+    assert d.publish(d.telemetry_topic(), '{"temp": 2, "seq": 2}')
+    hub.wait_rows("archive", 2)
+
+    broken.write_text(
+        '[[endpoint]]\nname = "cold"\ntype = "parquet"\n'
+        '[[route]]\nname = "cold"\ncondition = "$body.temp < 0"\nendpoints = ["cold"]\n'
+    )
+    deadline = time.time() + 10
+    while hub.metrics()["weir_rules_reloads_total"] < 1 and time.time() < deadline:
+        time.sleep(0.1)
+    assert hub.metrics()["weir_rules_reloads_total"] >= 1
+    assert d.publish(d.telemetry_topic(), '{"temp": -5, "seq": 3}')
+    assert hub.wait_rows("cold", 1) == 1
+    assert hub.query("cold", "SELECT body FROM t") == [('{"temp": -5, "seq": 3}',)]
+    d.close()
+
+
+def test_default_rules_dir_is_created_with_the_example(tmp_path):
+    from weirhub import Hub
+    h = Hub(tmp_path, tmp_path / "unused")
+    h.start_args = None
+    # Run without --rules from an empty directory: ./rules is created from the shipped example.
+    import subprocess
+    proc = subprocess.Popen(
+        [str(run_weir.__globals__["WEIR"]), "serve", "--data-dir", str(tmp_path / "d"), "--mqtt", "off",
+         "--mqtts", "off", "--http", f"127.0.0.1:{h.http_port}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.time() + 20
+        while not (tmp_path / "rules" / "example.toml").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / "rules" / "example.toml").read_text() == (ROOT / "rules" / "example.toml").read_text()
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0
