@@ -43,7 +43,7 @@ fn allowed_filter(filter: &str, device: &str) -> bool {
 
 pub(crate) async fn serve<S>(
     mut stream: S,
-    peer: String,
+    peer: std::net::SocketAddr,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) where
@@ -69,7 +69,11 @@ pub(crate) async fn serve<S>(
     codec::connack(0, false, &mut out);
     let end = match stream.write_all(&out).await {
         Ok(()) => {
-            out.clear();
+            // An idle connection keeps no buffers: they are allocated again on demand.
+            out = BytesMut::new();
+            if buf.is_empty() {
+                buf = BytesMut::new();
+            }
             run(
                 &mut stream,
                 buf,
@@ -142,7 +146,7 @@ where
             Err(e) => return Err(e.to_string()),
             Ok(None) => {}
         }
-        buf.reserve(256);
+        buf.reserve(128);
         match timeout_at(deadline, stream.read_buf(buf)).await {
             Err(_) => return Err("no CONNECT within the connect timeout".into()),
             Ok(Ok(0)) => return Err("closed before CONNECT".into()),

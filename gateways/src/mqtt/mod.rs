@@ -47,6 +47,18 @@ pub(crate) struct Shared {
     metrics: Arc<GatewayMetrics>,
 }
 
+/// Held by a connection task: gives back the connection slot and counts the close.
+struct ConnectionGuard {
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared.close_connection();
+    }
+}
+
 /// The MQTT gateway; one value serves any number of listeners.
 #[derive(Clone)]
 pub struct MqttGateway {
@@ -116,27 +128,35 @@ impl MqttGateway {
             let shared = Arc::clone(&self.shared);
             let tls = tls.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                shared.open_connection();
-                let peer = addr.to_string();
-                match tls {
-                    None => connection::serve(socket, peer, Arc::clone(&shared), shutdown).await,
-                    Some(acceptor) => {
+            // Separate tasks for plain and TLS connections: one future holding both would
+            // carry the TLS state (kilobytes) on every plain connection too.
+            shared.open_connection();
+            let guard = ConnectionGuard {
+                shared: Arc::clone(&shared),
+                _permit: permit,
+            };
+            match tls {
+                None => {
+                    tokio::spawn(async move {
+                        connection::serve(socket, addr, Arc::clone(&guard.shared), shutdown).await;
+                    });
+                }
+                Some(acceptor) => {
+                    tokio::spawn(async move {
                         let deadline = shared.config.connect_timeout;
                         match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                             Ok(Ok(stream)) => {
-                                connection::serve(stream, peer, Arc::clone(&shared), shutdown).await
+                                connection::serve(stream, addr, shared, shutdown).await
                             }
                             Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                tracing::debug!(peer = %addr, error = %e, "TLS handshake failed")
                             }
-                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
                         }
-                    }
+                        drop(guard);
+                    });
                 }
-                shared.close_connection();
-                drop(permit);
-            });
+            }
         }
     }
 
@@ -146,5 +166,47 @@ impl MqttGateway {
         tokio::time::timeout(limit, self.permits.acquire_many(all))
             .await
             .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// An idle plain connection should cost under 2 KiB; its task is most of that, so a
+    /// future that grows past this deserves a look (box the rarely used part).
+    #[tokio::test]
+    async fn connection_future_stays_small() {
+        let gw = MqttGateway::new(
+            MqttConfig::default(),
+            "h".into(),
+            Arc::new(weir_core::NoDevices),
+            Arc::new(Null),
+            Arc::default(),
+        );
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let c = tokio::net::TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (_tx, rx) = watch::channel(false);
+        let f = connection::serve(
+            c,
+            "127.0.0.1:1".parse().expect("addr"),
+            Arc::clone(&gw.shared),
+            rx,
+        );
+        let size = std::mem::size_of_val(&f);
+        assert!(size <= 1280, "the connection future is {size} bytes");
+    }
+
+    struct Null;
+    impl Ingest for Null {
+        fn ingest(
+            &self,
+            _d: &weir_core::DeviceId,
+            _b: Vec<weir_core::Event>,
+        ) -> weir_core::IngestFuture {
+            Box::pin(async { Ok(()) })
+        }
     }
 }

@@ -25,6 +25,8 @@ pub struct ArchiveMetrics {
     /// Rows in finalised (visible) files.
     pub rows_committed: AtomicU64,
     pub files_committed: AtomicU64,
+    /// Rows in finalised files, per endpoint (updated once per file, so a lock is fine).
+    pub rows_by_endpoint: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 pub struct ParquetSinkFactory {
@@ -199,6 +201,9 @@ fn finalise(mut f: OpenFile, worker: usize, metrics: &ArchiveMetrics) -> Result<
         .rows_committed
         .fetch_add(f.rows as u64, Ordering::Relaxed);
     metrics.files_committed.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut by) = metrics.rows_by_endpoint.lock() {
+        *by.entry(f.endpoint.name.to_string()).or_default() += f.rows as u64;
+    }
     tracing::debug!(file = %f.done.display(), rows = f.rows, "parquet file finalised");
     Ok(())
 }

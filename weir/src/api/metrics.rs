@@ -121,6 +121,18 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Finalised Parquet files.",
         &a.files_committed,
     );
+    let _ = writeln!(
+        out,
+        "# HELP weir_archive_endpoint_rows_total Rows in finalised Parquet files, per endpoint.\n# TYPE weir_archive_endpoint_rows_total counter"
+    );
+    if let Ok(by) = a.rows_by_endpoint.lock() {
+        for (endpoint, rows) in by.iter() {
+            let _ = writeln!(
+                out,
+                "weir_archive_endpoint_rows_total{{endpoint=\"{endpoint}\"}} {rows}"
+            );
+        }
+    }
     counter(
         &mut out,
         "weir_rules_reloads_total",

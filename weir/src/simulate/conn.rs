@@ -29,11 +29,14 @@ pub struct Plan {
     pub rate: f64,
     pub inflight: usize,
     pub template: Arc<Template>,
+    /// Connect, then send nothing until `stop` (keep-alive pings only).
+    pub idle: bool,
 }
 
 /// Shared counters for progress and the report.
 #[derive(Default)]
 pub struct Counters {
+    pub connected: AtomicU64,
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub stop: AtomicBool,
@@ -94,6 +97,20 @@ pub async fn publish(
     let mut stream = connect(&plan.addr, &plan.tls).await?;
     let login = plan.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
     let leftover = mqtt_connect(&mut stream, &plan.client_id, login).await?;
+    counters.connected.fetch_add(1, Ordering::Relaxed);
+    if plan.idle {
+        let mut ping = BytesMut::new();
+        codec::pingreq(&mut ping);
+        let mut last_ping = Instant::now();
+        while !counters.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if last_ping.elapsed() > Duration::from_secs(30) {
+                stream.write_all(&ping).await?;
+                last_ping = Instant::now();
+            }
+        }
+        return Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
+    }
     let (mut rd, mut wr) = tokio::io::split(stream);
     let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..65536).map(|_| AtomicU64::new(0)).collect());

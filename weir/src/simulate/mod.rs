@@ -70,6 +70,16 @@ pub struct SimulateArgs {
     /// files, and report the end-to-end rate.
     #[arg(long)]
     pub wait_archived: bool,
+    /// The endpoint --wait-archived counts rows of.
+    #[arg(long, default_value = "archive")]
+    pub archive_endpoint: String,
+    /// Register the devices and exit.
+    #[arg(long)]
+    pub register_only: bool,
+    /// Only connect every device and hold the connections idle for --duration seconds
+    /// (for measuring the memory an idle connection costs).
+    #[arg(long, requires = "duration")]
+    pub idle: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -169,8 +179,16 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     } else {
         (args.mqtt.clone(), None)
     };
+    let endpoint_metric = format!(
+        "weir_archive_endpoint_rows_total{{endpoint=\"{}\"}}",
+        args.archive_endpoint
+    );
+    if args.register_only {
+        println!("registered {} device(s)", devices.len());
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let archived_before = match (&client, args.wait_archived) {
-        (Some(c), true) => metric(c, "weir_archive_rows_total").await?,
+        (Some(c), true) => metric(c, &endpoint_metric).await.unwrap_or(0),
         _ => 0,
     };
 
@@ -225,6 +243,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             rate: per_device_rate,
             inflight: args.inflight,
             template: Arc::clone(&template),
+            idle: args.idle,
         };
         tasks.push(tokio::spawn(conn::publish(
             plan,
@@ -239,7 +258,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 bar.set_position(counters.sent.load(Ordering::Relaxed));
-                bar.set_message(format!("acked {}", counters.acked.load(Ordering::Relaxed)));
+                bar.set_message(format!(
+                    "connected {} acked {}",
+                    counters.connected.load(Ordering::Relaxed),
+                    counters.acked.load(Ordering::Relaxed)
+                ));
                 if duration.is_some_and(|d| started.elapsed() >= d) {
                     counters.stop.store(true, Ordering::Relaxed);
                 }
@@ -292,8 +315,9 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
         let want = if args.qos == 1 { acked } else { sent };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let rows = metric(c, "weir_archive_rows_total")
-                .await?
+            let rows = metric(c, &endpoint_metric)
+                .await
+                .unwrap_or(0)
                 .saturating_sub(archived_before);
             if rows >= want || Instant::now() > deadline {
                 archived = Some((rows, started.elapsed()));
@@ -307,6 +331,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     let pct = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let report = json!({
         "devices": args.devices,
+        "connected": counters.connected.load(Ordering::Relaxed),
         "qos": args.qos,
         "sent": sent,
         "acked": acked,

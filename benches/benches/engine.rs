@@ -1,0 +1,92 @@
+//! The engine alone: parsed events through the timely dataflow with ten routes into a
+//! sink that only counts. Workers = cores.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use weir_core::{Delivery, EndpointSpec, Event, NoDevices, Sink, SinkError, SinkFactory};
+use weir_engine::{Engine, EngineConfig};
+
+struct Count(Arc<AtomicU64>);
+struct CountSink(Arc<AtomicU64>);
+
+impl SinkFactory for Count {
+    fn open(&self, _worker: usize) -> Result<Box<dyn Sink>, SinkError> {
+        Ok(Box::new(CountSink(Arc::clone(&self.0))))
+    }
+}
+
+impl Sink for CountSink {
+    fn write(&mut self, _e: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+    fn advance(&mut self, _f: i64, _n: i64) -> Result<(), SinkError> {
+        Ok(())
+    }
+    fn close(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let engine = Engine::start(
+        EngineConfig {
+            workers,
+            queue_batches: 256,
+            tick: Duration::from_millis(50),
+        },
+        Arc::new(ArcSwap::from_pointee(weir_benches::ten_routes())),
+        Arc::new(NoDevices),
+        Arc::new(Count(Arc::clone(&delivered))),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let ingress = engine.ingress();
+    // 100 devices, batches of 256 events as a busy connection's read produces.
+    let per_batch = 256;
+    let batches: Vec<Vec<Event>> = (0..400)
+        .map(|b| {
+            (0..per_batch)
+                .map(|i| weir_benches::event(b % 100, (b * per_batch + i) as u64))
+                .collect()
+        })
+        .collect();
+    let total = (batches.len() * per_batch) as u64;
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(total));
+    g.sample_size(10);
+    g.bench_function("ten_routes_100k_events", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = Duration::ZERO;
+            for _ in 0..iters {
+                let copy = batches.clone();
+                // Every event matches r10 ("true") and so is delivered at least once.
+                let before = delivered.load(Ordering::Relaxed);
+                let start = Instant::now();
+                for batch in copy {
+                    let device = batch[0].device_id.clone();
+                    ingress
+                        .send_blocking(&device, batch)
+                        .unwrap_or_else(|e| panic!("{e}"));
+                }
+                while delivered.load(Ordering::Relaxed) - before < total {
+                    std::hint::spin_loop();
+                }
+                spent += start.elapsed();
+            }
+            spent
+        })
+    });
+    g.finish();
+    drop(ingress);
+    engine.shutdown().unwrap_or_else(|e| panic!("{e}"));
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs the same load against mosquitto and Weir on this machine, in one run, and prints
+# the ratios: 100 publishers → 1 subscriber (mosquitto) vs 100 publishers → rules →
+# Parquet (Weir), at QoS 0 and QoS 1, plus the memory of idle connections.
+#
+#   benches/mqtt-vs-mosquitto.sh                 # defaults below
+#   PUBS=100 MSGS=20000 IDLE=2000 benches/mqtt-vs-mosquitto.sh
+#
+# Needs mosquitto (apt-get install -y mosquitto). Results go to bench-out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PUBS=${PUBS:-100}
+MSGS=${MSGS:-20000}
+IDLE=${IDLE:-2000}
+OUT=${OUT:-bench-out}
+MOSQ_PORT=${MOSQ_PORT:-18830}
+WEIR_PORT=${WEIR_PORT:-18831}
+API_PORT=${API_PORT:-18080}
+PAYLOAD='{"temp": {{rand:15:35}}, "hum": {{randint:20:80}}, "seq": {{seq}}, "site": "plant-7", "line": "assembly-b", "status": "nominal"}'
+
+command -v mosquitto >/dev/null || { echo "mosquitto is missing: apt-get install -y mosquitto" >&2; exit 2; }
+cargo build --release -p weir
+W=target/release/weir
+mkdir -p "$OUT"
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$TMP"; }
+trap cleanup EXIT
+ulimit -n 65536 2>/dev/null || true
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+idle_cost() { # pid, simulate args... → KiB per idle connection; run it on a fresh server
+  local pid=$1; shift
+  local before after
+  sleep 1
+  before=$(rss_kib "$pid")
+  "$W" simulate "$@" --devices "$IDLE" --idle --duration 12 --quiet --json > "$TMP/idle.json" &
+  local sim=$!
+  sleep 9
+  after=$(rss_kib "$pid")
+  wait "$sim"
+  python3 -c "import json,sys; r=json.load(open('$TMP/idle.json')); print(json.dumps({'connections': r['connected'], 'rss_before_kib': $before, 'rss_after_kib': $after, 'kib_per_connection': ($after-$before)/max(1,r['connected'])}))"
+}
+
+echo "== mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}') on 127.0.0.1:$MOSQ_PORT"
+cat > "$TMP/mosquitto.conf" <<CONF
+listener $MOSQ_PORT 127.0.0.1
+allow_anonymous true
+user root
+set_tcp_nodelay true
+max_inflight_messages 1000
+max_queued_messages 1000000
+persistence false
+log_dest none
+CONF
+mosquitto -c "$TMP/mosquitto.conf" & PIDS+=($!); MOSQ=$!
+sleep 0.5
+for q in 0 1; do
+  "$W" simulate --broker --mqtt "127.0.0.1:$MOSQ_PORT" --devices "$PUBS" --messages "$MSGS" --qos "$q" \
+    --subscribe '#' --inflight 100 --payload "$PAYLOAD" --json --quiet > "$OUT/mosquitto-qos$q.json"
+  echo "qos $q: $(cat "$OUT/mosquitto-qos$q.json")"
+done
+kill "$MOSQ"; wait "$MOSQ" 2>/dev/null || true
+mosquitto -c "$TMP/mosquitto.conf" & PIDS+=($!); MOSQ=$!
+sleep 0.5
+idle_cost "$MOSQ" --broker --mqtt "127.0.0.1:$MOSQ_PORT" > "$OUT/mosquitto-idle.json"
+echo "idle: $(cat "$OUT/mosquitto-idle.json")"
+kill "$MOSQ"; wait "$MOSQ" 2>/dev/null || true
+
+echo "== weir on 127.0.0.1:$WEIR_PORT"
+cat > "$TMP/weir.toml" <<CONF
+[archive]
+max_age_secs = 0.25
+[log]
+level = "warn"
+CONF
+"$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \
+  --mqtts off --http "127.0.0.1:$API_PORT" & PIDS+=($!); WEIR=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+HUB=(--api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir" --mqtt "127.0.0.1:$WEIR_PORT")
+for q in 0 1; do
+  "$W" simulate "${HUB[@]}" --devices "$PUBS" --messages "$MSGS" --qos "$q" --inflight 100 \
+    --payload "$PAYLOAD" --wait-archived --json --quiet > "$OUT/weir-qos$q.json"
+  echo "qos $q: $(cat "$OUT/weir-qos$q.json")"
+done
+"$W" simulate "${HUB[@]}" --devices 100 --rate 20000 --duration 10 --messages 0 --qos 1 --payload "$PAYLOAD" \
+  --json --quiet > "$OUT/weir-qos1-20k.json"
+echo "qos 1 at 20k msg/s: $(cat "$OUT/weir-qos1-20k.json")"
+kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true
+# A fresh hub for the memory of idle connections, with the devices registered first.
+"$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \
+  --mqtts off --http "127.0.0.1:$API_PORT" & PIDS+=($!); WEIR=$!
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+"$W" simulate "${HUB[@]}" --prefix idle- --devices "$IDLE" --register-only --quiet >/dev/null
+idle_cost "$WEIR" "${HUB[@]}" --prefix idle- > "$OUT/weir-idle.json"
+echo "idle: $(cat "$OUT/weir-idle.json")"
+kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true
+
+python3 - "$OUT" <<'PY'
+import json, sys, platform, os
+out = sys.argv[1]
+j = lambda n: json.load(open(f"{out}/{n}.json"))
+mq0, mq1, w0, w1 = j("mosquitto-qos0"), j("mosquitto-qos1"), j("weir-qos0"), j("weir-qos1")
+mi, wi, w20 = j("mosquitto-idle"), j("weir-idle"), j("weir-qos1-20k")
+m0, m1 = mq0["subscriber"]["rate"], mq1["subscriber"]["rate"]
+a0, a1 = w0["archived"]["rate"], w1["archived"]["rate"]
+print()
+print(f"machine: {os.cpu_count()} cores, {platform.machine()}, load generator on the same machine")
+print(f"QoS 0  mosquitto → subscriber {m0:>10,.0f} msg/s   weir → rules → Parquet {a0:>10,.0f} msg/s   ratio {a0/m0:.2f}")
+print(f"QoS 1  mosquitto → subscriber {m1:>10,.0f} msg/s   weir → rules → Parquet {a1:>10,.0f} msg/s   ratio {a1/m1:.2f}")
+l = w20.get("latency_ms") or {}
+print(f"QoS 1 at ~20k msg/s: publish→PUBACK p50 {l.get('p50')} ms  p99 {l.get('p99')} ms  max {l.get('max')} ms")
+print(f"idle connection RSS: mosquitto {mi['kib_per_connection']:.2f} KiB   weir {wi['kib_per_connection']:.2f} KiB")
+json.dump({"mosquitto_qos0": m0, "mosquitto_qos1": m1, "weir_qos0": a0, "weir_qos1": a1,
+           "ratio_qos0": a0/m0, "ratio_qos1": a1/m1, "weir_qos1_20k_latency_ms": l,
+           "idle_kib_mosquitto": mi["kib_per_connection"], "idle_kib_weir": wi["kib_per_connection"]},
+          open(f"{out}/summary.json", "w"), indent=2)
+PY
