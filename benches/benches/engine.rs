@@ -33,7 +33,10 @@ impl Sink for CountSink {
 }
 
 fn bench(c: &mut Criterion) {
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = std::env::var("WEIR_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let delivered = Arc::new(AtomicU64::new(0));
     let engine = Engine::start(
         EngineConfig {

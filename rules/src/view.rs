@@ -7,6 +7,9 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 use weir_core::{DeviceDirectory, DeviceRecord, Event};
 
+use crate::ast::Seg;
+use crate::body::LazyBody;
+
 /// IoT Hub system properties a condition can reference with `$name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SysProp {
@@ -70,8 +73,8 @@ pub trait MessageView {
     fn system(&self, p: SysProp) -> Option<Cow<'_, str>>;
     /// An application property, looked up case-insensitively.
     fn app(&self, name: &str) -> Option<&str>;
-    /// The body as JSON; `None` when it is not JSON (then `$body` paths are undefined).
-    fn body(&self) -> Option<&Json>;
+    /// The value at a `$body` path; `None` when the body is not JSON or has no such value.
+    fn body_path(&self, path: &[Seg]) -> Option<&Json>;
     fn twin(&self, section: TwinSection) -> Option<&Json>;
 }
 
@@ -80,7 +83,7 @@ pub trait MessageView {
 pub struct EventView<'a> {
     event: &'a Event,
     directory: &'a dyn DeviceDirectory,
-    body: OnceCell<Option<Json>>,
+    body: OnceCell<Option<LazyBody<'a>>>,
     record: OnceCell<Option<Arc<DeviceRecord>>>,
 }
 
@@ -162,15 +165,16 @@ impl<'a> MessageView for EventView<'a> {
         self.event.property(name)
     }
 
-    fn body(&self) -> Option<&Json> {
+    fn body_path(&self, path: &[Seg]) -> Option<&Json> {
         self.body
             .get_or_init(|| {
                 if !body_may_be_json(self.event) {
                     return None;
                 }
-                serde_json::from_slice(&self.event.body).ok()
+                LazyBody::parse(&self.event.body)
             })
-            .as_ref()
+            .as_ref()?
+            .get(path)
     }
 
     fn twin(&self, section: TwinSection) -> Option<&Json> {
