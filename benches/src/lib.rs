@@ -25,7 +25,7 @@ pub fn event(device: usize, seq: u64) -> Event {
     e.system.content_type = Some("application/json".into());
     e.properties = vec![(
         "level".into(),
-        if seq % 7 == 0 {
+        if seq.is_multiple_of(7) {
             "critical".into()
         } else {
             "info".into()

@@ -82,7 +82,7 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
                 };
                 let list = client.call(Method::GET, &p, None, None).await?.ok()?;
                 let devices = list.as_array().cloned().unwrap_or_default();
-                println!("{:<40} {:<9} {}", "DEVICE", "STATUS", "CONNECTION");
+                println!("{:<40} {:<9} CONNECTION", "DEVICE", "STATUS");
                 for d in &devices {
                     println!(
                         "{:<40} {:<9} {}",

@@ -143,11 +143,6 @@ impl ParquetSink {
         })
     }
 
-    fn over_limits(&self, f: &OpenFile) -> bool {
-        f.rows >= self.config.max_rows
-            || f.writer.bytes_written() + f.writer.in_progress_size() >= self.config.max_bytes
-    }
-
     /// Finalises the files `pick` selects.
     fn finalise_where(&mut self, pick: impl Fn(&OpenFile) -> bool) -> Result<(), SinkError> {
         let keys: Vec<(Arc<str>, i64)> = self
@@ -214,38 +209,51 @@ impl Sink for ParquetSink {
         endpoint: &Arc<EndpointSpec>,
         batch: Vec<Delivery>,
     ) -> Result<(), SinkError> {
-        for d in batch {
-            let hour = hour_floor(d.event.enqueued_ms);
+        let mut rows = batch.into_iter().peekable();
+        while let Some(first) = rows.next() {
+            // Deliveries arrive in enqueue order, so they come in runs of one hour.
+            let hour = hour_floor(first.event.enqueued_ms);
             let key = (Arc::clone(&endpoint.name), hour);
-            // A reloaded rule set may change an endpoint's columns: start a new file.
-            if self
+            let reloaded = self
                 .files
                 .get(&key)
-                .is_some_and(|f| f.endpoint != *endpoint)
-            {
-                if let Some(f) = self.files.remove(&key) {
-                    finalise(f, self.worker, &self.metrics)?;
-                }
+                .is_some_and(|f| !Arc::ptr_eq(&f.endpoint, endpoint) && f.endpoint != *endpoint);
+            // A reloaded rule set may change an endpoint's columns: start a new file.
+            if reloaded && let Some(f) = self.files.remove(&key) {
+                finalise(f, self.worker, &self.metrics)?;
             }
             if !self.files.contains_key(&key) {
                 let f = self.open_file(endpoint, hour)?;
                 self.files.insert(key.clone(), f);
             }
-            let batch_rows = self.config.batch_rows;
+            let (batch_rows, max_rows, max_bytes) = (
+                self.config.batch_rows,
+                self.config.max_rows,
+                self.config.max_bytes,
+            );
             let Some(f) = self.files.get_mut(&key) else {
                 continue;
             };
-            f.min_ms = f.min_ms.min(d.event.enqueued_ms);
-            f.max_ms = f.max_ms.max(d.event.enqueued_ms);
-            f.pending.push(d);
-            f.rows += 1;
-            if f.pending.len() >= batch_rows {
-                flush_pending(f)?;
-                if self.over_limits(&self.files[&key]) {
-                    if let Some(f) = self.files.remove(&key) {
-                        finalise(f, self.worker, &self.metrics)?;
+            let mut next = Some(first);
+            let mut full = false;
+            while let Some(d) = next.take() {
+                f.min_ms = f.min_ms.min(d.event.enqueued_ms);
+                f.max_ms = f.max_ms.max(d.event.enqueued_ms);
+                f.pending.push(d);
+                f.rows += 1;
+                if f.pending.len() >= batch_rows {
+                    flush_pending(f)?;
+                    if f.rows >= max_rows
+                        || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes
+                    {
+                        full = true;
+                        break;
                     }
                 }
+                next = rows.next_if(|d| hour_floor(d.event.enqueued_ms) == hour);
+            }
+            if full && let Some(f) = self.files.remove(&key) {
+                finalise(f, self.worker, &self.metrics)?;
             }
         }
         Ok(())
