@@ -48,6 +48,25 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl DeviceRecord {
+    /// A record with only an id and tags, for tools that evaluate rules without a registry.
+    pub fn with_tags(device_id: &str, tags: serde_json::Value) -> DeviceRecord {
+        DeviceRecord {
+            device_id: device_id.to_owned(),
+            generation_id: String::new(),
+            etag: String::new(),
+            status: DeviceStatus::Enabled,
+            status_reason: None,
+            auth: DeviceAuth::Sas {
+                primary_key: String::new(),
+                secondary_key: String::new(),
+            },
+            tags,
+            created_time: String::new(),
+            status_updated_time: String::new(),
+            last_updated_time: String::new(),
+        }
+    }
+
     /// The symmetric keys, when the device uses SAS.
     pub fn sas_keys(&self) -> Option<(&str, &str)> {
         match &self.auth {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use weir_core::{DeviceAuth, DeviceId, DeviceRecord, DeviceStatus, Event};
+use weir_core::{DeviceId, DeviceRecord, Event};
 use weir_rules::ast::{BinOp, Expr, ExprKind, Lit, Seg};
 use weir_rules::interp::{RefMessage, routes};
 use weir_rules::{SourceFile, load_sources, parse::parse};
@@ -355,7 +355,7 @@ proptest! {
 
         let directory: HashMap<String, Arc<DeviceRecord>> = tags()
             .into_iter()
-            .map(|(id, t)| (id.clone(), Arc::new(record(&id, t))))
+            .map(|(id, t)| (id.clone(), Arc::new(DeviceRecord::with_tags(&id, t))))
             .collect();
         let events: Vec<Event> = msgs.iter().enumerate().map(|(i, m)| {
             let mut ev = Event::telemetry(DeviceId::parse(&m.device).expect("id"), 1_700_000_000_000 + i as i64, Bytes::from(m.body.clone()));
@@ -387,23 +387,5 @@ proptest! {
             let delivered = out.deliveries.iter().filter(|d| d.delivery.event.offset == i as u64).count();
             prop_assert_eq!(delivered, want_eps.len());
         }
-    }
-}
-
-fn record(id: &str, tags: Value) -> DeviceRecord {
-    DeviceRecord {
-        device_id: id.into(),
-        generation_id: "g".into(),
-        etag: "e".into(),
-        status: DeviceStatus::Enabled,
-        status_reason: None,
-        auth: DeviceAuth::Sas {
-            primary_key: String::new(),
-            secondary_key: String::new(),
-        },
-        tags,
-        created_time: String::new(),
-        status_updated_time: String::new(),
-        last_updated_time: String::new(),
     }
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use weir_core::{
-    ColumnValue, DeviceAuth, DeviceId, DeviceRecord, DeviceStatus, Event, EventSource,
+    ColumnValue, DeviceId, DeviceRecord, Event, EventSource,
     SystemProperties,
 };
 
@@ -139,7 +139,7 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
         if let Some(tags) = tags {
             devices.insert(
                 event.device_id.to_string(),
-                Arc::new(test_device(event.device_id.as_str(), tags)),
+                Arc::new(DeviceRecord::with_tags(event.device_id.as_str(), tags)),
             );
         }
         list.push(event);
@@ -230,22 +230,4 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
         eprintln!("{count} event(s) run through the engine");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn test_device(id: &str, tags: Value) -> DeviceRecord {
-    DeviceRecord {
-        device_id: id.to_string(),
-        generation_id: String::new(),
-        etag: String::new(),
-        status: DeviceStatus::Enabled,
-        status_reason: None,
-        auth: DeviceAuth::Sas {
-            primary_key: String::new(),
-            secondary_key: String::new(),
-        },
-        tags,
-        created_time: String::new(),
-        status_updated_time: String::new(),
-        last_updated_time: String::new(),
-    }
 }
