@@ -108,6 +108,10 @@ pub struct Event {
     pub enqueued_ms: i64,
     /// Position in the ingest log; ties an archived row back to what was acknowledged.
     pub offset: u64,
+    /// The MQTT packet id the device used (QoS 1), for recognising retransmissions.
+    pub packet_id: Option<u16>,
+    /// The device marked this as a retransmission (MQTT DUP).
+    pub redelivered: bool,
     pub system: SystemProperties,
     /// Application properties, in the order the device sent them; keys are unique.
     pub properties: Vec<(String, String)>,
@@ -125,6 +129,8 @@ impl Event {
             auth_method: AuthMethod::Sas,
             enqueued_ms,
             offset: 0,
+            packet_id: None,
+            redelivered: false,
             system: SystemProperties::default(),
             properties: Vec::new(),
             body,

@@ -15,14 +15,18 @@ pub enum IngestError {
     Unavailable(String),
 }
 
-pub type IngestFuture = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send + 'static>>;
+/// Resolves once a batch is durable (as far as the configured fsync policy promises).
+pub type AckFuture = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send + 'static>>;
+
+/// Resolves once a batch is queued for storage, with the future of its durability.
+pub type IngestFuture = Pin<Box<dyn Future<Output = Result<AckFuture, IngestError>> + Send + 'static>>;
 
 /// Accepts events from gateways.
 ///
-/// The returned future resolves once the batch is accepted as far as the implementation
-/// promises (queued, or durable); a gateway acknowledges to the device only after that,
-/// and while it waits it reads nothing more from that device, which is how backpressure
-/// reaches the socket.
+/// `ingest` resolves when the batch is queued; while it waits, the gateway reads nothing
+/// more from that device, which is how backpressure reaches the socket. The [`AckFuture`]
+/// it yields resolves when the batch is durable: a gateway acknowledges QoS 1 messages
+/// only after that, and may drop it for QoS 0.
 pub trait Ingest: Send + Sync + 'static {
     /// `batch` holds events from `device` only, in the order the device sent them.
     fn ingest(&self, device: &DeviceId, batch: Vec<Event>) -> IngestFuture;

@@ -5,7 +5,9 @@
 //! the device directory the gateways authenticate against and the engine enriches from,
 //! and the [`Sink`] seam that storage implements.
 
+pub mod codec;
 pub mod device;
+pub mod feed;
 pub mod endpoint;
 pub mod event;
 pub mod ids;
@@ -17,5 +19,6 @@ pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevi
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use ids::{DeviceId, InvalidId};
-pub use ingest::{Ingest, IngestError, IngestFuture};
+pub use feed::{EventFeed, FeedError, FeedReader};
+pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
 pub use sink::{Sink, SinkError, SinkFactory};

@@ -1,10 +1,10 @@
 //! The seam between the engine and storage.
 //!
 //! The engine owns one [`Sink`] per worker, created by a [`SinkFactory`] inside the worker
-//! thread, so a sink needs no locking. The engine promises frontier order: after
-//! `advance(t)` it never writes a delivery whose event has `enqueued_ms < t` unless that
-//! event reached the worker late, in which case the sink must still accept it (it may
-//! start a new file in an already finalised partition).
+//! thread, so a sink needs no locking. Deliveries arrive in offset order per worker, and
+//! the engine says how far it has come: after `advance(f)` every event of the worker's
+//! partition with an offset below `f` has been delivered, which is what lets a sink commit
+//! exactly the ranges it has completely written.
 
 use std::sync::Arc;
 
@@ -26,22 +26,18 @@ pub enum SinkError {
 
 /// Receives routed deliveries in one worker.
 pub trait Sink {
-    /// Accepts deliveries for one endpoint.
-    fn write(
-        &mut self,
-        endpoint: &Arc<EndpointSpec>,
-        batch: Vec<Delivery>,
-    ) -> Result<(), SinkError>;
+    /// Accepts deliveries for one endpoint, in offset order.
+    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError>;
 
-    /// Tells the sink no more events with `enqueued_ms < frontier_ms` are expected and that
-    /// wall-clock time is `now_ms`, so it can finalise partitions and roll aged files.
-    fn advance(&mut self, frontier_ms: i64, now_ms: i64) -> Result<(), SinkError>;
+    /// Every event of this worker's partition with an offset below `frontier` has been
+    /// delivered; the sink may roll, finalise and commit files.
+    fn advance(&mut self, frontier: u64) -> Result<(), SinkError>;
 
-    /// The input is exhausted: finalise everything.
-    fn close(&mut self) -> Result<(), SinkError>;
+    /// The input is exhausted at `end`: finalise and commit everything.
+    fn close(&mut self, end: u64) -> Result<(), SinkError>;
 }
 
 /// Creates one [`Sink`] per engine worker.
 pub trait SinkFactory: Send + Sync {
-    fn open(&self, worker: usize) -> Result<Box<dyn Sink>, SinkError>;
+    fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError>;
 }

@@ -1,19 +1,23 @@
 //! Runs a fixed list of events through the real dataflow and captures what comes out.
 //!
 //! `weir rules test` uses this to show what rules do to recorded events, and tests use it
-//! to compare the engine with the reference evaluator.
+//! to compare the engine with the reference evaluator. Events get offsets 0, 1, 2, ... in
+//! the order given; results are keyed by that index.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use weir_core::{Delivery, DeviceDirectory, EndpointSpec, Event, Sink, SinkError, SinkFactory};
 use weir_rules::RuleSet;
 
 use crate::engine::{Engine, EngineConfig, EngineError, TraceFn};
+use crate::memory::MemoryFeed;
 
 /// The routing decision for one event, by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
+    /// The event's position in the input (its offset).
     pub offset: u64,
     pub routes: Vec<String>,
     pub endpoints: Vec<String>,
@@ -29,7 +33,7 @@ pub struct Captured {
 
 #[derive(Debug, Default)]
 pub struct HarnessOutput {
-    /// One per event, sorted by offset.
+    /// One per event that was not dropped as a duplicate, sorted by offset.
     pub traces: Vec<Trace>,
     /// Sorted by event offset, then endpoint name.
     pub deliveries: Vec<Captured>,
@@ -41,17 +45,13 @@ struct CaptureFactory(Shared);
 struct CaptureSink(Shared);
 
 impl SinkFactory for CaptureFactory {
-    fn open(&self, _worker: usize) -> Result<Box<dyn Sink>, SinkError> {
+    fn open(&self, _worker: usize, _workers: usize) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(CaptureSink(Arc::clone(&self.0))))
     }
 }
 
 impl Sink for CaptureSink {
-    fn write(
-        &mut self,
-        endpoint: &Arc<EndpointSpec>,
-        batch: Vec<Delivery>,
-    ) -> Result<(), SinkError> {
+    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
         if let Ok(mut v) = self.0.lock() {
             v.extend(batch.into_iter().map(|delivery| Captured {
                 endpoint: Arc::clone(endpoint),
@@ -60,16 +60,15 @@ impl Sink for CaptureSink {
         }
         Ok(())
     }
-    fn advance(&mut self, _frontier_ms: i64, _now_ms: i64) -> Result<(), SinkError> {
+    fn advance(&mut self, _frontier: u64) -> Result<(), SinkError> {
         Ok(())
     }
-    fn close(&mut self) -> Result<(), SinkError> {
+    fn close(&mut self, _end: u64) -> Result<(), SinkError> {
         Ok(())
     }
 }
 
 /// Runs `events` through an engine with `workers` workers and returns what happened.
-/// Give each event a distinct `offset`: results are keyed by it.
 pub fn run(
     events: Vec<Event>,
     rules: RuleSet,
@@ -82,11 +81,7 @@ pub fn run(
     let trace: TraceFn = Arc::new(move |e, rules, outcome| {
         let t = Trace {
             offset: e.offset,
-            routes: outcome
-                .routes
-                .iter()
-                .map(|&i| rules.routes[i].name.clone())
-                .collect(),
+            routes: outcome.routes.iter().map(|&i| rules.routes[i].name.clone()).collect(),
             endpoints: outcome
                 .endpoints
                 .iter()
@@ -98,41 +93,30 @@ pub fn run(
             v.push(t);
         }
     });
+    let feed = MemoryFeed::new(workers, 1 << 16);
     let config = EngineConfig {
         workers,
-        ..EngineConfig::default()
+        tick: Duration::from_millis(20),
+        dedupe: None,
     };
     let engine = Engine::start(
         config,
         Arc::new(ArcSwap::from_pointee(rules)),
         directory,
+        Arc::new(feed.clone()),
         Arc::new(CaptureFactory(Arc::clone(&captured))),
         Some(trace),
     )?;
-    let ingress = engine.ingress();
-    for e in events {
-        let device = e.device_id.clone();
-        if ingress.send_blocking(&device, vec![e]).is_err() {
-            break;
-        }
-    }
-    engine.shutdown()?;
+    let pushed = feed.push(events);
+    feed.close();
+    engine.join()?;
+    pushed.map_err(|e| EngineError::Worker(e.to_string()))?;
     let mut out = HarnessOutput {
-        traces: std::mem::take(
-            &mut *traces
-                .lock()
-                .map_err(|e| EngineError::Worker(e.to_string()))?,
-        ),
-        deliveries: std::mem::take(
-            &mut *captured
-                .lock()
-                .map_err(|e| EngineError::Worker(e.to_string()))?,
-        ),
+        traces: std::mem::take(&mut *traces.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
+        deliveries: std::mem::take(&mut *captured.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
     };
     out.traces.sort_by_key(|t| t.offset);
-    out.deliveries.sort_by(|a, b| {
-        (a.delivery.event.offset, &a.endpoint.name)
-            .cmp(&(b.delivery.event.offset, &b.endpoint.name))
-    });
+    out.deliveries
+        .sort_by(|a, b| (a.delivery.event.offset, &a.endpoint.name).cmp(&(b.delivery.event.offset, &b.endpoint.name)));
     Ok(out)
 }

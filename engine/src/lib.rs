@@ -1,22 +1,21 @@
 //! The engine: the only crate that touches timely dataflow.
 //!
-//! Gateways hand batches of events to [`Ingress`], which places each device on one worker
-//! and applies backpressure through bounded queues. Each worker runs the same dataflow:
+//! Each worker reads its partition of an [`weir_core::EventFeed`] (the hub's durable log)
+//! and runs the same dataflow:
 //!
 //! ```text
-//! ingress source ──exchange(device)──▶ route (rules, enrichments, typed columns) ──▶ sink
-//!                                           └──▶ dead letters (counted, logged)
+//! feed source ──exchange(device)──▶ dedupe ──▶ route (rules, enrichments, typed columns) ──▶ sink
 //! ```
 //!
-//! Timestamps are enqueued times in milliseconds; the source advances its capability with
-//! the clock, so the frontier at the sink tells it which hours are complete.
+//! Timestamps are log offsets. The frontier at the sink tells it which offsets are
+//! complete, which is what its exactly-once commits are built on.
 
 mod engine;
 pub mod harness;
-mod ingress;
+pub mod memory;
 pub mod metrics;
 mod operators;
 
-pub use engine::{Engine, EngineConfig, EngineError, RulesHandle, TraceFn};
-pub use ingress::{Ingress, IngressClosed};
+pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, RulesHandle, TraceFn};
+pub use memory::MemoryFeed;
 pub use metrics::EngineMetrics;

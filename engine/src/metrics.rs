@@ -16,6 +16,9 @@ pub struct EngineMetrics {
     pub dead_letters: AtomicU64,
     /// Sink write or finalise failures.
     pub sink_errors: AtomicU64,
+    /// Messages dropped as repeats of one already seen (same `$.mid`, or an MQTT
+    /// retransmission of the same packet).
+    pub duplicates: AtomicU64,
 }
 
 impl EngineMetrics {

@@ -68,10 +68,10 @@ endpoints = ["hot"]
     assert_eq!(
         summary,
         vec![
-            (1, vec!["hot".into()], vec!["hot".into()], false),
+            (0, vec!["hot".into()], vec!["hot".into()], false),
+            (1, vec![], vec!["archive".into()], true),
             (2, vec![], vec!["archive".into()], true),
             (3, vec![], vec!["archive".into()], true),
-            (4, vec![], vec!["archive".into()], true),
         ]
     );
     assert_eq!(out.deliveries.len(), 4);

@@ -1,5 +1,7 @@
 //! Storage: the device registry (redb) and the Parquet archive sink.
 
+pub mod commit;
+pub mod log;
 pub mod parquet;
 pub mod registry;
 pub mod secret;

@@ -10,10 +10,7 @@ use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use weir_core::{
-    ColumnValue, DeviceId, DeviceRecord, Event, EventSource,
-    SystemProperties,
-};
+use weir_core::{ColumnValue, DeviceId, DeviceRecord, Event, EventSource, SystemProperties};
 
 fn render(diags: &[weir_rules::Diagnostic]) {
     let color = std::io::stderr().is_terminal();

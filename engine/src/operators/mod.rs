@@ -1,12 +1,15 @@
-//! The dataflow's operators, one per file, each as an extension trait on `Stream`.
+//! The dataflow's operators, one per file, each as an extension trait on `Stream` (or a
+//! constructor, for the source).
 
+mod dedupe;
 mod route;
 mod sink;
 mod source;
 
+pub(crate) use dedupe::Dedupe;
 pub(crate) use route::Route;
 pub(crate) use sink::SinkTo;
-pub(crate) use source::ingress_source;
+pub(crate) use source::feed_source;
 
 use std::sync::Arc;
 

@@ -22,17 +22,17 @@ pub(crate) trait Route<'s> {
         directory: Arc<dyn DeviceDirectory>,
         trace: Option<TraceFn>,
         metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, i64, Vec<Routed>>;
+    ) -> Stream<'s, u64, Vec<Routed>>;
 }
 
-impl<'s> Route<'s> for Stream<'s, i64, Vec<Event>> {
+impl<'s> Route<'s> for Stream<'s, u64, Vec<Event>> {
     fn route(
         self,
         rules: RulesHandle,
         directory: Arc<dyn DeviceDirectory>,
         trace: Option<TraceFn>,
         metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, i64, Vec<Routed>> {
+    ) -> Stream<'s, u64, Vec<Routed>> {
         self.unary(Pipeline, "Route", move |_cap, _info| {
             let mut outcome = Outcome::default();
             let mut last_warning: Option<Instant> = None;

@@ -1,25 +1,26 @@
-//! The sink operator: hands deliveries to storage and tells it how far time has come.
+//! The sink operator: hands deliveries to storage and tells it how far the input is complete.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::time::now_ms;
 use weir_core::{Delivery, EndpointSpec, Sink, SinkError};
 
 use super::Routed;
 use crate::metrics::EngineMetrics;
 
 pub(crate) trait SinkTo {
-    /// Writes every delivery to `sink`, grouped by endpoint, and calls `advance` as the
-    /// frontier moves and `close` once the input is exhausted.
-    fn sink_to(self, sink: Box<dyn Sink>, metrics: Arc<EngineMetrics>);
+    /// Writes every delivery to `sink`, grouped by endpoint, calls `advance` as the frontier
+    /// moves, and `close` with the source's final position once the input is exhausted.
+    fn sink_to(self, sink: Box<dyn Sink>, end: Rc<Cell<u64>>, metrics: Arc<EngineMetrics>);
 }
 
-impl SinkTo for Stream<'_, i64, Vec<Routed>> {
-    fn sink_to(self, mut sink: Box<dyn Sink>, metrics: Arc<EngineMetrics>) {
+impl SinkTo for Stream<'_, u64, Vec<Routed>> {
+    fn sink_to(self, mut sink: Box<dyn Sink>, end: Rc<Cell<u64>>, metrics: Arc<EngineMetrics>) {
         let mut closed = false;
         let mut last_error: Option<Instant> = None;
         let mut report = move |r: Result<(), SinkError>| {
@@ -27,7 +28,7 @@ impl SinkTo for Stream<'_, i64, Vec<Routed>> {
                 EngineMetrics::add(&metrics.sink_errors, 1);
                 if last_error.is_none_or(|t| t.elapsed().as_secs() >= 5) {
                     last_error = Some(Instant::now());
-                    tracing::error!(error = %e, "sink failed");
+                    tracing::error!(error = %e, "sink failed; the affected data stays in the ingest log");
                 }
             }
         };
@@ -48,10 +49,10 @@ impl SinkTo for Stream<'_, i64, Vec<Routed>> {
                 return;
             }
             match frontier.frontier().iter().min() {
-                Some(t) => report(sink.advance(*t, now_ms())),
+                Some(t) => report(sink.advance(*t)),
                 None => {
                     closed = true;
-                    report(sink.close());
+                    report(sink.close(end.get()));
                 }
             }
         });

@@ -1,83 +1,68 @@
-//! The ingress source: drains a worker's queue into the dataflow.
+//! The feed source: reads this worker's partition and advances time with it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use timely::dataflow::Scope;
 use timely::dataflow::Stream;
 use timely::dataflow::operators::generic::operator::source;
-use timely::scheduling::SyncActivator;
-use tokio::sync::mpsc::{self, error::TryRecvError};
-use weir_core::Event;
-use weir_core::time::now_ms;
+use weir_core::{Event, EventFeed, FeedReader};
 
-use crate::ingress::Batch;
-use crate::metrics::EngineMetrics;
+/// Events taken per activation before yielding to the rest of the dataflow.
+const EVENTS_PER_ACTIVATION: usize = 8192;
 
-/// Batches taken per activation before yielding to the rest of the dataflow.
-const BATCHES_PER_ACTIVATION: usize = 64;
-
-/// Emits queued events at their enqueued time (or the source's current time, if that is
-/// later) and advances the source's time with the clock, so downstream frontiers move
-/// even when no events arrive.
-pub(crate) fn ingress_source<'s>(
-    scope: Scope<'s, i64>,
-    mut rx: mpsc::Receiver<Batch>,
-    activator_slot: &OnceLock<SyncActivator>,
-    shutdown: Arc<AtomicBool>,
+/// Emits the partition's events at their offsets and holds its capability at the reader's
+/// position, so the frontier downstream says which offsets are complete. The returned cell
+/// holds that position, for the sink's final commit.
+pub(crate) fn feed_source<'s>(
+    scope: Scope<'s, u64>,
+    mut reader: Box<dyn FeedReader>,
+    feed: &dyn EventFeed,
     tick: Duration,
-    metrics: Arc<EngineMetrics>,
-) -> Stream<'s, i64, Vec<Event>> {
-    source(scope, "Ingress", |cap, info| {
+) -> (Stream<'s, u64, Vec<Event>>, Rc<Cell<u64>>) {
+    let end = Rc::new(Cell::new(0u64));
+    let position = Rc::clone(&end);
+    let stream = source(scope, "Feed", |cap, info| {
         let activator = scope.activator_for(info.address.clone());
-        let _ = activator_slot.set(scope.worker().sync_activator_for(info.address.to_vec()));
+        let remote = scope.worker().sync_activator_for(info.address.to_vec());
+        feed.on_data(Box::new(move || {
+            let _ = remote.activate();
+        }));
         let mut cap = Some(cap);
-        let mut closing = false;
+        let mut buf = Vec::new();
+        let mut last_error: Option<Instant> = None;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
-            if shutdown.load(Ordering::Relaxed) && !closing {
-                // Refuse new sends but keep draining what is already queued.
-                rx.close();
-                closing = true;
-            }
-            let mut taken = 0;
-            loop {
-                match rx.try_recv() {
-                    Ok(batch) => {
-                        let first = batch
-                            .iter()
-                            .map(|e| e.enqueued_ms)
-                            .min()
-                            .unwrap_or(*c.time());
-                        let t = first.max(*c.time());
-                        EngineMetrics::add(&metrics.events_in, batch.len() as u64);
-                        output
-                            .session(&c.delayed(&t))
-                            .give_iterator(batch.into_iter());
-                        taken += 1;
-                        if taken == BATCHES_PER_ACTIVATION {
+            match reader.read(EVENTS_PER_ACTIVATION, &mut buf) {
+                Ok(frontier) => {
+                    if let Some(first) = buf.first() {
+                        let t = first.offset.max(*c.time());
+                        let n = buf.len();
+                        output.session(&c.delayed(&t)).give_iterator(buf.drain(..));
+                        if n == EVENTS_PER_ACTIVATION {
                             activator.activate();
-                            break;
                         }
                     }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
+                    if frontier > *c.time() {
+                        c.downgrade(&frontier);
+                    }
+                    position.set(position.get().max(frontier));
+                    if reader.finished() {
                         cap = None;
                         return;
                     }
                 }
+                Err(e) => {
+                    if last_error.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                        last_error = Some(Instant::now());
+                        tracing::error!(error = %e, "reading the event feed failed; retrying");
+                    }
+                }
             }
-            let now = now_ms();
-            if now > *c.time() {
-                c.downgrade(&now);
-            }
-            if closing {
-                activator.activate();
-            } else {
-                activator.activate_after(tick);
-            }
+            activator.activate_after(tick);
         }
     })
-    .container::<Vec<Event>>()
+    .container::<Vec<Event>>();
+    (stream, end)
 }

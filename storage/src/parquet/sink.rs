@@ -1,44 +1,90 @@
-//! The per-worker Parquet sink: open files, rolling, atomic finalisation.
+//! The per-worker Parquet sink: open files per endpoint and hour, and exactly-once commits.
+//!
+//! An endpoint's files are committed together, at an offset `hi` once every delivery
+//! below `hi` (of this worker's partition) is in them: when the oldest is `max_age` old,
+//! when a delivery for a later hour arrives, when one grows past `max_rows`/`max_bytes`,
+//! when the rules change its columns, and on close. A commit finishes the files under
+//! temporary names, records them in the worker's commit record, then renames them to
+//! `part-w<worker>-<lo>-<hi>.parquet` (see `crate::commit`). After a restart, deliveries
+//! below an endpoint's committed offset are skipped: nothing is archived twice.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
-use weir_core::time::{hour_floor, now_ms};
+use weir_core::time::hour_floor;
 use weir_core::{Delivery, EndpointKind, EndpointSpec, Sink, SinkError, SinkFactory};
 
 use super::batch::{schema, to_batch};
 use super::config::ParquetConfig;
 use super::path::partition_dir;
+use crate::commit::{CommitStore, Recovery, WorkerCommit};
 
 /// Archive counters, shared by all workers' sinks.
 #[derive(Debug, Default)]
 pub struct ArchiveMetrics {
-    /// Rows in finalised (visible) files.
+    /// Rows in committed (visible) files.
     pub rows_committed: AtomicU64,
     pub files_committed: AtomicU64,
-    /// Rows in finalised files, per endpoint (updated once per file, so a lock is fine).
-    pub rows_by_endpoint: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Deliveries skipped because an earlier run had already committed them.
+    pub rows_skipped_replay: AtomicU64,
+    /// Rows in committed files, per endpoint (updated once per commit, so a lock is fine).
+    pub rows_by_endpoint: Mutex<BTreeMap<String, u64>>,
+}
+
+/// The lowest committed offset per worker, reported to whoever deletes log segments.
+struct Floors {
+    per_worker: Mutex<Vec<u64>>,
+    report: Box<dyn Fn(u64) + Send + Sync>,
+}
+
+impl Floors {
+    fn set(&self, worker: usize, floor: u64) {
+        let Ok(mut v) = self.per_worker.lock() else { return };
+        if worker >= v.len() {
+            v.resize(worker + 1, 0);
+        }
+        v[worker] = floor;
+        if let Some(min) = v.iter().copied().min() {
+            (self.report)(min);
+        }
+    }
 }
 
 pub struct ParquetSinkFactory {
     config: Arc<ParquetConfig>,
     metrics: Arc<ArchiveMetrics>,
+    commits: Arc<CommitStore>,
+    recovery: Arc<Recovery>,
+    floors: Arc<Floors>,
 }
 
 impl ParquetSinkFactory {
-    pub fn new(config: ParquetConfig) -> Self {
+    /// `recovery` is what the commit store found; `on_floor` learns the offset below which
+    /// every worker has committed every endpoint.
+    pub fn new(
+        config: ParquetConfig,
+        commits: CommitStore,
+        recovery: Recovery,
+        on_floor: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Self {
         ParquetSinkFactory {
             config: Arc::new(config),
             metrics: Arc::default(),
+            commits: Arc::new(commits),
+            recovery: Arc::new(recovery),
+            floors: Arc::new(Floors {
+                per_worker: Mutex::new(Vec::new()),
+                report: Box::new(on_floor),
+            }),
         }
     }
 
@@ -48,13 +94,37 @@ impl ParquetSinkFactory {
 }
 
 impl SinkFactory for ParquetSinkFactory {
-    fn open(&self, worker: usize) -> Result<Box<dyn Sink>, SinkError> {
+    fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError> {
         std::fs::create_dir_all(&self.config.root).map_err(|e| io(&self.config.root, e))?;
+        let previous = (self.recovery.workers == workers)
+            .then(|| self.recovery.worker(worker).cloned())
+            .flatten();
+        let (frontier, known) = match &previous {
+            Some(c) => (c.frontier, c.endpoints.clone()),
+            None => (0, BTreeMap::new()),
+        };
+        {
+            let Ok(mut v) = self.floors.per_worker.lock() else {
+                return Err(io(&self.config.root, std::io::Error::other("floors poisoned")));
+            };
+            if v.len() < workers {
+                v.resize(workers, 0);
+            }
+        }
         Ok(Box::new(ParquetSink {
             config: Arc::clone(&self.config),
             metrics: Arc::clone(&self.metrics),
+            commits: Arc::clone(&self.commits),
+            floors: Arc::clone(&self.floors),
             worker,
-            files: HashMap::new(),
+            workers,
+            frontier,
+            recorded: frontier,
+            last_record: Instant::now(),
+            endpoints: known
+                .into_iter()
+                .map(|(name, committed)| (name, EndpointState::new(committed)))
+                .collect(),
             seq: 0,
         }))
     }
@@ -75,48 +145,69 @@ fn encode(endpoint: &EndpointSpec, e: impl std::fmt::Display) -> SinkError {
 }
 
 struct OpenFile {
-    endpoint: Arc<EndpointSpec>,
     schema: SchemaRef,
-    hour: i64,
     dir: PathBuf,
     tmp: PathBuf,
-    done: PathBuf,
     writer: ArrowWriter<File>,
     pending: Vec<Delivery>,
     rows: usize,
-    min_ms: i64,
-    max_ms: i64,
-    opened: Instant,
+}
+
+struct EndpointState {
+    spec: Option<Arc<EndpointSpec>>,
+    /// Deliveries below this offset are in committed files (possibly of an earlier run).
+    committed: u64,
+    /// Open files by partition hour.
+    files: BTreeMap<i64, OpenFile>,
+    rows: usize,
+    opened: Option<Instant>,
+    last_offset: Option<u64>,
+    /// A write or commit failed: its data stays in the log until a restart.
+    failed: bool,
+}
+
+impl EndpointState {
+    fn new(committed: u64) -> EndpointState {
+        EndpointState {
+            spec: None,
+            committed,
+            files: BTreeMap::new(),
+            rows: 0,
+            opened: None,
+            last_offset: None,
+            failed: false,
+        }
+    }
 }
 
 /// One worker's Parquet files.
 pub struct ParquetSink {
     config: Arc<ParquetConfig>,
     metrics: Arc<ArchiveMetrics>,
+    commits: Arc<CommitStore>,
+    floors: Arc<Floors>,
     worker: usize,
-    /// Open files by endpoint name and partition hour.
-    files: HashMap<(Arc<str>, i64), OpenFile>,
+    workers: usize,
+    /// Every delivery below this offset has been received.
+    frontier: u64,
+    /// The frontier in the last commit record written.
+    recorded: u64,
+    last_record: Instant,
+    endpoints: HashMap<String, EndpointState>,
     seq: u64,
 }
 
+/// How often an idle sink rewrites its commit record so the log can be trimmed.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
 impl ParquetSink {
-    fn open_file(
-        &mut self,
-        endpoint: &Arc<EndpointSpec>,
-        hour: i64,
-    ) -> Result<OpenFile, SinkError> {
+    fn open_file(&mut self, endpoint: &Arc<EndpointSpec>, hour: i64) -> Result<OpenFile, SinkError> {
         let EndpointKind::Parquet { path } = &endpoint.kind;
         let template = path.as_deref().unwrap_or(&self.config.default_path);
-        let dir = self
-            .config
-            .root
-            .join(&*endpoint.name)
-            .join(partition_dir(template, hour));
+        let dir = self.config.root.join(&*endpoint.name).join(partition_dir(template, hour));
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         self.seq += 1;
-        let stem = format!("part-{}-w{}-{:06}", now_ms(), self.worker, self.seq);
-        let tmp = dir.join(format!(".{stem}.parquet.inprogress"));
-        let done = dir.join(format!("{stem}.parquet"));
+        let tmp = dir.join(format!(".part-w{}-{}-{:06}.parquet.inprogress", self.worker, weir_core::time::now_ms(), self.seq));
         let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let level = ZstdLevel::try_new(self.config.zstd_level).map_err(|e| encode(endpoint, e))?;
         let props = WriterProperties::builder()
@@ -125,37 +216,133 @@ impl ParquetSink {
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let schema = schema(endpoint);
-        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
-            .map_err(|e| encode(endpoint, e))?;
+        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| encode(endpoint, e))?;
         Ok(OpenFile {
-            endpoint: Arc::clone(endpoint),
             schema,
-            hour,
             dir,
             tmp,
-            done,
             writer,
             pending: Vec::new(),
             rows: 0,
-            min_ms: i64::MAX,
-            max_ms: i64::MIN,
-            opened: Instant::now(),
         })
     }
 
-    /// Finalises the files `pick` selects.
-    fn finalise_where(&mut self, pick: impl Fn(&OpenFile) -> bool) -> Result<(), SinkError> {
-        let keys: Vec<(Arc<str>, i64)> = self
-            .files
+    /// Commits `name`'s open files: every delivery to it below `hi` is in them.
+    fn commit_endpoint(&mut self, name: &str, hi: u64) -> Result<(), SinkError> {
+        let Some(state) = self.endpoints.get_mut(name) else { return Ok(()) };
+        if state.files.is_empty() {
+            state.committed = state.committed.max(hi);
+            return Ok(());
+        }
+        let lo = state.committed;
+        let Some(spec) = state.spec.clone() else { return Ok(()) };
+        let files = std::mem::take(&mut state.files);
+        let rows = std::mem::take(&mut state.rows);
+        state.opened = None;
+        let mut renames = Vec::new();
+        let mut failure = None;
+        for (_, f) in files {
+            match finish(f, &spec, self.worker, lo, hi) {
+                Ok(pair) => renames.push(pair),
+                Err((e, tmp)) => {
+                    let _ = std::fs::remove_file(tmp);
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(self.fail(name, e, &renames));
+        }
+        let Some(state) = self.endpoints.get_mut(name) else { return Ok(()) };
+        state.committed = hi;
+        if let Err(e) = self.write_record(renames.clone()) {
+            if let Some(s) = self.endpoints.get_mut(name) {
+                s.committed = lo;
+            }
+            return Err(self.fail(name, e, &renames));
+        }
+        let mut dirs: Vec<&Path> = Vec::new();
+        for (tmp, done) in &renames {
+            if let Err(e) = std::fs::rename(tmp, done) {
+                // The commit record lists the rename; the next start completes it.
+                tracing::error!(error = %e, file = %done.display(), "renaming a committed file failed");
+            }
+            if let Some(d) = done.parent()
+                && !dirs.contains(&d)
+            {
+                dirs.push(d);
+            }
+        }
+        for d in dirs {
+            let _ = File::open(d).and_then(|f| f.sync_all());
+        }
+        self.metrics.rows_committed.fetch_add(rows as u64, Ordering::Relaxed);
+        self.metrics.files_committed.fetch_add(renames.len() as u64, Ordering::Relaxed);
+        if let Ok(mut by) = self.metrics.rows_by_endpoint.lock() {
+            *by.entry(name.to_string()).or_default() += rows as u64;
+        }
+        tracing::debug!(endpoint = name, lo, hi, rows, files = renames.len(), "committed parquet files");
+        Ok(())
+    }
+
+    fn fail(&mut self, name: &str, e: SinkError, renames: &[(PathBuf, PathBuf)]) -> SinkError {
+        for (tmp, _) in renames {
+            let _ = std::fs::remove_file(tmp);
+        }
+        if let Some(s) = self.endpoints.get_mut(name) {
+            s.failed = true;
+            s.files.clear();
+            s.rows = 0;
+        }
+        tracing::error!(
+            endpoint = name,
+            error = %e,
+            "archiving to this endpoint stopped; its messages stay in the ingest log and are archived after a restart"
+        );
+        e
+    }
+
+    /// Writes the worker's commit record: the frontier, and every endpoint whose committed
+    /// offset differs from it.
+    fn write_record(&mut self, pending: Vec<(PathBuf, PathBuf)>) -> Result<(), SinkError> {
+        let f = self.frontier;
+        let endpoints: BTreeMap<String, u64> = self
+            .endpoints
             .iter()
-            .filter(|(_, f)| pick(f))
-            .map(|(k, _)| k.clone())
+            .filter(|(_, s)| !s.files.is_empty() || s.failed || s.committed > f)
+            .map(|(n, s)| (n.clone(), s.committed))
+            .collect();
+        let record = WorkerCommit {
+            workers: self.workers,
+            worker: self.worker,
+            frontier: f,
+            endpoints,
+            pending,
+        };
+        self.commits
+            .write(&record)
+            .map_err(|e| io(Path::new("commits"), std::io::Error::other(e.to_string())))?;
+        self.recorded = f;
+        self.last_record = Instant::now();
+        // Endpoints that caught up with the frontier no longer need their own entry.
+        self.floors.set(self.worker, record.floor());
+        Ok(())
+    }
+
+    /// Commits endpoints whose files are due; `hi` is what the frontier guarantees.
+    fn commit_due(&mut self, hi: u64, all: bool) -> Result<(), SinkError> {
+        let max_age = self.config.max_age;
+        let due: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, s)| !s.files.is_empty() && !s.failed)
+            .filter(|(_, s)| all || s.opened.is_some_and(|t| t.elapsed() >= max_age))
+            .filter(|(_, s)| s.last_offset.is_none_or(|o| o < hi))
+            .map(|(n, _)| n.clone())
             .collect();
         let mut first_err = None;
-        for k in keys {
-            if let Some(f) = self.files.remove(&k)
-                && let Err(e) = finalise(f, self.worker, &self.metrics)
-            {
+        for name in &due {
+            if let Err(e) = self.commit_endpoint(name, hi) {
                 first_err.get_or_insert(e);
             }
         }
@@ -163,122 +350,103 @@ impl ParquetSink {
     }
 }
 
-fn flush_pending(f: &mut OpenFile) -> Result<(), SinkError> {
+fn flush_pending(f: &mut OpenFile, spec: &EndpointSpec) -> Result<(), SinkError> {
     if f.pending.is_empty() {
         return Ok(());
     }
-    let batch = to_batch(&f.schema, &f.endpoint, &f.pending).map_err(|e| encode(&f.endpoint, e))?;
-    f.writer.write(&batch).map_err(|e| encode(&f.endpoint, e))?;
+    let batch = to_batch(&f.schema, spec, &f.pending).map_err(|e| encode(spec, e))?;
+    f.writer.write(&batch).map_err(|e| encode(spec, e))?;
     f.pending.clear();
     Ok(())
 }
 
-/// Writes the footer, syncs, and renames the file into view.
-fn finalise(mut f: OpenFile, worker: usize, metrics: &ArchiveMetrics) -> Result<(), SinkError> {
-    flush_pending(&mut f)?;
-    for (k, v) in [
-        ("weir.endpoint", f.endpoint.name.to_string()),
-        ("weir.worker", worker.to_string()),
-        ("weir.rows", f.rows.to_string()),
-        ("weir.min_enqueued_ms", f.min_ms.to_string()),
-        ("weir.max_enqueued_ms", f.max_ms.to_string()),
-    ] {
-        f.writer
-            .append_key_value_metadata(KeyValue::new(k.into(), v));
-    }
-    f.writer.finish().map_err(|e| encode(&f.endpoint, e))?;
-    f.writer.inner().sync_all().map_err(|e| io(&f.tmp, e))?;
-    std::fs::rename(&f.tmp, &f.done).map_err(|e| io(&f.done, e))?;
-    File::open(&f.dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(&f.dir, e))?;
-    metrics
-        .rows_committed
-        .fetch_add(f.rows as u64, Ordering::Relaxed);
-    metrics.files_committed.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut by) = metrics.rows_by_endpoint.lock() {
-        *by.entry(f.endpoint.name.to_string()).or_default() += f.rows as u64;
-    }
-    tracing::debug!(file = %f.done.display(), rows = f.rows, "parquet file finalised");
-    Ok(())
+/// Writes the footer and syncs; returns the temporary and final names.
+fn finish(mut f: OpenFile, spec: &EndpointSpec, worker: usize, lo: u64, hi: u64) -> Result<(PathBuf, PathBuf), (SinkError, PathBuf)> {
+    let tmp = f.tmp.clone();
+    let run = |f: &mut OpenFile| -> Result<(), SinkError> {
+        flush_pending(f, spec)?;
+        for (k, v) in [
+            ("weir.endpoint", spec.name.to_string()),
+            ("weir.worker", worker.to_string()),
+            ("weir.rows", f.rows.to_string()),
+            ("weir.offset_lo", lo.to_string()),
+            ("weir.offset_hi", hi.to_string()),
+        ] {
+            f.writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+        }
+        f.writer.finish().map_err(|e| encode(spec, e))?;
+        f.writer.inner().sync_all().map_err(|e| io(&f.tmp, e))
+    };
+    run(&mut f).map_err(|e| (e, tmp.clone()))?;
+    let done = f.dir.join(format!("part-w{worker}-{lo:020}-{hi:020}.parquet"));
+    Ok((tmp, done))
 }
 
 impl Sink for ParquetSink {
-    fn write(
-        &mut self,
-        endpoint: &Arc<EndpointSpec>,
-        batch: Vec<Delivery>,
-    ) -> Result<(), SinkError> {
-        let mut rows = batch.into_iter().peekable();
-        while let Some(first) = rows.next() {
-            // Deliveries arrive in enqueue order, so they come in runs of one hour.
-            let hour = hour_floor(first.event.enqueued_ms);
-            let key = (Arc::clone(&endpoint.name), hour);
-            let reloaded = self
-                .files
-                .get(&key)
-                .is_some_and(|f| !Arc::ptr_eq(&f.endpoint, endpoint) && f.endpoint != *endpoint);
-            // A reloaded rule set may change an endpoint's columns: start a new file.
-            if reloaded && let Some(f) = self.files.remove(&key) {
-                finalise(f, self.worker, &self.metrics)?;
-            }
-            if !self.files.contains_key(&key) {
-                let f = self.open_file(endpoint, hour)?;
-                self.files.insert(key.clone(), f);
-            }
-            let (batch_rows, max_rows, max_bytes) = (
-                self.config.batch_rows,
-                self.config.max_rows,
-                self.config.max_bytes,
-            );
-            let Some(f) = self.files.get_mut(&key) else {
+    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+        let name = endpoint.name.to_string();
+        let recorded = self.recorded;
+        self.endpoints
+            .entry(name.clone())
+            .or_insert_with(|| EndpointState::new(recorded));
+        let (batch_rows, max_rows, max_bytes) = (self.config.batch_rows, self.config.max_rows, self.config.max_bytes);
+        for d in batch {
+            let offset = d.event.offset;
+            let hour = hour_floor(d.event.enqueued_ms);
+            let Some(state) = self.endpoints.get_mut(&name) else { continue };
+            if state.failed {
                 continue;
-            };
-            let mut next = Some(first);
-            let mut full = false;
-            while let Some(d) = next.take() {
-                f.min_ms = f.min_ms.min(d.event.enqueued_ms);
-                f.max_ms = f.max_ms.max(d.event.enqueued_ms);
-                f.pending.push(d);
-                f.rows += 1;
-                if f.pending.len() >= batch_rows {
-                    flush_pending(f)?;
-                    if f.rows >= max_rows
-                        || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes
-                    {
-                        full = true;
-                        break;
-                    }
-                }
-                next = rows.next_if(|d| hour_floor(d.event.enqueued_ms) == hour);
             }
-            if full && let Some(f) = self.files.remove(&key) {
-                finalise(f, self.worker, &self.metrics)?;
+            if offset < state.committed {
+                self.metrics.rows_skipped_replay.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            // Deliveries arrive in offset order, so everything below `offset` is written:
+            // a change of columns or a later hour can commit right here.
+            let columns_changed = state.spec.as_ref().is_some_and(|s| !Arc::ptr_eq(s, endpoint) && **s != **endpoint);
+            let later_hour = state.files.keys().next_back().is_some_and(|h| *h < hour);
+            if columns_changed || later_hour {
+                self.commit_endpoint(&name, offset)?;
+            }
+            let Some(state) = self.endpoints.get_mut(&name) else { continue };
+            state.spec = Some(Arc::clone(endpoint));
+            if !state.files.contains_key(&hour) {
+                let f = self.open_file(endpoint, hour)?;
+                let Some(state) = self.endpoints.get_mut(&name) else { continue };
+                state.files.insert(hour, f);
+                state.opened.get_or_insert_with(Instant::now);
+            }
+            let Some(state) = self.endpoints.get_mut(&name) else { continue };
+            let Some(f) = state.files.get_mut(&hour) else { continue };
+            f.pending.push(d);
+            f.rows += 1;
+            state.rows += 1;
+            state.last_offset = Some(offset);
+            let mut full = false;
+            if f.pending.len() >= batch_rows {
+                flush_pending(f, endpoint)?;
+                full = f.rows >= max_rows || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes;
+            }
+            if full {
+                self.commit_endpoint(&name, offset + 1)?;
             }
         }
         Ok(())
     }
 
-    fn advance(&mut self, frontier_ms: i64, _now_ms: i64) -> Result<(), SinkError> {
-        let max_age = self.config.max_age;
-        self.finalise_where(|f| f.hour + 3_600_000 <= frontier_ms || f.opened.elapsed() >= max_age)
-    }
-
-    fn close(&mut self) -> Result<(), SinkError> {
-        self.finalise_where(|_| true)
-    }
-}
-
-impl Drop for ParquetSink {
-    fn drop(&mut self) {
-        if !self.files.is_empty() {
-            tracing::warn!(
-                open = self.files.len(),
-                "parquet sink dropped with open files; finalising"
-            );
-            if let Err(e) = self.close() {
-                tracing::error!(error = %e, "could not finalise parquet files");
-            }
+    fn advance(&mut self, frontier: u64) -> Result<(), SinkError> {
+        self.frontier = self.frontier.max(frontier);
+        let committed = self.commit_due(self.frontier, false);
+        if self.recorded < self.frontier && self.last_record.elapsed() >= RECORD_EVERY {
+            self.write_record(Vec::new())?;
         }
+        committed
+    }
+
+    fn close(&mut self, end: u64) -> Result<(), SinkError> {
+        self.frontier = self.frontier.max(end);
+        let committed = self.commit_due(self.frontier, true);
+        self.write_record(Vec::new())?;
+        committed
     }
 }

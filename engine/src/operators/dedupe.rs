@@ -1,0 +1,134 @@
+//! The dedupe operator: drops a device's repeats within a window.
+//!
+//! Two kinds of repeat: the same `$.mid` from the same device, and an MQTT retransmission
+//! (DUP set) of a packet the device already sent (same packet id, same body). Both happen
+//! when a device did not see its PUBACK (a dropped connection, a crash of the hub) and
+//! sends again. State is per device, bounded by count and time; it is rebuilt after a
+//! restart because the engine replays a window of the log before what it must archive.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+use weir_core::{DeviceId, Event};
+
+use crate::engine::DedupeConfig;
+use crate::metrics::EngineMetrics;
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    MessageId(String),
+    Packet(u16, u64),
+}
+
+#[derive(Default)]
+struct Window {
+    seen: HashSet<Key>,
+    order: VecDeque<(i64, Key)>,
+}
+
+impl Window {
+    fn evict(&mut self, now_ms: i64, cfg: &DedupeConfig) {
+        let horizon = now_ms - cfg.window.as_millis() as i64;
+        while let Some((t, _)) = self.order.front() {
+            if *t >= horizon && self.order.len() <= cfg.per_device {
+                break;
+            }
+            if let Some((_, k)) = self.order.pop_front() {
+                self.seen.remove(&k);
+            }
+        }
+    }
+}
+
+fn body_hash(b: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// True when `e` repeats something in `w`; records `e` either way.
+fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
+    w.evict(e.enqueued_ms, cfg);
+    let packet = e.packet_id.map(|p| Key::Packet(p, body_hash(&e.body)));
+    let mid = e.system.message_id.clone().map(Key::MessageId);
+    let repeat = mid.as_ref().is_some_and(|k| w.seen.contains(k))
+        || (e.redelivered && packet.as_ref().is_some_and(|k| w.seen.contains(k)));
+    for k in [mid, packet].into_iter().flatten() {
+        if w.seen.insert(k.clone()) {
+            w.order.push_back((e.enqueued_ms, k));
+        }
+    }
+    repeat
+}
+
+pub(crate) trait Dedupe<'s> {
+    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Stream<'s, u64, Vec<Event>>;
+}
+
+impl<'s> Dedupe<'s> for Stream<'s, u64, Vec<Event>> {
+    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Stream<'s, u64, Vec<Event>> {
+        let mut devices: HashMap<DeviceId, Window> = HashMap::new();
+        self.unary(Pipeline, "Dedupe", move |_cap, _info| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let mut dropped = 0;
+                    let mut session = output.session(&cap);
+                    for e in data.drain(..) {
+                        if e.system.message_id.is_none() && e.packet_id.is_none() {
+                            session.give(e);
+                            continue;
+                        }
+                        let w = match devices.entry(e.device_id.clone()) {
+                            Entry::Occupied(o) => o.into_mut(),
+                            Entry::Vacant(v) => v.insert(Window::default()),
+                        };
+                        if is_repeat(w, &e, &config) {
+                            dropped += 1;
+                        } else {
+                            session.give(e);
+                        }
+                    }
+                    EngineMetrics::add(&metrics.duplicates, dropped);
+                });
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn ev(ms: i64, mid: Option<&str>, pkid: Option<u16>, dup: bool, body: &'static [u8]) -> Event {
+        let mut e = Event::telemetry(DeviceId::parse("d").expect("id"), ms, Bytes::from_static(body));
+        e.system.message_id = mid.map(Into::into);
+        e.packet_id = pkid;
+        e.redelivered = dup;
+        e
+    }
+
+    #[test]
+    fn recognises_repeats_within_the_window_only() {
+        let cfg = DedupeConfig {
+            window: Duration::from_secs(10),
+            per_device: 3,
+        };
+        let mut w = Window::default();
+        assert!(!is_repeat(&mut w, &ev(0, Some("a"), None, false, b"1"), &cfg));
+        assert!(is_repeat(&mut w, &ev(1, Some("a"), None, false, b"2"), &cfg));
+        assert!(!is_repeat(&mut w, &ev(2, None, Some(7), false, b"x"), &cfg));
+        // Same packet id and body, but not marked DUP: a new message that happens to match.
+        assert!(!is_repeat(&mut w, &ev(3, None, Some(7), false, b"x"), &cfg));
+        assert!(is_repeat(&mut w, &ev(4, None, Some(7), true, b"x"), &cfg));
+        assert!(!is_repeat(&mut w, &ev(5, None, Some(7), true, b"other body"), &cfg));
+        // Out of the time window.
+        assert!(!is_repeat(&mut w, &ev(20_000, Some("a"), None, false, b"1"), &cfg));
+    }
+}

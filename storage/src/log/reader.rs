@@ -1,0 +1,231 @@
+//! Reading the log: one reader per engine worker, each decoding only its partition.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use weir_core::feed::partition;
+use weir_core::{Event, EventFeed, FeedError, FeedReader, codec};
+
+use super::segment::{HEADER, MAX_RECORD, header, verify};
+use super::{SegmentInfo, Shared};
+
+/// The log as an [`EventFeed`], starting at a replay offset.
+#[derive(Clone)]
+pub struct LogFeed {
+    shared: Arc<Shared>,
+    from: u64,
+}
+
+impl LogFeed {
+    pub(crate) fn new(shared: Arc<Shared>, from: u64) -> LogFeed {
+        LogFeed { shared, from }
+    }
+}
+
+impl EventFeed for LogFeed {
+    fn reader(&self, worker: usize, workers: usize) -> Result<Box<dyn FeedReader>, FeedError> {
+        Ok(Box::new(LogReader::new(Arc::clone(&self.shared), worker, workers, self.from)))
+    }
+
+    fn on_data(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        if let Ok(mut w) = self.shared.wakers.lock() {
+            w.push(wake);
+        }
+    }
+}
+
+/// A position in one segment file.
+struct Cursor {
+    file: BufReader<File>,
+    /// Offset of the next record in the file.
+    next: u64,
+    /// The base of the segment after this one, if any: where this one ends.
+    end: Option<u64>,
+}
+
+pub struct LogReader {
+    shared: Arc<Shared>,
+    worker: usize,
+    workers: usize,
+    /// Records before this offset are skipped without decoding.
+    from: u64,
+    next: u64,
+    cursor: Option<Cursor>,
+    payload: Vec<u8>,
+    finished: bool,
+    last_warning: Option<Instant>,
+}
+
+impl LogReader {
+    pub(crate) fn new(shared: Arc<Shared>, worker: usize, workers: usize, from: u64) -> LogReader {
+        let first = shared.segments.read().map_or(0, |s| s.first().map_or(0, |x| x.base));
+        LogReader {
+            shared,
+            worker,
+            workers: workers.max(1),
+            from,
+            next: first.max(0),
+            cursor: None,
+            payload: Vec::new(),
+            finished: false,
+            last_warning: None,
+        }
+    }
+
+    fn warn(&mut self, msg: &str) {
+        if self.last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+            self.last_warning = Some(Instant::now());
+            tracing::error!(offset = self.next, "ingest log: {msg}");
+        }
+    }
+
+    /// Opens the segment holding `self.next`, skipping the records before it.
+    fn open(&mut self) -> Result<(), FeedError> {
+        let segs: Vec<SegmentInfo> = self
+            .shared
+            .segments
+            .read()
+            .map_err(|_| FeedError::Read("log state unavailable".into()))?
+            .clone();
+        let Some(first) = segs.first() else {
+            return Err(FeedError::Read("the log has no segments".into()));
+        };
+        if self.next < first.base {
+            // Retention removed records this reader had not reached: only possible when
+            // something else moved the floor past it.
+            self.warn("records below the retained log were skipped");
+            self.next = first.base;
+        }
+        let i = Shared::segment_for(&segs, self.next).unwrap_or(0);
+        let s = &segs[i];
+        let f = File::open(&s.path).map_err(|e| FeedError::Read(format!("{}: {e}", s.path.display())))?;
+        let mut c = Cursor {
+            file: BufReader::with_capacity(1 << 20, f),
+            next: s.base,
+            end: segs.get(i + 1).map(|n| n.base),
+        };
+        while c.next < self.next {
+            let h = read_header(&mut c.file)?;
+            c.file
+                .seek_relative(h.len as i64)
+                .map_err(|e| FeedError::Read(e.to_string()))?;
+            c.next += 1;
+        }
+        self.cursor = Some(c);
+        Ok(())
+    }
+}
+
+fn read_header(r: &mut BufReader<File>) -> Result<super::segment::Header, FeedError> {
+    let mut hb = [0u8; HEADER];
+    r.read_exact(&mut hb).map_err(|e| FeedError::Read(format!("reading a record header: {e}")))?;
+    let h = header(&hb);
+    if h.len > MAX_RECORD {
+        return Err(FeedError::Read(format!("record header claims {} bytes", h.len)));
+    }
+    Ok(h)
+}
+
+impl FeedReader for LogReader {
+    fn read(&mut self, max: usize, out: &mut Vec<Event>) -> Result<u64, FeedError> {
+        let closed = self.shared.closed.load(Ordering::Acquire);
+        let end = self.shared.durable_end.load(Ordering::Acquire);
+        let mut taken = 0;
+        while taken < max && self.next < end {
+            if self.cursor.as_ref().is_none_or(|c| c.end.is_some_and(|e| c.next >= e)) {
+                self.cursor = None;
+                self.open()?;
+            }
+            let Some(c) = self.cursor.as_mut() else { break };
+            let h = match read_header(&mut c.file) {
+                Ok(h) => h,
+                Err(e) => {
+                    // A corrupt length leaves no way to find the next record in this
+                    // segment; continue with the next one.
+                    let seg_end = c.end;
+                    self.shared.metrics.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                    self.warn(&format!("unreadable record ({e}); skipping to the next segment"));
+                    self.next = seg_end.unwrap_or(end);
+                    self.cursor = None;
+                    continue;
+                }
+            };
+            let mine = partition(h.hash, self.workers) == self.worker && self.next >= self.from;
+            let mut problem = None;
+            if mine {
+                self.payload.resize(h.len, 0);
+                c.file
+                    .read_exact(&mut self.payload)
+                    .map_err(|e| FeedError::Read(format!("reading a record: {e}")))?;
+                let decoded = if verify(&h, &self.payload) {
+                    codec::decode(&self.payload, self.next, None).map_err(|e| e.to_string())
+                } else {
+                    Err("checksum mismatch".to_string())
+                };
+                match decoded {
+                    Ok(e) => {
+                        out.push(e);
+                        taken += 1;
+                    }
+                    Err(why) => problem = Some(why),
+                }
+            } else {
+                c.file
+                    .seek_relative(h.len as i64)
+                    .map_err(|e| FeedError::Read(e.to_string()))?;
+            }
+            c.next += 1;
+            if let Some(why) = problem {
+                self.shared.metrics.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                self.warn(&format!("corrupt record skipped: {why}"));
+            }
+            self.next += 1;
+        }
+        self.finished = closed && self.next >= end;
+        Ok(self.next)
+    }
+
+    fn finished(&self) -> bool {
+        self.finished
+    }
+}
+
+/// The first offset whose enqueued time is at or after `ms`; the end of the log if none.
+pub(crate) fn offset_at_time(shared: &Shared, ms: i64) -> u64 {
+    let end = shared.durable_end.load(Ordering::Acquire);
+    let segs: Vec<SegmentInfo> = match shared.segments.read() {
+        Ok(s) => s.clone(),
+        Err(_) => return end,
+    };
+    // Segments whose last write is before `ms` hold nothing at or after it.
+    let Some(i) = segs.iter().position(|s| s.last_write_ms >= ms) else {
+        return end;
+    };
+    let s = &segs[i];
+    let Ok(f) = File::open(&s.path) else { return s.base };
+    let mut r = BufReader::with_capacity(1 << 20, f);
+    let limit = segs.get(i + 1).map_or(end, |n| n.base);
+    let mut off = s.base;
+    let mut payload = Vec::new();
+    while off < limit {
+        let Ok(h) = read_header(&mut r) else { return off };
+        payload.resize(h.len, 0);
+        if r.read_exact(&mut payload).is_err() {
+            return off;
+        }
+        // Enqueued time sits at a fixed place in the payload: after 4 bytes of kinds.
+        if payload.len() >= 12 {
+            let t = i64::from_le_bytes([
+                payload[4], payload[5], payload[6], payload[7], payload[8], payload[9], payload[10], payload[11],
+            ]);
+            if t >= ms {
+                return off;
+            }
+        }
+        off += 1;
+    }
+    limit
+}
