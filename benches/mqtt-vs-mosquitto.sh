@@ -72,7 +72,7 @@ echo "== weir on 127.0.0.1:$WEIR_PORT"
 cat > "$TMP/weir.toml" <<CONF
 [archive]
 max_age_secs = 0.25
-[log]
+[logging]
 level = "warn"
 CONF
 "$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use weir_core::{ColumnValue, Delivery, SinkFactory};
+use weir_storage::commit::CommitStore;
 use weir_storage::{ParquetConfig, ParquetSinkFactory};
 
 fn bench(c: &mut Criterion) {
@@ -18,7 +19,17 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let factory = ParquetSinkFactory::new(ParquetConfig::new(dir.path().to_path_buf()));
+    let make = || {
+        let (store, recovery) =
+            CommitStore::open(&dir.path().join("commits"), &dir.path().join("archive"))
+                .unwrap_or_else(|e| panic!("{e}"));
+        ParquetSinkFactory::new(
+            ParquetConfig::new(dir.path().join("archive")),
+            store,
+            recovery,
+            |_| {},
+        )
+    };
     let mut g = c.benchmark_group("parquet");
     g.throughput(Throughput::Elements(n));
     g.sample_size(20);
@@ -26,10 +37,12 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             || deliveries.clone(),
             |batch| {
-                let mut sink = factory.open(0).unwrap_or_else(|e| panic!("{e}"));
+                // A fresh commit store each time, so earlier runs' commits do not skip rows.
+                let _ = std::fs::remove_dir_all(dir.path().join("commits"));
+                let mut sink = make().open(0, 1).unwrap_or_else(|e| panic!("{e}"));
                 sink.write(&endpoint, batch)
                     .unwrap_or_else(|e| panic!("{e}"));
-                sink.close().unwrap_or_else(|e| panic!("{e}"));
+                sink.close(n).unwrap_or_else(|e| panic!("{e}"));
             },
             BatchSize::LargeInput,
         )

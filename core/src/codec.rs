@@ -102,7 +102,12 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if e.generation_id.is_some() {
         flags |= FLAG_GENERATION;
     }
-    out.extend_from_slice(&[VERSION, source_code(e.source), auth_code(e.auth_method), flags]);
+    out.extend_from_slice(&[
+        VERSION,
+        source_code(e.source),
+        auth_code(e.auth_method),
+        flags,
+    ]);
     out.extend_from_slice(&e.enqueued_ms.to_le_bytes());
     if let Some(p) = e.packet_id {
         out.extend_from_slice(&p.to_le_bytes());
@@ -214,7 +219,8 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
     } else {
         None
     };
-    let device_id = DeviceId::parse(r.str("device id")?).map_err(|_| DecodeError::Invalid("device id"))?;
+    let device_id =
+        DeviceId::parse(r.str("device id")?).map_err(|_| DecodeError::Invalid("device id"))?;
     let module_id = if flags & FLAG_MODULE != 0 {
         Some(Arc::from(r.str("module id")?))
     } else {
@@ -292,10 +298,17 @@ mod tests {
     use super::*;
 
     fn sample() -> Event {
-        let mut e = Event::telemetry(DeviceId::parse("dev-1").expect("id"), 1_700_000_000_123, Bytes::from_static(b"{\"t\":1}"));
+        let mut e = Event::telemetry(
+            DeviceId::parse("dev-1").expect("id"),
+            1_700_000_000_123,
+            Bytes::from_static(b"{\"t\":1}"),
+        );
         e.system.message_id = Some("m1".into());
         e.system.dt_subject = Some("s".into());
-        e.properties = vec![("k".into(), "v with spaces".into()), ("é".into(), "".into())];
+        e.properties = vec![
+            ("k".into(), "v with spaces".into()),
+            ("é".into(), "".into()),
+        ];
         e.packet_id = Some(42);
         e.redelivered = true;
         e.generation_id = Some(Arc::from("gen"));
@@ -315,7 +328,10 @@ mod tests {
         let shared = decode(&owner, 0, Some(&owner)).expect("decodes");
         assert_eq!(shared.body, e.body);
         for cut in 0..buf.len() {
-            assert!(decode(&buf[..cut], 0, None).is_err(), "truncated at {cut} must fail");
+            assert!(
+                decode(&buf[..cut], 0, None).is_err(),
+                "truncated at {cut} must fail"
+            );
         }
         let mut extra = buf.clone();
         extra.push(0);

@@ -19,7 +19,8 @@ pub enum IngestError {
 pub type AckFuture = Pin<Box<dyn Future<Output = Result<(), IngestError>> + Send + 'static>>;
 
 /// Resolves once a batch is queued for storage, with the future of its durability.
-pub type IngestFuture = Pin<Box<dyn Future<Output = Result<AckFuture, IngestError>> + Send + 'static>>;
+pub type IngestFuture =
+    Pin<Box<dyn Future<Output = Result<AckFuture, IngestError>> + Send + 'static>>;
 
 /// Accepts events from gateways.
 ///

@@ -7,9 +7,9 @@
 
 pub mod codec;
 pub mod device;
-pub mod feed;
 pub mod endpoint;
 pub mod event;
+pub mod feed;
 pub mod ids;
 pub mod ingest;
 pub mod sink;
@@ -18,7 +18,7 @@ pub mod time;
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
-pub use ids::{DeviceId, InvalidId};
 pub use feed::{EventFeed, FeedError, FeedReader};
+pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
 pub use sink::{Sink, SinkError, SinkFactory};

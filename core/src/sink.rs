@@ -27,7 +27,11 @@ pub enum SinkError {
 /// Receives routed deliveries in one worker.
 pub trait Sink {
     /// Accepts deliveries for one endpoint, in offset order.
-    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError>;
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError>;
 
     /// Every event of this worker's partition with an offset below `frontier` has been
     /// delivered; the sink may roll, finalise and commit files.

@@ -118,7 +118,7 @@ impl Engine {
                         trace.clone(),
                         Arc::clone(&worker_metrics),
                     )
-                    .sink_to(sink, end, Arc::clone(&worker_metrics));
+                    .sink_to(sink, end, tick, Arc::clone(&worker_metrics));
             });
             while worker.step_or_park(None) {}
         })

@@ -51,7 +51,11 @@ impl SinkFactory for CaptureFactory {
 }
 
 impl Sink for CaptureSink {
-    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError> {
         if let Ok(mut v) = self.0.lock() {
             v.extend(batch.into_iter().map(|delivery| Captured {
                 endpoint: Arc::clone(endpoint),
@@ -81,7 +85,11 @@ pub fn run(
     let trace: TraceFn = Arc::new(move |e, rules, outcome| {
         let t = Trace {
             offset: e.offset,
-            routes: outcome.routes.iter().map(|&i| rules.routes[i].name.clone()).collect(),
+            routes: outcome
+                .routes
+                .iter()
+                .map(|&i| rules.routes[i].name.clone())
+                .collect(),
             endpoints: outcome
                 .endpoints
                 .iter()
@@ -112,11 +120,21 @@ pub fn run(
     engine.join()?;
     pushed.map_err(|e| EngineError::Worker(e.to_string()))?;
     let mut out = HarnessOutput {
-        traces: std::mem::take(&mut *traces.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
-        deliveries: std::mem::take(&mut *captured.lock().map_err(|e| EngineError::Worker(e.to_string()))?),
+        traces: std::mem::take(
+            &mut *traces
+                .lock()
+                .map_err(|e| EngineError::Worker(e.to_string()))?,
+        ),
+        deliveries: std::mem::take(
+            &mut *captured
+                .lock()
+                .map_err(|e| EngineError::Worker(e.to_string()))?,
+        ),
     };
     out.traces.sort_by_key(|t| t.offset);
-    out.deliveries
-        .sort_by(|a, b| (a.delivery.event.offset, &a.endpoint.name).cmp(&(b.delivery.event.offset, &b.endpoint.name)));
+    out.deliveries.sort_by(|a, b| {
+        (a.delivery.event.offset, &a.endpoint.name)
+            .cmp(&(b.delivery.event.offset, &b.endpoint.name))
+    });
     Ok(out)
 }

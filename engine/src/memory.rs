@@ -95,7 +95,9 @@ impl EventFeed for MemoryFeed {
     fn reader(&self, worker: usize, workers: usize) -> Result<Box<dyn FeedReader>, FeedError> {
         let queues = self.inner.state.lock().map(|s| s.queues.len()).unwrap_or(0);
         if queues != workers {
-            return Err(FeedError::Read(format!("feed made for {queues} workers, engine has {workers}")));
+            return Err(FeedError::Read(format!(
+                "feed made for {queues} workers, engine has {workers}"
+            )));
         }
         Ok(Box::new(Reader {
             inner: Arc::clone(&self.inner),
@@ -113,7 +115,11 @@ impl EventFeed for MemoryFeed {
 
 impl FeedReader for Reader {
     fn read(&mut self, max: usize, out: &mut Vec<Event>) -> Result<u64, FeedError> {
-        let mut st = self.inner.state.lock().map_err(|e| FeedError::Read(e.to_string()))?;
+        let mut st = self
+            .inner
+            .state
+            .lock()
+            .map_err(|e| FeedError::Read(e.to_string()))?;
         let next = st.next;
         let q = &mut st.queues[self.worker];
         let n = q.len().min(max);

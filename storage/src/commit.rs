@@ -52,12 +52,18 @@ pub struct WorkerCommit {
 
 impl WorkerCommit {
     pub fn committed(&self, endpoint: &str) -> u64 {
-        self.endpoints.get(endpoint).copied().unwrap_or(self.frontier)
+        self.endpoints
+            .get(endpoint)
+            .copied()
+            .unwrap_or(self.frontier)
     }
 
     /// The lowest committed offset over all endpoints: retention may delete below it.
     pub fn floor(&self) -> u64 {
-        self.endpoints.values().copied().fold(self.frontier, u64::min)
+        self.endpoints
+            .values()
+            .copied()
+            .fold(self.frontier, u64::min)
     }
 }
 
@@ -84,7 +90,10 @@ impl Recovery {
             return 0;
         }
         let w = weir_core::feed::partition(device_hash, self.workers);
-        self.commits.iter().find(|c| c.worker == w).map_or(0, |c| c.committed(endpoint))
+        self.commits
+            .iter()
+            .find(|c| c.worker == w)
+            .map_or(0, |c| c.committed(endpoint))
     }
 
     /// Where replay must start for nothing committed to be missed: the lowest floor.
@@ -92,7 +101,11 @@ impl Recovery {
         if self.commits.len() < self.workers {
             return 0;
         }
-        self.commits.iter().map(WorkerCommit::floor).min().unwrap_or(0)
+        self.commits
+            .iter()
+            .map(WorkerCommit::floor)
+            .min()
+            .unwrap_or(0)
     }
 
     /// The highest committed offset of any endpoint in any worker.
@@ -115,7 +128,9 @@ impl Recovery {
 }
 
 fn temporaries(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -139,10 +154,11 @@ impl CommitStore {
                 continue;
             }
             let text = std::fs::read_to_string(&p).map_err(|e| io(&p, e))?;
-            let c: WorkerCommit = serde_json::from_str(&text).map_err(|e| CommitError::Corrupt {
-                path: p.display().to_string(),
-                message: e.to_string(),
-            })?;
+            let c: WorkerCommit =
+                serde_json::from_str(&text).map_err(|e| CommitError::Corrupt {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
             for (tmp, done) in &c.pending {
                 if tmp.exists() {
                     std::fs::rename(tmp, done).map_err(|e| io(done, e))?;
@@ -159,7 +175,12 @@ impl CommitStore {
             rec.removed_temporaries += 1;
         }
         rec.commits.sort_by_key(|c| c.worker);
-        Ok((CommitStore { dir: dir.to_path_buf() }, rec))
+        Ok((
+            CommitStore {
+                dir: dir.to_path_buf(),
+            },
+            rec,
+        ))
     }
 
     /// Durably replaces worker `c.worker`'s record.
@@ -177,7 +198,10 @@ impl CommitStore {
 
     /// Forgets every record: the log was fully committed and the worker count changes.
     pub fn reset(&self) -> Result<(), CommitError> {
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| io(&self.dir, e))?.flatten() {
+        for entry in std::fs::read_dir(&self.dir)
+            .map_err(|e| io(&self.dir, e))?
+            .flatten()
+        {
             let p = entry.path();
             if p.extension().is_some_and(|x| x == "json") {
                 std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
@@ -196,9 +220,13 @@ mod tests {
         let t = tempfile::tempdir().expect("tmp");
         let archive = t.path().join("archive/ep/date=x");
         std::fs::create_dir_all(&archive).expect("dirs");
-        let (a_tmp, a_done) = (archive.join(".a.parquet.inprogress"), archive.join("a.parquet"));
+        let (a_tmp, a_done) = (
+            archive.join(".a.parquet.inprogress"),
+            archive.join("a.parquet"),
+        );
         let stray = archive.join(".b.parquet.inprogress");
-        let (store, rec) = CommitStore::open(&t.path().join("commits"), &t.path().join("archive")).expect("open");
+        let (store, rec) =
+            CommitStore::open(&t.path().join("commits"), &t.path().join("archive")).expect("open");
         assert_eq!(rec.workers, 0);
         std::fs::write(&a_tmp, b"A").expect("a");
         std::fs::write(&stray, b"B").expect("b");
@@ -211,13 +239,16 @@ mod tests {
                 pending: vec![(a_tmp.clone(), a_done.clone())],
             })
             .expect("write");
-        let (_, rec) = CommitStore::open(&t.path().join("commits"), &t.path().join("archive")).expect("reopen");
+        let (_, rec) = CommitStore::open(&t.path().join("commits"), &t.path().join("archive"))
+            .expect("reopen");
         assert!(a_done.exists() && !a_tmp.exists() && !stray.exists());
         assert_eq!((rec.completed_renames, rec.removed_temporaries), (1, 1));
         assert_eq!(rec.workers, 2);
         // Worker 0 left no record: nothing can be assumed committed.
         assert_eq!(rec.floor(), 0);
-        let h1 = (0..).find(|h| weir_core::feed::partition(*h, 2) == 1).expect("hash");
+        let h1 = (0..)
+            .find(|h| weir_core::feed::partition(*h, 2) == 1)
+            .expect("hash");
         assert_eq!(rec.committed("ep", h1), 40);
         assert_eq!(rec.committed("other", h1), 100);
     }

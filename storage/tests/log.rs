@@ -8,7 +8,11 @@ use weir_core::{DeviceId, Event, EventFeed, Ingest};
 use weir_storage::log::{FsyncPolicy, Log, LogConfig};
 
 fn event(device: &str, body: &str, mid: Option<&str>) -> Event {
-    let mut e = Event::telemetry(DeviceId::parse(device).expect("id"), 0, Bytes::from(body.to_owned()));
+    let mut e = Event::telemetry(
+        DeviceId::parse(device).expect("id"),
+        0,
+        Bytes::from(body.to_owned()),
+    );
     e.system.message_id = mid.map(Into::into);
     e
 }
@@ -16,7 +20,10 @@ fn event(device: &str, body: &str, mid: Option<&str>) -> Event {
 async fn append(log: &Log, device: &str, bodies: &[&str]) {
     let ingest = log.ingest();
     let batch = bodies.iter().map(|b| event(device, b, None)).collect();
-    let ack = ingest.ingest(&DeviceId::parse(device).expect("id"), batch).await.expect("queued");
+    let ack = ingest
+        .ingest(&DeviceId::parse(device).expect("id"), batch)
+        .await
+        .expect("queued");
     ack.await.expect("durable");
 }
 
@@ -33,7 +40,10 @@ fn read_all(log: &Log, from: u64, workers: usize) -> Vec<Event> {
                 break;
             }
         }
-        assert!(part.windows(2).all(|p| p[0].offset < p[1].offset), "offset order within a partition");
+        assert!(
+            part.windows(2).all(|p| p[0].offset < p[1].offset),
+            "offset order within a partition"
+        );
         out.extend(part);
     }
     out.sort_by_key(|e| e.offset);
@@ -48,14 +58,31 @@ async fn appends_are_read_back_by_partition_and_survive_reopening() {
     let (mut log, rec) = Log::open(config.clone()).expect("open");
     assert_eq!(rec.end, 0);
     for d in 0..10 {
-        append(&log, &format!("dev-{d}"), &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]).await;
+        append(
+            &log,
+            &format!("dev-{d}"),
+            &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"],
+        )
+        .await;
     }
     assert_eq!(log.end(), 30);
     let events = read_all(&log, 0, 3);
-    assert_eq!(events.iter().map(|e| e.offset).collect::<Vec<_>>(), (0..30).collect::<Vec<_>>());
-    assert!(events.windows(2).all(|p| p[0].enqueued_ms <= p[1].enqueued_ms), "enqueued times never go back");
+    assert_eq!(
+        events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+        (0..30).collect::<Vec<_>>()
+    );
+    assert!(
+        events
+            .windows(2)
+            .all(|p| p[0].enqueued_ms <= p[1].enqueued_ms),
+        "enqueued times never go back"
+    );
     assert!(events.iter().all(|e| e.enqueued_ms > 0));
-    assert_eq!(read_all(&log, 12, 2).len(), 18, "records before `from` are skipped");
+    assert_eq!(
+        read_all(&log, 12, 2).len(),
+        18,
+        "records before `from` are skipped"
+    );
     log.close();
     drop(log);
     let (log, rec) = Log::open(config).expect("reopen");
@@ -80,7 +107,10 @@ async fn a_torn_tail_is_cut_and_reported() {
     // A power cut mid-write: half a record, then garbage.
     let data = std::fs::read(&seg).expect("read");
     let partial = &data[..weir_storage::log::HEADER + 5];
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).expect("open");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .expect("open");
     f.write_all(partial).expect("append a partial record");
     f.write_all(&[0xff; 37]).expect("garbage");
     drop(f);
@@ -99,7 +129,10 @@ async fn a_torn_tail_is_cut_and_reported() {
     assert_eq!(rec.end, 2);
     assert!(rec.truncated_bytes > 0);
     let bodies: Vec<Bytes> = read_all(&log, 0, 1).into_iter().map(|e| e.body).collect();
-    assert_eq!(bodies, vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+    assert_eq!(
+        bodies,
+        vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,12 +152,18 @@ async fn the_disk_budget_holds_appends_until_sinks_commit() {
     let id = DeviceId::parse("d").expect("id");
     let mut pending = Vec::new();
     for _ in 0..8 {
-        let ack = ingest.ingest(&id, vec![event("d", &big, None)]).await.expect("queued");
+        let ack = ingest
+            .ingest(&id, vec![event("d", &big, None)])
+            .await
+            .expect("queued");
         pending.push(ack);
     }
     let first = pending.remove(0);
     let held = tokio::time::timeout(Duration::from_millis(500), first).await;
-    assert!(held.is_err(), "over budget, the append must not be acknowledged");
+    assert!(
+        held.is_err(),
+        "over budget, the append must not be acknowledged"
+    );
     let end = log.end();
     log.set_retain_floor(end);
     for ack in pending {
@@ -133,5 +172,11 @@ async fn the_disk_budget_holds_appends_until_sinks_commit() {
             .expect("released once sinks committed")
             .expect("durable");
     }
-    assert!(log.metrics().metrics().held.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        log.metrics()
+            .metrics()
+            .held
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 }

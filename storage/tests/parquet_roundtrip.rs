@@ -6,7 +6,10 @@ use std::sync::{Arc, Mutex};
 use arrow_array::{Array, Float64Array, MapArray, StringArray};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use weir_core::{ColumnSpec, ColumnType, ColumnValue, Delivery, DeviceId, EndpointKind, EndpointSpec, Event, SinkFactory};
+use weir_core::{
+    ColumnSpec, ColumnType, ColumnValue, Delivery, DeviceId, EndpointKind, EndpointSpec, Event,
+    SinkFactory,
+};
 use weir_storage::commit::CommitStore;
 use weir_storage::{ParquetConfig, ParquetSinkFactory};
 
@@ -25,7 +28,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn visible(dir: &Path) -> Vec<PathBuf> {
-    files(dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect()
+    files(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect()
 }
 
 fn endpoint() -> Arc<EndpointSpec> {
@@ -42,7 +48,11 @@ fn endpoint() -> Arc<EndpointSpec> {
 const HOUR0: i64 = 1_767_322_800_000; // 2026-01-02T03:00:00Z
 
 fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
-    let mut e = Event::telemetry(DeviceId::parse("d1").expect("id"), ms, Bytes::from_static(b"{\"temp\":1}"));
+    let mut e = Event::telemetry(
+        DeviceId::parse("d1").expect("id"),
+        ms,
+        Bytes::from_static(b"{\"temp\":1}"),
+    );
     e.offset = offset;
     e.system.message_id = Some(format!("m{offset}"));
     e.properties = vec![("k".into(), "v".into())];
@@ -70,7 +80,9 @@ fn commits_ranges_atomically_and_skips_them_after_a_restart() {
     let floor = Arc::new(Mutex::new(0));
     let ep = endpoint();
     {
-        let mut sink = factory(tmp.path(), Arc::clone(&floor)).open(0, 1).expect("open");
+        let mut sink = factory(tmp.path(), Arc::clone(&floor))
+            .open(0, 1)
+            .expect("open");
         sink.write(
             &ep,
             vec![
@@ -80,9 +92,16 @@ fn commits_ranges_atomically_and_skips_them_after_a_restart() {
         )
         .expect("write");
         sink.advance(3).expect("advance");
-        assert!(visible(&archive).is_empty(), "nothing is visible before a commit");
+        assert!(
+            visible(&archive).is_empty(),
+            "nothing is visible before a commit"
+        );
         // A delivery for the next hour commits the first hour's file at its offset.
-        sink.write(&ep, vec![delivery(4, HOUR0 + 3_600_001, ColumnValue::Double(1.0))]).expect("write");
+        sink.write(
+            &ep,
+            vec![delivery(4, HOUR0 + 3_600_001, ColumnValue::Double(1.0))],
+        )
+        .expect("write");
         let v = visible(&archive);
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].ends_with("hot/date=2026-01-02/hour=03/part-w0-00000000000000000000-00000000000000000004.parquet"), "{v:?}");
@@ -90,31 +109,69 @@ fn commits_ranges_atomically_and_skips_them_after_a_restart() {
     }
     let v = visible(&archive);
     assert_eq!(v.len(), 2);
-    assert!(v[1].ends_with("hour=04/part-w0-00000000000000000004-00000000000000000009.parquet"), "{v:?}");
-    assert!(files(&archive).iter().all(|p| !p.to_string_lossy().ends_with("inprogress")));
+    assert!(
+        v[1].ends_with("hour=04/part-w0-00000000000000000004-00000000000000000009.parquet"),
+        "{v:?}"
+    );
+    assert!(
+        files(&archive)
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with("inprogress"))
+    );
     assert_eq!(*floor.lock().expect("floor"), 9);
 
-    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&v[0]).expect("file"))
-        .expect("parquet")
-        .build()
-        .expect("reader");
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&v[0]).expect("file"))
+            .expect("parquet")
+            .build()
+            .expect("reader");
     let batch = reader.into_iter().next().expect("a batch").expect("ok");
     assert_eq!(batch.num_rows(), 2);
-    let temp = batch.column_by_name("temp").expect("temp").as_any().downcast_ref::<Float64Array>().expect("f64");
+    let temp = batch
+        .column_by_name("temp")
+        .expect("temp")
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("f64");
     assert_eq!((temp.value(0), temp.is_null(1)), (21.5, true));
-    let mid = batch.column_by_name("message_id").expect("mid").as_any().downcast_ref::<StringArray>().expect("str");
+    let mid = batch
+        .column_by_name("message_id")
+        .expect("mid")
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("str");
     assert_eq!(mid.value(0), "m0");
-    let props = batch.column_by_name("properties").expect("props").as_any().downcast_ref::<MapArray>().expect("map");
-    let keys = props.keys().as_any().downcast_ref::<StringArray>().expect("keys");
+    let props = batch
+        .column_by_name("properties")
+        .expect("props")
+        .as_any()
+        .downcast_ref::<MapArray>()
+        .expect("map");
+    let keys = props
+        .keys()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("keys");
     assert_eq!((keys.value(0), keys.value(1)), ("k", "site"));
 
     // A restarted engine replays from before the commit: those deliveries are skipped.
-    let mut sink = factory(tmp.path(), Arc::clone(&floor)).open(0, 1).expect("reopen");
-    sink.write(&ep, (0..12).map(|o| delivery(o, HOUR0 + 3_600_100, ColumnValue::Null)).collect()).expect("replay");
+    let mut sink = factory(tmp.path(), Arc::clone(&floor))
+        .open(0, 1)
+        .expect("reopen");
+    sink.write(
+        &ep,
+        (0..12)
+            .map(|o| delivery(o, HOUR0 + 3_600_100, ColumnValue::Null))
+            .collect(),
+    )
+    .expect("replay");
     sink.close(12).expect("close");
     let v = visible(&archive);
     assert_eq!(v.len(), 3);
-    assert!(v[2].ends_with("part-w0-00000000000000000009-00000000000000000012.parquet"), "{v:?}");
+    assert!(
+        v[2].ends_with("part-w0-00000000000000000009-00000000000000000012.parquet"),
+        "{v:?}"
+    );
     let rows: usize = v
         .iter()
         .map(|p| {
@@ -126,7 +183,11 @@ fn commits_ranges_atomically_and_skips_them_after_a_restart() {
                 .sum::<usize>()
         })
         .sum();
-    assert_eq!(rows, 2 + 1 + 3, "offsets 9, 10, 11 are new; 0..9 were committed");
+    assert_eq!(
+        rows,
+        2 + 1 + 3,
+        "offsets 9, 10, 11 are new; 0..9 were committed"
+    );
 }
 
 #[test]
@@ -135,11 +196,17 @@ fn uncommitted_files_disappear_and_pending_renames_complete_on_open() {
     let archive = tmp.path().join("archive");
     let floor = Arc::new(Mutex::new(0));
     let ep = endpoint();
-    let mut sink = factory(tmp.path(), Arc::clone(&floor)).open(0, 1).expect("open");
-    sink.write(&ep, vec![delivery(0, HOUR0, ColumnValue::Null)]).expect("write");
+    let mut sink = factory(tmp.path(), Arc::clone(&floor))
+        .open(0, 1)
+        .expect("open");
+    sink.write(&ep, vec![delivery(0, HOUR0, ColumnValue::Null)])
+        .expect("write");
     // The process dies here: the open file was never committed.
     std::mem::forget(sink);
     assert_eq!(files(&archive).len(), 1);
     let _ = factory(tmp.path(), floor).open(0, 1).expect("reopen");
-    assert!(files(&archive).is_empty(), "the uncommitted file is removed");
+    assert!(
+        files(&archive).is_empty(),
+        "the uncommitted file is removed"
+    );
 }

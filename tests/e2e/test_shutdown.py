@@ -22,4 +22,4 @@ def test_sigterm_finalises_open_files(tmp_path, rules_dir):
     rows = hub.query("archive", "SELECT seq FROM t ORDER BY seq")
     assert [r[0] for r in rows] == list(range(200))
     assert not list(hub.data.rglob("*.inprogress"))
-    assert "all open Parquet files are finalised" in hub.log_text()
+    assert "everything accepted is archived and committed" in hub.log_text()

@@ -50,7 +50,7 @@ class Hub:
         self.http_port = ports.get("http") or free_port()
         self.config_path = self.workdir / "weir.toml"
         self.config_path.write_text(
-            "[archive]\nmax_age_secs = 0.5\n[log]\nlevel = \"info\"\n" + config
+            "[archive]\nmax_age_secs = 0.5\n[logging]\nlevel = \"info\"\n" + config
         )
         self.extra_args = list(extra_args)
         self.proc = None

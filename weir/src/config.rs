@@ -20,8 +20,10 @@ struct File {
     tls: Tls,
     mqtt: Mqtt,
     engine: EngineSection,
+    log: LogSection,
+    dedupe: DedupeSection,
     archive: Archive,
-    log: Log,
+    logging: Logging,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +62,23 @@ struct Mqtt {
 #[serde(deny_unknown_fields)]
 struct EngineSection {
     workers: usize,
-    queue_batches: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSection {
+    fsync: String,
+    max_delay_ms: u64,
+    segment_mb: u64,
+    budget_mb: u64,
+    queue: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DedupeSection {
+    window_secs: u64,
+    per_device: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,7 +93,7 @@ struct Archive {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Log {
+struct Logging {
     level: String,
 }
 
@@ -94,7 +112,8 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mqtt_settings: weir_gateways::MqttConfig,
     pub workers: usize,
-    pub queue_batches: usize,
+    pub log: weir_storage::log::LogConfig,
+    pub dedupe: Option<weir_engine::DedupeConfig>,
     pub archive: weir_storage::ParquetConfig,
     pub log_level: String,
 }
@@ -192,8 +211,23 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         n if n > 256 => bail!("`engine.workers` = {n} is more than 256"),
         n => n,
     };
-    if f.engine.queue_batches == 0 {
-        bail!("`engine.queue_batches` must be at least 1");
+    let Some(fsync) = weir_storage::log::FsyncPolicy::parse(&f.log.fsync) else {
+        bail!(
+            "`log.fsync` = {:?}: use \"batch\", \"always\" or \"never\"",
+            f.log.fsync
+        );
+    };
+    if f.log.max_delay_ms > 1000 {
+        bail!("`log.max_delay_ms` must be at most 1000");
+    }
+    if f.log.segment_mb == 0 || f.log.budget_mb < 2 * f.log.segment_mb {
+        bail!("`log.budget_mb` must be at least twice `log.segment_mb`, and both positive");
+    }
+    if f.log.queue == 0 {
+        bail!("`log.queue` must be at least 1");
+    }
+    if f.dedupe.window_secs > 0 && f.dedupe.per_device == 0 {
+        bail!("`dedupe.per_device` must be at least 1 (or set `dedupe.window_secs` = 0)");
     }
     if !(1..=22).contains(&f.archive.zstd_level) {
         bail!("`archive.zstd_level` must be between 1 and 22");
@@ -209,6 +243,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
     let rules = a.rules.clone().unwrap_or(f.hub.rules);
+    let data_dir_for_log = data_dir.clone();
     let mut archive = weir_storage::ParquetConfig::new(data_dir.join("archive"));
     archive.max_rows = f.archive.max_rows;
     archive.max_bytes = f.archive.max_bytes;
@@ -231,9 +266,21 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
             max_connections: f.mqtt.max_connections,
         },
         workers,
-        queue_batches: f.engine.queue_batches,
+        log: weir_storage::log::LogConfig {
+            dir: data_dir_for_log.join("log"),
+            fsync,
+            max_delay: Duration::from_millis(f.log.max_delay_ms),
+            segment_bytes: f.log.segment_mb * 1024 * 1024,
+            budget_bytes: f.log.budget_mb * 1024 * 1024,
+            queue: f.log.queue,
+            keep: Duration::from_secs(f.dedupe.window_secs),
+        },
+        dedupe: (f.dedupe.window_secs > 0).then_some(weir_engine::DedupeConfig {
+            window: Duration::from_secs(f.dedupe.window_secs),
+            per_device: f.dedupe.per_device,
+        }),
         archive,
-        log_level: f.log.level,
+        log_level: f.logging.level,
     })
 }
 

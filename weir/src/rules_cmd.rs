@@ -88,7 +88,6 @@ fn to_event(line: usize, r: Recorded) -> anyhow::Result<(Event, Option<Value>)> 
     properties.sort();
     let mut e = Event::telemetry(device_id, enqueued_ms, body);
     e.source = source;
-    e.offset = line as u64;
     e.properties = properties;
     e.system = SystemProperties {
         message_id: r.system.message_id,
@@ -123,6 +122,8 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
     let text = std::fs::read_to_string(events)
         .with_context(|| format!("cannot read {}", events.display()))?;
     let mut list = Vec::new();
+    // The engine numbers events 0, 1, 2, ...; this maps them back to lines of the file.
+    let mut lines = Vec::new();
     let mut devices: HashMap<String, Arc<DeviceRecord>> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
@@ -140,6 +141,7 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
             );
         }
         list.push(event);
+        lines.push(n);
     }
     let count = list.len();
     let out = weir_engine::harness::run(list, set, Arc::new(devices), 1)?;
@@ -165,7 +167,7 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
                 .collect();
             println!(
                 "{}",
-                json!({"line": t.offset, "routes": t.routes, "endpoints": t.endpoints, "fallback": t.fallback, "deliveries": eps})
+                json!({"line": lines.get(t.offset as usize), "routes": t.routes, "endpoints": t.endpoints, "fallback": t.fallback, "deliveries": eps})
             );
             continue;
         }
@@ -175,7 +177,7 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
             .unwrap_or_default();
         println!(
             "line {}{}:",
-            t.offset,
+            lines.get(t.offset as usize).copied().unwrap_or_default(),
             if device.is_empty() {
                 String::new()
             } else {

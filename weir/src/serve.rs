@@ -13,6 +13,8 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use weir_engine::{Engine, EngineConfig};
 use weir_gateways::{GatewayMetrics, MqttGateway};
+use weir_storage::commit::{CommitStore, Recovery};
+use weir_storage::log::Log;
 use weir_storage::secret::{generate_key, write_private};
 use weir_storage::{ParquetSinkFactory, Registry};
 
@@ -49,6 +51,7 @@ fn init_tracing(level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -154,16 +157,37 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
     let rules = Arc::new(ArcSwap::from_pointee(rules));
 
-    let sinks = Arc::new(ParquetSinkFactory::new(cfg.archive.clone()));
+    let (mut log, recovered) = Log::open(cfg.log.clone())
+        .with_context(|| format!("opening the ingest log in {}", cfg.log.dir.display()))?;
+    let (commits, recovery) = CommitStore::open(&cfg.data_dir.join("commits"), &cfg.archive.root)
+        .context("recovering the archive's commit records")?;
+    let from = replay_start(&cfg, &log, &commits, &recovery)?;
+    tracing::info!(
+        log_end = recovered.end,
+        replay_from = from,
+        segments = recovered.segments,
+        torn_bytes_cut = recovered.truncated_bytes,
+        renames_completed = recovery.completed_renames,
+        uncommitted_files_removed = recovery.removed_temporaries,
+        "ingest log and archive recovered"
+    );
+    log.set_retain_floor(recovery.floor().min(from));
+    let sinks = Arc::new(ParquetSinkFactory::new(
+        cfg.archive.clone(),
+        commits,
+        recovery,
+        log.floor_setter(),
+    ));
     let archive_metrics = sinks.metrics();
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,
-            queue_batches: cfg.queue_batches,
             tick: Duration::from_millis(200),
+            dedupe: cfg.dedupe,
         },
         Arc::clone(&rules),
         registry.clone(),
+        Arc::new(log.feed(from)),
         sinks,
         None,
     )?;
@@ -172,7 +196,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.mqtt_settings.clone(),
         cfg.hostname.clone(),
         registry.clone(),
-        Arc::new(engine.ingress()),
+        Arc::new(log.ingest()),
         Arc::clone(&gateway_metrics),
     );
 
@@ -197,6 +221,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         engine_metrics: engine.metrics(),
         gateway_metrics,
         archive_metrics,
+        log_metrics: log.metrics(),
         reload: Arc::clone(&reload_status),
     });
     let app = api::router(state);
@@ -252,20 +277,61 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
+    // The writer syncs what is queued; the engine then reads the log to its end, and the
+    // sinks commit everything before the workers exit.
     let stopped = tokio::time::timeout(
         STOP_LIMIT,
-        tokio::task::spawn_blocking(move || engine.shutdown()),
+        tokio::task::spawn_blocking(move || {
+            log.close();
+            engine.join()
+        }),
     )
     .await;
     match stopped {
         Ok(Ok(Ok(()))) => {
-            tracing::info!("stopped; all open Parquet files are finalised");
+            tracing::info!("stopped; everything accepted is archived and committed");
             Ok(())
         }
         Ok(Ok(Err(e))) => Err(e.into()),
         Ok(Err(e)) => Err(e.into()),
-        Err(_) => bail!("the engine did not stop within {} s", STOP_LIMIT.as_secs()),
+        Err(_) => bail!(
+            "the engine did not stop within {} s; nothing is lost: the log is replayed at the next start",
+            STOP_LIMIT.as_secs()
+        ),
     }
+}
+
+/// Where the engine starts reading: early enough for every sink to find what it has not
+/// committed, and a duplicate window before that so repeats of committed messages are
+/// still recognised.
+fn replay_start(
+    cfg: &Config,
+    log: &Log,
+    commits: &CommitStore,
+    recovery: &Recovery,
+) -> anyhow::Result<u64> {
+    let end = log.end();
+    if recovery.workers != 0 && recovery.workers != cfg.workers {
+        if !recovery.complete_at(end) {
+            bail!(
+                "the previous run used {} engine worker(s) and left log records unarchived; \
+                 start once with --workers {} to archive them (or let it stop cleanly), then change the worker count",
+                recovery.workers,
+                recovery.workers
+            );
+        }
+        commits.reset()?;
+        return Ok(end);
+    }
+    let floor = recovery.floor().max(log.first());
+    let Some(window) = cfg.dedupe.map(|d| d.window) else {
+        return Ok(floor);
+    };
+    let seed_from = match log.enqueued_at(floor) {
+        Some(t) => log.offset_at_time(t - window.as_millis() as i64),
+        None => floor,
+    };
+    Ok(seed_from.min(floor).max(log.first()))
 }
 
 async fn wait_for_signal() {

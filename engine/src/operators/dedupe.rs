@@ -67,11 +67,19 @@ fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
 }
 
 pub(crate) trait Dedupe<'s> {
-    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Stream<'s, u64, Vec<Event>>;
+    fn dedupe(
+        self,
+        config: DedupeConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Stream<'s, u64, Vec<Event>>;
 }
 
 impl<'s> Dedupe<'s> for Stream<'s, u64, Vec<Event>> {
-    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Stream<'s, u64, Vec<Event>> {
+    fn dedupe(
+        self,
+        config: DedupeConfig,
+        metrics: Arc<EngineMetrics>,
+    ) -> Stream<'s, u64, Vec<Event>> {
         let mut devices: HashMap<DeviceId, Window> = HashMap::new();
         self.unary(Pipeline, "Dedupe", move |_cap, _info| {
             move |input, output| {
@@ -107,7 +115,11 @@ mod tests {
     use std::time::Duration;
 
     fn ev(ms: i64, mid: Option<&str>, pkid: Option<u16>, dup: bool, body: &'static [u8]) -> Event {
-        let mut e = Event::telemetry(DeviceId::parse("d").expect("id"), ms, Bytes::from_static(body));
+        let mut e = Event::telemetry(
+            DeviceId::parse("d").expect("id"),
+            ms,
+            Bytes::from_static(body),
+        );
         e.system.message_id = mid.map(Into::into);
         e.packet_id = pkid;
         e.redelivered = dup;
@@ -121,14 +133,30 @@ mod tests {
             per_device: 3,
         };
         let mut w = Window::default();
-        assert!(!is_repeat(&mut w, &ev(0, Some("a"), None, false, b"1"), &cfg));
-        assert!(is_repeat(&mut w, &ev(1, Some("a"), None, false, b"2"), &cfg));
+        assert!(!is_repeat(
+            &mut w,
+            &ev(0, Some("a"), None, false, b"1"),
+            &cfg
+        ));
+        assert!(is_repeat(
+            &mut w,
+            &ev(1, Some("a"), None, false, b"2"),
+            &cfg
+        ));
         assert!(!is_repeat(&mut w, &ev(2, None, Some(7), false, b"x"), &cfg));
         // Same packet id and body, but not marked DUP: a new message that happens to match.
         assert!(!is_repeat(&mut w, &ev(3, None, Some(7), false, b"x"), &cfg));
         assert!(is_repeat(&mut w, &ev(4, None, Some(7), true, b"x"), &cfg));
-        assert!(!is_repeat(&mut w, &ev(5, None, Some(7), true, b"other body"), &cfg));
+        assert!(!is_repeat(
+            &mut w,
+            &ev(5, None, Some(7), true, b"other body"),
+            &cfg
+        ));
         // Out of the time window.
-        assert!(!is_repeat(&mut w, &ev(20_000, Some("a"), None, false, b"1"), &cfg));
+        assert!(!is_repeat(
+            &mut w,
+            &ev(20_000, Some("a"), None, false, b"1"),
+            &cfg
+        ));
     }
 }

@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
-use weir_core::time::{now_ms, now_secs};
+use weir_core::time::now_secs;
 use weir_core::{Event, EventSource};
 
 use super::Shared;
@@ -27,6 +27,7 @@ enum End {
     Disconnect,
     Replaced,
     ShuttingDown,
+    NotStored,
     KeepAlive,
     Io(std::io::Error),
     Violation(String),
@@ -100,7 +101,7 @@ pub(crate) async fn serve<S>(
         End::Replaced => {
             tracing::info!(%peer, %device, "a newer connection for this device replaced this one")
         }
-        End::PeerClosed | End::Disconnect | End::ShuttingDown => {
+        End::PeerClosed | End::Disconnect | End::ShuttingDown | End::NotStored => {
             tracing::debug!(%peer, %device, "device disconnected")
         }
     }
@@ -210,7 +211,6 @@ where
             MIN_READ.max(n)
         };
 
-        let enqueued = now_ms();
         let mut disconnect = false;
         loop {
             let packet = match codec::decode(&mut buf, shared.config.max_message_bytes) {
@@ -226,7 +226,7 @@ where
             };
             match packet {
                 Inbound::Publish(p) => {
-                    if let Err(why) = accept_publish(p, id, enqueued, &mut batch, &mut acks) {
+                    if let Err(why) = accept_publish(p, id, &mut batch, &mut acks) {
                         return End::Violation(why);
                     }
                 }
@@ -261,14 +261,19 @@ where
         if !batch.is_empty() {
             let count = batch.len() as u64;
             // Waiting here is the backpressure: nothing more is read from this device
-            // until its events are accepted.
-            if let Err(e) = shared
+            // until its events are queued, and, for QoS 1, durable.
+            let queued = shared
                 .ingest
                 .ingest(&id.device_id, std::mem::take(&mut batch))
-                .await
-            {
-                tracing::warn!(device = %id.device_id, error = %e, "events not accepted; closing without acknowledging");
-                return End::ShuttingDown;
+                .await;
+            let durable = match queued {
+                Ok(ack) if !acks.is_empty() => ack.await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = durable {
+                tracing::warn!(device = %id.device_id, error = %e, "messages not stored; closing without acknowledging them");
+                return End::NotStored;
             }
             GatewayMetrics::inc(&shared.metrics.messages_in, count);
             for pkid in acks.drain(..) {
@@ -294,7 +299,6 @@ where
 fn accept_publish(
     p: Publish,
     id: &Identity,
-    enqueued_ms: i64,
     batch: &mut Vec<Event>,
     acks: &mut Vec<u16>,
 ) -> Result<(), String> {
@@ -314,8 +318,11 @@ fn accept_publish(
         module_id: None,
         generation_id: Some(Arc::clone(&id.generation_id)),
         auth_method: id.auth,
-        enqueued_ms,
+        // The log assigns the enqueued time and the offset.
+        enqueued_ms: 0,
         offset: 0,
+        packet_id: (p.qos == 1).then_some(p.pkid),
+        redelivered: p.dup,
         system,
         properties,
         body: p.payload,

@@ -206,7 +206,7 @@ mod size_tests {
             _d: &weir_core::DeviceId,
             _b: Vec<weir_core::Event>,
         ) -> weir_core::IngestFuture {
-            Box::pin(async { Ok(()) })
+            Box::pin(async { Ok(Box::pin(async { Ok(()) }) as weir_core::AckFuture) })
         }
     }
 }

@@ -28,7 +28,8 @@ impl Ingest for LogIngest {
             tx.send_async(Append { hash, events, done })
                 .await
                 .map_err(|_| IngestError::ShuttingDown)?;
-            let ack: AckFuture = Box::pin(async move { ack.await.unwrap_or(Err(IngestError::ShuttingDown)) });
+            let ack: AckFuture =
+                Box::pin(async move { ack.await.unwrap_or(Err(IngestError::ShuttingDown)) });
             Ok(ack)
         })
     }

@@ -210,7 +210,8 @@ impl Log {
                 .write(true)
                 .open(&tail.path)
                 .map_err(|e| io_err(&tail.path, e))?;
-            f.set_len(scan.valid_bytes).map_err(|e| io_err(&tail.path, e))?;
+            f.set_len(scan.valid_bytes)
+                .map_err(|e| io_err(&tail.path, e))?;
             f.sync_all().map_err(|e| io_err(&tail.path, e))?;
             rec.truncated_bytes = scan.file_bytes - scan.valid_bytes;
             tracing::warn!(
@@ -238,7 +239,13 @@ impl Log {
         });
         shared.metrics.disk_bytes.store(disk, Ordering::Relaxed);
         let (tx, rx) = flume::bounded(config.queue.max(1));
-        let writer = writer::Writer::start(config, Arc::clone(&shared), rx, rec.end, rec.last_enqueued_ms)?;
+        let writer = writer::Writer::start(
+            config,
+            Arc::clone(&shared),
+            rx,
+            rec.end,
+            rec.last_enqueued_ms,
+        )?;
         Ok((
             Log {
                 shared,
@@ -266,12 +273,17 @@ impl Log {
 
     /// The first offset still on disk.
     pub fn first(&self) -> u64 {
-        self.shared.segments.read().map_or(0, |s| s.first().map_or(0, |x| x.base))
+        self.shared
+            .segments
+            .read()
+            .map_or(0, |s| s.first().map_or(0, |x| x.base))
     }
 
     /// Sinks have committed everything below `offset`.
     pub fn set_retain_floor(&self, offset: u64) {
-        self.shared.retain_floor.fetch_max(offset, Ordering::Relaxed);
+        self.shared
+            .retain_floor
+            .fetch_max(offset, Ordering::Relaxed);
     }
 
     /// A handle that can move the retention floor from sinks' threads.
@@ -290,6 +302,11 @@ impl Log {
     /// the end of the log.
     pub fn offset_at_time(&self, ms: i64) -> u64 {
         reader::offset_at_time(&self.shared, ms)
+    }
+
+    /// The enqueued time of the record at `offset`, if it is still on disk.
+    pub fn enqueued_at(&self, offset: u64) -> Option<i64> {
+        reader::enqueued_at(&self.shared, offset)
     }
 
     /// Stops accepting appends, writes and syncs what is queued, and stops the writer.

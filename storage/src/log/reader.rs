@@ -27,7 +27,12 @@ impl LogFeed {
 
 impl EventFeed for LogFeed {
     fn reader(&self, worker: usize, workers: usize) -> Result<Box<dyn FeedReader>, FeedError> {
-        Ok(Box::new(LogReader::new(Arc::clone(&self.shared), worker, workers, self.from)))
+        Ok(Box::new(LogReader::new(
+            Arc::clone(&self.shared),
+            worker,
+            workers,
+            self.from,
+        )))
     }
 
     fn on_data(&self, wake: Box<dyn Fn() + Send + Sync>) {
@@ -61,13 +66,16 @@ pub struct LogReader {
 
 impl LogReader {
     pub(crate) fn new(shared: Arc<Shared>, worker: usize, workers: usize, from: u64) -> LogReader {
-        let first = shared.segments.read().map_or(0, |s| s.first().map_or(0, |x| x.base));
+        let first = shared
+            .segments
+            .read()
+            .map_or(0, |s| s.first().map_or(0, |x| x.base));
         LogReader {
             shared,
             worker,
             workers: workers.max(1),
             from,
-            next: first.max(0),
+            next: first,
             cursor: None,
             payload: Vec::new(),
             finished: false,
@@ -76,7 +84,10 @@ impl LogReader {
     }
 
     fn warn(&mut self, msg: &str) {
-        if self.last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+        if self
+            .last_warning
+            .is_none_or(|t| t.elapsed().as_secs() >= 10)
+        {
             self.last_warning = Some(Instant::now());
             tracing::error!(offset = self.next, "ingest log: {msg}");
         }
@@ -101,7 +112,8 @@ impl LogReader {
         }
         let i = Shared::segment_for(&segs, self.next).unwrap_or(0);
         let s = &segs[i];
-        let f = File::open(&s.path).map_err(|e| FeedError::Read(format!("{}: {e}", s.path.display())))?;
+        let f = File::open(&s.path)
+            .map_err(|e| FeedError::Read(format!("{}: {e}", s.path.display())))?;
         let mut c = Cursor {
             file: BufReader::with_capacity(1 << 20, f),
             next: s.base,
@@ -121,10 +133,14 @@ impl LogReader {
 
 fn read_header(r: &mut BufReader<File>) -> Result<super::segment::Header, FeedError> {
     let mut hb = [0u8; HEADER];
-    r.read_exact(&mut hb).map_err(|e| FeedError::Read(format!("reading a record header: {e}")))?;
+    r.read_exact(&mut hb)
+        .map_err(|e| FeedError::Read(format!("reading a record header: {e}")))?;
     let h = header(&hb);
     if h.len > MAX_RECORD {
-        return Err(FeedError::Read(format!("record header claims {} bytes", h.len)));
+        return Err(FeedError::Read(format!(
+            "record header claims {} bytes",
+            h.len
+        )));
     }
     Ok(h)
 }
@@ -135,7 +151,11 @@ impl FeedReader for LogReader {
         let end = self.shared.durable_end.load(Ordering::Acquire);
         let mut taken = 0;
         while taken < max && self.next < end {
-            if self.cursor.as_ref().is_none_or(|c| c.end.is_some_and(|e| c.next >= e)) {
+            if self
+                .cursor
+                .as_ref()
+                .is_none_or(|c| c.end.is_some_and(|e| c.next >= e))
+            {
                 self.cursor = None;
                 self.open()?;
             }
@@ -146,8 +166,13 @@ impl FeedReader for LogReader {
                     // A corrupt length leaves no way to find the next record in this
                     // segment; continue with the next one.
                     let seg_end = c.end;
-                    self.shared.metrics.corrupt_records.fetch_add(1, Ordering::Relaxed);
-                    self.warn(&format!("unreadable record ({e}); skipping to the next segment"));
+                    self.shared
+                        .metrics
+                        .corrupt_records
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.warn(&format!(
+                        "unreadable record ({e}); skipping to the next segment"
+                    ));
                     self.next = seg_end.unwrap_or(end);
                     self.cursor = None;
                     continue;
@@ -179,7 +204,10 @@ impl FeedReader for LogReader {
             }
             c.next += 1;
             if let Some(why) = problem {
-                self.shared.metrics.corrupt_records.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .corrupt_records
+                    .fetch_add(1, Ordering::Relaxed);
                 self.warn(&format!("corrupt record skipped: {why}"));
             }
             self.next += 1;
@@ -190,6 +218,34 @@ impl FeedReader for LogReader {
 
     fn finished(&self) -> bool {
         self.finished
+    }
+}
+
+/// Enqueued time sits at a fixed place in a record's payload: after four bytes of kinds.
+fn payload_enqueued(payload: &[u8]) -> Option<i64> {
+    let b: [u8; 8] = payload.get(4..12)?.try_into().ok()?;
+    Some(i64::from_le_bytes(b))
+}
+
+/// The enqueued time of the record at `offset`.
+pub(crate) fn enqueued_at(shared: &Shared, offset: u64) -> Option<i64> {
+    if offset >= shared.durable_end.load(Ordering::Acquire) {
+        return None;
+    }
+    let segs: Vec<SegmentInfo> = shared.segments.read().ok()?.clone();
+    let s = &segs[Shared::segment_for(&segs, offset)?];
+    let mut r = BufReader::with_capacity(1 << 16, File::open(&s.path).ok()?);
+    let mut off = s.base;
+    let mut payload = Vec::new();
+    loop {
+        let h = read_header(&mut r).ok()?;
+        if off == offset {
+            payload.resize(h.len, 0);
+            r.read_exact(&mut payload).ok()?;
+            return payload_enqueued(&payload);
+        }
+        r.seek_relative(h.len as i64).ok()?;
+        off += 1;
     }
 }
 
@@ -205,25 +261,23 @@ pub(crate) fn offset_at_time(shared: &Shared, ms: i64) -> u64 {
         return end;
     };
     let s = &segs[i];
-    let Ok(f) = File::open(&s.path) else { return s.base };
+    let Ok(f) = File::open(&s.path) else {
+        return s.base;
+    };
     let mut r = BufReader::with_capacity(1 << 20, f);
     let limit = segs.get(i + 1).map_or(end, |n| n.base);
     let mut off = s.base;
     let mut payload = Vec::new();
     while off < limit {
-        let Ok(h) = read_header(&mut r) else { return off };
+        let Ok(h) = read_header(&mut r) else {
+            return off;
+        };
         payload.resize(h.len, 0);
         if r.read_exact(&mut payload).is_err() {
             return off;
         }
-        // Enqueued time sits at a fixed place in the payload: after 4 bytes of kinds.
-        if payload.len() >= 12 {
-            let t = i64::from_le_bytes([
-                payload[4], payload[5], payload[6], payload[7], payload[8], payload[9], payload[10], payload[11],
-            ]);
-            if t >= ms {
-                return off;
-            }
+        if payload_enqueued(&payload).is_some_and(|t| t >= ms) {
+            return off;
         }
         off += 1;
     }

@@ -97,7 +97,9 @@ pub fn scan(path: &Path) -> io::Result<Scan> {
         if !verify(&h, payload) {
             break;
         }
-        let Ok(e) = codec::decode(payload, 0, None) else { break };
+        let Ok(e) = codec::decode(payload, 0, None) else {
+            break;
+        };
         s.last_enqueued_ms = Some(e.enqueued_ms);
         s.records += 1;
         pos += HEADER + h.len;

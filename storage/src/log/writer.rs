@@ -49,7 +49,10 @@ impl Writer {
             let s = segs.last().ok_or_else(|| poisoned(&shared))?;
             (s.path.clone(), s.bytes)
         };
-        let file = OpenOptions::new().append(true).open(&path).map_err(|e| io_err(&path, e))?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_err(&path, e))?;
         let mut w = Writer {
             config,
             shared,
@@ -141,10 +144,13 @@ impl Writer {
             return;
         }
         let sync_started = Instant::now();
-        let result = self.file.write_all(&self.buf).and_then(|()| match self.config.fsync {
-            FsyncPolicy::Never => Ok(()),
-            _ => self.file.sync_data(),
-        });
+        let result = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| match self.config.fsync {
+                FsyncPolicy::Never => Ok(()),
+                _ => self.file.sync_data(),
+            });
         if let Err(e) = result {
             self.write_failed(e, batch);
             return;
@@ -157,8 +163,10 @@ impl Writer {
         }
         m.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
         m.records.fetch_add(next - start, Ordering::Relaxed);
-        m.bytes_written.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
-        m.disk_bytes.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        m.bytes_written
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        m.disk_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.bytes += self.buf.len() as u64;
         self.next = next;
         self.last_enqueued = now;
@@ -180,12 +188,18 @@ impl Writer {
     }
 
     fn write_failed(&mut self, e: std::io::Error, batch: &mut Vec<Append>) {
-        self.shared.metrics.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .write_errors
+            .fetch_add(1, Ordering::Relaxed);
         // Cut whatever part of the batch reached the file, so the segment stays a clean
         // sequence of records; nothing of this batch is acknowledged.
         let _ = self.file.set_len(self.bytes);
         let full = e.raw_os_error() == Some(28);
-        if self.last_error_log.is_none_or(|t| t.elapsed().as_secs() >= 5) {
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed().as_secs() >= 5)
+        {
             self.last_error_log = Some(Instant::now());
             if full {
                 tracing::error!(
@@ -196,7 +210,11 @@ impl Writer {
                 tracing::error!(error = %e, dir = %self.shared.dir.display(), "ingest log: write failed; publishes are refused");
             }
         }
-        let why = if full { "disk full".to_string() } else { e.to_string() };
+        let why = if full {
+            "disk full".to_string()
+        } else {
+            e.to_string()
+        };
         fail(batch, IngestError::Unavailable(why));
     }
 
@@ -210,7 +228,9 @@ impl Writer {
                 return true;
             }
             self.retain(true);
-            if self.shared.metrics.disk_bytes.load(Ordering::Relaxed) + incoming <= self.config.budget_bytes {
+            if self.shared.metrics.disk_bytes.load(Ordering::Relaxed) + incoming
+                <= self.config.budget_bytes
+            {
                 return true;
             }
             if !warned {
@@ -261,10 +281,15 @@ impl Writer {
         let floor = self.shared.retain_floor.load(Ordering::Relaxed);
         let keep_after = now_ms() - self.config.keep.as_millis() as i64;
         let doomed: Vec<SegmentInfo> = {
-            let Ok(mut segs) = self.shared.segments.write() else { return };
+            let Ok(mut segs) = self.shared.segments.write() else {
+                return;
+            };
             let mut n = 0;
             // Never the active (last) segment; a segment ends where the next begins.
-            while n + 1 < segs.len() && segs[n + 1].base <= floor && (pressed || segs[n].last_write_ms < keep_after) {
+            while n + 1 < segs.len()
+                && segs[n + 1].base <= floor
+                && (pressed || segs[n].last_write_ms < keep_after)
+            {
                 n += 1;
             }
             segs.drain(..n).collect()
@@ -272,10 +297,18 @@ impl Writer {
         for s in doomed {
             match std::fs::remove_file(&s.path) {
                 Ok(()) => {
-                    self.shared.metrics.segments_deleted.fetch_add(1, Ordering::Relaxed);
-                    self.shared.metrics.disk_bytes.fetch_sub(s.bytes, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .segments_deleted
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .disk_bytes
+                        .fetch_sub(s.bytes, Ordering::Relaxed);
                 }
-                Err(e) => tracing::warn!(error = %e, path = %s.path.display(), "ingest log: cannot delete a committed segment"),
+                Err(e) => {
+                    tracing::warn!(error = %e, path = %s.path.display(), "ingest log: cannot delete a committed segment")
+                }
             }
         }
     }
@@ -292,5 +325,8 @@ fn fail(batch: &mut Vec<Append>, why: IngestError) {
 }
 
 fn poisoned(shared: &Shared) -> LogError {
-    io_err(&shared.dir, std::io::Error::other("log state is unavailable"))
+    io_err(
+        &shared.dir,
+        std::io::Error::other("log state is unavailable"),
+    )
 }

@@ -48,7 +48,9 @@ struct Floors {
 
 impl Floors {
     fn set(&self, worker: usize, floor: u64) {
-        let Ok(mut v) = self.per_worker.lock() else { return };
+        let Ok(mut v) = self.per_worker.lock() else {
+            return;
+        };
         if worker >= v.len() {
             v.resize(worker + 1, 0);
         }
@@ -105,7 +107,10 @@ impl SinkFactory for ParquetSinkFactory {
         };
         {
             let Ok(mut v) = self.floors.per_worker.lock() else {
-                return Err(io(&self.config.root, std::io::Error::other("floors poisoned")));
+                return Err(io(
+                    &self.config.root,
+                    std::io::Error::other("floors poisoned"),
+                ));
             };
             if v.len() < workers {
                 v.resize(workers, 0);
@@ -201,13 +206,26 @@ pub struct ParquetSink {
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 impl ParquetSink {
-    fn open_file(&mut self, endpoint: &Arc<EndpointSpec>, hour: i64) -> Result<OpenFile, SinkError> {
+    fn open_file(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        hour: i64,
+    ) -> Result<OpenFile, SinkError> {
         let EndpointKind::Parquet { path } = &endpoint.kind;
         let template = path.as_deref().unwrap_or(&self.config.default_path);
-        let dir = self.config.root.join(&*endpoint.name).join(partition_dir(template, hour));
+        let dir = self
+            .config
+            .root
+            .join(&*endpoint.name)
+            .join(partition_dir(template, hour));
         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         self.seq += 1;
-        let tmp = dir.join(format!(".part-w{}-{}-{:06}.parquet.inprogress", self.worker, weir_core::time::now_ms(), self.seq));
+        let tmp = dir.join(format!(
+            ".part-w{}-{}-{:06}.parquet.inprogress",
+            self.worker,
+            weir_core::time::now_ms(),
+            self.seq
+        ));
         let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
         let level = ZstdLevel::try_new(self.config.zstd_level).map_err(|e| encode(endpoint, e))?;
         let props = WriterProperties::builder()
@@ -216,7 +234,8 @@ impl ParquetSink {
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let schema = schema(endpoint);
-        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props)).map_err(|e| encode(endpoint, e))?;
+        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
+            .map_err(|e| encode(endpoint, e))?;
         Ok(OpenFile {
             schema,
             dir,
@@ -229,13 +248,17 @@ impl ParquetSink {
 
     /// Commits `name`'s open files: every delivery to it below `hi` is in them.
     fn commit_endpoint(&mut self, name: &str, hi: u64) -> Result<(), SinkError> {
-        let Some(state) = self.endpoints.get_mut(name) else { return Ok(()) };
+        let Some(state) = self.endpoints.get_mut(name) else {
+            return Ok(());
+        };
         if state.files.is_empty() {
             state.committed = state.committed.max(hi);
             return Ok(());
         }
         let lo = state.committed;
-        let Some(spec) = state.spec.clone() else { return Ok(()) };
+        let Some(spec) = state.spec.clone() else {
+            return Ok(());
+        };
         let files = std::mem::take(&mut state.files);
         let rows = std::mem::take(&mut state.rows);
         state.opened = None;
@@ -253,7 +276,9 @@ impl ParquetSink {
         if let Some(e) = failure {
             return Err(self.fail(name, e, &renames));
         }
-        let Some(state) = self.endpoints.get_mut(name) else { return Ok(()) };
+        let Some(state) = self.endpoints.get_mut(name) else {
+            return Ok(());
+        };
         state.committed = hi;
         if let Err(e) = self.write_record(renames.clone()) {
             if let Some(s) = self.endpoints.get_mut(name) {
@@ -276,12 +301,23 @@ impl ParquetSink {
         for d in dirs {
             let _ = File::open(d).and_then(|f| f.sync_all());
         }
-        self.metrics.rows_committed.fetch_add(rows as u64, Ordering::Relaxed);
-        self.metrics.files_committed.fetch_add(renames.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .rows_committed
+            .fetch_add(rows as u64, Ordering::Relaxed);
+        self.metrics
+            .files_committed
+            .fetch_add(renames.len() as u64, Ordering::Relaxed);
         if let Ok(mut by) = self.metrics.rows_by_endpoint.lock() {
             *by.entry(name.to_string()).or_default() += rows as u64;
         }
-        tracing::debug!(endpoint = name, lo, hi, rows, files = renames.len(), "committed parquet files");
+        tracing::debug!(
+            endpoint = name,
+            lo,
+            hi,
+            rows,
+            files = renames.len(),
+            "committed parquet files"
+        );
         Ok(())
     }
 
@@ -361,7 +397,13 @@ fn flush_pending(f: &mut OpenFile, spec: &EndpointSpec) -> Result<(), SinkError>
 }
 
 /// Writes the footer and syncs; returns the temporary and final names.
-fn finish(mut f: OpenFile, spec: &EndpointSpec, worker: usize, lo: u64, hi: u64) -> Result<(PathBuf, PathBuf), (SinkError, PathBuf)> {
+fn finish(
+    mut f: OpenFile,
+    spec: &EndpointSpec,
+    worker: usize,
+    lo: u64,
+    hi: u64,
+) -> Result<(PathBuf, PathBuf), (SinkError, PathBuf)> {
     let tmp = f.tmp.clone();
     let run = |f: &mut OpenFile| -> Result<(), SinkError> {
         flush_pending(f, spec)?;
@@ -372,52 +414,78 @@ fn finish(mut f: OpenFile, spec: &EndpointSpec, worker: usize, lo: u64, hi: u64)
             ("weir.offset_lo", lo.to_string()),
             ("weir.offset_hi", hi.to_string()),
         ] {
-            f.writer.append_key_value_metadata(KeyValue::new(k.into(), v));
+            f.writer
+                .append_key_value_metadata(KeyValue::new(k.into(), v));
         }
         f.writer.finish().map_err(|e| encode(spec, e))?;
         f.writer.inner().sync_all().map_err(|e| io(&f.tmp, e))
     };
     run(&mut f).map_err(|e| (e, tmp.clone()))?;
-    let done = f.dir.join(format!("part-w{worker}-{lo:020}-{hi:020}.parquet"));
+    let done = f
+        .dir
+        .join(format!("part-w{worker}-{lo:020}-{hi:020}.parquet"));
     Ok((tmp, done))
 }
 
 impl Sink for ParquetSink {
-    fn write(&mut self, endpoint: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError> {
         let name = endpoint.name.to_string();
         let recorded = self.recorded;
         self.endpoints
             .entry(name.clone())
             .or_insert_with(|| EndpointState::new(recorded));
-        let (batch_rows, max_rows, max_bytes) = (self.config.batch_rows, self.config.max_rows, self.config.max_bytes);
+        let (batch_rows, max_rows, max_bytes) = (
+            self.config.batch_rows,
+            self.config.max_rows,
+            self.config.max_bytes,
+        );
         for d in batch {
             let offset = d.event.offset;
             let hour = hour_floor(d.event.enqueued_ms);
-            let Some(state) = self.endpoints.get_mut(&name) else { continue };
+            let Some(state) = self.endpoints.get_mut(&name) else {
+                continue;
+            };
             if state.failed {
                 continue;
             }
             if offset < state.committed {
-                self.metrics.rows_skipped_replay.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .rows_skipped_replay
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             // Deliveries arrive in offset order, so everything below `offset` is written:
             // a change of columns or a later hour can commit right here.
-            let columns_changed = state.spec.as_ref().is_some_and(|s| !Arc::ptr_eq(s, endpoint) && **s != **endpoint);
+            let columns_changed = state
+                .spec
+                .as_ref()
+                .is_some_and(|s| !Arc::ptr_eq(s, endpoint) && **s != **endpoint);
             let later_hour = state.files.keys().next_back().is_some_and(|h| *h < hour);
             if columns_changed || later_hour {
                 self.commit_endpoint(&name, offset)?;
             }
-            let Some(state) = self.endpoints.get_mut(&name) else { continue };
+            let Some(state) = self.endpoints.get_mut(&name) else {
+                continue;
+            };
             state.spec = Some(Arc::clone(endpoint));
             if !state.files.contains_key(&hour) {
                 let f = self.open_file(endpoint, hour)?;
-                let Some(state) = self.endpoints.get_mut(&name) else { continue };
+                let Some(state) = self.endpoints.get_mut(&name) else {
+                    continue;
+                };
                 state.files.insert(hour, f);
                 state.opened.get_or_insert_with(Instant::now);
             }
-            let Some(state) = self.endpoints.get_mut(&name) else { continue };
-            let Some(f) = state.files.get_mut(&hour) else { continue };
+            let Some(state) = self.endpoints.get_mut(&name) else {
+                continue;
+            };
+            let Some(f) = state.files.get_mut(&hour) else {
+                continue;
+            };
             f.pending.push(d);
             f.rows += 1;
             state.rows += 1;
@@ -425,7 +493,8 @@ impl Sink for ParquetSink {
             let mut full = false;
             if f.pending.len() >= batch_rows {
                 flush_pending(f, endpoint)?;
-                full = f.rows >= max_rows || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes;
+                full = f.rows >= max_rows
+                    || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes;
             }
             if full {
                 self.commit_endpoint(&name, offset + 1)?;

@@ -145,6 +145,97 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Rule reloads refused because of errors.",
         &s.reload.failures,
     );
+    let l = s.log_metrics.metrics();
+    counter(
+        &mut out,
+        "weir_log_appends_total",
+        "Append requests made durable.",
+        &l.appends,
+    );
+    counter(
+        &mut out,
+        "weir_log_records_total",
+        "Records appended to the ingest log.",
+        &l.records,
+    );
+    counter(
+        &mut out,
+        "weir_log_bytes_total",
+        "Bytes appended to the ingest log.",
+        &l.bytes_written,
+    );
+    counter(
+        &mut out,
+        "weir_log_syncs_total",
+        "fdatasync calls (one per group commit).",
+        &l.syncs,
+    );
+    counter(
+        &mut out,
+        "weir_log_sync_micros_total",
+        "Time spent in fdatasync, microseconds.",
+        &l.sync_micros,
+    );
+    counter(
+        &mut out,
+        "weir_log_write_errors_total",
+        "Failed appends (disk full, I/O errors); none acknowledged.",
+        &l.write_errors,
+    );
+    counter(
+        &mut out,
+        "weir_log_budget_holds_total",
+        "Times publishes were held because log.budget_mb was reached.",
+        &l.held,
+    );
+    counter(
+        &mut out,
+        "weir_log_segments_deleted_total",
+        "Committed segments deleted.",
+        &l.segments_deleted,
+    );
+    counter(
+        &mut out,
+        "weir_log_corrupt_records_total",
+        "Records skipped by readers because they failed their checksum.",
+        &l.corrupt_records,
+    );
+    gauge(
+        &mut out,
+        "weir_log_disk_bytes",
+        "Size of the ingest log on disk.",
+        l.disk_bytes.load(Ordering::Relaxed) as i64,
+    );
+    gauge(
+        &mut out,
+        "weir_log_segments",
+        "Segment files.",
+        s.log_metrics.segments() as i64,
+    );
+    gauge(
+        &mut out,
+        "weir_log_end_offset",
+        "Offset after the last durable record.",
+        s.log_metrics.end() as i64,
+    );
+    gauge(
+        &mut out,
+        "weir_log_committed_offset",
+        "Every sink has committed everything below this offset.",
+        s.log_metrics.floor() as i64,
+    );
+    counter(
+        &mut out,
+        "weir_archive_replay_skipped_total",
+        "Deliveries skipped after a restart because they were already archived.",
+        &a.rows_skipped_replay,
+    );
+    counter(
+        &mut out,
+        "weir_engine_duplicates_total",
+        "Messages dropped as repeats ($.mid or MQTT retransmission) within the dedupe window.",
+        &e.duplicates,
+    );
     gauge(
         &mut out,
         "weir_registry_devices",

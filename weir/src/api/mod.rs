@@ -25,6 +25,7 @@ pub struct ApiState {
     pub engine_metrics: Arc<EngineMetrics>,
     pub gateway_metrics: Arc<GatewayMetrics>,
     pub archive_metrics: Arc<ArchiveMetrics>,
+    pub log_metrics: weir_storage::log::LogMetricsHandle,
     pub reload: Arc<crate::reload::ReloadStatus>,
 }
 
