@@ -8,10 +8,7 @@ from mqttclients import Device
 
 def test_sigterm_finalises_open_files(tmp_path, rules_dir):
     from weirhub import Hub
-    hub = Hub(tmp_path, rules_dir, config="[archive]\nmax_age_secs = 3600\n")
-    # The later [archive] table wins over the test default of 0.5 s.
-    hub.config_path.write_text("[archive]\nmax_age_secs = 3600\n")
-    hub.start()
+    hub = Hub(tmp_path, rules_dir, config="[archive]\nmax_age_secs = 3600\n").start()
     key = hub.create_device("sd")["authentication"]["symmetricKey"]["primaryKey"]
     d = Device(hub, "sd", hub.device_token("sd", key))
     assert d.connect() == 0

@@ -88,6 +88,7 @@ struct Archive {
     max_bytes: usize,
     max_age_secs: f64,
     zstd_level: i32,
+    row_group_mb: usize,
     path: String,
 }
 
@@ -249,6 +250,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     archive.max_bytes = f.archive.max_bytes;
     archive.max_age = Duration::from_secs_f64(f.archive.max_age_secs);
     archive.zstd_level = f.archive.zstd_level;
+    archive.row_group_bytes = f.archive.row_group_mb.max(1) * 1024 * 1024;
     archive.default_path = f.archive.path;
     Ok(Config {
         hostname,

@@ -62,6 +62,8 @@ pub struct LogReader {
     payload: Vec<u8>,
     finished: bool,
     last_warning: Option<Instant>,
+    /// The offset at which the cursor was last reopened after running off a segment.
+    reopened_at: Option<u64>,
 }
 
 impl LogReader {
@@ -80,6 +82,7 @@ impl LogReader {
             payload: Vec::new(),
             finished: false,
             last_warning: None,
+            reopened_at: None,
         }
     }
 
@@ -162,6 +165,13 @@ impl FeedReader for LogReader {
             let Some(c) = self.cursor.as_mut() else { break };
             let h = match read_header(&mut c.file) {
                 Ok(h) => h,
+                Err(_) if c.end.is_none() && self.reopened_at != Some(self.next) => {
+                    // This was the active segment when opened; the writer has rolled to a
+                    // new one since. Look up where `next` lives now.
+                    self.reopened_at = Some(self.next);
+                    self.cursor = None;
+                    continue;
+                }
                 Err(e) => {
                     // A corrupt length leaves no way to find the next record in this
                     // segment; continue with the next one.

@@ -19,6 +19,8 @@ pub struct ParquetConfig {
     pub zstd_level: i32,
     /// Rows buffered in memory before they are encoded into the open file.
     pub batch_rows: usize,
+    /// A row group is flushed to disk at this size: the memory an open file may hold.
+    pub row_group_bytes: usize,
 }
 
 impl ParquetConfig {
@@ -31,6 +33,7 @@ impl ParquetConfig {
             max_age: Duration::from_secs(60),
             zstd_level: 1,
             batch_rows: 8192,
+            row_group_bytes: 32 * 1024 * 1024,
         }
     }
 }

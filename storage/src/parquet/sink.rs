@@ -231,6 +231,7 @@ impl ParquetSink {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(128 * 1024))
+            .set_max_row_group_bytes(Some(self.config.row_group_bytes))
             .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
             .build();
         let schema = schema(endpoint);
