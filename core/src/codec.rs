@@ -162,12 +162,19 @@ impl<'a> Reader<'a> {
         Ok(a)
     }
 
+    /// A LEB128 varint in its shortest form (so an event has exactly one encoding).
     fn varint(&mut self) -> Result<u64, DecodeError> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.u8()?;
+            if shift == 63 && b > 1 {
+                return Err(DecodeError::Invalid("varint"));
+            }
             v |= u64::from(b & 0x7f) << shift;
             if b & 0x80 == 0 {
+                if b == 0 && shift > 0 {
+                    return Err(DecodeError::Invalid("varint"));
+                }
                 return Ok(v);
             }
         }

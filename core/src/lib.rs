@@ -12,6 +12,7 @@ pub mod event;
 pub mod feed;
 pub mod ids;
 pub mod ingest;
+pub mod record;
 pub mod sink;
 pub mod time;
 
