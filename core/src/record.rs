@@ -76,7 +76,9 @@ pub fn scan(data: &[u8]) -> Scan {
         if !verify(&h, payload) {
             break;
         }
-        let Ok(e) = codec::decode(payload, s.records, None) else { break };
+        let Ok(e) = codec::decode(payload, s.records, None) else {
+            break;
+        };
         s.last_enqueued_ms = Some(e.enqueued_ms);
         s.records += 1;
         pos += HEADER + h.len;

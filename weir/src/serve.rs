@@ -126,6 +126,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             cfg.data_dir.display()
         )
     })?;
+    let mut signals = Signals::new()?;
     // Bind first, so a busy port fails before anything else starts.
     let mqtt_l = bind(cfg.mqtt, "mqtt").await?;
     let mqtts_l = bind(cfg.mqtts, "mqtts").await?;
@@ -262,12 +263,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "Weir is ready"
     );
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("stopping: no new connections; draining accepted messages");
     let _ = stop_tx.send(true);
     // A second signal stops at once.
-    tokio::spawn(async {
-        wait_for_signal().await;
+    tokio::spawn(async move {
+        signals.recv().await;
         eprintln!("second signal: exiting immediately");
         std::process::exit(130);
     });
@@ -334,19 +335,27 @@ fn replay_start(
     Ok(seed_from.min(floor).max(log.first()))
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+/// SIGINT and SIGTERM, listened to from start-up on, so a second signal that arrives while
+/// the first is being handled is not missed.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
     }
 }
 

@@ -7,7 +7,6 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-
 pub use weir_core::record::{HEADER, Header, MAX_RECORD, frame, header, verify};
 
 pub fn file_name(base: u64) -> String {

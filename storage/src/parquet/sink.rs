@@ -131,6 +131,7 @@ impl SinkFactory for ParquetSinkFactory {
                 .map(|(name, committed)| (name, EndpointState::new(committed)))
                 .collect(),
             seq: 0,
+            unrenamed: Vec::new(),
         }))
     }
 }
@@ -200,6 +201,9 @@ pub struct ParquetSink {
     last_record: Instant,
     endpoints: HashMap<String, EndpointState>,
     seq: u64,
+    /// Committed files whose rename failed; every later record lists them again, so the
+    /// next start completes them instead of deleting them as strays.
+    unrenamed: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How often an idle sink rewrites its commit record so the log can be trimmed.
@@ -290,8 +294,8 @@ impl ParquetSink {
         let mut dirs: Vec<&Path> = Vec::new();
         for (tmp, done) in &renames {
             if let Err(e) = std::fs::rename(tmp, done) {
-                // The commit record lists the rename; the next start completes it.
-                tracing::error!(error = %e, file = %done.display(), "renaming a committed file failed");
+                tracing::error!(error = %e, file = %done.display(), "renaming a committed file failed; it is retried at the next start");
+                self.unrenamed.push((tmp.clone(), done.clone()));
             }
             if let Some(d) = done.parent()
                 && !dirs.contains(&d)
@@ -341,7 +345,9 @@ impl ParquetSink {
 
     /// Writes the worker's commit record: the frontier, and every endpoint whose committed
     /// offset differs from it.
-    fn write_record(&mut self, pending: Vec<(PathBuf, PathBuf)>) -> Result<(), SinkError> {
+    fn write_record(&mut self, mut pending: Vec<(PathBuf, PathBuf)>) -> Result<(), SinkError> {
+        self.unrenamed.retain(|(tmp, _)| tmp.exists());
+        pending.extend(self.unrenamed.iter().cloned());
         let f = self.frontier;
         let endpoints: BTreeMap<String, u64> = self
             .endpoints
