@@ -69,29 +69,39 @@ echo "idle: $(cat "$OUT/mosquitto-idle.json")"
 kill "$MOSQ"; wait "$MOSQ" 2>/dev/null || true
 
 echo "== weir on 127.0.0.1:$WEIR_PORT"
-cat > "$TMP/weir.toml" <<CONF
+HUB=(--api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir" --mqtt "127.0.0.1:$WEIR_PORT")
+start_weir() { # fsync policy
+  cat > "$TMP/weir.toml" <<CONF
 [archive]
 max_age_secs = 0.25
+[log]
+fsync = "$1"
 [logging]
 level = "warn"
 CONF
-"$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \
-  --mqtts off --http "127.0.0.1:$API_PORT" & PIDS+=($!); WEIR=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
-HUB=(--api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir" --mqtt "127.0.0.1:$WEIR_PORT")
+  "$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \
+    --mqtts off --http "127.0.0.1:$API_PORT" & PIDS+=($!); WEIR=$!
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+start_weir batch
 for q in 0 1; do
   "$W" simulate "${HUB[@]}" --devices "$PUBS" --messages "$MSGS" --qos "$q" --inflight 100 \
     --payload "$PAYLOAD" --wait-archived --json --quiet > "$OUT/weir-qos$q.json"
-  echo "qos $q: $(cat "$OUT/weir-qos$q.json")"
+  echo "qos $q (fsync batch): $(cat "$OUT/weir-qos$q.json")"
 done
 "$W" simulate "${HUB[@]}" --devices 100 --rate 20000 --duration 10 --messages 0 --qos 1 --payload "$PAYLOAD" \
   --json --quiet > "$OUT/weir-qos1-20k.json"
 echo "qos 1 at 20k msg/s: $(cat "$OUT/weir-qos1-20k.json")"
 kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true
+for policy in always never; do
+  start_weir "$policy"
+  "$W" simulate "${HUB[@]}" --devices "$PUBS" --messages "$MSGS" --qos 1 --inflight 100 \
+    --payload "$PAYLOAD" --wait-archived --json --quiet > "$OUT/weir-qos1-$policy.json"
+  echo "qos 1 (fsync $policy): $(cat "$OUT/weir-qos1-$policy.json")"
+  kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true
+done
 # A fresh hub for the memory of idle connections, with the devices registered first.
-"$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules benches/rules --mqtt "127.0.0.1:$WEIR_PORT" \
-  --mqtts off --http "127.0.0.1:$API_PORT" & PIDS+=($!); WEIR=$!
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1 && break; sleep 0.1; done
+start_weir batch
 "$W" simulate "${HUB[@]}" --prefix idle- --devices "$IDLE" --register-only --quiet >/dev/null
 idle_cost "$WEIR" "${HUB[@]}" --prefix idle- > "$OUT/weir-idle.json"
 echo "idle: $(cat "$OUT/weir-idle.json")"
@@ -103,17 +113,23 @@ out = sys.argv[1]
 j = lambda n: json.load(open(f"{out}/{n}.json"))
 mq0, mq1, w0, w1 = j("mosquitto-qos0"), j("mosquitto-qos1"), j("weir-qos0"), j("weir-qos1")
 mi, wi, w20 = j("mosquitto-idle"), j("weir-idle"), j("weir-qos1-20k")
+wa, wn = j("weir-qos1-always"), j("weir-qos1-never")
 m0, m1 = mq0["subscriber"]["rate"], mq1["subscriber"]["rate"]
 a0, a1 = w0["archived"]["rate"], w1["archived"]["rate"]
 print()
 print(f"machine: {os.cpu_count()} cores, {platform.machine()}, load generator on the same machine")
 print(f"QoS 0  mosquitto → subscriber {m0:>10,.0f} msg/s   weir → rules → Parquet {a0:>10,.0f} msg/s   ratio {a0/m0:.2f}")
-print(f"QoS 1  mosquitto → subscriber {m1:>10,.0f} msg/s   weir → rules → Parquet {a1:>10,.0f} msg/s   ratio {a1/m1:.2f}")
+print(f"QoS 1  mosquitto → subscriber {m1:>10,.0f} msg/s   weir → rules → Parquet {a1:>10,.0f} msg/s   ratio {a1/m1:.2f}  (durable, fsync batch)")
+for name, r in [("always", wa), ("never", wn)]:
+    x = r["archived"]["rate"]
+    print(f"QoS 1  fsync {name:<6}                                  weir → rules → Parquet {x:>10,.0f} msg/s   ratio {x/m1:.2f}")
 l = w20.get("latency_ms") or {}
 print(f"QoS 1 at ~20k msg/s: publish→PUBACK p50 {l.get('p50')} ms  p99 {l.get('p99')} ms  max {l.get('max')} ms")
 print(f"idle connection RSS: mosquitto {mi['kib_per_connection']:.2f} KiB   weir {wi['kib_per_connection']:.2f} KiB")
 json.dump({"mosquitto_qos0": m0, "mosquitto_qos1": m1, "weir_qos0": a0, "weir_qos1": a1,
-           "ratio_qos0": a0/m0, "ratio_qos1": a1/m1, "weir_qos1_20k_latency_ms": l,
+           "ratio_qos0": a0/m0, "ratio_qos1": a1/m1,
+          "weir_qos1_always": wa["archived"]["rate"], "weir_qos1_never": wn["archived"]["rate"],
+          "weir_qos1_full_speed_latency_ms": w1.get("latency_ms"), "weir_qos1_20k_latency_ms": l,
            "idle_kib_mosquitto": mi["kib_per_connection"], "idle_kib_weir": wi["kib_per_connection"]},
           open(f"{out}/summary.json", "w"), indent=2)
 PY
