@@ -62,15 +62,16 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let total = (batches.len() * per_batch) as u64;
+    // Criterion may call the routine more than once; ids must stay unique across calls.
+    let rounds = AtomicU64::new(0);
     let mut g = c.benchmark_group("engine");
     g.throughput(Throughput::Elements(total));
     g.sample_size(10);
     g.bench_function("ten_routes_100k_events", |b| {
-        let mut round = 0u64;
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
-                round += 1;
+                let round = rounds.fetch_add(1, Ordering::Relaxed);
                 let mut copy = batches.clone();
                 // Fresh message ids each round, or duplicate detection would drop them.
                 for e in copy.iter_mut().flatten() {

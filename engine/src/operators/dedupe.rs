@@ -19,11 +19,9 @@ use weir_core::{DeviceId, Event};
 use crate::engine::DedupeConfig;
 use crate::metrics::EngineMetrics;
 
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
-    MessageId(String),
-    Packet(u16, u64),
-}
+/// A 64-bit digest of what identifies a message: remembering digests instead of ids keeps
+/// the window free of allocations (a collision needs ~2^32 ids in one device's window).
+type Key = u64;
 
 #[derive(Default)]
 struct Window {
@@ -45,21 +43,26 @@ impl Window {
     }
 }
 
-fn body_hash(b: &[u8]) -> u64 {
+fn message_id_key(mid: &str) -> Key {
     let mut h = DefaultHasher::new();
-    b.hash(&mut h);
+    (0u8, mid).hash(&mut h);
+    h.finish()
+}
+
+fn packet_key(pkid: u16, body: &[u8]) -> Key {
+    let mut h = DefaultHasher::new();
+    (1u8, pkid, body).hash(&mut h);
     h.finish()
 }
 
 /// True when `e` repeats something in `w`; records `e` either way.
 fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
     w.evict(e.enqueued_ms, cfg);
-    let packet = e.packet_id.map(|p| Key::Packet(p, body_hash(&e.body)));
-    let mid = e.system.message_id.clone().map(Key::MessageId);
-    let repeat = mid.as_ref().is_some_and(|k| w.seen.contains(k))
-        || (e.redelivered && packet.as_ref().is_some_and(|k| w.seen.contains(k)));
+    let packet = e.packet_id.map(|p| packet_key(p, &e.body));
+    let mid = e.system.message_id.as_deref().map(message_id_key);
+    let repeat = mid.is_some_and(|k| w.seen.contains(&k)) || (e.redelivered && packet.is_some_and(|k| w.seen.contains(&k)));
     for k in [mid, packet].into_iter().flatten() {
-        if w.seen.insert(k.clone()) {
+        if w.seen.insert(k) {
             w.order.push_back((e.enqueued_ms, k));
         }
     }
