@@ -37,10 +37,23 @@ pub struct DeviceRecord {
     /// Free-form JSON object; rules read it as `$twin.tags.*`.
     #[serde(default = "empty_object")]
     pub tags: serde_json::Value,
+    /// The twin's desired properties (set by services, pushed to the device).
+    #[serde(default)]
+    pub desired: crate::twin::Section,
+    /// The twin's reported properties (set by the device).
+    #[serde(default)]
+    pub reported: crate::twin::Section,
+    /// Bumped on every twin change (tags, desired, reported).
+    #[serde(default = "one")]
+    pub twin_version: u64,
     /// RFC 3339, UTC.
     pub created_time: String,
     pub status_updated_time: String,
     pub last_updated_time: String,
+}
+
+fn one() -> u64 {
+    1
 }
 
 fn empty_object() -> serde_json::Value {
@@ -61,6 +74,9 @@ impl DeviceRecord {
                 secondary_key: String::new(),
             },
             tags,
+            desired: crate::twin::Section::default(),
+            reported: crate::twin::Section::default(),
+            twin_version: 1,
             created_time: String::new(),
             status_updated_time: String::new(),
             last_updated_time: String::new(),

@@ -13,8 +13,10 @@ pub mod feed;
 pub mod ids;
 pub mod ingest;
 pub mod record;
+pub mod services;
 pub mod sink;
 pub mod time;
+pub mod twin;
 
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
@@ -22,4 +24,5 @@ pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
 pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
+pub use services::{DeviceLink, DevicePublish, DeviceServices, Feature, NoServices, ServiceError};
 pub use sink::{Sink, SinkError, SinkFactory};

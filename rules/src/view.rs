@@ -181,7 +181,8 @@ impl<'a> MessageView for EventView<'a> {
         let r = self.record()?;
         match section {
             TwinSection::Tags => Some(&r.tags),
-            TwinSection::Desired | TwinSection::Reported => None,
+            TwinSection::Desired => Some(&r.desired.values),
+            TwinSection::Reported => Some(&r.reported.values),
         }
     }
 }

@@ -241,3 +241,44 @@ def test_a_full_disk_budget_holds_publishes_and_loses_nothing(tmp_path, rules_di
     got = archived_ids(hub)
     assert len(got) == len(set(got)), "duplicates"
     assert set(got) == set(acked), f"missing {sorted(set(acked) - set(got))[:10]}, extra {sorted(set(got) - set(acked))[:10]}"
+
+
+def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing_acknowledged(tmp_path, rules_dir):
+    import shutil
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    # A real full disk: the hub's data directory on an 8 MiB tmpfs (CI runs as root).
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    try:
+        cfg = "[archive]\nmax_age_secs = 3600\n[log]\nsegment_mb = 1\nbudget_mb = 1024\n"
+        hub = Hub(small, rules_dir, config=cfg).start()
+        key = hub.create_device("disk")["authentication"]["symmetricKey"]["primaryKey"]
+        acked, refused = [], False
+        raw = Raw(hub.mqtt_port)
+        assert raw.connect("disk", hub.username("disk"), hub.device_token("disk", key)) == 0
+        for i in range(20000):
+            body = json.dumps({"id": f"d-{i}", "pad": "q" * 2000}).encode()
+            try:
+                raw.publish("devices/disk/messages/events/", body, pkid=i % 60000 + 1)
+                acked.append(f"d-{i}")
+            except (AssertionError, OSError):
+                refused = True
+                break
+        raw.close()
+        assert refused, "publishing must stop when the disk is full"
+        assert "the disk is full" in hub.log_text()
+        assert hub.metrics()["weir_log_write_errors_total"] >= 1
+        hub.stop()
+        # Move the data to a disk with room; the log still holds every acknowledged message.
+        roomy = tmp_path / "roomy"
+        roomy.mkdir()
+        shutil.copytree(small / "data", roomy / "data")
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+    hub2 = Hub(roomy, rules_dir, config="[archive]\nmax_age_secs = 0.3\n").start()
+    assert hub2.stop() == 0
+    got = archived_ids(hub2)
+    assert len(got) == len(set(got)), "duplicates"
+    assert set(got) == set(acked), f"missing {len(set(acked) - set(got))}, extra {len(set(got) - set(acked))}"

@@ -60,7 +60,8 @@ fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
     w.evict(e.enqueued_ms, cfg);
     let packet = e.packet_id.map(|p| packet_key(p, &e.body));
     let mid = e.system.message_id.as_deref().map(message_id_key);
-    let repeat = mid.is_some_and(|k| w.seen.contains(&k)) || (e.redelivered && packet.is_some_and(|k| w.seen.contains(&k)));
+    let repeat = mid.is_some_and(|k| w.seen.contains(&k))
+        || (e.redelivered && packet.is_some_and(|k| w.seen.contains(&k)));
     for k in [mid, packet].into_iter().flatten() {
         if w.seen.insert(k) {
             w.order.push_back((e.enqueued_ms, k));

@@ -1,0 +1,227 @@
+//! Device twins: desired and reported properties with versions and `$metadata`, changed by
+//! JSON merge patches (RFC 7396), as IoT Hub keeps them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// The most a twin section (desired or reported, without metadata) may hold, as in IoT Hub.
+pub const MAX_SECTION_BYTES: usize = 32 * 1024;
+
+/// Why a twin change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TwinError {
+    #[error("the patch must be a JSON object")]
+    NotAnObject,
+    #[error("the {section} properties would be {size} bytes; the limit is {MAX_SECTION_BYTES}")]
+    TooLarge { section: &'static str, size: usize },
+    #[error("property names may not start with '$' or contain '.', ' ' or '$' ({0:?})")]
+    BadName(String),
+}
+
+/// Desired or reported properties.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Section {
+    pub version: u64,
+    /// A JSON object of the properties.
+    pub values: Value,
+    /// Mirrors `values` with `$lastUpdated` (and, for desired, `$lastUpdatedVersion`).
+    pub metadata: Value,
+}
+
+impl Default for Section {
+    fn default() -> Self {
+        Section {
+            version: 1,
+            values: json!({}),
+            metadata: json!({}),
+        }
+    }
+}
+
+fn check_names(v: &Value) -> Result<(), TwinError> {
+    if let Value::Object(m) = v {
+        for (k, child) in m {
+            if k.starts_with('$') || k.contains(['.', ' ']) {
+                return Err(TwinError::BadName(k.clone()));
+            }
+            check_names(child)?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies a merge patch to `target`: objects merge, `null` deletes, anything else replaces.
+pub fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(t) = target else { return };
+    for (k, v) in p {
+        if v.is_null() {
+            t.remove(k);
+        } else {
+            merge(t.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
+/// Marks every property `patch` touches as updated at `now` (and version `version`).
+fn touch(meta: &mut Value, patch: &Value, now: &str, version: Option<u64>) {
+    if !meta.is_object() {
+        *meta = Value::Object(Map::new());
+    }
+    let Value::Object(m) = meta else { return };
+    m.insert("$lastUpdated".into(), json!(now));
+    if let Some(v) = version {
+        m.insert("$lastUpdatedVersion".into(), json!(v));
+    }
+    let Value::Object(p) = patch else { return };
+    for (k, v) in p {
+        if v.is_null() {
+            m.remove(k);
+        } else if v.is_object() {
+            touch(m.entry(k.clone()).or_insert(Value::Null), v, now, version);
+        } else {
+            let mut leaf = Map::new();
+            leaf.insert("$lastUpdated".into(), json!(now));
+            if let Some(ver) = version {
+                leaf.insert("$lastUpdatedVersion".into(), json!(ver));
+            }
+            m.insert(k.clone(), Value::Object(leaf));
+        }
+    }
+}
+
+impl Section {
+    /// Applies a merge patch; `versioned_metadata` is true for desired properties.
+    pub fn patch(
+        &mut self,
+        patch: &Value,
+        now: &str,
+        versioned_metadata: bool,
+        name: &'static str,
+    ) -> Result<(), TwinError> {
+        if !patch.is_object() {
+            return Err(TwinError::NotAnObject);
+        }
+        check_names(patch)?;
+        let mut values = self.values.clone();
+        merge(&mut values, patch);
+        let size = values.to_string().len();
+        if size > MAX_SECTION_BYTES {
+            return Err(TwinError::TooLarge {
+                section: name,
+                size,
+            });
+        }
+        self.values = values;
+        self.version += 1;
+        touch(
+            &mut self.metadata,
+            patch,
+            now,
+            versioned_metadata.then_some(self.version),
+        );
+        Ok(())
+    }
+
+    /// Replaces all properties (a service `PUT /twins`).
+    pub fn replace(
+        &mut self,
+        values: &Value,
+        now: &str,
+        versioned_metadata: bool,
+        name: &'static str,
+    ) -> Result<(), TwinError> {
+        if !values.is_object() {
+            return Err(TwinError::NotAnObject);
+        }
+        check_names(values)?;
+        let size = values.to_string().len();
+        if size > MAX_SECTION_BYTES {
+            return Err(TwinError::TooLarge {
+                section: name,
+                size,
+            });
+        }
+        self.values = values.clone();
+        self.version += 1;
+        self.metadata = json!({});
+        touch(
+            &mut self.metadata,
+            values,
+            now,
+            versioned_metadata.then_some(self.version),
+        );
+        Ok(())
+    }
+
+    /// The section as devices see it: the values plus `$version`.
+    pub fn for_device(&self) -> Value {
+        let mut v = self.values.clone();
+        if let Value::Object(m) = &mut v {
+            m.insert("$version".into(), json!(self.version));
+        }
+        v
+    }
+
+    /// The section as the service API shows it: values, `$metadata` and `$version`.
+    pub fn for_service(&self) -> Value {
+        let mut v = self.for_device();
+        if let Value::Object(m) = &mut v {
+            m.insert("$metadata".into(), self.metadata.clone());
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patches_delete_with_null_and_track_versions() {
+        let mut s = Section::default();
+        s.patch(
+            &json!({"fan": "on", "limits": {"max": 30, "min": 10}}),
+            "t1",
+            true,
+            "desired",
+        )
+        .expect("patch");
+        s.patch(
+            &json!({"limits": {"min": null}, "mode": 2}),
+            "t2",
+            true,
+            "desired",
+        )
+        .expect("patch");
+        assert_eq!(s.version, 3);
+        assert_eq!(
+            s.values,
+            json!({"fan": "on", "limits": {"max": 30}, "mode": 2})
+        );
+        assert_eq!(s.for_device()["$version"], json!(3));
+        assert_eq!(s.metadata["mode"]["$lastUpdatedVersion"], json!(3));
+        assert_eq!(s.metadata["fan"]["$lastUpdated"], json!("t1"));
+        assert!(s.metadata["limits"].get("min").is_none());
+        assert!(matches!(
+            s.patch(&json!([1]), "t", true, "desired"),
+            Err(TwinError::NotAnObject)
+        ));
+        assert!(matches!(
+            s.patch(&json!({"$x": 1}), "t", true, "desired"),
+            Err(TwinError::BadName(_))
+        ));
+        let big = json!({"blob": "x".repeat(MAX_SECTION_BYTES)});
+        assert!(matches!(
+            s.patch(&big, "t", true, "desired"),
+            Err(TwinError::TooLarge { .. })
+        ));
+        assert_eq!(s.version, 3, "a refused patch changes nothing");
+    }
+}
