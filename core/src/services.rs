@@ -72,6 +72,8 @@ pub trait DeviceServices: Send + Sync + 'static {
     /// The device's connection is up (after CONNACK and its subscriptions are known).
     fn connected(&self, device: &DeviceId);
     fn disconnected(&self, device: &DeviceId);
+    /// The device subscribed to cloud-to-device messages: waiting ones can go out.
+    fn c2d_ready(&self, device: &DeviceId);
 }
 
 /// Services for gateways that run without a hub (tests, tools): twins and methods are
@@ -94,4 +96,5 @@ impl DeviceServices for NoServices {
     fn store_subscriptions(&self, _device: &DeviceId, _filters: &[String]) {}
     fn connected(&self, _device: &DeviceId) {}
     fn disconnected(&self, _device: &DeviceId) {}
+    fn c2d_ready(&self, _device: &DeviceId) {}
 }

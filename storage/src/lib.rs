@@ -1,5 +1,6 @@
 //! Storage: the device registry (redb) and the Parquet archive sink.
 
+pub mod c2d;
 pub mod commit;
 pub mod log;
 pub mod parquet;

@@ -14,6 +14,8 @@ use weir_core::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus};
 use crate::secret::{generate_key, random_hex, valid_key};
 
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// MQTT subscriptions of persistent sessions, by device: a JSON list of filters.
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -29,6 +31,8 @@ pub enum RegistryError {
     InvalidKey(&'static str),
     #[error("tags must be a JSON object")]
     InvalidTags,
+    #[error("invalid twin: {0}")]
+    Twin(#[from] weir_core::twin::TwinError),
     #[error("registry storage error: {0}")]
     Storage(String),
 }
@@ -65,6 +69,7 @@ impl Registry {
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(DEVICES).map_err(storage)?;
+        txn.open_table(SESSIONS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let mut devices = HashMap::new();
         {
@@ -207,10 +212,72 @@ impl Registry {
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.remove(id).map_err(storage)?;
+            let mut s = txn.open_table(SESSIONS).map_err(storage)?;
+            s.remove(id).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         self.devices.write().map_err(storage)?.remove(id);
         Ok(existing)
+    }
+
+    /// Changes a device's twin under the registry's write lock: `change` edits a copy of
+    /// the record; the twin version and etag move only if it succeeds. `if_match` is
+    /// checked against the twin etag.
+    pub fn update_twin<T>(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+        change: impl FnOnce(&mut DeviceRecord, &str) -> Result<T, RegistryError>,
+    ) -> Result<(Arc<DeviceRecord>, T), RegistryError> {
+        let _w = self.writer.lock().map_err(storage)?;
+        let existing = self
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        if let Some(want) = if_match.map(|s| s.trim().trim_matches('"'))
+            && want != "*"
+            && want != twin_etag(&existing)
+        {
+            return Err(RegistryError::PreconditionFailed {
+                current: twin_etag(&existing),
+            });
+        }
+        let mut rec = (*existing).clone();
+        let out = change(&mut rec, &now())?;
+        rec.twin_version += 1;
+        self.store(&rec)?;
+        let rec = Arc::new(rec);
+        self.devices
+            .write()
+            .map_err(storage)?
+            .insert(rec.device_id.clone(), Arc::clone(&rec));
+        Ok((rec, out))
+    }
+
+    /// The filters a device's persistent session is subscribed to.
+    pub fn subscriptions(&self, id: &str) -> Vec<String> {
+        let read = || -> Result<Vec<String>, RegistryError> {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let t = txn.open_table(SESSIONS).map_err(storage)?;
+            Ok(match t.get(id).map_err(storage)? {
+                Some(v) => serde_json::from_slice(v.value()).unwrap_or_default(),
+                None => Vec::new(),
+            })
+        };
+        read().unwrap_or_default()
+    }
+
+    pub fn set_subscriptions(&self, id: &str, filters: &[String]) -> Result<(), RegistryError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(SESSIONS).map_err(storage)?;
+            if filters.is_empty() {
+                t.remove(id).map_err(storage)?;
+            } else {
+                let v = serde_json::to_vec(filters).map_err(storage)?;
+                t.insert(id, v.as_slice()).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
     }
 
     fn store(&self, rec: &DeviceRecord) -> Result<(), RegistryError> {
@@ -236,6 +303,12 @@ impl DeviceDirectory for Registry {
 fn new_etag(version: u64) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(version.to_string())
+}
+
+/// The twin's etag, derived from its version (the device etag is separate).
+pub fn twin_etag(rec: &DeviceRecord) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(format!("twin-{}", rec.twin_version))
 }
 
 fn etag_version(etag: &str) -> u64 {

@@ -29,7 +29,9 @@ pub async fn serve(
                 }
             },
         };
-        let app = app.clone();
+        let app = app
+            .clone()
+            .layer(axum::Extension(crate::api::ws::ClientAddr(peer)));
         let tls = tls.clone();
         let mut stop = shutdown.clone();
         tokio::spawn(async move {

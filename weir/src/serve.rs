@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use weir_engine::{Engine, EngineConfig};
 use weir_gateways::{GatewayMetrics, MqttGateway};
+use weir_storage::c2d::C2dStore;
 use weir_storage::commit::{CommitStore, Recovery};
 use weir_storage::log::Log;
 use weir_storage::secret::{generate_key, write_private};
@@ -20,6 +21,7 @@ use weir_storage::{ParquetSinkFactory, Registry};
 
 use crate::api::{self, ApiState, ServiceKeys};
 use crate::config::Config;
+use crate::hub::{Events, Hub};
 use crate::reload::{self, ReloadStatus};
 use crate::{http_server, tls_setup};
 
@@ -193,13 +195,25 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         None,
     )?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
+    let c2d = Arc::new(
+        C2dStore::open(&cfg.data_dir.join("c2d.redb"))
+            .context("opening the cloud-to-device message store")?,
+    );
+    let events = Events::new(
+        cfg.hostname.clone(),
+        Arc::new(log.ingest()),
+        tokio::runtime::Handle::current(),
+    );
+    let hub = Arc::new(Hub::new(registry.clone(), c2d, events));
     let gateway = MqttGateway::new(
         cfg.mqtt_settings.clone(),
         cfg.hostname.clone(),
         registry.clone(),
         Arc::new(log.ingest()),
+        hub.clone(),
         Arc::clone(&gateway_metrics),
     );
+    hub.set_link(Arc::new(gateway.clone()));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -218,7 +232,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             policies: vec![("iothubowner".into(), owner_key)],
         },
         registry: registry.clone(),
+        hub: Arc::clone(&hub),
         gateway: gateway.clone(),
+        shutdown: stop_rx.clone(),
         engine_metrics: engine.metrics(),
         gateway_metrics,
         archive_metrics,
@@ -242,6 +258,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
+    let expiring = Arc::clone(&hub);
+    let mut stop_expiry = stop_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop_expiry.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            let hub = Arc::clone(&expiring);
+            let _ = tokio::task::spawn_blocking(move || hub.expire_c2d()).await;
+        }
+    }));
     tasks.push(tokio::spawn(reload::watch_rules(
         cfg.rules.clone(),
         cfg.hostname.clone(),

@@ -1,19 +1,23 @@
-//! One MQTT connection: CONNECT, then a loop of read → decode → ingest → acknowledge.
+//! One MQTT connection: CONNECT, then a loop that reads (telemetry → ingest, requests →
+//! hub services), writes what the hub sends the device, and acknowledges.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use weir_core::time::now_secs;
-use weir_core::{Event, EventSource};
+use weir_core::{DevicePublish, Event, EventSource, Feature};
 
 use super::Shared;
 use super::codec::{self, Inbound, Publish};
 use super::connect::{Identity, authenticate};
+use super::requests::{self, DeviceRequest};
+use super::sessions::{Features, Outbox, feature_of};
 use super::topic::{DeviceTopic, classify, decode_bag};
 use crate::metrics::GatewayMetrics;
 
@@ -33,13 +37,11 @@ enum End {
     Violation(String),
 }
 
-/// Filters a device may subscribe to (the features of spec §2.3).
-fn allowed_filter(filter: &str, device: &str) -> bool {
-    let c2d = format!("devices/{device}/messages/devicebound/#");
-    filter == c2d
-        || filter == "$iothub/methods/POST/#"
-        || filter == "$iothub/twin/res/#"
-        || filter == "$iothub/twin/PATCH/properties/desired/#"
+/// What the handshake learned.
+struct Accepted {
+    identity: Identity,
+    keep_alive: u16,
+    clean_session: bool,
 }
 
 pub(crate) async fn serve<S>(
@@ -53,21 +55,47 @@ pub(crate) async fn serve<S>(
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let deadline = Instant::now() + shared.config.connect_timeout;
-    let (identity, keep_alive) =
-        match handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await {
-            Ok(x) => x,
-            Err(reason) => {
-                GatewayMetrics::inc(&shared.metrics.connects_refused, 1);
-                tracing::warn!(%peer, %reason, "connection refused");
-                let _ = stream.write_all(&out).await;
-                let _ = stream.shutdown().await;
-                return;
-            }
-        };
-    let device = identity.device_id.clone();
-    let registration = shared.sessions.register(&device);
+    let accepted = match handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await {
+        Ok(x) => x,
+        Err(reason) => {
+            GatewayMetrics::inc(&shared.metrics.connects_refused, 1);
+            tracing::warn!(%peer, %reason, "connection refused");
+            let _ = stream.write_all(&out).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let device = accepted.identity.device_id.clone();
+    // A persistent session (clean session 0) keeps its subscriptions across connections:
+    // the Azure SDK never subscribes again after it reconnects.
+    let services = Arc::clone(&shared.services);
+    let (d, clean) = (device.clone(), accepted.clean_session);
+    let filters = Box::pin(blocking(move || {
+        if clean {
+            services.store_subscriptions(&d, &[]);
+            Vec::new()
+        } else {
+            services.stored_subscriptions(&d)
+        }
+    }))
+    .await
+    .unwrap_or_default();
+    let features = Arc::new(Features::default());
+    for f in &filters {
+        if let Some(feature) = feature_of(f, device.as_str()) {
+            features.set(feature, true);
+        }
+    }
+    let outbox = Arc::new(Outbox::default());
+    let registration =
+        shared
+            .sessions
+            .register(&device, Arc::clone(&outbox), Arc::clone(&features));
     tracing::debug!(%peer, %device, "device connected");
-    codec::connack(0, false, &mut out);
+    codec::connack(0, !filters.is_empty(), &mut out);
+    let services = Arc::clone(&shared.services);
+    let d = device.clone();
+    Box::pin(blocking(move || services.connected(&d))).await;
     let end = match stream.write_all(&out).await {
         Ok(()) => {
             // An idle connection keeps no buffers: they are allocated again on demand.
@@ -75,13 +103,21 @@ pub(crate) async fn serve<S>(
             if buf.is_empty() {
                 buf = BytesMut::new();
             }
-            run(
+            let mut conn = Connection {
+                shared: &shared,
+                id: &accepted.identity,
+                features: &features,
+                filters,
+                clean_session: accepted.clean_session,
+                inflight: HashMap::new(),
+                next_pkid: 0,
+            };
+            conn.run(
                 &mut stream,
                 buf,
                 out,
-                &identity,
-                keep_alive,
-                &shared,
+                &outbox,
+                accepted.keep_alive,
                 &registration.kicked,
                 &mut shutdown,
             )
@@ -89,7 +125,12 @@ pub(crate) async fn serve<S>(
         }
         Err(e) => End::Io(e),
     };
-    shared.sessions.unregister(&device, registration.id);
+    let current = shared.sessions.unregister(&device, registration.id);
+    if current {
+        let services = Arc::clone(&shared.services);
+        let d = device.clone();
+        Box::pin(blocking(move || services.disconnected(&d))).await;
+    }
     let _ = stream.shutdown().await;
     match end {
         End::Violation(why) => {
@@ -107,6 +148,11 @@ pub(crate) async fn serve<S>(
     }
 }
 
+/// Runs a hub-service call off the I/O threads (it may touch the registry on disk).
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
 /// Reads the CONNECT within the deadline and authenticates it. On refusal `out` holds the
 /// CONNACK to send.
 async fn handshake<S>(
@@ -115,7 +161,7 @@ async fn handshake<S>(
     out: &mut BytesMut,
     shared: &Shared,
     deadline: Instant,
-) -> Result<(Identity, u16), String>
+) -> Result<Accepted, String>
 where
     S: AsyncRead + Unpin,
 {
@@ -130,7 +176,11 @@ where
                     &*shared.directory,
                     now_secs(),
                 ) {
-                    Ok(id) => Ok((id, connect.keep_alive)),
+                    Ok(identity) => Ok(Accepted {
+                        identity,
+                        keep_alive: connect.keep_alive,
+                        clean_session: connect.clean_session,
+                    }),
                     Err(refusal) => {
                         codec::connack(refusal.code, false, out);
                         Err(format!("{} (CONNACK {})", refusal.reason, refusal.code))
@@ -168,144 +218,285 @@ fn idle_limit(keep_alive: u16) -> Duration {
     Duration::from_millis(u64::from(ka) * 1500)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run<S>(
-    stream: &mut S,
-    mut buf: BytesMut,
-    mut out: BytesMut,
-    id: &Identity,
-    keep_alive: u16,
-    shared: &Shared,
-    kicked: &tokio::sync::Notify,
-    shutdown: &mut watch::Receiver<bool>,
-) -> End
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let idle = idle_limit(keep_alive);
-    let mut deadline = Instant::now() + idle;
-    let mut read_size = MIN_READ;
-    let mut batch: Vec<Event> = Vec::new();
-    let mut acks: Vec<u16> = Vec::new();
-    loop {
-        if buf.capacity() - buf.len() < read_size {
-            buf.reserve(read_size);
-        }
-        let n = tokio::select! {
-            biased;
-            _ = kicked.notified() => return End::Replaced,
-            _ = shutdown.changed() => return End::ShuttingDown,
-            r = timeout_at(deadline, stream.read_buf(&mut buf)) => match r {
-                Err(_) => return End::KeepAlive,
-                Ok(Ok(0)) => return End::PeerClosed,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) => return End::Io(e),
-            },
-        };
-        deadline = Instant::now() + idle;
-        GatewayMetrics::inc(&shared.metrics.bytes_in, n as u64);
-        // Grow reads while the peer keeps them full; shrink back when it goes quiet.
-        read_size = if n >= read_size {
-            (read_size * 2).min(MAX_READ)
-        } else {
-            MIN_READ.max(n)
-        };
+/// The state of an authenticated connection's loop.
+struct Connection<'a> {
+    shared: &'a Shared,
+    id: &'a Identity,
+    features: &'a Features,
+    /// The subscription filters, as stored for a persistent session.
+    filters: Vec<String>,
+    clean_session: bool,
+    /// Cloud-to-device messages sent and not yet acknowledged: packet id → lock.
+    inflight: HashMap<u16, u64>,
+    next_pkid: u16,
+}
 
-        let mut disconnect = false;
+impl Connection<'_> {
+    #[allow(clippy::too_many_arguments)]
+    async fn run<S>(
+        &mut self,
+        stream: &mut S,
+        mut buf: BytesMut,
+        mut out: BytesMut,
+        outbox: &Outbox,
+        keep_alive: u16,
+        kicked: &tokio::sync::Notify,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let idle = idle_limit(keep_alive);
+        let mut deadline = Instant::now() + idle;
+        let mut read_size = MIN_READ;
+        let mut batch: Vec<Event> = Vec::new();
+        let mut acks: Vec<u16> = Vec::new();
         loop {
-            let packet = match codec::decode(&mut buf, shared.config.max_message_bytes) {
-                Ok(Some(p)) => p,
-                Ok(None) => break,
-                Err(codec::CodecError::TooLarge(n)) => {
-                    return End::Violation(format!(
-                        "message of {n} bytes exceeds the limit of {} bytes (mqtt.max_message_bytes)",
-                        shared.config.max_message_bytes
-                    ));
-                }
-                Err(e) => return End::Violation(e.to_string()),
-            };
-            match packet {
-                Inbound::Publish(p) => {
-                    if let Err(why) = accept_publish(p, id, &mut batch, &mut acks) {
-                        return End::Violation(why);
+            if buf.capacity() - buf.len() < read_size {
+                buf.reserve(read_size);
+            }
+            let n = tokio::select! {
+                biased;
+                _ = kicked.notified() => return End::Replaced,
+                _ = shutdown.changed() => return End::ShuttingDown,
+                _ = outbox.ready.notified() => {
+                    for p in outbox.take() {
+                        self.encode_outbound(p, &mut out);
                     }
+                    if let Err(e) = stream.write_all(&out).await {
+                        return End::Io(e);
+                    }
+                    out.clear();
+                    continue;
                 }
-                Inbound::PingReq => codec::pingresp(&mut out),
-                Inbound::Subscribe(s) => {
-                    if let Some(f) = s
-                        .filters
-                        .iter()
-                        .find(|f| !allowed_filter(&f.path, id.device_id.as_str()))
-                    {
+                r = timeout_at(deadline, stream.read_buf(&mut buf)) => match r {
+                    Err(_) => return End::KeepAlive,
+                    Ok(Ok(0)) => return End::PeerClosed,
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return End::Io(e),
+                },
+            };
+            deadline = Instant::now() + idle;
+            GatewayMetrics::inc(&self.shared.metrics.bytes_in, n as u64);
+            // Grow reads while the peer keeps them full; shrink back when it goes quiet.
+            read_size = if n >= read_size {
+                (read_size * 2).min(MAX_READ)
+            } else {
+                MIN_READ.max(n)
+            };
+
+            let mut disconnect = false;
+            loop {
+                let packet = match codec::decode(&mut buf, self.shared.config.max_message_bytes) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(codec::CodecError::TooLarge(n)) => {
                         return End::Violation(format!(
-                            "subscription to {:?} is not allowed for this device",
-                            f.path
+                            "message of {n} bytes exceeds the limit of {} bytes (mqtt.max_message_bytes)",
+                            self.shared.config.max_message_bytes
                         ));
                     }
-                    let granted: Vec<Option<u8>> = s
-                        .filters
-                        .iter()
-                        .map(|f| Some((f.qos as u8).min(1)))
-                        .collect();
-                    codec::suback(s.pkid, &granted, &mut out);
+                    Err(e) => return End::Violation(e.to_string()),
+                };
+                match packet {
+                    Inbound::Publish(p) => {
+                        if p.qos > 1 {
+                            return End::Violation("QoS 2 is not supported".into());
+                        }
+                        let topic = match p.topic_str() {
+                            Ok(t) => t.to_owned(),
+                            Err(e) => return End::Violation(e.to_string()),
+                        };
+                        if let Some(req) = requests::parse(&topic) {
+                            if p.qos == 1 {
+                                codec::puback(p.pkid, &mut out);
+                            }
+                            // Boxed: rare, and it would otherwise grow every connection's
+                            // future (an idle connection should stay under 2 KiB).
+                            Box::pin(self.request(req, p.payload, &mut out)).await;
+                        } else if let Err(why) =
+                            accept_publish(p, &topic, self.id, &mut batch, &mut acks)
+                        {
+                            return End::Violation(why);
+                        }
+                    }
+                    Inbound::PingReq => codec::pingresp(&mut out),
+                    Inbound::Subscribe(s) => {
+                        let mut granted = Vec::with_capacity(s.filters.len());
+                        for f in &s.filters {
+                            let Some(feature) = feature_of(&f.path, self.id.device_id.as_str())
+                            else {
+                                return End::Violation(format!(
+                                    "subscription to {:?} is not allowed for this device",
+                                    f.path
+                                ));
+                            };
+                            self.features.set(feature, true);
+                            if !self.filters.contains(&f.path) {
+                                self.filters.push(f.path.clone());
+                            }
+                            granted.push(Some((f.qos as u8).min(1)));
+                        }
+                        Box::pin(self.store_filters()).await;
+                        codec::suback(s.pkid, &granted, &mut out);
+                        if s.filters.iter().any(|f| {
+                            feature_of(&f.path, self.id.device_id.as_str())
+                                == Some(Feature::CloudToDevice)
+                        }) {
+                            // Messages may have been waiting for this subscription.
+                            let services = Arc::clone(&self.shared.services);
+                            let d = self.id.device_id.clone();
+                            tokio::task::spawn_blocking(move || services.c2d_ready(&d));
+                        }
+                    }
+                    Inbound::Unsubscribe(u) => {
+                        for f in &u.filters {
+                            if let Some(feature) = feature_of(f, self.id.device_id.as_str()) {
+                                self.features.set(feature, false);
+                            }
+                            self.filters.retain(|x| x != f);
+                        }
+                        Box::pin(self.store_filters()).await;
+                        codec::unsuback(u.pkid, &mut out);
+                    }
+                    Inbound::PubAck(pkid) => {
+                        if let Some(lock) = self.inflight.remove(&pkid) {
+                            let services = Arc::clone(&self.shared.services);
+                            let d = self.id.device_id.clone();
+                            Box::pin(blocking(move || services.c2d_acknowledged(&d, lock))).await;
+                        }
+                    }
+                    Inbound::Disconnect => {
+                        disconnect = true;
+                        break;
+                    }
+                    other => return End::Violation(format!("unexpected packet {other:?}")),
                 }
-                Inbound::Unsubscribe(u) => codec::unsuback(u.pkid, &mut out),
-                Inbound::PubAck(_) => {}
-                Inbound::Disconnect => {
-                    disconnect = true;
+            }
+            if !batch.is_empty() {
+                let count = batch.len() as u64;
+                // Waiting here is the backpressure: nothing more is read from this device
+                // until its events are queued, and, for QoS 1, durable.
+                let queued = self
+                    .shared
+                    .ingest
+                    .ingest(&self.id.device_id, std::mem::take(&mut batch))
+                    .await;
+                let durable = match queued {
+                    Ok(ack) if !acks.is_empty() => ack.await,
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = durable {
+                    tracing::warn!(device = %self.id.device_id, error = %e, "messages not stored; closing without acknowledging them");
+                    return End::NotStored;
+                }
+                GatewayMetrics::inc(&self.shared.metrics.messages_in, count);
+                for pkid in acks.drain(..) {
+                    codec::puback(pkid, &mut out);
+                }
+            }
+            if !out.is_empty() {
+                if let Err(e) = stream.write_all(&out).await {
+                    return End::Io(e);
+                }
+                out.clear();
+            }
+            if disconnect {
+                return End::Disconnect;
+            }
+            if buf.is_empty() && read_size == MIN_READ && buf.capacity() > 4 * MIN_READ {
+                // Give an idle connection's buffer back.
+                buf = BytesMut::new();
+            }
+        }
+    }
+
+    async fn store_filters(&self) {
+        if self.clean_session {
+            return;
+        }
+        let services = Arc::clone(&self.shared.services);
+        let (d, filters) = (self.id.device_id.clone(), self.filters.clone());
+        blocking(move || services.store_subscriptions(&d, &filters)).await;
+    }
+
+    /// Encodes a publish from the hub; QoS 1 ones get a packet id and are tracked until
+    /// the device acknowledges them.
+    fn encode_outbound(&mut self, p: DevicePublish, out: &mut BytesMut) {
+        let mut pkid = 0;
+        if p.qos > 0 {
+            loop {
+                self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+                if !self.inflight.contains_key(&self.next_pkid) {
                     break;
                 }
-                other => return End::Violation(format!("unexpected packet {other:?}")),
+            }
+            pkid = self.next_pkid;
+            if let Some(lock) = p.lock {
+                self.inflight.insert(pkid, lock);
             }
         }
-        if !batch.is_empty() {
-            let count = batch.len() as u64;
-            // Waiting here is the backpressure: nothing more is read from this device
-            // until its events are queued, and, for QoS 1, durable.
-            let queued = shared
-                .ingest
-                .ingest(&id.device_id, std::mem::take(&mut batch))
-                .await;
-            let durable = match queued {
-                Ok(ack) if !acks.is_empty() => ack.await,
-                Ok(_) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = durable {
-                tracing::warn!(device = %id.device_id, error = %e, "messages not stored; closing without acknowledging them");
-                return End::NotStored;
+        codec::publish(&p.topic, &p.payload, p.qos.min(1), pkid, false, out);
+    }
+
+    /// Answers a twin request or passes on a method response. Twin responses go out even
+    /// without a subscription to `$iothub/twin/res/#` (the SDK relies on it).
+    async fn request(&self, req: DeviceRequest<'_>, payload: Bytes, out: &mut BytesMut) {
+        let services = Arc::clone(&self.shared.services);
+        let d = self.id.device_id.clone();
+        match req {
+            DeviceRequest::TwinGet { rid } => {
+                let (topic, body) = match blocking(move || services.twin(&d)).await {
+                    Some(Ok(twin)) => (requests::twin_response(200, rid, None), twin.to_string()),
+                    Some(Err(e)) => (
+                        requests::twin_response(e.status, rid, None),
+                        error_body(&e.message),
+                    ),
+                    None => (
+                        requests::twin_response(500, rid, None),
+                        error_body("internal error"),
+                    ),
+                };
+                codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
             }
-            GatewayMetrics::inc(&shared.metrics.messages_in, count);
-            for pkid in acks.drain(..) {
-                codec::puback(pkid, &mut out);
+            DeviceRequest::TwinPatchReported { rid } => {
+                let (topic, body) =
+                    match blocking(move || services.patch_reported(&d, &payload)).await {
+                        Some(Ok(version)) => (
+                            requests::twin_response(204, rid, Some(version)),
+                            String::new(),
+                        ),
+                        Some(Err(e)) => (
+                            requests::twin_response(e.status, rid, None),
+                            error_body(&e.message),
+                        ),
+                        None => (
+                            requests::twin_response(500, rid, None),
+                            error_body("internal error"),
+                        ),
+                    };
+                codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
             }
-        }
-        if !out.is_empty() {
-            if let Err(e) = stream.write_all(&out).await {
-                return End::Io(e);
+            DeviceRequest::MethodResponse { status, rid } => {
+                let rid = rid.to_owned();
+                blocking(move || services.method_response(&d, &rid, status, payload)).await;
             }
-            out.clear();
-        }
-        if disconnect {
-            return End::Disconnect;
-        }
-        if buf.is_empty() && read_size == MIN_READ && buf.capacity() > 4 * MIN_READ {
-            // Give an idle connection's buffer back.
-            buf = BytesMut::new();
         }
     }
 }
 
+fn error_body(message: &str) -> String {
+    serde_json::json!({ "message": message }).to_string()
+}
+
 fn accept_publish(
     p: Publish,
+    topic: &str,
     id: &Identity,
     batch: &mut Vec<Event>,
     acks: &mut Vec<u16>,
 ) -> Result<(), String> {
-    if p.qos > 1 {
-        return Err("QoS 2 is not supported".into());
-    }
-    let topic = p.topic_str().map_err(|e| e.to_string())?;
     let Some(DeviceTopic::Telemetry { bag }) = classify(topic, id.device_id.as_str()) else {
         return Err(format!(
             "publish to {topic:?} is not allowed for this device"

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus};
+use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, EventSource};
 use weir_storage::DeviceUpsert;
 
 use super::ApiState;
@@ -17,7 +17,7 @@ use super::error::ApiError;
 const NEVER: &str = "0001-01-01T00:00:00Z";
 
 /// The Device document IoT Hub returns (plus `tags`, Weir's extension).
-pub fn device_json(rec: &DeviceRecord, connected: bool) -> Value {
+pub fn device_json(rec: &DeviceRecord, connected: bool, c2d_pending: usize) -> Value {
     let (primary, secondary) = rec.sas_keys().unwrap_or_default();
     json!({
         "deviceId": rec.device_id,
@@ -30,7 +30,7 @@ pub fn device_json(rec: &DeviceRecord, connected: bool) -> Value {
         "connectionStateUpdatedTime": NEVER,
         "statusUpdatedTime": rec.status_updated_time,
         "lastActivityTime": NEVER,
-        "cloudToDeviceMessageCount": 0,
+        "cloudToDeviceMessageCount": c2d_pending,
         "authentication": {
             "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary},
             "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
@@ -64,7 +64,13 @@ pub async fn list(
         .registry
         .list(top)
         .iter()
-        .map(|d| device_json(d, s.gateway.is_connected(&d.device_id)))
+        .map(|d| {
+            device_json(
+                d,
+                s.gateway.is_connected(&d.device_id),
+                s.hub.c2d.pending(&d.device_id),
+            )
+        })
         .collect();
     Ok(Json(Value::Array(devices)))
 }
@@ -79,7 +85,7 @@ pub async fn show(
         .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
     Ok(with_etag(
         &rec,
-        device_json(&rec, s.gateway.is_connected(&id)),
+        device_json(&rec, s.gateway.is_connected(&id), s.hub.c2d.pending(&id)),
         StatusCode::OK,
     ))
 }
@@ -176,10 +182,17 @@ pub async fn put(
     let (rec, created) = s.registry.upsert(req, condition)?;
     if created {
         tracing::info!(device = %id, "device created");
+        let twin = super::twins::twin_json(&rec, false, 0);
+        s.hub.events.emit(
+            &id,
+            EventSource::DeviceLifecycleEvents,
+            "createDeviceIdentity",
+            twin,
+        );
     }
     Ok(with_etag(
         &rec,
-        device_json(&rec, s.gateway.is_connected(&id)),
+        device_json(&rec, s.gateway.is_connected(&id), s.hub.c2d.pending(&id)),
         StatusCode::OK,
     ))
 }
@@ -189,7 +202,17 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    s.registry.delete(&id, if_match(&headers))?;
+    let rec = s.registry.delete(&id, if_match(&headers))?;
     tracing::info!(device = %id, "device deleted");
+    if let Err(e) = s.hub.c2d.purge(&id, &rec.generation_id) {
+        tracing::warn!(device = %id, error = %e, "cannot drop the deleted device's messages");
+    }
+    let twin = super::twins::twin_json(&rec, false, 0);
+    s.hub.events.emit(
+        &id,
+        EventSource::DeviceLifecycleEvents,
+        "deleteDeviceIdentity",
+        twin,
+    );
     Ok(StatusCode::NO_CONTENT)
 }

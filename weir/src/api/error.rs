@@ -45,9 +45,11 @@ impl From<weir_storage::RegistryError> for ApiError {
             E::PreconditionFailed { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", msg)
             }
-            E::InvalidId(_) | E::IdMismatch { .. } | E::InvalidKey(_) | E::InvalidTags => {
-                ApiError::bad_request(msg)
-            }
+            E::InvalidId(_)
+            | E::IdMismatch { .. }
+            | E::InvalidKey(_)
+            | E::InvalidTags
+            | E::Twin(_) => ApiError::bad_request(msg),
             E::Storage(_) => {
                 tracing::error!(error = %msg, "registry storage failure");
                 ApiError::new(

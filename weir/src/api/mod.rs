@@ -3,12 +3,15 @@
 mod auth;
 mod devices;
 mod error;
+mod messages;
 mod metrics;
+mod twins;
+pub mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use weir_engine::EngineMetrics;
 use weir_gateways::{GatewayMetrics, MqttGateway};
 use weir_storage::Registry;
@@ -21,7 +24,10 @@ pub struct ApiState {
     pub hostname: String,
     pub keys: ServiceKeys,
     pub registry: Arc<Registry>,
+    pub hub: Arc<crate::hub::Hub>,
     pub gateway: MqttGateway,
+    /// Flips to true when the hub stops; WebSocket connections watch it.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub engine_metrics: Arc<EngineMetrics>,
     pub gateway_metrics: Arc<GatewayMetrics>,
     pub archive_metrics: Arc<ArchiveMetrics>,
@@ -36,6 +42,22 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/devices/{id}",
             get(devices::show).put(devices::put).delete(devices::delete),
         )
+        .route("/devices/{id}/messages/deviceBound", post(messages::send))
+        .route("/devices/{id}/commands", delete(messages::purge))
+        .route("/messages/serviceBound/feedback", get(messages::feedback))
+        .route(
+            "/messages/serviceBound/feedback/{token}",
+            delete(messages::complete_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{token}/abandon",
+            post(messages::abandon_feedback),
+        )
+        .route(
+            "/twins/{id}",
+            get(twins::get).patch(twins::patch).put(twins::replace),
+        )
+        .route("/twins/{id}/methods", post(twins::invoke))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_service_token,
@@ -43,6 +65,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::render))
+        // Devices authenticate inside MQTT (their SAS token is in CONNECT), not here.
+        .route("/$iothub/websocket", get(ws::upgrade))
         .merge(service)
         .fallback(error::not_found)
         .with_state(state)

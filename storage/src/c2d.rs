@@ -1,0 +1,422 @@
+//! Cloud-to-device messages: a persistent queue per device, and the feedback services read.
+//!
+//! IoT Hub keeps at most 50 messages per device, each with an expiry; a message leaves the
+//! queue when the device acknowledges it (MQTT PUBACK), when it expires, or when the queue
+//! is purged. Depending on the `ack` the sender asked for, that outcome becomes a feedback
+//! record, which services read, lock and complete (`/messages/serviceBound/feedback`).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+/// Messages by `"{device}/{seq:020}"`, so one device's queue is a key range in order.
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_messages");
+const FEEDBACK: TableDefinition<u64, &[u8]> = TableDefinition::new("c2d_feedback");
+
+/// The most messages waiting for one device.
+pub const MAX_PENDING: usize = 50;
+
+#[derive(Debug, thiserror::Error)]
+pub enum C2dError {
+    #[error("device {0} already has {MAX_PENDING} messages waiting")]
+    QueueFull(String),
+    #[error("cloud-to-device store error: {0}")]
+    Storage(String),
+}
+
+fn storage<E: std::fmt::Display>(e: E) -> C2dError {
+    C2dError::Storage(e.to_string())
+}
+
+/// Which outcomes the sender wants feedback for (`iothub-ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    #[default]
+    None,
+    Positive,
+    Negative,
+    Full,
+}
+
+impl AckMode {
+    pub fn parse(s: &str) -> Option<AckMode> {
+        match s.to_ascii_lowercase().as_str() {
+            "none" => Some(AckMode::None),
+            "positive" => Some(AckMode::Positive),
+            "negative" => Some(AckMode::Negative),
+            "full" => Some(AckMode::Full),
+            _ => None,
+        }
+    }
+
+    fn wants(self, success: bool) -> bool {
+        match self {
+            AckMode::None => false,
+            AckMode::Positive => success,
+            AckMode::Negative => !success,
+            AckMode::Full => true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct C2dMessage {
+    /// Store-wide sequence number; also the lock the device acknowledges.
+    pub seq: u64,
+    pub device_id: String,
+    pub message_id: String,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub properties: Vec<(String, String)>,
+    /// Base64 of the payload.
+    pub body: String,
+    pub enqueued_ms: i64,
+    pub expiry_ms: i64,
+    pub ack: AckMode,
+    pub deliveries: u32,
+}
+
+impl C2dMessage {
+    pub fn payload(&self) -> Vec<u8> {
+        STANDARD.decode(&self.body).unwrap_or_default()
+    }
+
+    pub fn encode_body(body: &[u8]) -> String {
+        STANDARD.encode(body)
+    }
+}
+
+/// One feedback record, in IoT Hub's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Feedback {
+    pub original_message_id: String,
+    pub enqueued_time_utc: String,
+    pub status_code: String,
+    pub description: String,
+    pub device_id: String,
+    pub device_generation_id: String,
+}
+
+pub struct C2dStore {
+    db: Database,
+    next: AtomicU64,
+    /// Feedback handed out under a lock token and not yet completed.
+    locks: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
+}
+
+/// How long a feedback batch stays locked before it is handed out again.
+const LOCK_FOR: Duration = Duration::from_secs(60);
+
+fn key(device: &str, seq: u64) -> String {
+    format!("{device}/{seq:020}")
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl C2dStore {
+    pub fn open(path: &Path) -> Result<C2dStore, C2dError> {
+        let db = Database::create(path).map_err(storage)?;
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(MESSAGES).map_err(storage)?;
+        txn.open_table(FEEDBACK).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        let mut next = 1;
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            for row in txn
+                .open_table(MESSAGES)
+                .map_err(storage)?
+                .iter()
+                .map_err(storage)?
+            {
+                let (_, v) = row.map_err(storage)?;
+                if let Ok(m) = serde_json::from_slice::<C2dMessage>(v.value()) {
+                    next = next.max(m.seq + 1);
+                }
+            }
+            if let Some(row) = txn
+                .open_table(FEEDBACK)
+                .map_err(storage)?
+                .last()
+                .map_err(storage)?
+            {
+                next = next.max(row.0.value() + 1);
+            }
+        }
+        Ok(C2dStore {
+            db,
+            next: AtomicU64::new(next),
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn device_messages(&self, device: &str) -> Result<Vec<C2dMessage>, C2dError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(MESSAGES).map_err(storage)?;
+        let (lo, hi) = (format!("{device}/"), format!("{device}0"));
+        let mut out = Vec::new();
+        for row in t.range(lo.as_str()..hi.as_str()).map_err(storage)? {
+            let (_, v) = row.map_err(storage)?;
+            out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+        }
+        Ok(out)
+    }
+
+    pub fn pending(&self, device: &str) -> usize {
+        self.device_messages(device).map_or(0, |v| v.len())
+    }
+
+    /// Queues a message; its `seq` is assigned here. 403-worthy when the queue is full.
+    pub fn enqueue(&self, mut m: C2dMessage) -> Result<C2dMessage, C2dError> {
+        if self.pending(&m.device_id) >= MAX_PENDING {
+            return Err(C2dError::QueueFull(m.device_id));
+        }
+        m.seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            let v = serde_json::to_vec(&m).map_err(storage)?;
+            t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
+                .map_err(storage)?;
+        }
+        txn.commit().map_err(storage)?;
+        Ok(m)
+    }
+
+    /// Removes a message and records feedback for it when its sender asked for it.
+    fn finish(&self, m: &C2dMessage, status: &str, generation: &str) -> Result<(), C2dError> {
+        let success = status == "Success";
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            t.remove(key(&m.device_id, m.seq).as_str())
+                .map_err(storage)?;
+            if m.ack.wants(success) {
+                let f = Feedback {
+                    original_message_id: m.message_id.clone(),
+                    enqueued_time_utc: rfc3339(m.enqueued_ms),
+                    status_code: status.into(),
+                    description: status.into(),
+                    device_id: m.device_id.clone(),
+                    device_generation_id: generation.into(),
+                };
+                let mut fb = txn.open_table(FEEDBACK).map_err(storage)?;
+                let v = serde_json::to_vec(&f).map_err(storage)?;
+                fb.insert(m.seq, v.as_slice()).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The oldest message for `device` that has not expired; expired ones are removed
+    /// (with feedback) on the way.
+    pub fn next_for(
+        &self,
+        device: &str,
+        now_ms: i64,
+        generation: &str,
+    ) -> Result<Option<C2dMessage>, C2dError> {
+        for m in self.device_messages(device)? {
+            if m.expiry_ms <= now_ms {
+                self.finish(&m, "Expired", generation)?;
+                continue;
+            }
+            return Ok(Some(m));
+        }
+        Ok(None)
+    }
+
+    /// Marks a delivery attempt.
+    pub fn delivering(&self, m: &C2dMessage) -> Result<(), C2dError> {
+        let mut m = m.clone();
+        m.deliveries += 1;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            let k = key(&m.device_id, m.seq);
+            if t.get(k.as_str()).map_err(storage)?.is_some() {
+                let v = serde_json::to_vec(&m).map_err(storage)?;
+                t.insert(k.as_str(), v.as_slice()).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+
+    /// The device acknowledged message `seq`: it is done.
+    pub fn complete(&self, device: &str, seq: u64, generation: &str) -> Result<bool, C2dError> {
+        let found = self
+            .device_messages(device)?
+            .into_iter()
+            .find(|m| m.seq == seq);
+        match found {
+            Some(m) => self.finish(&m, "Success", generation).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Removes every expired message of every device, recording feedback.
+    pub fn expire(
+        &self,
+        now_ms: i64,
+        generation_of: impl Fn(&str) -> String,
+    ) -> Result<usize, C2dError> {
+        let expired: Vec<C2dMessage> = {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let t = txn.open_table(MESSAGES).map_err(storage)?;
+            let mut v = Vec::new();
+            for row in t.iter().map_err(storage)? {
+                let (_, val) = row.map_err(storage)?;
+                let m: C2dMessage = serde_json::from_slice(val.value()).map_err(storage)?;
+                if m.expiry_ms <= now_ms {
+                    v.push(m);
+                }
+            }
+            v
+        };
+        for m in &expired {
+            self.finish(m, "Expired", &generation_of(&m.device_id))?;
+        }
+        Ok(expired.len())
+    }
+
+    /// Removes a device's queue; returns how many messages were dropped.
+    pub fn purge(&self, device: &str, generation: &str) -> Result<usize, C2dError> {
+        let all = self.device_messages(device)?;
+        for m in &all {
+            self.finish(m, "Purged", generation)?;
+        }
+        Ok(all.len())
+    }
+
+    /// Feedback records not locked by an earlier reader, under a new lock token.
+    pub fn feedback(&self, max: usize) -> Result<Option<(String, Vec<Feedback>)>, C2dError> {
+        let mut locks = self.locks.lock().map_err(storage)?;
+        locks.retain(|_, (t, _)| t.elapsed() < LOCK_FOR);
+        let locked: std::collections::HashSet<u64> = locks
+            .values()
+            .flat_map(|(_, s)| s.iter().copied())
+            .collect();
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(FEEDBACK).map_err(storage)?;
+        let mut seqs = Vec::new();
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)? {
+            let (k, v) = row.map_err(storage)?;
+            if locked.contains(&k.value()) {
+                continue;
+            }
+            seqs.push(k.value());
+            out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+            if out.len() >= max {
+                break;
+            }
+        }
+        if out.is_empty() {
+            return Ok(None);
+        }
+        let token = crate::secret::random_hex(16).map_err(storage)?;
+        locks.insert(token.clone(), (Instant::now(), seqs));
+        Ok(Some((token, out)))
+    }
+
+    /// Deletes the feedback handed out under `token`.
+    pub fn complete_feedback(&self, token: &str) -> Result<bool, C2dError> {
+        let Some((_, seqs)) = self.locks.lock().map_err(storage)?.remove(token) else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(FEEDBACK).map_err(storage)?;
+            for s in seqs {
+                t.remove(s).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(true)
+    }
+
+    /// Releases the feedback handed out under `token` so it is read again.
+    pub fn abandon_feedback(&self, token: &str) -> bool {
+        self.locks
+            .lock()
+            .is_ok_and(|mut l| l.remove(token).is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(device: &str, id: &str, expiry_ms: i64, ack: AckMode) -> C2dMessage {
+        C2dMessage {
+            seq: 0,
+            device_id: device.into(),
+            message_id: id.into(),
+            correlation_id: None,
+            content_type: None,
+            content_encoding: None,
+            properties: vec![],
+            body: C2dMessage::encode_body(b"hi"),
+            enqueued_ms: 1000,
+            expiry_ms,
+            ack,
+            deliveries: 0,
+        }
+    }
+
+    #[test]
+    fn queues_in_order_limits_expires_and_gives_feedback() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = C2dStore::open(&dir.path().join("c2d.redb")).expect("open");
+        let a = s.enqueue(msg("d1", "a", 5_000, AckMode::Full)).expect("a");
+        let b = s
+            .enqueue(msg("d1", "b", 50_000, AckMode::Positive))
+            .expect("b");
+        s.enqueue(msg("d10", "other", 50_000, AckMode::None))
+            .expect("other device");
+        assert!(b.seq > a.seq);
+        assert_eq!(s.pending("d1"), 2);
+        // At t=10s "a" has expired: it is skipped, with feedback.
+        let next = s
+            .next_for("d1", 10_000, "g")
+            .expect("next")
+            .expect("b is next");
+        assert_eq!(next.message_id, "b");
+        assert!(s.complete("d1", next.seq, "g").expect("complete"));
+        assert_eq!(s.pending("d1"), 0);
+        let (token, fb) = s.feedback(10).expect("fb").expect("some");
+        let codes: Vec<(&str, &str)> = fb
+            .iter()
+            .map(|f| (f.original_message_id.as_str(), f.status_code.as_str()))
+            .collect();
+        assert_eq!(codes, vec![("a", "Expired"), ("b", "Success")]);
+        assert!(
+            s.feedback(10).expect("fb").is_none(),
+            "locked feedback is not handed out twice"
+        );
+        assert!(s.complete_feedback(&token).expect("complete"));
+        for i in 0..MAX_PENDING {
+            s.enqueue(msg("full", &i.to_string(), 50_000, AckMode::None))
+                .expect("room");
+        }
+        assert!(matches!(
+            s.enqueue(msg("full", "x", 50_000, AckMode::None)),
+            Err(C2dError::QueueFull(_))
+        ));
+        assert_eq!(s.purge("full", "g").expect("purge"), MAX_PENDING);
+    }
+}

@@ -1,0 +1,206 @@
+//! `/twins/{id}` (get, patch, replace) and `/twins/{id}/methods` (direct methods).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, ServiceError};
+use weir_storage::registry::twin_etag;
+
+use super::ApiState;
+use super::error::ApiError;
+
+const NEVER: &str = "0001-01-01T00:00:00Z";
+
+/// The Twin document IoT Hub returns.
+pub fn twin_json(rec: &DeviceRecord, connected: bool, c2d_pending: usize) -> Value {
+    json!({
+        "deviceId": rec.device_id,
+        "etag": twin_etag(rec),
+        "deviceEtag": rec.etag,
+        "status": match rec.status { DeviceStatus::Enabled => "enabled", DeviceStatus::Disabled => "disabled" },
+        "statusReason": rec.status_reason,
+        "statusUpdateTime": rec.status_updated_time,
+        "connectionState": if connected { "Connected" } else { "Disconnected" },
+        "lastActivityTime": NEVER,
+        "cloudToDeviceMessageCount": c2d_pending,
+        "authenticationType": "sas",
+        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
+        "modelId": "",
+        "version": rec.twin_version,
+        "tags": rec.tags,
+        "properties": {
+            "desired": rec.desired.for_service(),
+            "reported": rec.reported.for_service(),
+        },
+        "capabilities": {"iotEdge": false},
+    })
+}
+
+fn respond(s: &ApiState, rec: &DeviceRecord) -> Response {
+    let body = twin_json(
+        rec,
+        s.hub.is_connected(&rec.device_id),
+        s.hub.c2d.pending(&rec.device_id),
+    );
+    let mut resp = (StatusCode::OK, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", twin_etag(rec))) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+pub fn from_service(e: ServiceError) -> ApiError {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let code = match e.status {
+        404 => "DeviceNotFound",
+        412 => "PreconditionFailed",
+        400 => "ArgumentInvalid",
+        _ => "ServerError",
+    };
+    ApiError::new(status, code, e.message)
+}
+
+pub async fn get(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = s
+        .registry
+        .get(&id)
+        .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
+    Ok(respond(&s, &rec))
+}
+
+fn body_json(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+async fn change(
+    s: Arc<ApiState>,
+    id: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    replace: bool,
+) -> Result<Response, ApiError> {
+    let doc = body_json(&body)?;
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let tags = doc.get("tags").filter(|t| !t.is_null()).cloned();
+    let desired = doc
+        .pointer("/properties/desired")
+        .filter(|d| !d.is_null())
+        .cloned()
+        .map(|mut d| {
+            // Services may echo the read-only parts back; they are not properties.
+            if let Value::Object(m) = &mut d {
+                m.remove("$metadata");
+                m.remove("$version");
+            }
+            d
+        });
+    if doc.pointer("/properties/reported").is_some_and(|r| {
+        !r.is_null()
+            && r.as_object()
+                .is_some_and(|m| m.keys().any(|k| !k.starts_with('$')))
+    }) {
+        return Err(ApiError::bad_request(
+            "reported properties are set by the device, not through the service API",
+        ));
+    }
+    let hub = Arc::clone(&s.hub);
+    let rec = tokio::task::spawn_blocking(move || {
+        hub.update_twin(
+            &id,
+            tags.as_ref(),
+            desired.as_ref(),
+            replace,
+            if_match.as_deref(),
+        )
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ServerError",
+            e.to_string(),
+        )
+    })?
+    .map_err(from_service)?;
+    Ok(respond(&s, &rec))
+}
+
+pub async fn patch(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    change(s, id, headers, body, false).await
+}
+
+pub async fn replace(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    change(s, id, headers, body, true).await
+}
+
+/// `POST /twins/{id}/methods`: 200 `{status, payload}`, 404 when the device is offline,
+/// 504 when it does not answer within `responseTimeoutInSeconds` (5–300, default 30).
+pub async fn invoke(
+    State(s): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let doc = body_json(&body)?;
+    let method = doc
+        .get("methodName")
+        .and_then(Value::as_str)
+        .filter(|m| !m.is_empty() && !m.contains(['/', '#', '+', '?']))
+        .ok_or_else(|| ApiError::bad_request("methodName is required and may not contain / # + ?"))?
+        .to_owned();
+    let timeout = match doc.get("responseTimeoutInSeconds") {
+        None | Some(Value::Null) => 30,
+        Some(v) => v
+            .as_u64()
+            .filter(|t| (5..=300).contains(t))
+            .ok_or_else(|| {
+                ApiError::bad_request("responseTimeoutInSeconds must be between 5 and 300")
+            })?,
+    };
+    if s.registry.get(&id).is_none() {
+        return Err(weir_storage::RegistryError::NotFound(id).into());
+    }
+    let payload = doc.get("payload").cloned().unwrap_or(Value::Null);
+    match s
+        .hub
+        .invoke(&id, &method, &payload, Duration::from_secs(timeout))
+        .await
+    {
+        Ok((status, payload)) => Ok((
+            StatusCode::OK,
+            Json(json!({ "status": status, "payload": payload })),
+        )
+            .into_response()),
+        Err(crate::hub::MethodError::NotOnline) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "DeviceNotOnline",
+            format!("device {id} is not connected and listening for direct methods"),
+        )),
+        Err(crate::hub::MethodError::Timeout) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "GatewayTimeout",
+            format!("device {id} did not answer {method} within {timeout} s"),
+        )),
+    }
+}

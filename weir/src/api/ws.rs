@@ -1,0 +1,68 @@
+//! MQTT over WebSocket at `/$iothub/websocket` (subprotocol `mqtt`), as IoT Hub serves it
+//! on 443. Binary frames are a byte stream for the MQTT gateway; an MQTT packet may span
+//! frames and a frame may hold several packets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::ApiState;
+
+/// The client address of the HTTP connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+pub async fn upgrade(
+    State(s): State<Arc<ApiState>>,
+    Extension(ClientAddr(peer)): Extension<ClientAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.protocols(["mqtt"])
+        .on_upgrade(move |socket| bridge(s, socket, peer))
+}
+
+/// Pipes the WebSocket's binary frames to and from an in-memory stream the gateway serves.
+async fn bridge(s: Arc<ApiState>, socket: WebSocket, peer: SocketAddr) {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    if !s.gateway.serve_stream(theirs, peer, s.shutdown.clone()) {
+        tracing::warn!(%peer, "connection limit reached; closing WebSocket");
+        return;
+    }
+    let (mut rd, mut wr) = tokio::io::split(ours);
+    let (mut sink, mut stream) = socket.split();
+    let inbound = async {
+        while let Some(Ok(msg)) = stream.next().await {
+            match msg {
+                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+        let _ = wr.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = sink.close().await;
+    };
+    tokio::join!(inbound, outbound);
+}
