@@ -48,6 +48,8 @@ class Hub:
         self.mqtt_port = ports.get("mqtt") or free_port()
         self.mqtts_port = ports.get("mqtts") or free_port()
         self.http_port = ports.get("http") or free_port()
+        # The Azure SDKs dial 8883 (MQTT/TLS) and 443 (WebSocket, service REST): fixed.
+        self.https_port = ports.get("https")
         self.config_path = self.workdir / "weir.toml"
         # Files become visible fast unless a test sets its own [archive].
         archive = "" if "[archive]" in config else "[archive]\nmax_age_secs = 0.5\n"
@@ -65,13 +67,15 @@ class Hub:
         return str(self.data / "tls" / "ca.pem")
 
     def start(self, timeout=30):
+        if getattr(self, "log", None) and not self.log.closed:
+            self.log.close()
         self.log = open(self.log_path, "ab")
         args = [
             str(WEIR), "serve", "-c", str(self.config_path),
             "--data-dir", str(self.data), "--rules", str(self.rules),
             "--mqtt", f"127.0.0.1:{self.mqtt_port}", "--mqtts", f"127.0.0.1:{self.mqtts_port}",
             "--http", f"127.0.0.1:{self.http_port}", "--hostname", self.hostname, "--workers", "2",
-        ] + self.extra_args
+        ] + (["--https", f"127.0.0.1:{self.https_port}"] if self.https_port else []) + self.extra_args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, cwd=self.workdir)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -86,14 +90,17 @@ class Hub:
         raise RuntimeError("weir did not become ready:\n" + self.log_text())
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else None
+            self.proc.send_signal(sig)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                raise
+        finally:
+            self.log.close()
 
     def log_text(self):
         try:
@@ -123,6 +130,12 @@ class Hub:
         r = self.call("PUT", f"/devices/{device_id}", body)
         assert r.status_code == 200, r.text
         return r.json()
+
+    def connection_string(self, device_id, key):
+        return f"HostName={self.hostname};DeviceId={device_id};SharedAccessKey={key}"
+
+    def service_connection_string(self):
+        return (self.data / "iothubowner.connstr").read_text().strip()
 
     def device_token(self, device_id, key, ttl=3600):
         return sas_token(f"{self.hostname}/devices/{device_id}", key, int(time.time()) + ttl)
