@@ -9,14 +9,14 @@ import paho.mqtt.client as mqtt
 class Device:
     """A paho client connected as one device; records CONNACK and disconnects."""
 
-    def __init__(self, hub, device_id, token, tls=True, keepalive=60):
+    def __init__(self, hub, device_id, token, tls=True, keepalive=60, clean_session=False):
         self.hub = hub
         self.device_id = device_id
         self.connack = None
         self.disconnected = threading.Event()
         self.disconnect_rc = None
         self.connected = threading.Event()
-        self.client = mqtt.Client(client_id=device_id, clean_session=False, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(client_id=device_id, clean_session=clean_session, protocol=mqtt.MQTTv311)
         self.client.username_pw_set(hub.username(device_id), token)
         if tls:
             self.client.tls_set(ca_certs=hub.ca)

@@ -170,6 +170,27 @@ pub enum DeviceCommand {
         #[arg(long)]
         secondary: bool,
     },
+    /// Send the device a cloud-to-device message (delivered when it is connected and
+    /// subscribed; kept up to the expiry otherwise).
+    Send {
+        id: String,
+        /// The payload.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// An application property as key=value (repeatable).
+        #[arg(long = "prop")]
+        properties: Vec<String>,
+        /// Seconds the message waits for the device (at most 48 hours).
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Feedback to record: none, positive, negative or full.
+        #[arg(long, default_value = "none", value_parser = ["none", "positive", "negative", "full"])]
+        ack: String,
+        #[arg(long)]
+        message_id: Option<String>,
+        #[arg(long)]
+        content_type: Option<String>,
+    },
     /// Print a SAS token for the device (the MQTT password).
     Token {
         id: String,

@@ -112,6 +112,23 @@ impl HubClient {
         body: Option<&Value>,
         if_match: Option<&str>,
     ) -> anyhow::Result<Reply> {
+        let mut headers = vec![("content-type".to_string(), "application/json".to_string())];
+        if let Some(m) = if_match {
+            headers.push(("if-match".into(), format!("\"{m}\"")));
+        }
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        self.call_raw(method, path, Bytes::from(payload), &headers)
+            .await
+    }
+
+    /// Sends any body with the given headers (cloud-to-device messages carry raw payloads).
+    pub async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        headers: &[(String, String)],
+    ) -> anyhow::Result<Reply> {
         let authority = self
             .uri
             .authority()
@@ -129,13 +146,11 @@ impl HubClient {
             .method(method)
             .uri(format!("{path}{sep}api-version=2021-04-12"))
             .header("host", authority.as_str())
-            .header("authorization", self.token()?)
-            .header("content-type", "application/json");
-        if let Some(m) = if_match {
-            req = req.header("if-match", format!("\"{m}\""));
+            .header("authorization", self.token()?);
+        for (k, v) in headers {
+            req = req.header(k.as_str(), v.as_str());
         }
-        let payload = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = req.body(Full::new(Bytes::from(payload)))?;
+        let req = req.body(Full::new(body))?;
         let resp = match &self.tls {
             None => send(TokioIo::new(tcp), req).await?,
             Some(conn) => {

@@ -112,6 +112,37 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
                 let dev = client.call(Method::GET, &path(&id), None, None).await?.ok()?;
                 println!("{}", connection_string(&client.hostname, &id, &key(&dev, secondary)?));
             }
+            DeviceCommand::Send {
+                id,
+                body,
+                properties,
+                ttl,
+                ack,
+                message_id,
+                content_type,
+            } => {
+                let expiry = chrono::Utc::now() + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(i64::MAX / 2).min(48 * 3600));
+                let mut headers = vec![
+                    ("iothub-ack".to_string(), ack),
+                    ("iothub-expiry".to_string(), expiry.to_rfc3339()),
+                ];
+                if let Some(m) = message_id {
+                    headers.push(("iothub-messageid".into(), m));
+                }
+                if let Some(c) = content_type {
+                    headers.push(("content-type".into(), c));
+                }
+                for p in properties {
+                    let (k, v) = p.split_once('=').ok_or_else(|| anyhow!("--prop {p:?} must be key=value"))?;
+                    headers.push((format!("iothub-app-{k}"), v.to_string()));
+                }
+                let path = format!("{}/messages/deviceBound", path(&id));
+                client
+                    .call_raw(Method::POST, &path, bytes::Bytes::from(body), &headers)
+                    .await?
+                    .ok()?;
+                println!("queued a message for {id}");
+            }
             DeviceCommand::Token { id, ttl } => {
                 let dev = client.call(Method::GET, &path(&id), None, None).await?.ok()?;
                 let expiry = weir_core::time::now_secs() + i64::try_from(ttl).unwrap_or(i64::MAX / 2);

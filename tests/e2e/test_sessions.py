@@ -1,0 +1,63 @@
+"""Session rules: one connection per device, keep-alive at 1.5×, subscriptions kept for
+persistent sessions, and `weir device send`."""
+
+import json
+import time
+
+from conftest import run_weir
+from rawmqtt import Raw
+from mqttclients import Device
+
+
+def test_a_new_connection_replaces_the_old_one(hub):
+    key = hub.create_device("twice")["authentication"]["symmetricKey"]["primaryKey"]
+    first = Raw(hub.mqtt_port)
+    assert first.connect("twice", hub.username("twice"), hub.device_token("twice", key)) == 0
+    second = Raw(hub.mqtt_port)
+    assert second.connect("twice", hub.username("twice"), hub.device_token("twice", key)) == 0
+    assert first.closed(5), "the older connection is closed"
+    assert second.publish("devices/twice/messages/events/", b"{}", pkid=1) == 1
+    second.close()
+
+
+def test_keep_alive_is_enforced_at_one_and_a_half_times(hub):
+    from rawmqtt import connect_packet
+    key = hub.create_device("quiet")["authentication"]["symmetricKey"]["primaryKey"]
+    r = Raw(hub.mqtt_port, timeout=10)
+    r.send(connect_packet("quiet", hub.username("quiet"), hub.device_token("quiet", key), keepalive=2))
+    assert r.packet()[0] == 2
+    t0 = time.time()
+    assert r.closed(10)
+    waited = time.time() - t0
+    assert 2.8 < waited < 4.5, f"closed after {waited:.1f} s; expected 3 s (1.5 × 2)"
+    assert "keep-alive expired" in hub.log_text()
+
+
+def test_persistent_sessions_keep_subscriptions_and_clean_ones_do_not(hub):
+    key = hub.create_device("sess")["authentication"]["symmetricKey"]["primaryKey"]
+    d = Device(hub, "sess", hub.device_token("sess", key))
+    assert d.connect() == 0
+    d.client.subscribe("devices/sess/messages/devicebound/#", qos=1)
+    time.sleep(0.5)
+    d.close()
+    got = []
+    again = Device(hub, "sess", hub.device_token("sess", key))
+    again.client.on_message = lambda c, u, m: got.append(m)
+    assert again.connect() == 0
+    r = run_weir("device", "send", "sess", "--body", "hello", "--prop", "color=blue sky", "--message-id", "cli-1",
+                 "--api", hub.api, "--data-dir", hub.data)
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 10
+    while not got and time.time() < deadline:
+        time.sleep(0.1)
+    assert got and got[0].payload == b"hello"
+    assert got[0].topic.startswith("devices/sess/messages/devicebound/%24.mid=cli-1")
+    assert "color=blue%20sky" in got[0].topic
+    again.close()
+    # A clean session forgets them: the next message waits.
+    clean = Device(hub, "sess", hub.device_token("sess", key), clean_session=True)
+    assert clean.connect() == 0
+    run_weir("device", "send", "sess", "--body", "later", "--api", hub.api, "--data-dir", hub.data)
+    time.sleep(1)
+    assert hub.call("GET", "/devices/sess").json()["cloudToDeviceMessageCount"] == 1
+    clean.close()
