@@ -79,10 +79,7 @@ pub async fn show(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rec = s
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
+    let rec = s.device(&id)?;
     Ok(with_etag(
         &rec,
         device_json(&rec, s.gateway.is_connected(&id), s.hub.c2d.pending(&id)),

@@ -7,7 +7,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_core::DeviceDirectory;
 use weir_storage::c2d::{AckMode, C2dError, C2dMessage};
 
 use super::ApiState;
@@ -33,9 +32,7 @@ pub async fn send(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    if s.registry.get(&id).is_none() {
-        return Err(weir_storage::RegistryError::NotFound(id).into());
-    }
+    s.device(&id)?;
     if body.len() > 64 * 1024 {
         return Err(ApiError::bad_request(
             "a cloud-to-device message may carry at most 64 KiB",
@@ -68,13 +65,7 @@ pub async fn send(
         .collect();
     let message_id = match h(&headers, "iothub-messageid") {
         Some(m) => m.to_owned(),
-        None => weir_storage::secret::random_hex(16).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ServerError",
-                e.to_string(),
-            )
-        })?,
+        None => weir_storage::secret::random_hex(16).map_err(ApiError::internal)?,
     };
     let msg = C2dMessage {
         seq: 0,
@@ -99,13 +90,7 @@ pub async fn send(
         queued
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )
-    })?;
+    .map_err(ApiError::internal)?;
     match result {
         Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(C2dError::QueueFull(d)) => Err(ApiError::new(
@@ -116,11 +101,7 @@ pub async fn send(
                 weir_storage::c2d::MAX_PENDING
             ),
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )),
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 
@@ -129,17 +110,12 @@ pub async fn purge(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rec = s
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
-    let n = s.hub.c2d.purge(&id, &rec.generation_id).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )
-    })?;
+    let rec = s.device(&id)?;
+    let n = s
+        .hub
+        .c2d
+        .purge(&id, &rec.generation_id)
+        .map_err(ApiError::internal)?;
     Ok((
         StatusCode::OK,
         Json(json!({ "totalMessagesPurged": n, "deviceId": id })),
@@ -150,13 +126,7 @@ pub async fn purge(
 /// `GET /messages/serviceBound/feedback`: a batch of feedback records under a lock token
 /// (`ETag` and `iothub-lockToken` headers), or 204 when there is none.
 pub async fn feedback(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let batch = s.hub.c2d.feedback(100).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )
-    })?;
+    let batch = s.hub.c2d.feedback(100).map_err(ApiError::internal)?;
     let Some((token, records)) = batch else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -179,11 +149,7 @@ pub async fn complete_feedback(
             "PreconditionFailed",
             "unknown or expired lock token",
         )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )),
+        Err(e) => Err(ApiError::internal(e)),
     }
 }
 

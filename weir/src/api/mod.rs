@@ -35,6 +35,16 @@ pub struct ApiState {
     pub reload: Arc<crate::reload::ReloadStatus>,
 }
 
+impl ApiState {
+    /// The device, or the 404 IoT Hub answers for a missing one.
+    pub fn device(&self, id: &str) -> Result<Arc<weir_core::DeviceRecord>, error::ApiError> {
+        use weir_core::DeviceDirectory;
+        self.registry
+            .get(id)
+            .ok_or_else(|| weir_storage::RegistryError::NotFound(id.to_owned()).into())
+    }
+}
+
 pub fn router(state: Arc<ApiState>) -> Router {
     let service = Router::new()
         .route("/devices", get(devices::list))

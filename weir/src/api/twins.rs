@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, ServiceError};
+use weir_core::{DeviceRecord, DeviceStatus, ServiceError};
 use weir_storage::registry::twin_etag;
 
 use super::ApiState;
@@ -69,10 +69,7 @@ pub async fn get(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rec = s
-        .registry
-        .get(&id)
-        .ok_or_else(|| ApiError::from(weir_storage::RegistryError::NotFound(id.clone())))?;
+    let rec = s.device(&id)?;
     Ok(respond(&s, &rec))
 }
 
@@ -126,13 +123,7 @@ async fn change(
         )
     })
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )
-    })?
+    .map_err(ApiError::internal)?
     .map_err(from_service)?;
     Ok(respond(&s, &rec))
 }
@@ -178,9 +169,7 @@ pub async fn invoke(
                 ApiError::bad_request("responseTimeoutInSeconds must be between 5 and 300")
             })?,
     };
-    if s.registry.get(&id).is_none() {
-        return Err(weir_storage::RegistryError::NotFound(id).into());
-    }
+    s.device(&id)?;
     let payload = doc.get("payload").cloned().unwrap_or(Value::Null);
     match s
         .hub
