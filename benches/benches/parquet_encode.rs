@@ -7,6 +7,10 @@ use weir_core::{ColumnValue, Delivery, SinkFactory};
 use weir_storage::commit::CommitStore;
 use weir_storage::{ParquetConfig, ParquetSinkFactory};
 
+/// The allocator the `weir` binary uses, so the figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let set = weir_benches::ten_routes();
     let endpoint = Arc::clone(&set.endpoints[0]);

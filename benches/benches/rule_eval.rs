@@ -7,6 +7,10 @@ use weir_rules::compile::compile_str;
 use weir_rules::eval::matches;
 use weir_rules::{EventView, Outcome};
 
+/// The allocator the `weir` binary uses, so the figures match it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench(c: &mut Criterion) {
     let set = weir_benches::ten_routes();
     let events: Vec<_> = (0..1024)

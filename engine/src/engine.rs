@@ -106,7 +106,7 @@ impl Engine {
             };
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, end) = feed_source(scope, reader, &*feed, tick);
-                let events = events.exchange(|e: &Event| device_hash(e.device_id.as_str()));
+                let events = events.exchange(|e: &Arc<Event>| device_hash(e.device_id.as_str()));
                 let events = match dedupe {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,

@@ -17,7 +17,7 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
         Ir::App(name) => m
             .app(name)
             .map_or(Val::Undef, |s| Val::Str(Cow::Borrowed(s))),
-        Ir::Body(path) => m.body_path(path).map_or(Val::Undef, Val::from_json),
+        Ir::Body(path) => m.body_path(path),
         Ir::Twin(section, path) => m
             .twin(*section)
             .and_then(|t| walk(t, path))

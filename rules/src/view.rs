@@ -9,6 +9,7 @@ use weir_core::{DeviceDirectory, DeviceRecord, Event};
 
 use crate::ast::Seg;
 use crate::body::LazyBody;
+use crate::value::Val;
 
 /// IoT Hub system properties a condition can reference with `$name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,8 +74,9 @@ pub trait MessageView {
     fn system(&self, p: SysProp) -> Option<Cow<'_, str>>;
     /// An application property, looked up case-insensitively.
     fn app(&self, name: &str) -> Option<&str>;
-    /// The value at a `$body` path; `None` when the body is not JSON or has no such value.
-    fn body_path(&self, path: &[Seg]) -> Option<&Json>;
+    /// The value at a `$body` path; undefined when the body is not JSON or has no such
+    /// value.
+    fn body_path(&self, path: &[Seg]) -> Val<'_>;
     fn twin(&self, section: TwinSection) -> Option<&Json>;
 }
 
@@ -116,14 +118,16 @@ impl<'a> EventView<'a> {
 /// IoT Hub only looks into bodies declared `application/json` in UTF-8/16/32. Plain MQTT
 /// clients declare nothing, so Weir also tries bodies that declare no content type.
 fn body_may_be_json(e: &Event) -> bool {
-    let ct_ok = e
-        .system
-        .content_type
-        .as_deref()
-        .is_none_or(|ct| ct.to_ascii_lowercase().contains("json"));
+    let ct_ok = e.system.content_type.as_deref().is_none_or(|ct| {
+        ct.as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json"))
+    });
     let ce_ok = e.system.content_encoding.as_deref().is_none_or(|ce| {
-        let ce = ce.to_ascii_lowercase();
-        ce.is_empty() || ce == "utf-8" || ce == "utf8" || ce == "utf-16" || ce == "utf-32"
+        ce.is_empty()
+            || ["utf-8", "utf8", "utf-16", "utf-32"]
+                .iter()
+                .any(|ok| ce.eq_ignore_ascii_case(ok))
     });
     ct_ok && ce_ok
 }
@@ -165,7 +169,7 @@ impl<'a> MessageView for EventView<'a> {
         self.event.property(name)
     }
 
-    fn body_path(&self, path: &[Seg]) -> Option<&Json> {
+    fn body_path(&self, path: &[Seg]) -> Val<'_> {
         self.body
             .get_or_init(|| {
                 if !body_may_be_json(self.event) {
@@ -173,8 +177,8 @@ impl<'a> MessageView for EventView<'a> {
                 }
                 LazyBody::parse(&self.event.body)
             })
-            .as_ref()?
-            .get(path)
+            .as_ref()
+            .map_or(Val::Undef, |b| b.get(path))
     }
 
     fn twin(&self, section: TwinSection) -> Option<&Json> {

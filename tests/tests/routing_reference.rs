@@ -27,7 +27,8 @@ fn lit() -> impl Strategy<Value = Lit> {
             "application/json",
             "",
             "HIGH",
-            "m1"
+            "m1",
+            "hi\"gh"
         ])
         .prop_map(|s| Lit::Str(s.into())),
         any::<bool>().prop_map(Lit::Bool),
@@ -200,7 +201,13 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         (
             num.clone(),
             num,
-            prop::option::of(prop::sample::select(vec!["high", "low", "HIGH"])),
+            prop::option::of(prop::sample::select(vec![
+                "high",
+                "low",
+                "HIGH",
+                "hi\"gh",
+                "back\\slash"
+            ])),
             any::<bool>()
         )
             .prop_map(|(t, h, label, nested)| {

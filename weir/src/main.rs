@@ -15,6 +15,12 @@ mod tls_setup;
 
 use clap::Parser;
 
+/// Events are decoded on one thread and freed on another (a sink's file holds them), a
+/// pattern where glibc's allocator spent a fifth of the engine's time; see
+/// docs/decisions/010-allocator-and-blocking-pool.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     match cli::run(cli) {

@@ -28,6 +28,9 @@ use crate::{http_server, tls_setup};
 /// The example rules written into ./rules when it does not exist.
 pub const EXAMPLE_RULES: &str = include_str!("../../rules/example.toml");
 
+/// Threads for blocking work; see `run`.
+const BLOCKING_THREADS: usize = 4;
+
 /// How long a graceful stop may take before Weir gives up waiting.
 const STOP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -36,6 +39,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("weir-io")
+        // Blocking work (registry and session writes in redb, one writer at a time) gains
+        // nothing from hundreds of threads; tokio's default of 512 let a connect storm
+        // spawn one per device, each with its stack and allocator heap resident.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(serve(cfg))

@@ -8,10 +8,12 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-use timely::dataflow::Stream;
+use ahash::RandomState;
+
+use super::Events;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::{DeviceId, Event};
@@ -21,11 +23,31 @@ use crate::metrics::EngineMetrics;
 
 /// A 64-bit digest of what identifies a message: remembering digests instead of ids keeps
 /// the window free of allocations (a collision needs ~2^32 ids in one device's window).
+/// Digests come from a per-process random key, so a device cannot aim for a collision.
 type Key = u64;
+
+/// Digests are already uniformly distributed; hashing them again for the set (SipHash, by
+/// default) cost more than the rest of the lookup.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 #[derive(Default)]
 struct Window {
-    seen: HashSet<Key>,
+    seen: HashSet<Key, BuildHasherDefault<DigestHasher>>,
     order: VecDeque<(i64, Key)>,
 }
 
@@ -43,23 +65,15 @@ impl Window {
     }
 }
 
-fn message_id_key(mid: &str) -> Key {
-    let mut h = DefaultHasher::new();
-    (0u8, mid).hash(&mut h);
-    h.finish()
-}
-
-fn packet_key(pkid: u16, body: &[u8]) -> Key {
-    let mut h = DefaultHasher::new();
-    (1u8, pkid, body).hash(&mut h);
-    h.finish()
-}
-
 /// True when `e` repeats something in `w`; records `e` either way.
-fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
+fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig, keys: &RandomState) -> bool {
     w.evict(e.enqueued_ms, cfg);
-    let packet = e.packet_id.map(|p| packet_key(p, &e.body));
-    let mid = e.system.message_id.as_deref().map(message_id_key);
+    let packet = e.packet_id.map(|p| keys.hash_one((1u8, p, &e.body[..])));
+    let mid = e
+        .system
+        .message_id
+        .as_deref()
+        .map(|m| keys.hash_one((0u8, m)));
     let repeat = mid.is_some_and(|k| w.seen.contains(&k))
         || (e.redelivered && packet.is_some_and(|k| w.seen.contains(&k)));
     for k in [mid, packet].into_iter().flatten() {
@@ -71,20 +85,13 @@ fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig) -> bool {
 }
 
 pub(crate) trait Dedupe<'s> {
-    fn dedupe(
-        self,
-        config: DedupeConfig,
-        metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, u64, Vec<Event>>;
+    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Events<'s>;
 }
 
-impl<'s> Dedupe<'s> for Stream<'s, u64, Vec<Event>> {
-    fn dedupe(
-        self,
-        config: DedupeConfig,
-        metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, u64, Vec<Event>> {
-        let mut devices: HashMap<DeviceId, Window> = HashMap::new();
+impl<'s> Dedupe<'s> for Events<'s> {
+    fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Events<'s> {
+        let keys = RandomState::new();
+        let mut devices: HashMap<DeviceId, Window, RandomState> = HashMap::default();
         self.unary(Pipeline, "Dedupe", move |_cap, _info| {
             move |input, output| {
                 input.for_each(|cap, data| {
@@ -99,7 +106,7 @@ impl<'s> Dedupe<'s> for Stream<'s, u64, Vec<Event>> {
                             Entry::Occupied(o) => o.into_mut(),
                             Entry::Vacant(v) => v.insert(Window::default()),
                         };
-                        if is_repeat(w, &e, &config) {
+                        if is_repeat(w, &e, &config, &keys) {
                             dropped += 1;
                         } else {
                             session.give(e);
@@ -137,30 +144,50 @@ mod tests {
             per_device: 3,
         };
         let mut w = Window::default();
+        let keys = RandomState::new();
         assert!(!is_repeat(
             &mut w,
             &ev(0, Some("a"), None, false, b"1"),
-            &cfg
+            &cfg,
+            &keys
         ));
         assert!(is_repeat(
             &mut w,
             &ev(1, Some("a"), None, false, b"2"),
-            &cfg
+            &cfg,
+            &keys
         ));
-        assert!(!is_repeat(&mut w, &ev(2, None, Some(7), false, b"x"), &cfg));
+        assert!(!is_repeat(
+            &mut w,
+            &ev(2, None, Some(7), false, b"x"),
+            &cfg,
+            &keys
+        ));
         // Same packet id and body, but not marked DUP: a new message that happens to match.
-        assert!(!is_repeat(&mut w, &ev(3, None, Some(7), false, b"x"), &cfg));
-        assert!(is_repeat(&mut w, &ev(4, None, Some(7), true, b"x"), &cfg));
+        assert!(!is_repeat(
+            &mut w,
+            &ev(3, None, Some(7), false, b"x"),
+            &cfg,
+            &keys
+        ));
+        assert!(is_repeat(
+            &mut w,
+            &ev(4, None, Some(7), true, b"x"),
+            &cfg,
+            &keys
+        ));
         assert!(!is_repeat(
             &mut w,
             &ev(5, None, Some(7), true, b"other body"),
-            &cfg
+            &cfg,
+            &keys
         ));
         // Out of the time window.
         assert!(!is_repeat(
             &mut w,
             &ev(20_000, Some("a"), None, false, b"1"),
-            &cfg
+            &cfg,
+            &keys
         ));
     }
 }

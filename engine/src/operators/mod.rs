@@ -13,7 +13,12 @@ pub(crate) use source::feed_source;
 
 use std::sync::Arc;
 
-use weir_core::{Delivery, EndpointSpec};
+use timely::dataflow::Stream;
+use weir_core::{Delivery, EndpointSpec, Event};
+
+/// Events in the dataflow, shared: operators move pointers, and a sink's open file keeps
+/// the event alive without a copy.
+pub(crate) type Events<'s> = Stream<'s, u64, Vec<Arc<Event>>>;
 
 /// An event on its way into one endpoint.
 pub(crate) struct Routed {

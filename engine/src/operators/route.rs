@@ -6,10 +6,10 @@ use std::time::Instant;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::{DeviceDirectory, Event};
+use weir_core::DeviceDirectory;
 use weir_rules::{EventView, Outcome};
 
-use super::Routed;
+use super::{Events, Routed};
 use crate::engine::{RulesHandle, TraceFn};
 use crate::metrics::EngineMetrics;
 
@@ -25,7 +25,7 @@ pub(crate) trait Route<'s> {
     ) -> Stream<'s, u64, Vec<Routed>>;
 }
 
-impl<'s> Route<'s> for Stream<'s, u64, Vec<Event>> {
+impl<'s> Route<'s> for Events<'s> {
     fn route(
         self,
         rules: RulesHandle,
@@ -43,7 +43,6 @@ impl<'s> Route<'s> for Stream<'s, u64, Vec<Event>> {
                     let mut session = output.session(&cap);
                     let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
                     for event in data.drain(..) {
-                        let event = Arc::new(event);
                         let view = EventView::new(&event, &*directory);
                         rules.evaluate(&view, event.source, &mut outcome);
                         if reads_body && view.body_is_malformed() {

@@ -2,15 +2,18 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::Events;
 use timely::dataflow::Scope;
-use timely::dataflow::Stream;
 use timely::dataflow::operators::generic::operator::source;
 use weir_core::{Event, EventFeed, FeedReader};
 
 /// Events taken per activation before yielding to the rest of the dataflow.
 const EVENTS_PER_ACTIVATION: usize = 8192;
+/// Read-buffer capacity (in events) kept between reads when the feed is quiet.
+const RETAINED_CAPACITY: usize = 512;
 
 /// Emits the partition's events at their offsets and holds its capability at the reader's
 /// position, so the frontier downstream says which offsets are complete. The returned cell
@@ -20,7 +23,7 @@ pub(crate) fn feed_source<'s>(
     mut reader: Box<dyn FeedReader>,
     feed: &dyn EventFeed,
     tick: Duration,
-) -> (Stream<'s, u64, Vec<Event>>, Rc<Cell<u64>>) {
+) -> (Events<'s>, Rc<Cell<u64>>) {
     let end = Rc::new(Cell::new(0u64));
     let position = Rc::clone(&end);
     let stream = source(scope, "Feed", |cap, info| {
@@ -39,9 +42,17 @@ pub(crate) fn feed_source<'s>(
                     if let Some(first) = buf.first() {
                         let t = first.offset.max(*c.time());
                         let n = buf.len();
-                        output.session(&c.delayed(&t)).give_iterator(buf.drain(..));
+                        // Shared from here on: the dataflow moves pointers, and the sinks
+                        // keep the event alive for as long as a file holds it.
+                        output
+                            .session(&c.delayed(&t))
+                            .give_iterator(buf.drain(..).map(Arc::new));
                         if n == EVENTS_PER_ACTIVATION {
                             activator.activate();
+                        } else if n < RETAINED_CAPACITY && buf.capacity() > RETAINED_CAPACITY {
+                            // A burst (a connect storm's connection events) is over: give
+                            // its megabytes back rather than hold them while idle.
+                            buf = Vec::new();
                         }
                     }
                     if frontier > *c.time() {
@@ -63,6 +74,6 @@ pub(crate) fn feed_source<'s>(
             activator.activate_after(tick);
         }
     })
-    .container::<Vec<Event>>();
+    .container::<Vec<Arc<Event>>>();
     (stream, end)
 }
