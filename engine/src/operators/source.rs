@@ -52,7 +52,7 @@ pub(crate) fn feed_source<'s>(
                         } else if n < RETAINED_CAPACITY && buf.capacity() > RETAINED_CAPACITY {
                             // A burst (a connect storm's connection events) is over: give
                             // its megabytes back rather than hold them while idle.
-                            buf = Vec::new();
+                            buf.shrink_to(RETAINED_CAPACITY);
                         }
                     }
                     if frontier > *c.time() {
