@@ -145,49 +145,15 @@ mod tests {
         };
         let mut w = Window::default();
         let keys = RandomState::new();
-        assert!(!is_repeat(
-            &mut w,
-            &ev(0, Some("a"), None, false, b"1"),
-            &cfg,
-            &keys
-        ));
-        assert!(is_repeat(
-            &mut w,
-            &ev(1, Some("a"), None, false, b"2"),
-            &cfg,
-            &keys
-        ));
-        assert!(!is_repeat(
-            &mut w,
-            &ev(2, None, Some(7), false, b"x"),
-            &cfg,
-            &keys
-        ));
+        let mut repeat = |e: Event| is_repeat(&mut w, &e, &cfg, &keys);
+        assert!(!repeat(ev(0, Some("a"), None, false, b"1")));
+        assert!(repeat(ev(1, Some("a"), None, false, b"2")));
+        assert!(!repeat(ev(2, None, Some(7), false, b"x")));
         // Same packet id and body, but not marked DUP: a new message that happens to match.
-        assert!(!is_repeat(
-            &mut w,
-            &ev(3, None, Some(7), false, b"x"),
-            &cfg,
-            &keys
-        ));
-        assert!(is_repeat(
-            &mut w,
-            &ev(4, None, Some(7), true, b"x"),
-            &cfg,
-            &keys
-        ));
-        assert!(!is_repeat(
-            &mut w,
-            &ev(5, None, Some(7), true, b"other body"),
-            &cfg,
-            &keys
-        ));
+        assert!(!repeat(ev(3, None, Some(7), false, b"x")));
+        assert!(repeat(ev(4, None, Some(7), true, b"x")));
+        assert!(!repeat(ev(5, None, Some(7), true, b"other body")));
         // Out of the time window.
-        assert!(!is_repeat(
-            &mut w,
-            &ev(20_000, Some("a"), None, false, b"1"),
-            &cfg,
-            &keys
-        ));
+        assert!(!repeat(ev(20_000, Some("a"), None, false, b"1")));
     }
 }

@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout_at};
 use weir_core::time::now_secs;
-use weir_core::{DevicePublish, Event, EventSource, Feature};
+use weir_core::{DevicePublish, Event, EventSource, Feature, ServiceError};
 
 use super::Shared;
 use super::codec::{self, Inbound, Publish};
@@ -447,35 +447,14 @@ impl Connection<'_> {
         let d = self.id.device_id.clone();
         match req {
             DeviceRequest::TwinGet { rid } => {
-                let (topic, body) = match blocking(move || services.twin(&d)).await {
-                    Some(Ok(twin)) => (requests::twin_response(200, rid, None), twin.to_string()),
-                    Some(Err(e)) => (
-                        requests::twin_response(e.status, rid, None),
-                        error_body(&e.message),
-                    ),
-                    None => (
-                        requests::twin_response(500, rid, None),
-                        error_body("internal error"),
-                    ),
-                };
+                let outcome = blocking(move || services.twin(&d)).await;
+                let (topic, body) = twin_reply(rid, outcome, |twin| (200, None, twin.to_string()));
                 codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
             }
             DeviceRequest::TwinPatchReported { rid } => {
+                let outcome = blocking(move || services.patch_reported(&d, &payload)).await;
                 let (topic, body) =
-                    match blocking(move || services.patch_reported(&d, &payload)).await {
-                        Some(Ok(version)) => (
-                            requests::twin_response(204, rid, Some(version)),
-                            String::new(),
-                        ),
-                        Some(Err(e)) => (
-                            requests::twin_response(e.status, rid, None),
-                            error_body(&e.message),
-                        ),
-                        None => (
-                            requests::twin_response(500, rid, None),
-                            error_body("internal error"),
-                        ),
-                    };
+                    twin_reply(rid, outcome, |version| (204, Some(version), String::new()));
                 codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
             }
             DeviceRequest::MethodResponse { status, rid } => {
@@ -484,6 +463,21 @@ impl Connection<'_> {
             }
         }
     }
+}
+
+/// The response topic and body for a twin request: `ok` gives status, version and body on
+/// success; a failed or lost service call answers with its status (500 when lost).
+fn twin_reply<T>(
+    rid: &str,
+    outcome: Option<Result<T, ServiceError>>,
+    ok: impl FnOnce(T) -> (u16, Option<u64>, String),
+) -> (String, String) {
+    let (status, version, body) = match outcome {
+        Some(Ok(value)) => ok(value),
+        Some(Err(e)) => (e.status, None, error_body(&e.message)),
+        None => (500, None, error_body("internal error")),
+    };
+    (requests::twin_response(status, rid, version), body)
 }
 
 fn error_body(message: &str) -> String {
