@@ -267,6 +267,12 @@ impl Registry {
     }
 
     pub fn set_subscriptions(&self, id: &str, filters: &[String]) -> Result<(), RegistryError> {
+        // Every connect stores its session (a clean one stores "nothing"); a read is cheap,
+        // a write transaction syncs the file, and in a reconnect storm almost every write
+        // would store what is already there.
+        if self.subscriptions(id) == filters {
+            return Ok(());
+        }
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(SESSIONS).map_err(storage)?;
