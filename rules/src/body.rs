@@ -81,13 +81,16 @@ impl<'a> LazyBody<'a> {
     /// Splits `body` if it is valid JSON; `None` otherwise.
     pub fn parse(body: &'a [u8]) -> Option<LazyBody<'a>> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+        // JSON is UTF-8; checking the whole body at once is cheaper than serde_json
+        // checking each string of a byte slice on its own.
+        let body = std::str::from_utf8(body).ok()?;
         if *first == b'{' {
-            let mut de = serde_json::Deserializer::from_slice(body);
+            let mut de = serde_json::Deserializer::from_str(body);
             let fields = de.deserialize_map(Fields).ok()?;
             de.end().ok()?;
             Some(LazyBody::Object(fields))
         } else {
-            serde_json::from_slice(body).ok().map(LazyBody::Other)
+            serde_json::from_str(body).ok().map(LazyBody::Other)
         }
     }
 
