@@ -188,13 +188,7 @@ impl Registry {
                 rec
             }
         };
-        self.store(&rec)?;
-        let rec = Arc::new(rec);
-        self.devices
-            .write()
-            .map_err(storage)?
-            .insert(rec.device_id.clone(), Arc::clone(&rec));
-        Ok((rec, created))
+        Ok((self.store(rec)?, created))
     }
 
     /// Deletes a device, conditionally on `if_match`.
@@ -244,13 +238,7 @@ impl Registry {
         let mut rec = (*existing).clone();
         let out = change(&mut rec, &now())?;
         rec.twin_version += 1;
-        self.store(&rec)?;
-        let rec = Arc::new(rec);
-        self.devices
-            .write()
-            .map_err(storage)?
-            .insert(rec.device_id.clone(), Arc::clone(&rec));
-        Ok((rec, out))
+        Ok((self.store(rec)?, out))
     }
 
     /// The filters a device's persistent session is subscribed to.
@@ -286,15 +274,22 @@ impl Registry {
         txn.commit().map_err(storage)
     }
 
-    fn store(&self, rec: &DeviceRecord) -> Result<(), RegistryError> {
-        let bytes = serde_json::to_vec(rec).map_err(storage)?;
+    /// Writes `rec` to disk, then makes it the in-memory copy. Callers hold `writer`.
+    fn store(&self, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
+        let bytes = serde_json::to_vec(&rec).map_err(storage)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.insert(rec.device_id.as_str(), bytes.as_slice())
                 .map_err(storage)?;
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        let rec = Arc::new(rec);
+        self.devices
+            .write()
+            .map_err(storage)?
+            .insert(rec.device_id.clone(), Arc::clone(&rec));
+        Ok(rec)
     }
 }
 
