@@ -42,8 +42,6 @@ pub(crate) fn feed_source<'s>(
                     if let Some(first) = buf.first() {
                         let t = first.offset.max(*c.time());
                         let n = buf.len();
-                        // Shared from here on: the dataflow moves pointers, and the sinks
-                        // keep the event alive for as long as a file holds it.
                         output
                             .session(&c.delayed(&t))
                             .give_iterator(buf.drain(..).map(Arc::new));
