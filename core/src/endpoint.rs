@@ -76,4 +76,6 @@ pub struct Delivery {
     pub enrichments: Vec<(String, String)>,
     /// One value per column of the endpoint, in declaration order.
     pub columns: Vec<ColumnValue>,
+    /// The version of the rule set that routed the event (see `weir rules check`).
+    pub rules_version: Arc<str>,
 }

@@ -93,6 +93,26 @@ pub struct SystemProperties {
     pub dt_subject: Option<String>,
 }
 
+impl SystemProperties {
+    /// The properties that are set, under the names the archive's `system` column uses:
+    /// AMQP's names for the standard message properties, IoT Hub's for its own.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("message_id", &self.message_id),
+            ("correlation_id", &self.correlation_id),
+            ("content_type", &self.content_type),
+            ("content_encoding", &self.content_encoding),
+            ("user_id", &self.user_id),
+            ("output_name", &self.output_name),
+            ("iothub-creation-time-utc", &self.creation_time_utc),
+            ("dt-dataschema", &self.dt_dataschema),
+            ("dt-subject", &self.dt_subject),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
 /// One event on its way through Weir.
 ///
 /// `enqueued_ms` is the time Weir accepted the event and is the engine's notion of time:

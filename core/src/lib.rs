@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod record;
 pub mod services;
 pub mod sink;
+pub mod text;
 pub mod time;
 pub mod twin;
 

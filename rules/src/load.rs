@@ -24,14 +24,18 @@ pub struct SourceFile {
 }
 
 /// Columns every Parquet file has; typed columns may not reuse these names.
-pub const BUILTIN_COLUMNS: [&str; 7] = [
+pub const BUILTIN_COLUMNS: [&str; 11] = [
     "device_id",
     "enqueued_time",
     "message_id",
     "correlation_id",
     "content_type",
     "properties",
+    "system",
     "body",
+    "body_bytes",
+    "ingest_offset",
+    "rules_version",
 ];
 
 /// Placeholders a Parquet `path` template may use.
@@ -83,6 +87,7 @@ pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec
         set: RuleSet {
             hub_name: hub_name.to_owned(),
             files: files.iter().map(|f| f.path.clone()).collect(),
+            version: Arc::from(version_of(files)),
             ..RuleSet::default()
         },
         endpoint_names: HashMap::new(),
@@ -118,6 +123,37 @@ pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec
     } else {
         Err(b.diags)
     }
+}
+
+/// The version of a set of rules files: the first 12 hex digits of a SHA-256 over each
+/// file's name (without its directory) and text, in name order. Archived rows carry it, so
+/// a row can be traced to the exact files that routed it.
+pub fn version_of(files: &[SourceFile]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut named: Vec<(&str, &str)> = files
+        .iter()
+        .map(|f| {
+            let name = f
+                .path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(f.name.as_str());
+            (name, &*f.text)
+        })
+        .collect();
+    named.sort();
+    let mut h = Sha256::new();
+    for (name, text) in named {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((text.len() as u64).to_le_bytes());
+        h.update(text.as_bytes());
+    }
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 struct Builder<'a> {

@@ -55,6 +55,9 @@ pub struct RuleSet {
     pub hub_name: String,
     /// The files this set was built from.
     pub files: Vec<PathBuf>,
+    /// A short hash of the files' names and contents: the same directory always has the
+    /// same version, wherever it is loaded from (see [`crate::load::version_of`]).
+    pub version: Arc<str>,
 }
 
 /// The routing decision for one event.
@@ -129,6 +132,7 @@ impl RuleSet {
             event: Arc::clone(event),
             enrichments,
             columns,
+            rules_version: Arc::clone(&self.version),
         }
     }
 

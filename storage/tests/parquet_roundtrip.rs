@@ -60,6 +60,7 @@ fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
         event: Arc::new(e),
         enrichments: vec![("site".into(), "b".into())],
         columns: vec![temp],
+        rules_version: Arc::from("v1"),
     }
 }
 
@@ -208,5 +209,93 @@ fn uncommitted_files_disappear_and_pending_renames_complete_on_open() {
     assert!(
         files(&archive).is_empty(),
         "the uncommitted file is removed"
+    );
+}
+
+#[test]
+fn bodies_are_kept_exactly_with_their_provenance() {
+    use arrow_array::{BinaryArray, Int64Array};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("archive");
+    let ep = endpoint();
+    let binary: Vec<u8> = (0..=255u8).rev().collect();
+    let utf16: Vec<u8> = "héllo ✓"
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    let mut rows = Vec::new();
+    for (offset, body, ce) in [
+        (5u64, binary.clone(), None),
+        (6, utf16, Some("utf-16")),
+        (7, b"{\"temp\":1}".to_vec(), Some("utf-8")),
+    ] {
+        let mut d = delivery(offset, HOUR0, ColumnValue::Null);
+        let mut e = (*d.event).clone();
+        e.body = Bytes::from(body);
+        e.system.content_encoding = ce.map(str::to_owned);
+        e.system.dt_dataschema = Some("dtmi:x;1".into());
+        d.event = Arc::new(e);
+        rows.push(d);
+    }
+    let mut sink = factory(tmp.path(), Arc::default())
+        .open(0, 1)
+        .expect("open");
+    sink.write(&ep, rows).expect("write");
+    sink.close(8).expect("close");
+    let v = visible(&archive);
+    let batch = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&v[0]).expect("f"))
+        .expect("parquet")
+        .build()
+        .expect("reader")
+        .next()
+        .expect("batch")
+        .expect("ok");
+    let col = |n: &str| batch.column_by_name(n).unwrap_or_else(|| panic!("{n}"));
+    let body = col("body")
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("str");
+    let bytes = col("body_bytes")
+        .as_any()
+        .downcast_ref::<BinaryArray>()
+        .expect("bin");
+    assert!(body.is_null(0) && bytes.value(0) == binary.as_slice());
+    assert_eq!((body.value(1), bytes.is_null(1)), ("héllo ✓", true));
+    assert_eq!(body.value(2), "{\"temp\":1}");
+    let offsets = col("ingest_offset")
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .expect("i64");
+    assert_eq!(offsets.values().to_vec(), vec![5, 6, 7]);
+    let version = col("rules_version")
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("str");
+    assert_eq!(version.value(2), "v1");
+    let system = col("system")
+        .as_any()
+        .downcast_ref::<MapArray>()
+        .expect("map");
+    let row = system.value(1);
+    let keys = row
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("k");
+    let vals = row
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .expect("v");
+    let pairs: Vec<(&str, &str)> = (0..keys.len())
+        .map(|i| (keys.value(i), vals.value(i)))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("message_id", "m6"),
+            ("content_encoding", "utf-16"),
+            ("dt-dataschema", "dtmi:x;1")
+        ]
     );
 }

@@ -36,11 +36,12 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
 
 pub fn describe(set: &weir_rules::RuleSet) -> String {
     format!(
-        "{} endpoint(s), {} route(s), fallback to {} endpoint(s), from {} file(s)",
+        "{} endpoint(s), {} route(s), fallback to {} endpoint(s), from {} file(s); version {}",
         set.endpoints.len(),
         set.routes.len(),
         set.fallback.len(),
-        set.files.len()
+        set.files.len(),
+        set.version
     )
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
     TimestampMillisecondBuilder,
 };
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -19,6 +19,10 @@ fn timestamp_type() -> DataType {
 }
 
 /// The Arrow schema of an endpoint's files: the fixed columns, then its typed columns.
+///
+/// A body is kept exactly: as text in `body` when it is valid in its declared encoding
+/// (UTF-8 unless `$.ce` says UTF-16 or UTF-32), otherwise byte for byte in `body_bytes`;
+/// one of the two is null. `ingest_offset` and `rules_version` say where a row came from.
 pub fn schema(endpoint: &EndpointSpec) -> SchemaRef {
     let map_type = properties_builder().finish().data_type().clone();
     let mut fields = vec![
@@ -27,8 +31,12 @@ pub fn schema(endpoint: &EndpointSpec) -> SchemaRef {
         Field::new("message_id", DataType::Utf8, true),
         Field::new("correlation_id", DataType::Utf8, true),
         Field::new("content_type", DataType::Utf8, true),
-        Field::new("properties", map_type, false),
-        Field::new("body", DataType::Utf8, false),
+        Field::new("properties", map_type.clone(), false),
+        Field::new("system", map_type, false),
+        Field::new("body", DataType::Utf8, true),
+        Field::new("body_bytes", DataType::Binary, true),
+        Field::new("ingest_offset", DataType::Int64, false),
+        Field::new("rules_version", DataType::Utf8, false),
     ];
     for c in &endpoint.columns {
         let ty = match c.ty {
@@ -56,7 +64,11 @@ pub fn to_batch(
     let mut correlation_id = StringBuilder::with_capacity(n, 0);
     let mut content_type = StringBuilder::with_capacity(n, 0);
     let mut props = properties_builder();
+    let mut system = properties_builder();
     let mut body = StringBuilder::with_capacity(n, n * 128);
+    let mut body_bytes = BinaryBuilder::with_capacity(n, 0);
+    let mut offsets = Int64Builder::with_capacity(n);
+    let mut version = StringBuilder::with_capacity(n, n * 12);
     for d in rows {
         let e = &d.event;
         device.append_value(e.device_id.as_str());
@@ -69,7 +81,23 @@ pub fn to_batch(
             props.values().append_value(v);
         }
         props.append(true)?;
-        body.append_value(String::from_utf8_lossy(&e.body));
+        for (k, v) in e.system.named() {
+            system.keys().append_value(k);
+            system.values().append_value(v);
+        }
+        system.append(true)?;
+        match weir_core::text::body_text(&e.body, e.system.content_encoding.as_deref()) {
+            Some(text) => {
+                body.append_value(text);
+                body_bytes.append_null();
+            }
+            None => {
+                body.append_null();
+                body_bytes.append_value(&e.body);
+            }
+        }
+        offsets.append_value(i64::try_from(e.offset).unwrap_or(i64::MAX));
+        version.append_value(&d.rules_version);
     }
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(device.finish()),
@@ -78,7 +106,11 @@ pub fn to_batch(
         Arc::new(correlation_id.finish()),
         Arc::new(content_type.finish()),
         Arc::new(props.finish()),
+        Arc::new(system.finish()),
         Arc::new(body.finish()),
+        Arc::new(body_bytes.finish()),
+        Arc::new(offsets.finish()),
+        Arc::new(version.finish()),
     ];
     for (i, c) in endpoint.columns.iter().enumerate() {
         let value = |d: &Delivery| d.columns.get(i).cloned().unwrap_or(ColumnValue::Null);
