@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
             ParquetConfig::new(dir.path().join("archive")),
             store,
             recovery,
+            Default::default(),
             |_| {},
         )
     };

@@ -19,6 +19,23 @@ pub trait EventFeed: Send + Sync {
 
     /// Registers a callback the feed calls (from any thread) when new events may be readable.
     fn on_data(&self, wake: Box<dyn Fn() + Send + Sync>);
+
+    /// A second reader for `worker`'s partition that starts at `from`, for replaying what a
+    /// failed endpoint missed. Feeds that do not keep their events cannot.
+    fn reader_from(
+        &self,
+        _worker: usize,
+        _workers: usize,
+        _from: u64,
+    ) -> Result<Box<dyn FeedReader>, FeedError> {
+        Err(FeedError::Read("this feed cannot replay events".into()))
+    }
+
+    /// The first offset enqueued at most `window` before the event at `offset`: where a
+    /// replay starts so that repeats are recognised as they were the first time.
+    fn offset_before(&self, offset: u64, _window: std::time::Duration) -> u64 {
+        offset
+    }
 }
 
 /// One worker's view of the feed.

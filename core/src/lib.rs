@@ -10,6 +10,7 @@ pub mod device;
 pub mod endpoint;
 pub mod event;
 pub mod feed;
+pub mod health;
 pub mod ids;
 pub mod ingest;
 pub mod record;
@@ -23,7 +24,8 @@ pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevi
 pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
+pub use health::{EndpointHealth, EndpointState, HealthBoard, WorkerHealth};
 pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
 pub use services::{DeviceLink, DevicePublish, DeviceServices, Feature, NoServices, ServiceError};
-pub use sink::{Sink, SinkError, SinkFactory};
+pub use sink::{ReplayRequest, Sink, SinkError, SinkFactory};

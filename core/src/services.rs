@@ -53,6 +53,10 @@ pub trait DeviceLink: Send + Sync + 'static {
     /// True when the device is connected and subscribed to `feature`.
     fn subscribed(&self, device: &str, feature: Feature) -> bool;
     fn is_connected(&self, device: &str) -> bool;
+    /// The device's registry record changed (or it was deleted): close its connections
+    /// that the record no longer admits. Returns once they have been told to close; true
+    /// when one was.
+    fn revalidate(&self, device: &str) -> bool;
 }
 
 /// What a gateway asks of the hub. Calls may block briefly (they touch the registry);

@@ -5,6 +5,12 @@
 //! the engine says how far it has come: after `advance(f)` every event of the worker's
 //! partition with an offset below `f` has been delivered, which is what lets a sink commit
 //! exactly the ranges it has completely written.
+//!
+//! A sink that cannot write an endpoint (a full disk, a broker that went away) drops that
+//! endpoint's deliveries instead of buffering them: they are still in the ingest log, and
+//! the endpoint's commit point stays where its data is durable. When it is time to retry,
+//! the sink asks for a replay ([`Sink::replay_request`]) and the engine hands it the
+//! endpoint's deliveries again from the log, chunk by chunk, until it has caught up.
 
 use std::sync::Arc;
 
@@ -24,6 +30,15 @@ pub enum SinkError {
     Unsupported(String),
 }
 
+/// A failed endpoint is ready to try again: it needs the deliveries to `endpoint` of this
+/// worker's events at offsets `from..to` (everything that arrived while it was down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRequest {
+    pub endpoint: Arc<str>,
+    pub from: u64,
+    pub to: u64,
+}
+
 /// Receives routed deliveries in one worker.
 pub trait Sink {
     /// Accepts deliveries for one endpoint, in offset order.
@@ -39,6 +54,24 @@ pub trait Sink {
 
     /// The input is exhausted at `end`: finalise and commit everything.
     fn close(&mut self, end: u64) -> Result<(), SinkError>;
+
+    /// An endpoint that wants its missed deliveries again, if any.
+    fn replay_request(&mut self) -> Option<ReplayRequest> {
+        None
+    }
+
+    /// Replayed deliveries for `endpoint` (as the current rules define it; `None` when
+    /// they no longer do) of every event at offsets from the request's `from` up to
+    /// `through`, in offset order.
+    fn replay(
+        &mut self,
+        _endpoint: &str,
+        _spec: Option<&Arc<EndpointSpec>>,
+        _batch: Vec<Delivery>,
+        _through: u64,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
 }
 
 /// Creates one [`Sink`] per engine worker.

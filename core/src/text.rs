@@ -47,7 +47,7 @@ fn utf16(mut b: &[u8], mut big_endian: bool) -> Option<String> {
         [0xfe, 0xff, rest @ ..] => (b, big_endian) = (rest, true),
         _ => {}
     }
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let units = b.chunks_exact(2).map(|c| {
@@ -69,7 +69,7 @@ fn utf32(mut b: &[u8], mut big_endian: bool) -> Option<String> {
         [0, 0, 0xfe, 0xff, rest @ ..] => (b, big_endian) = (rest, true),
         _ => {}
     }
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     b.chunks_exact(4)

@@ -11,6 +11,7 @@ use weir_rules::{Outcome, RuleSet};
 
 use crate::metrics::EngineMetrics;
 use crate::operators::{Dedupe, Route, SinkTo, feed_source};
+use crate::replay::Replayer;
 
 /// The live rule set; replacing it takes effect at the next batch in every worker.
 pub type RulesHandle = Arc<ArcSwap<RuleSet>>;
@@ -104,6 +105,14 @@ impl Engine {
                     return;
                 }
             };
+            let replayer = Replayer::new(
+                Arc::clone(&feed),
+                index,
+                peers,
+                Arc::clone(&rules),
+                Arc::clone(&directory),
+                dedupe,
+            );
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, end) = feed_source(scope, reader, &*feed, tick);
                 let events = events.exchange(|e: &Arc<Event>| device_hash(e.device_id.as_str()));
@@ -118,7 +127,7 @@ impl Engine {
                         trace.clone(),
                         Arc::clone(&worker_metrics),
                     )
-                    .sink_to(sink, end, tick, Arc::clone(&worker_metrics));
+                    .sink_to(sink, replayer, end, tick, Arc::clone(&worker_metrics));
             });
             while worker.step_or_park(None) {}
         })

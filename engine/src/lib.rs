@@ -15,6 +15,7 @@ pub mod harness;
 pub mod memory;
 pub mod metrics;
 mod operators;
+mod replay;
 
 pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, RulesHandle, TraceFn};
 pub use memory::MemoryFeed;

@@ -19,6 +19,8 @@ pub struct EngineMetrics {
     /// Messages dropped as repeats of one already seen (same `$.mid`, or an MQTT
     /// retransmission of the same packet).
     pub duplicates: AtomicU64,
+    /// Deliveries replayed from the log for endpoints recovering from a failure.
+    pub replayed: AtomicU64,
 }
 
 impl EngineMetrics {

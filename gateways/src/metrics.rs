@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::mqtt::connect::Revocation;
+
 #[derive(Debug, Default)]
 pub struct GatewayMetrics {
     pub connections_open: AtomicI64,
@@ -11,9 +13,18 @@ pub struct GatewayMetrics {
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// Connections the hub closed because their credential was revoked or expired, by
+    /// [`Revocation::ALL`] order.
+    pub revoked: [AtomicU64; 4],
 }
 
 impl GatewayMetrics {
+    pub fn revoked(&self, why: Revocation) {
+        if let Some(i) = Revocation::ALL.iter().position(|r| *r == why) {
+            Self::inc(&self.revoked[i], 1);
+        }
+    }
+
     pub fn inc(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }

@@ -135,13 +135,14 @@ fn covers(resource: &str, expected: &str) -> bool {
 }
 
 /// Checks a token against the resource it must cover, the current time and the keys
-/// (any may match). The signature comparison is constant-time.
+/// (any may match); returns the index of the key that signed it. The signature comparison
+/// is constant-time.
 pub fn verify(
     token: &SasToken<'_>,
     expected_resource: &str,
     keys: &[&str],
     now: i64,
-) -> Result<(), SasError> {
+) -> Result<usize, SasError> {
     if token.expiry < now {
         return Err(SasError::Expired {
             expiry: token.expiry,
@@ -168,7 +169,7 @@ pub fn verify(
         &lower_resource,
         &lower_lower,
     ];
-    for key in keys {
+    for (k, key) in keys.iter().enumerate() {
         for (i, sr) in candidates.iter().enumerate() {
             if candidates[..i].contains(sr) {
                 continue;
@@ -178,7 +179,7 @@ pub fn verify(
             m.update(b"\n");
             m.update(token.se_raw.as_bytes());
             if m.verify_slice(&token.sig).is_ok() {
-                return Ok(());
+                return Ok(k);
             }
         }
     }

@@ -145,7 +145,7 @@ impl CommitStore {
     /// Opens the store and recovers the previous run's commits: completes pending renames
     /// and deletes temporary files under `archive` that no commit names.
     pub fn open(dir: &Path, archive: &Path) -> Result<(CommitStore, Recovery), CommitError> {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        crate::fsutil::create_dir_durable(dir).map_err(|e| io(dir, e))?;
         let mut rec = Recovery::default();
         for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))?.flatten() {
             let p = entry.path();
@@ -190,10 +190,7 @@ impl CommitStore {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        write_private(&path, &text).map_err(|e| io(&path, e))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io(&self.dir, e))
+        write_private(&path, &text).map_err(|e| io(&path, e))
     }
 
     /// Forgets every record: the log was fully committed and the worker count changes.

@@ -2,6 +2,7 @@
 
 pub mod c2d;
 pub mod commit;
+pub mod fsutil;
 pub mod log;
 pub mod parquet;
 pub mod registry;

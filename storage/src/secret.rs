@@ -21,19 +21,17 @@ pub fn random_hex(n: usize) -> std::io::Result<String> {
 }
 
 /// Writes `contents` to `path` readable and writable by the owner only (0600), replacing
-/// any existing file atomically.
+/// any existing file atomically and durably (the directory is synced after the rename).
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = crate::fsutil::create_private(&tmp)?;
     f.write_all(contents)?;
     f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) => crate::fsutil::sync_dir(dir),
+        None => crate::fsutil::sync_dir(Path::new(".")),
+    }
 }
 
 /// True when a base64 key decodes to 16..=64 bytes, IoT Hub's accepted key lengths.

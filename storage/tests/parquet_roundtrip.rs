@@ -67,11 +67,17 @@ fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
 fn factory(root: &Path, floor: Arc<Mutex<u64>>) -> ParquetSinkFactory {
     let archive = root.join("archive");
     let (store, recovery) = CommitStore::open(&root.join("commits"), &archive).expect("commits");
-    ParquetSinkFactory::new(ParquetConfig::new(archive), store, recovery, move |f| {
-        if let Ok(mut x) = floor.lock() {
-            *x = f;
-        }
-    })
+    ParquetSinkFactory::new(
+        ParquetConfig::new(archive),
+        store,
+        recovery,
+        Arc::default(),
+        move |f| {
+            if let Ok(mut x) = floor.lock() {
+                *x = f;
+            }
+        },
+    )
 }
 
 #[test]

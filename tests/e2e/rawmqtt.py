@@ -34,6 +34,15 @@ def publish_packet(topic, payload, qos=1, pkid=1, dup=False):
     return bytes([first]) + _remaining(len(body)) + body
 
 
+def subscribe_packet(pkid, topic_filter, qos=1):
+    body = struct.pack(">H", pkid) + _str(topic_filter) + bytes([qos])
+    return bytes([0x82]) + _remaining(len(body)) + body
+
+
+def puback_packet(pkid):
+    return bytes([0x40, 0x02]) + struct.pack(">H", pkid)
+
+
 class Raw:
     def __init__(self, port, timeout=5):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)

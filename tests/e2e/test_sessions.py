@@ -61,3 +61,32 @@ def test_persistent_sessions_keep_subscriptions_and_clean_ones_do_not(hub):
     time.sleep(1)
     assert hub.call("GET", "/devices/sess").json()["cloudToDeviceMessageCount"] == 1
     clean.close()
+
+
+def test_a_message_in_flight_goes_out_again_when_the_device_reconnects_before_the_old_socket_closes(hub):
+    """NAT rebinding: the device's old TCP connection is still open when it connects again."""
+    from rawmqtt import puback_packet, subscribe_packet
+    key = hub.create_device("nat")["authentication"]["symmetricKey"]["primaryKey"]
+    token = hub.device_token("nat", key)
+    old = Raw(hub.mqtt_port)
+    assert old.connect("nat", hub.username("nat"), token) == 0
+    old.send(subscribe_packet(1, "devices/nat/messages/devicebound/#"))
+    assert old.packet()[0] == 9, "SUBACK"
+    r = hub.call("POST", "/devices/nat/messages/deviceBound", headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 204, r.text
+    kind, flags, body = old.packet()
+    assert kind == 3, "the message is delivered to the first connection"
+    # ... which never acknowledges it: its socket is silently gone from the device's side.
+    new = Raw(hub.mqtt_port)
+    assert new.connect("nat", hub.username("nat"), token) == 0
+    p = new.packet()
+    assert p is not None and p[0] == 3, f"the in-flight message must go out again, got {p}"
+    topic_len = int.from_bytes(p[2][:2], "big")
+    pkid = int.from_bytes(p[2][2 + topic_len:4 + topic_len], "big")
+    new.send(puback_packet(pkid))
+    deadline = time.time() + 5
+    while hub.call("GET", "/devices/nat").json()["cloudToDeviceMessageCount"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert hub.call("GET", "/devices/nat").json()["cloudToDeviceMessageCount"] == 0
+    old.close()
+    new.close()

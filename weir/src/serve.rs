@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use weir_core::HealthBoard;
 use weir_engine::{Engine, EngineConfig};
 use weir_gateways::{GatewayMetrics, MqttGateway};
 use weir_storage::c2d::C2dStore;
@@ -182,10 +183,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "ingest log and archive recovered"
     );
     log.set_retain_floor(recovery.floor().min(from));
+    let endpoint_health = Arc::new(HealthBoard::default());
     let sinks = Arc::new(ParquetSinkFactory::new(
         cfg.archive.clone(),
         commits,
         recovery,
+        Arc::clone(&endpoint_health),
         log.floor_setter(),
     ));
     let archive_metrics = sinks.metrics();
@@ -247,6 +250,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         archive_metrics,
         log_metrics: log.metrics(),
         reload: Arc::clone(&reload_status),
+        rules: Arc::clone(&rules),
+        endpoint_health,
     });
     let app = api::router(state);
     if let Some(l) = http_l {

@@ -84,29 +84,50 @@ fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig, keys: &RandomState) 
     repeat
 }
 
+/// The recent message ids of every device one worker has seen. The dataflow's operator
+/// and a replay each keep their own.
+pub(crate) struct DedupeState {
+    config: DedupeConfig,
+    keys: RandomState,
+    devices: HashMap<DeviceId, Window, RandomState>,
+}
+
+impl DedupeState {
+    pub(crate) fn new(config: DedupeConfig) -> DedupeState {
+        DedupeState {
+            config,
+            keys: RandomState::new(),
+            devices: HashMap::default(),
+        }
+    }
+
+    /// True when `e` repeats a message its device sent within the window; remembers `e`.
+    pub(crate) fn is_repeat(&mut self, e: &Event) -> bool {
+        if e.system.message_id.is_none() && e.packet_id.is_none() {
+            return false;
+        }
+        let w = match self.devices.entry(e.device_id.clone()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => v.insert(Window::default()),
+        };
+        is_repeat(w, e, &self.config, &self.keys)
+    }
+}
+
 pub(crate) trait Dedupe<'s> {
     fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Events<'s>;
 }
 
 impl<'s> Dedupe<'s> for Events<'s> {
     fn dedupe(self, config: DedupeConfig, metrics: Arc<EngineMetrics>) -> Events<'s> {
-        let keys = RandomState::new();
-        let mut devices: HashMap<DeviceId, Window, RandomState> = HashMap::default();
+        let mut state = DedupeState::new(config);
         self.unary(Pipeline, "Dedupe", move |_cap, _info| {
             move |input, output| {
                 input.for_each(|cap, data| {
                     let mut dropped = 0;
                     let mut session = output.session(&cap);
                     for e in data.drain(..) {
-                        if e.system.message_id.is_none() && e.packet_id.is_none() {
-                            session.give(e);
-                            continue;
-                        }
-                        let w = match devices.entry(e.device_id.clone()) {
-                            Entry::Occupied(o) => o.into_mut(),
-                            Entry::Vacant(v) => v.insert(Window::default()),
-                        };
-                        if is_repeat(w, &e, &config, &keys) {
+                        if state.is_repeat(&e) {
                             dropped += 1;
                         } else {
                             session.give(e);

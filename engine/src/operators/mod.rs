@@ -6,7 +6,7 @@ mod route;
 mod sink;
 mod source;
 
-pub(crate) use dedupe::Dedupe;
+pub(crate) use dedupe::{Dedupe, DedupeState};
 pub(crate) use route::Route;
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;

@@ -15,9 +15,9 @@ use weir_core::{DevicePublish, Event, EventSource, Feature, ServiceError};
 
 use super::Shared;
 use super::codec::{self, Inbound, Publish};
-use super::connect::{Identity, authenticate};
+use super::connect::{Identity, Revocation, authenticate};
 use super::requests::{self, DeviceRequest};
-use super::sessions::{Features, Outbox, feature_of};
+use super::sessions::{Features, Kick, KickReason, Outbox, feature_of};
 use super::topic::{DeviceTopic, classify, decode_bag};
 use crate::metrics::GatewayMetrics;
 
@@ -30,6 +30,7 @@ enum End {
     PeerClosed,
     Disconnect,
     Replaced,
+    Revoked(Revocation),
     ShuttingDown,
     NotStored,
     KeepAlive,
@@ -37,11 +38,31 @@ enum End {
     Violation(String),
 }
 
+impl From<KickReason> for End {
+    fn from(k: KickReason) -> End {
+        match k {
+            KickReason::Replaced => End::Replaced,
+            KickReason::Revoked(r) => End::Revoked(r),
+        }
+    }
+}
+
 /// What the handshake learned.
 struct Accepted {
-    identity: Identity,
+    identity: Arc<Identity>,
     keep_alive: u16,
     clean_session: bool,
+}
+
+/// The instant a credential valid until `expiry` (seconds since the epoch, inclusive)
+/// stops being valid; `None` when that is too far away to matter.
+fn expiry_instant(expiry: i64) -> Option<Instant> {
+    let ms = (expiry + 1)
+        .saturating_mul(1000)
+        .saturating_sub(weir_core::time::now_ms());
+    let ms = u64::try_from(ms).unwrap_or(0);
+    // Beyond a year the idle timeout comes first anyway; this keeps the addition in range.
+    (ms < 366 * 86_400_000).then(|| Instant::now() + Duration::from_millis(ms))
 }
 
 pub(crate) async fn serve<S>(
@@ -87,10 +108,11 @@ pub(crate) async fn serve<S>(
         }
     }
     let outbox = Arc::new(Outbox::default());
-    let registration =
-        shared
-            .sessions
-            .register(&device, Arc::clone(&outbox), Arc::clone(&features));
+    let registration = shared.sessions.register(
+        Arc::clone(&accepted.identity),
+        Arc::clone(&outbox),
+        Arc::clone(&features),
+    );
     tracing::debug!(%peer, %device, "device connected");
     codec::connack(0, !filters.is_empty(), &mut out);
     let services = Arc::clone(&shared.services);
@@ -118,7 +140,7 @@ pub(crate) async fn serve<S>(
                 out,
                 &outbox,
                 accepted.keep_alive,
-                &registration.kicked,
+                &registration.kick,
                 &mut shutdown,
             )
             .await
@@ -141,6 +163,16 @@ pub(crate) async fn serve<S>(
         End::KeepAlive => tracing::info!(%peer, %device, "keep-alive expired; connection closed"),
         End::Replaced => {
             tracing::info!(%peer, %device, "a newer connection for this device replaced this one")
+        }
+        End::Revoked(why) => {
+            shared.metrics.revoked(why);
+            let reason = match why {
+                Revocation::Deleted => "the device was deleted",
+                Revocation::Disabled => "the device was disabled",
+                Revocation::Credential => "the key it authenticated with was replaced",
+                Revocation::Expired => "its SAS token expired",
+            };
+            tracing::info!(%peer, %device, reason, "connection closed by the hub")
         }
         End::PeerClosed | End::Disconnect | End::ShuttingDown | End::NotStored => {
             tracing::debug!(%peer, %device, "device disconnected")
@@ -177,7 +209,7 @@ where
                     now_secs(),
                 ) {
                     Ok(identity) => Ok(Accepted {
-                        identity,
+                        identity: Arc::new(identity),
                         keep_alive: connect.keep_alive,
                         clean_session: connect.clean_session,
                     }),
@@ -240,13 +272,14 @@ impl Connection<'_> {
         mut out: BytesMut,
         outbox: &Outbox,
         keep_alive: u16,
-        kicked: &tokio::sync::Notify,
+        kick: &Kick,
         shutdown: &mut watch::Receiver<bool>,
     ) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let idle = idle_limit(keep_alive);
+        let expires = self.id.expires.and_then(expiry_instant);
         let mut deadline = Instant::now() + idle;
         let mut read_size = MIN_READ;
         let mut batch: Vec<Event> = Vec::new();
@@ -255,9 +288,10 @@ impl Connection<'_> {
             if buf.capacity() - buf.len() < read_size {
                 buf.reserve(read_size);
             }
+            let wake_at = expires.map_or(deadline, |x| x.min(deadline));
             let n = tokio::select! {
                 biased;
-                _ = kicked.notified() => return End::Replaced,
+                why = kick.kicked() => return End::from(why),
                 _ = shutdown.changed() => return End::ShuttingDown,
                 _ = outbox.ready.notified() => {
                     for p in outbox.take() {
@@ -269,7 +303,10 @@ impl Connection<'_> {
                     out.clear();
                     continue;
                 }
-                r = timeout_at(deadline, stream.read_buf(&mut buf)) => match r {
+                r = timeout_at(wake_at, stream.read_buf(&mut buf)) => match r {
+                    Err(_) if expires.is_some_and(|x| Instant::now() >= x) => {
+                        return End::Revoked(Revocation::Expired);
+                    }
                     Err(_) => return End::KeepAlive,
                     Ok(Ok(0)) => return End::PeerClosed,
                     Ok(Ok(n)) => n,
@@ -372,6 +409,14 @@ impl Connection<'_> {
                     }
                     other => return End::Violation(format!("unexpected packet {other:?}")),
                 }
+            }
+            // Nothing is acknowledged once the hub has told this connection to end, or
+            // after its token expired: the REST call that revoked it has returned.
+            if let Some(why) = kick.reason() {
+                return End::from(why);
+            }
+            if expires.is_some_and(|x| Instant::now() >= x) {
+                return End::Revoked(Revocation::Expired);
             }
             if !batch.is_empty() {
                 let count = batch.len() as u64;

@@ -61,6 +61,14 @@ impl DeviceLink for MqttGateway {
     fn is_connected(&self, device: &str) -> bool {
         self.shared.sessions.is_connected(device)
     }
+
+    fn revalidate(&self, device: &str) -> bool {
+        let current = self.shared.directory.get(device);
+        self.shared
+            .sessions
+            .revalidate(device, current.as_deref())
+            .is_some()
+    }
 }
 
 /// Held by a connection task: gives back the connection slot and counts the close.

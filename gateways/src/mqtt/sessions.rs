@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
-use weir_core::{DeviceId, DevicePublish, Feature};
+use weir_core::{DeviceId, DevicePublish, DeviceRecord, Feature};
+
+use super::connect::{Identity, Revocation};
 
 /// Publishes waiting for one connection; beyond this the hub's sends fail (and are retried
 /// by whoever sent them: cloud-to-device messages stay queued).
@@ -87,9 +89,70 @@ impl Features {
     }
 }
 
+/// Why the hub ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// A newer connection for the same device took its place.
+    Replaced,
+    Revoked(Revocation),
+}
+
+impl KickReason {
+    fn code(self) -> u8 {
+        match self {
+            KickReason::Replaced => 1,
+            KickReason::Revoked(r) => {
+                2 + Revocation::ALL.iter().position(|x| *x == r).unwrap_or(0) as u8
+            }
+        }
+    }
+
+    fn from_code(c: u8) -> Option<KickReason> {
+        match c {
+            0 => None,
+            1 => Some(KickReason::Replaced),
+            c => Revocation::ALL
+                .get(usize::from(c - 2))
+                .map(|r| KickReason::Revoked(*r)),
+        }
+    }
+}
+
+/// How the hub tells a connection to end: the first reason given wins.
+#[derive(Default)]
+pub struct Kick {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl Kick {
+    pub fn kick(&self, why: KickReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    /// Set once the connection has been told to end; it must not acknowledge anything
+    /// more.
+    pub fn reason(&self) -> Option<KickReason> {
+        KickReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    pub async fn kicked(&self) -> KickReason {
+        loop {
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
 struct Entry {
     id: u64,
-    kicked: Arc<Notify>,
+    identity: Arc<Identity>,
+    kick: Arc<Kick>,
     outbox: Arc<Outbox>,
     features: Arc<Features>,
 }
@@ -100,33 +163,46 @@ pub struct Sessions {
     next: AtomicU64,
 }
 
-/// A registered connection; `kicked` fires when another connection takes its place.
+/// A registered connection; `kick` fires when another connection takes its place or the
+/// hub revokes its credential.
 pub struct Registration {
     pub id: u64,
-    pub kicked: Arc<Notify>,
+    pub kick: Arc<Kick>,
 }
 
 impl Sessions {
     pub fn register(
         &self,
-        device: &DeviceId,
+        identity: Arc<Identity>,
         outbox: Arc<Outbox>,
         features: Arc<Features>,
     ) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let kicked = Arc::new(Notify::new());
+        let kick = Arc::new(Kick::default());
+        let device = identity.device_id.clone();
         let entry = Entry {
             id,
-            kicked: Arc::clone(&kicked),
+            identity,
+            kick: Arc::clone(&kick),
             outbox,
             features,
         };
         if let Ok(mut live) = self.live.lock()
-            && let Some(old) = live.insert(device.clone(), entry)
+            && let Some(old) = live.insert(device, entry)
         {
-            old.kicked.notify_one();
+            old.kick.kick(KickReason::Replaced);
         }
-        Registration { id, kicked }
+        Registration { id, kick }
+    }
+
+    /// Checks the device's connection against its current registry record (`None`:
+    /// deleted) and tells it to end if that no longer admits it.
+    pub fn revalidate(&self, device: &str, current: Option<&DeviceRecord>) -> Option<Revocation> {
+        let live = self.live.lock().ok()?;
+        let e = live.get(device)?;
+        let why = e.identity.revoked_by(current)?;
+        e.kick.kick(KickReason::Revoked(why));
+        Some(why)
     }
 
     /// Removes the entry if it is still this connection's; true when it was.

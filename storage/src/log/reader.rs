@@ -40,6 +40,27 @@ impl EventFeed for LogFeed {
             w.push(wake);
         }
     }
+
+    fn reader_from(
+        &self,
+        worker: usize,
+        workers: usize,
+        from: u64,
+    ) -> Result<Box<dyn FeedReader>, FeedError> {
+        Ok(Box::new(LogReader::new(
+            Arc::clone(&self.shared),
+            worker,
+            workers,
+            from,
+        )))
+    }
+
+    fn offset_before(&self, offset: u64, window: std::time::Duration) -> u64 {
+        match enqueued_at(&self.shared, offset) {
+            Some(t) => offset_at_time(&self.shared, t - window.as_millis() as i64).min(offset),
+            None => offset,
+        }
+    }
 }
 
 /// A position in one segment file.
@@ -77,7 +98,8 @@ impl LogReader {
             worker,
             workers: workers.max(1),
             from,
-            next: first,
+            // Start in the segment that holds `from`: records before it are never returned.
+            next: first.max(from),
             cursor: None,
             payload: Vec::new(),
             finished: false,

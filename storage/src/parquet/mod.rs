@@ -7,8 +7,10 @@
 
 mod batch;
 mod config;
+mod file;
 mod path;
 mod sink;
+mod state;
 
 pub use config::ParquetConfig;
 pub use path::partition_dir;

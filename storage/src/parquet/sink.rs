@@ -7,26 +7,31 @@
 //! temporary names, records them in the worker's commit record, then renames them to
 //! `part-w<worker>-<lo>-<hi>.parquet` (see `crate::commit`). After a restart, deliveries
 //! below an endpoint's committed offset are skipped: nothing is archived twice.
+//!
+//! Any error while writing or committing an endpoint fails that endpoint alone: its open
+//! files are dropped, its commit point stays where its data is durable, and its deliveries
+//! are dropped (they stay in the ingest log, which keeps everything above the lowest
+//! commit point). After a backoff it asks the engine to replay what it missed, and goes
+//! live again once the replay has caught up (see `state.rs`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use arrow_schema::SchemaRef;
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
-use weir_core::time::hour_floor;
-use weir_core::{Delivery, EndpointKind, EndpointSpec, Sink, SinkError, SinkFactory};
+use weir_core::time::{hour_floor, now_ms};
+use weir_core::{
+    Delivery, EndpointKind, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest,
+    Sink, SinkError, SinkFactory,
+};
 
-use super::batch::{schema, to_batch};
 use super::config::ParquetConfig;
+use super::file::{OpenFile, io};
 use super::path::partition_dir;
+use super::state::{EndpointState, Phase, backoff};
 use crate::commit::{CommitStore, Recovery, WorkerCommit};
+use crate::fsutil;
 
 /// Archive counters, shared by all workers' sinks.
 #[derive(Debug, Default)]
@@ -64,6 +69,7 @@ impl Floors {
 pub struct ParquetSinkFactory {
     config: Arc<ParquetConfig>,
     metrics: Arc<ArchiveMetrics>,
+    health: Arc<HealthBoard>,
     commits: Arc<CommitStore>,
     recovery: Arc<Recovery>,
     floors: Arc<Floors>,
@@ -71,16 +77,18 @@ pub struct ParquetSinkFactory {
 
 impl ParquetSinkFactory {
     /// `recovery` is what the commit store found; `on_floor` learns the offset below which
-    /// every worker has committed every endpoint.
+    /// every worker has committed every endpoint; `health` hears how each endpoint fares.
     pub fn new(
         config: ParquetConfig,
         commits: CommitStore,
         recovery: Recovery,
+        health: Arc<HealthBoard>,
         on_floor: impl Fn(u64) + Send + Sync + 'static,
     ) -> Self {
         ParquetSinkFactory {
             config: Arc::new(config),
             metrics: Arc::default(),
+            health,
             commits: Arc::new(commits),
             recovery: Arc::new(recovery),
             floors: Arc::new(Floors {
@@ -97,7 +105,6 @@ impl ParquetSinkFactory {
 
 impl SinkFactory for ParquetSinkFactory {
     fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError> {
-        std::fs::create_dir_all(&self.config.root).map_err(|e| io(&self.config.root, e))?;
         let previous = (self.recovery.workers == workers)
             .then(|| self.recovery.worker(worker).cloned())
             .flatten();
@@ -105,84 +112,32 @@ impl SinkFactory for ParquetSinkFactory {
             Some(c) => (c.frontier, c.endpoints.clone()),
             None => (0, BTreeMap::new()),
         };
+        if let Ok(mut v) = self.floors.per_worker.lock()
+            && v.len() < workers
         {
-            let Ok(mut v) = self.floors.per_worker.lock() else {
-                return Err(io(
-                    &self.config.root,
-                    std::io::Error::other("floors poisoned"),
-                ));
-            };
-            if v.len() < workers {
-                v.resize(workers, 0);
-            }
+            v.resize(workers, 0);
         }
+        self.health.frontier(worker, frontier);
         Ok(Box::new(ParquetSink {
             config: Arc::clone(&self.config),
             metrics: Arc::clone(&self.metrics),
+            health: Arc::clone(&self.health),
             commits: Arc::clone(&self.commits),
             floors: Arc::clone(&self.floors),
             worker,
             workers,
             frontier,
+            watermark: frontier,
             recorded: frontier,
             last_record: Instant::now(),
+            record_failing: false,
             endpoints: known
                 .into_iter()
                 .map(|(name, committed)| (name, EndpointState::new(committed)))
                 .collect(),
             seq: 0,
-            unrenamed: Vec::new(),
+            renames: Vec::new(),
         }))
-    }
-}
-
-fn io(path: &Path, source: std::io::Error) -> SinkError {
-    SinkError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn encode(endpoint: &EndpointSpec, e: impl std::fmt::Display) -> SinkError {
-    SinkError::Encode {
-        endpoint: endpoint.name.to_string(),
-        message: e.to_string(),
-    }
-}
-
-struct OpenFile {
-    schema: SchemaRef,
-    dir: PathBuf,
-    tmp: PathBuf,
-    writer: ArrowWriter<File>,
-    pending: Vec<Delivery>,
-    rows: usize,
-}
-
-struct EndpointState {
-    spec: Option<Arc<EndpointSpec>>,
-    /// Deliveries below this offset are in committed files (possibly of an earlier run).
-    committed: u64,
-    /// Open files by partition hour.
-    files: BTreeMap<i64, OpenFile>,
-    rows: usize,
-    opened: Option<Instant>,
-    last_offset: Option<u64>,
-    /// A write or commit failed: its data stays in the log until a restart.
-    failed: bool,
-}
-
-impl EndpointState {
-    fn new(committed: u64) -> EndpointState {
-        EndpointState {
-            spec: None,
-            committed,
-            files: BTreeMap::new(),
-            rows: 0,
-            opened: None,
-            last_offset: None,
-            failed: false,
-        }
     }
 }
 
@@ -190,31 +145,34 @@ impl EndpointState {
 pub struct ParquetSink {
     config: Arc<ParquetConfig>,
     metrics: Arc<ArchiveMetrics>,
+    health: Arc<HealthBoard>,
     commits: Arc<CommitStore>,
     floors: Arc<Floors>,
     worker: usize,
     workers: usize,
     /// Every delivery below this offset has been received.
     frontier: u64,
+    /// Every delivery below this offset has been received, counting those seen beyond the
+    /// frontier: where a replay for a failed endpoint must reach before it goes live.
+    watermark: u64,
     /// The frontier in the last commit record written.
     recorded: u64,
     last_record: Instant,
+    /// The last attempt to write the commit record failed (logged once until it works).
+    record_failing: bool,
     endpoints: HashMap<String, EndpointState>,
     seq: u64,
-    /// Committed files whose rename failed; every later record lists them again, so the
-    /// next start completes them instead of deleting them as strays.
-    unrenamed: Vec<(PathBuf, PathBuf)>,
+    /// Committed files not yet renamed, or whose directory could not be synced after the
+    /// rename: every record lists them until both are done, so a restart finishes them
+    /// instead of deleting them as strays.
+    renames: Vec<(PathBuf, PathBuf)>,
 }
 
 /// How often an idle sink rewrites its commit record so the log can be trimmed.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 impl ParquetSink {
-    fn open_file(
-        &mut self,
-        endpoint: &Arc<EndpointSpec>,
-        hour: i64,
-    ) -> Result<OpenFile, SinkError> {
+    fn open_file(&mut self, endpoint: &EndpointSpec, hour: i64) -> Result<OpenFile, SinkError> {
         let EndpointKind::Parquet { path } = &endpoint.kind;
         let template = path.as_deref().unwrap_or(&self.config.default_path);
         let dir = self
@@ -222,33 +180,82 @@ impl ParquetSink {
             .root
             .join(&*endpoint.name)
             .join(partition_dir(template, hour));
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
         self.seq += 1;
-        let tmp = dir.join(format!(
+        let name = format!(
             ".part-w{}-{}-{:06}.parquet.inprogress",
             self.worker,
-            weir_core::time::now_ms(),
+            now_ms(),
             self.seq
-        ));
-        let file = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-        let level = ZstdLevel::try_new(self.config.zstd_level).map_err(|e| encode(endpoint, e))?;
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(level))
-            .set_max_row_group_row_count(Some(128 * 1024))
-            .set_max_row_group_bytes(Some(self.config.row_group_bytes))
-            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-            .build();
-        let schema = schema(endpoint);
-        let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
-            .map_err(|e| encode(endpoint, e))?;
-        Ok(OpenFile {
-            schema,
-            dir,
-            tmp,
-            writer,
-            pending: Vec::new(),
-            rows: 0,
-        })
+        );
+        OpenFile::create(&self.config, endpoint, dir, name)
+    }
+
+    /// Writes one delivery into `name`'s files, committing first when the delivery shows
+    /// that everything before it is written (a later hour, changed columns) and after when
+    /// a file is full.
+    fn accept(
+        &mut self,
+        name: &str,
+        endpoint: &Arc<EndpointSpec>,
+        d: Delivery,
+    ) -> Result<(), SinkError> {
+        let offset = d.event.offset;
+        let hour = hour_floor(d.event.enqueued_ms);
+        let Some(state) = self.endpoints.get_mut(name) else {
+            return Ok(());
+        };
+        if offset < state.committed {
+            self.metrics
+                .rows_skipped_replay
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // Deliveries arrive in offset order, so everything below `offset` is written: a
+        // change of columns or a later hour can commit right here.
+        let columns_changed = state
+            .spec
+            .as_ref()
+            .is_some_and(|s| !Arc::ptr_eq(s, endpoint) && **s != **endpoint);
+        let later_hour = state.files.keys().next_back().is_some_and(|h| *h < hour);
+        if columns_changed || later_hour {
+            self.commit_endpoint(name, offset)?;
+        }
+        let needs_file = self
+            .endpoints
+            .get(name)
+            .is_some_and(|s| !s.files.contains_key(&hour));
+        let opened = if needs_file {
+            Some(self.open_file(endpoint, hour)?)
+        } else {
+            None
+        };
+        let (batch_rows, max_rows, max_bytes) = (
+            self.config.batch_rows,
+            self.config.max_rows,
+            self.config.max_bytes,
+        );
+        let Some(state) = self.endpoints.get_mut(name) else {
+            return Ok(());
+        };
+        state.spec = Some(Arc::clone(endpoint));
+        if let Some(f) = opened {
+            state.files.insert(hour, f);
+            state.opened.get_or_insert_with(Instant::now);
+        }
+        let Some(f) = state.files.get_mut(&hour) else {
+            return Ok(());
+        };
+        f.pending.push(d);
+        f.rows += 1;
+        state.rows += 1;
+        state.last_offset = Some(offset);
+        if f.pending.len() >= batch_rows {
+            f.flush(endpoint)?;
+            if f.rows >= max_rows || f.size() >= max_bytes {
+                self.commit_endpoint(name, offset + 1)?;
+            }
+        }
+        Ok(())
     }
 
     /// Commits `name`'s open files: every delivery to it below `hi` is in them.
@@ -270,41 +277,40 @@ impl ParquetSink {
         let mut renames = Vec::new();
         let mut failure = None;
         for (_, f) in files {
-            match finish(f, &spec, self.worker, lo, hi) {
-                Ok(pair) => renames.push(pair),
-                Err((e, tmp)) => {
-                    let _ = std::fs::remove_file(tmp);
-                    failure.get_or_insert(e);
-                }
+            let tmp = f.tmp.clone();
+            match failure {
+                None => match f.finish(&spec, self.worker, lo, hi) {
+                    Ok(pair) => renames.push(pair),
+                    Err(e) => {
+                        remove_quietly(&tmp);
+                        failure = Some(e);
+                    }
+                },
+                Some(_) => remove_quietly(&tmp),
             }
         }
         if let Some(e) = failure {
-            return Err(self.fail(name, e, &renames));
+            renames.iter().for_each(|(tmp, _)| remove_quietly(tmp));
+            return Err(e);
         }
-        let Some(state) = self.endpoints.get_mut(name) else {
-            return Ok(());
-        };
-        state.committed = hi;
+        if let Some(s) = self.endpoints.get_mut(name) {
+            s.committed = hi;
+        }
         if let Err(e) = self.write_record(renames.clone()) {
             if let Some(s) = self.endpoints.get_mut(name) {
                 s.committed = lo;
             }
-            return Err(self.fail(name, e, &renames));
+            renames.iter().for_each(|(tmp, _)| remove_quietly(tmp));
+            return Err(e);
         }
-        let mut dirs: Vec<&Path> = Vec::new();
-        for (tmp, done) in &renames {
-            if let Err(e) = std::fs::rename(tmp, done) {
-                tracing::error!(error = %e, file = %done.display(), "renaming a committed file failed; it is retried at the next start");
-                self.unrenamed.push((tmp.clone(), done.clone()));
-            }
-            if let Some(d) = done.parent()
-                && !dirs.contains(&d)
-            {
-                dirs.push(d);
-            }
-        }
-        for d in dirs {
-            let _ = File::open(d).and_then(|f| f.sync_all());
+        // The record is the commit point: from here the files are part of the archive
+        // even if renaming them has to wait for a later record or the next start.
+        self.renames.extend(renames.iter().cloned());
+        self.finish_renames();
+        if let Some(s) = self.endpoints.get_mut(name)
+            && let Phase::Resuming { proven, .. } = &mut s.phase
+        {
+            *proven = true;
         }
         self.metrics
             .rows_committed
@@ -315,6 +321,7 @@ impl ParquetSink {
         if let Ok(mut by) = self.metrics.rows_by_endpoint.lock() {
             *by.entry(name.to_string()).or_default() += rows as u64;
         }
+        self.publish(name);
         tracing::debug!(
             endpoint = name,
             lo,
@@ -326,33 +333,107 @@ impl ParquetSink {
         Ok(())
     }
 
-    fn fail(&mut self, name: &str, e: SinkError, renames: &[(PathBuf, PathBuf)]) -> SinkError {
-        for (tmp, _) in renames {
-            let _ = std::fs::remove_file(tmp);
+    /// Renames committed files and syncs their directories; what fails stays listed in
+    /// every commit record and is tried again after the next one.
+    fn finish_renames(&mut self) {
+        let mut left = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (tmp, done) in std::mem::take(&mut self.renames) {
+            if tmp.exists()
+                && let Err(e) = std::fs::rename(&tmp, &done)
+            {
+                tracing::warn!(error = %e, file = %done.display(), "renaming a committed file failed; retried after the next commit and at start-up");
+                left.push((tmp, done));
+                continue;
+            }
+            if let Some(d) = done.parent()
+                && !dirs.iter().any(|x| x == d)
+            {
+                dirs.push(d.to_path_buf());
+            }
+            left.push((tmp, done));
         }
-        if let Some(s) = self.endpoints.get_mut(name) {
-            s.failed = true;
-            s.files.clear();
-            s.rows = 0;
+        let unsynced: Vec<PathBuf> = dirs
+            .into_iter()
+            .filter(|d| match fsutil::sync_dir(d) {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %d.display(), "syncing a directory after renames failed; retried after the next commit");
+                    true
+                }
+            })
+            .collect();
+        left.retain(|(tmp, done)| {
+            tmp.exists()
+                || done
+                    .parent()
+                    .is_some_and(|d| unsynced.iter().any(|u| u == d))
+        });
+        self.renames = left;
+    }
+
+    /// Marks `name` failed at its last commit: drops its open files and, until its retry,
+    /// its deliveries. Returns the error for the caller to pass on.
+    fn fail(&mut self, name: &str, e: SinkError) -> SinkError {
+        let Some(s) = self.endpoints.get_mut(name) else {
+            return e;
+        };
+        for f in std::mem::take(&mut s.files).into_values() {
+            remove_quietly(&f.tmp);
         }
-        tracing::error!(
-            endpoint = name,
-            error = %e,
-            "archiving to this endpoint stopped; its messages stay in the ingest log and are archived after a restart"
-        );
+        s.rows = 0;
+        s.opened = None;
+        s.last_offset = None;
+        let attempts = s.attempts() + 1;
+        let wait = backoff(attempts);
+        s.phase = Phase::Failed {
+            attempts,
+            retry_at: Instant::now() + wait,
+        };
+        s.failures += 1;
+        s.last_error = Some((e.to_string(), now_ms()));
+        tracing::debug!(endpoint = name, worker = self.worker, attempts, error = %e, retry_in = ?wait, "endpoint write failed");
+        self.publish(name);
         e
+    }
+
+    /// Tells the health board about `name`; logs when that changes the endpoint's state.
+    fn publish(&self, name: &str) {
+        let Some(s) = self.endpoints.get(name) else {
+            return;
+        };
+        let health = s.health(self.recorded);
+        let error = health.last_error.clone().unwrap_or_default();
+        let Some((before, after)) = self.health.report(self.worker, name, health) else {
+            return;
+        };
+        match after {
+            Health::Unhealthy => tracing::error!(
+                endpoint = name,
+                error = %error,
+                "endpoint is unhealthy: its messages stay in the ingest log and it is retried with backoff (at most every 30 s)"
+            ),
+            Health::Degraded => tracing::warn!(
+                endpoint = name,
+                "endpoint is writing again and catching up on what it missed"
+            ),
+            Health::Healthy => tracing::info!(
+                endpoint = name,
+                was = before.as_str(),
+                "endpoint is healthy again"
+            ),
+        }
     }
 
     /// Writes the worker's commit record: the frontier, and every endpoint whose committed
     /// offset differs from it.
     fn write_record(&mut self, mut pending: Vec<(PathBuf, PathBuf)>) -> Result<(), SinkError> {
-        self.unrenamed.retain(|(tmp, _)| tmp.exists());
-        pending.extend(self.unrenamed.iter().cloned());
+        pending.extend(self.renames.iter().cloned());
         let f = self.frontier;
         let endpoints: BTreeMap<String, u64> = self
             .endpoints
             .iter()
-            .filter(|(_, s)| !s.files.is_empty() || s.failed || s.committed > f)
+            .filter(|(_, s)| !s.files.is_empty() || !s.is_live() || s.committed > f)
             .map(|(n, s)| (n.clone(), s.committed))
             .collect();
         let record = WorkerCommit {
@@ -362,76 +443,65 @@ impl ParquetSink {
             endpoints,
             pending,
         };
-        self.commits
-            .write(&record)
-            .map_err(|e| io(Path::new("commits"), std::io::Error::other(e.to_string())))?;
+        if let Err(e) = self.commits.write(&record) {
+            if !self.record_failing {
+                self.record_failing = true;
+                tracing::error!(worker = self.worker, error = %e, "cannot write the archive's commit record; nothing is committed (the ingest log keeps the data) until it can be");
+            }
+            return Err(io(
+                std::path::Path::new("commits"),
+                std::io::Error::other(e.to_string()),
+            ));
+        }
+        if self.record_failing {
+            self.record_failing = false;
+            tracing::info!(
+                worker = self.worker,
+                "the archive's commit record is written again"
+            );
+        }
         self.recorded = f;
         self.last_record = Instant::now();
         // Endpoints that caught up with the frontier no longer need their own entry.
         self.floors.set(self.worker, record.floor());
+        self.health.frontier(self.worker, f);
+        let names: Vec<String> = self.endpoints.keys().cloned().collect();
+        names.iter().for_each(|n| self.publish(n));
         Ok(())
     }
 
-    /// Commits endpoints whose files are due; `hi` is what the frontier guarantees.
-    fn commit_due(&mut self, hi: u64, all: bool) -> Result<(), SinkError> {
+    /// Commits endpoints whose files are due: each up to what it has completely written.
+    fn commit_due(&mut self, all: bool) -> Result<(), SinkError> {
         let max_age = self.config.max_age;
-        let due: Vec<String> = self
+        let frontier = self.frontier;
+        let due: Vec<(String, u64)> = self
             .endpoints
             .iter()
-            .filter(|(_, s)| !s.files.is_empty() && !s.failed)
+            .filter(|(_, s)| !s.files.is_empty())
             .filter(|(_, s)| all || s.opened.is_some_and(|t| t.elapsed() >= max_age))
-            .filter(|(_, s)| s.last_offset.is_none_or(|o| o < hi))
-            .map(|(n, _)| n.clone())
+            .filter_map(|(n, s)| {
+                let hi = s.complete_below(frontier)?;
+                s.last_offset
+                    .is_none_or(|o| o < hi)
+                    .then(|| (n.clone(), hi))
+            })
             .collect();
         let mut first_err = None;
-        for name in &due {
-            if let Err(e) = self.commit_endpoint(name, hi) {
-                first_err.get_or_insert(e);
+        for (name, hi) in due {
+            if let Err(e) = self.commit_endpoint(&name, hi) {
+                first_err.get_or_insert(self.fail(&name, e));
             }
         }
         first_err.map_or(Ok(()), Err)
     }
 }
 
-fn flush_pending(f: &mut OpenFile, spec: &EndpointSpec) -> Result<(), SinkError> {
-    if f.pending.is_empty() {
-        return Ok(());
+fn remove_quietly(path: &std::path::Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::debug!(error = %e, file = %path.display(), "cannot remove an uncommitted file; it is removed at the next start");
     }
-    let batch = to_batch(&f.schema, spec, &f.pending).map_err(|e| encode(spec, e))?;
-    f.writer.write(&batch).map_err(|e| encode(spec, e))?;
-    f.pending.clear();
-    Ok(())
-}
-
-/// Writes the footer and syncs; returns the temporary and final names.
-fn finish(
-    mut f: OpenFile,
-    spec: &EndpointSpec,
-    worker: usize,
-    lo: u64,
-    hi: u64,
-) -> Result<(PathBuf, PathBuf), (SinkError, PathBuf)> {
-    let tmp = f.tmp.clone();
-    let run = |f: &mut OpenFile| -> Result<(), SinkError> {
-        flush_pending(f, spec)?;
-        for (k, v) in [
-            ("weir.endpoint", spec.name.to_string()),
-            ("weir.worker", worker.to_string()),
-            ("weir.rows", f.rows.to_string()),
-            ("weir.offset_lo", lo.to_string()),
-            ("weir.offset_hi", hi.to_string()),
-        ] {
-            f.writer
-                .append_key_value_metadata(KeyValue::new(k.into(), v));
-        }
-        f.writer.finish().map_err(|e| encode(spec, e))?;
-        f.writer.inner().sync_all().map_err(|e| io(&f.tmp, e))
-    };
-    run(&mut f).map_err(|e| (e, tmp.clone()))?;
-    let done = f
-        .dir
-        .join(format!("part-w{worker}-{lo:020}-{hi:020}.parquet"));
-    Ok((tmp, done))
 }
 
 impl Sink for ParquetSink {
@@ -440,71 +510,23 @@ impl Sink for ParquetSink {
         endpoint: &Arc<EndpointSpec>,
         batch: Vec<Delivery>,
     ) -> Result<(), SinkError> {
+        // Whatever happens to this batch, it has arrived: a replay must reach past it.
+        if let Some(max) = batch.iter().map(|d| d.event.offset).max() {
+            self.watermark = self.watermark.max(max + 1);
+        }
         let name = endpoint.name.to_string();
         let recorded = self.recorded;
-        self.endpoints
+        let live = self
+            .endpoints
             .entry(name.clone())
-            .or_insert_with(|| EndpointState::new(recorded));
-        let (batch_rows, max_rows, max_bytes) = (
-            self.config.batch_rows,
-            self.config.max_rows,
-            self.config.max_bytes,
-        );
+            .or_insert_with(|| EndpointState::new(recorded))
+            .is_live();
+        if !live {
+            return Ok(());
+        }
         for d in batch {
-            let offset = d.event.offset;
-            let hour = hour_floor(d.event.enqueued_ms);
-            let Some(state) = self.endpoints.get_mut(&name) else {
-                continue;
-            };
-            if state.failed {
-                continue;
-            }
-            if offset < state.committed {
-                self.metrics
-                    .rows_skipped_replay
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            // Deliveries arrive in offset order, so everything below `offset` is written:
-            // a change of columns or a later hour can commit right here.
-            let columns_changed = state
-                .spec
-                .as_ref()
-                .is_some_and(|s| !Arc::ptr_eq(s, endpoint) && **s != **endpoint);
-            let later_hour = state.files.keys().next_back().is_some_and(|h| *h < hour);
-            if columns_changed || later_hour {
-                self.commit_endpoint(&name, offset)?;
-            }
-            let Some(state) = self.endpoints.get_mut(&name) else {
-                continue;
-            };
-            state.spec = Some(Arc::clone(endpoint));
-            if !state.files.contains_key(&hour) {
-                let f = self.open_file(endpoint, hour)?;
-                let Some(state) = self.endpoints.get_mut(&name) else {
-                    continue;
-                };
-                state.files.insert(hour, f);
-                state.opened.get_or_insert_with(Instant::now);
-            }
-            let Some(state) = self.endpoints.get_mut(&name) else {
-                continue;
-            };
-            let Some(f) = state.files.get_mut(&hour) else {
-                continue;
-            };
-            f.pending.push(d);
-            f.rows += 1;
-            state.rows += 1;
-            state.last_offset = Some(offset);
-            let mut full = false;
-            if f.pending.len() >= batch_rows {
-                flush_pending(f, endpoint)?;
-                full = f.rows >= max_rows
-                    || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes;
-            }
-            if full {
-                self.commit_endpoint(&name, offset + 1)?;
+            if let Err(e) = self.accept(&name, endpoint, d) {
+                return Err(self.fail(&name, e));
             }
         }
         Ok(())
@@ -512,17 +534,91 @@ impl Sink for ParquetSink {
 
     fn advance(&mut self, frontier: u64) -> Result<(), SinkError> {
         self.frontier = self.frontier.max(frontier);
-        let committed = self.commit_due(self.frontier, false);
+        self.watermark = self.watermark.max(self.frontier);
+        let committed = self.commit_due(false);
         if self.recorded < self.frontier && self.last_record.elapsed() >= RECORD_EVERY {
             self.write_record(Vec::new())?;
+            self.finish_renames();
         }
         committed
     }
 
     fn close(&mut self, end: u64) -> Result<(), SinkError> {
         self.frontier = self.frontier.max(end);
-        let committed = self.commit_due(self.frontier, true);
+        let committed = self.commit_due(true);
         self.write_record(Vec::new())?;
+        self.finish_renames();
         committed
+    }
+
+    fn replay_request(&mut self) -> Option<ReplayRequest> {
+        let now = Instant::now();
+        let watermark = self.watermark;
+        let mut caught_up = Vec::new();
+        let mut request = None;
+        let mut retrying = None;
+        for (name, s) in self.endpoints.iter_mut() {
+            match s.phase {
+                Phase::Resuming { replayed, .. } if replayed >= watermark => {
+                    s.phase = Phase::Live;
+                    caught_up.push(name.clone());
+                }
+                Phase::Resuming { replayed, .. } => {
+                    request = Some((name.clone(), replayed));
+                    break;
+                }
+                Phase::Failed { attempts, retry_at } if retry_at <= now => {
+                    s.phase = Phase::Resuming {
+                        attempts,
+                        replayed: s.committed,
+                        proven: false,
+                    };
+                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from = s.committed, "retrying a failed endpoint");
+                    retrying = Some(name.clone());
+                    request = Some((name.clone(), s.committed));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        caught_up
+            .iter()
+            .chain(&retrying)
+            .for_each(|n| self.publish(n));
+        let (name, from) = request?;
+        Some(ReplayRequest {
+            endpoint: Arc::from(name),
+            from,
+            to: watermark.max(from),
+        })
+    }
+
+    fn replay(
+        &mut self,
+        endpoint: &str,
+        spec: Option<&Arc<EndpointSpec>>,
+        batch: Vec<Delivery>,
+        through: u64,
+    ) -> Result<(), SinkError> {
+        let Some(Phase::Resuming { replayed, .. }) = self.endpoints.get(endpoint).map(|s| s.phase)
+        else {
+            return Ok(());
+        };
+        if through < replayed {
+            return Ok(());
+        }
+        if let Some(spec) = spec {
+            for d in batch {
+                if let Err(e) = self.accept(endpoint, spec, d) {
+                    return Err(self.fail(endpoint, e));
+                }
+            }
+        }
+        if let Some(s) = self.endpoints.get_mut(endpoint)
+            && let Phase::Resuming { replayed, .. } = &mut s.phase
+        {
+            *replayed = through;
+        }
+        Ok(())
     }
 }

@@ -177,6 +177,9 @@ pub async fn put(
         tags,
     };
     let (rec, created) = s.registry.upsert(req, condition)?;
+    if !created && s.hub.revalidate(&id) {
+        tracing::info!(device = %id, "closed a connection the updated device no longer admits");
+    }
     if created {
         tracing::info!(device = %id, "device created");
         let twin = super::twins::twin_json(&rec, false, 0);
@@ -201,6 +204,7 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let rec = s.registry.delete(&id, if_match(&headers))?;
     tracing::info!(device = %id, "device deleted");
+    s.hub.revalidate(&id);
     if let Err(e) = s.hub.c2d.purge(&id, &rec.generation_id) {
         tracing::warn!(device = %id, error = %e, "cannot drop the deleted device's messages");
     }

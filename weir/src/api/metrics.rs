@@ -26,6 +26,59 @@ fn gauge_atomic(out: &mut String, name: &str, help: &str, v: &AtomicI64) {
     gauge(out, name, help, v.load(Ordering::Relaxed));
 }
 
+/// A per-endpoint series: name, type, help, and how to read it from a report.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&super::endpoints::EndpointReport) -> u64,
+);
+
+fn endpoint_metrics(out: &mut String, s: &ApiState) {
+    let reports = super::endpoints::reports(s);
+    let _ = writeln!(
+        out,
+        "# HELP weir_endpoint_state 1 for the state each endpoint is in (healthy, degraded, unhealthy).\n# TYPE weir_endpoint_state gauge"
+    );
+    for r in &reports {
+        for st in weir_core::EndpointState::ALL {
+            let _ = writeln!(
+                out,
+                "weir_endpoint_state{{endpoint=\"{}\",state=\"{}\"}} {}",
+                r.name,
+                st.as_str(),
+                u8::from(r.health.state == st)
+            );
+        }
+    }
+    let series: [Series; 3] = [
+        (
+            "weir_endpoint_committed_offset",
+            "gauge",
+            "Every delivery below this log offset is durably written to the endpoint.",
+            |r| r.health.committed,
+        ),
+        (
+            "weir_endpoint_lag",
+            "gauge",
+            "Log records at or above the endpoint's commit point.",
+            |r| r.lag,
+        ),
+        (
+            "weir_endpoint_failures_total",
+            "counter",
+            "Failed attempts to write to the endpoint.",
+            |r| r.health.failures,
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in &reports {
+            let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", r.name, value(r));
+        }
+    }
+}
+
 pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     let mut out = String::new();
     let g = &s.gateway_metrics;
@@ -65,6 +118,21 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Bytes read from MQTT connections.",
         &g.bytes_in,
     );
+    let _ = writeln!(
+        out,
+        "# HELP weir_connections_revoked_total Connections the hub closed because the device was deleted or disabled, its key replaced or its token expired.\n# TYPE weir_connections_revoked_total counter"
+    );
+    for (i, why) in weir_gateways::mqtt::connect::Revocation::ALL
+        .iter()
+        .enumerate()
+    {
+        let _ = writeln!(
+            out,
+            "weir_connections_revoked_total{{reason=\"{}\"}} {}",
+            why.as_str(),
+            g.revoked[i].load(Ordering::Relaxed)
+        );
+    }
     counter(
         &mut out,
         "weir_mqtt_protocol_errors_total",
@@ -236,6 +304,13 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Messages dropped as repeats ($.mid or MQTT retransmission) within the dedupe window.",
         &e.duplicates,
     );
+    counter(
+        &mut out,
+        "weir_engine_replayed_total",
+        "Deliveries replayed from the log for endpoints recovering from a failure.",
+        &e.replayed,
+    );
+    endpoint_metrics(&mut out, &s);
     gauge(
         &mut out,
         "weir_registry_devices",

@@ -2,6 +2,7 @@
 
 mod auth;
 mod devices;
+mod endpoints;
 mod error;
 mod messages;
 mod metrics;
@@ -33,6 +34,9 @@ pub struct ApiState {
     pub archive_metrics: Arc<ArchiveMetrics>,
     pub log_metrics: weir_storage::log::LogMetricsHandle,
     pub reload: Arc<crate::reload::ReloadStatus>,
+    /// The live rules, for the endpoints they declare.
+    pub rules: weir_engine::RulesHandle,
+    pub endpoint_health: Arc<weir_core::HealthBoard>,
 }
 
 impl ApiState {
@@ -68,6 +72,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
             get(twins::get).patch(twins::patch).put(twins::replace),
         )
         .route("/twins/{id}/methods", post(twins::invoke))
+        .route("/endpoints", get(endpoints::list))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_service_token,

@@ -68,6 +68,12 @@ impl Hub {
         self.link().is_some_and(|l| l.is_connected(device))
     }
 
+    /// The device's registry record changed or it was deleted: connections it no longer
+    /// admits are told to close before this returns.
+    pub fn revalidate(&self, device: &str) -> bool {
+        self.link().is_some_and(|l| l.revalidate(device))
+    }
+
     fn generation(&self, device: &str) -> String {
         self.registry
             .get(device)
@@ -271,6 +277,11 @@ impl DeviceServices for Hub {
     }
 
     fn connected(&self, device: &DeviceId) {
+        // A message in flight on an earlier connection (one that vanished without a clean
+        // disconnect, e.g. after a NAT rebinding) goes out again on this one.
+        if let Ok(mut inflight) = self.c2d_inflight.lock() {
+            inflight.remove(device.as_str());
+        }
         self.events.emit(
             device.as_str(),
             EventSource::DeviceConnectionStateEvents,

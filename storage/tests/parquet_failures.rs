@@ -1,0 +1,161 @@
+//! A failing endpoint never commits past what it wrote, waits, and catches up from a replay.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use weir_core::{
+    Delivery, DeviceId, EndpointKind, EndpointSpec, EndpointState, Event, HealthBoard,
+    ReplayRequest, SinkFactory,
+};
+use weir_storage::commit::CommitStore;
+use weir_storage::{ParquetConfig, ParquetSinkFactory};
+
+const HOUR0: i64 = 1_767_322_800_000; // 2026-01-02T03:00:00Z
+
+fn spec() -> Arc<EndpointSpec> {
+    Arc::new(EndpointSpec {
+        name: Arc::from("hot"),
+        kind: EndpointKind::Parquet { path: None },
+        columns: vec![],
+    })
+}
+
+fn deliveries(offsets: std::ops::Range<u64>) -> Vec<Delivery> {
+    offsets
+        .map(|o| {
+            let mut e = Event::telemetry(
+                DeviceId::parse("d1").expect("id"),
+                HOUR0 + o as i64,
+                Bytes::from(format!("{{\"n\":{o}}}")),
+            );
+            e.offset = o;
+            Delivery {
+                event: Arc::new(e),
+                enrichments: vec![],
+                columns: vec![],
+                rules_version: Arc::from("v"),
+            }
+        })
+        .collect()
+}
+
+fn parquet_rows(dir: &Path) -> usize {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut rows = 0;
+    for e in walk(dir) {
+        if e.extension().is_some_and(|x| x == "parquet") {
+            let r = SerializedFileReader::new(std::fs::File::open(&e).expect("f")).expect("pq");
+            rows += r.metadata().file_metadata().num_rows() as usize;
+        }
+    }
+    rows
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("archive");
+    let (store, recovery) =
+        CommitStore::open(&tmp.path().join("commits"), &archive).expect("commits");
+    let board = Arc::new(HealthBoard::default());
+    let floor = Arc::new(Mutex::new(0u64));
+    let f2 = Arc::clone(&floor);
+    let factory = ParquetSinkFactory::new(
+        ParquetConfig::new(archive.clone()),
+        store,
+        recovery,
+        Arc::clone(&board),
+        move |f| *f2.lock().expect("floor") = f,
+    );
+    let mut sink = factory.open(0, 1).expect("open");
+    let ep = spec();
+    // A regular file where the partition directory belongs.
+    std::fs::create_dir_all(archive.join("hot")).expect("dir");
+    let blocker = archive.join("hot/date=2026-01-02");
+    std::fs::write(&blocker, b"in the way").expect("blocker");
+
+    assert!(sink.write(&ep, deliveries(0..4)).is_err());
+    let h = board.endpoint("hot").expect("reported");
+    assert_eq!((h.state, h.committed), (EndpointState::Unhealthy, 0));
+    assert!(h.last_error.is_some_and(|e| e.contains("date=2026-01-02")));
+    // The frontier moves on; the failed endpoint's commit point does not.
+    sink.write(&ep, deliveries(4..7))
+        .expect("dropped while failed");
+    sink.advance(10).expect("advance");
+    std::thread::sleep(Duration::from_millis(1100));
+    sink.advance(10).expect("advance writes the record");
+    assert_eq!(
+        *floor.lock().expect("floor"),
+        0,
+        "the log must keep offsets 0.."
+    );
+    assert_eq!(board.endpoint("hot").map(|h| h.committed), Some(0));
+
+    // Still blocked at the first retry: the replay fails again, with a longer wait.
+    let req = sink.replay_request().expect("retry is due after 1 s");
+    assert_eq!(
+        req,
+        ReplayRequest {
+            endpoint: Arc::from("hot"),
+            from: 0,
+            to: 10
+        }
+    );
+    assert!(sink.replay("hot", Some(&ep), deliveries(0..7), 10).is_err());
+    assert_eq!(board.endpoint("hot").map(|h| h.failures), Some(2));
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(
+        sink.replay_request().is_none(),
+        "the second retry waits 2 s"
+    );
+
+    std::fs::remove_file(&blocker).expect("unblock");
+    std::thread::sleep(Duration::from_millis(1000));
+    let req = sink.replay_request().expect("second retry");
+    assert_eq!((req.from, req.to), (0, 10));
+    sink.replay("hot", Some(&ep), deliveries(0..5), 5)
+        .expect("first chunk");
+    // Live deliveries keep being dropped until the replay has caught up.
+    sink.write(&ep, deliveries(10..12)).expect("dropped");
+    let req = sink.replay_request().expect("continue");
+    assert_eq!((req.from, req.to), (5, 12));
+    sink.replay(
+        "hot",
+        Some(&ep),
+        deliveries(5..7)
+            .into_iter()
+            .chain(deliveries(10..12))
+            .collect(),
+        12,
+    )
+    .expect("second chunk");
+    assert!(sink.replay_request().is_none(), "caught up: live again");
+    assert_eq!(
+        board.endpoint("hot").map(|h| h.state),
+        Some(EndpointState::Healthy)
+    );
+    sink.write(&ep, deliveries(12..14)).expect("live");
+    sink.close(14).expect("close");
+    assert_eq!(parquet_rows(&archive), 11, "0..7 and 10..14, each once");
+    assert_eq!(*floor.lock().expect("floor"), 14);
+    assert!(
+        walk(&archive)
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".inprogress"))
+    );
+}

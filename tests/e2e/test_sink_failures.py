@@ -1,0 +1,117 @@
+"""Sink I/O errors never lose acknowledged data: the endpoint turns unhealthy, the log keeps
+its messages, and once the problem is gone it catches up without a restart."""
+
+import datetime
+import json
+import subprocess
+import time
+
+from mqttclients import Device
+from weirhub import Hub
+
+
+def endpoint(hub, name):
+    r = hub.call("GET", "/endpoints")
+    assert r.status_code == 200, r.text
+    return next(e for e in r.json() if e["name"] == name)
+
+
+def wait_state(hub, name, state, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        e = endpoint(hub, name)
+        if e["state"] == state:
+            return e
+        time.sleep(0.1)
+    raise AssertionError(f"{name} never became {state}: {endpoint(hub, name)}\n{hub.log_text()[-3000:]}")
+
+
+def publish_batch(dev, first, n):
+    acked = []
+    for i in range(first, first + n):
+        mid = f"m-{i}"
+        assert dev.publish(dev.telemetry_topic(f"%24.mid={mid}"), json.dumps({"id": mid, "pad": "x" * 200})), mid
+        acked.append(mid)
+    return acked
+
+
+def archived(hub):
+    return [json.loads(b)["id"] for (b,) in hub.query("archive", "SELECT body FROM t")]
+
+
+def wait_archived(hub, expected, timeout=60):
+    deadline = time.time() + timeout
+    got = []
+    while time.time() < deadline:
+        got = archived(hub)
+        if len(got) >= len(expected):
+            break
+        time.sleep(0.2)
+    assert len(got) == len(set(got)), f"duplicates: {len(got) - len(set(got))}"
+    assert set(got) == set(expected), f"missing {sorted(set(expected) - set(got))[:5]}\n{hub.log_text()[-3000:]}"
+
+
+def test_a_blocked_partition_directory_heals_without_a_restart(hub):
+    key = hub.create_device("blk")["authentication"]["symmetricKey"]["primaryKey"]
+    pid = hub.proc.pid
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    blocker = hub.data / "archive" / "archive" / f"date={today}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a regular file where the partition directory goes")
+
+    dev = Device(hub, "blk", hub.device_token("blk", key))
+    assert dev.connect() == 0
+    acked = publish_batch(dev, 0, 40)
+    e = wait_state(hub, "archive", "unhealthy")
+    assert f"date={today}" in e["lastError"] and e["lag"] > 0
+    m = hub.metrics()
+    assert m['weir_endpoint_state{endpoint="archive",state="unhealthy"}'] == 1
+    assert endpoint(hub, "hot")["state"] == "healthy", "other endpoints are not affected"
+    acked += publish_batch(dev, 40, 40)
+    time.sleep(1.5)
+    assert archived(hub) == [], "nothing is archived while the partition is blocked"
+    assert "endpoint is unhealthy" in hub.log_text()
+
+    blocker.unlink()
+    wait_archived(hub, acked)
+    wait_state(hub, "archive", "healthy")
+    acked += publish_batch(dev, 80, 10)
+    wait_archived(hub, acked)
+    dev.close()
+    assert hub.proc.pid == pid and hub.proc.poll() is None, "no restart"
+    assert hub.log_text().count("endpoint is unhealthy") == 1, "logged once per state change"
+    assert hub.metrics()["weir_engine_replayed_total"] >= 80
+
+
+def test_a_full_archive_disk_heals_without_a_restart(tmp_path, rules_dir):
+    hub = Hub(tmp_path, rules_dir, config="[archive]\nmax_age_secs = 0.3\n")
+    mount = hub.data / "archive"
+    mount.mkdir(parents=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    try:
+        filler = mount / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            except OSError:
+                pass
+        hub.start()
+        key = hub.create_device("full")["authentication"]["symmetricKey"]["primaryKey"]
+        dev = Device(hub, "full", hub.device_token("full", key))
+        assert dev.connect() == 0
+        acked = publish_batch(dev, 0, 200)
+        e = wait_state(hub, "archive", "unhealthy")
+        assert "No space left" in e["lastError"], e
+        acked += publish_batch(dev, 200, 50)
+        assert archived(hub) == []
+        filler.unlink()
+        wait_archived(hub, acked)
+        wait_state(hub, "archive", "healthy")
+        dev.close()
+        assert hub.stop() == 0
+    finally:
+        hub.stop()
+        subprocess.run(["umount", "-l", str(mount)], check=False)
