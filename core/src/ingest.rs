@@ -13,6 +13,8 @@ pub enum IngestError {
     ShuttingDown,
     #[error("the hub cannot store events: {0}")]
     Unavailable(String),
+    #[error("a message of {size} bytes is larger than the {limit} bytes a log record holds")]
+    TooLarge { size: usize, limit: usize },
 }
 
 /// Resolves once a batch is durable (as far as the configured fsync policy promises).

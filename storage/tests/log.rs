@@ -208,3 +208,33 @@ async fn a_reader_follows_the_writer_across_segment_rolls() {
         (0..20).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_larger_than_a_record_is_refused_before_any_acknowledgement() {
+    use weir_core::IngestError;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (log, _) = Log::open(LogConfig::new(dir.path().to_path_buf())).expect("open");
+    let ingest = log.ingest();
+    let id = DeviceId::parse("big").expect("id");
+    let mut huge = event("big", "", None);
+    huge.body = Bytes::from(vec![b'x'; weir_storage::log::MAX_RECORD]);
+    let small = event("big", "{\"ok\":1}", None);
+    // Queued together, so the writer handles them in one group.
+    let refused = ingest
+        .ingest(&id, vec![small.clone(), huge])
+        .await
+        .expect("queued");
+    let accepted = ingest.ingest(&id, vec![small]).await.expect("queued");
+    assert!(matches!(
+        refused.await,
+        Err(IngestError::TooLarge { limit, .. }) if limit == weir_storage::log::MAX_RECORD
+    ));
+    accepted.await.expect("the other append is stored");
+    assert_eq!(
+        log.end(),
+        1,
+        "nothing of the refused append reached the log"
+    );
+    let back = read_all(&log, 0, 1);
+    assert_eq!((back.len(), &back[0].body[..]), (1, &b"{\"ok\":1}"[..]));
+}

@@ -282,3 +282,51 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing_acknowledged(tm
     got = archived_ids(hub2)
     assert len(got) == len(set(got)), "duplicates"
     assert set(got) == set(acked), f"missing {len(set(acked) - set(got))}, extra {len(set(got) - set(acked))}"
+
+
+def test_after_a_full_disk_the_log_continues_on_a_fresh_segment_without_a_restart(tmp_path, rules_dir):
+    import subprocess
+    small = tmp_path / "small"
+    small.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    try:
+        filler = small / "filler"
+        filler.write_bytes(b"\0" * (4 << 20))
+        hub = Hub(small, rules_dir, config="[archive]\nmax_age_secs = 0.3\n[log]\nsegment_mb = 1\nbudget_mb = 1024\n").start()
+        key = hub.create_device("disk2")["authentication"]["symmetricKey"]["primaryKey"]
+        acked, refused, i = [], False, 0
+        raw = Raw(hub.mqtt_port)
+        assert raw.connect("disk2", hub.username("disk2"), hub.device_token("disk2", key)) == 0
+        while i < 20000 and not refused:
+            body = json.dumps({"id": f"e-{i}", "pad": "q" * 2000}).encode()
+            try:
+                raw.publish("devices/disk2/messages/events/", body, pkid=i % 60000 + 1)
+                acked.append(f"e-{i}")
+            except (AssertionError, OSError):
+                refused = True
+            i += 1
+        raw.close()
+        assert refused, "publishing must stop when the disk is full"
+        m = hub.metrics()
+        assert m["weir_log_write_failing"] == 1
+        end_at_failure = int(m["weir_log_end_offset"])
+        filler.unlink()
+        raw = Raw(hub.mqtt_port)
+        assert raw.connect("disk2", hub.username("disk2"), hub.device_token("disk2", key)) == 0
+        for k in range(50):
+            body = json.dumps({"id": f"after-{k}", "pad": "q" * 2000}).encode()
+            raw.publish("devices/disk2/messages/events/", body, pkid=k + 1)
+            acked.append(f"after-{k}")
+        raw.close()
+        assert hub.metrics()["weir_log_write_failing"] == 0
+        segments = sorted(p.name for p in (hub.data / "log").glob("*.log"))
+        assert f"{end_at_failure:020}.log" in segments, (
+            f"writing resumed in a segment that starts where the failure was, not through the failed descriptor: {segments}")
+        assert hub.proc.poll() is None
+        assert hub.stop() == 0
+        got = archived_ids(hub)
+        assert len(got) == len(set(got)), "duplicates"
+        assert set(got) == set(acked), f"missing {len(set(acked) - set(got))}, extra {len(set(got) - set(acked))}"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

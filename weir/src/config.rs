@@ -12,6 +12,10 @@ use crate::cli::ServeArgs;
 
 pub const DEFAULT_TOML: &str = include_str!("../default.toml");
 
+/// The largest MQTT message the log can store: a record holds the body plus the
+/// properties and ids, which the topic bounds; 64 KiB covers their encoding overhead.
+pub const MAX_MESSAGE_BYTES: usize = weir_storage::log::MAX_RECORD - 64 * 1024;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
@@ -198,8 +202,11 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         ("", _) | (_, "") => bail!("`tls.cert` and `tls.key` must be set together"),
         (c, k) => Some((PathBuf::from(c), PathBuf::from(k))),
     };
-    if f.mqtt.max_message_bytes < 1024 || f.mqtt.max_message_bytes > 256 * 1024 * 1024 {
-        bail!("`mqtt.max_message_bytes` must be between 1024 and 268435456");
+    if f.mqtt.max_message_bytes < 1024 || f.mqtt.max_message_bytes > MAX_MESSAGE_BYTES {
+        bail!(
+            "`mqtt.max_message_bytes` must be between 1024 and {MAX_MESSAGE_BYTES}: a message must fit in one ingest log record ({} bytes) with its properties",
+            weir_storage::log::MAX_RECORD
+        );
     }
     if f.mqtt.connect_timeout_secs == 0 {
         bail!("`mqtt.connect_timeout_secs` must be at least 1");
@@ -322,5 +329,15 @@ mod tests {
         assert!(e.to_string().contains("listen.http"), "{e}");
         let e = with_file("[archive]\nzstd = 3\n").expect_err("unknown key");
         assert!(e.to_string().contains("archive"), "{e}");
+        let e = with_file("[mqtt]\nmax_message_bytes = 100000000\n").expect_err("too big");
+        assert!(
+            e.to_string().contains("mqtt.max_message_bytes")
+                && e.to_string().contains("log record"),
+            "{e}"
+        );
+        with_file(&format!(
+            "[mqtt]\nmax_message_bytes = {MAX_MESSAGE_BYTES}\n"
+        ))
+        .expect("the largest message the log stores is accepted");
     }
 }

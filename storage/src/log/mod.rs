@@ -135,6 +135,8 @@ pub(crate) struct Shared {
     /// Set when the writer has stopped; readers then finish at `durable_end`.
     pub closed: AtomicBool,
     pub stopping: AtomicBool,
+    /// The last append failed (a full disk, an I/O error): publishes are being refused.
+    pub write_failing: AtomicBool,
     pub wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     pub metrics: LogMetrics,
 }
@@ -184,14 +186,18 @@ impl Log {
     /// writer thread.
     pub fn open(config: LogConfig) -> Result<(Log, Recovered), LogError> {
         let dir = config.dir.clone();
-        std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
+        crate::fsutil::create_dir_durable(&dir).map_err(|e| io_err(&dir, e))?;
+        crate::fsutil::restrict(&dir).map_err(|e| io_err(&dir, e))?;
         let mut found = segment::list(&dir).map_err(|e| io_err(&dir, e))?;
         let mut rec = Recovered::default();
         if found.is_empty() {
             let path = dir.join(segment::file_name(0));
-            std::fs::File::create(&path).map_err(|e| io_err(&path, e))?;
+            crate::fsutil::create_private(&path).map_err(|e| io_err(&path, e))?;
             segment::sync_dir(&dir).map_err(|e| io_err(&dir, e))?;
             found.push((0, path));
+        }
+        for (_, path) in &found {
+            crate::fsutil::restrict(path).map_err(|e| io_err(path, e))?;
         }
         let mut segments: Vec<SegmentInfo> = found
             .iter()
@@ -234,6 +240,7 @@ impl Log {
             retain_floor: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            write_failing: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
             metrics: LogMetrics::default(),
         });
@@ -347,6 +354,11 @@ impl LogMetricsHandle {
 
     pub fn segments(&self) -> usize {
         self.0.segments.read().map_or(0, |s| s.len())
+    }
+
+    /// True while appends fail: the hub refuses publishes until the disk recovers.
+    pub fn write_failing(&self) -> bool {
+        self.0.write_failing.load(Ordering::Relaxed)
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -10,8 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use weir_core::{Event, IngestError, codec};
 
-use super::segment::{self, frame};
+use super::segment::{self, MAX_RECORD, frame};
 use super::{FsyncPolicy, LogConfig, LogError, SegmentInfo, Shared, io_err, now_ms};
+use crate::fsutil;
 
 /// One gateway batch: events from one device, acknowledged together.
 pub(crate) struct Append {
@@ -34,6 +36,12 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     last_error_log: Option<Instant>,
+    /// A write or sync on `file` failed: what the kernel did with its unsynced pages is
+    /// unknown (a later fsync can succeed without them), so nothing more is written through
+    /// this descriptor. The next batch first opens a fresh segment.
+    poisoned: bool,
+    /// The directory entry of the active segment is not known to be durable yet.
+    dir_unsynced: bool,
 }
 
 impl Writer {
@@ -63,6 +71,8 @@ impl Writer {
             buf: Vec::with_capacity(GROUP_BYTES + 64 * 1024),
             scratch: Vec::with_capacity(1024),
             last_error_log: None,
+            poisoned: false,
+            dir_unsynced: false,
         };
         std::thread::Builder::new()
             .name("weir-log".into())
@@ -129,18 +139,43 @@ impl Writer {
         let now = now_ms().max(self.last_enqueued);
         let start = self.next;
         let mut next = self.next;
-        for a in batch.iter_mut() {
+        let mut refused = Vec::new();
+        for (i, a) in batch.iter_mut().enumerate() {
+            let (mark, first) = (self.buf.len(), next);
             for e in a.events.iter_mut() {
                 e.enqueued_ms = now;
                 e.offset = next;
-                next += 1;
                 self.scratch.clear();
                 codec::encode(e, &mut self.scratch);
+                if self.scratch.len() > MAX_RECORD {
+                    refused.push((i, self.scratch.len()));
+                    break;
+                }
+                next += 1;
                 frame(a.hash, &self.scratch, &mut self.buf);
             }
+            // An append is stored whole or not at all.
+            if refused.last().is_some_and(|(r, _)| *r == i) {
+                self.buf.truncate(mark);
+                next = first;
+            }
+        }
+        for (i, size) in refused.into_iter().rev() {
+            let a = batch.swap_remove(i);
+            let _ = a.done.send(Err(IngestError::TooLarge {
+                size,
+                limit: MAX_RECORD,
+            }));
+        }
+        if batch.is_empty() {
+            return;
         }
         if !self.hold_for_budget(self.buf.len() as u64) {
             fail(batch, IngestError::ShuttingDown);
+            return;
+        }
+        if let Err(e) = self.ready_file() {
+            self.write_failed(e, batch);
             return;
         }
         let sync_started = Instant::now();
@@ -155,6 +190,7 @@ impl Writer {
             self.write_failed(e, batch);
             return;
         }
+        self.shared.write_failing.store(false, Ordering::Relaxed);
         let m = &self.shared.metrics;
         if self.config.fsync != FsyncPolicy::Never {
             m.syncs.fetch_add(1, Ordering::Relaxed);
@@ -187,14 +223,57 @@ impl Writer {
         self.retain(false);
     }
 
+    /// Makes sure the next write goes to a file whose earlier writes are all known to be
+    /// durable and whose directory entry is: after a failure, a fresh segment (or, if the
+    /// active one holds nothing, the same file opened anew, checked to be empty).
+    fn ready_file(&mut self) -> std::io::Result<()> {
+        if self.poisoned {
+            if self.bytes > 0 {
+                self.start_segment()?;
+            } else {
+                let path = self.active_path()?;
+                let file = OpenOptions::new().append(true).open(&path)?;
+                file.set_len(0)?;
+                file.sync_all()?;
+                if file.metadata()?.len() != 0 {
+                    return Err(std::io::Error::other(
+                        "the active segment is not empty after truncation",
+                    ));
+                }
+                self.file = file;
+            }
+            self.poisoned = false;
+        }
+        if self.dir_unsynced {
+            segment::sync_dir(&self.shared.dir)?;
+            self.dir_unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn active_path(&self) -> std::io::Result<std::path::PathBuf> {
+        self.shared
+            .segments
+            .read()
+            .ok()
+            .and_then(|s| s.last().map(|x| x.path.clone()))
+            .ok_or_else(|| std::io::Error::other("log state is unavailable"))
+    }
+
     fn write_failed(&mut self, e: std::io::Error, batch: &mut Vec<Append>) {
         self.shared
             .metrics
             .write_errors
             .fetch_add(1, Ordering::Relaxed);
-        // Cut whatever part of the batch reached the file, so the segment stays a clean
-        // sequence of records; nothing of this batch is acknowledged.
-        let _ = self.file.set_len(self.bytes);
+        self.shared.write_failing.store(true, Ordering::Relaxed);
+        // Nothing of this batch is acknowledged, and nothing more goes through this
+        // descriptor. Cutting what reached the file keeps a restart from having to; if
+        // that fails too, the torn tail is cut at the next start (or ends a segment that
+        // is no longer the last, where readers never look past its records).
+        self.poisoned = true;
+        if let Err(cut) = self.file.set_len(self.bytes) {
+            tracing::warn!(error = %cut, "ingest log: cannot cut a failed write off the segment; a new segment follows it");
+        }
         let full = e.raw_os_error() == Some(28);
         if self
             .last_error_log
@@ -249,30 +328,54 @@ impl Writer {
         }
     }
 
+    /// Starts a new segment when the active one is full. A failure leaves the active one
+    /// in use (it is tried again after the next batch).
     fn roll(&mut self) {
         if let Err(e) = self.file.sync_all() {
             tracing::error!(error = %e, "ingest log: sync before roll failed");
+            self.poisoned = true;
             return;
         }
+        if let Err(e) = self.start_segment() {
+            tracing::error!(error = %e, "ingest log: cannot start a new segment");
+        }
+    }
+
+    /// Opens `<next>.log` as the active segment. Its directory entry is synced before
+    /// anything written to it is acknowledged.
+    fn start_segment(&mut self) -> std::io::Result<()> {
         let path = self.shared.dir.join(segment::file_name(self.next));
-        let file = match OpenOptions::new().create(true).append(true).open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::error!(error = %e, path = %path.display(), "ingest log: cannot start a new segment");
-                return;
-            }
-        };
-        let _ = segment::sync_dir(&self.shared.dir);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(fsutil::FILE_MODE)
+            .open(&path)?;
+        if file.metadata()?.len() != 0 {
+            // Left by a failed attempt at this same offset: nothing in it was acknowledged.
+            file.set_len(0)?;
+        }
+        self.dir_unsynced = true;
         self.file = file;
         self.bytes = 0;
         if let Ok(mut segs) = self.shared.segments.write() {
-            segs.push(SegmentInfo {
-                base: self.next,
-                path,
-                bytes: 0,
-                last_write_ms: now_ms(),
-            });
+            match segs.last_mut() {
+                Some(last) if last.base == self.next => {
+                    last.bytes = 0;
+                }
+                _ => segs.push(SegmentInfo {
+                    base: self.next,
+                    path,
+                    bytes: 0,
+                    last_write_ms: now_ms(),
+                }),
+            }
         }
+        if let Err(e) = segment::sync_dir(&self.shared.dir) {
+            tracing::warn!(error = %e, "ingest log: syncing the log directory failed; retried before the next write");
+        } else {
+            self.dir_unsynced = false;
+        }
+        Ok(())
     }
 
     /// Deletes segments every sink has committed past. Unless `pressed` (over budget),

@@ -276,6 +276,12 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     );
     gauge(
         &mut out,
+        "weir_log_write_failing",
+        "1 while appends to the ingest log fail (full disk, I/O errors) and publishes are refused.",
+        i64::from(s.log_metrics.write_failing()),
+    );
+    gauge(
+        &mut out,
         "weir_log_segments",
         "Segment files.",
         s.log_metrics.segments() as i64,
