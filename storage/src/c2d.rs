@@ -129,6 +129,7 @@ fn rfc3339(ms: i64) -> String {
 
 impl C2dStore {
     pub fn open(path: &Path) -> Result<C2dStore, C2dError> {
+        crate::fsutil::private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(MESSAGES).map_err(storage)?;

@@ -68,6 +68,20 @@ pub fn restrict(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Prepares a database file that a library will open: created empty and owner-only when
+/// missing (the library then initialises it), made owner-only when it exists.
+pub fn private_db_file(path: &Path) -> io::Result<()> {
+    if path.exists() {
+        return restrict(path);
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

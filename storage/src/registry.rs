@@ -66,6 +66,7 @@ fn now() -> String {
 impl Registry {
     /// Opens (or creates) the registry at `path` and loads every device into memory.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        crate::fsutil::private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(DEVICES).map_err(storage)?;

@@ -130,12 +130,15 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            cfg.data_dir.display()
-        )
-    })?;
+    // Keys, device records and device data live here: only the hub's user may read them.
+    weir_storage::fsutil::create_dir_durable(&cfg.data_dir)
+        .and_then(|()| weir_storage::fsutil::restrict(&cfg.data_dir))
+        .with_context(|| {
+            format!(
+                "cannot create the data directory {} (mode 0700)",
+                cfg.data_dir.display()
+            )
+        })?;
     let mut signals = Signals::new()?;
     // Bind first, so a busy port fails before anything else starts.
     let mqtt_l = bind(cfg.mqtt, "mqtt").await?;
