@@ -7,6 +7,10 @@ use serde_json::{Map, Value, json};
 /// The most a twin section (desired or reported, without metadata) may hold, as in IoT Hub.
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 
+/// How deeply objects may nest in tags, desired or reported properties, as in IoT Hub:
+/// `{"one": {"two": ... {"ten": {"property": 1}}}}` is the deepest allowed.
+pub const MAX_DEPTH: usize = 10;
+
 /// Why a twin change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TwinError {
@@ -16,6 +20,30 @@ pub enum TwinError {
     TooLarge { section: &'static str, size: usize },
     #[error("property names may not start with '$' or contain '.', ' ' or '$' ({0:?})")]
     BadName(String),
+    #[error("the {section} nest objects {depth} deep; the limit is {MAX_DEPTH}")]
+    TooDeep { section: &'static str, depth: usize },
+}
+
+/// How many objects nest inside `v` along its deepest path (`{"a": 1}` is 0, `{"a": {}}`
+/// is 1). Iterative, so a hostile document cannot exhaust the stack.
+pub fn object_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        if let Value::Object(m) = v {
+            deepest = deepest.max(d);
+            stack.extend(m.values().filter(|c| c.is_object()).map(|c| (c, d + 1)));
+        }
+    }
+    deepest
+}
+
+/// Refuses a document (tags, or properties) that nests deeper than IoT Hub allows.
+pub fn check_depth(v: &Value, section: &'static str) -> Result<(), TwinError> {
+    match object_depth(v) {
+        depth if depth > MAX_DEPTH => Err(TwinError::TooDeep { section, depth }),
+        _ => Ok(()),
+    }
 }
 
 /// Desired or reported properties.
@@ -108,9 +136,11 @@ impl Section {
         if !patch.is_object() {
             return Err(TwinError::NotAnObject);
         }
+        check_depth(patch, name)?;
         check_names(patch)?;
         let mut values = self.values.clone();
         merge(&mut values, patch);
+        check_depth(&values, name)?;
         let size = values.to_string().len();
         if size > MAX_SECTION_BYTES {
             return Err(TwinError::TooLarge {
@@ -140,6 +170,7 @@ impl Section {
         if !values.is_object() {
             return Err(TwinError::NotAnObject);
         }
+        check_depth(values, name)?;
         check_names(values)?;
         let size = values.to_string().len();
         if size > MAX_SECTION_BYTES {
@@ -223,5 +254,40 @@ mod tests {
             Err(TwinError::TooLarge { .. })
         ));
         assert_eq!(s.version, 3, "a refused patch changes nothing");
+    }
+
+    fn nested(levels: usize) -> Value {
+        let mut v = json!({"property": "value"});
+        for i in 0..levels {
+            v = json!({ format!("l{i}"): v });
+        }
+        v
+    }
+
+    #[test]
+    fn objects_nest_at_most_ten_deep() {
+        assert_eq!(object_depth(&json!({"a": 1})), 0);
+        assert_eq!(
+            object_depth(&json!({"a": {"b": [1, {"c": 2}]}, "d": {}})),
+            1
+        );
+        assert_eq!(object_depth(&nested(10)), 10);
+        let mut s = Section::default();
+        s.patch(&nested(10), "t", false, "reported")
+            .expect("IoT Hub's deepest example is allowed");
+        assert!(matches!(
+            s.patch(&nested(11), "t", false, "reported"),
+            Err(TwinError::TooDeep { depth: 11, .. })
+        ));
+        assert!(matches!(
+            s.replace(&nested(125), "t", true, "desired"),
+            Err(TwinError::TooDeep { depth: 125, .. })
+        ));
+        let mut s = Section::default();
+        s.patch(&json!({"x": nested(9)}), "t", false, "reported")
+            .expect("depth 10");
+        let one_more = json!({"x": {"l8": {"l7": {"l6": {"l5": {"l4": {"l3": {"l2": {"l1": {"l0": {"more": {"k": 1}}}}}}}}}}}});
+        assert!(s.patch(&one_more, "t", false, "reported").is_err());
+        assert_eq!(s.version, 2);
     }
 }

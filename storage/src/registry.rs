@@ -16,6 +16,8 @@ use crate::secret::{generate_key, random_hex, valid_key};
 const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 /// MQTT subscriptions of persistent sessions, by device: a JSON list of filters.
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Device records that could not be read at start-up, kept byte for byte for repair.
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -52,9 +54,17 @@ pub struct DeviceUpsert {
     pub tags: Option<serde_json::Value>,
 }
 
+/// A device record the registry could not read and set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub device_id: String,
+    pub error: String,
+}
+
 pub struct Registry {
     db: Database,
     devices: RwLock<HashMap<String, Arc<DeviceRecord>>>,
+    quarantined: Vec<Quarantined>,
     /// Serialises read-modify-write so etag checks and version bumps are atomic.
     writer: Mutex<()>,
 }
@@ -64,31 +74,77 @@ fn now() -> String {
 }
 
 impl Registry {
-    /// Opens (or creates) the registry at `path` and loads every device into memory.
+    /// Opens (or creates) the registry at `path` and loads every device into memory. A
+    /// record that cannot be read does not stop the hub: it is moved to a quarantine table
+    /// (reported by [`Registry::quarantined`] and in the log) and the rest is served.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
         crate::fsutil::private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(DEVICES).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
+        txn.open_table(QUARANTINE).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let mut devices = HashMap::new();
+        let mut bad: Vec<(String, Vec<u8>, String)> = Vec::new();
         {
             let txn = db.begin_read().map_err(storage)?;
             let table = txn.open_table(DEVICES).map_err(storage)?;
             for row in table.iter().map_err(storage)? {
                 let (k, v) = row.map_err(storage)?;
-                let rec: DeviceRecord = serde_json::from_slice(v.value()).map_err(|e| {
-                    RegistryError::Storage(format!("device {} is unreadable: {e}", k.value()))
-                })?;
-                devices.insert(k.value().to_owned(), Arc::new(rec));
+                match serde_json::from_slice::<DeviceRecord>(v.value()) {
+                    Ok(rec) => {
+                        devices.insert(k.value().to_owned(), Arc::new(rec));
+                    }
+                    Err(e) => bad.push((k.value().to_owned(), v.value().to_vec(), e.to_string())),
+                }
+            }
+        }
+        if !bad.is_empty() {
+            let txn = db.begin_write().map_err(storage)?;
+            {
+                let mut devices_t = txn.open_table(DEVICES).map_err(storage)?;
+                let mut q = txn.open_table(QUARANTINE).map_err(storage)?;
+                for (id, bytes, _) in &bad {
+                    q.insert(id.as_str(), bytes.as_slice()).map_err(storage)?;
+                    devices_t.remove(id.as_str()).map_err(storage)?;
+                }
+            }
+            txn.commit().map_err(storage)?;
+        }
+        let mut quarantined = Vec::new();
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            let q = txn.open_table(QUARANTINE).map_err(storage)?;
+            for row in q.iter().map_err(storage)? {
+                let (k, _) = row.map_err(storage)?;
+                let id = k.value().to_owned();
+                let error = bad.iter().find(|(b, _, _)| *b == id).map_or_else(
+                    || "set aside at an earlier start".to_string(),
+                    |(_, _, e)| e.clone(),
+                );
+                tracing::error!(
+                    device = %id,
+                    error = %error,
+                    "device record is unreadable; it is quarantined (kept in the registry's quarantine table) and the device cannot connect until it is created again"
+                );
+                quarantined.push(Quarantined {
+                    device_id: id,
+                    error,
+                });
             }
         }
         Ok(Registry {
             db,
             devices: RwLock::new(devices),
+            quarantined,
             writer: Mutex::new(()),
         })
+    }
+
+    /// Records set aside because they could not be read.
+    pub fn quarantined(&self) -> &[Quarantined] {
+        &self.quarantined
     }
 
     pub fn len(&self) -> usize {
@@ -129,6 +185,9 @@ impl Registry {
         }
         if req.tags.as_ref().is_some_and(|t| !t.is_object()) {
             return Err(RegistryError::InvalidTags);
+        }
+        if let Some(t) = &req.tags {
+            weir_core::twin::check_depth(t, "tags")?;
         }
         let _w = self.writer.lock().map_err(storage)?;
         let existing = self.get(&req.device_id);
@@ -400,5 +459,56 @@ mod tests {
         assert!(r.get("dev1").is_none());
         drop(r);
         assert!(Registry::open(&path).expect("reopen").is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_record_is_quarantined_and_the_rest_served() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("registry.redb");
+        {
+            let r = Registry::open(&path).expect("open");
+            for id in ["good", "bad"] {
+                r.upsert(
+                    DeviceUpsert {
+                        device_id: id.into(),
+                        ..Default::default()
+                    },
+                    None,
+                )
+                .expect("create");
+            }
+        }
+        {
+            // What a record nested past serde_json's recursion limit looks like on disk.
+            let db = Database::create(&path).expect("db");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut t = txn.open_table(DEVICES).expect("table");
+                let deep = format!(
+                    "{{\"device_id\": \"bad\", \"tags\": {}1{}}}",
+                    "{\"a\": ".repeat(200),
+                    "}".repeat(200)
+                );
+                t.insert("bad", deep.as_bytes()).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+        let r = Registry::open(&path).expect("a corrupt record does not stop the registry");
+        assert!(r.get("good").is_some() && r.get("bad").is_none());
+        assert_eq!(r.quarantined().len(), 1);
+        assert_eq!(r.quarantined()[0].device_id, "bad");
+        assert!(r.quarantined()[0].error.contains("recursion limit"));
+        drop(r);
+        let r = Registry::open(&path).expect("reopen");
+        assert_eq!(r.len(), 1);
+        assert_eq!(r.quarantined().len(), 1, "still reported after a restart");
+        r.upsert(
+            DeviceUpsert {
+                device_id: "bad".into(),
+                ..Default::default()
+            },
+            None,
+        )
+        .expect("the id can be created again");
     }
 }

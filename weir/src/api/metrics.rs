@@ -323,5 +323,11 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Registered devices.",
         s.registry.len() as i64,
     );
+    gauge(
+        &mut out,
+        "weir_registry_quarantined",
+        "Device records that could not be read at start-up and were set aside.",
+        s.registry.quarantined().len() as i64,
+    );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -95,6 +95,10 @@ impl Hub {
         if tags.is_some_and(|t| !t.is_object()) {
             return Err(ServiceError::new(400, "tags must be a JSON object"));
         }
+        if let Some(t) = tags {
+            weir_core::twin::check_depth(t, "tags")
+                .map_err(|e| ServiceError::new(400, e.to_string()))?;
+        }
         let (rec, ()) = self
             .registry
             .update_twin(device, if_match, |rec, now| {
