@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod mqtt;
+pub mod ratelog;
 pub mod sas;
 pub mod tls;
 

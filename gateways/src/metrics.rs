@@ -10,6 +10,9 @@ pub struct GatewayMetrics {
     pub connections_total: AtomicU64,
     pub connects_refused: AtomicU64,
     pub connections_rejected_limit: AtomicU64,
+    /// Connections closed at once because `max_pending_connections` were still
+    /// authenticating.
+    pub connections_rejected_pending: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub protocol_errors: AtomicU64,

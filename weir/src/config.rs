@@ -23,6 +23,7 @@ struct File {
     listen: Listen,
     tls: Tls,
     mqtt: Mqtt,
+    http: HttpSection,
     engine: EngineSection,
     log: LogSection,
     dedupe: DedupeSection,
@@ -60,6 +61,21 @@ struct Mqtt {
     max_message_bytes: usize,
     connect_timeout_secs: u64,
     max_connections: usize,
+    max_pending_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpSection {
+    max_connections: usize,
+    header_timeout_secs: u64,
+}
+
+/// Limits of the HTTP listeners.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +132,7 @@ pub struct Config {
     pub https: Option<SocketAddr>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mqtt_settings: weir_gateways::MqttConfig,
+    pub http_settings: HttpSettings,
     pub workers: usize,
     pub log: weir_storage::log::LogConfig,
     pub dedupe: Option<weir_engine::DedupeConfig>,
@@ -214,6 +231,17 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     if f.mqtt.max_connections == 0 || f.mqtt.max_connections > u32::MAX as usize {
         bail!("`mqtt.max_connections` must be at least 1");
     }
+    if f.mqtt.max_pending_connections == 0
+        || f.mqtt.max_pending_connections > f.mqtt.max_connections
+    {
+        bail!("`mqtt.max_pending_connections` must be between 1 and `mqtt.max_connections`");
+    }
+    if f.http.max_connections == 0 || f.http.max_connections > u32::MAX as usize {
+        bail!("`http.max_connections` must be at least 1");
+    }
+    if !(1..=3600).contains(&f.http.header_timeout_secs) {
+        bail!("`http.header_timeout_secs` must be between 1 and 3600");
+    }
     let workers = match a.workers.unwrap_or(f.engine.workers) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n if n > 256 => bail!("`engine.workers` = {n} is more than 256"),
@@ -273,6 +301,11 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
             max_message_bytes: f.mqtt.max_message_bytes,
             connect_timeout: Duration::from_secs(f.mqtt.connect_timeout_secs),
             max_connections: f.mqtt.max_connections,
+            max_pending: f.mqtt.max_pending_connections,
+        },
+        http_settings: HttpSettings {
+            max_connections: f.http.max_connections,
+            header_timeout: Duration::from_secs(f.http.header_timeout_secs),
         },
         workers,
         log: weir_storage::log::LogConfig {

@@ -129,7 +129,22 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
     }
 }
 
+/// Every connection is a file descriptor; the soft limit (often 1024) would cap the hub far
+/// below `mqtt.max_connections`. Raise it to the hard limit.
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(
+            limit = n,
+            "open file limit (RLIMIT_NOFILE) raised to its hard limit"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open file limit; connections beyond it are refused")
+        }
+    }
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
+    raise_fd_limit();
     // Keys, device records and device data live here: only the hub's user may read them.
     weir_storage::fsutil::create_dir_durable(&cfg.data_dir)
         .and_then(|()| weir_storage::fsutil::restrict(&cfg.data_dir))
@@ -239,6 +254,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move { g.serve(l, t, s).await }));
     }
     let reload_status = Arc::new(ReloadStatus::default());
+    let http_limits = http_server::HttpLimits::new(cfg.http_settings.clone());
     let state = Arc::new(ApiState {
         hostname: cfg.hostname.clone(),
         keys: ServiceKeys {
@@ -255,6 +271,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         reload: Arc::clone(&reload_status),
         rules: Arc::clone(&rules),
         endpoint_health,
+        http: Arc::clone(&http_limits),
+        max_message_bytes: cfg.mqtt_settings.max_message_bytes,
     });
     let app = api::router(state);
     if let Some(l) = http_l {
@@ -262,6 +280,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             l,
             None,
             app.clone(),
+            Arc::clone(&http_limits),
             stop_rx.clone(),
         )));
     }
@@ -270,6 +289,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             l,
             tls.clone(),
             app.clone(),
+            Arc::clone(&http_limits),
             stop_rx.clone(),
         )));
     }

@@ -39,6 +39,26 @@ pub enum Inbound {
     Unsupported(&'static str),
 }
 
+impl Inbound {
+    /// The packet type, for logs: a packet's contents never go into a log line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Inbound::Connect { .. } => "CONNECT",
+            Inbound::ConnAck { .. } => "CONNACK",
+            Inbound::Publish(_) => "PUBLISH",
+            Inbound::PubAck(_) => "PUBACK",
+            Inbound::Subscribe(_) => "SUBSCRIBE",
+            Inbound::SubAck(_) => "SUBACK",
+            Inbound::Unsubscribe(_) => "UNSUBSCRIBE",
+            Inbound::UnsubAck(_) => "UNSUBACK",
+            Inbound::PingReq => "PINGREQ",
+            Inbound::PingResp => "PINGRESP",
+            Inbound::Disconnect => "DISCONNECT",
+            Inbound::Unsupported(n) => n,
+        }
+    }
+}
+
 /// A PUBLISH, payload shared with the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, timeout_at};
 use weir_core::time::now_secs;
 use weir_core::{DevicePublish, Event, EventSource, Feature, ServiceError};
@@ -65,10 +65,13 @@ fn expiry_instant(expiry: i64) -> Option<Instant> {
     (ms < 366 * 86_400_000).then(|| Instant::now() + Duration::from_millis(ms))
 }
 
+/// `pending` is the connection's slot among those still authenticating; it is given back
+/// once the handshake is over.
 pub(crate) async fn serve<S>(
     mut stream: S,
     peer: std::net::SocketAddr,
     shared: Arc<Shared>,
+    pending: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -76,11 +79,15 @@ pub(crate) async fn serve<S>(
     let mut buf = BytesMut::new();
     let mut out = BytesMut::new();
     let deadline = Instant::now() + shared.config.connect_timeout;
-    let accepted = match handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await {
+    let handshake = handshake(&mut stream, &mut buf, &mut out, &shared, deadline).await;
+    drop(pending);
+    let accepted = match handshake {
         Ok(x) => x,
         Err(reason) => {
             GatewayMetrics::inc(&shared.metrics.connects_refused, 1);
-            tracing::warn!(%peer, %reason, "connection refused");
+            if let Some(suppressed) = shared.refusals.allow() {
+                tracing::warn!(%peer, %reason, suppressed, "connection refused");
+            }
             let _ = stream.write_all(&out).await;
             let _ = stream.shutdown().await;
             return;
@@ -157,7 +164,9 @@ pub(crate) async fn serve<S>(
     match end {
         End::Violation(why) => {
             GatewayMetrics::inc(&shared.metrics.protocol_errors, 1);
-            tracing::warn!(%peer, %device, reason = %why, "connection closed");
+            if let Some(suppressed) = shared.refusals.allow() {
+                tracing::warn!(%peer, %device, reason = %why, suppressed, "connection closed");
+            }
         }
         End::Io(e) => tracing::debug!(%peer, %device, error = %e, "connection lost"),
         End::KeepAlive => tracing::info!(%peer, %device, "keep-alive expired; connection closed"),
@@ -198,7 +207,7 @@ where
     S: AsyncRead + Unpin,
 {
     loop {
-        match codec::decode(buf, shared.config.max_message_bytes) {
+        match codec::decode(buf, super::MAX_CONNECT_BYTES) {
             Ok(Some(Inbound::Connect { connect, login, .. })) => {
                 let hub = &shared.hub_name;
                 return match authenticate(
@@ -219,7 +228,18 @@ where
                     }
                 };
             }
-            Ok(Some(other)) => return Err(format!("first packet must be CONNECT, got {other:?}")),
+            Ok(Some(other)) => {
+                return Err(format!(
+                    "first packet must be CONNECT, got {}",
+                    other.name()
+                ));
+            }
+            Err(codec::CodecError::TooLarge(n)) => {
+                return Err(format!(
+                    "first packet claims {n} bytes; a CONNECT may have at most {}",
+                    super::MAX_CONNECT_BYTES
+                ));
+            }
             Err(codec::CodecError::ProtocolLevel(l)) => {
                 codec::connack(1, false, out);
                 return Err(format!(
@@ -365,7 +385,7 @@ impl Connection<'_> {
                             else {
                                 return End::Violation(format!(
                                     "subscription to {:?} is not allowed for this device",
-                                    f.path
+                                    clip(&f.path)
                                 ));
                             };
                             self.features.set(feature, true);
@@ -407,7 +427,9 @@ impl Connection<'_> {
                         disconnect = true;
                         break;
                     }
-                    other => return End::Violation(format!("unexpected packet {other:?}")),
+                    other => {
+                        return End::Violation(format!("unexpected {} packet", other.name()));
+                    }
                 }
             }
             // Nothing is acknowledged once the hub has told this connection to end, or
@@ -525,6 +547,14 @@ fn twin_reply<T>(
     (requests::twin_response(status, rid, version), body)
 }
 
+/// A topic as a log line shows it: enough to recognise, never kilobytes.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(128) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
 fn error_body(message: &str) -> String {
     serde_json::json!({ "message": message }).to_string()
 }
@@ -538,7 +568,8 @@ fn accept_publish(
 ) -> Result<(), String> {
     let Some(DeviceTopic::Telemetry { bag }) = classify(topic, id.device_id.as_str()) else {
         return Err(format!(
-            "publish to {topic:?} is not allowed for this device"
+            "publish to {:?} is not allowed for this device",
+            clip(topic)
         ));
     };
     let (system, properties) = decode_bag(bag).map_err(|e| format!("bad property bag: {e}"))?;

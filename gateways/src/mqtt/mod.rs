@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use weir_core::{DeviceDirectory, DeviceLink, DevicePublish, DeviceServices, Feature, Ingest};
 
 use crate::metrics::GatewayMetrics;
+use crate::ratelog::LogLimiter;
 pub use sessions::Sessions;
 
 #[derive(Debug, Clone)]
@@ -26,7 +27,15 @@ pub struct MqttConfig {
     pub connect_timeout: Duration,
     /// Connections beyond this are closed at accept.
     pub max_connections: usize,
+    /// Connections that have not authenticated yet (TLS handshake, CONNECT) beyond this are
+    /// closed at accept: what unauthenticated clients can make the hub hold is bounded.
+    pub max_pending: usize,
 }
+
+/// The largest CONNECT accepted: ids, a SAS token and a will fit in far less. Checked
+/// before the packet is buffered, so an unauthenticated client cannot make the hub hold
+/// more.
+pub const MAX_CONNECT_BYTES: usize = 8 * 1024;
 
 impl Default for MqttConfig {
     fn default() -> Self {
@@ -34,6 +43,7 @@ impl Default for MqttConfig {
             max_message_bytes: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
             max_connections: 100_000,
+            max_pending: 1024,
         }
     }
 }
@@ -47,6 +57,10 @@ pub(crate) struct Shared {
     services: Arc<dyn DeviceServices>,
     sessions: Sessions,
     metrics: Arc<GatewayMetrics>,
+    /// Slots for connections that have not authenticated yet.
+    pending: Arc<Semaphore>,
+    /// Refusals and violations are logged at a bounded rate.
+    refusals: LogLimiter,
 }
 
 impl DeviceLink for MqttGateway {
@@ -100,8 +114,11 @@ impl MqttGateway {
         metrics: Arc<GatewayMetrics>,
     ) -> Self {
         let permits = Arc::new(Semaphore::new(config.max_connections));
+        let pending = Arc::new(Semaphore::new(config.max_pending));
         MqttGateway {
             shared: Arc::new(Shared {
+                pending,
+                refusals: LogLimiter::default(),
                 config,
                 hub_name,
                 directory,
@@ -129,8 +146,7 @@ impl MqttGateway {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            GatewayMetrics::inc(&self.shared.metrics.connections_rejected_limit, 1);
+        let Some((permit, pending)) = self.admit(peer) else {
             return false;
         };
         self.shared.open_connection();
@@ -139,9 +155,33 @@ impl MqttGateway {
             _permit: permit,
         };
         tokio::spawn(async move {
-            connection::serve(stream, peer, Arc::clone(&guard.shared), shutdown).await;
+            connection::serve(stream, peer, Arc::clone(&guard.shared), pending, shutdown).await;
         });
         true
+    }
+
+    /// A connection slot and a slot among those still authenticating, or `None` (counted
+    /// and logged at a bounded rate) when either limit is reached.
+    fn admit(
+        &self,
+        peer: std::net::SocketAddr,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let m = &self.shared.metrics;
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            GatewayMetrics::inc(&m.connections_rejected_limit, 1);
+            if let Some(suppressed) = self.shared.refusals.allow() {
+                tracing::warn!(%peer, limit = self.shared.config.max_connections, suppressed, "connection limit reached (mqtt.max_connections); closing new connection");
+            }
+            return None;
+        };
+        let Ok(pending) = Arc::clone(&self.shared.pending).try_acquire_owned() else {
+            GatewayMetrics::inc(&m.connections_rejected_pending, 1);
+            if let Some(suppressed) = self.shared.refusals.allow() {
+                tracing::warn!(%peer, limit = self.shared.config.max_pending, suppressed, "too many connections are still authenticating (mqtt.max_pending_connections); closing new connection");
+            }
+            return None;
+        };
+        Some((permit, pending))
     }
 
     /// Devices currently connected.
@@ -171,9 +211,7 @@ impl MqttGateway {
                     continue;
                 }
             };
-            let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-                GatewayMetrics::inc(&self.shared.metrics.connections_rejected_limit, 1);
-                tracing::warn!(peer = %addr, limit = self.shared.config.max_connections, "connection limit reached; closing new connection");
+            let Some((permit, pending)) = self.admit(addr) else {
                 continue;
             };
             let _ = socket.set_nodelay(true);
@@ -190,7 +228,14 @@ impl MqttGateway {
             match tls {
                 None => {
                     tokio::spawn(async move {
-                        connection::serve(socket, addr, Arc::clone(&guard.shared), shutdown).await;
+                        connection::serve(
+                            socket,
+                            addr,
+                            Arc::clone(&guard.shared),
+                            pending,
+                            shutdown,
+                        )
+                        .await;
                     });
                 }
                 Some(acceptor) => {
@@ -198,7 +243,7 @@ impl MqttGateway {
                         let deadline = shared.config.connect_timeout;
                         match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                             Ok(Ok(stream)) => {
-                                connection::serve(stream, addr, shared, shutdown).await
+                                connection::serve(stream, addr, shared, pending, shutdown).await
                             }
                             Ok(Err(e)) => {
                                 tracing::debug!(peer = %addr, error = %e, "TLS handshake failed")
@@ -242,10 +287,14 @@ mod size_tests {
             .await
             .expect("connect");
         let (_tx, rx) = watch::channel(false);
+        let pending = Arc::clone(&gw.shared.pending)
+            .try_acquire_owned()
+            .expect("a slot");
         let f = connection::serve(
             c,
             "127.0.0.1:1".parse().expect("addr"),
             Arc::clone(&gw.shared),
+            pending,
             rx,
         );
         let size = std::mem::size_of_val(&f);

@@ -139,6 +139,24 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Connections closed for protocol violations.",
         &g.protocol_errors,
     );
+    counter(
+        &mut out,
+        "weir_mqtt_connections_over_pending_limit_total",
+        "Connections closed because mqtt.max_pending_connections were still authenticating.",
+        &g.connections_rejected_pending,
+    );
+    gauge(
+        &mut out,
+        "weir_http_connections",
+        "Open HTTP connections (WebSocket ones until upgraded).",
+        s.http.open() as i64,
+    );
+    counter(
+        &mut out,
+        "weir_http_connections_over_limit_total",
+        "HTTP connections closed because http.max_connections was reached.",
+        &s.http.refused,
+    );
     let e = &s.engine_metrics;
     counter(
         &mut out,

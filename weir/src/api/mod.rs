@@ -37,6 +37,9 @@ pub struct ApiState {
     /// The live rules, for the endpoints they declare.
     pub rules: weir_engine::RulesHandle,
     pub endpoint_health: Arc<weir_core::HealthBoard>,
+    pub http: Arc<crate::http_server::HttpLimits>,
+    /// The MQTT packet limit, which WebSocket frames carrying MQTT are held to as well.
+    pub max_message_bytes: usize,
 }
 
 impl ApiState {

@@ -23,7 +23,12 @@ pub async fn upgrade(
     Extension(ClientAddr(peer)): Extension<ClientAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // A frame may carry one MQTT packet and its fixed header; nothing bigger is buffered
+    // for a client that has not even authenticated (the default would be 64 MiB).
+    let limit = s.max_message_bytes + 16;
     ws.protocols(["mqtt"])
+        .max_frame_size(limit)
+        .max_message_size(limit)
         .on_upgrade(move |socket| bridge(s, socket, peer))
 }
 
