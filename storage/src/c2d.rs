@@ -23,6 +23,12 @@ const FEEDBACK: TableDefinition<u64, &[u8]> = TableDefinition::new("c2d_feedback
 /// The most messages waiting for one device.
 pub const MAX_PENDING: usize = 50;
 
+/// Feedback nobody collects is dropped after this long, as IoT Hub's feedback queue does
+/// (`cloudToDevice.feedback.ttlAsIso8601`, default PT1H).
+pub const FEEDBACK_TTL_MS: i64 = 3_600_000;
+/// And beyond this many records, the oldest go first, whatever their age.
+pub const MAX_FEEDBACK: usize = 100_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum C2dError {
     #[error("device {0} already has {MAX_PENDING} messages waiting")]
@@ -107,6 +113,15 @@ pub struct Feedback {
     pub device_generation_id: String,
 }
 
+/// A feedback record as stored: when it was recorded, for its time to live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredFeedback {
+    #[serde(default)]
+    recorded_ms: i64,
+    #[serde(flatten)]
+    feedback: Feedback,
+}
+
 pub struct C2dStore {
     db: Database,
     next: AtomicU64,
@@ -182,14 +197,18 @@ impl C2dStore {
     }
 
     /// Queues a message; its `seq` is assigned here. 403-worthy when the queue is full.
+    /// The count and the insert are one transaction: concurrent senders cannot push a
+    /// device's queue past the limit.
     pub fn enqueue(&self, mut m: C2dMessage) -> Result<C2dMessage, C2dError> {
-        if self.pending(&m.device_id) >= MAX_PENDING {
-            return Err(C2dError::QueueFull(m.device_id));
-        }
-        m.seq = self.next.fetch_add(1, Ordering::Relaxed);
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            let (lo, hi) = (format!("{}/", m.device_id), format!("{}0", m.device_id));
+            let waiting = t.range(lo.as_str()..hi.as_str()).map_err(storage)?.count();
+            if waiting >= MAX_PENDING {
+                return Err(C2dError::QueueFull(m.device_id));
+            }
+            m.seq = self.next.fetch_add(1, Ordering::Relaxed);
             let v = serde_json::to_vec(&m).map_err(storage)?;
             t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
                 .map_err(storage)?;
@@ -207,13 +226,16 @@ impl C2dStore {
             t.remove(key(&m.device_id, m.seq).as_str())
                 .map_err(storage)?;
             if m.ack.wants(success) {
-                let f = Feedback {
-                    original_message_id: m.message_id.clone(),
-                    enqueued_time_utc: rfc3339(m.enqueued_ms),
-                    status_code: status.into(),
-                    description: status.into(),
-                    device_id: m.device_id.clone(),
-                    device_generation_id: generation.into(),
+                let f = StoredFeedback {
+                    recorded_ms: weir_core::time::now_ms(),
+                    feedback: Feedback {
+                        original_message_id: m.message_id.clone(),
+                        enqueued_time_utc: rfc3339(m.enqueued_ms),
+                        status_code: status.into(),
+                        description: status.into(),
+                        device_id: m.device_id.clone(),
+                        device_generation_id: generation.into(),
+                    },
                 };
                 let mut fb = txn.open_table(FEEDBACK).map_err(storage)?;
                 let v = serde_json::to_vec(&f).map_err(storage)?;
@@ -291,7 +313,50 @@ impl C2dStore {
         for m in &expired {
             self.finish(m, "Expired", &generation_of(&m.device_id))?;
         }
+        self.expire_feedback(now_ms)?;
         Ok(expired.len())
+    }
+
+    /// Drops feedback older than [`FEEDBACK_TTL_MS`] and, beyond [`MAX_FEEDBACK`] records,
+    /// the oldest; returns how many went.
+    pub fn expire_feedback(&self, now_ms: i64) -> Result<usize, C2dError> {
+        let doomed: Vec<u64> = {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let t = txn.open_table(FEEDBACK).map_err(storage)?;
+            let total = redb::ReadableTableMetadata::len(&t).map_err(storage)? as usize;
+            let mut excess = total.saturating_sub(MAX_FEEDBACK);
+            let mut v = Vec::new();
+            // Oldest first (keys are increasing sequence numbers); stop at the first one
+            // that is neither too old nor over the cap.
+            for row in t.iter().map_err(storage)? {
+                let (k, val) = row.map_err(storage)?;
+                let recorded = serde_json::from_slice::<StoredFeedback>(val.value())
+                    .map_or(0, |f| f.recorded_ms);
+                if excess == 0 && now_ms - recorded < FEEDBACK_TTL_MS {
+                    break;
+                }
+                excess = excess.saturating_sub(1);
+                v.push(k.value());
+            }
+            v
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(FEEDBACK).map_err(storage)?;
+            for k in &doomed {
+                t.remove(*k).map_err(storage)?;
+            }
+        }
+        txn.commit().map_err(storage)?;
+        if let Ok(mut locks) = self.locks.lock() {
+            for (_, seqs) in locks.values_mut() {
+                seqs.retain(|s| !doomed.contains(s));
+            }
+        }
+        Ok(doomed.len())
     }
 
     /// Removes a device's queue; returns how many messages were dropped.
@@ -321,7 +386,8 @@ impl C2dStore {
                 continue;
             }
             seqs.push(k.value());
-            out.push(serde_json::from_slice(v.value()).map_err(storage)?);
+            let stored: StoredFeedback = serde_json::from_slice(v.value()).map_err(storage)?;
+            out.push(stored.feedback);
             if out.len() >= max {
                 break;
             }
@@ -419,5 +485,48 @@ mod tests {
             Err(C2dError::QueueFull(_))
         ));
         assert_eq!(s.purge("full", "g").expect("purge"), MAX_PENDING);
+    }
+
+    #[test]
+    fn concurrent_senders_cannot_pass_the_queue_limit() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = std::sync::Arc::new(C2dStore::open(&dir.path().join("c2d.redb")).expect("open"));
+        let accepted: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|t| {
+                    let s = std::sync::Arc::clone(&s);
+                    scope.spawn(move || {
+                        (0..20)
+                            .filter(|i| {
+                                s.enqueue(msg("busy", &format!("{t}-{i}"), i64::MAX, AckMode::None))
+                                    .is_ok()
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("thread")).sum()
+        });
+        assert_eq!(accepted, MAX_PENDING);
+        assert_eq!(s.pending("busy"), MAX_PENDING);
+    }
+
+    #[test]
+    fn uncollected_feedback_expires_after_an_hour() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = C2dStore::open(&dir.path().join("c2d.redb")).expect("open");
+        let m = s
+            .enqueue(msg("d", "a", i64::MAX, AckMode::Full))
+            .expect("a");
+        s.complete("d", m.seq, "g").expect("complete");
+        let now = weir_core::time::now_ms();
+        assert_eq!(s.expire_feedback(now).expect("expire"), 0);
+        assert!(s.feedback(10).expect("fb").is_some());
+        assert_eq!(
+            s.expire_feedback(now + FEEDBACK_TTL_MS + 1)
+                .expect("expire"),
+            1
+        );
+        assert!(s.feedback(10).expect("fb").is_none());
     }
 }

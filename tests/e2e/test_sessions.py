@@ -90,3 +90,27 @@ def test_a_message_in_flight_goes_out_again_when_the_device_reconnects_before_th
     assert hub.call("GET", "/devices/nat").json()["cloudToDeviceMessageCount"] == 0
     old.close()
     new.close()
+
+
+def test_pubacks_follow_publish_order_across_telemetry_and_twin_requests(hub):
+    """MQTT 3.1.1 §4.6: a twin request's PUBACK may not overtake earlier telemetry's."""
+    from rawmqtt import publish_packet
+    import struct
+    key = hub.create_device("order")["authentication"]["symmetricKey"]["primaryKey"]
+    raw = Raw(hub.mqtt_port)
+    assert raw.connect("order", hub.username("order"), hub.device_token("order", key)) == 0
+    burst = b"".join([
+        publish_packet("devices/order/messages/events/", b'{"n": 1}', 1, 1),
+        publish_packet("$iothub/twin/GET/?$rid=r1", b"", 1, 2),
+        publish_packet("devices/order/messages/events/", b'{"n": 2}', 1, 3),
+        publish_packet("$iothub/twin/PATCH/properties/reported/?$rid=r2", b'{"x": 1}', 1, 4),
+    ])
+    for _ in range(20):
+        raw.send(burst)
+        pubacks = []
+        while len(pubacks) < 4:
+            kind, _, body = raw.packet()
+            if kind == 4:
+                pubacks.append(struct.unpack(">H", body[:2])[0])
+        assert pubacks == [1, 2, 3, 4], f"PUBACKs out of order: {pubacks}"
+    raw.close()

@@ -293,6 +293,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
+    let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
+    tasks.push(tokio::spawn(crate::hub::events::dispatch_outbox(
+        registry.clone(),
+        Arc::clone(&event_ingest),
+        Arc::clone(&hub.events.staged),
+        stop_rx.clone(),
+    )));
     let expiring = Arc::clone(&hub);
     let mut stop_expiry = stop_rx.clone();
     tasks.push(tokio::spawn(async move {
@@ -341,6 +348,14 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
+    // Hub events staged by the last registry changes go into the log before it closes, so
+    // this stop archives them too (otherwise the next start would).
+    while let Ok(n) = crate::hub::events::drain_outbox(&registry, &event_ingest).await {
+        if n == 0 {
+            break;
+        }
+    }
+    drop(event_ingest);
     // The writer syncs what is queued; the engine then reads the log to its end, and the
     // sinks commit everything before the workers exit.
     let stopped = tokio::time::timeout(

@@ -86,7 +86,12 @@ pub enum CodecError {
     Malformed(String),
     #[error("unsupported protocol level {0}: Weir speaks MQTT 3.1.1 (level 4)")]
     ProtocolLevel(u8),
+    #[error("topic of {0} bytes is longer than MQTT's 65535")]
+    TopicTooLong(usize),
 }
+
+/// The largest remaining length MQTT can express.
+pub const MAX_REMAINING: usize = 268_435_455;
 
 impl From<rumqttd::protocol::Error> for CodecError {
     fn from(e: rumqttd::protocol::Error) -> Self {
@@ -313,11 +318,24 @@ pub fn subscribe(pkid: u16, filter: &str, qos: u8, out: &mut BytesMut) {
     );
 }
 
-/// Encodes a PUBLISH. `pkid` is ignored at QoS 0.
-pub fn publish(topic: &str, payload: &[u8], qos: u8, pkid: u16, dup: bool, out: &mut BytesMut) {
+/// Encodes a PUBLISH. `pkid` is ignored at QoS 0. A topic MQTT cannot carry (over 65535
+/// bytes) or a packet over its size limit is refused, and nothing is written.
+pub fn publish(
+    topic: &str,
+    payload: &[u8],
+    qos: u8,
+    pkid: u16,
+    dup: bool,
+    out: &mut BytesMut,
+) -> Result<(), CodecError> {
+    let topic_len =
+        u16::try_from(topic.len()).map_err(|_| CodecError::TopicTooLong(topic.len()))?;
     let mut len = 2 + topic.len() + payload.len();
     if qos > 0 {
         len += 2;
+    }
+    if len > MAX_REMAINING {
+        return Err(CodecError::TooLarge(len));
     }
     out.reserve(len + 5);
     out.put_u8(0x30 | (u8::from(dup) << 3) | ((qos & 0b11) << 1));
@@ -333,12 +351,13 @@ pub fn publish(topic: &str, payload: &[u8], qos: u8, pkid: u16, dup: bool, out: 
             break;
         }
     }
-    out.put_u16(topic.len() as u16);
+    out.put_u16(topic_len);
     out.put_slice(topic.as_bytes());
     if qos > 0 {
         out.put_u16(pkid);
     }
     out.put_slice(payload);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -355,7 +374,8 @@ mod tests {
             7,
             true,
             &mut out,
-        );
+        )
+        .expect("encodes");
         let full = out.clone();
         let mut partial = BytesMut::from(&full[..full.len() - 1]);
         assert_eq!(decode(&mut partial, 1024), Ok(None));
@@ -372,7 +392,7 @@ mod tests {
     #[test]
     fn rejects_oversize_and_malformed() {
         let mut out = BytesMut::new();
-        publish("t", &[0u8; 2000], 0, 0, false, &mut out);
+        publish("t", &[0u8; 2000], 0, 0, false, &mut out).expect("encodes");
         assert!(matches!(
             decode(&mut out, 1000),
             Err(CodecError::TooLarge(_))
@@ -384,6 +404,23 @@ mod tests {
         ));
         let mut len = BytesMut::from(&[0x30u8, 0xff, 0xff, 0xff, 0xff, 0x01][..]);
         assert!(decode(&mut len, 1000).is_err());
+    }
+
+    #[test]
+    fn refuses_topics_mqtt_cannot_carry() {
+        let mut out = BytesMut::new();
+        let long = "t".repeat(65_536);
+        assert_eq!(
+            publish(&long, b"x", 0, 0, false, &mut out),
+            Err(CodecError::TopicTooLong(65_536))
+        );
+        assert!(out.is_empty(), "nothing is written");
+        publish(&long[1..], b"x", 0, 0, false, &mut out).expect("65535 is the limit");
+        let mut back = out.clone();
+        match decode(&mut back, 1 << 20) {
+            Ok(Some(Inbound::Publish(p))) => assert_eq!(p.topic.len(), 65_535),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -365,8 +365,13 @@ impl Connection<'_> {
                             Err(e) => return End::Violation(e.to_string()),
                         };
                         if let Some(req) = requests::parse(&topic) {
-                            if p.qos == 1 {
+                            // PUBACKs go out in the order the PUBLISHes came (MQTT 3.1.1
+                            // §4.6): behind telemetry still waiting to be durable, this one
+                            // waits too.
+                            if p.qos == 1 && acks.is_empty() {
                                 codec::puback(p.pkid, &mut out);
+                            } else if p.qos == 1 {
+                                acks.push(p.pkid);
                             }
                             // Boxed: rare, and it would otherwise grow every connection's
                             // future (an idle connection should stay under 2 KiB).
@@ -489,7 +494,7 @@ impl Connection<'_> {
     }
 
     /// Encodes a publish from the hub; QoS 1 ones get a packet id and are tracked until
-    /// the device acknowledges them.
+    /// the device acknowledges them. One MQTT cannot carry is dropped and logged.
     fn encode_outbound(&mut self, p: DevicePublish, out: &mut BytesMut) {
         let mut pkid = 0;
         if p.qos > 0 {
@@ -500,11 +505,17 @@ impl Connection<'_> {
                 }
             }
             pkid = self.next_pkid;
-            if let Some(lock) = p.lock {
-                self.inflight.insert(pkid, lock);
+        }
+        match codec::publish(&p.topic, &p.payload, p.qos.min(1), pkid, false, out) {
+            Ok(()) => {
+                if let Some(lock) = p.lock.filter(|_| pkid != 0) {
+                    self.inflight.insert(pkid, lock);
+                }
+            }
+            Err(e) => {
+                tracing::error!(device = %self.id.device_id, error = %e, "a message for the device cannot be sent over MQTT; dropped")
             }
         }
-        codec::publish(&p.topic, &p.payload, p.qos.min(1), pkid, false, out);
     }
 
     /// Answers a twin request or passes on a method response. Twin responses go out even
@@ -516,18 +527,30 @@ impl Connection<'_> {
             DeviceRequest::TwinGet { rid } => {
                 let outcome = blocking(move || services.twin(&d)).await;
                 let (topic, body) = twin_reply(rid, outcome, |twin| (200, None, twin.to_string()));
-                codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
+                self.reply(&topic, &body, out);
             }
             DeviceRequest::TwinPatchReported { rid } => {
                 let outcome = blocking(move || services.patch_reported(&d, &payload)).await;
                 let (topic, body) =
                     twin_reply(rid, outcome, |version| (204, Some(version), String::new()));
-                codec::publish(&topic, body.as_bytes(), 0, 0, false, out);
+                self.reply(&topic, &body, out);
             }
             DeviceRequest::MethodResponse { status, rid } => {
                 let rid = rid.to_owned();
                 blocking(move || services.method_response(&d, &rid, status, payload)).await;
             }
+        }
+    }
+}
+
+impl Connection<'_> {
+    /// Writes a twin response; one whose request id makes the topic too long for MQTT is
+    /// dropped (the device chose that id).
+    fn reply(&self, topic: &str, body: &str, out: &mut BytesMut) {
+        if let Err(e) = codec::publish(topic, body.as_bytes(), 0, 0, false, out)
+            && self.shared.refusals.allow().is_some()
+        {
+            tracing::warn!(device = %self.id.device_id, error = %e, "twin response not sent");
         }
     }
 }

@@ -1,5 +1,7 @@
 //! IoT Hub topics and the property bag (spec §2.4).
 
+use std::collections::HashSet;
+
 use percent_encoding::percent_decode_str;
 use weir_core::SystemProperties;
 
@@ -41,6 +43,9 @@ pub fn classify<'a>(topic: &'a str, device_id: &str) -> Option<DeviceTopic<'a>> 
 pub fn decode_bag(bag: &str) -> Result<(SystemProperties, Vec<(String, String)>), BagError> {
     let mut sys = SystemProperties::default();
     let mut app: Vec<(String, String)> = Vec::new();
+    // Keys compared case-insensitively, as IoT Hub does: a scan for the usual handful, a
+    // set once there are many (a bag may carry thousands, and this runs on the I/O task).
+    let mut seen: HashSet<String> = HashSet::new();
     if bag.is_empty() {
         return Ok((sys, app));
     }
@@ -66,13 +71,23 @@ pub fn decode_bag(bag: &str) -> Result<(SystemProperties, Vec<(String, String)>)
         match slot {
             Some(s) if s.is_some() => return Err(BagError::Duplicate(key)),
             Some(s) => *s = Some(value),
-            None if app.iter().any(|(k, _)| k.eq_ignore_ascii_case(&key)) => {
-                return Err(BagError::Duplicate(key));
-            }
+            None if repeated(&app, &mut seen, &key) => return Err(BagError::Duplicate(key)),
             None => app.push((key, value)),
         }
     }
     Ok((sys, app))
+}
+
+/// True when `key` is already among `app`'s keys, ignoring case.
+fn repeated(app: &[(String, String)], seen: &mut HashSet<String>, key: &str) -> bool {
+    const SCAN: usize = 8;
+    if app.len() < SCAN {
+        return app.iter().any(|(k, _)| k.eq_ignore_ascii_case(key));
+    }
+    if seen.is_empty() {
+        seen.extend(app.iter().map(|(k, _)| k.to_ascii_lowercase()));
+    }
+    !seen.insert(key.to_ascii_lowercase())
 }
 
 fn decode(s: &str) -> Result<String, BagError> {
@@ -155,5 +170,17 @@ mod tests {
         assert!(decode_bag("a=%4").is_err());
         assert!(decode_bag("a=%ff").is_err());
         assert!(decode_bag("a=1&A=2").is_err());
+    }
+
+    #[test]
+    fn many_properties_decode_and_a_late_duplicate_is_found() {
+        let mut bag: Vec<String> = (0..20_000).map(|i| format!("key{i}=v")).collect();
+        let (_, app) = decode_bag(&bag.join("&")).expect("distinct keys");
+        assert_eq!(app.len(), 20_000);
+        bag.push("KEY7=again".into());
+        assert_eq!(
+            decode_bag(&bag.join("&")),
+            Err(BagError::Duplicate("KEY7".into()))
+        );
     }
 }

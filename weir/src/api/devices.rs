@@ -8,8 +8,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, EventSource};
+use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, Event, EventSource};
 use weir_storage::DeviceUpsert;
+use weir_storage::registry::Change;
 
 use super::ApiState;
 use super::error::ApiError;
@@ -176,19 +177,15 @@ pub async fn put(
         secondary_key: string_field(&doc, &["authentication", "symmetricKey", "secondaryKey"])?,
         tags,
     };
-    let (rec, created) = s.registry.upsert(req, condition)?;
-    if !created && s.hub.revalidate(&id) {
-        tracing::info!(device = %id, "closed a connection the updated device no longer admits");
-    }
+    let events = &s.hub.events;
+    let (rec, created) = s
+        .registry
+        .upsert(req, condition, |c| change_events(events, c))?;
+    events.staged.notify_one();
     if created {
         tracing::info!(device = %id, "device created");
-        let twin = super::twins::twin_json(&rec, false, 0);
-        s.hub.events.emit(
-            &id,
-            EventSource::DeviceLifecycleEvents,
-            "createDeviceIdentity",
-            twin,
-        );
+    } else if s.hub.revalidate(&id) {
+        tracing::info!(device = %id, "closed a connection the updated device no longer admits");
     }
     Ok(with_etag(
         &rec,
@@ -202,18 +199,49 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let rec = s.registry.delete(&id, if_match(&headers))?;
+    let events = &s.hub.events;
+    let rec = s.registry.delete(&id, if_match(&headers), |rec| {
+        let twin = super::twins::twin_json(rec, false, 0);
+        events
+            .event(
+                &id,
+                EventSource::DeviceLifecycleEvents,
+                "deleteDeviceIdentity",
+                twin,
+            )
+            .into_iter()
+            .collect()
+    })?;
+    events.staged.notify_one();
     tracing::info!(device = %id, "device deleted");
     s.hub.revalidate(&id);
     if let Err(e) = s.hub.c2d.purge(&id, &rec.generation_id) {
         tracing::warn!(device = %id, error = %e, "cannot drop the deleted device's messages");
     }
-    let twin = super::twins::twin_json(&rec, false, 0);
-    s.hub.events.emit(
-        &id,
-        EventSource::DeviceLifecycleEvents,
-        "deleteDeviceIdentity",
-        twin,
-    );
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The hub events a create or update of a device causes: `createDeviceIdentity`;
+/// `updateDeviceIdentity` when its status or keys changed; a twin change when its tags did.
+fn change_events(events: &crate::hub::Events, c: Change<'_>) -> Vec<Event> {
+    let id = c.new.device_id.as_str();
+    let lifecycle = |op: &str| {
+        let twin = super::twins::twin_json(c.new, false, 0);
+        events.event(id, EventSource::DeviceLifecycleEvents, op, twin)
+    };
+    let Some(old) = c.old else {
+        return lifecycle("createDeviceIdentity").into_iter().collect();
+    };
+    let mut out = Vec::new();
+    if old.status != c.new.status
+        || old.status_reason != c.new.status_reason
+        || old.auth != c.new.auth
+    {
+        out.extend(lifecycle("updateDeviceIdentity"));
+    }
+    if old.tags != c.new.tags {
+        let body = json!({ "version": c.new.twin_version, "tags": c.new.tags });
+        out.extend(events.event(id, EventSource::TwinChangeEvents, "updateTwin", body));
+    }
+    out
 }

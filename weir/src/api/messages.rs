@@ -81,6 +81,15 @@ pub async fn send(
         ack,
         deliveries: 0,
     };
+    // The properties travel in the MQTT topic, which holds at most 65535 bytes once
+    // percent-encoded; refuse here rather than queue a message no device can receive.
+    let topic = crate::hub::c2d::publish(&msg).topic;
+    if topic.len() > usize::from(u16::MAX) {
+        return Err(ApiError::bad_request(format!(
+            "the message's properties take {} bytes in the device's MQTT topic; at most 65535 fit",
+            topic.len()
+        )));
+    }
     let hub = Arc::clone(&s.hub);
     let result = tokio::task::spawn_blocking(move || {
         let queued = hub.c2d.enqueue(msg);

@@ -6,14 +6,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The longest request head accepted (hyper's own buffer is this size).
 pub const MAX_HEAD: usize = 8192;
 
 /// Reads until the end of the request head (`\r\n\r\n`), within `timeout`. `None` when the
-/// client closed, timed out or sent a head larger than [`MAX_HEAD`].
-pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> Option<Vec<u8>> {
+/// client closed or timed out, or sent a head larger than [`MAX_HEAD`] (it is told so).
+pub async fn read_head<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let mut head = Vec::with_capacity(256);
     let read = async {
         loop {
@@ -25,16 +28,25 @@ pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) 
             let from = head.len().saturating_sub(3);
             head.extend_from_slice(&chunk[..n]);
             if head[from..].windows(4).any(|w| w == b"\r\n\r\n") {
-                return Some(());
+                return Some(true);
             }
             if head.len() > MAX_HEAD {
-                return None;
+                return Some(false);
             }
         }
     };
-    tokio::time::timeout(timeout, read).await.ok().flatten()?;
-    Some(head)
+    match tokio::time::timeout(timeout, read).await.ok().flatten()? {
+        true => Some(head),
+        false => {
+            let _ = stream.write_all(TOO_LARGE).await;
+            let _ = stream.shutdown().await;
+            None
+        }
+    }
 }
+
+const TOO_LARGE: &[u8] =
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /// A stream that yields `prefix` before reading from `inner`.
 pub struct Prefixed<S> {
@@ -95,7 +107,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncWriteExt;
 
     #[tokio::test]
     async fn reads_a_head_then_replays_it_ahead_of_the_rest() {

@@ -1,18 +1,29 @@
 //! Events the hub itself produces (twin changes, lifecycle, connection state), appended to
 //! the ingest log so they flow through the same dataflow and rules as telemetry.
+//!
+//! Lifecycle and twin-change events are committed with the registry change that causes
+//! them (the registry's outbox) and moved to the log by [`dispatch_outbox`], so a crash
+//! loses neither. Connection-state events describe sockets, not stored state, and are
+//! appended directly.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use weir_core::{AuthMethod, DeviceId, Event, EventSource, Ingest, SystemProperties};
+use tokio::sync::{Notify, watch};
+use weir_core::{AuthMethod, DeviceId, Event, EventSource, Ingest, IngestError, SystemProperties};
+use weir_storage::Registry;
 
-/// Appends hub events to the log from any thread.
+/// Builds hub events and appends the direct ones from any thread.
 #[derive(Clone)]
 pub struct Events {
     hostname: String,
     ingest: Arc<dyn Ingest>,
     runtime: tokio::runtime::Handle,
+    /// Wakes the outbox dispatcher after a registry change staged events.
+    pub staged: Arc<Notify>,
 }
 
 impl Events {
@@ -25,14 +36,20 @@ impl Events {
             hostname,
             ingest,
             runtime,
+            staged: Arc::new(Notify::new()),
         }
     }
 
-    /// Emits an event for `device`. IoT Hub stamps these application properties on them.
-    pub fn emit(&self, device: &str, source: EventSource, op_type: &str, body: Value) {
-        let Ok(device_id) = DeviceId::parse(device) else {
-            return;
-        };
+    /// An event for `device` with the application properties IoT Hub stamps on them and a
+    /// unique message id (so a copy replayed from the outbox is recognised as a repeat).
+    pub fn event(
+        &self,
+        device: &str,
+        source: EventSource,
+        op_type: &str,
+        body: Value,
+    ) -> Option<Event> {
+        let device_id = DeviceId::parse(device).ok()?;
         let schema = match source {
             EventSource::TwinChangeEvents => "twinChangeNotification",
             EventSource::DeviceLifecycleEvents => "deviceLifecycleNotification",
@@ -40,9 +57,11 @@ impl Events {
             EventSource::DeviceMessages => "deviceMessage",
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let event = Event {
+        let message_id = weir_storage::secret::random_hex(16)
+            .unwrap_or_else(|_| format!("{}-{}", op_type, weir_core::time::now_ms()));
+        Some(Event {
             source,
-            device_id: device_id.clone(),
+            device_id,
             module_id: None,
             generation_id: None,
             auth_method: AuthMethod::Internal,
@@ -51,6 +70,7 @@ impl Events {
             packet_id: None,
             redelivered: false,
             system: SystemProperties {
+                message_id: Some(message_id),
                 content_type: Some("application/json".into()),
                 content_encoding: Some("utf-8".into()),
                 ..SystemProperties::default()
@@ -63,10 +83,18 @@ impl Events {
                 ("operationTimestamp".into(), now),
             ],
             body: Bytes::from(body.to_string()),
+        })
+    }
+
+    /// Appends an event for `device` directly (connection state: nothing stored backs it).
+    pub fn emit(&self, device: &str, source: EventSource, op_type: &str, body: Value) {
+        let Some(event) = self.event(device, source, op_type, body) else {
+            return;
         };
         let ingest = Arc::clone(&self.ingest);
         let op = op_type.to_owned();
         self.runtime.spawn(async move {
+            let device_id = event.device_id.clone();
             let stored = match ingest.ingest(&device_id, vec![event]).await {
                 Ok(ack) => ack.await,
                 Err(e) => Err(e),
@@ -75,5 +103,85 @@ impl Events {
                 tracing::warn!(device = %device_id, op = %op, error = %e, "could not log a hub event");
             }
         });
+    }
+}
+
+/// Moves one batch of events from the registry's outbox to the ingest log, oldest first,
+/// and removes them once the log has them durably. Returns how many moved (0: the outbox
+/// is empty).
+pub async fn drain_outbox(
+    registry: &Arc<Registry>,
+    ingest: &Arc<dyn Ingest>,
+) -> Result<usize, IngestError> {
+    let r = Arc::clone(registry);
+    let pending = match tokio::task::spawn_blocking(move || r.outbox(512)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return Err(IngestError::Unavailable(e.to_string())),
+        Err(e) => return Err(IngestError::Unavailable(e.to_string())),
+    };
+    // One append per device keeps each device's events in order.
+    let mut by_device: BTreeMap<DeviceId, (Vec<u64>, Vec<Event>)> = BTreeMap::new();
+    for (seq, e) in pending {
+        let slot = by_device.entry(e.device_id.clone()).or_default();
+        slot.0.push(seq);
+        slot.1.push(e);
+    }
+    let mut done = Vec::new();
+    let mut error = None;
+    for (device, (seqs, events)) in by_device {
+        let stored = match ingest.ingest(&device, events).await {
+            Ok(ack) => ack.await,
+            Err(e) => Err(e),
+        };
+        match stored {
+            Ok(()) => done.extend(seqs),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    let moved = done.len();
+    if !done.is_empty() {
+        let r = Arc::clone(registry);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || r.outbox_done(&done)).await {
+            tracing::error!(error = %e, "cannot clear delivered hub events; they are logged again (and dropped as repeats)");
+        }
+    }
+    error.map_or(Ok(moved), Err)
+}
+
+/// Runs [`drain_outbox`] whenever a registry change staged events, until `shutdown`; what
+/// is left is moved at the next start.
+pub async fn dispatch_outbox(
+    registry: Arc<Registry>,
+    ingest: Arc<dyn Ingest>,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        let wait = match drain_outbox(&registry, &ingest).await {
+            Ok(0) => {
+                failing = false;
+                Duration::from_secs(5)
+            }
+            Ok(_) => {
+                failing = false;
+                continue;
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "hub events wait in the registry until the ingest log takes them again");
+                }
+                Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = wake.notified(), if !failing => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
 }

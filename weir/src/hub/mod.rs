@@ -2,7 +2,7 @@
 //! events they produce. Gateways reach it through [`DeviceServices`]; the REST API calls it
 //! directly; it reaches devices through the gateway's [`DeviceLink`].
 
-mod c2d;
+pub mod c2d;
 pub mod events;
 pub mod methods;
 
@@ -31,6 +31,15 @@ pub struct Hub {
     link: OnceLock<Arc<dyn DeviceLink>>,
     /// The cloud-to-device message each device has in flight (one at a time, in order).
     c2d_inflight: Mutex<HashMap<String, u64>>,
+}
+
+/// A twin patch as a change notification shows it: with the section's new `$version`.
+fn versioned(patch: &Value, version: u64) -> Value {
+    let mut v = patch.clone();
+    if let Value::Object(m) = &mut v {
+        m.insert("$version".into(), json!(version));
+    }
+    v
 }
 
 fn service_error(e: RegistryError) -> ServiceError {
@@ -99,57 +108,63 @@ impl Hub {
             weir_core::twin::check_depth(t, "tags")
                 .map_err(|e| ServiceError::new(400, e.to_string()))?;
         }
+        let op = if replace { "replaceTwin" } else { "updateTwin" };
         let (rec, ()) = self
             .registry
-            .update_twin(device, if_match, |rec, now| {
-                if let Some(t) = tags {
-                    if replace {
-                        rec.tags = t.clone();
-                    } else {
-                        weir_core::twin::merge(&mut rec.tags, t);
+            .update_twin(
+                device,
+                if_match,
+                |rec, now| {
+                    if let Some(t) = tags {
+                        if replace {
+                            rec.tags = t.clone();
+                        } else {
+                            weir_core::twin::merge(&mut rec.tags, t);
+                        }
                     }
-                }
-                if let Some(d) = desired {
-                    if replace {
-                        rec.desired.replace(d, now, true, "desired")?;
-                    } else {
-                        rec.desired.patch(d, now, true, "desired")?;
+                    if let Some(d) = desired {
+                        if replace {
+                            rec.desired.replace(d, now, true, "desired")?;
+                        } else {
+                            rec.desired.patch(d, now, true, "desired")?;
+                        }
                     }
-                }
-                Ok(())
-            })
+                    Ok(())
+                },
+                |rec, ()| {
+                    let mut properties = serde_json::Map::new();
+                    if let Some(d) = desired {
+                        properties.insert("desired".into(), versioned(d, rec.desired.version));
+                    }
+                    let mut body = json!({ "version": rec.twin_version, "properties": properties });
+                    if let Some(t) = tags {
+                        body["tags"] = t.clone();
+                    }
+                    self.events
+                        .event(device, EventSource::TwinChangeEvents, op, body)
+                        .into_iter()
+                        .collect()
+                },
+            )
             .map_err(service_error)?;
-        let mut properties = serde_json::Map::new();
-        if let Some(d) = desired {
-            let mut patch = d.clone();
-            if let Value::Object(m) = &mut patch {
-                m.insert("$version".into(), json!(rec.desired.version));
-            }
-            properties.insert("desired".into(), patch.clone());
-            if let Some(link) = self.link()
-                && link.subscribed(device, Feature::DesiredPatches)
-            {
-                link.send(
-                    device,
-                    DevicePublish {
-                        topic: format!(
-                            "$iothub/twin/PATCH/properties/desired/?$version={}",
-                            rec.desired.version
-                        ),
-                        payload: Bytes::from(patch.to_string()),
-                        qos: 0,
-                        lock: None,
-                    },
-                );
-            }
+        self.events.staged.notify_one();
+        if let Some(d) = desired
+            && let Some(link) = self.link()
+            && link.subscribed(device, Feature::DesiredPatches)
+        {
+            link.send(
+                device,
+                DevicePublish {
+                    topic: format!(
+                        "$iothub/twin/PATCH/properties/desired/?$version={}",
+                        rec.desired.version
+                    ),
+                    payload: Bytes::from(versioned(d, rec.desired.version).to_string()),
+                    qos: 0,
+                    lock: None,
+                },
+            );
         }
-        let mut body = json!({ "version": rec.twin_version, "properties": properties });
-        if let Some(t) = tags {
-            body["tags"] = t.clone();
-        }
-        let op = if replace { "replaceTwin" } else { "updateTwin" };
-        self.events
-            .emit(device, EventSource::TwinChangeEvents, op, body);
         Ok(rec)
     }
 
@@ -235,21 +250,24 @@ impl DeviceServices for Hub {
         })?;
         let (rec, ()) = self
             .registry
-            .update_twin(device.as_str(), None, |rec, now| {
-                rec.reported.patch(&patch, now, false, "reported")?;
-                Ok(())
-            })
+            .update_twin(
+                device.as_str(),
+                None,
+                |rec, now| {
+                    rec.reported.patch(&patch, now, false, "reported")?;
+                    Ok(())
+                },
+                |rec, ()| {
+                    let changed = versioned(&patch, rec.reported.version);
+                    let body = json!({ "version": rec.twin_version, "properties": { "reported": changed } });
+                    self.events
+                        .event(device.as_str(), EventSource::TwinChangeEvents, "updateTwin", body)
+                        .into_iter()
+                        .collect()
+                },
+            )
             .map_err(service_error)?;
-        let mut changed = patch.clone();
-        if let Value::Object(m) = &mut changed {
-            m.insert("$version".into(), json!(rec.reported.version));
-        }
-        self.events.emit(
-            device.as_str(),
-            EventSource::TwinChangeEvents,
-            "updateTwin",
-            json!({ "version": rec.twin_version, "properties": { "reported": changed } }),
-        );
+        self.events.staged.notify_one();
         Ok(rec.reported.version)
     }
 

@@ -176,7 +176,8 @@ pub async fn publish(
         }
         plan.template
             .render(&mut body, seq, &plan.client_id, &mut rng);
-        codec::publish(&plan.topic, &body, plan.qos, pkid, false, &mut out);
+        codec::publish(&plan.topic, &body, plan.qos, pkid, false, &mut out)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         seq += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
         if out.len() >= 32 * 1024 {

@@ -2,14 +2,18 @@
 //!
 //! Gateways look devices up on every CONNECT and the engine on events that enrich from
 //! tags, so reads come from memory; every change is committed to redb before it is
-//! visible.
+//! visible. A change and the hub events it causes (lifecycle, twin change) are committed
+//! in one transaction: the events wait in an outbox until the ingest log has them
+//! (`outbox.rs`), so neither is lost.
+
+mod outbox;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use weir_core::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus};
+use weir_core::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, Event};
 
 use crate::secret::{generate_key, random_hex, valid_key};
 
@@ -18,6 +22,16 @@ const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 /// Device records that could not be read at start-up, kept byte for byte for repair.
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+/// Hub events committed with the change that caused them, until the log has them.
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+
+/// A registry change as the code that turns it into hub events sees it.
+pub struct Change<'a> {
+    /// The record before the change; `None` when it was created.
+    pub old: Option<&'a DeviceRecord>,
+    /// The record after the change (for a deletion, the deleted record).
+    pub new: &'a DeviceRecord,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -67,6 +81,8 @@ pub struct Registry {
     quarantined: Vec<Quarantined>,
     /// Serialises read-modify-write so etag checks and version bumps are atomic.
     writer: Mutex<()>,
+    /// The next outbox sequence number.
+    next_event: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> String {
@@ -84,7 +100,9 @@ impl Registry {
         txn.open_table(DEVICES).map_err(storage)?;
         txn.open_table(SESSIONS).map_err(storage)?;
         txn.open_table(QUARANTINE).map_err(storage)?;
+        txn.open_table(OUTBOX).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let next_event = outbox::next_sequence(&db)?;
         let mut devices = HashMap::new();
         let mut bad: Vec<(String, Vec<u8>, String)> = Vec::new();
         {
@@ -139,6 +157,7 @@ impl Registry {
             devices: RwLock::new(devices),
             quarantined,
             writer: Mutex::new(()),
+            next_event: std::sync::atomic::AtomicU64::new(next_event),
         })
     }
 
@@ -168,11 +187,13 @@ impl Registry {
     }
 
     /// Creates the device or updates it. `if_match` (an etag, or `*`) makes the update
-    /// conditional. Returns the stored record and whether it was created.
+    /// conditional. Changed tags bump the twin version. `events` turns the change into hub
+    /// events, committed with it. Returns the stored record and whether it was created.
     pub fn upsert(
         &self,
         req: DeviceUpsert,
         if_match: Option<&str>,
+        events: impl FnOnce(Change<'_>) -> Vec<Event>,
     ) -> Result<(Arc<DeviceRecord>, bool), RegistryError> {
         weir_core::ids::validate(&req.device_id)?;
         for (name, k) in [
@@ -194,7 +215,7 @@ impl Registry {
         check_etag(existing.as_deref(), if_match)?;
         let now = now();
         let created = existing.is_none();
-        let rec = match existing {
+        let rec = match existing.clone() {
             None => DeviceRecord {
                 device_id: req.device_id.clone(),
                 generation_id: random_hex(8).map_err(storage)?,
@@ -240,34 +261,45 @@ impl Registry {
                 if let Some(k) = req.secondary_key {
                     *secondary_key = k;
                 }
-                if let Some(t) = req.tags {
+                if let Some(t) = req.tags
+                    && t != rec.tags
+                {
                     rec.tags = t;
+                    rec.twin_version += 1;
                 }
                 rec.etag = new_etag(etag_version(&old.etag) + 1);
                 rec.last_updated_time = now;
                 rec
             }
         };
-        Ok((self.store(rec)?, created))
+        let events = events(Change {
+            old: existing.as_deref(),
+            new: &rec,
+        });
+        Ok((self.store(rec, &events)?, created))
     }
 
-    /// Deletes a device, conditionally on `if_match`.
+    /// Deletes a device, conditionally on `if_match`, committing the hub events `events`
+    /// makes of it in the same transaction.
     pub fn delete(
         &self,
         id: &str,
         if_match: Option<&str>,
+        events: impl FnOnce(&DeviceRecord) -> Vec<Event>,
     ) -> Result<Arc<DeviceRecord>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let existing = self
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         check_etag(Some(&existing), if_match)?;
+        let events = events(&existing);
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.remove(id).map_err(storage)?;
             let mut s = txn.open_table(SESSIONS).map_err(storage)?;
             s.remove(id).map_err(storage)?;
+            self.stage_events(&txn, &events)?;
         }
         txn.commit().map_err(storage)?;
         self.devices.write().map_err(storage)?.remove(id);
@@ -276,12 +308,14 @@ impl Registry {
 
     /// Changes a device's twin under the registry's write lock: `change` edits a copy of
     /// the record; the twin version and etag move only if it succeeds. `if_match` is
-    /// checked against the twin etag.
+    /// checked against the twin etag. `events` turns the result into hub events, committed
+    /// with it.
     pub fn update_twin<T>(
         &self,
         id: &str,
         if_match: Option<&str>,
         change: impl FnOnce(&mut DeviceRecord, &str) -> Result<T, RegistryError>,
+        events: impl FnOnce(&DeviceRecord, &T) -> Vec<Event>,
     ) -> Result<(Arc<DeviceRecord>, T), RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let existing = self
@@ -298,7 +332,8 @@ impl Registry {
         let mut rec = (*existing).clone();
         let out = change(&mut rec, &now())?;
         rec.twin_version += 1;
-        Ok((self.store(rec)?, out))
+        let events = events(&rec, &out);
+        Ok((self.store(rec, &events)?, out))
     }
 
     /// The filters a device's persistent session is subscribed to.
@@ -334,14 +369,20 @@ impl Registry {
         txn.commit().map_err(storage)
     }
 
-    /// Writes `rec` to disk, then makes it the in-memory copy. Callers hold `writer`.
-    fn store(&self, rec: DeviceRecord) -> Result<Arc<DeviceRecord>, RegistryError> {
+    /// Writes `rec` and its hub events to disk in one transaction, then makes the record
+    /// the in-memory copy. Callers hold `writer`.
+    fn store(
+        &self,
+        rec: DeviceRecord,
+        events: &[Event],
+    ) -> Result<Arc<DeviceRecord>, RegistryError> {
         let bytes = serde_json::to_vec(&rec).map_err(storage)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.insert(rec.device_id.as_str(), bytes.as_slice())
                 .map_err(storage)?;
+            self.stage_events(&txn, events)?;
         }
         txn.commit().map_err(storage)?;
         let rec = Arc::new(rec);
@@ -419,6 +460,7 @@ mod tests {
                         ..Default::default()
                     },
                     None,
+                    |_| Vec::new(),
                 )
                 .expect("create");
             assert!(created);
@@ -435,6 +477,7 @@ mod tests {
                         ..Default::default()
                     },
                     Some("\"bogus\""),
+                    |_| Vec::new(),
                 )
                 .expect_err("stale etag");
             assert!(matches!(err, RegistryError::PreconditionFailed { .. }));
@@ -446,6 +489,7 @@ mod tests {
                         ..Default::default()
                     },
                     Some(&format!("\"{etag}\"")),
+                    |_| Vec::new(),
                 )
                 .expect("update");
             assert!(!created);
@@ -454,8 +498,8 @@ mod tests {
         let r = Registry::open(&path).expect("reopen");
         let rec = r.get("dev1").expect("persisted");
         assert_eq!(rec.status, DeviceStatus::Disabled);
-        assert!(r.delete("nope", None).is_err());
-        r.delete("dev1", None).expect("delete");
+        assert!(r.delete("nope", None, |_| Vec::new()).is_err());
+        r.delete("dev1", None, |_| Vec::new()).expect("delete");
         assert!(r.get("dev1").is_none());
         drop(r);
         assert!(Registry::open(&path).expect("reopen").is_empty());
@@ -474,6 +518,7 @@ mod tests {
                         ..Default::default()
                     },
                     None,
+                    |_| Vec::new(),
                 )
                 .expect("create");
             }
@@ -508,6 +553,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            |_| Vec::new(),
         )
         .expect("the id can be created again");
     }
