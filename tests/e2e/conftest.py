@@ -30,5 +30,17 @@ def hub(tmp_path, rules_dir):
     h.stop()
 
 
+def mount_tmpfs(path, size):
+    """Mounts a tmpfs of `size` (e.g. "8m") at `path`, for real full-disk cases. Needs
+    root: in CI a failure to mount fails the test; elsewhere it is skipped, saying why."""
+    import os
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = f"this test mounts a tmpfs and needs root: {r.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
 def run_weir(*args, **kw):
     return subprocess.run([str(WEIR), *map(str, args)], capture_output=True, text=True, timeout=60, **kw)

@@ -11,6 +11,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from conftest import mount_tmpfs
 from rawmqtt import Raw
 from weirhub import Hub
 
@@ -249,8 +250,7 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing_acknowledged(tm
     small = tmp_path / "small"
     small.mkdir()
     # A real full disk: the hub's data directory on an 8 MiB tmpfs (CI runs as root).
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], capture_output=True, text=True)
-    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    mount_tmpfs(small, "8m")
     try:
         cfg = "[archive]\nmax_age_secs = 3600\n[log]\nsegment_mb = 1\nbudget_mb = 1024\n"
         hub = Hub(small, rules_dir, config=cfg).start()
@@ -288,8 +288,7 @@ def test_after_a_full_disk_the_log_continues_on_a_fresh_segment_without_a_restar
     import subprocess
     small = tmp_path / "small"
     small.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)], capture_output=True, text=True)
-    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    mount_tmpfs(small, "12m")
     try:
         filler = small / "filler"
         filler.write_bytes(b"\0" * (4 << 20))

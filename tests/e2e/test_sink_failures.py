@@ -7,6 +7,7 @@ import subprocess
 import time
 
 from mqttclients import Device
+from conftest import mount_tmpfs
 from weirhub import Hub
 
 
@@ -87,8 +88,7 @@ def test_a_full_archive_disk_heals_without_a_restart(tmp_path, rules_dir):
     hub = Hub(tmp_path, rules_dir, config="[archive]\nmax_age_secs = 0.3\n")
     mount = hub.data / "archive"
     mount.mkdir(parents=True)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True, text=True)
-    assert r.returncode == 0, f"this test needs to mount a tmpfs (run as root): {r.stderr}"
+    mount_tmpfs(mount, "4m")
     try:
         filler = mount / "filler"
         with open(filler, "wb") as f:
