@@ -174,25 +174,33 @@ def test_pending_connections_connect_size_and_refusal_logs_are_bounded(tmp_path,
 
 
 def test_http_connections_beyond_the_cap_are_closed_as_they_arrive(tmp_path, rules_dir):
-    hub = Hub(tmp_path, rules_dir, config="[http]\nmax_connections = 5\nheader_timeout_secs = 2\n").start()
+    hub = Hub(tmp_path, rules_dir, config="[http]\nmax_connections = 5\nheader_timeout_secs = 30\n").start()
     try:
-        held = [socket.create_connection(("127.0.0.1", hub.http_port), timeout=5) for _ in range(5)]
-        for s in held:
-            s.sendall(b"GET /health HTTP/1.1\r\n")
-        time.sleep(0.3)
-        extra = socket.create_connection(("127.0.0.1", hub.http_port), timeout=5)
-        extra.settimeout(2)
-        try:
-            extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            assert extra.recv(4096) == b"", "the sixth connection is closed, not served"
-        except OSError:
-            pass
-        extra.close()
-        for s in held:
+        # The readiness probe's connection may still count for a moment.
+        time.sleep(0.5)
+        socks = [socket.create_connection(("127.0.0.1", hub.http_port), timeout=5) for _ in range(8)]
+        for s in socks:
+            try:
+                s.sendall(b"GET /health HTTP/1.1\r\n")
+            except OSError:
+                pass
+        time.sleep(0.5)
+        open_ = 0
+        for s in socks:
+            s.settimeout(0.3)
+            try:
+                if s.recv(4096) != b"":
+                    open_ += 1
+            except (socket.timeout, TimeoutError):
+                open_ += 1
+            except OSError:
+                pass
+        assert open_ == 5, f"{open_} connections held open; the cap is 5"
+        for s in socks:
             s.close()
         time.sleep(0.5)
         assert requests.get(hub.api + "/health", timeout=5).ok, "freed slots serve again"
-        assert hub.metrics()["weir_http_connections_over_limit_total"] >= 1
+        assert hub.metrics()["weir_http_connections_over_limit_total"] >= 3
         assert hub.stop() == 0
     finally:
         hub.stop()
