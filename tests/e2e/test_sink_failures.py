@@ -4,6 +4,7 @@ its messages, and once the problem is gone it catches up without a restart."""
 import datetime
 import json
 import subprocess
+import threading
 import time
 
 from mqttclients import Device
@@ -73,10 +74,26 @@ def test_a_blocked_partition_directory_heals_without_a_restart(hub):
     assert archived(hub) == [], "nothing is archived while the partition is blocked"
     assert "endpoint is unhealthy" in hub.log_text()
 
+    # Recovery under load: the device keeps publishing while the endpoint catches up.
+    more = []
+    stop = threading.Event()
+
+    def keep_publishing():
+        i = 80
+        while not stop.is_set():
+            more.extend(publish_batch(dev, i, 5))
+            i += 5
+
+    publisher = threading.Thread(target=keep_publishing)
+    publisher.start()
     blocker.unlink()
-    wait_archived(hub, acked)
-    wait_state(hub, "archive", "healthy")
-    acked += publish_batch(dev, 80, 10)
+    try:
+        wait_state(hub, "archive", "healthy")
+    finally:
+        stop.set()
+        publisher.join()
+    assert len(more) > 20, "the device published while the endpoint recovered"
+    acked += more
     wait_archived(hub, acked)
     dev.close()
     assert hub.proc.pid == pid and hub.proc.poll() is None, "no restart"
