@@ -39,7 +39,8 @@ def sas_token(resource, key_b64, expiry, policy=None):
 class Hub:
     """One `weir serve` process with its own data directory, rules and ports."""
 
-    def __init__(self, workdir, rules_dir, hostname="localhost", config="", fixed_ports=None, extra_args=()):
+    def __init__(self, workdir, rules_dir, hostname="localhost", config="", fixed_ports=None, extra_args=(),
+                 wrapper=()):
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.rules = Path(rules_dir)
@@ -55,6 +56,8 @@ class Hub:
         archive = "" if "[archive]" in config else "[archive]\nmax_age_secs = 0.5\n"
         self.config_path.write_text(archive + "[logging]\nlevel = \"info\"\n" + config)
         self.extra_args = list(extra_args)
+        # A command the hub runs under (strace, say).
+        self.wrapper = list(wrapper)
         self.proc = None
         self.log_path = self.workdir / "weir.log"
 
@@ -70,7 +73,7 @@ class Hub:
         if getattr(self, "log", None) and not self.log.closed:
             self.log.close()
         self.log = open(self.log_path, "ab")
-        args = [
+        args = self.wrapper + [
             str(WEIR), "serve", "-c", str(self.config_path),
             "--data-dir", str(self.data), "--rules", str(self.rules),
             "--mqtt", f"127.0.0.1:{self.mqtt_port}", "--mqtts", f"127.0.0.1:{self.mqtts_port}",
@@ -93,7 +96,7 @@ class Hub:
         try:
             if self.proc is None or self.proc.poll() is not None:
                 return self.proc.returncode if self.proc else None
-            self.proc.send_signal(sig)
+            self.signal_hub(sig)
             try:
                 return self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -101,6 +104,14 @@ class Hub:
                 raise
         finally:
             self.log.close()
+
+    def signal_hub(self, sig):
+        """Signals the hub itself, not a wrapper it runs under (the wrapper exits with it)."""
+        pid = self.proc.pid
+        if self.wrapper:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pid = int(f.read().split()[0])
+        os.kill(pid, sig)
 
     def log_text(self):
         try:
