@@ -94,13 +94,11 @@ pub struct SystemProperties {
 }
 
 impl SystemProperties {
-    /// The properties that are set, under the names the archive's `system` column uses:
+    /// The properties that are set and have no archive column of their own (message id,
+    /// correlation id and content type do), under the names the `system` column uses:
     /// AMQP's names for the standard message properties, IoT Hub's for its own.
-    pub fn named(&self) -> impl Iterator<Item = (&'static str, &str)> {
+    pub fn others(&self) -> impl Iterator<Item = (&'static str, &str)> {
         [
-            ("message_id", &self.message_id),
-            ("correlation_id", &self.correlation_id),
-            ("content_type", &self.content_type),
             ("content_encoding", &self.content_encoding),
             ("user_id", &self.user_id),
             ("output_name", &self.output_name),

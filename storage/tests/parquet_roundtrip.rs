@@ -299,7 +299,6 @@ fn bodies_are_kept_exactly_with_their_provenance() {
     assert_eq!(
         pairs,
         vec![
-            ("message_id", "m6"),
             ("content_encoding", "utf-16"),
             ("dt-dataschema", "dtmi:x;1")
         ]

@@ -31,7 +31,7 @@ def test_binary_and_utf16_bodies_round_trip_with_provenance(hub):
         assert body is None and bytes(raw) == b, "binary bodies are stored byte-exact"
     body, raw, system, _, _ = by_id["u16"]
     assert (body, raw) == (text, None), "a declared UTF-16 body is decoded"
-    assert system == {"message_id": "u16", "content_encoding": "utf-16", "user_id": "app-7"}
+    assert system == {"content_encoding": "utf-16", "user_id": "app-7"}, "ids and content type have their own columns"
     body, raw, system, _, _ = by_id["plain"]
     assert (body, raw) == ('{"temp": 1}', None)
     assert system["iothub-creation-time-utc"] == "2026-01-02T03:04:05Z"

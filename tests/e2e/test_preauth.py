@@ -204,3 +204,18 @@ def test_http_connections_beyond_the_cap_are_closed_as_they_arrive(tmp_path, rul
         assert hub.stop() == 0
     finally:
         hub.stop()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path, rules_dir):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert hard > 256, "the test needs a hard limit above 256"
+    hub = Hub(tmp_path, rules_dir, wrapper=["prlimit", f"--nofile=256:{hard}", "--"]).start()
+    try:
+        with open(f"/proc/{hub.hub_pid()}/limits") as f:
+            line = next(l for l in f if l.startswith("Max open files"))
+        got_soft, got_hard = (int(x) for x in line.split()[3:5])
+        assert (got_soft, got_hard) == (hard, hard), line
+        assert "open file limit (RLIMIT_NOFILE) raised" in hub.log_text()
+        assert hub.stop() == 0
+    finally:
+        hub.stop()

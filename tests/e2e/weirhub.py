@@ -107,11 +107,17 @@ class Hub:
 
     def signal_hub(self, sig):
         """Signals the hub itself, not a wrapper it runs under (the wrapper exits with it)."""
+        os.kill(self.hub_pid(), sig)
+
+    def hub_pid(self):
+        """The hub's process: the wrapper's child, or the wrapper itself when it exec'd."""
         pid = self.proc.pid
         if self.wrapper:
             with open(f"/proc/{pid}/task/{pid}/children") as f:
-                pid = int(f.read().split()[0])
-        os.kill(pid, sig)
+                children = f.read().split()
+            if children:
+                return int(children[0])
+        return pid
 
     def log_text(self):
         try:

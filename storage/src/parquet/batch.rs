@@ -81,7 +81,7 @@ pub fn to_batch(
             props.values().append_value(v);
         }
         props.append(true)?;
-        for (k, v) in e.system.named() {
+        for (k, v) in e.system.others() {
             system.keys().append_value(k);
             system.values().append_value(v);
         }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use arrow_schema::SchemaRef;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use weir_core::{Delivery, EndpointSpec, SinkError};
 
 use super::batch::{schema, to_batch};
@@ -52,12 +53,23 @@ impl OpenFile {
         let tmp = dir.join(name);
         let file = fsutil::create_private(&tmp).map_err(|e| io(&tmp, e))?;
         let level = ZstdLevel::try_new(config.zstd_level).map_err(|e| encode(endpoint, e))?;
-        let props = WriterProperties::builder()
+        let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(level))
             .set_max_row_group_row_count(Some(128 * 1024))
             .set_max_row_group_bytes(Some(config.row_group_bytes))
-            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")))
-            .build();
+            .set_created_by(format!("weir {}", env!("CARGO_PKG_VERSION")));
+        // Columns whose values are (nearly) all different: a dictionary, the default, would
+        // hash every value to no avail. Offsets and enqueued times only grow, so delta
+        // encoding stores them in a few bits each.
+        for unique in ["message_id", "body", "body_bytes"] {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(unique), false);
+        }
+        for growing in ["ingest_offset", "enqueued_time"] {
+            props = props
+                .set_column_dictionary_enabled(ColumnPath::from(growing), false)
+                .set_column_encoding(ColumnPath::from(growing), Encoding::DELTA_BINARY_PACKED);
+        }
+        let props = props.build();
         let schema = schema(endpoint);
         let writer = ArrowWriter::try_new(file, Arc::clone(&schema), Some(props))
             .map_err(|e| encode(endpoint, e))?;
