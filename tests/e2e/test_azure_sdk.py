@@ -11,35 +11,16 @@ import time
 import pytest
 from azure.iot.device import IoTHubDeviceClient, Message, MethodResponse
 
+from conftest import FIXTURES
 from weirhub import Hub
 
 FIXED = {"mqtts": 8883, "https": 443}
 
-EVENT_RULES = """
-[[endpoint]]
-name = "events"
-type = "parquet"
-
-[[route]]
-name = "twin-changes"
-source = "TwinChangeEvents"
-endpoints = ["events"]
-
-[[route]]
-name = "connections"
-source = "DeviceConnectionStateEvents"
-endpoints = ["events"]
-
-[[route]]
-name = "lifecycle"
-source = "DeviceLifecycleEvents"
-endpoints = ["events"]
-"""
 
 
 @pytest.fixture
 def sdk_hub(tmp_path, rules_dir):
-    (rules_dir / "events.toml").write_text(EVENT_RULES)
+    shutil.copy(FIXTURES / "extra" / "events.toml", rules_dir)
     h = Hub(tmp_path, rules_dir, fixed_ports=FIXED).start()
     yield h
     h.stop()

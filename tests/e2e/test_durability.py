@@ -70,6 +70,20 @@ def run_publishers(pubs, stop):
         time.sleep(0.002)
 
 
+def publish_until_refused(raw, device, prefix, limit, pad):
+    """QoS 1 publishes of ~`pad`-byte bodies until the hub stops acknowledging (a timeout
+    or a closed connection). Returns the acknowledged ids and whether it stopped."""
+    acked = []
+    for i in range(limit):
+        body = json.dumps({"id": f"{prefix}-{i}", "pad": "z" * pad}).encode()
+        try:
+            raw.publish(f"devices/{device}/messages/events/", body, pkid=i % 60000 + 1)
+        except (AssertionError, TimeoutError, OSError):
+            return acked, True
+        acked.append(f"{prefix}-{i}")
+    return acked, False
+
+
 def archived_ids(hub):
     return [json.loads(b)["id"] for (b,) in hub.query("archive", "SELECT body FROM t")]
 
@@ -225,15 +239,7 @@ def test_a_full_disk_budget_holds_publishes_and_loses_nothing(tmp_path, rules_di
     raw = Raw(hub.mqtt_port)
     assert raw.connect("full", hub.username("full"), hub.device_token("full", key)) == 0
     raw.sock.settimeout(3)
-    acked, held = [], False
-    for i in range(5000):
-        body = json.dumps({"id": f"f-{i}", "pad": "z" * 1000}).encode()
-        try:
-            raw.publish("devices/full/messages/events/", body, pkid=i % 60000 + 1)
-            acked.append(f"f-{i}")
-        except (TimeoutError, OSError):
-            held = True
-            break
+    acked, held = publish_until_refused(raw, "full", "f", 5000, 1000)
     assert held, "with a 2 MiB budget and nothing committed, publishing must stall"
     assert hub.metrics()["weir_log_budget_holds_total"] >= 1
     assert "disk budget reached" in hub.log_text()
@@ -255,17 +261,9 @@ def test_a_full_disk_refuses_publishes_clearly_and_loses_nothing_acknowledged(tm
         cfg = "[archive]\nmax_age_secs = 3600\n[log]\nsegment_mb = 1\nbudget_mb = 1024\n"
         hub = Hub(small, rules_dir, config=cfg).start()
         key = hub.create_device("disk")["authentication"]["symmetricKey"]["primaryKey"]
-        acked, refused = [], False
         raw = Raw(hub.mqtt_port)
         assert raw.connect("disk", hub.username("disk"), hub.device_token("disk", key)) == 0
-        for i in range(20000):
-            body = json.dumps({"id": f"d-{i}", "pad": "q" * 2000}).encode()
-            try:
-                raw.publish("devices/disk/messages/events/", body, pkid=i % 60000 + 1)
-                acked.append(f"d-{i}")
-            except (AssertionError, OSError):
-                refused = True
-                break
+        acked, refused = publish_until_refused(raw, "disk", "d", 20000, 2000)
         raw.close()
         assert refused, "publishing must stop when the disk is full"
         assert "the disk is full" in hub.log_text()
@@ -294,17 +292,9 @@ def test_after_a_full_disk_the_log_continues_on_a_fresh_segment_without_a_restar
         filler.write_bytes(b"\0" * (4 << 20))
         hub = Hub(small, rules_dir, config="[archive]\nmax_age_secs = 0.3\n[log]\nsegment_mb = 1\nbudget_mb = 1024\n").start()
         key = hub.create_device("disk2")["authentication"]["symmetricKey"]["primaryKey"]
-        acked, refused, i = [], False, 0
         raw = Raw(hub.mqtt_port)
         assert raw.connect("disk2", hub.username("disk2"), hub.device_token("disk2", key)) == 0
-        while i < 20000 and not refused:
-            body = json.dumps({"id": f"e-{i}", "pad": "q" * 2000}).encode()
-            try:
-                raw.publish("devices/disk2/messages/events/", body, pkid=i % 60000 + 1)
-                acked.append(f"e-{i}")
-            except (AssertionError, OSError):
-                refused = True
-            i += 1
+        acked, refused = publish_until_refused(raw, "disk2", "e", 20000, 2000)
         raw.close()
         assert refused, "publishing must stop when the disk is full"
         m = hub.metrics()

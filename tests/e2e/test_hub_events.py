@@ -9,28 +9,13 @@ import pytest
 from conftest import FIXTURES
 from weirhub import Hub
 
-EVENT_RULES = """
-[[endpoint]]
-name = "events"
-type = "parquet"
-
-[[route]]
-name = "twin"
-source = "TwinChangeEvents"
-endpoints = ["events"]
-
-[[route]]
-name = "lifecycle"
-source = "DeviceLifecycleEvents"
-endpoints = ["events"]
-"""
 
 
 @pytest.fixture
 def event_rules(tmp_path):
     d = tmp_path / "rules"
     shutil.copytree(FIXTURES / "rules", d)
-    (d / "events.toml").write_text(EVENT_RULES)
+    shutil.copy(FIXTURES / "extra" / "events.toml", d)
     return d
 
 
