@@ -60,6 +60,10 @@ pub trait Sink {
         None
     }
 
+    /// The input is exhausted: failed endpoints try once more now, whatever their backoff,
+    /// so a clean stop archives what it can (what still fails waits in the log).
+    fn retry_now(&mut self) {}
+
     /// Replayed deliveries for `endpoint` (as the current rules define it; `None` when
     /// they no longer do) of every event at offsets from the request's `from` up to
     /// `through`, in offset order.

@@ -132,3 +132,22 @@ def test_a_full_archive_disk_heals_without_a_restart(tmp_path, rules_dir):
     finally:
         hub.stop()
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_clean_stop_retries_a_failed_endpoint_before_its_backoff(hub):
+    key = hub.create_device("stop")["authentication"]["symmetricKey"]["primaryKey"]
+    today = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    blocker = hub.data / "archive" / "archive" / f"date={today}"
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("in the way")
+    dev = Device(hub, "stop", hub.device_token("stop", key))
+    assert dev.connect() == 0
+    acked = publish_batch(dev, 0, 30)
+    wait_state(hub, "archive", "unhealthy")
+    # Let the backoff grow past what the stop below waits for.
+    time.sleep(3.5)
+    acked += publish_batch(dev, 30, 10)
+    dev.close()
+    blocker.unlink()
+    assert hub.stop() == 0
+    assert sorted(archived(hub)) == sorted(acked), "the stop archived what the endpoint had missed"

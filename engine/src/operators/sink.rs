@@ -19,6 +19,51 @@ use crate::replay::Replayer;
 /// Events read per activation while replaying for a failed endpoint.
 const REPLAY_CHUNK: usize = 8192;
 
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Moved,
+    Stuck,
+}
+
+/// Hands the sink one chunk of the replay it asked for.
+fn serve_replay(
+    sink: &mut dyn Sink,
+    replayer: &mut Replayer,
+    req: &weir_core::ReplayRequest,
+    report: &mut impl FnMut(Result<(), SinkError>),
+    metrics: &EngineMetrics,
+    warned: &mut Option<Instant>,
+) -> Progress {
+    match replayer.chunk(req, REPLAY_CHUNK) {
+        Ok(chunk) => {
+            EngineMetrics::add(&metrics.replayed, chunk.deliveries.len() as u64);
+            let moved = chunk.through > req.from;
+            report(sink.replay(
+                &req.endpoint,
+                chunk.spec.as_ref(),
+                chunk.deliveries,
+                chunk.through,
+            ));
+            if moved {
+                Progress::Moved
+            } else {
+                Progress::Stuck
+            }
+        }
+        Err(e) => {
+            report(Err(SinkError::Io {
+                path: "ingest log".into(),
+                source: std::io::Error::other(e.to_string()),
+            }));
+            if warned.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                *warned = Some(Instant::now());
+                tracing::error!(endpoint = %req.endpoint, error = %e, "cannot replay for a failed endpoint; retrying");
+            }
+            Progress::Stuck
+        }
+    }
+}
+
 pub(crate) trait SinkTo {
     /// Writes every delivery to `sink`, grouped by endpoint, calls `advance` as the frontier
     /// moves, and `close` with the source's final position once the input is exhausted.
@@ -45,7 +90,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
         let mut replay_warned: Option<Instant> = None;
         // The sink logs its endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
-        let report = move |r: Result<(), SinkError>| {
+        let mut report = move |r: Result<(), SinkError>| {
             if r.is_err() {
                 EngineMetrics::add(&errors.sink_errors, 1);
             }
@@ -74,44 +119,42 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                     if closed {
                         return;
                     }
-                    match frontier.frontier().iter().min() {
-                        Some(t) => report(sink.advance(*t)),
-                        None => {
-                            closed = true;
-                            report(sink.close(end.get()));
-                            return;
+                    let Some(t) = frontier.frontier().iter().min().copied() else {
+                        // Before the final commit, failed endpoints get one more chance to
+                        // catch up, so a clean stop leaves as little as possible to replay.
+                        sink.retry_now();
+                        while let Some(req) = sink.replay_request() {
+                            if serve_replay(
+                                &mut *sink,
+                                &mut replayer,
+                                &req,
+                                &mut report,
+                                &metrics,
+                                &mut replay_warned,
+                            ) != Progress::Moved
+                            {
+                                break;
+                            }
                         }
-                    }
+                        closed = true;
+                        report(sink.close(end.get()));
+                        return;
+                    };
+                    report(sink.advance(t));
                     let Some(req) = sink.replay_request() else {
                         activator.activate_after(tick);
                         return;
                     };
-                    match replayer.chunk(&req, REPLAY_CHUNK) {
-                        Ok(chunk) => {
-                            EngineMetrics::add(&metrics.replayed, chunk.deliveries.len() as u64);
-                            report(sink.replay(
-                                &req.endpoint,
-                                chunk.spec.as_ref(),
-                                chunk.deliveries,
-                                chunk.through,
-                            ));
-                            if chunk.through > req.from {
-                                activator.activate();
-                            } else {
-                                activator.activate_after(tick);
-                            }
-                        }
-                        Err(e) => {
-                            report(Err(SinkError::Io {
-                                path: "ingest log".into(),
-                                source: std::io::Error::other(e.to_string()),
-                            }));
-                            if replay_warned.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                                replay_warned = Some(Instant::now());
-                                tracing::error!(endpoint = %req.endpoint, error = %e, "cannot replay for a failed endpoint; retrying");
-                            }
-                            activator.activate_after(tick);
-                        }
+                    match serve_replay(
+                        &mut *sink,
+                        &mut replayer,
+                        &req,
+                        &mut report,
+                        &metrics,
+                        &mut replay_warned,
+                    ) {
+                        Progress::Moved => activator.activate(),
+                        Progress::Stuck => activator.activate_after(tick),
                     }
                 }
             },

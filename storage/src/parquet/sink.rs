@@ -551,6 +551,15 @@ impl Sink for ParquetSink {
         committed
     }
 
+    fn retry_now(&mut self) {
+        let now = Instant::now();
+        for s in self.endpoints.values_mut() {
+            if let Phase::Failed { retry_at, .. } = &mut s.phase {
+                *retry_at = now;
+            }
+        }
+    }
+
     fn replay_request(&mut self) -> Option<ReplayRequest> {
         let now = Instant::now();
         let watermark = self.watermark;
