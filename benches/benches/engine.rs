@@ -18,6 +18,12 @@ struct Count(Arc<AtomicU64>);
 struct CountSink(Arc<AtomicU64>);
 
 impl SinkFactory for Count {
+    fn kind(&self) -> &'static str {
+        weir_core::sink::ANY_KIND
+    }
+    fn recovered_floor(&self) -> u64 {
+        0
+    }
     fn open(&self, _worker: usize, _workers: usize) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(CountSink(Arc::clone(&self.0))))
     }
@@ -33,6 +39,9 @@ impl Sink for CountSink {
     }
     fn close(&mut self, _end: u64) -> Result<(), SinkError> {
         Ok(())
+    }
+    fn floor(&self) -> u64 {
+        0
     }
 }
 
@@ -52,7 +61,7 @@ fn bench(c: &mut Criterion) {
         Arc::new(ArcSwap::from_pointee(weir_benches::ten_routes())),
         Arc::new(NoDevices),
         Arc::new(feed.clone()),
-        Arc::new(Count(Arc::clone(&delivered))),
+        vec![Arc::new(Count(Arc::clone(&delivered)))],
         None,
     )
     .unwrap_or_else(|e| panic!("{e}"));

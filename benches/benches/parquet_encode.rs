@@ -25,16 +25,14 @@ fn bench(c: &mut Criterion) {
         .collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let make = || {
-        let (store, recovery) =
-            CommitStore::open(&dir.path().join("commits"), &dir.path().join("archive"))
-                .unwrap_or_else(|e| panic!("{e}"));
+        let store = CommitStore::open(&dir.path().join("commits.redb"))
+            .unwrap_or_else(|e| panic!("{e}"));
         ParquetSinkFactory::new(
             ParquetConfig::new(dir.path().join("archive")),
-            store,
-            recovery,
+            std::sync::Arc::new(store),
             Default::default(),
-            |_| {},
         )
+        .unwrap_or_else(|e| panic!("{e}"))
     };
     let mut g = c.benchmark_group("parquet");
     g.throughput(Throughput::Elements(n));
@@ -44,7 +42,7 @@ fn bench(c: &mut Criterion) {
             || deliveries.clone(),
             |batch| {
                 // A fresh commit store each time, so earlier runs' commits do not skip rows.
-                let _ = std::fs::remove_dir_all(dir.path().join("commits"));
+                let _ = std::fs::remove_file(dir.path().join("commits.redb"));
                 let mut sink = make().open(0, 1).unwrap_or_else(|e| panic!("{e}"));
                 sink.write(&endpoint, batch)
                     .unwrap_or_else(|e| panic!("{e}"));

@@ -60,6 +60,15 @@ pub enum EndpointKind {
     },
 }
 
+impl EndpointKind {
+    /// The sink kind that writes this endpoint.
+    pub fn sink(&self) -> &'static str {
+        match self {
+            EndpointKind::Parquet { .. } => "parquet",
+        }
+    }
+}
+
 /// An endpoint as declared in the rules files.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointSpec {

@@ -76,9 +76,25 @@ pub trait Sink {
     ) -> Result<(), SinkError> {
         Ok(())
     }
+
+    /// Every endpoint of this sink has durably committed every delivery of this worker's
+    /// partitions below this offset. The engine lets the log go below the minimum over all
+    /// sinks and workers.
+    fn floor(&self) -> u64;
 }
 
-/// Creates one [`Sink`] per engine worker.
+/// The kind of a sink that takes every endpoint's deliveries (tools that capture what the
+/// rules would send).
+pub const ANY_KIND: &str = "*";
+
+/// Creates one [`Sink`] per engine worker, for the endpoints of one kind.
 pub trait SinkFactory: Send + Sync {
+    /// The endpoint kind it writes (an endpoint's `type` in rules files), or [`ANY_KIND`].
+    fn kind(&self) -> &'static str;
+
+    /// The lowest offset any of its endpoints had committed at start-up, over every
+    /// partition: the engine reads from there, so nothing uncommitted is missed.
+    fn recovered_floor(&self) -> u64;
+
     fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError>;
 }

@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use timely::dataflow::operators::Exchange;
-use weir_core::feed::device_hash;
+use weir_core::feed::{device_hash, partition_of};
 use weir_core::{DeviceDirectory, Event, EventFeed, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
 use crate::metrics::EngineMetrics;
 use crate::operators::{Dedupe, Route, SinkTo, feed_source};
 use crate::replay::Replayer;
+use crate::sinks::{Floors, SinkSet};
 
 /// The live rule set; replacing it takes effect at the next batch in every worker.
 pub type RulesHandle = Arc<ArcSwap<RuleSet>>;
@@ -74,31 +75,49 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts `config.workers` timely workers, each reading its partition of `feed`.
+    /// Starts `config.workers` timely workers, each reading its partitions of `feed` and
+    /// writing to one sink of each kind in `sinks`.
+    ///
+    /// Recovery is the engine's: it reads from the lowest offset any sink had committed
+    /// (less a duplicate window, so repeats of committed messages are still recognised);
+    /// sinks skip what they had committed; and the feed is released only below what every
+    /// sink of every worker has committed since.
     pub fn start(
         config: EngineConfig,
         rules: RulesHandle,
         directory: Arc<dyn DeviceDirectory>,
         feed: Arc<dyn EventFeed>,
-        sinks: Arc<dyn SinkFactory>,
+        sinks: Vec<Arc<dyn SinkFactory>>,
         trace: Option<TraceFn>,
     ) -> Result<Engine, EngineError> {
         if config.workers == 0 {
             return Err(EngineError::NoWorkers);
         }
+        let floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
+        let from = match config.dedupe {
+            Some(d) => feed.offset_before(floor, d.window),
+            None => floor,
+        };
+        tracing::debug!(floor, from, "engine starts reading");
+        let floors = Arc::new(Floors::new(
+            config.workers,
+            sinks.len(),
+            floor,
+            Arc::clone(&feed),
+        ));
         let metrics = Arc::new(EngineMetrics::default());
         let worker_metrics = Arc::clone(&metrics);
         let (tick, dedupe) = (config.tick, config.dedupe);
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
-            let reader = match feed.reader(index, peers) {
+            let reader = match feed.reader(index, peers, from) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot read the event feed; worker stops");
                     return;
                 }
             };
-            let sink = match sinks.open(index, peers) {
+            let sink = match SinkSet::open(&sinks, index, peers, Arc::clone(&floors)) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot open sinks; worker stops");
@@ -115,7 +134,11 @@ impl Engine {
             );
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, end) = feed_source(scope, reader, &*feed, tick);
-                let events = events.exchange(|e: &Arc<Event>| device_hash(e.device_id.as_str()));
+                // By virtual partition, as the feed splits them: a device stays on the
+                // worker that owns its partition.
+                let events = events.exchange(|e: &Arc<Event>| {
+                    u64::from(partition_of(device_hash(e.device_id.as_str())))
+                });
                 let events = match dedupe {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,

@@ -45,6 +45,12 @@ struct CaptureFactory(Shared);
 struct CaptureSink(Shared);
 
 impl SinkFactory for CaptureFactory {
+    fn kind(&self) -> &'static str {
+        weir_core::sink::ANY_KIND
+    }
+    fn recovered_floor(&self) -> u64 {
+        0
+    }
     fn open(&self, _worker: usize, _workers: usize) -> Result<Box<dyn Sink>, SinkError> {
         Ok(Box::new(CaptureSink(Arc::clone(&self.0))))
     }
@@ -69,6 +75,9 @@ impl Sink for CaptureSink {
     }
     fn close(&mut self, _end: u64) -> Result<(), SinkError> {
         Ok(())
+    }
+    fn floor(&self) -> u64 {
+        0
     }
 }
 
@@ -112,7 +121,7 @@ pub fn run(
         Arc::new(ArcSwap::from_pointee(rules)),
         directory,
         Arc::new(feed.clone()),
-        Arc::new(CaptureFactory(Arc::clone(&captured))),
+        vec![Arc::new(CaptureFactory(Arc::clone(&captured)))],
         Some(trace),
     )?;
     let pushed = feed.push(events);

@@ -16,6 +16,7 @@ pub mod memory;
 pub mod metrics;
 mod operators;
 mod replay;
+mod sinks;
 
 pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, RulesHandle, TraceFn};
 pub use memory::MemoryFeed;

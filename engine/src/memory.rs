@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex};
 
-use weir_core::feed::{device_hash, partition};
+use weir_core::feed::{device_hash, partition_of, worker_of};
 use weir_core::{Event, EventFeed, FeedError, FeedReader};
 
 struct State {
@@ -53,7 +53,10 @@ impl MemoryFeed {
     pub fn push(&self, batch: Vec<Event>) -> Result<(), Closed> {
         let mut st = self.inner.state.lock().map_err(|_| Closed)?;
         for mut e in batch {
-            let p = partition(device_hash(e.device_id.as_str()), st.queues.len());
+            let p = worker_of(
+                partition_of(device_hash(e.device_id.as_str())),
+                st.queues.len(),
+            );
             while st.queues[p].len() >= self.inner.capacity && !st.closed {
                 st = self.inner.space.wait(st).map_err(|_| Closed)?;
             }
@@ -92,7 +95,14 @@ struct Reader {
 }
 
 impl EventFeed for MemoryFeed {
-    fn reader(&self, worker: usize, workers: usize) -> Result<Box<dyn FeedReader>, FeedError> {
+    /// A queue keeps nothing once read: every reader starts at what is queued, whatever
+    /// `from` says.
+    fn reader(
+        &self,
+        worker: usize,
+        workers: usize,
+        _from: u64,
+    ) -> Result<Box<dyn FeedReader>, FeedError> {
         let queues = self.inner.state.lock().map(|s| s.queues.len()).unwrap_or(0);
         if queues != workers {
             return Err(FeedError::Read(format!(

@@ -187,8 +187,8 @@ mod tests {
     }
 
     impl EventFeed for VecFeed {
-        fn reader(&self, w: usize, n: usize) -> Result<Box<dyn FeedReader>, FeedError> {
-            self.reader_from(w, n, 0)
+        fn reader(&self, w: usize, n: usize, from: u64) -> Result<Box<dyn FeedReader>, FeedError> {
+            self.reader_from(w, n, from)
         }
         fn on_data(&self, _wake: Box<dyn Fn() + Send + Sync>) {}
         fn reader_from(

@@ -28,10 +28,10 @@ async fn append(log: &Log, device: &str, bodies: &[&str]) {
 }
 
 fn read_all(log: &Log, from: u64, workers: usize) -> Vec<Event> {
-    let feed = log.feed(from);
+    let feed = log.feed();
     let mut out = Vec::new();
     for w in 0..workers {
-        let mut r = feed.reader(w, workers).expect("reader");
+        let mut r = feed.reader(w, workers, from).expect("reader");
         let mut part = Vec::new();
         loop {
             let before = part.len();
@@ -165,7 +165,7 @@ async fn the_disk_budget_holds_appends_until_sinks_commit() {
         "over budget, the append must not be acknowledged"
     );
     let end = log.end();
-    log.set_retain_floor(end);
+    log.feed().release(end);
     for ack in pending {
         tokio::time::timeout(Duration::from_secs(5), ack)
             .await
@@ -187,8 +187,8 @@ async fn a_reader_follows_the_writer_across_segment_rolls() {
     let mut config = LogConfig::new(dir.path().to_path_buf());
     config.segment_bytes = 300;
     let (log, _) = Log::open(config).expect("open");
-    let feed = log.feed(0);
-    let mut reader = feed.reader(0, 1).expect("reader");
+    let feed = log.feed();
+    let mut reader = feed.reader(0, 1, 0).expect("reader");
     let mut got = Vec::new();
     for round in 0..20 {
         append(
@@ -237,4 +237,29 @@ async fn an_append_larger_than_a_record_is_refused_before_any_acknowledgement() 
     );
     let back = read_all(&log, 0, 1);
     assert_eq!((back.len(), &back[0].body[..]), (1, &b"{\"ok\":1}"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_log_is_recognised_and_upgraded_with_offsets_continuing() {
+    use weir_storage::log::{Format, format, upgrade_legacy};
+    let dir = tempfile::tempdir().expect("tmp");
+    let log_dir = dir.path().join("log");
+    assert_eq!(format(&log_dir).expect("format"), Format::Current, "nothing yet");
+    {
+        let (log, _) = Log::open(LogConfig::new(log_dir.clone())).expect("open");
+        append(&log, "old", &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]).await;
+    }
+    assert_eq!(format(&log_dir).expect("format"), Format::Current);
+    // What an earlier version left: segments and no format file.
+    std::fs::remove_file(log_dir.join("FORMAT")).expect("rm");
+    assert_eq!(format(&log_dir).expect("format"), Format::Legacy { end: 3 });
+    upgrade_legacy(&log_dir, 3).expect("upgrade");
+    assert_eq!(format(&log_dir).expect("format"), Format::Current);
+    let (log, rec) = Log::open(LogConfig::new(log_dir.clone())).expect("reopen");
+    assert_eq!((rec.end, rec.first), (3, 3), "offsets continue where the old log ended");
+    append(&log, "new", &["{\"b\":1}"]).await;
+    let back = read_all(&log, 0, 1);
+    assert_eq!(back.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![3]);
+    std::fs::write(log_dir.join("FORMAT"), "9\n").expect("newer");
+    assert_eq!(format(&log_dir).expect("format"), Format::Newer(9));
 }

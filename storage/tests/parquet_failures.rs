@@ -1,7 +1,7 @@
 //! A failing endpoint never commits past what it wrote, waits, and catches up from a replay.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -70,18 +70,14 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
     let tmp = tempfile::tempdir().expect("tmp");
     let archive = tmp.path().join("archive");
-    let (store, recovery) =
-        CommitStore::open(&tmp.path().join("commits"), &archive).expect("commits");
+    let store = CommitStore::open(&tmp.path().join("commits.redb")).expect("commits");
     let board = Arc::new(HealthBoard::default());
-    let floor = Arc::new(Mutex::new(0u64));
-    let f2 = Arc::clone(&floor);
     let factory = ParquetSinkFactory::new(
         ParquetConfig::new(archive.clone()),
-        store,
-        recovery,
+        Arc::new(store),
         Arc::clone(&board),
-        move |f| *f2.lock().expect("floor") = f,
-    );
+    )
+    .expect("factory");
     let mut sink = factory.open(0, 1).expect("open");
     let ep = spec();
     // A regular file where the partition directory belongs.
@@ -99,11 +95,7 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
     sink.advance(10).expect("advance");
     std::thread::sleep(Duration::from_millis(1100));
     sink.advance(10).expect("advance writes the record");
-    assert_eq!(
-        *floor.lock().expect("floor"),
-        0,
-        "the log must keep offsets 0.."
-    );
+    assert_eq!(sink.floor(), 0, "the log must keep offsets 0..");
     assert_eq!(board.endpoint("hot").map(|h| h.committed), Some(0));
 
     // Still blocked at the first retry: the replay fails again, with a longer wait.
@@ -154,7 +146,7 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
     );
     sink.close(14).expect("close");
     assert_eq!(parquet_rows(&archive), 11, "0..7 and 10..14, each once");
-    assert_eq!(*floor.lock().expect("floor"), 14);
+    assert_eq!(sink.floor(), 14);
     assert!(
         walk(&archive)
             .iter()

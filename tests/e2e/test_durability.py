@@ -319,3 +319,40 @@ def test_after_a_full_disk_the_log_continues_on_a_fresh_segment_without_a_restar
         assert set(got) == set(acked), f"missing {len(set(acked) - set(got))}, extra {len(set(got) - set(acked))}"
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_the_worker_count_can_change_after_a_kill_9_mid_load(tmp_path, rules_dir):
+    hub = Hub(tmp_path, rules_dir, config="[archive]\nmax_age_secs = 0.3\n", workers=1).start()
+    keys = {f"wc-{i}": hub.create_device(f"wc-{i}")["authentication"]["symmetricKey"]["primaryKey"] for i in range(6)}
+    pubs = [Publisher(hub, d, k) for d, k in keys.items()]
+    stop = threading.Event()
+    worker = threading.Thread(target=run_publishers, args=(pubs, stop), daemon=True)
+    worker.start()
+    try:
+        time.sleep(2.0)
+        hub.proc.kill()
+        hub.proc.wait(10)
+        hub.workers = 2
+        hub.start()
+        time.sleep(2.0)
+        hub.proc.kill()
+        hub.proc.wait(10)
+        hub.workers = 1
+        hub.start()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        worker.join(10)
+    deadline = time.time() + 30
+    while any(p.outstanding() for p in pubs) and time.time() < deadline:
+        time.sleep(0.1)
+    for p in pubs:
+        p.close()
+    assert hub.stop() == 0
+    acked = set().union(*(p.acked for p in pubs))
+    sent = set().union(*(p.sent for p in pubs))
+    ids = archived_ids(hub)
+    assert len(acked) > 300, f"the test should exercise the hub ({len(acked)} acknowledged)"
+    assert len(ids) == len(set(ids)), f"duplicates in the archive: {len(ids) - len(set(ids))}"
+    assert not acked - set(ids), f"{len(acked - set(ids))} acknowledged messages are not archived"
+    assert set(ids) <= sent

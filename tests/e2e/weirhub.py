@@ -40,7 +40,7 @@ class Hub:
     """One `weir serve` process with its own data directory, rules and ports."""
 
     def __init__(self, workdir, rules_dir, hostname="localhost", config="", fixed_ports=None, extra_args=(),
-                 wrapper=()):
+                 wrapper=(), workers=2):
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.rules = Path(rules_dir)
@@ -58,6 +58,7 @@ class Hub:
         self.extra_args = list(extra_args)
         # A command the hub runs under (strace, say).
         self.wrapper = list(wrapper)
+        self.workers = workers
         self.proc = None
         self.log_path = self.workdir / "weir.log"
 
@@ -77,7 +78,7 @@ class Hub:
             str(WEIR), "serve", "-c", str(self.config_path),
             "--data-dir", str(self.data), "--rules", str(self.rules),
             "--mqtt", f"127.0.0.1:{self.mqtt_port}", "--mqtts", f"127.0.0.1:{self.mqtts_port}",
-            "--http", f"127.0.0.1:{self.http_port}", "--hostname", self.hostname, "--workers", "2",
+            "--http", f"127.0.0.1:{self.http_port}", "--hostname", self.hostname, "--workers", str(self.workers),
         ] + (["--https", f"127.0.0.1:{self.https_port}"] if self.https_port else []) + self.extra_args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, cwd=self.workdir)
         deadline = time.time() + timeout

@@ -11,11 +11,11 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use weir_core::HealthBoard;
+use weir_core::{HealthBoard, SinkFactory};
 use weir_engine::{Engine, EngineConfig};
 use weir_gateways::{GatewayMetrics, MqttGateway};
 use weir_storage::c2d::C2dStore;
-use weir_storage::commit::{CommitStore, Recovery};
+use weir_storage::commit::CommitStore;
 use weir_storage::log::Log;
 use weir_storage::secret::{generate_key, write_private};
 use weir_storage::{ParquetSinkFactory, Registry};
@@ -186,30 +186,34 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
     let rules = Arc::new(ArcSwap::from_pointee(rules));
 
+    upgrade_legacy_log(&cfg)?;
     let (mut log, recovered) = Log::open(cfg.log.clone())
         .with_context(|| format!("opening the ingest log in {}", cfg.log.dir.display()))?;
-    let (commits, recovery) = CommitStore::open(&cfg.data_dir.join("commits"), &cfg.archive.root)
-        .context("recovering the archive's commit records")?;
-    let from = replay_start(&cfg, &log, &commits, &recovery)?;
+    let commits = Arc::new(
+        CommitStore::open(&cfg.data_dir.join("commits.redb"))
+            .context("opening the archive's commit store")?,
+    );
+    let endpoint_health = Arc::new(HealthBoard::default());
+    let parquet = Arc::new(
+        ParquetSinkFactory::new(
+            cfg.archive.clone(),
+            Arc::clone(&commits),
+            Arc::clone(&endpoint_health),
+        )
+        .context("recovering the Parquet archive")?,
+    );
+    let archived = parquet.recovery();
     tracing::info!(
         log_end = recovered.end,
-        replay_from = from,
         segments = recovered.segments,
         torn_bytes_cut = recovered.truncated_bytes,
-        renames_completed = recovery.completed_renames,
-        uncommitted_files_removed = recovery.removed_temporaries,
+        archive_committed_to = parquet.recovered_floor(),
+        renames_completed = archived.completed_renames,
+        uncommitted_files_removed = archived.removed_temporaries,
         "ingest log and archive recovered"
     );
-    log.set_retain_floor(recovery.floor().min(from));
-    let endpoint_health = Arc::new(HealthBoard::default());
-    let sinks = Arc::new(ParquetSinkFactory::new(
-        cfg.archive.clone(),
-        commits,
-        recovery,
-        Arc::clone(&endpoint_health),
-        log.floor_setter(),
-    ));
-    let archive_metrics = sinks.metrics();
+    let archive_metrics = parquet.metrics();
+    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet];
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,
@@ -218,7 +222,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
         Arc::clone(&rules),
         registry.clone(),
-        Arc::new(log.feed(from)),
+        Arc::new(log.feed()),
         sinks,
         None,
     )?;
@@ -380,37 +384,47 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
-/// Where the engine starts reading: early enough for every sink to find what it has not
-/// committed, and a duplicate window before that so repeats of committed messages are
-/// still recognised.
-fn replay_start(
-    cfg: &Config,
-    log: &Log,
-    commits: &CommitStore,
-    recovery: &Recovery,
-) -> anyhow::Result<u64> {
-    let end = log.end();
-    if recovery.workers != 0 && recovery.workers != cfg.workers {
-        if !recovery.complete_at(end) {
-            bail!(
-                "the previous run used {} engine worker(s) and left log records unarchived; \
-                 start once with --workers {} to archive them (or let it stop cleanly), then change the worker count",
-                recovery.workers,
-                recovery.workers
-            );
-        }
-        commits.reset()?;
-        return Ok(end);
+/// Upgrades an ingest log of format 1 (its records carry a device hash that was not
+/// stable, and its commits were per worker), or refuses to start, saying what to do.
+fn upgrade_legacy_log(cfg: &Config) -> anyhow::Result<()> {
+    use weir_storage::commit::legacy;
+    use weir_storage::log::{Format, format, upgrade_legacy};
+    let dir = &cfg.log.dir;
+    let end = match format(dir)
+        .with_context(|| format!("reading the ingest log in {}", dir.display()))?
+    {
+        Format::Current => return Ok(()),
+        Format::Newer(v) => bail!(
+            "the ingest log in {} was written by a newer Weir (format {v}); run that version, or move the data directory aside",
+            dir.display()
+        ),
+        Format::Legacy { end } => end,
+    };
+    let commits_dir = cfg.data_dir.join("commits");
+    let archived = match legacy::read(&commits_dir)? {
+        None => end == 0,
+        Some(c) => c.floor.is_some_and(|f| f >= end),
+    };
+    if !archived {
+        bail!(
+            "the ingest log in {} was written by an earlier Weir (format 1) and holds records that are not archived yet; \
+             start the earlier version once and stop it cleanly (a clean stop archives everything), then start this one",
+            dir.display()
+        );
     }
-    let floor = recovery.floor().max(log.first());
-    let Some(window) = cfg.dedupe.map(|d| d.window) else {
-        return Ok(floor);
-    };
-    let seed_from = match log.enqueued_at(floor) {
-        Some(t) => log.offset_at_time(t - window.as_millis() as i64),
-        None => floor,
-    };
-    Ok(seed_from.min(floor).max(log.first()))
+    upgrade_legacy(dir, end)?;
+    legacy::remove(&commits_dir).with_context(|| {
+        format!(
+            "removing the old commit records in {}",
+            commits_dir.display()
+        )
+    })?;
+    tracing::info!(
+        dir = %dir.display(),
+        continues_at = end,
+        "upgraded the ingest log to format 2 (stable device partitions; the worker count may now change between runs)"
+    );
+    Ok(())
 }
 
 /// SIGINT and SIGTERM, listened to from start-up on, so a second signal that arrives while

@@ -10,11 +10,12 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::{Delivery, EndpointSpec, Sink, SinkError};
+use weir_core::{Delivery, EndpointSpec, ReplayRequest, SinkError};
 
 use super::Routed;
 use crate::metrics::EngineMetrics;
 use crate::replay::Replayer;
+use crate::sinks::SinkSet;
 
 /// Events read per activation while replaying for a failed endpoint.
 const REPLAY_CHUNK: usize = 8192;
@@ -25,11 +26,11 @@ enum Progress {
     Stuck,
 }
 
-/// Hands the sink one chunk of the replay it asked for.
+/// Hands a sink one chunk of the replay it asked for.
 fn serve_replay(
-    sink: &mut dyn Sink,
+    sinks: &mut SinkSet,
     replayer: &mut Replayer,
-    req: &weir_core::ReplayRequest,
+    (sink, req): &(usize, ReplayRequest),
     report: &mut impl FnMut(Result<(), SinkError>),
     metrics: &EngineMetrics,
     warned: &mut Option<Instant>,
@@ -38,7 +39,8 @@ fn serve_replay(
         Ok(chunk) => {
             EngineMetrics::add(&metrics.replayed, chunk.deliveries.len() as u64);
             let moved = chunk.through > req.from;
-            report(sink.replay(
+            report(sinks.replay(
+                *sink,
                 &req.endpoint,
                 chunk.spec.as_ref(),
                 chunk.deliveries,
@@ -65,11 +67,12 @@ fn serve_replay(
 }
 
 pub(crate) trait SinkTo {
-    /// Writes every delivery to `sink`, grouped by endpoint, calls `advance` as the frontier
-    /// moves, and `close` with the source's final position once the input is exhausted.
+    /// Writes every delivery to the sink of its endpoint's kind, grouped by endpoint, calls
+    /// `advance` as the frontier moves, and `close` with the source's final position once
+    /// the input is exhausted.
     fn sink_to(
         self,
-        sink: Box<dyn Sink>,
+        sinks: SinkSet,
         replayer: Replayer,
         end: Rc<Cell<u64>>,
         tick: Duration,
@@ -80,7 +83,7 @@ pub(crate) trait SinkTo {
 impl SinkTo for Stream<'_, u64, Vec<Routed>> {
     fn sink_to(
         self,
-        mut sink: Box<dyn Sink>,
+        mut sinks: SinkSet,
         mut replayer: Replayer,
         end: Rc<Cell<u64>>,
         tick: Duration,
@@ -88,7 +91,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
     ) {
         let mut closed = false;
         let mut replay_warned: Option<Instant> = None;
-        // The sink logs its endpoints' state changes; here failures are only counted.
+        // Sinks log their endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
         let mut report = move |r: Result<(), SinkError>| {
             if r.is_err() {
@@ -114,7 +117,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                         }
                     });
                     for (endpoint, batch) in groups {
-                        report(sink.write(&endpoint, batch));
+                        report(sinks.write(&endpoint, batch));
                     }
                     if closed {
                         return;
@@ -122,31 +125,31 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                     let Some(t) = frontier.frontier().iter().min().copied() else {
                         // Before the final commit, failed endpoints get one more chance to
                         // catch up, so a clean stop leaves as little as possible to replay.
-                        sink.retry_now();
-                        while let Some(req) = sink.replay_request() {
-                            if serve_replay(
-                                &mut *sink,
+                        sinks.retry_now();
+                        while let Some(req) = sinks.replay_request() {
+                            let progress = serve_replay(
+                                &mut sinks,
                                 &mut replayer,
                                 &req,
                                 &mut report,
                                 &metrics,
                                 &mut replay_warned,
-                            ) != Progress::Moved
-                            {
+                            );
+                            if progress != Progress::Moved {
                                 break;
                             }
                         }
                         closed = true;
-                        report(sink.close(end.get()));
+                        sinks.close(end.get()).into_iter().for_each(&mut report);
                         return;
                     };
-                    report(sink.advance(t));
-                    let Some(req) = sink.replay_request() else {
+                    sinks.advance(t).into_iter().for_each(&mut report);
+                    let Some(req) = sinks.replay_request() else {
                         activator.activate_after(tick);
                         return;
                     };
                     match serve_replay(
-                        &mut *sink,
+                        &mut sinks,
                         &mut replayer,
                         &req,
                         &mut report,

@@ -25,6 +25,73 @@ pub use ingest::LogIngest;
 pub use reader::{LogFeed, LogReader};
 pub use segment::{HEADER, MAX_RECORD, frame, scan};
 
+/// The log format this version writes: records carry the stable device hash of
+/// `weir_core::feed::device_hash` (format 1 carried a hash that was not stable).
+pub const FORMAT: u32 = 2;
+const FORMAT_FILE: &str = "FORMAT";
+
+/// What a log directory holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Nothing yet, or the current format.
+    Current,
+    /// Format 1 segments holding records up to `end`.
+    Legacy { end: u64 },
+    /// Written by a newer Weir.
+    Newer(u32),
+}
+
+/// Reads the format of the log in `dir` without opening it.
+pub fn format(dir: &Path) -> Result<Format, LogError> {
+    match std::fs::read_to_string(dir.join(FORMAT_FILE)) {
+        Ok(text) => {
+            let v: u32 = text.trim().parse().unwrap_or(0);
+            return Ok(match v {
+                FORMAT => Format::Current,
+                v if v > FORMAT => Format::Newer(v),
+                _ => Format::Legacy {
+                    end: legacy_end(dir)?,
+                },
+            });
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io_err(dir, e)),
+        Err(_) => {}
+    }
+    let segments = if dir.exists() {
+        segment::list(dir).map_err(|e| io_err(dir, e))?
+    } else {
+        Vec::new()
+    };
+    if segments.is_empty() {
+        return Ok(Format::Current);
+    }
+    Ok(Format::Legacy {
+        end: legacy_end(dir)?,
+    })
+}
+
+fn legacy_end(dir: &Path) -> Result<u64, LogError> {
+    let segments = segment::list(dir).map_err(|e| io_err(dir, e))?;
+    let Some((base, path)) = segments.last() else {
+        return Ok(0);
+    };
+    let scan = segment::scan(path).map_err(|e| io_err(path, e))?;
+    Ok(base + scan.records)
+}
+
+/// Replaces a format-1 log whose every record has been archived by an empty current-format
+/// log that continues at `end` (offsets keep growing: archives name files by offset).
+pub fn upgrade_legacy(dir: &Path, end: u64) -> Result<(), LogError> {
+    for (_, path) in segment::list(dir).map_err(|e| io_err(dir, e))? {
+        std::fs::remove_file(&path).map_err(|e| io_err(&path, e))?;
+    }
+    let path = dir.join(segment::file_name(end));
+    crate::fsutil::create_private(&path).map_err(|e| io_err(&path, e))?;
+    crate::secret::write_private(&dir.join(FORMAT_FILE), format!("{FORMAT}\n").as_bytes())
+        .map_err(|e| io_err(dir, e))?;
+    segment::sync_dir(dir).map_err(|e| io_err(dir, e))
+}
+
 /// When appends are synced to disk before they are acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FsyncPolicy {
@@ -193,6 +260,8 @@ impl Log {
         if found.is_empty() {
             let path = dir.join(segment::file_name(0));
             crate::fsutil::create_private(&path).map_err(|e| io_err(&path, e))?;
+            crate::secret::write_private(&dir.join(FORMAT_FILE), format!("{FORMAT}\n").as_bytes())
+                .map_err(|e| io_err(&dir, e))?;
             segment::sync_dir(&dir).map_err(|e| io_err(&dir, e))?;
             found.push((0, path));
         }
@@ -268,9 +337,9 @@ impl Log {
         LogIngest::new(self.tx.clone())
     }
 
-    /// What the engine reads, starting at `from`.
-    pub fn feed(&self, from: u64) -> LogFeed {
-        LogFeed::new(Arc::clone(&self.shared), from)
+    /// What the engine reads.
+    pub fn feed(&self) -> LogFeed {
+        LogFeed::new(Arc::clone(&self.shared))
     }
 
     /// The offset after the last durable record.
@@ -284,21 +353,6 @@ impl Log {
             .segments
             .read()
             .map_or(0, |s| s.first().map_or(0, |x| x.base))
-    }
-
-    /// Sinks have committed everything below `offset`.
-    pub fn set_retain_floor(&self, offset: u64) {
-        self.shared
-            .retain_floor
-            .fetch_max(offset, Ordering::Relaxed);
-    }
-
-    /// A handle that can move the retention floor from sinks' threads.
-    pub fn floor_setter(&self) -> impl Fn(u64) + Send + Sync + 'static {
-        let shared = Arc::clone(&self.shared);
-        move |o| {
-            shared.retain_floor.fetch_max(o, Ordering::Relaxed);
-        }
     }
 
     pub fn metrics(&self) -> LogMetricsHandle {

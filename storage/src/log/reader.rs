@@ -6,33 +6,43 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use weir_core::feed::partition;
+use weir_core::feed::{partition_of, worker_of};
 use weir_core::{Event, EventFeed, FeedError, FeedReader, codec};
 
 use super::segment::{HEADER, MAX_RECORD, header, verify};
 use super::{SegmentInfo, Shared};
 
-/// The log as an [`EventFeed`], starting at a replay offset.
+/// The log as an [`EventFeed`].
 #[derive(Clone)]
 pub struct LogFeed {
     shared: Arc<Shared>,
-    from: u64,
 }
 
 impl LogFeed {
-    pub(crate) fn new(shared: Arc<Shared>, from: u64) -> LogFeed {
-        LogFeed { shared, from }
+    pub(crate) fn new(shared: Arc<Shared>) -> LogFeed {
+        LogFeed { shared }
     }
 }
 
 impl EventFeed for LogFeed {
-    fn reader(&self, worker: usize, workers: usize) -> Result<Box<dyn FeedReader>, FeedError> {
+    fn reader(
+        &self,
+        worker: usize,
+        workers: usize,
+        from: u64,
+    ) -> Result<Box<dyn FeedReader>, FeedError> {
         Ok(Box::new(LogReader::new(
             Arc::clone(&self.shared),
             worker,
             workers,
-            self.from,
+            from,
         )))
+    }
+
+    fn release(&self, offset: u64) {
+        self.shared
+            .retain_floor
+            .fetch_max(offset, Ordering::Relaxed);
     }
 
     fn on_data(&self, wake: Box<dyn Fn() + Send + Sync>) {
@@ -210,7 +220,8 @@ impl FeedReader for LogReader {
                     continue;
                 }
             };
-            let mine = partition(h.hash, self.workers) == self.worker && self.next >= self.from;
+            let mine = worker_of(partition_of(h.hash), self.workers) == self.worker
+                && self.next >= self.from;
             let mut problem = None;
             if mine {
                 self.payload.resize(h.len, 0);

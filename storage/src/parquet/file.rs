@@ -99,11 +99,14 @@ impl OpenFile {
         self.writer.bytes_written() + self.writer.in_progress_size()
     }
 
-    /// Writes the footer and syncs; returns the temporary and final names.
+    /// Writes the footer and syncs; returns the temporary and final names. The final
+    /// name carries the worker and worker count (a worker count names a set of partitions)
+    /// and the offsets committed before and by this commit.
     pub fn finish(
         mut self,
         spec: &EndpointSpec,
         worker: usize,
+        workers: usize,
         lo: u64,
         hi: u64,
     ) -> Result<(PathBuf, PathBuf), SinkError> {
@@ -111,6 +114,7 @@ impl OpenFile {
         for (k, v) in [
             ("weir.endpoint", spec.name.to_string()),
             ("weir.worker", worker.to_string()),
+            ("weir.workers", workers.to_string()),
             ("weir.rows", self.rows.to_string()),
             ("weir.offset_lo", lo.to_string()),
             ("weir.offset_hi", hi.to_string()),
@@ -123,9 +127,9 @@ impl OpenFile {
             .inner()
             .sync_all()
             .map_err(|e| io(&self.tmp, e))?;
-        let done = self
-            .dir
-            .join(format!("part-w{worker}-{lo:020}-{hi:020}.parquet"));
+        let done = self.dir.join(format!(
+            "part-w{worker}of{workers}-{lo:020}-{hi:020}.parquet"
+        ));
         Ok((self.tmp, done))
     }
 }

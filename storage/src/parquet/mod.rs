@@ -6,12 +6,15 @@
 //! `**/*.parquet` never see a partial file.
 
 mod batch;
+mod commit;
 mod config;
+mod factory;
 mod file;
 mod path;
 mod sink;
 mod state;
 
 pub use config::ParquetConfig;
+pub use factory::{ArchiveMetrics, ArchiveRecovery, KIND, ParquetSinkFactory};
 pub use path::partition_dir;
-pub use sink::{ArchiveMetrics, ParquetSink, ParquetSinkFactory};
+pub use sink::ParquetSink;

@@ -1,12 +1,13 @@
 //! The per-worker Parquet sink: open files per endpoint and hour, and exactly-once commits.
 //!
 //! An endpoint's files are committed together, at an offset `hi` once every delivery
-//! below `hi` (of this worker's partition) is in them: when the oldest is `max_age` old,
+//! below `hi` (of this worker's partitions) is in them: when the oldest is `max_age` old,
 //! when a delivery for a later hour arrives, when one grows past `max_rows`/`max_bytes`,
 //! when the rules change its columns, and on close. A commit finishes the files under
-//! temporary names, records them in the worker's commit record, then renames them to
-//! `part-w<worker>-<lo>-<hi>.parquet` (see `crate::commit`). After a restart, deliveries
-//! below an endpoint's committed offset are skipped: nothing is archived twice.
+//! temporary names, records the new offsets and the renames they imply in the commit store
+//! (one transaction), then renames them to `part-w<W>of<N>-<lo>-<hi>.parquet` (see
+//! `commit.rs`). After a restart, deliveries below an endpoint's committed offset for
+//! their partition are skipped: nothing is archived twice, whatever the worker count was.
 //!
 //! Any error while writing or committing an endpoint fails that endpoint alone: its open
 //! files are dropped, its commit point stays where its data is durable, and its deliveries
@@ -14,162 +15,62 @@
 //! commit point). After a backoff it asks the engine to replay what it missed, and goes
 //! live again once the replay has caught up (see `state.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use weir_core::feed::{device_hash, partition_of};
 use weir_core::time::{hour_floor, now_ms};
 use weir_core::{
-    Delivery, EndpointKind, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest,
-    Sink, SinkError, SinkFactory,
+    Delivery, EndpointKind, EndpointSpec, HealthBoard, ReplayRequest, Sink, SinkError,
 };
 
 use super::config::ParquetConfig;
-use super::file::{OpenFile, io};
+use super::factory::ArchiveMetrics;
+use super::file::OpenFile;
 use super::path::partition_dir;
-use super::state::{EndpointState, Phase, backoff};
-use crate::commit::{CommitStore, Recovery, WorkerCommit};
-use crate::fsutil;
-
-/// Archive counters, shared by all workers' sinks.
-#[derive(Debug, Default)]
-pub struct ArchiveMetrics {
-    /// Rows in committed (visible) files.
-    pub rows_committed: AtomicU64,
-    pub files_committed: AtomicU64,
-    /// Deliveries skipped because an earlier run had already committed them.
-    pub rows_skipped_replay: AtomicU64,
-    /// Rows in committed files, per endpoint (updated once per commit, so a lock is fine).
-    pub rows_by_endpoint: Mutex<BTreeMap<String, u64>>,
-}
-
-/// The lowest committed offset per worker, reported to whoever deletes log segments.
-struct Floors {
-    per_worker: Mutex<Vec<u64>>,
-    report: Box<dyn Fn(u64) + Send + Sync>,
-}
-
-impl Floors {
-    fn set(&self, worker: usize, floor: u64) {
-        let Ok(mut v) = self.per_worker.lock() else {
-            return;
-        };
-        if worker >= v.len() {
-            v.resize(worker + 1, 0);
-        }
-        v[worker] = floor;
-        if let Some(min) = v.iter().copied().min() {
-            (self.report)(min);
-        }
-    }
-}
-
-pub struct ParquetSinkFactory {
-    config: Arc<ParquetConfig>,
-    metrics: Arc<ArchiveMetrics>,
-    health: Arc<HealthBoard>,
-    commits: Arc<CommitStore>,
-    recovery: Arc<Recovery>,
-    floors: Arc<Floors>,
-}
-
-impl ParquetSinkFactory {
-    /// `recovery` is what the commit store found; `on_floor` learns the offset below which
-    /// every worker has committed every endpoint; `health` hears how each endpoint fares.
-    pub fn new(
-        config: ParquetConfig,
-        commits: CommitStore,
-        recovery: Recovery,
-        health: Arc<HealthBoard>,
-        on_floor: impl Fn(u64) + Send + Sync + 'static,
-    ) -> Self {
-        ParquetSinkFactory {
-            config: Arc::new(config),
-            metrics: Arc::default(),
-            health,
-            commits: Arc::new(commits),
-            recovery: Arc::new(recovery),
-            floors: Arc::new(Floors {
-                per_worker: Mutex::new(Vec::new()),
-                report: Box::new(on_floor),
-            }),
-        }
-    }
-
-    pub fn metrics(&self) -> Arc<ArchiveMetrics> {
-        Arc::clone(&self.metrics)
-    }
-}
-
-impl SinkFactory for ParquetSinkFactory {
-    fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError> {
-        let previous = (self.recovery.workers == workers)
-            .then(|| self.recovery.worker(worker).cloned())
-            .flatten();
-        let (frontier, known) = match &previous {
-            Some(c) => (c.frontier, c.endpoints.clone()),
-            None => (0, BTreeMap::new()),
-        };
-        if let Ok(mut v) = self.floors.per_worker.lock()
-            && v.len() < workers
-        {
-            v.resize(workers, 0);
-        }
-        self.health.frontier(worker, frontier);
-        Ok(Box::new(ParquetSink {
-            config: Arc::clone(&self.config),
-            metrics: Arc::clone(&self.metrics),
-            health: Arc::clone(&self.health),
-            commits: Arc::clone(&self.commits),
-            floors: Arc::clone(&self.floors),
-            worker,
-            workers,
-            frontier,
-            watermark: frontier,
-            recorded: frontier,
-            last_record: Instant::now(),
-            record_failing: false,
-            endpoints: known
-                .into_iter()
-                .map(|(name, committed)| (name, EndpointState::new(committed)))
-                .collect(),
-            seq: 0,
-            renames: Vec::new(),
-        }))
-    }
-}
+use super::state::{EndpointState, Phase};
+use crate::commit::CommitStore;
 
 /// One worker's Parquet files.
 pub struct ParquetSink {
-    config: Arc<ParquetConfig>,
-    metrics: Arc<ArchiveMetrics>,
-    health: Arc<HealthBoard>,
-    commits: Arc<CommitStore>,
-    floors: Arc<Floors>,
-    worker: usize,
-    workers: usize,
+    pub(super) config: Arc<ParquetConfig>,
+    pub(super) metrics: Arc<ArchiveMetrics>,
+    pub(super) health: Arc<HealthBoard>,
+    pub(super) store: Arc<CommitStore>,
+    pub(super) worker: usize,
+    pub(super) workers: usize,
+    /// The virtual partitions this worker owns.
+    pub(super) partitions: Vec<u16>,
+    /// Per partition (indexed by partition): the frontier as last recorded, which
+    /// endpoints without their own entry have committed up to.
+    pub(super) frontiers: Vec<u64>,
     /// Every delivery below this offset has been received.
-    frontier: u64,
+    pub(super) frontier: u64,
     /// Every delivery below this offset has been received, counting those seen beyond the
     /// frontier: where a replay for a failed endpoint must reach before it goes live.
-    watermark: u64,
+    pub(super) watermark: u64,
     /// The frontier in the last commit record written.
-    recorded: u64,
-    last_record: Instant,
+    pub(super) recorded: u64,
+    /// The lowest committed offset as of the last record: what the log may let go below.
+    pub(super) durable_floor: u64,
+    pub(super) last_record: Instant,
     /// The last attempt to write the commit record failed (logged once until it works).
-    record_failing: bool,
-    endpoints: HashMap<String, EndpointState>,
-    seq: u64,
+    pub(super) record_failing: bool,
+    pub(super) endpoints: HashMap<String, EndpointState>,
+    pub(super) seq: u64,
     /// Committed files not yet renamed, or whose directory could not be synced after the
-    /// rename: every record lists them until both are done, so a restart finishes them
-    /// instead of deleting them as strays.
-    renames: Vec<(PathBuf, PathBuf)>,
+    /// rename, with the intent that records them: the store keeps the intent until both
+    /// are done, so a restart finishes them instead of deleting them as strays.
+    pub(super) renames: Vec<(u64, Vec<(PathBuf, PathBuf)>)>,
+    /// Intents whose renames are done, cleared with the next record.
+    pub(super) done_intents: Vec<u64>,
 }
 
 /// How often an idle sink rewrites its commit record so the log can be trimmed.
-const RECORD_EVERY: Duration = Duration::from_secs(1);
+pub(super) const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 impl ParquetSink {
     fn open_file(&mut self, endpoint: &EndpointSpec, hour: i64) -> Result<OpenFile, SinkError> {
@@ -190,6 +91,11 @@ impl ParquetSink {
         OpenFile::create(&self.config, endpoint, dir, name)
     }
 
+    /// A state for an endpoint this run has not seen: it has committed up to the frontier.
+    pub(super) fn new_endpoint(&self) -> EndpointState {
+        EndpointState::new(self.frontiers.clone(), &self.partitions)
+    }
+
     /// Writes one delivery into `name`'s files, committing first when the delivery shows
     /// that everything before it is written (a later hour, changed columns) and after when
     /// a file is full.
@@ -204,11 +110,14 @@ impl ParquetSink {
         let Some(state) = self.endpoints.get_mut(name) else {
             return Ok(());
         };
-        if offset < state.committed {
-            self.metrics
-                .rows_skipped_replay
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        if offset < state.committed_max {
+            let p = partition_of(device_hash(d.event.device_id.as_str()));
+            if offset < state.committed[usize::from(p)] {
+                self.metrics
+                    .rows_skipped_replay
+                    .fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
         }
         // Deliveries arrive in offset order, so everything below `offset` is written: a
         // change of columns or a later hour can commit right here.
@@ -257,251 +166,6 @@ impl ParquetSink {
         }
         Ok(())
     }
-
-    /// Commits `name`'s open files: every delivery to it below `hi` is in them.
-    fn commit_endpoint(&mut self, name: &str, hi: u64) -> Result<(), SinkError> {
-        let Some(state) = self.endpoints.get_mut(name) else {
-            return Ok(());
-        };
-        if state.files.is_empty() {
-            state.committed = state.committed.max(hi);
-            return Ok(());
-        }
-        let lo = state.committed;
-        let Some(spec) = state.spec.clone() else {
-            return Ok(());
-        };
-        let files = std::mem::take(&mut state.files);
-        let rows = std::mem::take(&mut state.rows);
-        state.opened = None;
-        let mut renames = Vec::new();
-        let mut failure = None;
-        for (_, f) in files {
-            let tmp = f.tmp.clone();
-            match failure {
-                None => match f.finish(&spec, self.worker, lo, hi) {
-                    Ok(pair) => renames.push(pair),
-                    Err(e) => {
-                        remove_quietly(&tmp);
-                        failure = Some(e);
-                    }
-                },
-                Some(_) => remove_quietly(&tmp),
-            }
-        }
-        if let Some(e) = failure {
-            renames.iter().for_each(|(tmp, _)| remove_quietly(tmp));
-            return Err(e);
-        }
-        if let Some(s) = self.endpoints.get_mut(name) {
-            s.committed = hi;
-        }
-        if let Err(e) = self.write_record(renames.clone()) {
-            if let Some(s) = self.endpoints.get_mut(name) {
-                s.committed = lo;
-            }
-            renames.iter().for_each(|(tmp, _)| remove_quietly(tmp));
-            return Err(e);
-        }
-        // The record is the commit point: from here the files are part of the archive
-        // even if renaming them has to wait for a later record or the next start.
-        self.renames.extend(renames.iter().cloned());
-        self.finish_renames();
-        if let Some(s) = self.endpoints.get_mut(name)
-            && let Phase::Resuming { proven, .. } = &mut s.phase
-        {
-            *proven = true;
-        }
-        self.metrics
-            .rows_committed
-            .fetch_add(rows as u64, Ordering::Relaxed);
-        self.metrics
-            .files_committed
-            .fetch_add(renames.len() as u64, Ordering::Relaxed);
-        if let Ok(mut by) = self.metrics.rows_by_endpoint.lock() {
-            *by.entry(name.to_string()).or_default() += rows as u64;
-        }
-        self.publish(name);
-        tracing::debug!(
-            endpoint = name,
-            lo,
-            hi,
-            rows,
-            files = renames.len(),
-            "committed parquet files"
-        );
-        Ok(())
-    }
-
-    /// Renames committed files and syncs their directories; what fails stays listed in
-    /// every commit record and is tried again after the next one.
-    fn finish_renames(&mut self) {
-        let mut left = Vec::new();
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for (tmp, done) in std::mem::take(&mut self.renames) {
-            if tmp.exists()
-                && let Err(e) = std::fs::rename(&tmp, &done)
-            {
-                tracing::warn!(error = %e, file = %done.display(), "renaming a committed file failed; retried after the next commit and at start-up");
-                left.push((tmp, done));
-                continue;
-            }
-            if let Some(d) = done.parent()
-                && !dirs.iter().any(|x| x == d)
-            {
-                dirs.push(d.to_path_buf());
-            }
-            left.push((tmp, done));
-        }
-        let unsynced: Vec<PathBuf> = dirs
-            .into_iter()
-            .filter(|d| match fsutil::sync_dir(d) {
-                Ok(()) => false,
-                Err(e) => {
-                    tracing::warn!(error = %e, dir = %d.display(), "syncing a directory after renames failed; retried after the next commit");
-                    true
-                }
-            })
-            .collect();
-        left.retain(|(tmp, done)| {
-            tmp.exists()
-                || done
-                    .parent()
-                    .is_some_and(|d| unsynced.iter().any(|u| u == d))
-        });
-        self.renames = left;
-    }
-
-    /// Marks `name` failed at its last commit: drops its open files and, until its retry,
-    /// its deliveries. Returns the error for the caller to pass on.
-    fn fail(&mut self, name: &str, e: SinkError) -> SinkError {
-        let Some(s) = self.endpoints.get_mut(name) else {
-            return e;
-        };
-        for f in std::mem::take(&mut s.files).into_values() {
-            remove_quietly(&f.tmp);
-        }
-        s.rows = 0;
-        s.opened = None;
-        s.last_offset = None;
-        let attempts = s.attempts() + 1;
-        let wait = backoff(attempts);
-        s.phase = Phase::Failed {
-            attempts,
-            retry_at: Instant::now() + wait,
-        };
-        s.failures += 1;
-        s.last_error = Some((e.to_string(), now_ms()));
-        tracing::debug!(endpoint = name, worker = self.worker, attempts, error = %e, retry_in = ?wait, "endpoint write failed");
-        self.publish(name);
-        e
-    }
-
-    /// Tells the health board about `name`; logs when that changes the endpoint's state.
-    fn publish(&self, name: &str) {
-        let Some(s) = self.endpoints.get(name) else {
-            return;
-        };
-        let health = s.health(self.recorded);
-        let error = health.last_error.clone().unwrap_or_default();
-        let Some((before, after)) = self.health.report(self.worker, name, health) else {
-            return;
-        };
-        match after {
-            Health::Unhealthy => tracing::error!(
-                endpoint = name,
-                error = %error,
-                "endpoint is unhealthy: its messages stay in the ingest log and it is retried with backoff (at most every 30 s)"
-            ),
-            Health::Degraded => tracing::warn!(
-                endpoint = name,
-                "endpoint is writing again and catching up on what it missed"
-            ),
-            Health::Healthy => tracing::info!(
-                endpoint = name,
-                was = before.as_str(),
-                "endpoint is healthy again"
-            ),
-        }
-    }
-
-    /// Writes the worker's commit record: the frontier, and every endpoint whose committed
-    /// offset differs from it.
-    fn write_record(&mut self, mut pending: Vec<(PathBuf, PathBuf)>) -> Result<(), SinkError> {
-        pending.extend(self.renames.iter().cloned());
-        let f = self.frontier;
-        let endpoints: BTreeMap<String, u64> = self
-            .endpoints
-            .iter()
-            .filter(|(_, s)| !s.files.is_empty() || !s.is_live() || s.committed > f)
-            .map(|(n, s)| (n.clone(), s.committed))
-            .collect();
-        let record = WorkerCommit {
-            workers: self.workers,
-            worker: self.worker,
-            frontier: f,
-            endpoints,
-            pending,
-        };
-        if let Err(e) = self.commits.write(&record) {
-            if !self.record_failing {
-                self.record_failing = true;
-                tracing::error!(worker = self.worker, error = %e, "cannot write the archive's commit record; nothing is committed (the ingest log keeps the data) until it can be");
-            }
-            return Err(io(
-                std::path::Path::new("commits"),
-                std::io::Error::other(e.to_string()),
-            ));
-        }
-        if self.record_failing {
-            self.record_failing = false;
-            tracing::info!(
-                worker = self.worker,
-                "the archive's commit record is written again"
-            );
-        }
-        self.recorded = f;
-        self.last_record = Instant::now();
-        // Endpoints that caught up with the frontier no longer need their own entry.
-        self.floors.set(self.worker, record.floor());
-        self.health.frontier(self.worker, f);
-        let names: Vec<String> = self.endpoints.keys().cloned().collect();
-        names.iter().for_each(|n| self.publish(n));
-        Ok(())
-    }
-
-    /// Commits endpoints whose files are due: each up to what it has completely written.
-    fn commit_due(&mut self, all: bool) -> Result<(), SinkError> {
-        let max_age = self.config.max_age;
-        let frontier = self.frontier;
-        let due: Vec<(String, u64)> = self
-            .endpoints
-            .iter()
-            .filter(|(_, s)| !s.files.is_empty())
-            .filter(|(_, s)| all || s.opened.is_some_and(|t| t.elapsed() >= max_age))
-            .filter_map(|(n, s)| {
-                let hi = s.complete_below(frontier)?;
-                s.last_offset
-                    .is_none_or(|o| o < hi)
-                    .then(|| (n.clone(), hi))
-            })
-            .collect();
-        let mut first_err = None;
-        for (name, hi) in due {
-            if let Err(e) = self.commit_endpoint(&name, hi) {
-                first_err.get_or_insert(self.fail(&name, e));
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-fn remove_quietly(path: &std::path::Path) {
-    if let Err(e) = std::fs::remove_file(path)
-        && e.kind() != std::io::ErrorKind::NotFound
-    {
-        tracing::debug!(error = %e, file = %path.display(), "cannot remove an uncommitted file; it is removed at the next start");
-    }
 }
 
 impl Sink for ParquetSink {
@@ -515,13 +179,15 @@ impl Sink for ParquetSink {
             self.watermark = self.watermark.max(max + 1);
         }
         let name = endpoint.name.to_string();
-        let recorded = self.recorded;
-        let live = self
+        if !self.endpoints.contains_key(&name) {
+            let fresh = self.new_endpoint();
+            self.endpoints.insert(name.clone(), fresh);
+        }
+        if !self
             .endpoints
-            .entry(name.clone())
-            .or_insert_with(|| EndpointState::new(recorded))
-            .is_live();
-        if !live {
+            .get(&name)
+            .is_some_and(EndpointState::is_live)
+        {
             return Ok(());
         }
         for d in batch {
@@ -548,6 +214,9 @@ impl Sink for ParquetSink {
         let committed = self.commit_due(true);
         self.write_record(Vec::new())?;
         self.finish_renames();
+        if !self.done_intents.is_empty() {
+            self.write_record(Vec::new())?;
+        }
         committed
     }
 
@@ -558,6 +227,10 @@ impl Sink for ParquetSink {
                 *retry_at = now;
             }
         }
+    }
+
+    fn floor(&self) -> u64 {
+        self.durable_floor
     }
 
     fn replay_request(&mut self) -> Option<ReplayRequest> {
@@ -577,14 +250,17 @@ impl Sink for ParquetSink {
                     break;
                 }
                 Phase::Failed { attempts, retry_at } if retry_at <= now => {
+                    // Partitions may be at different offsets (after a change of worker
+                    // count): replay from the lowest; the rest is skipped as committed.
+                    let from = s.committed_min;
                     s.phase = Phase::Resuming {
                         attempts,
-                        replayed: s.committed,
+                        replayed: from,
                         proven: false,
                     };
-                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from = s.committed, "retrying a failed endpoint");
+                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from, "retrying a failed endpoint");
                     retrying = Some(name.clone());
-                    request = Some((name.clone(), s.committed));
+                    request = Some((name.clone(), from));
                     break;
                 }
                 _ => {}

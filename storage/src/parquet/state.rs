@@ -35,8 +35,12 @@ pub(super) enum Phase {
 
 pub(super) struct EndpointState {
     pub spec: Option<Arc<EndpointSpec>>,
-    /// Deliveries below this offset are in committed files (possibly of an earlier run).
-    pub committed: u64,
+    /// Per partition (indexed by partition): deliveries below this offset are in committed
+    /// files, possibly of an earlier run with another worker count.
+    pub committed: Vec<u64>,
+    /// The lowest and highest of `committed` over this worker's partitions.
+    pub committed_min: u64,
+    pub committed_max: u64,
     /// Open files by partition hour.
     pub files: BTreeMap<i64, OpenFile>,
     pub rows: usize,
@@ -49,10 +53,12 @@ pub(super) struct EndpointState {
 }
 
 impl EndpointState {
-    pub fn new(committed: u64) -> EndpointState {
-        EndpointState {
+    pub fn new(committed: Vec<u64>, partitions: &[u16]) -> EndpointState {
+        let mut s = EndpointState {
             spec: None,
             committed,
+            committed_min: 0,
+            committed_max: 0,
             files: BTreeMap::new(),
             rows: 0,
             opened: None,
@@ -60,7 +66,25 @@ impl EndpointState {
             phase: Phase::Live,
             last_error: None,
             failures: 0,
+        };
+        s.recount(partitions);
+        s
+    }
+
+    /// Recomputes the bounds of `committed` over `partitions`.
+    pub fn recount(&mut self, partitions: &[u16]) {
+        let owned = partitions.iter().map(|p| self.committed[usize::from(*p)]);
+        self.committed_min = owned.clone().min().unwrap_or(0);
+        self.committed_max = owned.max().unwrap_or(0);
+    }
+
+    /// Raises the committed offset of every one of `partitions` to at least `to`.
+    pub fn raise(&mut self, partitions: &[u16], to: impl Fn(u16) -> u64) {
+        for &p in partitions {
+            let c = &mut self.committed[usize::from(p)];
+            *c = (*c).max(to(p));
         }
+        self.recount(partitions);
     }
 
     pub fn is_live(&self) -> bool {
@@ -77,14 +101,13 @@ impl EndpointState {
         }
     }
 
-    /// What this worker reports about the endpoint. A live endpoint with nothing open has
-    /// committed everything up to the recorded frontier.
-    pub fn health(&self, recorded: u64) -> WorkerHealth {
-        let (state, committed) = match self.phase {
-            Phase::Live if self.files.is_empty() => (Health::Healthy, self.committed.max(recorded)),
-            Phase::Live => (Health::Healthy, self.committed),
-            Phase::Resuming { proven: true, .. } => (Health::Degraded, self.committed),
-            Phase::Resuming { .. } | Phase::Failed { .. } => (Health::Unhealthy, self.committed),
+    /// What this worker reports about the endpoint.
+    pub fn health(&self) -> WorkerHealth {
+        let committed = self.committed_min;
+        let state = match self.phase {
+            Phase::Live => Health::Healthy,
+            Phase::Resuming { proven: true, .. } => Health::Degraded,
+            Phase::Resuming { .. } | Phase::Failed { .. } => Health::Unhealthy,
         };
         WorkerHealth {
             state,

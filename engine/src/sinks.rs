@@ -1,0 +1,156 @@
+//! The sinks of one worker, one per endpoint kind, and the log floor they allow.
+//!
+//! Each kind's sink gets the deliveries for its endpoints; the engine tells every sink how
+//! far the input is complete, serves their replays, and lets the feed release what all
+//! sinks of all workers have committed.
+
+use std::sync::{Arc, Mutex};
+
+use weir_core::{Delivery, EndpointSpec, EventFeed, ReplayRequest, Sink, SinkError, SinkFactory};
+
+/// The lowest committed offset of every (worker, sink), and the feed to tell.
+pub(crate) struct Floors {
+    floors: Mutex<Vec<u64>>,
+    sinks: usize,
+    released: Mutex<u64>,
+    feed: Arc<dyn EventFeed>,
+}
+
+impl Floors {
+    pub(crate) fn new(
+        workers: usize,
+        sinks: usize,
+        start: u64,
+        feed: Arc<dyn EventFeed>,
+    ) -> Floors {
+        feed.release(start);
+        Floors {
+            floors: Mutex::new(vec![start; workers * sinks.max(1)]),
+            sinks: sinks.max(1),
+            released: Mutex::new(start),
+            feed,
+        }
+    }
+
+    fn set(&self, worker: usize, sink: usize, floor: u64) {
+        let Ok(mut v) = self.floors.lock() else {
+            return;
+        };
+        let i = worker * self.sinks + sink;
+        if i >= v.len() || v[i] == floor {
+            return;
+        }
+        v[i] = floor;
+        let Some(min) = v.iter().copied().min() else {
+            return;
+        };
+        drop(v);
+        if let Ok(mut released) = self.released.lock()
+            && min > *released
+        {
+            *released = min;
+            self.feed.release(min);
+        }
+    }
+}
+
+/// One worker's sinks.
+pub(crate) struct SinkSet {
+    worker: usize,
+    sinks: Vec<(&'static str, Box<dyn Sink>)>,
+    floors: Arc<Floors>,
+    warned_kinds: Vec<String>,
+}
+
+impl SinkSet {
+    pub(crate) fn open(
+        factories: &[Arc<dyn SinkFactory>],
+        worker: usize,
+        workers: usize,
+        floors: Arc<Floors>,
+    ) -> Result<SinkSet, SinkError> {
+        let sinks = factories
+            .iter()
+            .map(|f| f.open(worker, workers).map(|s| (f.kind(), s)))
+            .collect::<Result<_, _>>()?;
+        Ok(SinkSet {
+            worker,
+            sinks,
+            floors,
+            warned_kinds: Vec::new(),
+        })
+    }
+
+    /// Hands deliveries to the sink of the endpoint's kind.
+    pub(crate) fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError> {
+        let kind = endpoint.kind.sink();
+        match self
+            .sinks
+            .iter_mut()
+            .find(|(k, _)| *k == kind || *k == weir_core::sink::ANY_KIND)
+        {
+            Some((_, s)) => s.write(endpoint, batch),
+            None => {
+                if !self.warned_kinds.iter().any(|k| k == kind) {
+                    self.warned_kinds.push(kind.to_owned());
+                    tracing::error!(endpoint = %endpoint.name, kind, "no sink for this endpoint kind; its deliveries are dropped");
+                }
+                Err(SinkError::Unsupported(endpoint.name.to_string()))
+            }
+        }
+    }
+
+    pub(crate) fn advance(&mut self, frontier: u64) -> Vec<Result<(), SinkError>> {
+        let out = self
+            .sinks
+            .iter_mut()
+            .map(|(_, s)| s.advance(frontier))
+            .collect();
+        self.report_floors();
+        out
+    }
+
+    pub(crate) fn close(&mut self, end: u64) -> Vec<Result<(), SinkError>> {
+        let out = self.sinks.iter_mut().map(|(_, s)| s.close(end)).collect();
+        self.report_floors();
+        out
+    }
+
+    pub(crate) fn retry_now(&mut self) {
+        self.sinks.iter_mut().for_each(|(_, s)| s.retry_now());
+    }
+
+    /// The first sink that wants a replay, and which one it is.
+    pub(crate) fn replay_request(&mut self) -> Option<(usize, ReplayRequest)> {
+        self.sinks
+            .iter_mut()
+            .enumerate()
+            .find_map(|(i, (_, s))| s.replay_request().map(|r| (i, r)))
+    }
+
+    pub(crate) fn replay(
+        &mut self,
+        sink: usize,
+        endpoint: &str,
+        spec: Option<&Arc<EndpointSpec>>,
+        batch: Vec<Delivery>,
+        through: u64,
+    ) -> Result<(), SinkError> {
+        let r = match self.sinks.get_mut(sink) {
+            Some((_, s)) => s.replay(endpoint, spec, batch, through),
+            None => Ok(()),
+        };
+        self.report_floors();
+        r
+    }
+
+    fn report_floors(&self) {
+        for (i, (_, s)) in self.sinks.iter().enumerate() {
+            self.floors.set(self.worker, i, s.floor());
+        }
+    }
+}
