@@ -25,8 +25,8 @@ fn bench(c: &mut Criterion) {
         .collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let make = || {
-        let store = CommitStore::open(&dir.path().join("commits.redb"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let store =
+            CommitStore::open(&dir.path().join("commits.redb")).unwrap_or_else(|e| panic!("{e}"));
         ParquetSinkFactory::new(
             ParquetConfig::new(dir.path().join("archive")),
             std::sync::Arc::new(store),

@@ -95,6 +95,7 @@ pub fn ten_routes() -> RuleSet {
             text: Arc::from(TEN_ROUTES),
         }],
         "localhost",
+        &weir_storage::Catalog,
     )
     .unwrap_or_else(|d| panic!("bench rules: {}", d[0]))
 }

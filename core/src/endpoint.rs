@@ -49,24 +49,68 @@ pub enum ColumnValue {
     Timestamp(i64),
 }
 
-/// Where an endpoint writes.
+/// Where an endpoint writes: one variant per sink kind, with that kind's options as its
+/// own module validated them (see [`EndpointCatalog`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointKind {
-    /// Hive-partitioned Parquet files under the archive directory.
-    Parquet {
-        /// Relative path template for the partition directory, e.g.
-        /// `date={date}/hour={hour}`; `None` means that default.
-        path: Option<String>,
-    },
+    Parquet(ParquetOptions),
+}
+
+/// A Parquet endpoint's options (checked by `weir_storage::parquet`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct ParquetOptions {
+    /// Partition directory template, e.g. `date={date}/hour={hour}`; `None` means the
+    /// archive's default.
+    pub path: Option<String>,
 }
 
 impl EndpointKind {
-    /// The sink kind that writes this endpoint.
+    /// The sink kind that writes this endpoint (its `type` in rules files).
     pub fn sink(&self) -> &'static str {
         match self {
-            EndpointKind::Parquet { .. } => "parquet",
+            EndpointKind::Parquet(_) => "parquet",
         }
     }
+
+    /// The options when this is a Parquet endpoint.
+    pub fn parquet(&self) -> Option<&ParquetOptions> {
+        match self {
+            EndpointKind::Parquet(o) => Some(o),
+        }
+    }
+}
+
+/// Why an endpoint's options were refused; `key` names the option when one is to blame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    pub key: Option<String>,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl OptionError {
+    pub fn new(key: Option<&str>, message: impl Into<String>, hint: Option<String>) -> Self {
+        OptionError {
+            key: key.map(str::to_owned),
+            message: message.into(),
+            hint,
+        }
+    }
+}
+
+/// The endpoint kinds a hub can write to. Rules files are checked against it: each sink
+/// kind reads and validates its own options, so nothing outside a sink's module knows them.
+pub trait EndpointCatalog: Send + Sync {
+    /// The `type`s it knows, lower case.
+    fn kinds(&self) -> Vec<&'static str>;
+
+    /// Builds an endpoint of `kind` from `options`: the keys of its table other than
+    /// `name`, `type` and `columns`.
+    fn endpoint(
+        &self,
+        kind: &str,
+        options: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<EndpointKind, OptionError>;
 }
 
 /// An endpoint as declared in the rules files.

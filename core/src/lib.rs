@@ -21,7 +21,10 @@ pub mod time;
 pub mod twin;
 
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
-pub use endpoint::{ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointKind, EndpointSpec};
+pub use endpoint::{
+    ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind, EndpointSpec,
+    OptionError, ParquetOptions,
+};
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
 pub use health::{EndpointHealth, EndpointState, HealthBoard, WorkerHealth};

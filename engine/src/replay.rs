@@ -224,6 +224,23 @@ mod tests {
         e
     }
 
+    /// The endpoint kinds these tests use, with no options to check: the engine never reads
+    /// an endpoint's options.
+    struct Kinds;
+
+    impl weir_core::EndpointCatalog for Kinds {
+        fn kinds(&self) -> Vec<&'static str> {
+            vec!["parquet"]
+        }
+        fn endpoint(
+            &self,
+            _kind: &str,
+            _options: &serde_json::Map<String, serde_json::Value>,
+        ) -> Result<weir_core::EndpointKind, weir_core::OptionError> {
+            Ok(weir_core::EndpointKind::Parquet(Default::default()))
+        }
+    }
+
     #[test]
     fn replays_one_endpoint_in_chunks_dropping_the_same_repeats() {
         let rules = weir_rules::load_sources(
@@ -235,6 +252,7 @@ mod tests {
                 ),
             }],
             "hub",
+            &Kinds,
         )
         .expect("rules");
         // Offset 1 repeats 0's message id before the replay starts; 5 repeats 4 inside it.

@@ -4,6 +4,23 @@ use bytes::Bytes;
 use weir_core::{ColumnValue, DeviceId, Event, NoDevices};
 use weir_rules::{SourceFile, load_sources};
 
+/// The endpoint kinds these tests use, with no options to check: the engine never reads
+/// an endpoint's options.
+struct Kinds;
+
+impl weir_core::EndpointCatalog for Kinds {
+    fn kinds(&self) -> Vec<&'static str> {
+        vec!["parquet"]
+    }
+    fn endpoint(
+        &self,
+        _kind: &str,
+        _options: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<weir_core::EndpointKind, weir_core::OptionError> {
+        Ok(weir_core::EndpointKind::Parquet(Default::default()))
+    }
+}
+
 fn rules(text: &str) -> weir_rules::RuleSet {
     load_sources(
         &[SourceFile {
@@ -12,6 +29,7 @@ fn rules(text: &str) -> weir_rules::RuleSet {
             text: Arc::from(text),
         }],
         "hub",
+        &Kinds,
     )
     .unwrap_or_else(|d| panic!("{}", d[0]))
 }

@@ -7,6 +7,26 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use weir_rules::{SourceFile, compile::compile_str, load_sources};
 
+/// A catalog with one kind that refuses options whose value is not a string, so option
+/// errors (and their spans) are exercised too.
+struct Kinds;
+
+impl weir_core::EndpointCatalog for Kinds {
+    fn kinds(&self) -> Vec<&'static str> {
+        vec!["parquet"]
+    }
+    fn endpoint(
+        &self,
+        _kind: &str,
+        options: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<weir_core::EndpointKind, weir_core::OptionError> {
+        match options.iter().find(|(_, v)| !v.is_string()) {
+            Some((k, _)) => Err(weir_core::OptionError::new(Some(k), "not a string", None)),
+            None => Ok(weir_core::EndpointKind::Parquet(Default::default())),
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else { return };
     if let Ok(e) = weir_rules::parse::parse(s) {
@@ -20,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
         path: "fuzz.toml".into(),
         text: Arc::from(s),
     }];
-    if let Err(diags) = load_sources(&files, "hub") {
+    if let Err(diags) = load_sources(&files, "hub", &Kinds) {
         for d in diags {
             let _ = d.render(false);
             let _ = d.to_string();

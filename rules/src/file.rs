@@ -19,17 +19,47 @@ pub struct RawFile {
     pub enrichment: Vec<RawEnrichment>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// An endpoint table: its name, type and typed columns, and every other key as an option
+/// for the sink of that type to check.
+#[derive(Debug)]
 pub struct RawEndpoint {
     pub name: Spanned<String>,
-    #[serde(rename = "type")]
     pub kind: Spanned<String>,
     /// Column name → `"type:expression"`, in file order.
-    #[serde(default)]
     pub columns: Ordered<Spanned<String>>,
-    /// Partition directory template (Parquet).
-    pub path: Option<Spanned<String>>,
+    /// The sink's own options, in file order.
+    pub options: Vec<(String, Spanned<toml::Value>)>,
+}
+
+impl<'de> Deserialize<'de> for RawEndpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEndpoint;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an endpoint table")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
+                let (mut name, mut kind, mut columns) = (None, None, None);
+                let mut options = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value()?),
+                        "type" => kind = Some(map.next_value()?),
+                        "columns" => columns = Some(map.next_value()?),
+                        _ => options.push((key, map.next_value()?)),
+                    }
+                }
+                Ok(RawEndpoint {
+                    name: name.ok_or_else(|| serde::de::Error::missing_field("name"))?,
+                    kind: kind.ok_or_else(|| serde::de::Error::missing_field("type"))?,
+                    columns: columns.unwrap_or_default(),
+                    options,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

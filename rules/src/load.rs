@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use toml::Spanned;
-use weir_core::{ColumnSpec, ColumnType, EndpointKind, EndpointSpec, EventSource};
+use weir_core::{ColumnSpec, ColumnType, EndpointCatalog, EndpointSpec, EventSource};
 
 use crate::compile::compile_str;
 use crate::diag::{Diagnostic, string_offsets};
@@ -38,12 +38,14 @@ pub const BUILTIN_COLUMNS: [&str; 11] = [
     "rules_version",
 ];
 
-/// Placeholders a Parquet `path` template may use.
-pub const PATH_PLACEHOLDERS: [&str; 5] = ["date", "hour", "year", "month", "day"];
-
-/// Reads every `*.toml` file in `dir` (sorted by name) and compiles them as one set.
-pub fn load_dir(dir: &Path, hub_name: &str) -> Result<RuleSet, Vec<Diagnostic>> {
-    read_dir(dir).and_then(|files| load_sources(&files, hub_name))
+/// Reads every `*.toml` file in `dir` (sorted by name) and compiles them as one set;
+/// endpoints are checked against `catalog`, the kinds the hub can write.
+pub fn load_dir(
+    dir: &Path,
+    hub_name: &str,
+    catalog: &dyn EndpointCatalog,
+) -> Result<RuleSet, Vec<Diagnostic>> {
+    read_dir(dir).and_then(|files| load_sources(&files, hub_name, catalog))
 }
 
 /// Lists and reads the rules files of `dir`.
@@ -80,9 +82,14 @@ pub fn read_dir(dir: &Path) -> Result<Vec<SourceFile>, Vec<Diagnostic>> {
 }
 
 /// Compiles already-read files into one rule set.
-pub fn load_sources(files: &[SourceFile], hub_name: &str) -> Result<RuleSet, Vec<Diagnostic>> {
+pub fn load_sources(
+    files: &[SourceFile],
+    hub_name: &str,
+    catalog: &dyn EndpointCatalog,
+) -> Result<RuleSet, Vec<Diagnostic>> {
     let mut b = Builder {
         files,
+        catalog,
         diags: Vec::new(),
         set: RuleSet {
             hub_name: hub_name.to_owned(),
@@ -158,6 +165,7 @@ pub fn version_of(files: &[SourceFile]) -> String {
 
 struct Builder<'a> {
     files: &'a [SourceFile],
+    catalog: &'a dyn EndpointCatalog,
     diags: Vec<Diagnostic>,
     set: RuleSet,
     endpoint_names: HashMap<String, (usize, Range<usize>)>,
@@ -261,34 +269,37 @@ impl Builder<'_> {
             );
             return;
         }
-        let kind = match ep.kind.get_ref().to_ascii_lowercase().as_str() {
-            "parquet" => EndpointKind::Parquet {
-                path: ep.path.as_ref().map(|p| p.get_ref().clone()),
-            },
-            other => {
-                self.diag(
-                    i,
-                    ep.kind.span(),
-                    format!("unknown endpoint type {other:?}"),
-                    Some("supported types: parquet".into()),
-                );
-                return;
-            }
-        };
-        if let Some(p) = &ep.path
-            && let Err(msg) = check_path_template(p.get_ref())
-        {
+        let kind_name = ep.kind.get_ref().to_ascii_lowercase();
+        let kinds = self.catalog.kinds();
+        if !kinds.contains(&kind_name.as_str()) {
             self.diag(
                 i,
-                p.span(),
-                msg,
-                Some(format!(
-                    "placeholders are {{{}}}",
-                    PATH_PLACEHOLDERS.join("}, {")
-                )),
+                ep.kind.span(),
+                format!("unknown endpoint type {kind_name:?}"),
+                Some(format!("supported types: {}", kinds.join(", "))),
             );
             return;
         }
+        let options: serde_json::Map<String, serde_json::Value> = ep
+            .options
+            .iter()
+            .map(|(k, v)| {
+                let json = serde_json::to_value(v.get_ref()).unwrap_or(serde_json::Value::Null);
+                (k.clone(), json)
+            })
+            .collect();
+        let kind = match self.catalog.endpoint(&kind_name, &options) {
+            Ok(k) => k,
+            Err(e) => {
+                let span = e
+                    .key
+                    .as_ref()
+                    .and_then(|k| ep.options.iter().find(|(name, _)| name == k))
+                    .map_or(ep.kind.span(), |(_, v)| v.span());
+                self.diag(i, span, e.message, e.hint);
+                return;
+            }
+        };
         let mut columns = Vec::new();
         let mut exprs = Vec::new();
         for (col, spec) in &ep.columns.0 {
@@ -535,31 +546,4 @@ fn valid_name(n: &str) -> bool {
 fn valid_column(n: &str) -> bool {
     n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
-
-/// Checks a partition path template such as `date={date}/hour={hour}`.
-pub fn check_path_template(t: &str) -> Result<(), String> {
-    if t.is_empty()
-        || t.starts_with('/')
-        || t.split('/').any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err(format!(
-            "path template {t:?} must be relative, without empty, '.' or '..' segments"
-        ));
-    }
-    let mut rest = t;
-    while let Some(open) = rest.find('{') {
-        let close = rest[open..]
-            .find('}')
-            .ok_or_else(|| format!("unclosed '{{' in path template {t:?}"))?;
-        let name = &rest[open + 1..open + close];
-        if !PATH_PLACEHOLDERS.contains(&name) {
-            return Err(format!("unknown placeholder {{{name}}} in path template"));
-        }
-        rest = &rest[open + close + 1..];
-    }
-    if rest.contains('}') {
-        return Err(format!("stray '}}' in path template {t:?}"));
-    }
-    Ok(())
 }

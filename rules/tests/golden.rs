@@ -35,7 +35,7 @@ fn broken_rule_files_give_the_expected_diagnostics() {
             path: case.clone(),
             text: Arc::from(text),
         }];
-        let diags = match load_sources(&files, "localhost") {
+        let diags = match load_sources(&files, "localhost", &weir_storage::Catalog) {
             Ok(_) => {
                 failures.push(format!("{name}: expected errors, but the rules loaded"));
                 continue;
@@ -76,7 +76,7 @@ fn rules_spread_over_files_resolve_across_them() {
             "[[route]]\nname = \"r\"\nendpoints = [\"archive\"]\n[fallback]\nendpoints = [\"archive\"]\n",
         ),
     };
-    let set = load_sources(&[a.clone(), b.clone()], "hub").expect("loads");
+    let set = load_sources(&[a.clone(), b.clone()], "hub", &weir_storage::Catalog).expect("loads");
     assert_eq!(set.routes.len(), 1);
     let twice = load_sources(
         &[
@@ -88,6 +88,7 @@ fn rules_spread_over_files_resolve_across_them() {
             },
         ],
         "hub",
+        &weir_storage::Catalog,
     )
     .expect_err("duplicates");
     let text: Vec<String> = twice.iter().map(ToString::to_string).collect();

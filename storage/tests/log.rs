@@ -244,7 +244,11 @@ async fn a_format_1_log_is_recognised_and_upgraded_with_offsets_continuing() {
     use weir_storage::log::{Format, format, upgrade_legacy};
     let dir = tempfile::tempdir().expect("tmp");
     let log_dir = dir.path().join("log");
-    assert_eq!(format(&log_dir).expect("format"), Format::Current, "nothing yet");
+    assert_eq!(
+        format(&log_dir).expect("format"),
+        Format::Current,
+        "nothing yet"
+    );
     {
         let (log, _) = Log::open(LogConfig::new(log_dir.clone())).expect("open");
         append(&log, "old", &["{\"a\":1}", "{\"a\":2}", "{\"a\":3}"]).await;
@@ -256,7 +260,11 @@ async fn a_format_1_log_is_recognised_and_upgraded_with_offsets_continuing() {
     upgrade_legacy(&log_dir, 3).expect("upgrade");
     assert_eq!(format(&log_dir).expect("format"), Format::Current);
     let (log, rec) = Log::open(LogConfig::new(log_dir.clone())).expect("reopen");
-    assert_eq!((rec.end, rec.first), (3, 3), "offsets continue where the old log ended");
+    assert_eq!(
+        (rec.end, rec.first),
+        (3, 3),
+        "offsets continue where the old log ended"
+    );
     append(&log, "new", &["{\"b\":1}"]).await;
     let back = read_all(&log, 0, 1);
     assert_eq!(back.iter().map(|e| e.offset).collect::<Vec<_>>(), vec![3]);

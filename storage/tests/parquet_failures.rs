@@ -17,7 +17,7 @@ const HOUR0: i64 = 1_767_322_800_000; // 2026-01-02T03:00:00Z
 fn spec() -> Arc<EndpointSpec> {
     Arc::new(EndpointSpec {
         name: Arc::from("hot"),
-        kind: EndpointKind::Parquet { path: None },
+        kind: EndpointKind::Parquet(Default::default()),
         columns: vec![],
     })
 }

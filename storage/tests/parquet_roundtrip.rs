@@ -37,7 +37,7 @@ fn visible(dir: &Path) -> Vec<PathBuf> {
 fn endpoint() -> Arc<EndpointSpec> {
     Arc::new(EndpointSpec {
         name: Arc::from("hot"),
-        kind: EndpointKind::Parquet { path: None },
+        kind: EndpointKind::Parquet(Default::default()),
         columns: vec![ColumnSpec {
             name: "temp".into(),
             ty: ColumnType::Double,

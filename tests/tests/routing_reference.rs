@@ -355,7 +355,7 @@ proptest! {
         if fallback {
             text += "[fallback]\nendpoints = [\"e3\"]\n";
         }
-        let set = load_sources(&[SourceFile { name: "p.toml".into(), path: "p.toml".into(), text: Arc::from(text.as_str()) }], "hub")
+        let set = load_sources(&[SourceFile { name: "p.toml".into(), path: "p.toml".into(), text: Arc::from(text.as_str()) }], "hub", &weir_storage::Catalog)
             .map_err(|d| TestCaseError::fail(format!("{}\n{text}", d[0])))?;
         // What the printed condition parses back to is what the reference evaluates.
         let parsed: Vec<Expr> = conditions.iter().map(|c| parse(&c.to_string()).expect("printed conditions parse")).collect();

@@ -274,7 +274,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     if !(f.archive.max_age_secs > 0.0 && f.archive.max_age_secs.is_finite()) {
         bail!("`archive.max_age_secs` must be positive");
     }
-    weir_rules::load::check_path_template(&f.archive.path)
+    weir_storage::parquet::options::check_path_template(&f.archive.path)
         .map_err(|e| anyhow::anyhow!("`archive.path`: {e}"))?;
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");

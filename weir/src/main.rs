@@ -11,6 +11,7 @@ mod reload;
 mod rules_cmd;
 mod serve;
 mod simulate;
+mod sinks;
 mod tls_setup;
 
 use clap::Parser;

@@ -66,7 +66,10 @@ pub async fn watch_rules(
         }
         last = now;
         let (d, h) = (dir.clone(), hostname.clone());
-        let loaded = tokio::task::spawn_blocking(move || weir_rules::load_dir(&d, &h)).await;
+        let loaded = tokio::task::spawn_blocking(move || {
+            weir_rules::load_dir(&d, &h, crate::sinks::catalog())
+        })
+        .await;
         match loaded {
             Ok(Ok(set)) => {
                 tracing::info!(rules = %describe(&set), "rules reloaded");

@@ -21,7 +21,7 @@ fn render(diags: &[weir_rules::Diagnostic]) {
 }
 
 pub fn check(dir: &Path, hostname: &str) -> ExitCode {
-    match weir_rules::load_dir(dir, hostname) {
+    match weir_rules::load_dir(dir, hostname, crate::sinks::catalog()) {
         Ok(set) => {
             println!("ok: {}", crate::reload::describe(&set));
             ExitCode::SUCCESS
@@ -112,7 +112,7 @@ fn column_json(v: &ColumnValue) -> Value {
 }
 
 pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow::Result<ExitCode> {
-    let set = match weir_rules::load_dir(dir, hostname) {
+    let set = match weir_rules::load_dir(dir, hostname, crate::sinks::catalog()) {
         Ok(s) => s,
         Err(diags) => {
             render(&diags);

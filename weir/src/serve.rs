@@ -110,7 +110,7 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
         std::fs::write(cfg.rules.join("example.toml"), EXAMPLE_RULES)?;
         tracing::info!(dir = %cfg.rules.display(), "created the rules directory with an example");
     }
-    match weir_rules::load_dir(&cfg.rules, &cfg.hostname) {
+    match weir_rules::load_dir(&cfg.rules, &cfg.hostname, crate::sinks::catalog()) {
         Ok(set) => Ok(set),
         Err(diags) => {
             for d in &diags {

@@ -10,6 +10,7 @@ mod commit;
 mod config;
 mod factory;
 mod file;
+pub mod options;
 mod path;
 mod sink;
 mod state;

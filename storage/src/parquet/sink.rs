@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
 use weir_core::time::{hour_floor, now_ms};
-use weir_core::{
-    Delivery, EndpointKind, EndpointSpec, HealthBoard, ReplayRequest, Sink, SinkError,
-};
+use weir_core::{Delivery, EndpointSpec, HealthBoard, ReplayRequest, Sink, SinkError};
 
 use super::config::ParquetConfig;
 use super::factory::ArchiveMetrics;
@@ -74,8 +72,11 @@ pub(super) const RECORD_EVERY: Duration = Duration::from_secs(1);
 
 impl ParquetSink {
     fn open_file(&mut self, endpoint: &EndpointSpec, hour: i64) -> Result<OpenFile, SinkError> {
-        let EndpointKind::Parquet { path } = &endpoint.kind;
-        let template = path.as_deref().unwrap_or(&self.config.default_path);
+        let options = endpoint
+            .kind
+            .parquet()
+            .ok_or_else(|| SinkError::Unsupported(endpoint.name.to_string()))?;
+        let template = options.path.as_deref().unwrap_or(&self.config.default_path);
         let dir = self
             .config
             .root

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use serde_json::{Value, json};
-use weir_core::{EndpointHealth, EndpointKind, EndpointState};
+use weir_core::{EndpointHealth, EndpointState};
 
 use super::ApiState;
 
@@ -35,10 +35,7 @@ pub fn reports(s: &ApiState) -> Vec<EndpointReport> {
                 last_error_ms: None,
                 failures: 0,
             });
-            let kind = match e.kind {
-                EndpointKind::Parquet { .. } => "parquet",
-            };
-            (e.name.to_string(), Some(kind), health)
+            (e.name.to_string(), Some(e.kind.sink()), health)
         })
         .collect();
     let mut out: Vec<EndpointReport> = declared
