@@ -6,11 +6,13 @@
 //! and the [`Sink`] seam that storage implements.
 
 pub mod codec;
+pub mod connections;
 pub mod device;
 pub mod endpoint;
 pub mod event;
 pub mod feed;
 pub mod health;
+pub mod identity;
 pub mod ids;
 pub mod ingest;
 pub mod record;
@@ -20,6 +22,10 @@ pub mod text;
 pub mod time;
 pub mod twin;
 
+pub use connections::{
+    C2dDelivery, Connection, ConnectionRegistry, Feature, Features, Kick, KickReason, Outbox,
+    Registration, ToDevice,
+};
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{
     ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind, EndpointSpec,
@@ -28,7 +34,8 @@ pub use endpoint::{
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
 pub use health::{EndpointHealth, EndpointState, HealthBoard, WorkerHealth};
+pub use identity::{Credential, Identity, Peer, Revocation, key_digest};
 pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
-pub use services::{DeviceLink, DevicePublish, DeviceServices, Feature, NoServices, ServiceError};
+pub use services::{DeviceServices, NoServices, ServiceError, ServiceFuture};
 pub use sink::{ReplayRequest, Sink, SinkError, SinkFactory};

@@ -1,8 +1,13 @@
-//! What gateways ask of the hub on a device's behalf, and how the hub reaches a device.
+//! What gateways ask of the hub on a device's behalf.
 //!
 //! Telemetry goes through [`crate::Ingest`]; everything else a device does (twin requests,
 //! method responses, acknowledging cloud-to-device messages, connecting) goes to
-//! [`DeviceServices`]. The hub answers and pushes through a [`DeviceLink`].
+//! [`DeviceServices`]. The hub reaches devices through the
+//! [`crate::connections::ConnectionRegistry`]. Every call returns a future: the hub does
+//! its blocking work (the registry on disk) off the gateways' I/O threads itself.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use bytes::Bytes;
 
@@ -25,59 +30,35 @@ impl ServiceError {
     }
 }
 
-/// A PUBLISH the hub sends a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DevicePublish {
-    pub topic: String,
-    pub payload: Bytes,
-    /// 0 for responses and notifications; 1 for cloud-to-device messages.
-    pub qos: u8,
-    /// Set on cloud-to-device messages: handed back in
-    /// [`DeviceServices::c2d_acknowledged`] when the device acknowledges.
-    pub lock: Option<u64>,
+/// What a service call returns.
+pub type ServiceFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+fn ready<T: Send + 'static>(v: T) -> ServiceFuture<T> {
+    Box::pin(std::future::ready(v))
 }
 
-/// The features a device turns on by subscribing (spec §2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Feature {
-    Methods,
-    CloudToDevice,
-    TwinResponses,
-    DesiredPatches,
-}
-
-/// How the hub reaches connected devices.
-pub trait DeviceLink: Send + Sync + 'static {
-    /// Queues a publish for the device's current connection; false when it has none.
-    fn send(&self, device: &str, publish: DevicePublish) -> bool;
-    /// True when the device is connected and subscribed to `feature`.
-    fn subscribed(&self, device: &str, feature: Feature) -> bool;
-    fn is_connected(&self, device: &str) -> bool;
-    /// The device's registry record changed (or it was deleted): close its connections
-    /// that the record no longer admits. Returns once they have been told to close; true
-    /// when one was.
-    fn revalidate(&self, device: &str) -> bool;
-}
-
-/// What a gateway asks of the hub. Calls may block briefly (they touch the registry);
-/// gateways make them off their I/O threads.
+/// What a gateway asks of the hub.
 pub trait DeviceServices: Send + Sync + 'static {
     /// The twin as a device gets it: `{"desired": {.., "$version"}, "reported": {.., "$version"}}`.
-    fn twin(&self, device: &DeviceId) -> Result<serde_json::Value, ServiceError>;
+    fn twin(&self, device: &DeviceId) -> ServiceFuture<Result<serde_json::Value, ServiceError>>;
     /// Applies a reported-properties merge patch; returns the new reported version.
-    fn patch_reported(&self, device: &DeviceId, patch: &[u8]) -> Result<u64, ServiceError>;
+    fn patch_reported(
+        &self,
+        device: &DeviceId,
+        patch: Bytes,
+    ) -> ServiceFuture<Result<u64, ServiceError>>;
     /// A device answered direct method request `rid`.
     fn method_response(&self, device: &DeviceId, rid: &str, status: i32, payload: Bytes);
     /// The device acknowledged the cloud-to-device message with this lock.
-    fn c2d_acknowledged(&self, device: &DeviceId, lock: u64);
+    fn c2d_acknowledged(&self, device: &DeviceId, lock: u64) -> ServiceFuture<()>;
     /// The subscriptions a persistent (clean session 0) session keeps across connections.
-    fn stored_subscriptions(&self, device: &DeviceId) -> Vec<String>;
-    fn store_subscriptions(&self, device: &DeviceId, filters: &[String]);
+    fn stored_subscriptions(&self, device: &DeviceId) -> ServiceFuture<Vec<String>>;
+    fn store_subscriptions(&self, device: &DeviceId, filters: Vec<String>) -> ServiceFuture<()>;
     /// The device's connection is up (after CONNACK and its subscriptions are known).
-    fn connected(&self, device: &DeviceId);
-    fn disconnected(&self, device: &DeviceId);
+    fn connected(&self, device: &DeviceId) -> ServiceFuture<()>;
+    fn disconnected(&self, device: &DeviceId) -> ServiceFuture<()>;
     /// The device subscribed to cloud-to-device messages: waiting ones can go out.
-    fn c2d_ready(&self, device: &DeviceId);
+    fn c2d_ready(&self, device: &DeviceId) -> ServiceFuture<()>;
 }
 
 /// Services for gateways that run without a hub (tests, tools): twins and methods are
@@ -86,19 +67,33 @@ pub trait DeviceServices: Send + Sync + 'static {
 pub struct NoServices;
 
 impl DeviceServices for NoServices {
-    fn twin(&self, _device: &DeviceId) -> Result<serde_json::Value, ServiceError> {
-        Err(ServiceError::new(404, "twins are not available"))
+    fn twin(&self, _device: &DeviceId) -> ServiceFuture<Result<serde_json::Value, ServiceError>> {
+        ready(Err(ServiceError::new(404, "twins are not available")))
     }
-    fn patch_reported(&self, _device: &DeviceId, _patch: &[u8]) -> Result<u64, ServiceError> {
-        Err(ServiceError::new(404, "twins are not available"))
+    fn patch_reported(
+        &self,
+        _device: &DeviceId,
+        _patch: Bytes,
+    ) -> ServiceFuture<Result<u64, ServiceError>> {
+        ready(Err(ServiceError::new(404, "twins are not available")))
     }
     fn method_response(&self, _device: &DeviceId, _rid: &str, _status: i32, _payload: Bytes) {}
-    fn c2d_acknowledged(&self, _device: &DeviceId, _lock: u64) {}
-    fn stored_subscriptions(&self, _device: &DeviceId) -> Vec<String> {
-        Vec::new()
+    fn c2d_acknowledged(&self, _device: &DeviceId, _lock: u64) -> ServiceFuture<()> {
+        ready(())
     }
-    fn store_subscriptions(&self, _device: &DeviceId, _filters: &[String]) {}
-    fn connected(&self, _device: &DeviceId) {}
-    fn disconnected(&self, _device: &DeviceId) {}
-    fn c2d_ready(&self, _device: &DeviceId) {}
+    fn stored_subscriptions(&self, _device: &DeviceId) -> ServiceFuture<Vec<String>> {
+        ready(Vec::new())
+    }
+    fn store_subscriptions(&self, _device: &DeviceId, _filters: Vec<String>) -> ServiceFuture<()> {
+        ready(())
+    }
+    fn connected(&self, _device: &DeviceId) -> ServiceFuture<()> {
+        ready(())
+    }
+    fn disconnected(&self, _device: &DeviceId) -> ServiceFuture<()> {
+        ready(())
+    }
+    fn c2d_ready(&self, _device: &DeviceId) -> ServiceFuture<()> {
+        ready(())
+    }
 }

@@ -1,13 +1,18 @@
 //! Protocol gateways: where devices connect, prove who they are and hand over events.
 //!
-//! A gateway authenticates against a [`weir_core::DeviceDirectory`] and hands events to a
-//! [`weir_core::Ingest`]; it knows nothing of the engine or of storage.
+//! A gateway ([`Gateway`]) authenticates against a [`weir_core::DeviceDirectory`], hands
+//! events to a [`weir_core::Ingest`] and requests to [`weir_core::DeviceServices`], and
+//! registers its connections in the [`weir_core::ConnectionRegistry`] shared by every
+//! gateway; it knows nothing of the engine or of storage. Adding a protocol is a module
+//! implementing [`Gateway`] plus a listener entry in the binary's configuration.
 
+pub mod context;
 pub mod metrics;
 pub mod mqtt;
 pub mod ratelog;
 pub mod sas;
 pub mod tls;
 
-pub use metrics::GatewayMetrics;
-pub use mqtt::{MqttConfig, MqttGateway};
+pub use context::{Admission, Gateway, GatewayContext};
+pub use metrics::{GatewayMetrics, ProtocolMetrics};
+pub use mqtt::{MqttConfig, MqttListener};

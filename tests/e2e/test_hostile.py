@@ -154,5 +154,5 @@ def test_hostile_clients_do_not_hurt_a_good_one(tmp_path, rules_dir):
     assert "panicked" not in log
     hub.wait_rows("archive", good_stats["acked"])
     m = hub.metrics()
-    assert m["weir_mqtt_connects_refused_total"] >= 200
+    assert hub.metric("weir_gateway_connects_refused_total", protocol="mqtt") >= 200
     assert hub.stop() == 0

@@ -103,8 +103,8 @@ def test_refusals_and_violations_do_not_hurt_other_clients(small_hub):
         assert reason in log, f"log does not explain: {reason}"
     assert good_key not in log and "sig=" not in log, "secrets in the log"
     m = hub.metrics()
-    assert m["weir_mqtt_connects_refused_total"] >= 5
-    assert m["weir_mqtt_protocol_errors_total"] >= 3
+    assert hub.metric("weir_gateway_connects_refused_total", protocol="mqtt") >= 5
+    assert hub.metric("weir_gateway_protocol_errors_total", protocol="mqtt") >= 3
 
 
 def test_garbage_and_silence_before_connect_are_dropped(hub):

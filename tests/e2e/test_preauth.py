@@ -140,7 +140,7 @@ def test_pending_connections_connect_size_and_refusal_logs_are_bounded(tmp_path,
             except OSError:
                 shut += 1
         assert shut >= 30, f"only {shut} of 50 unauthenticated connections were turned away"
-        assert hub.metrics()["weir_mqtt_connections_over_pending_limit_total"] >= 30
+        assert hub.metric("weir_gateway_connections_over_pending_limit_total", protocol="mqtt") >= 30
         for s in idle:
             s.close()
         time.sleep(2.5)

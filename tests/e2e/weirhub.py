@@ -5,6 +5,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -168,6 +169,18 @@ class Hub:
                 k, v = line.split()
                 out[k] = float(v)
         return out
+
+    def metric(self, name, **labels):
+        """The sum of `name`'s series whose labels include `labels` (e.g. protocol="mqtt")."""
+        total = 0.0
+        for key, value in self.metrics().items():
+            base, _, rest = key.partition("{")
+            if base != name:
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += value
+        return total
 
     # --- archive ----------------------------------------------------------------
     def archive_glob(self, endpoint):

@@ -71,6 +71,13 @@ struct HttpSection {
     header_timeout_secs: u64,
 }
 
+/// Connection limits over every device gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct MqttLimits {
+    pub max_connections: usize,
+    pub max_pending: usize,
+}
+
 /// Limits of the HTTP listeners.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -132,6 +139,7 @@ pub struct Config {
     pub https: Option<SocketAddr>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub mqtt_settings: weir_gateways::MqttConfig,
+    pub mqtt_limits: MqttLimits,
     pub http_settings: HttpSettings,
     pub workers: usize,
     pub log: weir_storage::log::LogConfig,
@@ -300,6 +308,8 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         mqtt_settings: weir_gateways::MqttConfig {
             max_message_bytes: f.mqtt.max_message_bytes,
             connect_timeout: Duration::from_secs(f.mqtt.connect_timeout_secs),
+        },
+        mqtt_limits: MqttLimits {
             max_connections: f.mqtt.max_connections,
             max_pending: f.mqtt.max_pending_connections,
         },

@@ -6,7 +6,6 @@ mod client;
 mod config;
 mod device_cmd;
 mod http_server;
-mod hub;
 mod reload;
 mod rules_cmd;
 mod serve;

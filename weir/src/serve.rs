@@ -11,9 +11,10 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use weir_core::{HealthBoard, SinkFactory};
+use weir_core::{ConnectionRegistry, HealthBoard, SinkFactory};
 use weir_engine::{Engine, EngineConfig};
-use weir_gateways::{GatewayMetrics, MqttGateway};
+use weir_gateways::mqtt::Mqtt;
+use weir_gateways::{Admission, Gateway, GatewayContext, GatewayMetrics, MqttListener};
 use weir_storage::c2d::C2dStore;
 use weir_storage::commit::CommitStore;
 use weir_storage::log::Log;
@@ -22,9 +23,9 @@ use weir_storage::{ParquetSinkFactory, Registry};
 
 use crate::api::{self, ApiState, ServiceKeys};
 use crate::config::Config;
-use crate::hub::{Events, Hub};
 use crate::reload::{self, ReloadStatus};
 use crate::{http_server, tls_setup};
+use weir_hub::{Events, Hub};
 
 /// The example rules written into ./rules when it does not exist.
 pub const EXAMPLE_RULES: &str = include_str!("../../rules/example.toml");
@@ -236,26 +237,42 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::new(log.ingest()),
         tokio::runtime::Handle::current(),
     );
-    let hub = Arc::new(Hub::new(registry.clone(), c2d, events));
-    let gateway = MqttGateway::new(
-        cfg.mqtt_settings.clone(),
-        cfg.hostname.clone(),
-        registry.clone(),
-        Arc::new(log.ingest()),
-        hub.clone(),
-        Arc::clone(&gateway_metrics),
-    );
-    hub.set_link(Arc::new(gateway.clone()));
+    let connections = Arc::new(ConnectionRegistry::default());
+    let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    let gateways = Arc::new(GatewayContext {
+        hub_name: cfg.hostname.clone(),
+        ingest: Arc::new(log.ingest()),
+        directory: registry.clone(),
+        services: Arc::new(hub.clone()),
+        connections,
+        admission: Arc::new(Admission::new(
+            cfg.mqtt_limits.max_connections,
+            cfg.mqtt_limits.max_pending,
+        )),
+        metrics: Arc::clone(&gateway_metrics),
+        shutdown: stop_rx.clone(),
+    });
+    let mut listeners: Vec<Box<dyn Gateway>> = Vec::new();
     if let Some(l) = mqtt_l {
-        let (g, s) = (gateway.clone(), stop_rx.clone());
-        tasks.push(tokio::spawn(async move { g.serve(l, None, s).await }));
+        listeners.push(Box::new(MqttListener {
+            listener: l,
+            tls: None,
+            config: cfg.mqtt_settings.clone(),
+        }));
     }
     if let Some(l) = mqtts_l {
-        let (g, s, t) = (gateway.clone(), stop_rx.clone(), tls.clone());
-        tasks.push(tokio::spawn(async move { g.serve(l, t, s).await }));
+        listeners.push(Box::new(MqttListener {
+            listener: l,
+            tls: tls.clone(),
+            config: cfg.mqtt_settings.clone(),
+        }));
+    }
+    let mut tasks = Vec::new();
+    for g in listeners {
+        tracing::debug!(protocol = g.protocol(), "gateway starting");
+        tasks.push(tokio::spawn(g.run(Arc::clone(&gateways))));
     }
     let reload_status = Arc::new(ReloadStatus::default());
     let http_limits = http_server::HttpLimits::new(cfg.http_settings.clone());
@@ -265,9 +282,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             policies: vec![("iothubowner".into(), owner_key)],
         },
         registry: registry.clone(),
-        hub: Arc::clone(&hub),
-        gateway: gateway.clone(),
-        shutdown: stop_rx.clone(),
+        hub: hub.clone(),
+        websocket: Mqtt::iothub(Arc::clone(&gateways), &cfg.mqtt_settings, "mqtt-ws"),
         engine_metrics: engine.metrics(),
         gateway_metrics,
         archive_metrics,
@@ -298,24 +314,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         )));
     }
     let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
-    tasks.push(tokio::spawn(crate::hub::events::dispatch_outbox(
-        registry.clone(),
-        Arc::clone(&event_ingest),
-        Arc::clone(&hub.events.staged),
-        stop_rx.clone(),
-    )));
-    let expiring = Arc::clone(&hub);
-    let mut stop_expiry = stop_rx.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop_expiry.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-            let hub = Arc::clone(&expiring);
-            let _ = tokio::task::spawn_blocking(move || hub.expire_c2d()).await;
-        }
-    }));
+    tasks.push(tokio::spawn(
+        hub.clone()
+            .maintain(Arc::clone(&event_ingest), stop_rx.clone()),
+    ));
     tasks.push(tokio::spawn(reload::watch_rules(
         cfg.rules.clone(),
         cfg.hostname.clone(),
@@ -346,7 +348,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         eprintln!("second signal: exiting immediately");
         std::process::exit(130);
     });
-    if !gateway.drain(Duration::from_secs(10)).await {
+    if !gateways.admission.drain(Duration::from_secs(10)).await {
         tracing::warn!("some connections did not close within 10 s");
     }
     for t in tasks {
@@ -354,7 +356,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     // Hub events staged by the last registry changes go into the log before it closes, so
     // this stop archives them too (otherwise the next start would).
-    while let Ok(n) = crate::hub::events::drain_outbox(&registry, &event_ingest).await {
+    while let Ok(n) = weir_hub::events::drain_outbox(&registry, &event_ingest).await {
         if n == 0 {
             break;
         }

@@ -3,88 +3,11 @@
 use std::sync::Arc;
 
 use rumqttd::protocol::{Connect, Login};
-use weir_core::{AuthMethod, DeviceDirectory, DeviceId, DeviceRecord, DeviceStatus};
+use weir_core::{
+    AuthMethod, Credential, DeviceDirectory, DeviceId, DeviceStatus, Identity, key_digest,
+};
 
 use crate::sas;
-
-/// What a connection proved its identity with, so a change in the registry can tell
-/// whether it still holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential {
-    /// A SAS token signed with the key that has this digest.
-    SasKey(u64),
-}
-
-/// A short digest of a key: connections remember which key signed their token without
-/// keeping the key itself.
-pub fn key_digest(key: &str) -> u64 {
-    use sha2::{Digest, Sha256};
-    let d = Sha256::digest(key.as_bytes());
-    u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
-}
-
-/// An authenticated device connection.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub device_id: DeviceId,
-    pub generation_id: Arc<str>,
-    pub auth: AuthMethod,
-    pub credential: Credential,
-    /// When the credential stops being valid, in seconds since the epoch (a SAS token's
-    /// `se`): the connection is closed then.
-    pub expires: Option<i64>,
-}
-
-/// Why a live connection was cut by the hub.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Revocation {
-    /// The device was deleted (or deleted and created again).
-    Deleted,
-    Disabled,
-    /// The key the connection authenticated with was replaced.
-    Credential,
-    /// The SAS token it authenticated with expired.
-    Expired,
-}
-
-impl Revocation {
-    pub const ALL: [Revocation; 4] = [
-        Revocation::Deleted,
-        Revocation::Disabled,
-        Revocation::Credential,
-        Revocation::Expired,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Revocation::Deleted => "deleted",
-            Revocation::Disabled => "disabled",
-            Revocation::Credential => "credential",
-            Revocation::Expired => "expired",
-        }
-    }
-}
-
-impl Identity {
-    /// Whether the device's registry record (`None`: deleted) still admits this
-    /// connection.
-    pub fn revoked_by(&self, current: Option<&DeviceRecord>) -> Option<Revocation> {
-        let Some(rec) = current else {
-            return Some(Revocation::Deleted);
-        };
-        if *rec.generation_id != *self.generation_id {
-            return Some(Revocation::Deleted);
-        }
-        if rec.status != DeviceStatus::Enabled {
-            return Some(Revocation::Disabled);
-        }
-        let Credential::SasKey(digest) = self.credential;
-        let still_held = rec
-            .sas_keys()
-            .is_some_and(|(p, s)| key_digest(p) == digest || key_digest(s) == digest);
-        (!still_held).then_some(Revocation::Credential)
-    }
-}
 
 /// A refused CONNECT: the CONNACK return code and a reason for the log (no secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,15 +97,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_holds_only_while_its_device_and_key_do() {
-        let mut rec = DeviceRecord::with_tags("d1", serde_json::json!({}));
+    fn authenticates_with_either_key_and_remembers_which() {
+        let mut rec = weir_core::DeviceRecord::with_tags("d1", serde_json::json!({}));
         rec.generation_id = "g1".into();
         rec.auth = weir_core::DeviceAuth::Sas {
             primary_key: "cHJpbWFyeS1rZXktMTIzNA==".into(),
             secondary_key: "c2Vjb25kYXJ5LWtleS0xMjM=".into(),
         };
-        let dir: std::collections::HashMap<String, Arc<DeviceRecord>> =
-            [("d1".to_string(), Arc::new(rec.clone()))].into();
+        let dir: std::collections::HashMap<String, Arc<weir_core::DeviceRecord>> =
+            [("d1".to_string(), Arc::new(rec))].into();
         let token =
             sas::build("hub/devices/d1", "c2Vjb25kYXJ5LWtleS0xMjM=", 2_000, None).expect("token");
         let connect = Connect {
@@ -196,30 +119,12 @@ mod tests {
         };
         let id = authenticate(&connect, Some(&login), "hub", &dir, 1_000).expect("accepted");
         assert_eq!(id.expires, Some(2_000));
-        assert_eq!(id.revoked_by(Some(&rec)), None);
-        let mut swapped = rec.clone();
-        swapped.auth = weir_core::DeviceAuth::Sas {
-            primary_key: "c2Vjb25kYXJ5LWtleS0xMjM=".into(),
-            secondary_key: "bmV3LWtleS0xMjM0NTY3OA==".into(),
-        };
         assert_eq!(
-            id.revoked_by(Some(&swapped)),
-            None,
-            "its key is still there"
+            id.credential,
+            Credential::SasKey(key_digest("c2Vjb25kYXJ5LWtleS0xMjM="))
         );
-        let mut rotated = rec.clone();
-        rotated.auth = weir_core::DeviceAuth::Sas {
-            primary_key: "cHJpbWFyeS1rZXktMTIzNA==".into(),
-            secondary_key: "bmV3LWtleS0xMjM0NTY3OA==".into(),
-        };
-        assert_eq!(id.revoked_by(Some(&rotated)), Some(Revocation::Credential));
-        let mut disabled = rec.clone();
-        disabled.status = DeviceStatus::Disabled;
-        assert_eq!(id.revoked_by(Some(&disabled)), Some(Revocation::Disabled));
-        let mut recreated = rec.clone();
-        recreated.generation_id = "g2".into();
-        assert_eq!(id.revoked_by(Some(&recreated)), Some(Revocation::Deleted));
-        assert_eq!(id.revoked_by(None), Some(Revocation::Deleted));
+        let refused = authenticate(&connect, Some(&login), "hub", &dir, 2_001);
+        assert_eq!(refused.map_err(|r| r.code).err(), Some(5), "expired");
     }
 
     #[test]

@@ -8,39 +8,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus, Event, EventSource};
+use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus};
 use weir_storage::DeviceUpsert;
-use weir_storage::registry::Change;
 
 use super::ApiState;
 use super::error::ApiError;
 
-const NEVER: &str = "0001-01-01T00:00:00Z";
-
-/// The Device document IoT Hub returns (plus `tags`, Weir's extension).
-pub fn device_json(rec: &DeviceRecord, connected: bool, c2d_pending: usize) -> Value {
-    let (primary, secondary) = rec.sas_keys().unwrap_or_default();
-    json!({
-        "deviceId": rec.device_id,
-        "moduleId": null,
-        "generationId": rec.generation_id,
-        "etag": rec.etag,
-        "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "status": match rec.status { DeviceStatus::Enabled => "enabled", DeviceStatus::Disabled => "disabled" },
-        "statusReason": rec.status_reason,
-        "connectionStateUpdatedTime": NEVER,
-        "statusUpdatedTime": rec.status_updated_time,
-        "lastActivityTime": NEVER,
-        "cloudToDeviceMessageCount": c2d_pending,
-        "authentication": {
-            "symmetricKey": {"primaryKey": primary, "secondaryKey": secondary},
-            "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-            "type": "sas"
-        },
-        "capabilities": {"iotEdge": false},
-        "tags": rec.tags,
-    })
-}
+pub use weir_hub::documents::device_json;
 
 fn with_etag(rec: &DeviceRecord, body: Value, status: StatusCode) -> Response {
     let mut resp = (status, Json(body)).into_response();
@@ -68,8 +42,8 @@ pub async fn list(
         .map(|d| {
             device_json(
                 d,
-                s.gateway.is_connected(&d.device_id),
-                s.hub.c2d.pending(&d.device_id),
+                s.hub.is_connected(&d.device_id),
+                s.hub.c2d_pending(&d.device_id),
             )
         })
         .collect();
@@ -83,7 +57,7 @@ pub async fn show(
     let rec = s.device(&id)?;
     Ok(with_etag(
         &rec,
-        device_json(&rec, s.gateway.is_connected(&id), s.hub.c2d.pending(&id)),
+        device_json(&rec, s.hub.is_connected(&id), s.hub.c2d_pending(&id)),
         StatusCode::OK,
     ))
 }
@@ -177,19 +151,10 @@ pub async fn put(
         secondary_key: string_field(&doc, &["authentication", "symmetricKey", "secondaryKey"])?,
         tags,
     };
-    let events = &s.hub.events;
-    let (rec, created) = s
-        .registry
-        .upsert(req, condition, |c| change_events(events, c))?;
-    events.staged.notify_one();
-    if created {
-        tracing::info!(device = %id, "device created");
-    } else if s.hub.revalidate(&id) {
-        tracing::info!(device = %id, "closed a connection the updated device no longer admits");
-    }
+    let (rec, _created) = s.hub.put_device(req, condition.map(str::to_owned)).await?;
     Ok(with_etag(
         &rec,
-        device_json(&rec, s.gateway.is_connected(&id), s.hub.c2d.pending(&id)),
+        device_json(&rec, s.hub.is_connected(&id), s.hub.c2d_pending(&id)),
         StatusCode::OK,
     ))
 }
@@ -199,49 +164,8 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    let events = &s.hub.events;
-    let rec = s.registry.delete(&id, if_match(&headers), |rec| {
-        let twin = super::twins::twin_json(rec, false, 0);
-        events
-            .event(
-                &id,
-                EventSource::DeviceLifecycleEvents,
-                "deleteDeviceIdentity",
-                twin,
-            )
-            .into_iter()
-            .collect()
-    })?;
-    events.staged.notify_one();
-    tracing::info!(device = %id, "device deleted");
-    s.hub.revalidate(&id);
-    if let Err(e) = s.hub.c2d.purge(&id, &rec.generation_id) {
-        tracing::warn!(device = %id, error = %e, "cannot drop the deleted device's messages");
-    }
+    s.hub
+        .delete_device(&id, if_match(&headers).map(str::to_owned))
+        .await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The hub events a create or update of a device causes: `createDeviceIdentity`;
-/// `updateDeviceIdentity` when its status or keys changed; a twin change when its tags did.
-fn change_events(events: &crate::hub::Events, c: Change<'_>) -> Vec<Event> {
-    let id = c.new.device_id.as_str();
-    let lifecycle = |op: &str| {
-        let twin = super::twins::twin_json(c.new, false, 0);
-        events.event(id, EventSource::DeviceLifecycleEvents, op, twin)
-    };
-    let Some(old) = c.old else {
-        return lifecycle("createDeviceIdentity").into_iter().collect();
-    };
-    let mut out = Vec::new();
-    if old.status != c.new.status
-        || old.status_reason != c.new.status_reason
-        || old.auth != c.new.auth
-    {
-        out.extend(lifecycle("updateDeviceIdentity"));
-    }
-    if old.tags != c.new.tags {
-        let body = json!({ "version": c.new.twin_version, "tags": c.new.tags });
-        out.extend(events.event(id, EventSource::TwinChangeEvents, "updateTwin", body));
-    }
-    out
 }

@@ -24,15 +24,6 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "ArgumentInvalid", message)
     }
-
-    pub fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "request failed inside the hub");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            e.to_string(),
-        )
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -68,6 +59,19 @@ impl From<weir_storage::RegistryError> for ApiError {
                 )
             }
         }
+    }
+}
+
+impl From<weir_hub::HubError> for ApiError {
+    fn from(e: weir_hub::HubError) -> Self {
+        if let weir_hub::HubError::Registry(r) = e {
+            return r.into();
+        }
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed inside the hub");
+        }
+        ApiError::new(status, e.code(), e.to_string())
     }
 }
 

@@ -7,14 +7,11 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use weir_storage::c2d::{AckMode, C2dError, C2dMessage};
+use weir_hub::NewC2dMessage;
+use weir_storage::c2d::AckMode;
 
 use super::ApiState;
 use super::error::ApiError;
-
-/// Default and longest time a message waits for its device.
-const DEFAULT_TTL_MS: i64 = 3_600_000;
-const MAX_TTL_MS: i64 = 48 * 3_600_000;
 
 fn h<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -33,23 +30,14 @@ pub async fn send(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     s.device(&id)?;
-    if body.len() > 64 * 1024 {
-        return Err(ApiError::bad_request(
-            "a cloud-to-device message may carry at most 64 KiB",
-        ));
-    }
-    let now = weir_core::time::now_ms();
     let expiry_ms = match h(&headers, "iothub-expiry") {
-        None => now + DEFAULT_TTL_MS,
-        Some(t) => chrono::DateTime::parse_from_rfc3339(t)
-            .map_err(|_| ApiError::bad_request("iothub-expiry must be an RFC 3339 time"))?
-            .timestamp_millis(),
+        None => None,
+        Some(t) => Some(
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| ApiError::bad_request("iothub-expiry must be an RFC 3339 time"))?
+                .timestamp_millis(),
+        ),
     };
-    if expiry_ms > now + MAX_TTL_MS {
-        return Err(ApiError::bad_request(
-            "iothub-expiry may be at most 48 hours ahead",
-        ));
-    }
     let ack = match h(&headers, "iothub-ack") {
         None => AckMode::None,
         Some(a) => AckMode::parse(a).ok_or_else(|| {
@@ -63,55 +51,20 @@ pub async fn send(
             Some((name.to_owned(), v.to_str().ok()?.to_owned()))
         })
         .collect();
-    let message_id = match h(&headers, "iothub-messageid") {
-        Some(m) => m.to_owned(),
-        None => weir_storage::secret::random_hex(16).map_err(ApiError::internal)?,
-    };
-    let msg = C2dMessage {
-        seq: 0,
-        device_id: id.clone(),
-        message_id,
-        correlation_id: h(&headers, "iothub-correlationid").map(str::to_owned),
-        content_type: h(&headers, header::CONTENT_TYPE.as_str()).map(str::to_owned),
-        content_encoding: h(&headers, header::CONTENT_ENCODING.as_str()).map(str::to_owned),
-        properties,
-        body: C2dMessage::encode_body(&body),
-        enqueued_ms: now,
-        expiry_ms,
-        ack,
-        deliveries: 0,
-    };
-    // The properties travel in the MQTT topic, which holds at most 65535 bytes once
-    // percent-encoded; refuse here rather than queue a message no device can receive.
-    let topic = crate::hub::c2d::publish(&msg).topic;
-    if topic.len() > usize::from(u16::MAX) {
-        return Err(ApiError::bad_request(format!(
-            "the message's properties take {} bytes in the device's MQTT topic; at most 65535 fit",
-            topic.len()
-        )));
-    }
-    let hub = Arc::clone(&s.hub);
-    let result = tokio::task::spawn_blocking(move || {
-        let queued = hub.c2d.enqueue(msg);
-        if queued.is_ok() {
-            hub.deliver_c2d(&id);
-        }
-        queued
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    match result {
-        Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(C2dError::QueueFull(d)) => Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "DeviceMaximumQueueDepthExceeded",
-            format!(
-                "device {d} already has {} messages waiting",
-                weir_storage::c2d::MAX_PENDING
-            ),
-        )),
-        Err(e) => Err(ApiError::internal(e)),
-    }
+    s.hub
+        .send_c2d(NewC2dMessage {
+            device_id: id,
+            message_id: h(&headers, "iothub-messageid").map(str::to_owned),
+            correlation_id: h(&headers, "iothub-correlationid").map(str::to_owned),
+            content_type: h(&headers, header::CONTENT_TYPE.as_str()).map(str::to_owned),
+            content_encoding: h(&headers, header::CONTENT_ENCODING.as_str()).map(str::to_owned),
+            properties,
+            payload: bytes::Bytes::from(body.to_vec()),
+            expiry_ms,
+            ack,
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `DELETE /devices/{id}/commands`: drops the device's waiting messages.
@@ -119,12 +72,7 @@ pub async fn purge(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rec = s.device(&id)?;
-    let n = s
-        .hub
-        .c2d
-        .purge(&id, &rec.generation_id)
-        .map_err(ApiError::internal)?;
+    let n = s.hub.purge_c2d(&id).await?;
     Ok((
         StatusCode::OK,
         Json(json!({ "totalMessagesPurged": n, "deviceId": id })),
@@ -135,7 +83,7 @@ pub async fn purge(
 /// `GET /messages/serviceBound/feedback`: a batch of feedback records under a lock token
 /// (`ETag` and `iothub-lockToken` headers), or 204 when there is none.
 pub async fn feedback(State(s): State<Arc<ApiState>>) -> Result<Response, ApiError> {
-    let batch = s.hub.c2d.feedback(100).map_err(ApiError::internal)?;
+    let batch = s.hub.feedback(100).await?;
     let Some((token, records)) = batch else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -151,14 +99,14 @@ pub async fn complete_feedback(
     State(s): State<Arc<ApiState>>,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    match s.hub.c2d.complete_feedback(&token) {
-        Ok(true) => Ok(StatusCode::NO_CONTENT),
-        Ok(false) => Err(ApiError::new(
+    if s.hub.complete_feedback(token).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
             StatusCode::PRECONDITION_FAILED,
             "PreconditionFailed",
             "unknown or expired lock token",
-        )),
-        Err(e) => Err(ApiError::internal(e)),
+        ))
     }
 }
 
@@ -166,7 +114,7 @@ pub async fn abandon_feedback(
     State(s): State<Arc<ApiState>>,
     Path(token): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if s.hub.c2d.abandon_feedback(&token) {
+    if s.hub.abandon_feedback(&token) {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::header;
@@ -20,10 +20,6 @@ fn counter(out: &mut String, name: &str, help: &str, v: &AtomicU64) {
 
 fn gauge(out: &mut String, name: &str, help: &str, v: i64) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-}
-
-fn gauge_atomic(out: &mut String, name: &str, help: &str, v: &AtomicI64) {
-    gauge(out, name, help, v.load(Ordering::Relaxed));
 }
 
 /// A per-endpoint series: name, type, help, and how to read it from a report.
@@ -79,72 +75,99 @@ fn endpoint_metrics(out: &mut String, s: &ApiState) {
     }
 }
 
-pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
-    let mut out = String::new();
-    let g = &s.gateway_metrics;
-    gauge_atomic(
-        &mut out,
-        "weir_mqtt_connections",
-        "Open MQTT connections.",
-        &g.connections_open,
-    );
-    counter(
-        &mut out,
-        "weir_mqtt_connections_total",
-        "MQTT connections accepted.",
-        &g.connections_total,
-    );
-    counter(
-        &mut out,
-        "weir_mqtt_connects_refused_total",
-        "CONNECTs refused (bad credentials, unknown or disabled devices, malformed).",
-        &g.connects_refused,
-    );
-    counter(
-        &mut out,
-        "weir_mqtt_connections_over_limit_total",
-        "Connections closed because mqtt.max_connections was reached.",
-        &g.connections_rejected_limit,
-    );
-    counter(
-        &mut out,
-        "weir_mqtt_messages_total",
-        "Telemetry messages accepted.",
-        &g.messages_in,
-    );
-    counter(
-        &mut out,
-        "weir_mqtt_bytes_total",
-        "Bytes read from MQTT connections.",
-        &g.bytes_in,
-    );
+/// A per-protocol counter: name, help, and how to read it.
+type ProtocolSeries = (
+    &'static str,
+    &'static str,
+    fn(&weir_gateways::ProtocolMetrics) -> u64,
+);
+
+fn gateway_metrics(out: &mut String, s: &ApiState) {
+    let protocols = s.gateway_metrics.all();
     let _ = writeln!(
         out,
-        "# HELP weir_connections_revoked_total Connections the hub closed because the device was deleted or disabled, its key replaced or its token expired.\n# TYPE weir_connections_revoked_total counter"
+        "# HELP weir_gateway_connections Open device connections, per protocol.\n# TYPE weir_gateway_connections gauge"
     );
-    for (i, why) in weir_gateways::mqtt::connect::Revocation::ALL
-        .iter()
-        .enumerate()
-    {
+    for (p, m) in &protocols {
         let _ = writeln!(
             out,
-            "weir_connections_revoked_total{{reason=\"{}\"}} {}",
-            why.as_str(),
-            g.revoked[i].load(Ordering::Relaxed)
+            "weir_gateway_connections{{protocol=\"{p}\"}} {}",
+            m.connections_open.load(Ordering::Relaxed)
         );
     }
-    counter(
-        &mut out,
-        "weir_mqtt_protocol_errors_total",
-        "Connections closed for protocol violations.",
-        &g.protocol_errors,
+    let counters: [ProtocolSeries; 8] = [
+        (
+            "weir_gateway_connections_total",
+            "Connections accepted.",
+            |m| m.connections_total.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_connects_refused_total",
+            "Connections refused before authenticating (bad credentials, unknown or disabled devices, malformed or no CONNECT).",
+            |m| m.connects_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_connections_over_limit_total",
+            "Connections closed because mqtt.max_connections was reached.",
+            |m| m.rejected_limit.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_connections_over_pending_limit_total",
+            "Connections closed because mqtt.max_pending_connections were still authenticating.",
+            |m| m.rejected_pending.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_messages_total",
+            "Telemetry messages accepted.",
+            |m| m.messages_in.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_bytes_total",
+            "Bytes read from device connections.",
+            |m| m.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_protocol_errors_total",
+            "Connections closed for protocol violations.",
+            |m| m.protocol_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_revoked_total",
+            "Connections the hub closed because the device was deleted or disabled, its key replaced or its token expired (all reasons; by reason in weir_connections_revoked_total).",
+            |m| m.revoked.iter().map(|c| c.load(Ordering::Relaxed)).sum(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (p, m) in &protocols {
+            let _ = writeln!(out, "{name}{{protocol=\"{p}\"}} {}", value(m));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP weir_connections_revoked_total Connections the hub closed, by reason and protocol.\n# TYPE weir_connections_revoked_total counter"
     );
-    counter(
-        &mut out,
-        "weir_mqtt_connections_over_pending_limit_total",
-        "Connections closed because mqtt.max_pending_connections were still authenticating.",
-        &g.connections_rejected_pending,
+    for (p, m) in &protocols {
+        for (i, why) in weir_core::Revocation::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "weir_connections_revoked_total{{protocol=\"{p}\",reason=\"{}\"}} {}",
+                why.as_str(),
+                m.revoked[i].load(Ordering::Relaxed)
+            );
+        }
+    }
+    gauge(
+        out,
+        "weir_devices_connected",
+        "Devices with a live connection, over all protocols.",
+        s.hub.connections().connected() as i64,
     );
+}
+
+pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
+    let mut out = String::new();
+    gateway_metrics(&mut out, &s);
     gauge(
         &mut out,
         "weir_http_connections",

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::{delete, get, post};
 use weir_engine::EngineMetrics;
-use weir_gateways::{GatewayMetrics, MqttGateway};
+use weir_gateways::GatewayMetrics;
 use weir_storage::Registry;
 use weir_storage::parquet::ArchiveMetrics;
 
@@ -25,10 +25,9 @@ pub struct ApiState {
     pub hostname: String,
     pub keys: ServiceKeys,
     pub registry: Arc<Registry>,
-    pub hub: Arc<crate::hub::Hub>,
-    pub gateway: MqttGateway,
-    /// Flips to true when the hub stops; WebSocket connections watch it.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub hub: weir_hub::Hub,
+    /// MQTT over WebSocket, served by the HTTPS listener.
+    pub websocket: Arc<weir_gateways::mqtt::Mqtt>,
     pub engine_metrics: Arc<EngineMetrics>,
     pub gateway_metrics: Arc<GatewayMetrics>,
     pub archive_metrics: Arc<ArchiveMetrics>,

@@ -8,61 +8,25 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use weir_core::{DeviceRecord, DeviceStatus, ServiceError};
+use weir_core::DeviceRecord;
 use weir_storage::registry::twin_etag;
 
 use super::ApiState;
 use super::error::ApiError;
 
-const NEVER: &str = "0001-01-01T00:00:00Z";
-
-/// The Twin document IoT Hub returns.
-pub fn twin_json(rec: &DeviceRecord, connected: bool, c2d_pending: usize) -> Value {
-    json!({
-        "deviceId": rec.device_id,
-        "etag": twin_etag(rec),
-        "deviceEtag": rec.etag,
-        "status": match rec.status { DeviceStatus::Enabled => "enabled", DeviceStatus::Disabled => "disabled" },
-        "statusReason": rec.status_reason,
-        "statusUpdateTime": rec.status_updated_time,
-        "connectionState": if connected { "Connected" } else { "Disconnected" },
-        "lastActivityTime": NEVER,
-        "cloudToDeviceMessageCount": c2d_pending,
-        "authenticationType": "sas",
-        "x509Thumbprint": {"primaryThumbprint": null, "secondaryThumbprint": null},
-        "modelId": "",
-        "version": rec.twin_version,
-        "tags": rec.tags,
-        "properties": {
-            "desired": rec.desired.for_service(),
-            "reported": rec.reported.for_service(),
-        },
-        "capabilities": {"iotEdge": false},
-    })
-}
+pub use weir_hub::documents::twin_json;
 
 fn respond(s: &ApiState, rec: &DeviceRecord) -> Response {
     let body = twin_json(
         rec,
         s.hub.is_connected(&rec.device_id),
-        s.hub.c2d.pending(&rec.device_id),
+        s.hub.c2d_pending(&rec.device_id),
     );
     let mut resp = (StatusCode::OK, Json(body)).into_response();
     if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", twin_etag(rec))) {
         resp.headers_mut().insert(header::ETAG, v);
     }
     resp
-}
-
-pub fn from_service(e: ServiceError) -> ApiError {
-    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let code = match e.status {
-        404 => "DeviceNotFound",
-        412 => "PreconditionFailed",
-        400 => "ArgumentInvalid",
-        _ => "ServerError",
-    };
-    ApiError::new(status, code, e.message)
 }
 
 pub async fn get(
@@ -112,19 +76,10 @@ async fn change(
             "reported properties are set by the device, not through the service API",
         ));
     }
-    let hub = Arc::clone(&s.hub);
-    let rec = tokio::task::spawn_blocking(move || {
-        hub.update_twin(
-            &id,
-            tags.as_ref(),
-            desired.as_ref(),
-            replace,
-            if_match.as_deref(),
-        )
-    })
-    .await
-    .map_err(ApiError::internal)?
-    .map_err(from_service)?;
+    let rec = s
+        .hub
+        .update_twin(&id, tags, desired, replace, if_match)
+        .await?;
     Ok(respond(&s, &rec))
 }
 
@@ -171,25 +126,13 @@ pub async fn invoke(
     };
     s.device(&id)?;
     let payload = doc.get("payload").cloned().unwrap_or(Value::Null);
-    match s
+    let (status, payload) = s
         .hub
         .invoke(&id, &method, &payload, Duration::from_secs(timeout))
-        .await
-    {
-        Ok((status, payload)) => Ok((
-            StatusCode::OK,
-            Json(json!({ "status": status, "payload": payload })),
-        )
-            .into_response()),
-        Err(crate::hub::MethodError::NotOnline) => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "DeviceNotOnline",
-            format!("device {id} is not connected and listening for direct methods"),
-        )),
-        Err(crate::hub::MethodError::Timeout) => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "GatewayTimeout",
-            format!("device {id} did not answer {method} within {timeout} s"),
-        )),
-    }
+        .await?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({ "status": status, "payload": payload })),
+    )
+        .into_response())
 }

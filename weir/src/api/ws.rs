@@ -35,7 +35,12 @@ pub async fn upgrade(
 /// Pipes the WebSocket's binary frames to and from an in-memory stream the gateway serves.
 async fn bridge(s: Arc<ApiState>, socket: WebSocket, peer: SocketAddr) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    if !s.gateway.serve_stream(theirs, peer, s.shutdown.clone()) {
+    let peer_info = weir_core::Peer {
+        addr: peer,
+        protocol: s.websocket.protocol,
+        client_cert: None,
+    };
+    if !s.websocket.serve_stream(theirs, peer_info) {
         tracing::warn!(%peer, "connection limit reached; closing WebSocket");
         return;
     }

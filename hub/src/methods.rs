@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::sync::oneshot;
-use weir_core::{DeviceLink, DevicePublish, Feature};
+use weir_core::{ConnectionRegistry, Feature, ToDevice};
 
 /// Why an invocation produced no device answer.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Methods {
     /// Sends `method` to `device` and waits up to `timeout` for its answer: (status, payload).
     pub async fn invoke(
         &self,
-        link: &dyn DeviceLink,
+        link: &ConnectionRegistry,
         device: &str,
         method: &str,
         payload: &Value,
@@ -47,13 +47,12 @@ impl Methods {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(key.clone(), tx);
         }
-        let publish = DevicePublish {
-            topic: format!("$iothub/methods/POST/{method}/?$rid={rid}"),
+        let request = ToDevice::MethodRequest {
+            rid,
+            method: method.to_owned(),
             payload: Bytes::from(payload.to_string()),
-            qos: 0,
-            lock: None,
         };
-        if !link.send(device, publish) {
+        if !link.send(device, request) {
             self.forget(&key);
             return Err(MethodError::NotOnline);
         }

@@ -1,0 +1,339 @@
+//! Live device connections across every gateway: one per device (a new connection on any
+//! transport replaces the old one on any other), each with the features it subscribed to,
+//! a queue of what the hub sends it, and a way for the hub to end it.
+//!
+//! What the hub sends is typed ([`ToDevice`]); each gateway encodes it in its protocol.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::device::DeviceRecord;
+use crate::identity::{Identity, Revocation};
+use crate::ids::DeviceId;
+
+/// A cloud-to-device message on its way out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2dDelivery {
+    /// Handed back in `DeviceServices::c2d_acknowledged` when the device acknowledges.
+    pub lock: u64,
+    pub message_id: String,
+    pub correlation_id: Option<String>,
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub properties: Vec<(String, String)>,
+    pub payload: Bytes,
+}
+
+/// What the hub sends a connected device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToDevice {
+    /// The twin's desired properties changed: the merge patch, with its `$version`.
+    DesiredPatch { version: u64, patch: Bytes },
+    /// A direct method call; the device answers with the same `rid`.
+    MethodRequest {
+        rid: String,
+        method: String,
+        payload: Bytes,
+    },
+    /// A cloud-to-device message, delivered at least once until acknowledged.
+    CloudToDevice(C2dDelivery),
+}
+
+/// The features a device turns on by subscribing (spec §2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Feature {
+    Methods,
+    CloudToDevice,
+    TwinResponses,
+    DesiredPatches,
+}
+
+fn bit(f: Feature) -> u8 {
+    match f {
+        Feature::Methods => 1,
+        Feature::CloudToDevice => 2,
+        Feature::TwinResponses => 4,
+        Feature::DesiredPatches => 8,
+    }
+}
+
+/// The features of one connection, shared between it and the registry.
+#[derive(Default, Debug)]
+pub struct Features(AtomicU8);
+
+impl Features {
+    pub fn set(&self, f: Feature, on: bool) {
+        if on {
+            self.0.fetch_or(bit(f), Ordering::Relaxed);
+        } else {
+            self.0.fetch_and(!bit(f), Ordering::Relaxed);
+        }
+    }
+
+    pub fn has(&self, f: Feature) -> bool {
+        self.0.load(Ordering::Relaxed) & bit(f) != 0
+    }
+}
+
+/// Messages waiting for one connection; beyond this the hub's sends fail (and are retried
+/// by whoever sent them: cloud-to-device messages stay queued).
+pub const OUTBOUND_QUEUE: usize = 64;
+
+/// A connection's queue of what the hub sends it. Unlike a channel it allocates nothing
+/// until used, which matters when most of 100k connections never receive anything.
+#[derive(Default)]
+pub struct Outbox {
+    queue: Mutex<VecDeque<ToDevice>>,
+    pub ready: Notify,
+}
+
+impl Outbox {
+    pub fn push(&self, m: ToDevice) -> bool {
+        let Ok(mut q) = self.queue.lock() else {
+            return false;
+        };
+        if q.len() >= OUTBOUND_QUEUE {
+            return false;
+        }
+        q.push_back(m);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Everything queued, oldest first.
+    pub fn take(&self) -> VecDeque<ToDevice> {
+        self.queue
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
+    }
+}
+
+/// Why the hub ends a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KickReason {
+    /// A newer connection for the same device, on any gateway, took its place.
+    Replaced,
+    Revoked(Revocation),
+}
+
+impl KickReason {
+    fn code(self) -> u8 {
+        match self {
+            KickReason::Replaced => 1,
+            KickReason::Revoked(r) => {
+                2 + Revocation::ALL.iter().position(|x| *x == r).unwrap_or(0) as u8
+            }
+        }
+    }
+
+    fn from_code(c: u8) -> Option<KickReason> {
+        match c {
+            0 => None,
+            1 => Some(KickReason::Replaced),
+            c => Revocation::ALL
+                .get(usize::from(c - 2))
+                .map(|r| KickReason::Revoked(*r)),
+        }
+    }
+}
+
+/// How the hub tells a connection to end: the first reason given wins. Out of band of the
+/// outbox, so it overtakes whatever is queued.
+#[derive(Default)]
+pub struct Kick {
+    reason: AtomicU8,
+    notify: Notify,
+}
+
+impl Kick {
+    pub fn kick(&self, why: KickReason) {
+        let _ = self
+            .reason
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.notify.notify_one();
+    }
+
+    /// Set once the connection has been told to end; it must not acknowledge anything
+    /// more.
+    pub fn reason(&self) -> Option<KickReason> {
+        KickReason::from_code(self.reason.load(Ordering::Acquire))
+    }
+
+    pub async fn kicked(&self) -> KickReason {
+        loop {
+            if let Some(r) = self.reason() {
+                return r;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+struct Entry {
+    id: u64,
+    protocol: &'static str,
+    identity: Arc<Identity>,
+    kick: Arc<Kick>,
+    outbox: Arc<Outbox>,
+    features: Arc<Features>,
+}
+
+/// A registered connection; `kick` fires when another connection takes its place or the
+/// hub revokes its credential.
+pub struct Registration {
+    pub id: u64,
+    pub kick: Arc<Kick>,
+}
+
+/// What a gateway registers for a new connection.
+pub struct Connection {
+    pub protocol: &'static str,
+    pub identity: Arc<Identity>,
+    pub outbox: Arc<Outbox>,
+    pub features: Arc<Features>,
+}
+
+#[derive(Default)]
+pub struct ConnectionRegistry {
+    live: Mutex<HashMap<DeviceId, Entry>>,
+    next: AtomicU64,
+}
+
+impl ConnectionRegistry {
+    /// Registers a connection; the device's previous one, on whatever gateway, is told to
+    /// end.
+    pub fn register(&self, c: Connection) -> Registration {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Kick::default());
+        let device = c.identity.device_id.clone();
+        let entry = Entry {
+            id,
+            protocol: c.protocol,
+            identity: c.identity,
+            kick: Arc::clone(&kick),
+            outbox: c.outbox,
+            features: c.features,
+        };
+        if let Ok(mut live) = self.live.lock()
+            && let Some(old) = live.insert(device, entry)
+        {
+            old.kick.kick(KickReason::Replaced);
+        }
+        Registration { id, kick }
+    }
+
+    /// Removes the entry if it is still this connection's; true when it was.
+    pub fn unregister(&self, device: &DeviceId, id: u64) -> bool {
+        let Ok(mut live) = self.live.lock() else {
+            return false;
+        };
+        if live.get(device).is_some_and(|e| e.id == id) {
+            live.remove(device);
+            return true;
+        }
+        false
+    }
+
+    pub fn is_connected(&self, device: &str) -> bool {
+        self.live.lock().is_ok_and(|l| l.contains_key(device))
+    }
+
+    /// True when the device is connected and subscribed to `feature`.
+    pub fn subscribed(&self, device: &str, f: Feature) -> bool {
+        self.live
+            .lock()
+            .is_ok_and(|l| l.get(device).is_some_and(|e| e.features.has(f)))
+    }
+
+    /// Queues `m` for the device's connection without waiting; false when it has none
+    /// or its queue is full.
+    pub fn send(&self, device: &str, m: ToDevice) -> bool {
+        let outbox = match self.live.lock() {
+            Ok(l) => l.get(device).map(|e| Arc::clone(&e.outbox)),
+            Err(_) => None,
+        };
+        outbox.is_some_and(|o| o.push(m))
+    }
+
+    /// Checks the device's connection against its current registry record (`None`:
+    /// deleted) and tells it to end if that no longer admits it.
+    pub fn revalidate(&self, device: &str, current: Option<&DeviceRecord>) -> Option<Revocation> {
+        let live = self.live.lock().ok()?;
+        let e = live.get(device)?;
+        let why = e.identity.revoked_by(current)?;
+        e.kick.kick(KickReason::Revoked(why));
+        Some(why)
+    }
+
+    /// Connected devices, in all.
+    pub fn connected(&self) -> usize {
+        self.live.lock().map_or(0, |l| l.len())
+    }
+
+    /// The protocol of the device's connection, if it has one.
+    pub fn protocol(&self, device: &str) -> Option<&'static str> {
+        self.live.lock().ok()?.get(device).map(|e| e.protocol)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::AuthMethod;
+    use crate::identity::Credential;
+
+    fn connection(protocol: &'static str, device: &str) -> Connection {
+        Connection {
+            protocol,
+            identity: Arc::new(Identity {
+                device_id: DeviceId::parse(device).expect("id"),
+                generation_id: Arc::from("g"),
+                auth: AuthMethod::Sas,
+                credential: Credential::SasKey(1),
+                expires: None,
+            }),
+            outbox: Arc::default(),
+            features: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn one_connection_per_device_across_protocols() {
+        let r = ConnectionRegistry::default();
+        let tcp = r.register(connection("mqtt", "d1"));
+        let quic_conn = connection("mqtt-quic", "d1");
+        let outbox = Arc::clone(&quic_conn.outbox);
+        quic_conn.features.set(Feature::Methods, true);
+        let quic = r.register(quic_conn);
+        assert_eq!(tcp.kick.reason(), Some(KickReason::Replaced));
+        assert_eq!(quic.kick.reason(), None);
+        assert_eq!(r.protocol("d1"), Some("mqtt-quic"));
+        assert!(r.subscribed("d1", Feature::Methods));
+        let d1 = DeviceId::parse("d1").expect("id");
+        assert!(
+            !r.unregister(&d1, tcp.id),
+            "the old one is no longer the device's"
+        );
+        assert!(r.send(
+            "d1",
+            ToDevice::DesiredPatch {
+                version: 2,
+                patch: Bytes::from_static(b"{}")
+            }
+        ));
+        assert_eq!(outbox.take().len(), 1);
+        assert_eq!(r.revalidate("d1", None), Some(Revocation::Deleted));
+        assert_eq!(
+            quic.kick.reason(),
+            Some(KickReason::Revoked(Revocation::Deleted))
+        );
+        assert!(r.unregister(&d1, quic.id));
+        assert_eq!(r.connected(), 0);
+    }
+}

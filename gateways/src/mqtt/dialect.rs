@@ -1,0 +1,198 @@
+//! What topics mean: the IoT Hub device dialect, behind a trait so the session core can
+//! speak another (the provisioning service's) later.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rumqttd::protocol::{Connect, Login};
+use weir_core::{
+    C2dDelivery, DeviceDirectory, Feature, Identity, Peer, SystemProperties, ToDevice,
+};
+
+use super::connect::{Refusal, authenticate};
+use super::requests::{self, DeviceRequest};
+use super::topic::{DeviceTopic, classify, decode_bag};
+
+/// What a device's PUBLISH is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming<'t> {
+    Telemetry { bag: &'t str },
+    TwinGet { rid: &'t str },
+    TwinPatch { rid: &'t str },
+    MethodResponse { rid: &'t str, status: i32 },
+}
+
+/// A PUBLISH to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// For cloud-to-device messages: what the device's PUBACK completes.
+    pub lock: Option<u64>,
+}
+
+/// A device dialect of MQTT: how CONNECT authenticates, what topics a device may use and
+/// mean, and how the hub's messages are put on the wire.
+pub trait Dialect: Send + Sync + 'static {
+    fn authenticate(
+        &self,
+        connect: &Connect,
+        login: Option<&Login>,
+        peer: &Peer,
+        now_secs: i64,
+    ) -> Result<Identity, Refusal>;
+
+    /// What a PUBLISH to `topic` is; `None` when the device may not publish there.
+    fn classify<'t>(&self, topic: &'t str, id: &Identity) -> Option<Incoming<'t>>;
+
+    /// The system and application properties a telemetry topic carries.
+    fn properties(&self, bag: &str) -> Result<(SystemProperties, Vec<(String, String)>), String>;
+
+    /// The feature a subscription filter turns on; `None` when the device may not
+    /// subscribe to it.
+    fn feature(&self, filter: &str, id: &Identity) -> Option<Feature>;
+
+    fn outbound(&self, m: &ToDevice, id: &Identity) -> Outbound;
+
+    fn twin_response(&self, status: u16, rid: &str, version: Option<u64>) -> String;
+}
+
+/// The Azure IoT Hub device dialect (spec §2).
+pub struct IotHub {
+    pub hub_name: String,
+    pub directory: Arc<dyn DeviceDirectory>,
+}
+
+impl Dialect for IotHub {
+    fn authenticate(
+        &self,
+        connect: &Connect,
+        login: Option<&Login>,
+        _peer: &Peer,
+        now_secs: i64,
+    ) -> Result<Identity, Refusal> {
+        authenticate(connect, login, &self.hub_name, &*self.directory, now_secs)
+    }
+
+    fn classify<'t>(&self, topic: &'t str, id: &Identity) -> Option<Incoming<'t>> {
+        if let Some(req) = requests::parse(topic) {
+            return Some(match req {
+                DeviceRequest::TwinGet { rid } => Incoming::TwinGet { rid },
+                DeviceRequest::TwinPatchReported { rid } => Incoming::TwinPatch { rid },
+                DeviceRequest::MethodResponse { status, rid } => {
+                    Incoming::MethodResponse { rid, status }
+                }
+            });
+        }
+        let DeviceTopic::Telemetry { bag } = classify(topic, id.device_id.as_str())?;
+        Some(Incoming::Telemetry { bag })
+    }
+
+    fn properties(&self, bag: &str) -> Result<(SystemProperties, Vec<(String, String)>), String> {
+        decode_bag(bag).map_err(|e| format!("bad property bag: {e}"))
+    }
+
+    fn feature(&self, filter: &str, id: &Identity) -> Option<Feature> {
+        match filter {
+            "$iothub/methods/POST/#" => Some(Feature::Methods),
+            "$iothub/twin/res/#" => Some(Feature::TwinResponses),
+            "$iothub/twin/PATCH/properties/desired/#" => Some(Feature::DesiredPatches),
+            f if f
+                .strip_prefix("devices/")
+                .and_then(|r| r.strip_prefix(id.device_id.as_str()))
+                == Some("/messages/devicebound/#") =>
+            {
+                Some(Feature::CloudToDevice)
+            }
+            _ => None,
+        }
+    }
+
+    fn outbound(&self, m: &ToDevice, id: &Identity) -> Outbound {
+        match m {
+            ToDevice::DesiredPatch { version, patch } => Outbound {
+                topic: format!("$iothub/twin/PATCH/properties/desired/?$version={version}"),
+                payload: patch.clone(),
+                qos: 0,
+                lock: None,
+            },
+            ToDevice::MethodRequest {
+                rid,
+                method,
+                payload,
+            } => Outbound {
+                topic: format!("$iothub/methods/POST/{method}/?$rid={rid}"),
+                payload: payload.clone(),
+                qos: 0,
+                lock: None,
+            },
+            ToDevice::CloudToDevice(c) => Outbound {
+                topic: c2d_topic(id.device_id.as_str(), c),
+                payload: c.payload.clone(),
+                qos: 1,
+                lock: Some(c.lock),
+            },
+        }
+    }
+
+    fn twin_response(&self, status: u16, rid: &str, version: Option<u64>) -> String {
+        requests::twin_response(status, rid, version)
+    }
+}
+
+/// `devices/{id}/messages/devicebound/{bag}`, every key and value percent-encoded but for
+/// unreserved characters, as the device SDK expects (spec §2.5).
+fn c2d_topic(device: &str, m: &C2dDelivery) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const BAG: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut bag = Vec::new();
+    let mut pair = |k: &str, v: &str| {
+        bag.push(format!(
+            "{}={}",
+            utf8_percent_encode(k, BAG),
+            utf8_percent_encode(v, BAG)
+        ))
+    };
+    pair("$.mid", &m.message_id);
+    pair("$.to", &format!("/devices/{device}/messages/deviceBound"));
+    if let Some(c) = &m.correlation_id {
+        pair("$.cid", c);
+    }
+    if let Some(c) = &m.content_type {
+        pair("$.ct", c);
+    }
+    if let Some(c) = &m.content_encoding {
+        pair("$.ce", c);
+    }
+    for (k, v) in &m.properties {
+        pair(k, v);
+    }
+    format!("devices/{device}/messages/devicebound/{}", bag.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloud_to_device_topics_escape_what_the_sdk_splits_on() {
+        let m = C2dDelivery {
+            lock: 1,
+            message_id: "m/1".into(),
+            correlation_id: None,
+            content_type: Some("text/plain".into()),
+            content_encoding: None,
+            properties: vec![("a&b".into(), "c=d e".into())],
+            payload: Bytes::new(),
+        };
+        assert_eq!(
+            c2d_topic("dev1", &m),
+            "devices/dev1/messages/devicebound/%24.mid=m%2F1&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound&%24.ct=text%2Fplain&a%26b=c%3Dd%20e"
+        );
+    }
+}

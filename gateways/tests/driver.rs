@@ -1,0 +1,298 @@
+//! The MQTT driver over in-memory byte streams (`tokio::io::duplex`) with paused time: the
+//! session core wired to the connection registry, the hub's messages and the clock,
+//! without sockets.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use weir_core::{
+    C2dDelivery, ConnectionRegistry, DeviceAuth, DeviceId, DeviceRecord, Event, Ingest,
+    IngestFuture, NoServices, Peer, ToDevice,
+};
+use weir_gateways::context::{Admission, GatewayContext};
+use weir_gateways::metrics::GatewayMetrics;
+use weir_gateways::mqtt::codec::{self, Inbound};
+use weir_gateways::mqtt::{Mqtt, MqttConfig};
+use weir_gateways::sas;
+
+const KEY: &str = "ZHJpdmVyLXRlc3Qta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
+
+/// Every event handed to ingest, durable at once.
+#[derive(Default)]
+struct Recorded(Mutex<Vec<Event>>);
+
+impl Ingest for Recorded {
+    fn ingest(&self, _device: &DeviceId, batch: Vec<Event>) -> IngestFuture {
+        if let Ok(mut all) = self.0.lock() {
+            all.extend(batch);
+        }
+        Box::pin(async { Ok(Box::pin(async { Ok(()) }) as weir_core::AckFuture) })
+    }
+}
+
+struct Hub {
+    mqtt: Arc<Mqtt>,
+    ingest: Arc<Recorded>,
+    connections: Arc<ConnectionRegistry>,
+    _stop: watch::Sender<bool>,
+}
+
+fn hub() -> Hub {
+    let mut rec = DeviceRecord::with_tags("dev1", serde_json::json!({}));
+    rec.generation_id = "g1".into();
+    rec.auth = DeviceAuth::Sas {
+        primary_key: KEY.into(),
+        secondary_key: KEY.into(),
+    };
+    let directory: HashMap<String, Arc<DeviceRecord>> =
+        [("dev1".to_string(), Arc::new(rec))].into();
+    let ingest = Arc::new(Recorded::default());
+    let connections = Arc::new(ConnectionRegistry::default());
+    let (stop, shutdown) = watch::channel(false);
+    let ctx = Arc::new(GatewayContext {
+        hub_name: "hub".into(),
+        ingest: Arc::clone(&ingest) as Arc<dyn Ingest>,
+        directory: Arc::new(directory),
+        services: Arc::new(NoServices),
+        connections: Arc::clone(&connections),
+        admission: Arc::new(Admission::new(8, 8)),
+        metrics: Arc::new(GatewayMetrics::default()),
+        shutdown,
+    });
+    Hub {
+        mqtt: Mqtt::iothub(ctx, &MqttConfig::default(), "mqtt"),
+        ingest,
+        connections,
+        _stop: stop,
+    }
+}
+
+/// The device's end of a connection.
+struct Client {
+    io: DuplexStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    fn open(hub: &Hub, port: u16) -> Client {
+        let (io, server) = tokio::io::duplex(64 * 1024);
+        let peer = Peer {
+            addr: ([127, 0, 0, 1], port).into(),
+            protocol: "mqtt",
+            client_cert: None,
+        };
+        assert!(hub.mqtt.serve_stream(server, peer));
+        Client {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.io.write_all(bytes).await.expect("write");
+    }
+
+    /// The next packet from the hub; `None` once it closed the connection.
+    async fn recv(&mut self) -> Option<Inbound> {
+        loop {
+            if let Some(p) = codec::decode(&mut self.buf, 1 << 20).expect("a valid packet") {
+                return Some(p);
+            }
+            if self.io.read_buf(&mut self.buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn connect(&mut self, keep_alive: u16) {
+        let expiry = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64
+            + 3600;
+        let token = sas::build("hub/devices/dev1", KEY, expiry, None).expect("token");
+        let mut out = BytesMut::new();
+        codec::connect(
+            "dev1",
+            keep_alive,
+            true,
+            Some(("hub/dev1/?api-version=2021-04-12", &token)),
+            &mut out,
+        );
+        self.send(&out).await;
+        assert!(matches!(
+            self.recv().await,
+            Some(Inbound::ConnAck { code: 0, .. })
+        ));
+    }
+}
+
+async fn until_connected(hub: &Hub) {
+    for _ in 0..100 {
+        if hub.connections.is_connected("dev1") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("dev1 never registered");
+}
+
+#[tokio::test(start_paused = true)]
+async fn telemetry_is_ingested_and_acknowledged() {
+    let hub = hub();
+    let mut c = Client::open(&hub, 1);
+    c.connect(60).await;
+    let mut out = BytesMut::new();
+    codec::publish(
+        "devices/dev1/messages/events/",
+        b"{\"t\":21}",
+        1,
+        5,
+        false,
+        &mut out,
+    )
+    .expect("encode");
+    c.send(&out).await;
+    assert!(matches!(c.recv().await, Some(Inbound::PubAck(5))));
+    let events = hub.ingest.0.lock().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(&events[0].body[..], b"{\"t\":21}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_connection_of_the_device_replaces_the_old_one() {
+    let hub = hub();
+    let mut old = Client::open(&hub, 1);
+    old.connect(60).await;
+    until_connected(&hub).await;
+    let mut new = Client::open(&hub, 2);
+    new.connect(60).await;
+    assert!(old.recv().await.is_none(), "the old connection is closed");
+    // The registry now reaches the new connection.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(hub.connections.send(
+        "dev1",
+        ToDevice::MethodRequest {
+            rid: "1".into(),
+            method: "ping".into(),
+            payload: Bytes::from_static(b"{}"),
+        }
+    ));
+    let mut sub = BytesMut::new();
+    codec::subscribe(1, "$iothub/methods/POST/#", 0, &mut sub);
+    new.send(&sub).await;
+    let mut got_method = false;
+    while let Some(p) = new.recv().await {
+        if let Inbound::Publish(p) = p {
+            assert_eq!(&p.topic[..], b"$iothub/methods/POST/ping/?$rid=1");
+            got_method = true;
+            break;
+        }
+    }
+    assert!(got_method);
+    assert_eq!(hub.connections.connected(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revoking_the_device_closes_its_live_connection() {
+    let hub = hub();
+    let mut c = Client::open(&hub, 1);
+    c.connect(60).await;
+    until_connected(&hub).await;
+    assert_eq!(
+        hub.connections.revalidate("dev1", None),
+        Some(weir_core::Revocation::Deleted)
+    );
+    assert!(c.recv().await.is_none());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(!hub.connections.is_connected("dev1"));
+    let m = hub.mqtt.metrics.revoked[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(m, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_client_is_closed_after_one_and_a_half_keep_alives() {
+    let hub = hub();
+    let mut c = Client::open(&hub, 1);
+    c.connect(10).await;
+    let start = tokio::time::Instant::now();
+    assert!(c.recv().await.is_none());
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
+        "{waited:?}"
+    );
+
+    // A PINGREQ is activity: the same client survives past 15 s when it pings.
+    let mut c = Client::open(&hub, 2);
+    c.connect(10).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        let mut ping = BytesMut::new();
+        codec::pingreq(&mut ping);
+        c.send(&ping).await;
+        assert!(matches!(c.recv().await, Some(Inbound::PingResp)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_connects_is_closed_at_the_connect_timeout() {
+    let hub = hub();
+    let mut c = Client::open(&hub, 1);
+    let start = tokio::time::Instant::now();
+    assert!(c.recv().await.is_none());
+    assert_eq!(start.elapsed().as_secs(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloud_to_device_messages_reach_a_subscribed_device() {
+    let hub = hub();
+    let mut c = Client::open(&hub, 1);
+    c.connect(60).await;
+    let mut sub = BytesMut::new();
+    codec::subscribe(1, "devices/dev1/messages/devicebound/#", 1, &mut sub);
+    c.send(&sub).await;
+    assert!(matches!(c.recv().await, Some(Inbound::SubAck(1))));
+    assert!(hub.connections.send(
+        "dev1",
+        ToDevice::CloudToDevice(C2dDelivery {
+            lock: 7,
+            message_id: "m7".into(),
+            correlation_id: None,
+            content_type: None,
+            content_encoding: None,
+            properties: Vec::new(),
+            payload: Bytes::from_static(b"open"),
+        })
+    ));
+    let Some(Inbound::Publish(p)) = c.recv().await else {
+        panic!("a C2D publish");
+    };
+    assert_eq!((&p.payload[..], p.qos), (&b"open"[..], 1));
+}
+
+#[tokio::test]
+async fn a_connection_future_stays_small() {
+    // Every idle device holds one of these: growth here is memory per connection.
+    let hub = hub();
+    let (_client, server) = tokio::io::duplex(64);
+    let peer = Peer {
+        addr: ([127, 0, 0, 1], 1).into(),
+        protocol: "mqtt",
+        client_cert: None,
+    };
+    let metrics = hub.mqtt.ctx.metrics.protocol("mqtt");
+    let admitted = hub
+        .mqtt
+        .ctx
+        .admission
+        .admit(peer.addr, &metrics)
+        .expect("a slot");
+    let fut = weir_gateways::mqtt::driver::serve(server, peer, &hub.mqtt, admitted);
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 1536, "the connection future is {size} bytes");
+}
