@@ -42,6 +42,7 @@ class Client:
     records, per message, when it was handed to paho and whether the hub acknowledged it."""
 
     def __init__(self, hub, device_id, token, transport):
+        self.hub = hub
         self.device_id = device_id
         self.c = mqtt.Client(client_id=device_id, clean_session=True, protocol=mqtt.MQTTv311,
                              transport="websockets" if transport == "websocket" else "tcp")
@@ -83,7 +84,7 @@ class Client:
         self.c.reconnect_delay_set(min_delay=60, max_delay=120)
         self.c.connect("localhost", self.port, keepalive=60)
         self.c.loop_start()
-        assert self.connected.wait(10), "no CONNACK"
+        assert self.connected.wait(10), f"no CONNACK; the hub logged:\n{self.hub.log_text()[-3000:]}"
         return self.connack
 
     def publish_forever(self):

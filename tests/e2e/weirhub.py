@@ -127,6 +127,16 @@ class Hub:
         except OSError:
             return ""
 
+    def wait_log(self, text, timeout=5):
+        """The hub logs some events just after the client sees their effect (a connection
+        is closed, then its end is logged), so log checks wait for the line."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if text in self.log_text():
+                return True
+            time.sleep(0.05)
+        return False
+
     # --- service API -------------------------------------------------------------
     def owner_key(self):
         text = (self.data / "iothubowner.connstr").read_text().strip()
