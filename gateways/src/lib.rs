@@ -1,4 +1,4 @@
-//! Protocol gateways: where devices connect, prove who they are and hand over events.
+//! Protocol gateways (MQTT over TCP, TLS, WebSocket and QUIC): where devices connect, prove who they are and hand over events.
 //!
 //! A gateway ([`Gateway`]) authenticates against a [`weir_core::DeviceDirectory`], hands
 //! events to a [`weir_core::Ingest`] and requests to [`weir_core::DeviceServices`], and
@@ -9,6 +9,7 @@
 pub mod context;
 pub mod metrics;
 pub mod mqtt;
+pub mod quic;
 pub mod ratelog;
 pub mod sas;
 pub mod tls;
@@ -16,3 +17,4 @@ pub mod tls;
 pub use context::{Admission, Gateway, GatewayContext};
 pub use metrics::{GatewayMetrics, ProtocolMetrics};
 pub use mqtt::{MqttConfig, MqttListener};
+pub use quic::QuicListener;

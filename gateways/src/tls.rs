@@ -1,4 +1,5 @@
-//! TLS server configuration (rustls with the ring provider, TLS 1.2 and 1.3).
+//! TLS server configuration (rustls with the ring provider): TLS 1.2 and 1.3 for MQTT/TLS
+//! and HTTPS, TLS 1.3 only for QUIC.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,13 +30,42 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     })
 }
 
-/// Loads a PEM certificate chain and private key into a server config. The provider is
-/// chosen explicitly, so several rustls providers in one binary cannot make it panic.
+/// Loads a PEM certificate chain and private key into a server config for TLS 1.2 and
+/// 1.3.
 pub fn server_config(
     cert: &Path,
     key: &Path,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    build(
+        cert,
+        key,
+        alpn,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+    .map(Arc::new)
+}
+
+/// The same certificate for QUIC: TLS 1.3 only (QUIC has no other), and no 0-RTT (early
+/// data is replayable; see docs/decisions/021-mqtt-over-quic.md).
+pub fn quic_server_config(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let mut config = build(cert, key, alpn, &[&rustls::version::TLS13])?;
+    config.max_early_data_size = 0;
+    Ok(config)
+}
+
+/// The provider is chosen explicitly, so several rustls providers in one binary cannot
+/// make it panic.
+fn build(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, TlsError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut read(cert)?.as_slice())
         .collect::<Result<_, _>>()
         .map_err(|source| TlsError::Read {
@@ -53,9 +83,9 @@ pub fn server_config(
         .ok_or_else(|| TlsError::NoKey(key.display().to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok(config)
 }

@@ -2,134 +2,14 @@
 //! session core wired to the connection registry, the hub's messages and the clock,
 //! without sockets.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
-use weir_core::{
-    C2dDelivery, ConnectionRegistry, DeviceAuth, DeviceId, DeviceRecord, Event, Ingest,
-    IngestFuture, NoServices, Peer, ToDevice,
-};
-use weir_gateways::context::{Admission, GatewayContext};
-use weir_gateways::metrics::GatewayMetrics;
+use common::{Client, Hub, hub};
+use weir_core::{C2dDelivery, Peer, ToDevice};
 use weir_gateways::mqtt::codec::{self, Inbound};
-use weir_gateways::mqtt::{Mqtt, MqttConfig};
-use weir_gateways::sas;
-
-const KEY: &str = "ZHJpdmVyLXRlc3Qta2V5LTAxMjM0NTY3ODlhYmNkZWY=";
-
-/// Every event handed to ingest, durable at once.
-#[derive(Default)]
-struct Recorded(Mutex<Vec<Event>>);
-
-impl Ingest for Recorded {
-    fn ingest(&self, _device: &DeviceId, batch: Vec<Event>) -> IngestFuture {
-        if let Ok(mut all) = self.0.lock() {
-            all.extend(batch);
-        }
-        Box::pin(async { Ok(Box::pin(async { Ok(()) }) as weir_core::AckFuture) })
-    }
-}
-
-struct Hub {
-    mqtt: Arc<Mqtt>,
-    ingest: Arc<Recorded>,
-    connections: Arc<ConnectionRegistry>,
-    _stop: watch::Sender<bool>,
-}
-
-fn hub() -> Hub {
-    let mut rec = DeviceRecord::with_tags("dev1", serde_json::json!({}));
-    rec.generation_id = "g1".into();
-    rec.auth = DeviceAuth::Sas {
-        primary_key: KEY.into(),
-        secondary_key: KEY.into(),
-    };
-    let directory: HashMap<String, Arc<DeviceRecord>> =
-        [("dev1".to_string(), Arc::new(rec))].into();
-    let ingest = Arc::new(Recorded::default());
-    let connections = Arc::new(ConnectionRegistry::default());
-    let (stop, shutdown) = watch::channel(false);
-    let ctx = Arc::new(GatewayContext {
-        hub_name: "hub".into(),
-        ingest: Arc::clone(&ingest) as Arc<dyn Ingest>,
-        directory: Arc::new(directory),
-        services: Arc::new(NoServices),
-        connections: Arc::clone(&connections),
-        admission: Arc::new(Admission::new(8, 8)),
-        metrics: Arc::new(GatewayMetrics::default()),
-        shutdown,
-    });
-    Hub {
-        mqtt: Mqtt::iothub(ctx, &MqttConfig::default(), "mqtt"),
-        ingest,
-        connections,
-        _stop: stop,
-    }
-}
-
-/// The device's end of a connection.
-struct Client {
-    io: DuplexStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    fn open(hub: &Hub, port: u16) -> Client {
-        let (io, server) = tokio::io::duplex(64 * 1024);
-        let peer = Peer {
-            addr: ([127, 0, 0, 1], port).into(),
-            protocol: "mqtt",
-            client_cert: None,
-        };
-        assert!(hub.mqtt.serve_stream(server, peer));
-        Client {
-            io,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.io.write_all(bytes).await.expect("write");
-    }
-
-    /// The next packet from the hub; `None` once it closed the connection.
-    async fn recv(&mut self) -> Option<Inbound> {
-        loop {
-            if let Some(p) = codec::decode(&mut self.buf, 1 << 20).expect("a valid packet") {
-                return Some(p);
-            }
-            if self.io.read_buf(&mut self.buf).await.ok()? == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn connect(&mut self, keep_alive: u16) {
-        let expiry = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_secs() as i64
-            + 3600;
-        let token = sas::build("hub/devices/dev1", KEY, expiry, None).expect("token");
-        let mut out = BytesMut::new();
-        codec::connect(
-            "dev1",
-            keep_alive,
-            true,
-            Some(("hub/dev1/?api-version=2021-04-12", &token)),
-            &mut out,
-        );
-        self.send(&out).await;
-        assert!(matches!(
-            self.recv().await,
-            Some(Inbound::ConnAck { code: 0, .. })
-        ));
-    }
-}
 
 async fn until_connected(hub: &Hub) {
     for _ in 0..100 {

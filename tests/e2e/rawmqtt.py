@@ -43,39 +43,31 @@ def puback_packet(pkid):
     return bytes([0x40, 0x02]) + struct.pack(">H", pkid)
 
 
-class Raw:
-    def __init__(self, port, timeout=5):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.buf = b""
+def split_packet(buf):
+    """The first whole packet in `buf` as ((type, flags, body), rest), or None when `buf`
+    does not hold one yet."""
+    if len(buf) < 2:
+        return None
+    n, mult, i = 0, 1, 1
+    while i < len(buf):
+        b = buf[i]
+        n += (b & 0x7F) * mult
+        mult *= 128
+        i += 1
+        if not b & 0x80:
+            break
+    else:
+        return None
+    if len(buf) < i + n:
+        return None
+    return (buf[0] >> 4, buf[0] & 0x0F, buf[i:i + n]), buf[i + n:]
 
-    def send(self, data):
-        self.sock.sendall(data)
 
-    def packet(self):
-        """Reads one packet: (type, flags, body), or None if the server closed."""
-        while True:
-            if len(self.buf) >= 2:
-                n, mult, i = 0, 1, 1
-                while i < len(self.buf):
-                    b = self.buf[i]
-                    n += (b & 0x7F) * mult
-                    mult *= 128
-                    i += 1
-                    if not b & 0x80:
-                        break
-                else:
-                    i = None
-                if i is not None and len(self.buf) >= i + n:
-                    first, body = self.buf[0], self.buf[i:i + n]
-                    self.buf = self.buf[i + n:]
-                    return first >> 4, first & 0x0F, body
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                return None
-            self.buf += chunk
+class Packets:
+    """MQTT exchanges over any transport with `send(bytes)` and `packet()`."""
 
-    def connect(self, client_id, username, password):
-        self.send(connect_packet(client_id, username, password))
+    def connect(self, client_id, username, password, clean=False):
+        self.send(connect_packet(client_id, username, password, clean=clean))
         p = self.packet()
         assert p is not None and p[0] == 2, f"expected CONNACK, got {p}"
         return p[2][1]
@@ -86,6 +78,27 @@ class Raw:
         p = self.packet()
         assert p is not None and p[0] == 4, f"expected PUBACK, got {p}"
         return struct.unpack(">H", p[2][:2])[0]
+
+
+class Raw(Packets):
+    def __init__(self, port, timeout=5):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buf = b""
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def packet(self):
+        """Reads one packet: (type, flags, body), or None if the server closed."""
+        while True:
+            got = split_packet(self.buf)
+            if got:
+                packet, self.buf = got
+                return packet
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return None
+            self.buf += chunk
 
     def closed(self, timeout=5):
         """True if the server closes the connection within `timeout`."""

@@ -26,6 +26,12 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_udp_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def sas_token(resource, key_b64, expiry, policy=None):
     """A SAS token built the way the Azure device SDK builds it (spec §1)."""
     sr = urllib.parse.quote(resource, safe="")
@@ -50,6 +56,7 @@ class Hub:
         self.mqtt_port = ports.get("mqtt") or free_port()
         self.mqtts_port = ports.get("mqtts") or free_port()
         self.http_port = ports.get("http") or free_port()
+        self.quic_port = ports.get("quic") or free_udp_port()
         # The Azure SDKs dial 8883 (MQTT/TLS) and 443 (WebSocket, service REST): fixed.
         self.https_port = ports.get("https")
         self.config_path = self.workdir / "weir.toml"
@@ -79,6 +86,7 @@ class Hub:
             str(WEIR), "serve", "-c", str(self.config_path),
             "--data-dir", str(self.data), "--rules", str(self.rules),
             "--mqtt", f"127.0.0.1:{self.mqtt_port}", "--mqtts", f"127.0.0.1:{self.mqtts_port}",
+            "--quic", f"127.0.0.1:{self.quic_port}",
             "--http", f"127.0.0.1:{self.http_port}", "--hostname", self.hostname, "--workers", str(self.workers),
         ] + (["--https", f"127.0.0.1:{self.https_port}"] if self.https_port else []) + self.extra_args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, cwd=self.workdir)

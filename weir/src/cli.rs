@@ -56,6 +56,9 @@ pub struct ServeArgs {
     /// MQTT over TLS listener address, or "off".
     #[arg(long)]
     pub mqtts: Option<String>,
+    /// MQTT over QUIC (UDP) listener address, or "off".
+    #[arg(long)]
+    pub quic: Option<String>,
     /// REST API listener (plain HTTP), or "off".
     #[arg(long)]
     pub http: Option<String>,

@@ -1,6 +1,6 @@
 //! A small client for Weir's REST API, authenticated like the IoT Hub service SDK.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, anyhow, bail};
@@ -185,7 +185,14 @@ where
 }
 
 /// A TLS client trusting only `ca` (a PEM file).
-pub fn tls_connector(ca: &PathBuf) -> anyhow::Result<tokio_rustls::TlsConnector> {
+pub fn tls_connector(ca: &Path) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(
+        tls_client_config(ca)?,
+    )))
+}
+
+/// The rustls client configuration behind [`tls_connector`] (TLS 1.2 and 1.3).
+pub fn tls_client_config(ca: &Path) -> anyhow::Result<rustls::ClientConfig> {
     let pem = std::fs::read(ca)
         .with_context(|| format!("cannot read the CA certificate {}", ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -198,7 +205,7 @@ pub fn tls_connector(ca: &PathBuf) -> anyhow::Result<tokio_rustls::TlsConnector>
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 fn rustls_pemfile_certs(

@@ -44,6 +44,7 @@ struct Hub {
 struct Listen {
     mqtt: String,
     mqtts: String,
+    quic: String,
     http: String,
     https: String,
 }
@@ -135,6 +136,8 @@ pub struct Config {
     pub rules_is_default: bool,
     pub mqtt: Option<SocketAddr>,
     pub mqtts: Option<SocketAddr>,
+    /// MQTT over QUIC (UDP).
+    pub quic: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -214,8 +217,10 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         |key: &str, flag: &Option<String>, file: &str| addr(key, flag.as_deref().unwrap_or(file));
     let mqtt = listen("listen.mqtt", &a.mqtt, &f.listen.mqtt)?;
     let mqtts = listen("listen.mqtts", &a.mqtts, &f.listen.mqtts)?;
+    let quic = listen("listen.quic", &a.quic, &f.listen.quic)?;
     let http = listen("listen.http", &a.http, &f.listen.http)?;
     let https = listen("listen.https", &a.https, &f.listen.https)?;
+    // QUIC is UDP: it may share a port number with a TCP listener.
     let bound: Vec<SocketAddr> = [mqtt, mqtts, http, https].into_iter().flatten().collect();
     for (i, x) in bound.iter().enumerate() {
         if bound[..i].contains(x) {
@@ -302,6 +307,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         rules_is_default,
         mqtt,
         mqtts,
+        quic,
         http,
         https,
         tls,

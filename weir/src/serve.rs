@@ -14,7 +14,9 @@ use tokio_rustls::TlsAcceptor;
 use weir_core::{ConnectionRegistry, HealthBoard, SinkFactory};
 use weir_engine::{Engine, EngineConfig};
 use weir_gateways::mqtt::Mqtt;
-use weir_gateways::{Admission, Gateway, GatewayContext, GatewayMetrics, MqttListener};
+use weir_gateways::{
+    Admission, Gateway, GatewayContext, GatewayMetrics, MqttListener, QuicListener,
+};
 use weir_storage::c2d::C2dStore;
 use weir_storage::commit::CommitStore;
 use weir_storage::log::Log;
@@ -163,19 +165,40 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let https_l = bind(cfg.https, "https").await?;
 
     let owner_key = ensure_owner_key(&cfg.data_dir, &cfg.hostname)?;
-    let tls = if mqtts_l.is_some() || https_l.is_some() {
-        let files = match &cfg.tls {
+    let tls_files = if mqtts_l.is_some() || https_l.is_some() || cfg.quic.is_some() {
+        Some(match &cfg.tls {
             Some((cert, key)) => tls_setup::TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             },
             None => tls_setup::ensure_dev_certs(&cfg.data_dir, &cfg.hostname)?,
-        };
-        let config = weir_gateways::tls::server_config(&files.cert, &files.key, &[])
-            .with_context(|| format!("loading the TLS certificate {}", files.cert.display()))?;
-        Some(TlsAcceptor::from(config))
+        })
     } else {
         None
+    };
+    let tls = match &tls_files {
+        Some(files) if mqtts_l.is_some() || https_l.is_some() => {
+            let config = weir_gateways::tls::server_config(&files.cert, &files.key, &[])
+                .with_context(|| format!("loading the TLS certificate {}", files.cert.display()))?;
+            Some(TlsAcceptor::from(config))
+        }
+        _ => None,
+    };
+    let quic = match (cfg.quic, &tls_files) {
+        (Some(addr), Some(files)) => {
+            let tls = weir_gateways::tls::quic_server_config(
+                &files.cert,
+                &files.key,
+                &[weir_gateways::quic::ALPN],
+            )
+            .with_context(|| format!("loading the TLS certificate {}", files.cert.display()))?;
+            Some(
+                weir_gateways::quic::bind(addr, tls, &cfg.mqtt_settings).with_context(|| {
+                    "`listen.quic`, --quic: is another process using it? Choose another address or \"off\""
+                })?,
+            )
+        }
+        _ => None,
     };
 
     let registry = Arc::new(
@@ -269,6 +292,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             config: cfg.mqtt_settings.clone(),
         }));
     }
+    if let Some(endpoint) = quic {
+        listeners.push(Box::new(QuicListener {
+            endpoint,
+            config: cfg.mqtt_settings.clone(),
+        }));
+    }
     let mut tasks = Vec::new();
     for g in listeners {
         tracing::debug!(protocol = g.protocol(), "gateway starting");
@@ -332,6 +361,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         hostname = %cfg.hostname,
         mqtt = %show(cfg.mqtt),
         mqtts = %show(cfg.mqtts),
+        quic = %show(cfg.quic),
         http = %show(cfg.http),
         https = %show(cfg.https),
         workers = cfg.workers,

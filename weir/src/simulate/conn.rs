@@ -18,7 +18,7 @@ use super::payload::{Rng, Template};
 /// What a publisher needs to know.
 pub struct Plan {
     pub addr: String,
-    pub tls: Option<(tokio_rustls::TlsConnector, String)>,
+    pub transport: Transport,
     pub client_id: String,
     pub login: Option<(String, String)>,
     pub topic: String,
@@ -45,20 +45,33 @@ pub struct Counters {
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
-pub async fn connect(
-    addr: &str,
-    tls: &Option<(tokio_rustls::TlsConnector, String)>,
-) -> anyhow::Result<Box<dyn Stream>> {
+/// How a simulated device reaches the server; TLS and QUIC carry the name the server's
+/// certificate must have.
+#[derive(Clone)]
+pub enum Transport {
+    Tcp,
+    Tls(tokio_rustls::TlsConnector, String),
+    Quic(quinn::Endpoint, String),
+}
+
+pub async fn connect(addr: &str, transport: &Transport) -> anyhow::Result<Box<dyn Stream>> {
+    if let Transport::Quic(ep, name) = transport {
+        let server = tokio::net::lookup_host(addr)
+            .await?
+            .next()
+            .with_context(|| format!("{addr} resolves to no address"))?;
+        return Ok(Box::new(super::quic::connect(ep, server, name).await?));
+    }
     let tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_nodelay(true)?;
-    Ok(match tls {
-        None => Box::new(tcp),
-        Some((c, name)) => {
+    Ok(match transport {
+        Transport::Tls(c, name) => {
             let name = rustls::pki_types::ServerName::try_from(name.clone())?;
             Box::new(c.connect(name, tcp).await.context("TLS handshake failed")?)
         }
+        _ => Box::new(tcp),
     })
 }
 
@@ -94,7 +107,7 @@ pub async fn publish(
     counters: Arc<Counters>,
     seed: u64,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut stream = connect(&plan.addr, &plan.tls).await?;
+    let mut stream = connect(&plan.addr, &plan.transport).await?;
     let login = plan.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
     let leftover = mqtt_connect(&mut stream, &plan.client_id, login).await?;
     counters.connected.fetch_add(1, Ordering::Relaxed);
@@ -216,7 +229,7 @@ pub async fn subscribe(
     last: Arc<std::sync::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut s = connect(&addr, &None).await?;
+    let mut s = connect(&addr, &Transport::Tcp).await?;
     let mut buf = mqtt_connect(&mut s, "weir-simulate-subscriber", None).await?;
     let mut out = BytesMut::new();
     codec::subscribe(1, &filter, qos, &mut out);

@@ -4,20 +4,21 @@
 
 mod conn;
 mod payload;
+mod quic;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use crate::cli::HubArgs;
 use crate::client::HubClient;
-use conn::{Counters, Plan};
+use conn::{Counters, Plan, Transport};
 use payload::Template;
 
 #[derive(Args, Debug)]
@@ -45,8 +46,12 @@ pub struct SimulateArgs {
         default_value = r#"{"temp": {{rand:15:35}}, "hum": {{randint:20:80}}, "seq": {{seq}}}"#
     )]
     pub payload: String,
-    /// Connect over TLS (to --mqtts) and trust --ca.
-    #[arg(long)]
+    /// How devices connect: plain MQTT (to --mqtt), MQTT/TLS (to --mqtts) or MQTT over
+    /// QUIC (to --quic); TLS and QUIC trust --ca.
+    #[arg(long, value_enum, default_value_t = TransportKind::Tcp)]
+    pub transport: TransportKind,
+    /// The same as --transport tls.
+    #[arg(long, conflicts_with = "transport")]
     pub tls: bool,
     /// Plain MQTT address.
     #[arg(long, default_value = "127.0.0.1:1883")]
@@ -54,6 +59,9 @@ pub struct SimulateArgs {
     /// MQTT over TLS address.
     #[arg(long, default_value = "127.0.0.1:8883")]
     pub mqtts: String,
+    /// MQTT over QUIC address (UDP).
+    #[arg(long, default_value = "127.0.0.1:14567")]
+    pub quic: String,
     /// Device id prefix; devices are PREFIX0000, PREFIX0001, ...
     #[arg(long, default_value = "sim-")]
     pub prefix: String,
@@ -86,6 +94,13 @@ pub struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    Tcp,
+    Tls,
+    Quic,
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -163,21 +178,35 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             })
             .collect(),
     };
-    let (addr, tls) = if args.tls {
-        let ca = args
-            .hub
-            .ca
-            .clone()
-            .unwrap_or_else(|| args.hub.data_dir.join("tls/ca.pem"));
-        let host = client
-            .as_ref()
-            .map_or("localhost".to_string(), |c| c.hostname.clone());
-        (
-            args.mqtts.clone(),
-            Some((crate::client::tls_connector(&ca)?, host)),
-        )
+    let kind = if args.tls {
+        TransportKind::Tls
     } else {
-        (args.mqtt.clone(), None)
+        args.transport
+    };
+    let ca = args
+        .hub
+        .ca
+        .clone()
+        .unwrap_or_else(|| args.hub.data_dir.join("tls/ca.pem"));
+    let host = client
+        .as_ref()
+        .map_or("localhost".to_string(), |c| c.hostname.clone());
+    let (addr, transport) = match kind {
+        TransportKind::Tcp => (args.mqtt.clone(), Transport::Tcp),
+        TransportKind::Tls => (
+            args.mqtts.clone(),
+            Transport::Tls(crate::client::tls_connector(&ca)?, host),
+        ),
+        TransportKind::Quic => {
+            let server = tokio::net::lookup_host(&args.quic)
+                .await?
+                .next()
+                .with_context(|| format!("--quic {} resolves to no address", args.quic))?;
+            (
+                args.quic.clone(),
+                Transport::Quic(quic::endpoint(&ca, server)?, host),
+            )
+        }
     };
     let endpoint_metric = format!(
         "weir_archive_endpoint_rows_total{{endpoint=\"{}\"}}",
@@ -234,7 +263,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     for (i, d) in devices.into_iter().enumerate() {
         let plan = Plan {
             addr: addr.clone(),
-            tls: tls.clone(),
+            transport: transport.clone(),
             topic: format!("devices/{}/messages/events/", d.id),
             client_id: d.id,
             login: d.login,
