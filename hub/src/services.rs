@@ -72,31 +72,14 @@ impl DeviceServices for Hub {
     fn connected(&self, device: &DeviceId) -> ServiceFuture<()> {
         let (hub, d) = (self.clone(), device.clone());
         Box::pin(async move {
-            // A message in flight on an earlier connection (one that vanished without a
-            // clean disconnect, e.g. after a NAT rebinding) goes out again on this one.
-            hub.c2d_connection_changed(d.as_str());
-            hub.inner.events.emit(
-                d.as_str(),
-                EventSource::DeviceConnectionStateEvents,
-                "deviceConnected",
-                sequence(),
-            );
+            hub.connection_changed(d.as_str(), "deviceConnected");
             let _ = tokio::task::spawn_blocking(move || hub.deliver_c2d(d.as_str())).await;
         })
     }
 
     fn disconnected(&self, device: &DeviceId) -> ServiceFuture<()> {
         let (hub, d) = (self.clone(), device.clone());
-        Box::pin(async move {
-            // A message in flight stays queued and is delivered again on the next connection.
-            hub.c2d_connection_changed(d.as_str());
-            hub.inner.events.emit(
-                d.as_str(),
-                EventSource::DeviceConnectionStateEvents,
-                "deviceDisconnected",
-                sequence(),
-            );
-        })
+        Box::pin(async move { hub.connection_changed(d.as_str(), "deviceDisconnected") })
     }
 
     fn c2d_ready(&self, device: &DeviceId) -> ServiceFuture<()> {
@@ -104,5 +87,20 @@ impl DeviceServices for Hub {
         Box::pin(async move {
             let _ = tokio::task::spawn_blocking(move || hub.deliver_c2d(d.as_str())).await;
         })
+    }
+}
+
+impl Hub {
+    /// A C2D message in flight on the earlier connection (one that vanished without a
+    /// clean disconnect, e.g. after a NAT rebinding) goes out again on the next one, and
+    /// routes see the change as a connection-state event.
+    fn connection_changed(&self, device: &str, op_type: &'static str) {
+        self.c2d_connection_changed(device);
+        self.inner.events.emit(
+            device,
+            EventSource::DeviceConnectionStateEvents,
+            op_type,
+            sequence(),
+        );
     }
 }
