@@ -1,13 +1,17 @@
-"""`weir simulate` drives a real hub over TLS and reports what happened."""
+"""`weir simulate` drives a real hub over TLS or QUIC and reports what happened."""
 
 import json
+
+import pytest
 
 from conftest import run_weir
 
 
-def test_simulate_over_tls_registers_publishes_and_waits_for_parquet(hub):
+@pytest.mark.parametrize("transport", ["tls", "quic"])
+def test_simulate_registers_publishes_and_waits_for_parquet(hub, transport):
     r = run_weir(
-        "simulate", "--api", hub.api, "--data-dir", hub.data, "--mqtts", f"127.0.0.1:{hub.mqtts_port}", "--tls",
+        "simulate", "--api", hub.api, "--data-dir", hub.data, "--mqtts", f"127.0.0.1:{hub.mqtts_port}",
+        "--quic", f"127.0.0.1:{hub.quic_port}", "--transport", transport,
         "--devices", "5", "--messages", "40", "--qos", "1", "--wait-archived", "--json",
         "--payload", '{"temp": {{rand:10:20}}, "hum": {{randint:1:9}}, "seq": {{seq}}, "dev": "{{device}}"}',
     )
@@ -19,6 +23,7 @@ def test_simulate_over_tls_registers_publishes_and_waits_for_parquet(hub):
     rows = hub.query("archive", "SELECT device_id, count(*), min(seq), max(seq), min(temp) >= 10, max(hum) <= 9 FROM t GROUP BY 1 ORDER BY 1")
     assert rows == [(f"sim-{i:04}", 40, 0, 39, True, True) for i in range(5)]
     assert len(hub.call("GET", "/devices").json()) == 5
+    assert hub.metric("weir_gateway_messages_total", protocol={"tls": "mqtt", "quic": "mqtt-quic"}[transport]) == 200
 
 
 def test_simulate_qos0_plain_and_bad_arguments(hub):
