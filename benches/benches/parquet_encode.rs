@@ -21,6 +21,7 @@ fn bench(c: &mut Criterion) {
             enrichments: vec![("site".into(), "plant-7".into())],
             columns: vec![ColumnValue::Double(20.5), ColumnValue::Int64(40)],
             rules_version: Arc::from("0123456789ab"),
+            route: Arc::from("r"),
         })
         .collect();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -54,6 +54,7 @@ pub enum ColumnValue {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointKind {
     Parquet(ParquetOptions),
+    Amqp(AmqpOptions),
 }
 
 /// A Parquet endpoint's options (checked by `weir_storage::parquet`).
@@ -64,11 +65,67 @@ pub struct ParquetOptions {
     pub path: Option<String>,
 }
 
+/// An AMQP 0-9-1 endpoint's options (checked by `weir_brokers::amqp`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AmqpOptions {
+    pub url: SecretUrl,
+    /// A durable topic exchange, declared when missing.
+    pub exchange: String,
+    /// Routing key template (`{route}.{deviceId}`, see `weir_brokers::template`).
+    pub routing_key: String,
+    /// Publish as mandatory: a message no queue is bound for is a failure of the endpoint
+    /// (retried, kept in the log), not silently dropped by the broker.
+    pub mandatory: bool,
+}
+
+/// A URL that may carry credentials: its `Debug` and `Display` hide the password.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        SecretUrl(url.into())
+    }
+
+    /// The URL with its password, for connecting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let Some((scheme, rest)) = self.0.split_once("://") else {
+            return self.0.clone();
+        };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                format!("{scheme}://{user}:***@{host}{path}")
+            }
+            None => self.0.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
 impl EndpointKind {
     /// The sink kind that writes this endpoint (its `type` in rules files).
     pub fn sink(&self) -> &'static str {
         match self {
             EndpointKind::Parquet(_) => "parquet",
+            EndpointKind::Amqp(_) => "amqp",
         }
     }
 
@@ -76,6 +133,15 @@ impl EndpointKind {
     pub fn parquet(&self) -> Option<&ParquetOptions> {
         match self {
             EndpointKind::Parquet(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The options when this is an AMQP endpoint.
+    pub fn amqp(&self) -> Option<&AmqpOptions> {
+        match self {
+            EndpointKind::Amqp(o) => Some(o),
+            _ => None,
         }
     }
 }
@@ -131,4 +197,24 @@ pub struct Delivery {
     pub columns: Vec<ColumnValue>,
     /// The version of the rule set that routed the event (see `weir rules check`).
     pub rules_version: Arc<str>,
+    /// The first route (in file order) that sent the event here; `$fallback` when no
+    /// route matched and the fallback endpoints took it.
+    pub route: Arc<str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SecretUrl;
+
+    #[test]
+    fn urls_hide_their_password() {
+        let u = SecretUrl::new("amqp://weir:s3cret@broker:5672/%2f");
+        assert_eq!(u.to_string(), "amqp://weir:***@broker:5672/%2f");
+        assert_eq!(format!("{u:?}"), "amqp://weir:***@broker:5672/%2f");
+        assert_eq!(u.expose(), "amqp://weir:s3cret@broker:5672/%2f");
+        assert_eq!(
+            SecretUrl::new("amqp://127.0.0.1").to_string(),
+            "amqp://127.0.0.1"
+        );
+    }
 }

@@ -28,8 +28,8 @@ pub use connections::{
 };
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{
-    ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind, EndpointSpec,
-    OptionError, ParquetOptions,
+    AmqpOptions, ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind,
+    EndpointSpec, OptionError, ParquetOptions, SecretUrl,
 };
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};

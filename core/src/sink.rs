@@ -28,6 +28,8 @@ pub enum SinkError {
     Encode { endpoint: String, message: String },
     #[error("endpoint {0} is of a kind this sink does not handle")]
     Unsupported(String),
+    #[error("endpoint {endpoint}: {message}")]
+    Unavailable { endpoint: String, message: String },
 }
 
 /// A failed endpoint is ready to try again: it needs the deliveries to `endpoint` of this

@@ -97,7 +97,7 @@ pub fn run(
             routes: outcome
                 .routes
                 .iter()
-                .map(|&i| rules.routes[i].name.clone())
+                .map(|&i| rules.routes[i].name.to_string())
                 .collect(),
             endpoints: outcome
                 .endpoints

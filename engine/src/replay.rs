@@ -113,7 +113,7 @@ impl Replayer {
             let view = EventView::new(&event, &*self.directory);
             rules.evaluate(&view, event.source, &mut self.outcome);
             if self.outcome.endpoints.contains(&ep) {
-                deliveries.push(rules.delivery(ep, &view, &event));
+                deliveries.push(rules.delivery(ep, &self.outcome, &view, &event));
             }
         }
         // Everything below the first event not taken is done; with nothing left over,

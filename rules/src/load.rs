@@ -454,7 +454,7 @@ impl Builder<'_> {
         let endpoints = self.endpoint_refs(i, &r.endpoints);
         if let (Some(source), Some(condition), Some(endpoints)) = (source, condition, endpoints) {
             self.set.routes.push(Route {
-                name,
+                name: name.into(),
                 source,
                 condition,
                 condition_text: text,

@@ -14,7 +14,7 @@ use crate::view::{EventView, MessageView, TwinSection};
 /// A route: a condition over one source, and where matching events go.
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub name: String,
+    pub name: Arc<str>,
     pub source: EventSource,
     pub condition: Ir,
     pub condition_text: String,
@@ -110,8 +110,26 @@ impl RuleSet {
         out.endpoints.dedup();
     }
 
-    /// Builds what `endpoint` receives for this event: its enrichments and typed columns.
-    pub fn delivery(&self, endpoint: usize, view: &EventView<'_>, event: &Arc<Event>) -> Delivery {
+    /// The name of the first route of `outcome` that sends the event to `endpoint`, or
+    /// `$fallback`.
+    pub fn route_to(&self, endpoint: usize, outcome: &Outcome) -> Arc<str> {
+        outcome
+            .routes
+            .iter()
+            .filter_map(|&r| self.routes.get(r))
+            .find(|r| r.endpoints.contains(&endpoint))
+            .map_or_else(|| Arc::from("$fallback"), |r| Arc::clone(&r.name))
+    }
+
+    /// Builds what `endpoint` receives for this event (as `outcome` decided): its
+    /// enrichments, typed columns and the route that sent it.
+    pub fn delivery(
+        &self,
+        endpoint: usize,
+        outcome: &Outcome,
+        view: &EventView<'_>,
+        event: &Arc<Event>,
+    ) -> Delivery {
         let enrichments = self
             .enrichments
             .get(endpoint)
@@ -133,6 +151,7 @@ impl RuleSet {
             enrichments,
             columns,
             rules_version: Arc::clone(&self.version),
+            route: self.route_to(endpoint, outcome),
         }
     }
 

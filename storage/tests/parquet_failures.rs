@@ -36,6 +36,7 @@ fn deliveries(offsets: std::ops::Range<u64>) -> Vec<Delivery> {
                 enrichments: vec![],
                 columns: vec![],
                 rules_version: Arc::from("v"),
+                route: Arc::from("r"),
             }
         })
         .collect()

@@ -61,6 +61,7 @@ fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
         enrichments: vec![("site".into(), "b".into())],
         columns: vec![temp],
         rules_version: Arc::from("v1"),
+        route: Arc::from("r"),
     }
 }
 

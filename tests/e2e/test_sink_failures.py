@@ -13,19 +13,11 @@ from weirhub import Hub
 
 
 def endpoint(hub, name):
-    r = hub.call("GET", "/endpoints")
-    assert r.status_code == 200, r.text
-    return next(e for e in r.json() if e["name"] == name)
+    return hub.endpoint(name)
 
 
 def wait_state(hub, name, state, timeout=30):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        e = endpoint(hub, name)
-        if e["state"] == state:
-            return e
-        time.sleep(0.1)
-    raise AssertionError(f"{name} never became {state}: {endpoint(hub, name)}\n{hub.log_text()[-3000:]}")
+    return hub.wait_endpoint(name, state, timeout)
 
 
 def publish_batch(dev, first, n):

@@ -145,6 +145,21 @@ class Hub:
             time.sleep(0.05)
         return False
 
+    def endpoint(self, name):
+        """An endpoint as `GET /endpoints` reports it (state, lastError, lag, ...)."""
+        r = self.call("GET", "/endpoints")
+        assert r.status_code == 200, r.text
+        return next((e for e in r.json() if e["name"] == name), None)
+
+    def wait_endpoint(self, name, state, timeout=30):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            e = self.endpoint(name)
+            if e and e["state"] == state:
+                return e
+            time.sleep(0.1)
+        raise AssertionError(f"{name} never became {state}: {self.endpoint(name)}\n{self.log_text()[-3000:]}")
+
     # --- service API -------------------------------------------------------------
     def owner_key(self):
         text = (self.data / "iothubowner.connstr").read_text().strip()

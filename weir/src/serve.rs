@@ -237,7 +237,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "ingest log and archive recovered"
     );
     let archive_metrics = parquet.metrics();
-    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet];
+    let amqp = weir_brokers::amqp::AmqpSinkFactory::new(
+        tokio::runtime::Handle::current(),
+        Arc::clone(&commits),
+        Arc::clone(&endpoint_health),
+    )
+    .context("reading the AMQP endpoints' commit points")?;
+    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet, Arc::new(amqp)];
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,

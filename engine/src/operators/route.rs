@@ -68,7 +68,7 @@ impl<'s> Route<'s> for Events<'s> {
                             deliveries += 1;
                             session.give(Routed {
                                 endpoint: Arc::clone(&rules.endpoints[ep]),
-                                delivery: rules.delivery(ep, &view, &event),
+                                delivery: rules.delivery(ep, &outcome, &view, &event),
                             });
                         }
                     }

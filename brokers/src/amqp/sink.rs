@@ -1,0 +1,439 @@
+//! The per-worker AMQP sink: each endpoint publishes through its own [`Link`], and commits
+//! its log offset only below the oldest message the broker has not confirmed.
+//!
+//! At least once, not exactly once: AMQP 0-9-1 has no way to make a publish and a commit
+//! atomic. After a crash or a lost connection, what was published but not committed is
+//! published again; every message carries `weir-ingest-offset` for consumers to drop
+//! repeats.
+//!
+//! A broker that goes away fails the endpoint alone: its deliveries are dropped (they stay
+//! in the ingest log above its commit point), and after a backoff it reconnects and asks
+//! the engine to replay what it missed, as the Parquet sink does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weir_core::feed::{device_hash, partition_of};
+use weir_core::time::now_ms;
+use weir_core::{
+    Delivery, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest, Sink, SinkError,
+    WorkerHealth,
+};
+use weir_storage::commit::{CommitStore, Update};
+
+use super::KIND;
+use super::message::properties;
+use super::publisher::{Link, Outgoing};
+use crate::template::Template;
+use crate::{Phase, backoff};
+
+/// How long a worker waits for a broker that confirms nothing before failing the endpoint.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a clean stop waits for outstanding confirms.
+const DRAIN: Duration = Duration::from_secs(10);
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) struct Endpoint {
+    spec: Option<Arc<EndpointSpec>>,
+    template: Option<Template>,
+    link: Option<Link>,
+    /// Per partition: deliveries below this offset are confirmed by the broker.
+    committed: Vec<u64>,
+    phase: Phase,
+    last_error: Option<(String, i64)>,
+    failures: u64,
+}
+
+impl Endpoint {
+    pub(super) fn new(committed: Vec<u64>) -> Endpoint {
+        Endpoint {
+            spec: None,
+            template: None,
+            link: None,
+            committed,
+            phase: Phase::Live,
+            last_error: None,
+            failures: 0,
+        }
+    }
+
+    pub(super) fn committed_at(&self, partition: u16) -> u64 {
+        self.committed[usize::from(partition)]
+    }
+
+    fn committed_min(&self, partitions: &[u16]) -> u64 {
+        partitions
+            .iter()
+            .map(|p| self.committed[usize::from(*p)])
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The current link has had a message confirmed: the broker works again.
+    fn proven(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.progress.confirmed() > 0)
+    }
+}
+
+/// One worker's AMQP endpoints.
+pub struct AmqpSink {
+    pub(super) rt: tokio::runtime::Handle,
+    pub(super) store: Arc<CommitStore>,
+    pub(super) health: Arc<HealthBoard>,
+    pub(super) worker: usize,
+    pub(super) partitions: Vec<u16>,
+    /// Per partition: the frontier as recorded at start, which endpoints this run has not
+    /// seen yet have committed up to.
+    pub(super) frontiers: Vec<u64>,
+    pub(super) frontier: u64,
+    /// Every delivery below this has arrived (counting those beyond the frontier).
+    pub(super) watermark: u64,
+    pub(super) endpoints: HashMap<String, Endpoint>,
+    pub(super) durable_floor: u64,
+    pub(super) last_record: Instant,
+    pub(super) key: String,
+}
+
+impl AmqpSink {
+    fn endpoint(&mut self, spec: &Arc<EndpointSpec>) -> &mut Endpoint {
+        let name = spec.name.to_string();
+        let frontiers = &self.frontiers;
+        let e = self
+            .endpoints
+            .entry(name)
+            .or_insert_with(|| Endpoint::new(frontiers.clone()));
+        if e.spec.as_ref().is_none_or(|s| s.kind != spec.kind) {
+            // New options (a reload changed the URL or the exchange): reconnect.
+            e.link = None;
+            e.template = spec
+                .kind
+                .amqp()
+                .and_then(|o| Template::parse(&o.routing_key).ok());
+        }
+        e.spec = Some(Arc::clone(spec));
+        e
+    }
+
+    /// Publishes `batch` to `name`, skipping what an earlier run committed.
+    fn publish_batch(&mut self, name: &str, batch: Vec<Delivery>) -> Result<(), SinkError> {
+        let rt = self.rt.clone();
+        let mut key = std::mem::take(&mut self.key);
+        let result = (|| {
+            let Some(e) = self.endpoints.get_mut(name) else {
+                return Ok(());
+            };
+            let (Some(spec), Some(template)) = (e.spec.clone(), e.template.as_ref()) else {
+                return Ok(());
+            };
+            let Some(options) = spec.kind.amqp() else {
+                return Err(SinkError::Unsupported(name.to_owned()));
+            };
+            for d in batch {
+                let p = partition_of(device_hash(d.event.device_id.as_str()));
+                if d.event.offset < e.committed[usize::from(p)] {
+                    continue;
+                }
+                let link = e
+                    .link
+                    .get_or_insert_with(|| Link::open(&rt, options.clone(), name.to_owned()));
+                template.render(&d, name, &mut key);
+                let m = Outgoing {
+                    offset: d.event.offset,
+                    routing_key: truncate(&key),
+                    body: d.event.body.to_vec(),
+                    properties: properties(&d),
+                };
+                link.send(m, PATIENCE).map_err(|e| SinkError::Unavailable {
+                    endpoint: name.to_owned(),
+                    message: e.to_string(),
+                })?;
+            }
+            Ok(())
+        })();
+        self.key = key;
+        result
+    }
+
+    /// Marks `name` failed: drops its link (its unconfirmed messages are published again
+    /// after the retry) and, until then, its deliveries.
+    fn fail(&mut self, name: &str, e: SinkError) -> SinkError {
+        if let Some(s) = self.endpoints.get_mut(name) {
+            s.link = None;
+            let attempts = match s.phase {
+                Phase::Live => 1,
+                Phase::Failed { attempts, .. } | Phase::Resuming { attempts, .. } => attempts + 1,
+            };
+            s.phase = Phase::Failed {
+                attempts,
+                retry_at: Instant::now() + backoff(attempts),
+            };
+            s.failures += 1;
+            s.last_error = Some((e.to_string(), now_ms()));
+        }
+        self.publish_health(name);
+        e
+    }
+
+    /// Fails every endpoint whose link reported an error.
+    fn check_links(&mut self) {
+        let broken: Vec<(String, String)> = self
+            .endpoints
+            .iter()
+            .filter_map(|(n, s)| {
+                let err = s.link.as_ref()?.progress.error()?;
+                Some((n.clone(), err))
+            })
+            .collect();
+        for (name, message) in broken {
+            self.fail(
+                &name,
+                SinkError::Unavailable {
+                    endpoint: name.clone(),
+                    message,
+                },
+            );
+        }
+    }
+
+    /// Raises each endpoint's commit point to what the broker has confirmed.
+    fn settle(&mut self) {
+        let parts = self.partitions.clone();
+        let frontier = self.frontier;
+        let mut changed = Vec::new();
+        for (name, s) in self.endpoints.iter_mut() {
+            let complete = match s.phase {
+                Phase::Live => frontier,
+                Phase::Resuming { replayed, .. } => replayed,
+                Phase::Failed { .. } => continue,
+            };
+            let to = s
+                .link
+                .as_ref()
+                .and_then(|l| l.progress.oldest_unconfirmed())
+                .map_or(complete, |o| o.min(complete));
+            for &p in &parts {
+                let c = &mut s.committed[usize::from(p)];
+                *c = (*c).max(to);
+            }
+            if matches!(s.phase, Phase::Resuming { .. }) && s.proven() {
+                changed.push(name.clone());
+            }
+        }
+        changed.iter().for_each(|n| self.publish_health(n));
+    }
+
+    fn record(&mut self) -> Result<(), SinkError> {
+        let parts = self.partitions.clone();
+        let endpoints: Vec<(&str, Vec<u64>)> = self
+            .endpoints
+            .iter()
+            .map(|(n, s)| {
+                (
+                    n.as_str(),
+                    parts.iter().map(|&p| s.committed[usize::from(p)]).collect(),
+                )
+            })
+            .collect();
+        let floor = endpoints
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .chain([self.frontier])
+            .min()
+            .unwrap_or(self.frontier);
+        let update = Update {
+            sink: KIND,
+            partitions: &parts,
+            frontier: vec![self.frontier; parts.len()],
+            endpoints,
+            intents: Vec::new(),
+            done: Vec::new(),
+        };
+        self.store.write(&update).map_err(|e| SinkError::Io {
+            path: "commits.redb".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.durable_floor = floor;
+        self.last_record = Instant::now();
+        let names: Vec<String> = self.endpoints.keys().cloned().collect();
+        names.iter().for_each(|n| self.publish_health(n));
+        Ok(())
+    }
+
+    fn publish_health(&self, name: &str) {
+        let Some(s) = self.endpoints.get(name) else {
+            return;
+        };
+        let state = match s.phase {
+            Phase::Live => Health::Healthy,
+            Phase::Resuming { .. } if s.proven() => Health::Degraded,
+            Phase::Resuming { .. } | Phase::Failed { .. } => Health::Unhealthy,
+        };
+        let health = WorkerHealth {
+            state,
+            committed: s.committed_min(&self.partitions),
+            last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
+            last_error_ms: s.last_error.as_ref().map(|(_, t)| *t),
+            failures: s.failures,
+        };
+        let error = health.last_error.clone().unwrap_or_default();
+        if let Some((before, after)) = self.health.report(self.worker, name, health) {
+            match after {
+                Health::Unhealthy => {
+                    tracing::error!(endpoint = name, error = %error, "endpoint is unhealthy: its messages stay in the ingest log and it is retried with backoff (at most every 30 s)")
+                }
+                Health::Degraded => tracing::warn!(
+                    endpoint = name,
+                    "endpoint is publishing again and catching up on what it missed"
+                ),
+                Health::Healthy => tracing::info!(
+                    endpoint = name,
+                    was = before.as_str(),
+                    "endpoint is healthy again"
+                ),
+            }
+        }
+    }
+}
+
+/// A routing key is a short string: at most 255 bytes.
+fn truncate(key: &str) -> String {
+    let mut end = key.len().min(255);
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    key[..end].to_owned()
+}
+
+impl Sink for AmqpSink {
+    fn write(
+        &mut self,
+        endpoint: &Arc<EndpointSpec>,
+        batch: Vec<Delivery>,
+    ) -> Result<(), SinkError> {
+        if let Some(max) = batch.iter().map(|d| d.event.offset).max() {
+            self.watermark = self.watermark.max(max + 1);
+        }
+        let name = endpoint.name.to_string();
+        if self.endpoint(endpoint).phase != Phase::Live {
+            return Ok(());
+        }
+        self.publish_batch(&name, batch)
+            .map_err(|e| self.fail(&name, e))
+    }
+
+    fn advance(&mut self, frontier: u64) -> Result<(), SinkError> {
+        self.frontier = self.frontier.max(frontier);
+        self.watermark = self.watermark.max(self.frontier);
+        self.check_links();
+        self.settle();
+        if self.last_record.elapsed() >= RECORD_EVERY {
+            self.record()?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, end: u64) -> Result<(), SinkError> {
+        self.frontier = self.frontier.max(end);
+        for s in self.endpoints.values() {
+            if let Some(l) = &s.link {
+                l.drain(DRAIN);
+            }
+        }
+        self.check_links();
+        self.settle();
+        self.record()
+    }
+
+    fn retry_now(&mut self) {
+        let now = Instant::now();
+        for s in self.endpoints.values_mut() {
+            if let Phase::Failed { retry_at, .. } = &mut s.phase {
+                *retry_at = now;
+            }
+        }
+    }
+
+    fn floor(&self) -> u64 {
+        self.durable_floor
+    }
+
+    fn replay_request(&mut self) -> Option<ReplayRequest> {
+        let now = Instant::now();
+        let watermark = self.watermark;
+        let parts = self.partitions.clone();
+        let mut request = None;
+        let mut changed = Vec::new();
+        for (name, s) in self.endpoints.iter_mut() {
+            match s.phase {
+                Phase::Resuming { replayed, .. } if replayed >= watermark => {
+                    s.phase = Phase::Live;
+                    changed.push(name.clone());
+                }
+                Phase::Resuming { replayed, .. } => {
+                    request = Some((name.clone(), replayed));
+                    break;
+                }
+                Phase::Failed { attempts, retry_at } if retry_at <= now => {
+                    let from = s.committed_min(&parts);
+                    s.phase = Phase::Resuming {
+                        attempts,
+                        replayed: from,
+                    };
+                    s.link = None;
+                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from, "reconnecting a failed endpoint");
+                    changed.push(name.clone());
+                    request = Some((name.clone(), from));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        changed.iter().for_each(|n| self.publish_health(n));
+        let (name, from) = request?;
+        Some(ReplayRequest {
+            endpoint: Arc::from(name),
+            from,
+            to: watermark.max(from),
+        })
+    }
+
+    fn replay(
+        &mut self,
+        endpoint: &str,
+        spec: Option<&Arc<EndpointSpec>>,
+        batch: Vec<Delivery>,
+        through: u64,
+    ) -> Result<(), SinkError> {
+        let Some(Phase::Resuming { replayed, .. }) = self.endpoints.get(endpoint).map(|s| s.phase)
+        else {
+            return Ok(());
+        };
+        if through < replayed {
+            return Ok(());
+        }
+        if let Some(spec) = spec {
+            self.endpoint(spec);
+            if let Err(e) = self.publish_batch(endpoint, batch) {
+                return Err(self.fail(endpoint, e));
+            }
+        }
+        let watermark = self.watermark;
+        let mut live = false;
+        if let Some(s) = self.endpoints.get_mut(endpoint)
+            && let Phase::Resuming { replayed, .. } = &mut s.phase
+        {
+            *replayed = through;
+            if through >= watermark {
+                s.phase = Phase::Live;
+                live = true;
+            }
+        }
+        if live {
+            self.publish_health(endpoint);
+        }
+        Ok(())
+    }
+}
