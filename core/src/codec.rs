@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! u8 version | u8 source | u8 auth | u8 flags | i64 enqueued_ms | [u16 packet_id]
-//! str device_id | [str module_id] | [str generation_id]
+//! str device_id | [str module_id] | [str generation_id] | [str gateway]
 //! u16 system-property mask | str per set bit
 //! varint property count | (str key, str value)*
 //! varint body length | body bytes
@@ -25,6 +25,8 @@ const FLAG_REDELIVERED: u8 = 1;
 const FLAG_PACKET_ID: u8 = 2;
 const FLAG_MODULE: u8 = 4;
 const FLAG_GENERATION: u8 = 8;
+/// Added after version 1 shipped: older records simply do not have it.
+const FLAG_GATEWAY: u8 = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -84,6 +86,7 @@ fn auth_code(a: AuthMethod) -> u8 {
         AuthMethod::X509Thumbprint => 1,
         AuthMethod::X509Ca => 2,
         AuthMethod::Internal => 3,
+        AuthMethod::BrokerUserId => 4,
     }
 }
 
@@ -102,6 +105,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if e.generation_id.is_some() {
         flags |= FLAG_GENERATION;
     }
+    if e.gateway.is_some() {
+        flags |= FLAG_GATEWAY;
+    }
     out.extend_from_slice(&[
         VERSION,
         source_code(e.source),
@@ -117,6 +123,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
         put_str(out, m);
     }
     if let Some(g) = &e.generation_id {
+        put_str(out, g);
+    }
+    if let Some(g) = &e.gateway {
         put_str(out, g);
     }
     let fields = system_fields(&e.system);
@@ -214,10 +223,13 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         1 => AuthMethod::X509Thumbprint,
         2 => AuthMethod::X509Ca,
         3 => AuthMethod::Internal,
+        4 => AuthMethod::BrokerUserId,
         _ => return Err(DecodeError::Invalid("auth method")),
     };
     let flags = r.u8()?;
-    if flags & !(FLAG_REDELIVERED | FLAG_PACKET_ID | FLAG_MODULE | FLAG_GENERATION) != 0 {
+    if flags & !(FLAG_REDELIVERED | FLAG_PACKET_ID | FLAG_MODULE | FLAG_GENERATION | FLAG_GATEWAY)
+        != 0
+    {
         return Err(DecodeError::Invalid("flags"));
     }
     let enqueued_ms = i64::from_le_bytes(r.array()?);
@@ -235,6 +247,11 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
     };
     let generation_id = if flags & FLAG_GENERATION != 0 {
         Some(Arc::from(r.str("generation id")?))
+    } else {
+        None
+    };
+    let gateway = if flags & FLAG_GATEWAY != 0 {
+        Some(Arc::from(r.str("gateway")?))
     } else {
         None
     };
@@ -290,6 +307,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         module_id,
         generation_id,
         auth_method,
+        gateway,
         enqueued_ms,
         offset,
         packet_id,
@@ -319,6 +337,7 @@ mod tests {
         e.packet_id = Some(42);
         e.redelivered = true;
         e.generation_id = Some(Arc::from("gen"));
+        e.gateway = Some(Arc::from("mqtt-quic"));
         e
     }
 

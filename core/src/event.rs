@@ -56,6 +56,9 @@ pub enum AuthMethod {
     X509Ca,
     /// Events Weir itself produces (lifecycle, twin changes made by a service).
     Internal,
+    /// A message taken from a broker queue whose validated AMQP `user_id` names the device
+    /// (the AMQP gateway with `trust_user_id`).
+    BrokerUserId,
 }
 
 impl AuthMethod {
@@ -66,6 +69,7 @@ impl AuthMethod {
             AuthMethod::X509Thumbprint => "selfSigned",
             AuthMethod::X509Ca => "certificateAuthority",
             AuthMethod::Internal => "internal",
+            AuthMethod::BrokerUserId => "brokerUserId",
         }
     }
 }
@@ -123,6 +127,9 @@ pub struct Event {
     /// The registry generation id of the device at the time it connected.
     pub generation_id: Option<Arc<str>>,
     pub auth_method: AuthMethod,
+    /// The gateway the event came through (`mqtt`, `mqtt-ws`, `mqtt-quic`, `amqp`); `None`
+    /// for events Weir makes itself. Routes see it as `$weirGateway`.
+    pub gateway: Option<Arc<str>>,
     pub enqueued_ms: i64,
     /// Position in the ingest log; ties an archived row back to what was acknowledged.
     pub offset: u64,
@@ -145,6 +152,7 @@ impl Event {
             module_id: None,
             generation_id: None,
             auth_method: AuthMethod::Sas,
+            gateway: None,
             enqueued_ms,
             offset: 0,
             packet_id: None,

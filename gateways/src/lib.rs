@@ -1,4 +1,5 @@
-//! Protocol gateways (MQTT over TCP, TLS, WebSocket and QUIC): where devices connect, prove who they are and hand over events.
+//! Protocol gateways (MQTT over TCP, TLS, WebSocket and QUIC; AMQP 0-9-1 through RabbitMQ):
+//! where devices connect, prove who they are and hand over events.
 //!
 //! A gateway ([`Gateway`]) authenticates against a [`weir_core::DeviceDirectory`], hands
 //! events to a [`weir_core::Ingest`] and requests to [`weir_core::DeviceServices`], and
@@ -6,6 +7,7 @@
 //! gateway; it knows nothing of the engine or of storage. Adding a protocol is a module
 //! implementing [`Gateway`] plus a listener entry in the binary's configuration.
 
+pub mod amqp;
 pub mod context;
 pub mod metrics;
 pub mod mqtt;

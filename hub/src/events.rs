@@ -65,6 +65,7 @@ impl Events {
             module_id: None,
             generation_id: None,
             auth_method: AuthMethod::Internal,
+            gateway: None,
             enqueued_ms: 0,
             offset: 0,
             packet_id: None,

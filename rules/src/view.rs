@@ -28,12 +28,14 @@ pub enum SysProp {
     DtDataschema,
     DtSubject,
     OutputName,
+    /// Weir's own: the gateway the message came through.
+    WeirGateway,
 }
 
 impl SysProp {
     /// Resolves `$name` (without the `$`), case-insensitively.
     pub fn parse(name: &str) -> Option<SysProp> {
-        const NAMES: [(&str, SysProp); 16] = [
+        const NAMES: [(&str, SysProp); 17] = [
             ("contentType", SysProp::ContentType),
             ("contentEncoding", SysProp::ContentEncoding),
             ("connectionDeviceId", SysProp::ConnectionDeviceId),
@@ -53,6 +55,7 @@ impl SysProp {
             ("dt-subject", SysProp::DtSubject),
             ("outputName", SysProp::OutputName),
             ("iothub-outputname", SysProp::OutputName),
+            ("weirGateway", SysProp::WeirGateway),
         ];
         NAMES
             .iter()
@@ -162,6 +165,7 @@ impl<'a> MessageView for EventView<'a> {
             SysProp::DtDataschema => b(&s.dt_dataschema),
             SysProp::DtSubject => b(&s.dt_subject),
             SysProp::OutputName => b(&s.output_name),
+            SysProp::WeirGateway => e.gateway.as_deref().map(Cow::Borrowed),
         }
     }
 

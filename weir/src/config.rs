@@ -24,6 +24,7 @@ struct File {
     tls: Tls,
     mqtt: Mqtt,
     http: HttpSection,
+    amqp: AmqpSection,
     engine: EngineSection,
     log: LogSection,
     dedupe: DedupeSection,
@@ -63,6 +64,16 @@ struct Mqtt {
     connect_timeout_secs: u64,
     max_connections: usize,
     max_pending_connections: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpSection {
+    url: String,
+    queues: Vec<String>,
+    prefetch: u16,
+    trust_user_id: bool,
+    dead_letter_exchange: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +155,8 @@ pub struct Config {
     pub mqtt_settings: weir_gateways::MqttConfig,
     pub mqtt_limits: MqttLimits,
     pub http_settings: HttpSettings,
+    /// The AMQP gateway, when `amqp.url` is set.
+    pub amqp: Option<weir_gateways::amqp::AmqpGatewayConfig>,
     pub workers: usize,
     pub log: weir_storage::log::LogConfig,
     pub dedupe: Option<weir_engine::DedupeConfig>,
@@ -206,6 +219,40 @@ fn addr(key: &str, value: &str) -> anyhow::Result<Option<SocketAddr>> {
     })
 }
 
+fn amqp_gateway(
+    a: AmqpSection,
+    max_message_bytes: usize,
+) -> anyhow::Result<Option<weir_gateways::amqp::AmqpGatewayConfig>> {
+    if a.url.trim().is_empty() {
+        return Ok(None);
+    }
+    if let Err(e) = weir_gateways::amqp::check_url(a.url.trim()) {
+        bail!(
+            "`amqp.url` is not an AMQP URL ({e}); for example amqp://user:password@127.0.0.1:5672/%2f"
+        );
+    }
+    if a.queues.is_empty() || a.queues.iter().any(|q| q.is_empty() || q.len() > 255) {
+        bail!("`amqp.queues` must name at least one queue, each of 1 to 255 bytes");
+    }
+    if a.prefetch == 0 {
+        bail!("`amqp.prefetch` must be at least 1");
+    }
+    let x = a.dead_letter_exchange.trim();
+    if x.is_empty() || x.len() > 255 || x.starts_with("amq.") {
+        bail!(
+            "`amqp.dead_letter_exchange` must name an exchange of 1 to 255 bytes not starting with amq."
+        );
+    }
+    Ok(Some(weir_gateways::amqp::AmqpGatewayConfig {
+        url: weir_core::SecretUrl::new(a.url.trim()),
+        queues: a.queues,
+        prefetch: a.prefetch,
+        trust_user_id: a.trust_user_id,
+        dead_letter_exchange: x.to_owned(),
+        max_message_bytes,
+    }))
+}
+
 fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     let hostname = a.hostname.clone().unwrap_or(f.hub.hostname);
     if hostname.is_empty() || hostname.contains(['/', ' ', ';']) {
@@ -255,6 +302,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     if !(1..=3600).contains(&f.http.header_timeout_secs) {
         bail!("`http.header_timeout_secs` must be between 1 and 3600");
     }
+    let amqp = amqp_gateway(f.amqp, f.mqtt.max_message_bytes)?;
     let workers = match a.workers.unwrap_or(f.engine.workers) {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n if n > 256 => bail!("`engine.workers` = {n} is more than 256"),
@@ -323,6 +371,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
             max_connections: f.http.max_connections,
             header_timeout: Duration::from_secs(f.http.header_timeout_secs),
         },
+        amqp,
         workers,
         log: weir_storage::log::LogConfig {
             dir: data_dir_for_log.join("log"),

@@ -298,6 +298,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             config: cfg.mqtt_settings.clone(),
         }));
     }
+    if let Some(amqp) = cfg.amqp.clone() {
+        listeners.push(Box::new(weir_gateways::amqp::AmqpGateway { config: amqp }));
+    }
     if let Some(endpoint) = quic {
         listeners.push(Box::new(QuicListener {
             endpoint,

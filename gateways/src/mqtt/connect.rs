@@ -70,6 +70,19 @@ pub fn authenticate(
         return Err(Refusal::new(4, "no SAS token in the password"));
     }
     let token = sas::parse(&login.password).map_err(|e| Refusal::new(5, e.to_string()))?;
+    verify_device(device_id, &token, hub, directory, now_secs)
+}
+
+/// Checks that `token` is a valid SAS token of the registered, enabled device `device_id`
+/// on `hub` at `now_secs`; refusals carry CONNACK 5 and a reason without secrets.
+pub fn verify_device(
+    device_id: DeviceId,
+    token: &sas::SasToken<'_>,
+    hub: &str,
+    directory: &dyn DeviceDirectory,
+    now_secs: i64,
+) -> Result<Identity, Refusal> {
+    let device = device_id.as_str();
     let record = directory
         .get(device)
         .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
@@ -81,7 +94,7 @@ pub fn authenticate(
     };
     let resource = format!("{hub}/devices/{device}");
     let keys = [primary, secondary];
-    let used = sas::verify(&token, &resource, &keys, now_secs)
+    let used = sas::verify(token, &resource, &keys, now_secs)
         .map_err(|e| Refusal::new(5, e.to_string()))?;
     Ok(Identity {
         device_id,

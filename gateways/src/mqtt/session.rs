@@ -122,6 +122,8 @@ struct Open {
     next_pkid: u16,
     acks: VecDeque<Ack>,
     batch: Vec<Event>,
+    /// The transport, stamped on every event (`$weirGateway`).
+    gateway: Arc<str>,
     /// Telemetry handed to the driver and not yet durable.
     ingesting: bool,
     registered: bool,
@@ -350,6 +352,7 @@ impl Session {
             next_pkid: 0,
             acks: VecDeque::new(),
             batch: Vec::new(),
+            gateway: Arc::from(self.peer.protocol),
             ingesting: false,
             registered: false,
             disconnecting: false,
@@ -470,6 +473,7 @@ impl Session {
                     module_id: None,
                     generation_id: Some(Arc::clone(&o.identity.generation_id)),
                     auth_method: o.identity.auth,
+                    gateway: Some(Arc::clone(&o.gateway)),
                     // The log assigns the enqueued time and the offset.
                     enqueued_ms: 0,
                     offset: 0,
