@@ -4,7 +4,10 @@
 #   bare:  amqp-bench publishes N messages (the same properties and headers Weir sends),
 #          persistent, confirms, 4096 unconfirmed at most;
 #   weir:  `weir simulate` publishes N QoS 1 messages over MQTT; a rule routes every one to
-#          an `amqp` endpoint; timed until the queue holds N messages.
+#          an `amqp` endpoint; timed until the queue holds N messages;
+#   gateway: N device messages (SAS header) wait in a queue; Weir starts with the AMQP
+#          gateway on it; timed until all are durable in its log (its counter reaches N),
+#          compared with the MQTT gateway's PUBACKed rate from the run above.
 #
 #   benches/amqp.sh                      # N=200000 by default
 #   N=500000 benches/amqp.sh
@@ -75,9 +78,36 @@ start=$(date +%s.%N)
 got=$("$B" wait "$URL" weir.bench.sink "$N" 300)
 end=$(date +%s.%N)
 echo "weir: $got messages in the queue; publish side: $(cat "$OUT/amqp-weir-mqtt.json")"
-python3 - "$OUT" "$N" "$got" "$start" "$end" <<'PY'
+
+echo "== AMQP gateway: a backlog of $N device messages"
+"$W" device create gwbench --api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir" >/dev/null
+TOKEN=$("$W" device token gwbench --ttl 86400 --api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir")
+kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true; WEIR=
+"$B" delete "$URL" weir.bench.gw weir.bench.gw 2>/dev/null || true
+"$B" feed "$URL" weir.bench.gw "$N" "$TOKEN" > "$OUT/amqp-feed.json"
+cat >> "$TMP/weir.toml" <<CONF
+[amqp]
+url = "$URL"
+queues = ["weir.bench.gw"]
+prefetch = 1000
+CONF
+gw_start=$(date +%s.%N)
+"$W" serve -c "$TMP/weir.toml" --data-dir "$TMP/weir" --rules "$TMP/rules" --mqtt "127.0.0.1:$MQTT_PORT" \
+  --mqtts off --quic off --http "127.0.0.1:$API_PORT" & WEIR=$!
+metric='weir_gateway_messages_total{protocol="amqp"}'
+for _ in $(seq 6000); do
+  n=$(curl -sf "http://127.0.0.1:$API_PORT/metrics" 2>/dev/null | awk -v m="$metric" '$1 == m {print $2}')
+  [ -n "$n" ] && [ "${n%.*}" -ge "$N" ] && break
+  sleep 0.05
+done
+gw_end=$(date +%s.%N)
+kill -TERM "$WEIR"; wait "$WEIR" 2>/dev/null || true; WEIR=
+"$B" delete "$URL" weir.bench.gw weir.bench.gw 2>/dev/null || true
+echo "gateway: ${n:-0} messages ingested"
+python3 - "$OUT" "$N" "$got" "$start" "$end" "${n:-0}" "$gw_start" "$gw_end" <<'PY'
 import json, sys
 out, n, got, start, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
+gw_n, gw_secs = int(float(sys.argv[6])), float(sys.argv[8]) - float(sys.argv[7])
 bare = json.load(open(f"{out}/amqp-bare.json"))
 mqtt = json.load(open(f"{out}/amqp-weir-mqtt.json"))
 secs = end - start
@@ -89,4 +119,10 @@ print("|---|---|---|---|")
 print(f"| bare lapin publisher, confirms | {bare['sent']:,} | {bare['rate']:,.0f} | 1.00× |")
 print(f"| weir: MQTT QoS 1 → log → rules → amqp endpoint (until queued) | {got:,} | {rate:,.0f} | {rate / bare['rate']:.2f}× |")
 print(f"| (weir's MQTT side alone: PUBACKed) | {mqtt['acked']:,} | {mqtt['publish_rate']:,.0f} | |")
+assert gw_n >= n, f"the AMQP gateway ingested only {gw_n} of {n}"
+gw_rate = gw_n / gw_secs
+print(f"\n| gateway | messages | msg/s durable in the log | vs MQTT |")
+print("|---|---|---|---|")
+print(f"| MQTT QoS 1 (50 connections, PUBACKed) | {mqtt['acked']:,} | {mqtt['publish_rate']:,.0f} | 1.00× |")
+print(f"| AMQP gateway (backlog, prefetch 1000, incl. start-up) | {gw_n:,} | {gw_rate:,.0f} | {gw_rate / mqtt['publish_rate']:.2f}× |")
 PY

@@ -3,6 +3,7 @@
 //!
 //!   amqp-bench setup URL EXCHANGE QUEUE       declare both, bind QUEUE to `#`, purge it
 //!   amqp-bench publish URL EXCHANGE COUNT     publish COUNT messages with confirms
+//!   amqp-bench feed URL QUEUE COUNT TOKEN     COUNT device messages (SAS header) into QUEUE
 //!   amqp-bench wait URL QUEUE COUNT SECS      until QUEUE holds COUNT messages
 //!   amqp-bench delete URL EXCHANGE QUEUE
 //!
@@ -113,6 +114,58 @@ async fn publish(url: &str, exchange: &str, count: u64) -> Res<()> {
     Ok(())
 }
 
+/// Device messages for the AMQP gateway: the device's SAS token in `authorization`, a
+/// message id each, persistent, into `queue` through the default exchange.
+async fn feed(url: &str, queue: &str, count: u64, token: &str) -> Res<()> {
+    use lapin::types::{AMQPValue, LongString, ShortString};
+    let (_c, ch) = channel(url).await?;
+    ch.queue_declare(queue.into(), durable(), FieldTable::default())
+        .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let started = Instant::now();
+    let mut pending = VecDeque::new();
+    for seq in 0..count {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            ShortString::from("authorization".to_owned()),
+            AMQPValue::LongString(LongString::from(token.as_bytes().to_vec())),
+        );
+        headers.insert(
+            ShortString::from("site".to_owned()),
+            AMQPValue::LongString(LongString::from(b"plant-7".to_vec())),
+        );
+        let props = lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers)
+            .with_message_id(ShortString::from(format!("m{seq}")))
+            .with_content_type(ShortString::from("application/json".to_owned()));
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &weir_benches::body(seq),
+                props,
+            )
+            .await?;
+        pending.push_back(c);
+        if pending.len() >= 4096
+            && let Some(c) = pending.pop_front()
+        {
+            c.await?;
+        }
+    }
+    for c in pending {
+        c.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        r#"{{"sent": {count}, "seconds": {secs:.3}, "rate": {:.0}}}"#,
+        count as f64 / secs
+    );
+    Ok(())
+}
+
 async fn wait(url: &str, queue: &str, count: u32, secs: u64) -> Res<()> {
     let (_c, ch) = channel(url).await?;
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -152,9 +205,12 @@ fn main() -> Res<()> {
         match arg(1) {
             "setup" => setup(arg(2), arg(3), arg(4)).await,
             "publish" => publish(arg(2), arg(3), arg(4).parse()?).await,
+            "feed" => feed(arg(2), arg(3), arg(4).parse()?, arg(5)).await,
             "wait" => wait(arg(2), arg(3), arg(4).parse()?, arg(5).parse()?).await,
             "delete" => delete(arg(2), arg(3), arg(4)).await,
-            _ => Err("usage: amqp-bench setup|publish|wait|delete ... (see the source)".into()),
+            _ => {
+                Err("usage: amqp-bench setup|publish|feed|wait|delete ... (see the source)".into())
+            }
         }
     })
 }
