@@ -185,6 +185,7 @@ async fn consume(
         max_message_bytes: cfg.max_message_bytes,
     };
     let mut batch = Vec::new();
+    let mut acked = Acked::Through(0);
     loop {
         let Some(first) = all.next().await else {
             return Err("the broker cancelled the consumers".into());
@@ -197,8 +198,18 @@ async fn consume(
                 _ => break,
             }
         }
-        handle(ctx, &rules, &dead, cfg, metrics, std::mem::take(&mut batch)).await?;
+        let b = std::mem::take(&mut batch);
+        handle(ctx, &rules, &dead, cfg, metrics, b, &mut acked).await?;
     }
+}
+
+/// Whether one multiple acknowledgement may cover a batch: RabbitMQ numbers a channel's
+/// deliveries 1, 2, 3, ..., so a batch that continues exactly where the acknowledged ones
+/// end can be acknowledged up to its last tag at once. Anything else (deliveries of
+/// several queues interleaved) is acknowledged one by one from then on.
+enum Acked {
+    Through(u64),
+    OneByOne,
 }
 
 struct Counted<'a>(&'a ProtocolMetrics);
@@ -218,8 +229,17 @@ async fn handle(
     cfg: &AmqpGatewayConfig,
     metrics: &ProtocolMetrics,
     batch: Vec<lapin::message::Delivery>,
+    acked: &mut Acked,
 ) -> Result<(), String> {
     let now = weir_core::time::now_ms() / 1000;
+    let mut tags: Vec<u64> = batch.iter().map(|d| d.delivery_tag).collect();
+    tags.sort_unstable();
+    let contiguous = match (&*acked, tags.first(), tags.last()) {
+        (Acked::Through(t), Some(&lo), Some(&hi)) => {
+            lo == t + 1 && hi - lo + 1 == tags.len() as u64
+        }
+        _ => false,
+    };
     let mut pending = Vec::new();
     for d in batch {
         match to_event(&d.properties, &d.data, d.redelivered, rules, now) {
@@ -251,24 +271,42 @@ async fn handle(
             }
         }
     }
+    let mut durable = Vec::new();
     for (d, stored) in pending {
         match stored.await {
             Ok(()) => {
                 ProtocolMetrics::inc(&metrics.messages_in, 1);
                 ProtocolMetrics::inc(&metrics.bytes_in, d.data.len() as u64);
-                d.ack(BasicAckOptions::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                durable.push(d);
             }
             Err(e) => {
+                // Nothing of this batch is acknowledged: RabbitMQ delivers it all again,
+                // and what did reach the log is dropped then as a repeat.
                 let _ = d
                     .nack(BasicNackOptions {
+                        multiple: true,
                         requeue: true,
-                        ..BasicNackOptions::default()
                     })
                     .await;
                 return Err(format!("a message could not be made durable: {e}"));
             }
+        }
+    }
+    if contiguous {
+        // Every delivery of this channel up to the batch's last tag is durable (or was
+        // refused and acknowledged on its own): one acknowledgement covers them all.
+        if let Some(d) = durable.iter().max_by_key(|d| d.delivery_tag) {
+            d.ack(BasicAckOptions { multiple: true })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        *acked = Acked::Through(tags.last().copied().unwrap_or_default());
+    } else {
+        *acked = Acked::OneByOne;
+        for d in durable {
+            d.ack(BasicAckOptions::default())
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())
