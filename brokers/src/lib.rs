@@ -1,16 +1,43 @@
-//! Sinks that deliver to message brokers: RabbitMQ over AMQP 0-9-1 (`amqp` endpoints).
+//! Sinks that deliver to message brokers: RabbitMQ over AMQP 0-9-1 (`amqp` endpoints) and
+//! MQTT brokers (`mqtt` endpoints), one generic sink over a [`Kind`] per protocol.
 //!
 //! Unlike the Parquet archive these deliver at least once: a broker cannot take part in
 //! Weir's commit, so what was sent but not confirmed before a failure is sent again, with
 //! its ingest offset in a header for consumers to recognise.
 
 pub mod amqp;
+pub mod factory;
+pub mod link;
+pub mod mqtt;
+pub mod sink;
 pub mod template;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use weir_core::{EndpointKind, OptionError};
+use weir_core::{Delivery, EndpointKind, OptionError};
+
+/// One broker kind: what the generic [`sink::BrokerSink`] needs to publish its endpoints.
+pub trait Kind: Send + Sync + 'static {
+    /// The endpoint `type` in rules files, and the commit store's key for the sink.
+    const NAME: &'static str;
+    type Message: Send + 'static;
+
+    /// The routing key or topic template of an endpoint of this kind; `None` for others.
+    fn template(kind: &EndpointKind) -> Option<&str>;
+
+    /// Starts publishing for `endpoint` (`worker` tells apart the clients of several
+    /// workers where a broker needs that); `None` when `kind` is not of this kind.
+    fn open(
+        rt: &tokio::runtime::Handle,
+        kind: &EndpointKind,
+        endpoint: &str,
+        worker: usize,
+    ) -> Option<link::Link<Self::Message>>;
+
+    /// The message for `d`, with its rendered key or topic.
+    fn message(d: &Delivery, key: &str) -> Self::Message;
+}
 
 /// The endpoint kinds this crate writes, for checking rules files.
 #[derive(Debug, Default, Clone, Copy)]
@@ -18,7 +45,7 @@ pub struct Catalog;
 
 impl weir_core::EndpointCatalog for Catalog {
     fn kinds(&self) -> Vec<&'static str> {
-        vec![amqp::KIND]
+        vec![amqp::KIND, mqtt::KIND]
     }
 
     fn endpoint(
@@ -28,6 +55,7 @@ impl weir_core::EndpointCatalog for Catalog {
     ) -> Result<EndpointKind, OptionError> {
         match kind {
             amqp::KIND => amqp::options::options(options),
+            mqtt::KIND => mqtt::options::options(options),
             other => Err(OptionError::new(
                 None,
                 format!("unknown endpoint type {other:?}"),

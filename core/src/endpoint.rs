@@ -55,6 +55,7 @@ pub enum ColumnValue {
 pub enum EndpointKind {
     Parquet(ParquetOptions),
     Amqp(AmqpOptions),
+    Mqtt(MqttOptions),
 }
 
 /// A Parquet endpoint's options (checked by `weir_storage::parquet`).
@@ -76,6 +77,19 @@ pub struct AmqpOptions {
     /// Publish as mandatory: a message no queue is bound for is a failure of the endpoint
     /// (retried, kept in the log), not silently dropped by the broker.
     pub mandatory: bool,
+}
+
+/// An MQTT endpoint's options (checked by `weir_brokers::mqtt`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MqttOptions {
+    /// `mqtt://[user:password@]host[:port]` or `mqtts://...`.
+    pub url: SecretUrl,
+    /// Topic template (`weir/{route}/{deviceId}`, see `weir_brokers::template`).
+    pub topic: String,
+    /// The MQTT client id, to which `-w<worker>` is appended; default `weir-<endpoint>`.
+    pub client_id: Option<String>,
+    /// PEM file of the CA that signs the broker's certificate (`mqtts` only).
+    pub ca: Option<String>,
 }
 
 /// A URL that may carry credentials: its `Debug` and `Display` hide the password.
@@ -126,6 +140,7 @@ impl EndpointKind {
         match self {
             EndpointKind::Parquet(_) => "parquet",
             EndpointKind::Amqp(_) => "amqp",
+            EndpointKind::Mqtt(_) => "mqtt",
         }
     }
 
@@ -133,6 +148,14 @@ impl EndpointKind {
     pub fn parquet(&self) -> Option<&ParquetOptions> {
         match self {
             EndpointKind::Parquet(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The options when this is an MQTT endpoint.
+    pub fn mqtt(&self) -> Option<&MqttOptions> {
+        match self {
+            EndpointKind::Mqtt(o) => Some(o),
             _ => None,
         }
     }

@@ -243,7 +243,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Arc::clone(&endpoint_health),
     )
     .context("reading the AMQP endpoints' commit points")?;
-    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet, Arc::new(amqp)];
+    let mqtt_sink = weir_brokers::mqtt::MqttSinkFactory::new(
+        tokio::runtime::Handle::current(),
+        Arc::clone(&commits),
+        Arc::clone(&endpoint_health),
+    )
+    .context("reading the MQTT endpoints' commit points")?;
+    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet, Arc::new(amqp), Arc::new(mqtt_sink)];
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,

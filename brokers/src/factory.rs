@@ -1,6 +1,7 @@
-//! Creates each worker's AMQP sink from what earlier runs committed.
+//! Creates each worker's sink of one broker kind from what earlier runs committed.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,39 +9,41 @@ use weir_core::feed::{PARTITIONS, partitions_of};
 use weir_core::{HealthBoard, Sink, SinkError, SinkFactory};
 use weir_storage::commit::{CommitStore, Committed};
 
-use super::KIND;
-use super::sink::{AmqpSink, Endpoint};
+use crate::Kind;
+use crate::sink::{BrokerSink, Endpoint};
 
-pub struct AmqpSinkFactory {
+pub struct BrokerSinkFactory<K> {
     rt: tokio::runtime::Handle,
     store: Arc<CommitStore>,
     health: Arc<HealthBoard>,
     committed: Committed,
+    kind: PhantomData<fn() -> K>,
 }
 
-impl AmqpSinkFactory {
-    /// Links run on `rt`; commit points live in `store` under the kind `amqp`.
+impl<K: Kind> BrokerSinkFactory<K> {
+    /// Links run on `rt`; commit points live in `store` under the kind's name.
     pub fn new(
         rt: tokio::runtime::Handle,
         store: Arc<CommitStore>,
         health: Arc<HealthBoard>,
     ) -> Result<Self, SinkError> {
-        let committed = store.snapshot(KIND).map_err(|e| SinkError::Io {
+        let committed = store.snapshot(K::NAME).map_err(|e| SinkError::Io {
             path: "commits.redb".into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        Ok(AmqpSinkFactory {
+        Ok(BrokerSinkFactory {
             rt,
             store,
             health,
             committed,
+            kind: PhantomData,
         })
     }
 }
 
-impl SinkFactory for AmqpSinkFactory {
+impl<K: Kind> SinkFactory for BrokerSinkFactory<K> {
     fn kind(&self) -> &'static str {
-        KIND
+        K::NAME
     }
 
     fn recovered_floor(&self) -> u64 {
@@ -63,7 +66,7 @@ impl SinkFactory for AmqpSinkFactory {
             .map(|p| frontiers[usize::from(*p)])
             .min()
             .unwrap_or(0);
-        let endpoints: HashMap<String, Endpoint> = self
+        let endpoints: HashMap<String, Endpoint<K::Message>> = self
             .committed
             .endpoints
             .keys()
@@ -86,7 +89,7 @@ impl SinkFactory for AmqpSinkFactory {
             })
             .min()
             .unwrap_or(0);
-        Ok(Box::new(AmqpSink {
+        Ok(Box::new(BrokerSink::<K> {
             rt: self.rt.clone(),
             store: Arc::clone(&self.store),
             health: Arc::clone(&self.health),

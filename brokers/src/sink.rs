@@ -1,10 +1,10 @@
-//! The per-worker AMQP sink: each endpoint publishes through its own [`Link`], and commits
-//! its log offset only below the oldest message the broker has not confirmed.
+//! The per-worker sink of one broker kind: each endpoint publishes through its own
+//! [`Link`], and commits its log offset only below the oldest message the broker has not
+//! confirmed.
 //!
-//! At least once, not exactly once: AMQP 0-9-1 has no way to make a publish and a commit
+//! At least once, not exactly once: no broker can make a publish and Weir's commit
 //! atomic. After a crash or a lost connection, what was published but not committed is
-//! published again; every message carries `weir-ingest-offset` for consumers to drop
-//! repeats.
+//! published again; messages carry their ingest offset for consumers to drop repeats.
 //!
 //! A broker that goes away fails the endpoint alone: its deliveries are dropped (they stay
 //! in the ingest log above its commit point), and after a backoff it reconnects and asks
@@ -22,11 +22,9 @@ use weir_core::{
 };
 use weir_storage::commit::{CommitStore, Update};
 
-use super::KIND;
-use super::message::properties;
-use super::publisher::{Link, Outgoing};
+use crate::link::{Link, Outgoing};
 use crate::template::Template;
-use crate::{Phase, backoff};
+use crate::{Kind, Phase, backoff};
 
 /// How long a worker waits for a broker that confirms nothing before failing the endpoint.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -34,10 +32,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 const DRAIN: Duration = Duration::from_secs(10);
 const RECORD_EVERY: Duration = Duration::from_secs(1);
 
-pub(super) struct Endpoint {
+pub(crate) struct Endpoint<M> {
     spec: Option<Arc<EndpointSpec>>,
     template: Option<Template>,
-    link: Option<Link>,
+    link: Option<Link<M>>,
     /// Per partition: deliveries below this offset are confirmed by the broker.
     committed: Vec<u64>,
     phase: Phase,
@@ -45,8 +43,8 @@ pub(super) struct Endpoint {
     failures: u64,
 }
 
-impl Endpoint {
-    pub(super) fn new(committed: Vec<u64>) -> Endpoint {
+impl<M: Send + 'static> Endpoint<M> {
+    pub(crate) fn new(committed: Vec<u64>) -> Self {
         Endpoint {
             spec: None,
             template: None,
@@ -58,7 +56,7 @@ impl Endpoint {
         }
     }
 
-    pub(super) fn committed_at(&self, partition: u16) -> u64 {
+    pub(crate) fn committed_at(&self, partition: u16) -> u64 {
         self.committed[usize::from(partition)]
     }
 
@@ -78,27 +76,27 @@ impl Endpoint {
     }
 }
 
-/// One worker's AMQP endpoints.
-pub struct AmqpSink {
-    pub(super) rt: tokio::runtime::Handle,
-    pub(super) store: Arc<CommitStore>,
-    pub(super) health: Arc<HealthBoard>,
-    pub(super) worker: usize,
-    pub(super) partitions: Vec<u16>,
+/// One worker's endpoints of the broker kind `K`.
+pub struct BrokerSink<K: Kind> {
+    pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) store: Arc<CommitStore>,
+    pub(crate) health: Arc<HealthBoard>,
+    pub(crate) worker: usize,
+    pub(crate) partitions: Vec<u16>,
     /// Per partition: the frontier as recorded at start, which endpoints this run has not
     /// seen yet have committed up to.
-    pub(super) frontiers: Vec<u64>,
-    pub(super) frontier: u64,
+    pub(crate) frontiers: Vec<u64>,
+    pub(crate) frontier: u64,
     /// Every delivery below this has arrived (counting those beyond the frontier).
-    pub(super) watermark: u64,
-    pub(super) endpoints: HashMap<String, Endpoint>,
-    pub(super) durable_floor: u64,
-    pub(super) last_record: Instant,
-    pub(super) key: String,
+    pub(crate) watermark: u64,
+    pub(crate) endpoints: HashMap<String, Endpoint<K::Message>>,
+    pub(crate) durable_floor: u64,
+    pub(crate) last_record: Instant,
+    pub(crate) key: String,
 }
 
-impl AmqpSink {
-    fn endpoint(&mut self, spec: &Arc<EndpointSpec>) -> &mut Endpoint {
+impl<K: Kind> BrokerSink<K> {
+    fn endpoint(&mut self, spec: &Arc<EndpointSpec>) -> &mut Endpoint<K::Message> {
         let name = spec.name.to_string();
         let frontiers = &self.frontiers;
         let e = self
@@ -108,10 +106,7 @@ impl AmqpSink {
         if e.spec.as_ref().is_none_or(|s| s.kind != spec.kind) {
             // New options (a reload changed the URL or the exchange): reconnect.
             e.link = None;
-            e.template = spec
-                .kind
-                .amqp()
-                .and_then(|o| Template::parse(&o.routing_key).ok());
+            e.template = K::template(&spec.kind).and_then(|t| Template::parse(t).ok());
         }
         e.spec = Some(Arc::clone(spec));
         e
@@ -120,6 +115,7 @@ impl AmqpSink {
     /// Publishes `batch` to `name`, skipping what an earlier run committed.
     fn publish_batch(&mut self, name: &str, batch: Vec<Delivery>) -> Result<(), SinkError> {
         let rt = self.rt.clone();
+        let worker = self.worker;
         let mut key = std::mem::take(&mut self.key);
         let result = (|| {
             let Some(e) = self.endpoints.get_mut(name) else {
@@ -128,23 +124,24 @@ impl AmqpSink {
             let (Some(spec), Some(template)) = (e.spec.clone(), e.template.as_ref()) else {
                 return Ok(());
             };
-            let Some(options) = spec.kind.amqp() else {
+            if K::template(&spec.kind).is_none() {
                 return Err(SinkError::Unsupported(name.to_owned()));
-            };
+            }
             for d in batch {
                 let p = partition_of(device_hash(d.event.device_id.as_str()));
                 if d.event.offset < e.committed[usize::from(p)] {
                     continue;
                 }
-                let link = e
-                    .link
-                    .get_or_insert_with(|| Link::open(&rt, options.clone(), name.to_owned()));
+                if e.link.is_none() {
+                    e.link = K::open(&rt, &spec.kind, name, worker);
+                }
+                let Some(link) = &e.link else {
+                    return Err(SinkError::Unsupported(name.to_owned()));
+                };
                 template.render(&d, name, &mut key);
                 let m = Outgoing {
                     offset: d.event.offset,
-                    routing_key: truncate(&key),
-                    body: d.event.body.to_vec(),
-                    properties: properties(&d),
+                    message: K::message(&d, &key),
                 };
                 link.send(m, PATIENCE).map_err(|e| SinkError::Unavailable {
                     endpoint: name.to_owned(),
@@ -244,7 +241,7 @@ impl AmqpSink {
             .min()
             .unwrap_or(self.frontier);
         let update = Update {
-            sink: KIND,
+            sink: K::NAME,
             partitions: &parts,
             frontier: vec![self.frontier; parts.len()],
             endpoints,
@@ -298,16 +295,7 @@ impl AmqpSink {
     }
 }
 
-/// A routing key is a short string: at most 255 bytes.
-fn truncate(key: &str) -> String {
-    let mut end = key.len().min(255);
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    key[..end].to_owned()
-}
-
-impl Sink for AmqpSink {
+impl<K: Kind> Sink for BrokerSink<K> {
     fn write(
         &mut self,
         endpoint: &Arc<EndpointSpec>,
