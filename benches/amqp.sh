@@ -28,7 +28,8 @@ command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server is missing: apt
 export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1
 export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 rabbitmqctl -q status >/dev/null 2>&1 || rabbitmq-server -detached
-timeout 120 rabbitmqctl -q await_startup
+for _ in $(seq 60); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 2; done
+rabbitmqctl -q await_startup
 cargo build --release -p weir -p weir-benches --bin weir --bin amqp-bench
 W=target/release/weir
 B=target/release/amqp-bench
