@@ -1,5 +1,6 @@
-//! Sinks that deliver to message brokers: RabbitMQ over AMQP 0-9-1 (`amqp` endpoints) and
-//! MQTT brokers (`mqtt` endpoints), one generic sink over a [`Kind`] per protocol.
+//! Sinks that deliver to message brokers and HTTP receivers: RabbitMQ over AMQP 0-9-1
+//! (`amqp` endpoints), MQTT brokers (`mqtt`) and webhooks (`webhook`), one generic sink
+//! over a [`Kind`] per protocol.
 //!
 //! Unlike the Parquet archive these deliver at least once: a broker cannot take part in
 //! Weir's commit, so what was sent but not confirmed before a failure is sent again, with
@@ -11,6 +12,7 @@ pub mod link;
 pub mod mqtt;
 pub mod sink;
 pub mod template;
+pub mod webhook;
 
 use std::time::{Duration, Instant};
 
@@ -45,7 +47,7 @@ pub struct Catalog;
 
 impl weir_core::EndpointCatalog for Catalog {
     fn kinds(&self) -> Vec<&'static str> {
-        vec![amqp::KIND, mqtt::KIND]
+        vec![amqp::KIND, mqtt::KIND, webhook::KIND]
     }
 
     fn endpoint(
@@ -56,6 +58,7 @@ impl weir_core::EndpointCatalog for Catalog {
         match kind {
             amqp::KIND => amqp::options::options(options),
             mqtt::KIND => mqtt::options::options(options),
+            webhook::KIND => webhook::options::options(options),
             other => Err(OptionError::new(
                 None,
                 format!("unknown endpoint type {other:?}"),
@@ -63,6 +66,12 @@ impl weir_core::EndpointCatalog for Catalog {
             )),
         }
     }
+}
+
+/// A string option of an endpoint, or an error naming it.
+pub(crate) fn string_option<'a>(key: &str, v: &'a Value) -> Result<&'a str, OptionError> {
+    v.as_str()
+        .ok_or_else(|| OptionError::new(Some(key), format!("{key} must be a string"), None))
 }
 
 /// Where an endpoint of a broker sink stands.

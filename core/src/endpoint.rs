@@ -56,6 +56,7 @@ pub enum EndpointKind {
     Parquet(ParquetOptions),
     Amqp(AmqpOptions),
     Mqtt(MqttOptions),
+    Webhook(WebhookOptions),
 }
 
 /// A Parquet endpoint's options (checked by `weir_storage::parquet`).
@@ -90,6 +91,39 @@ pub struct MqttOptions {
     pub client_id: Option<String>,
     /// PEM file of the CA that signs the broker's certificate (`mqtts` only).
     pub ca: Option<String>,
+}
+
+/// A webhook endpoint's options (checked by `weir_brokers::webhook`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WebhookOptions {
+    pub url: SecretUrl,
+    /// Signs every request: `X-Weir-Signature: sha256=<hex HMAC-SHA256 of the body>`.
+    pub secret: Secret,
+    pub max_batch: u32,
+    pub max_batch_bytes: u32,
+    pub max_delay_ms: u32,
+    /// PEM file of the CA that signs the receiver's certificate (`https` only).
+    pub ca: Option<String>,
+}
+
+/// A secret that `Debug` and `Display` never show.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 /// A URL that may carry credentials: its `Debug` and `Display` hide the password.
@@ -141,6 +175,7 @@ impl EndpointKind {
             EndpointKind::Parquet(_) => "parquet",
             EndpointKind::Amqp(_) => "amqp",
             EndpointKind::Mqtt(_) => "mqtt",
+            EndpointKind::Webhook(_) => "webhook",
         }
     }
 
@@ -156,6 +191,14 @@ impl EndpointKind {
     pub fn mqtt(&self) -> Option<&MqttOptions> {
         match self {
             EndpointKind::Mqtt(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The options when this is a webhook endpoint.
+    pub fn webhook(&self) -> Option<&WebhookOptions> {
+        match self {
+            EndpointKind::Webhook(o) => Some(o),
             _ => None,
         }
     }

@@ -29,7 +29,7 @@ pub use connections::{
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{
     AmqpOptions, ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind,
-    EndpointSpec, MqttOptions, OptionError, ParquetOptions, SecretUrl,
+    EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret, SecretUrl, WebhookOptions,
 };
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};

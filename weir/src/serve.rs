@@ -146,6 +146,20 @@ fn raise_fd_limit() {
     }
 }
 
+/// The sink of one broker kind, its links on this runtime.
+fn broker<K: weir_brokers::Kind>(
+    commits: &Arc<CommitStore>,
+    health: &Arc<HealthBoard>,
+) -> anyhow::Result<Arc<dyn SinkFactory>> {
+    let f = weir_brokers::factory::BrokerSinkFactory::<K>::new(
+        tokio::runtime::Handle::current(),
+        Arc::clone(commits),
+        Arc::clone(health),
+    )
+    .with_context(|| format!("reading the {} endpoints' commit points", K::NAME))?;
+    Ok(Arc::new(f))
+}
+
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     raise_fd_limit();
     // Keys, device records and device data live here: only the hub's user may read them.
@@ -237,19 +251,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "ingest log and archive recovered"
     );
     let archive_metrics = parquet.metrics();
-    let amqp = weir_brokers::amqp::AmqpSinkFactory::new(
-        tokio::runtime::Handle::current(),
-        Arc::clone(&commits),
-        Arc::clone(&endpoint_health),
-    )
-    .context("reading the AMQP endpoints' commit points")?;
-    let mqtt_sink = weir_brokers::mqtt::MqttSinkFactory::new(
-        tokio::runtime::Handle::current(),
-        Arc::clone(&commits),
-        Arc::clone(&endpoint_health),
-    )
-    .context("reading the MQTT endpoints' commit points")?;
-    let sinks: Vec<Arc<dyn SinkFactory>> = vec![parquet, Arc::new(amqp), Arc::new(mqtt_sink)];
+    let sinks: Vec<Arc<dyn SinkFactory>> = vec![
+        parquet,
+        broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health)?,
+        broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health)?,
+        broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health)?,
+    ];
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,

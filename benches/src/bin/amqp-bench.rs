@@ -38,6 +38,37 @@ fn durable() -> QueueDeclareOptions {
     }
 }
 
+/// Keeps at most 4096 publishes unconfirmed, as Weir's sink does.
+async fn window(
+    pending: &mut VecDeque<lapin::PublisherConfirm>,
+    c: lapin::PublisherConfirm,
+) -> Res<()> {
+    pending.push_back(c);
+    if pending.len() >= 4096
+        && let Some(c) = pending.pop_front()
+    {
+        c.await?;
+    }
+    Ok(())
+}
+
+/// Waits for the last confirms and prints the rate.
+async fn finish(
+    pending: VecDeque<lapin::PublisherConfirm>,
+    count: u64,
+    started: Instant,
+) -> Res<()> {
+    for c in pending {
+        c.await?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        r#"{{"sent": {count}, "seconds": {secs:.3}, "rate": {:.0}}}"#,
+        count as f64 / secs
+    );
+    Ok(())
+}
+
 async fn setup(url: &str, exchange: &str, queue: &str) -> Res<()> {
     let (_c, ch) = channel(url).await?;
     let opts = ExchangeDeclareOptions {
@@ -96,22 +127,9 @@ async fn publish(url: &str, exchange: &str, count: u64) -> Res<()> {
                 props,
             )
             .await?;
-        pending.push_back(c);
-        if pending.len() >= 4096
-            && let Some(c) = pending.pop_front()
-        {
-            c.await?;
-        }
+        window(&mut pending, c).await?;
     }
-    for c in pending {
-        c.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        r#"{{"sent": {count}, "seconds": {secs:.3}, "rate": {:.0}}}"#,
-        count as f64 / secs
-    );
-    Ok(())
+    finish(pending, count, started).await
 }
 
 /// Device messages for the AMQP gateway: the device's SAS token in `authorization`, a
@@ -148,22 +166,9 @@ async fn feed(url: &str, queue: &str, count: u64, token: &str) -> Res<()> {
                 props,
             )
             .await?;
-        pending.push_back(c);
-        if pending.len() >= 4096
-            && let Some(c) = pending.pop_front()
-        {
-            c.await?;
-        }
+        window(&mut pending, c).await?;
     }
-    for c in pending {
-        c.await?;
-    }
-    let secs = started.elapsed().as_secs_f64();
-    println!(
-        r#"{{"sent": {count}, "seconds": {secs:.3}, "rate": {:.0}}}"#,
-        count as f64 / secs
-    );
-    Ok(())
+    finish(pending, count, started).await
 }
 
 async fn wait(url: &str, queue: &str, count: u32, secs: u64) -> Res<()> {

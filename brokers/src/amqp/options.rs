@@ -15,17 +15,13 @@ use std::str::FromStr;
 use serde_json::{Map, Value};
 use weir_core::{AmqpOptions, EndpointKind, OptionError, SecretUrl};
 
+use crate::string_option as string;
 use crate::template::{PLACEHOLDERS, Template};
 
 const OPTIONS: [&str; 4] = ["url", "exchange", "routing_key", "mandatory"];
 
 /// The routing key when an endpoint names none.
 pub const DEFAULT_ROUTING_KEY: &str = "{route}.{deviceId}";
-
-fn string<'a>(key: &str, v: &'a Value) -> Result<&'a str, OptionError> {
-    v.as_str()
-        .ok_or_else(|| OptionError::new(Some(key), format!("{key} must be a string"), None))
-}
 
 /// Reads and checks an AMQP endpoint's options.
 pub fn options(map: &Map<String, Value>) -> Result<EndpointKind, OptionError> {

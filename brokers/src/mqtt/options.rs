@@ -13,6 +13,7 @@
 use serde_json::{Map, Value};
 use weir_core::{EndpointKind, MqttOptions, OptionError, SecretUrl};
 
+use crate::string_option as string;
 use crate::template::{PLACEHOLDERS, Template};
 
 const OPTIONS: [&str; 4] = ["url", "topic", "client_id", "ca"];
@@ -75,11 +76,6 @@ pub fn parse_url(url: &str) -> Result<Url, String> {
         port,
         login,
     })
-}
-
-fn string<'a>(key: &str, v: &'a Value) -> Result<&'a str, OptionError> {
-    v.as_str()
-        .ok_or_else(|| OptionError::new(Some(key), format!("{key} must be a string"), None))
 }
 
 /// Reads and checks an MQTT endpoint's options.
