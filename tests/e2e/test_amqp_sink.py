@@ -13,7 +13,7 @@ import pika
 import pytest
 
 from conftest import run_weir
-from rawmqtt import Raw, publish_packet
+from sinkdevice import device, send as _send
 from weirhub import Hub
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -106,16 +106,8 @@ def start(tmp_path, exchange):
     return Hub(tmp_path, d).start()
 
 
-def device(hub, name):
-    key = hub.create_device(name)["authentication"]["symmetricKey"]["primaryKey"]
-    r = Raw(hub.mqtt_port, timeout=10)
-    assert r.connect(name, hub.username(name), hub.device_token(name, key)) == 0
-    return r
-
-
 def send(r, dev, i, temp):
-    topic = f"devices/{dev}/messages/events/%24.mid=m{i}&%24.ct=application%2Fjson&kind=k{i % 3}"
-    assert r.publish(topic, json.dumps({"temp": temp, "i": i}).encode(), pkid=i % 60000 + 1) == i % 60000 + 1
+    _send(r, dev, i, temp, kinds=3, extra="&%24.ct=application%2Fjson")
 
 
 def test_routed_messages_reach_rabbitmq_with_keys_properties_and_headers(tmp_path, broker):

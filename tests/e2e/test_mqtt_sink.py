@@ -11,7 +11,7 @@ import time
 import paho.mqtt.client as mqtt
 
 from conftest import run_weir
-from rawmqtt import Raw
+from sinkdevice import device, send
 from weirhub import Hub, free_port
 
 
@@ -86,18 +86,6 @@ condition = "$body.temp > 30"
 endpoints = ["line"]
 """)
     return Hub(tmp_path, d).start()
-
-
-def device(hub, name):
-    key = hub.create_device(name)["authentication"]["symmetricKey"]["primaryKey"]
-    r = Raw(hub.mqtt_port, timeout=10)
-    assert r.connect(name, hub.username(name), hub.device_token(name, key)) == 0
-    return r
-
-
-def send(r, dev, i, temp):
-    topic = f"devices/{dev}/messages/events/%24.mid=m{i}&kind=k{i % 2}"
-    assert r.publish(topic, json.dumps({"temp": temp, "i": i}).encode(), pkid=i % 60000 + 1) == i % 60000 + 1
 
 
 def test_routed_messages_reach_an_mqtt_broker(tmp_path):
