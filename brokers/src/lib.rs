@@ -12,6 +12,7 @@ pub mod link;
 pub mod mqtt;
 pub mod sink;
 pub mod template;
+pub mod tls;
 pub mod webhook;
 
 use std::time::{Duration, Instant};

@@ -48,25 +48,6 @@ pub fn open(
     })
 }
 
-fn tls_connector(ca: &str) -> Result<tokio_rustls::TlsConnector, String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("cannot read the CA file {ca}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| format!("bad certificate in {ca}: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("bad certificate in {ca}: {e}"))?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
 async fn connect(
     options: &MqttOptions,
     client_id: &str,
@@ -86,7 +67,7 @@ async fn connect(
             let name = rustls::pki_types::ServerName::try_from(url.host.clone())
                 .map_err(|e| format!("{}: {e}", url.host))?;
             Box::new(
-                tls_connector(ca)?
+                crate::tls::connector(ca)?
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("TLS with {redacted} failed: {e}"))?,
