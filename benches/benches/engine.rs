@@ -62,7 +62,7 @@ fn bench(c: &mut Criterion) {
         Arc::new(NoDevices),
         Arc::new(feed.clone()),
         vec![Arc::new(Count(Arc::clone(&delivered)))],
-        None,
+        weir_engine::Hooks::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     // 100 devices, batches of 256 events as a busy connection's read produces.

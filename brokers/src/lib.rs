@@ -15,8 +15,6 @@ pub mod template;
 pub mod tls;
 pub mod webhook;
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Map, Value};
 use weir_core::{Delivery, EndpointKind, OptionError};
 
@@ -73,29 +71,4 @@ impl weir_core::EndpointCatalog for Catalog {
 pub(crate) fn string_option<'a>(key: &str, v: &'a Value) -> Result<&'a str, OptionError> {
     v.as_str()
         .ok_or_else(|| OptionError::new(Some(key), format!("{key} must be a string"), None))
-}
-
-/// Where an endpoint of a broker sink stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Phase {
-    Live,
-    /// Publishing failed; deliveries are dropped (they stay in the log) until `retry_at`.
-    Failed {
-        attempts: u32,
-        retry_at: Instant,
-    },
-    /// Reconnected; publishing what was missed, from the log, up to `replayed`.
-    Resuming {
-        attempts: u32,
-        replayed: u64,
-    },
-}
-
-/// The first retry after a failure waits a second; each further failure doubles it, up to
-/// thirty seconds (as for Parquet endpoints).
-pub(crate) fn backoff(attempts: u32) -> Duration {
-    let doublings = attempts.saturating_sub(1).min(16);
-    Duration::from_secs(1)
-        .saturating_mul(1 << doublings)
-        .min(Duration::from_secs(30))
 }

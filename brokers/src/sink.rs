@@ -15,16 +15,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::time::now_ms;
+use weir_core::recovery::{Candidate, Recovery, first_request};
 use weir_core::{
     Delivery, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest, Sink, SinkError,
-    WorkerHealth,
 };
 use weir_storage::commit::{CommitStore, Update};
 
+use crate::Kind;
 use crate::link::{Link, Outgoing};
 use crate::template::Template;
-use crate::{Kind, Phase, backoff};
 
 /// How long a worker waits for a broker that confirms nothing before failing the endpoint.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -38,9 +37,7 @@ pub(crate) struct Endpoint<M> {
     link: Option<Link<M>>,
     /// Per partition: deliveries below this offset are confirmed by the broker.
     committed: Vec<u64>,
-    phase: Phase,
-    last_error: Option<(String, i64)>,
-    failures: u64,
+    recovery: Recovery,
 }
 
 impl<M: Send + 'static> Endpoint<M> {
@@ -50,9 +47,7 @@ impl<M: Send + 'static> Endpoint<M> {
             template: None,
             link: None,
             committed,
-            phase: Phase::Live,
-            last_error: None,
-            failures: 0,
+            recovery: Recovery::default(),
         }
     }
 
@@ -159,16 +154,7 @@ impl<K: Kind> BrokerSink<K> {
     fn fail(&mut self, name: &str, e: SinkError) -> SinkError {
         if let Some(s) = self.endpoints.get_mut(name) {
             s.link = None;
-            let attempts = match s.phase {
-                Phase::Live => 1,
-                Phase::Failed { attempts, .. } | Phase::Resuming { attempts, .. } => attempts + 1,
-            };
-            s.phase = Phase::Failed {
-                attempts,
-                retry_at: Instant::now() + backoff(attempts),
-            };
-            s.failures += 1;
-            s.last_error = Some((e.to_string(), now_ms()));
+            s.recovery.fail(e.to_string());
         }
         self.publish_health(name);
         e
@@ -201,10 +187,8 @@ impl<K: Kind> BrokerSink<K> {
         let frontier = self.frontier;
         let mut changed = Vec::new();
         for (name, s) in self.endpoints.iter_mut() {
-            let complete = match s.phase {
-                Phase::Live => frontier,
-                Phase::Resuming { replayed, .. } => replayed,
-                Phase::Failed { .. } => continue,
+            let Some(complete) = s.recovery.complete_below(frontier) else {
+                continue;
             };
             let to = s
                 .link
@@ -215,7 +199,7 @@ impl<K: Kind> BrokerSink<K> {
                 let c = &mut s.committed[usize::from(p)];
                 *c = (*c).max(to);
             }
-            if matches!(s.phase, Phase::Resuming { .. }) && s.proven() {
+            if s.proven() && s.recovery.prove() {
                 changed.push(name.clone());
             }
         }
@@ -263,18 +247,7 @@ impl<K: Kind> BrokerSink<K> {
         let Some(s) = self.endpoints.get(name) else {
             return;
         };
-        let state = match s.phase {
-            Phase::Live => Health::Healthy,
-            Phase::Resuming { .. } if s.proven() => Health::Degraded,
-            Phase::Resuming { .. } | Phase::Failed { .. } => Health::Unhealthy,
-        };
-        let health = WorkerHealth {
-            state,
-            committed: s.committed_min(&self.partitions),
-            last_error: s.last_error.as_ref().map(|(e, _)| e.clone()),
-            last_error_ms: s.last_error.as_ref().map(|(_, t)| *t),
-            failures: s.failures,
-        };
+        let health = s.recovery.health(s.committed_min(&self.partitions));
         let error = health.last_error.clone().unwrap_or_default();
         if let Some((before, after)) = self.health.report(self.worker, name, health) {
             match after {
@@ -305,7 +278,7 @@ impl<K: Kind> Sink for BrokerSink<K> {
             self.watermark = self.watermark.max(max + 1);
         }
         let name = endpoint.name.to_string();
-        if self.endpoint(endpoint).phase != Phase::Live {
+        if !self.endpoint(endpoint).recovery.is_live() {
             return Ok(());
         }
         self.publish_batch(&name, batch)
@@ -336,12 +309,9 @@ impl<K: Kind> Sink for BrokerSink<K> {
     }
 
     fn retry_now(&mut self) {
-        let now = Instant::now();
-        for s in self.endpoints.values_mut() {
-            if let Phase::Failed { retry_at, .. } = &mut s.phase {
-                *retry_at = now;
-            }
-        }
+        self.endpoints
+            .values_mut()
+            .for_each(|s| s.recovery.retry_now());
     }
 
     fn floor(&self) -> u64 {
@@ -349,43 +319,53 @@ impl<K: Kind> Sink for BrokerSink<K> {
     }
 
     fn replay_request(&mut self) -> Option<ReplayRequest> {
-        let now = Instant::now();
-        let watermark = self.watermark;
-        let parts = self.partitions.clone();
-        let mut request = None;
-        let mut changed = Vec::new();
-        for (name, s) in self.endpoints.iter_mut() {
-            match s.phase {
-                Phase::Resuming { replayed, .. } if replayed >= watermark => {
-                    s.phase = Phase::Live;
-                    changed.push(name.clone());
-                }
-                Phase::Resuming { replayed, .. } => {
-                    request = Some((name.clone(), replayed));
-                    break;
-                }
-                Phase::Failed { attempts, retry_at } if retry_at <= now => {
-                    let from = s.committed_min(&parts);
-                    s.phase = Phase::Resuming {
-                        attempts,
-                        replayed: from,
-                    };
-                    s.link = None;
-                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from, "reconnecting a failed endpoint");
-                    changed.push(name.clone());
-                    request = Some((name.clone(), from));
-                    break;
-                }
-                _ => {}
-            }
+        let parts = &self.partitions;
+        let candidates = self.endpoints.iter_mut().map(|(name, s)| Candidate {
+            name,
+            committed_min: s.committed_min(parts),
+            recovery: &mut s.recovery,
+            policy: s.spec.as_ref().and_then(|p| p.dead_letter.as_ref()),
+        });
+        let (request, changed) = first_request(candidates, self.watermark);
+        if let Some(r) = &request
+            && r.dead_letter.is_none()
+            && let Some(s) = self.endpoints.get_mut(&*r.endpoint)
+        {
+            // A retry: a new connection, and everything unconfirmed is published again.
+            s.link = None;
+            tracing::debug!(endpoint = %r.endpoint, worker = self.worker, from = r.from, "reconnecting a failed endpoint");
         }
         changed.iter().for_each(|n| self.publish_health(n));
-        let (name, from) = request?;
-        Some(ReplayRequest {
-            endpoint: Arc::from(name),
-            from,
-            to: watermark.max(from),
-        })
+        request
+    }
+
+    fn uncommitted(&self, endpoint: &str, batch: &mut Vec<Delivery>) {
+        if let Some(s) = self.endpoints.get(endpoint) {
+            batch.retain(|d| {
+                let p = partition_of(device_hash(d.event.device_id.as_str()));
+                d.event.offset >= s.committed_at(p)
+            });
+        }
+    }
+
+    fn dead_lettered(&mut self, endpoint: &str, count: u64, through: u64) -> Result<(), SinkError> {
+        let parts = self.partitions.clone();
+        let Some(s) = self.endpoints.get_mut(endpoint) else {
+            return Ok(());
+        };
+        let moved = through > s.committed_min(&parts);
+        for &p in &parts {
+            let c = &mut s.committed[usize::from(p)];
+            *c = (*c).max(through);
+        }
+        s.recovery.dead_lettered(count, moved);
+        if moved {
+            // The letters are durable in the log: record the new commit point now, so a
+            // restart does not hand them on again.
+            self.record()?;
+        }
+        self.publish_health(endpoint);
+        Ok(())
     }
 
     fn replay(
@@ -395,11 +375,12 @@ impl<K: Kind> Sink for BrokerSink<K> {
         batch: Vec<Delivery>,
         through: u64,
     ) -> Result<(), SinkError> {
-        let Some(Phase::Resuming { replayed, .. }) = self.endpoints.get(endpoint).map(|s| s.phase)
-        else {
-            return Ok(());
-        };
-        if through < replayed {
+        if self
+            .endpoints
+            .get(endpoint)
+            .and_then(|s| s.recovery.replayed_to())
+            .is_none_or(|r| through < r)
+        {
             return Ok(());
         }
         if let Some(spec) = spec {
@@ -409,17 +390,9 @@ impl<K: Kind> Sink for BrokerSink<K> {
             }
         }
         let watermark = self.watermark;
-        let mut live = false;
         if let Some(s) = self.endpoints.get_mut(endpoint)
-            && let Phase::Resuming { replayed, .. } = &mut s.phase
+            && s.recovery.replayed(through, watermark)
         {
-            *replayed = through;
-            if through >= watermark {
-                s.phase = Phase::Live;
-                live = true;
-            }
-        }
-        if live {
             self.publish_health(endpoint);
         }
         Ok(())

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! u8 version | u8 source | u8 auth | u8 flags | i64 enqueued_ms | [u16 packet_id]
-//! str device_id | [str module_id] | [str generation_id] | [str gateway]
+//! str device_id | [str module_id] | [str generation_id] | [str gateway] | [str dead_letter]
 //! u16 system-property mask | str per set bit
 //! varint property count | (str key, str value)*
 //! varint body length | body bytes
@@ -27,6 +27,13 @@ const FLAG_MODULE: u8 = 4;
 const FLAG_GENERATION: u8 = 8;
 /// Added after version 1 shipped: older records simply do not have it.
 const FLAG_GATEWAY: u8 = 16;
+const FLAG_DEAD_LETTER: u8 = 32;
+const FLAGS: u8 = FLAG_REDELIVERED
+    | FLAG_PACKET_ID
+    | FLAG_MODULE
+    | FLAG_GENERATION
+    | FLAG_GATEWAY
+    | FLAG_DEAD_LETTER;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -108,6 +115,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     if e.gateway.is_some() {
         flags |= FLAG_GATEWAY;
     }
+    if e.dead_letter.is_some() {
+        flags |= FLAG_DEAD_LETTER;
+    }
     out.extend_from_slice(&[
         VERSION,
         source_code(e.source),
@@ -127,6 +137,9 @@ pub fn encode(e: &Event, out: &mut Vec<u8>) {
     }
     if let Some(g) = &e.gateway {
         put_str(out, g);
+    }
+    if let Some(d) = &e.dead_letter {
+        put_str(out, d);
     }
     let fields = system_fields(&e.system);
     let mask = fields
@@ -227,9 +240,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         _ => return Err(DecodeError::Invalid("auth method")),
     };
     let flags = r.u8()?;
-    if flags & !(FLAG_REDELIVERED | FLAG_PACKET_ID | FLAG_MODULE | FLAG_GENERATION | FLAG_GATEWAY)
-        != 0
-    {
+    if flags & !FLAGS != 0 {
         return Err(DecodeError::Invalid("flags"));
     }
     let enqueued_ms = i64::from_le_bytes(r.array()?);
@@ -252,6 +263,11 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
     };
     let gateway = if flags & FLAG_GATEWAY != 0 {
         Some(Arc::from(r.str("gateway")?))
+    } else {
+        None
+    };
+    let dead_letter = if flags & FLAG_DEAD_LETTER != 0 {
+        Some(Arc::from(r.str("dead-letter endpoint")?))
     } else {
         None
     };
@@ -308,6 +324,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         generation_id,
         auth_method,
         gateway,
+        dead_letter,
         enqueued_ms,
         offset,
         packet_id,
@@ -338,6 +355,7 @@ mod tests {
         e.redelivered = true;
         e.generation_id = Some(Arc::from("gen"));
         e.gateway = Some(Arc::from("mqtt-quic"));
+        e.dead_letter = Some(Arc::from("dlq"));
         e
     }
 

@@ -251,6 +251,18 @@ pub struct EndpointSpec {
     pub name: Arc<str>,
     pub kind: EndpointKind,
     pub columns: Vec<ColumnSpec>,
+    /// Where deliveries go that this endpoint could not take in time; `None` keeps them in
+    /// the log until it can.
+    pub dead_letter: Option<DeadLetterPolicy>,
+}
+
+/// `dead_letter = "<endpoint>"` and `max_retry_secs` of an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeadLetterPolicy {
+    pub endpoint: Arc<str>,
+    /// A delivery whose event was enqueued longer ago than this while the endpoint keeps
+    /// failing goes to `endpoint`.
+    pub max_retry: std::time::Duration,
 }
 
 /// One event on its way into one endpoint.

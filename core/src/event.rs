@@ -130,6 +130,9 @@ pub struct Event {
     /// The gateway the event came through (`mqtt`, `mqtt-ws`, `mqtt-quic`, `amqp`); `None`
     /// for events Weir makes itself. Routes see it as `$weirGateway`.
     pub gateway: Option<Arc<str>>,
+    /// Set on an event Weir wrote back to its log because an endpoint could not deliver it
+    /// in time: the dead-letter endpoint it goes to, whatever the routes say.
+    pub dead_letter: Option<Arc<str>>,
     pub enqueued_ms: i64,
     /// Position in the ingest log; ties an archived row back to what was acknowledged.
     pub offset: u64,
@@ -153,6 +156,7 @@ impl Event {
             generation_id: None,
             auth_method: AuthMethod::Sas,
             gateway: None,
+            dead_letter: None,
             enqueued_ms,
             offset: 0,
             packet_id: None,

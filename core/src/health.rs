@@ -46,6 +46,8 @@ pub struct WorkerHealth {
     pub last_error_ms: Option<i64>,
     /// Failed attempts so far.
     pub failures: u64,
+    /// Deliveries handed to the dead-letter endpoint so far.
+    pub dead_lettered: u64,
 }
 
 /// An endpoint over all workers.
@@ -56,6 +58,7 @@ pub struct EndpointHealth {
     pub last_error: Option<String>,
     pub last_error_ms: Option<i64>,
     pub failures: u64,
+    pub dead_lettered: u64,
 }
 
 #[derive(Default)]
@@ -142,15 +145,16 @@ fn overall_state(w: &[Worker], endpoint: &str) -> EndpointState {
 fn summary(w: &[Worker], endpoint: &str) -> Option<EndpointHealth> {
     let mut out: Option<EndpointHealth> = None;
     for worker in w {
-        let (state, committed, err, err_ms, failures) = match worker.endpoints.get(endpoint) {
+        let (state, committed, err, err_ms, failures, dead) = match worker.endpoints.get(endpoint) {
             Some(h) => (
                 h.state,
                 h.committed,
                 h.last_error.as_ref(),
                 h.last_error_ms,
                 h.failures,
+                h.dead_lettered,
             ),
-            None => (EndpointState::Healthy, worker.frontier, None, None, 0),
+            None => (EndpointState::Healthy, worker.frontier, None, None, 0, 0),
         };
         let o = out.get_or_insert(EndpointHealth {
             state,
@@ -158,8 +162,10 @@ fn summary(w: &[Worker], endpoint: &str) -> Option<EndpointHealth> {
             last_error: None,
             last_error_ms: None,
             failures: 0,
+            dead_lettered: 0,
         });
         o.state = o.state.max(state);
+        o.dead_lettered += dead;
         o.committed = o.committed.min(committed);
         o.failures += failures;
         if err_ms > o.last_error_ms {
@@ -181,6 +187,7 @@ mod tests {
             last_error: err.map(|e| e.0.to_owned()),
             last_error_ms: err.map(|e| e.1),
             failures: u64::from(err.is_some()),
+            dead_lettered: 0,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod ids;
 pub mod ingest;
 pub mod record;
+pub mod recovery;
 pub mod services;
 pub mod sink;
 pub mod text;
@@ -28,8 +29,9 @@ pub use connections::{
 };
 pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
 pub use endpoint::{
-    AmqpOptions, ColumnSpec, ColumnType, ColumnValue, Delivery, EndpointCatalog, EndpointKind,
-    EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret, SecretUrl, WebhookOptions,
+    AmqpOptions, ColumnSpec, ColumnType, ColumnValue, DeadLetterPolicy, Delivery, EndpointCatalog,
+    EndpointKind, EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret, SecretUrl,
+    WebhookOptions,
 };
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
@@ -38,4 +40,4 @@ pub use identity::{Credential, Identity, Peer, Revocation, key_digest};
 pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
 pub use services::{DeviceServices, NoServices, ServiceError, ServiceFuture};
-pub use sink::{ReplayRequest, Sink, SinkError, SinkFactory};
+pub use sink::{DeadLetterPass, ReplayRequest, Sink, SinkError, SinkFactory};

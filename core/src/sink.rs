@@ -34,11 +34,22 @@ pub enum SinkError {
 
 /// A failed endpoint is ready to try again: it needs the deliveries to `endpoint` of this
 /// worker's events at offsets `from..to` (everything that arrived while it was down).
+/// With `dead_letter`, they are not for the endpoint but for its dead-letter endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRequest {
     pub endpoint: Arc<str>,
     pub from: u64,
     pub to: u64,
+    pub dead_letter: Option<DeadLetterPass>,
+}
+
+/// Hand what the endpoint could not deliver in time to `target`: the deliveries of events
+/// enqueued at or before `before_ms`, each marked with `reason`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterPass {
+    pub target: Arc<str>,
+    pub before_ms: i64,
+    pub reason: String,
 }
 
 /// Receives routed deliveries in one worker.
@@ -74,6 +85,22 @@ pub trait Sink {
         _endpoint: &str,
         _spec: Option<&Arc<EndpointSpec>>,
         _batch: Vec<Delivery>,
+        _through: u64,
+    ) -> Result<(), SinkError> {
+        Ok(())
+    }
+
+    /// Of `batch`, deliveries to `endpoint` read for a dead-letter pass, removes those the
+    /// endpoint has committed after all (partitions of a worker may be at different
+    /// offsets), so only what it never delivered is handed on.
+    fn uncommitted(&self, _endpoint: &str, _batch: &mut Vec<Delivery>) {}
+
+    /// A dead-letter pass durably handed `count` deliveries of `endpoint` below `through`
+    /// to its dead-letter endpoint: they count as committed now.
+    fn dead_lettered(
+        &mut self,
+        _endpoint: &str,
+        _count: u64,
         _through: u64,
     ) -> Result<(), SinkError> {
         Ok(())

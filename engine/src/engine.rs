@@ -6,7 +6,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use timely::dataflow::operators::Exchange;
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::{DeviceDirectory, Event, EventFeed, SinkFactory};
+use weir_core::{DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
 use crate::metrics::EngineMetrics;
@@ -19,6 +19,16 @@ pub type RulesHandle = Arc<ArcSwap<RuleSet>>;
 
 /// Called for every routed event; `weir rules test` uses it to report decisions.
 pub type TraceFn = Arc<dyn Fn(&Event, &RuleSet, &Outcome) + Send + Sync>;
+
+/// What the engine may call out to besides its feed and sinks.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Reports every routing decision.
+    pub trace: Option<TraceFn>,
+    /// Where dead letters are written back to (the hub's ingest log). Without it, endpoints
+    /// with a dead-letter endpoint keep what they could not deliver, as others do.
+    pub dead_letters: Option<Arc<dyn Ingest>>,
+}
 
 /// How long, and for how many messages per device, repeats are recognised.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +98,7 @@ impl Engine {
         directory: Arc<dyn DeviceDirectory>,
         feed: Arc<dyn EventFeed>,
         sinks: Vec<Arc<dyn SinkFactory>>,
-        trace: Option<TraceFn>,
+        hooks: Hooks,
     ) -> Result<Engine, EngineError> {
         if config.workers == 0 {
             return Err(EngineError::NoWorkers);
@@ -147,10 +157,17 @@ impl Engine {
                     .route(
                         Arc::clone(&rules),
                         Arc::clone(&directory),
-                        trace.clone(),
+                        hooks.trace.clone(),
                         Arc::clone(&worker_metrics),
                     )
-                    .sink_to(sink, replayer, end, tick, Arc::clone(&worker_metrics));
+                    .sink_to(
+                        sink,
+                        replayer,
+                        hooks.dead_letters.clone(),
+                        end,
+                        tick,
+                        Arc::clone(&worker_metrics),
+                    );
             });
             while worker.step_or_park(None) {}
         })

@@ -11,7 +11,7 @@ use arc_swap::ArcSwap;
 use weir_core::{Delivery, DeviceDirectory, EndpointSpec, Event, Sink, SinkError, SinkFactory};
 use weir_rules::RuleSet;
 
-use crate::engine::{Engine, EngineConfig, EngineError, TraceFn};
+use crate::engine::{Engine, EngineConfig, EngineError, Hooks, TraceFn};
 use crate::memory::MemoryFeed;
 
 /// The routing decision for one event, by name.
@@ -122,7 +122,10 @@ pub fn run(
         directory,
         Arc::new(feed.clone()),
         vec![Arc::new(CaptureFactory(Arc::clone(&captured)))],
-        Some(trace),
+        Hooks {
+            trace: Some(trace),
+            dead_letters: None,
+        },
     )?;
     let pushed = feed.push(events);
     feed.close();

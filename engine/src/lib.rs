@@ -10,6 +10,7 @@
 //! Timestamps are log offsets. The frontier at the sink tells it which offsets are
 //! complete, which is what its exactly-once commits are built on.
 
+pub mod deadletter;
 mod engine;
 pub mod harness;
 pub mod memory;
@@ -18,6 +19,6 @@ mod operators;
 mod replay;
 mod sinks;
 
-pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, RulesHandle, TraceFn};
+pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, Hooks, RulesHandle, TraceFn};
 pub use memory::MemoryFeed;
 pub use metrics::EngineMetrics;

@@ -21,6 +21,9 @@ pub struct EngineMetrics {
     pub duplicates: AtomicU64,
     /// Deliveries replayed from the log for endpoints recovering from a failure.
     pub replayed: AtomicU64,
+    /// Deliveries an endpoint could not make within its `max_retry_secs`, written back to
+    /// the log for its dead-letter endpoint.
+    pub dead_lettered: AtomicU64,
 }
 
 impl EngineMetrics {

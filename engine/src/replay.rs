@@ -99,7 +99,13 @@ impl Replayer {
                     continue;
                 }
             };
-            if e.offset >= req.to {
+            // A dead-letter pass takes only what has waited long enough; the log is in
+            // enqueued-time order, so the first younger event ends it.
+            let young = req
+                .dead_letter
+                .as_ref()
+                .is_some_and(|d| e.offset >= req.from && e.enqueued_ms > d.before_ms);
+            if e.offset >= req.to || young {
                 p.carry.push_front(e);
                 break;
             }
@@ -111,7 +117,7 @@ impl Replayer {
             let Some(ep) = target else { continue };
             let event = Arc::new(e);
             let view = EventView::new(&event, &*self.directory);
-            rules.evaluate(&view, event.source, &mut self.outcome);
+            rules.evaluate_event(&view, &event, &mut self.outcome);
             if self.outcome.endpoints.contains(&ep) {
                 deliveries.push(rules.delivery(ep, &self.outcome, &view, &event));
             }
@@ -280,6 +286,7 @@ mod tests {
             endpoint: Arc::from("b"),
             from,
             to,
+            dead_letter: None,
         };
         let offsets =
             |c: &Chunk| -> Vec<u64> { c.deliveries.iter().map(|d| d.event.offset).collect() };
@@ -308,10 +315,79 @@ mod tests {
                     endpoint: Arc::from("gone"),
                     from: 0,
                     to: 7,
+                    dead_letter: None,
                 },
                 100,
             )
             .expect("chunk");
         assert!(c.spec.is_none() && c.deliveries.is_empty() && c.through == 7);
+    }
+
+    #[test]
+    fn a_dead_letter_pass_stops_at_the_first_young_event_and_dead_letters_skip_routes() {
+        let rules = weir_rules::load_sources(
+            &[weir_rules::SourceFile {
+                name: "r.toml".into(),
+                path: "r.toml".into(),
+                text: Arc::from(
+                    "[[endpoint]]\nname = \"a\"\ntype = \"parquet\"\n[[endpoint]]\nname = \"b\"\ntype = \"parquet\"\ndead_letter = \"a\"\n[[route]]\nname = \"all\"\ncondition = \"true\"\nendpoints = [\"b\"]\n",
+                ),
+            }],
+            "hub",
+            &Kinds,
+        )
+        .expect("rules");
+        let mut events: Vec<Event> = (0..7).map(|o| event(o, &format!("m{o}"))).collect();
+        // 3 is a dead letter for a: not b's, whatever the route says, and not a repeat.
+        events[3].dead_letter = Some(Arc::from("a"));
+        events[3].system.message_id = Some("m2".into());
+        let mut r = Replayer::new(
+            Arc::new(VecFeed(events)),
+            0,
+            1,
+            Arc::new(ArcSwap::from_pointee(rules)),
+            Arc::new(NoDevices),
+            Some(DedupeConfig::default()),
+        );
+        let pass = |from| ReplayRequest {
+            endpoint: Arc::from("b"),
+            from,
+            to: 7,
+            dead_letter: Some(weir_core::DeadLetterPass {
+                target: Arc::from("a"),
+                before_ms: 1_004,
+                reason: "down".into(),
+            }),
+        };
+        let c = r.chunk(&pass(1), 100).expect("chunk");
+        let offsets: Vec<u64> = c.deliveries.iter().map(|d| d.event.offset).collect();
+        assert_eq!(
+            (offsets, c.through),
+            (vec![1, 2, 4], 5),
+            "5 was enqueued after the cut-off"
+        );
+        let mut a = r.chunk(&pass(5), 100).expect("chunk");
+        assert_eq!(
+            (a.deliveries.len(), a.through),
+            (0, 5),
+            "nothing more is old enough"
+        );
+        a = r
+            .chunk(
+                &ReplayRequest {
+                    endpoint: Arc::from("a"),
+                    from: 0,
+                    to: 7,
+                    dead_letter: None,
+                },
+                100,
+            )
+            .expect("chunk");
+        let to_a: Vec<(u64, &str)> = a
+            .deliveries
+            .iter()
+            .map(|d| (d.event.offset, &*d.route))
+            .collect();
+        assert_eq!(to_a, vec![(3, "$deadLetter")]);
     }
 }

@@ -148,6 +148,27 @@ impl SinkSet {
         r
     }
 
+    pub(crate) fn uncommitted(&self, sink: usize, endpoint: &str, batch: &mut Vec<Delivery>) {
+        if let Some((_, s)) = self.sinks.get(sink) {
+            s.uncommitted(endpoint, batch);
+        }
+    }
+
+    pub(crate) fn dead_lettered(
+        &mut self,
+        sink: usize,
+        endpoint: &str,
+        count: u64,
+        through: u64,
+    ) -> Result<(), SinkError> {
+        let r = match self.sinks.get_mut(sink) {
+            Some((_, s)) => s.dead_lettered(endpoint, count, through),
+            None => Ok(()),
+        };
+        self.report_floors();
+        r
+    }
+
     fn report_floors(&self) {
         for (i, (_, s)) in self.sinks.iter().enumerate() {
             self.floors.set(self.worker, i, s.floor());

@@ -66,6 +66,7 @@ impl Events {
             generation_id: None,
             auth_method: AuthMethod::Internal,
             gateway: None,
+            dead_letter: None,
             enqueued_ms: 0,
             offset: 0,
             packet_id: None,

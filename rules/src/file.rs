@@ -27,6 +27,9 @@ pub struct RawEndpoint {
     pub kind: Spanned<String>,
     /// Column name → `"type:expression"`, in file order.
     pub columns: Ordered<Spanned<String>>,
+    /// The endpoint that takes what this one could not deliver in time.
+    pub dead_letter: Option<Spanned<String>>,
+    pub max_retry_secs: Option<Spanned<i64>>,
     /// The sink's own options, in file order.
     pub options: Vec<(String, Spanned<toml::Value>)>,
 }
@@ -41,12 +44,15 @@ impl<'de> Deserialize<'de> for RawEndpoint {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawEndpoint, A::Error> {
                 let (mut name, mut kind, mut columns) = (None, None, None);
+                let (mut dead_letter, mut max_retry_secs) = (None, None);
                 let mut options = Vec::new();
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "name" => name = Some(map.next_value()?),
                         "type" => kind = Some(map.next_value()?),
                         "columns" => columns = Some(map.next_value()?),
+                        "dead_letter" => dead_letter = Some(map.next_value()?),
+                        "max_retry_secs" => max_retry_secs = Some(map.next_value()?),
                         _ => options.push((key, map.next_value()?)),
                     }
                 }
@@ -54,6 +60,8 @@ impl<'de> Deserialize<'de> for RawEndpoint {
                     name: name.ok_or_else(|| serde::de::Error::missing_field("name"))?,
                     kind: kind.ok_or_else(|| serde::de::Error::missing_field("type"))?,
                     columns: columns.unwrap_or_default(),
+                    dead_letter,
+                    max_retry_secs,
                     options,
                 })
             }

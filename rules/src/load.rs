@@ -4,9 +4,12 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use toml::Spanned;
-use weir_core::{ColumnSpec, ColumnType, EndpointCatalog, EndpointSpec, EventSource};
+use weir_core::{
+    ColumnSpec, ColumnType, DeadLetterPolicy, EndpointCatalog, EndpointSpec, EventSource,
+};
 
 use crate::compile::compile_str;
 use crate::diag::{Diagnostic, string_offsets};
@@ -100,6 +103,7 @@ pub fn load_sources(
         endpoint_names: HashMap::new(),
         route_names: HashMap::new(),
         fallback_at: None,
+        dead_letter_refs: Vec::new(),
     };
     let parsed: Vec<Option<RawFile>> = files
         .iter()
@@ -113,6 +117,7 @@ pub fn load_sources(
             }
         }
     }
+    b.dead_letters();
     for (i, raw) in parsed.into_iter().enumerate() {
         let Some(raw) = raw else { continue };
         for r in raw.route {
@@ -171,7 +176,21 @@ struct Builder<'a> {
     endpoint_names: HashMap<String, (usize, Range<usize>)>,
     route_names: HashMap<String, (usize, Range<usize>)>,
     fallback_at: Option<(usize, Range<usize>)>,
+    /// `dead_letter` of each endpoint that has one, resolved once every endpoint is known.
+    dead_letter_refs: Vec<DeadLetterRef>,
 }
+
+struct DeadLetterRef {
+    file: usize,
+    endpoint: usize,
+    target: Spanned<String>,
+    max_retry: Duration,
+}
+
+/// How long an endpoint with a dead-letter endpoint keeps retrying a delivery by default:
+/// the hour IoT Hub retries its custom endpoints for.
+const DEFAULT_MAX_RETRY_SECS: i64 = 3600;
+const MAX_RETRY_SECS_LIMIT: i64 = 7 * 24 * 3600;
 
 impl Builder<'_> {
     fn diag(
@@ -300,6 +319,9 @@ impl Builder<'_> {
                 return;
             }
         };
+        let Some(max_retry) = self.max_retry(i, ep) else {
+            return;
+        };
         let mut columns = Vec::new();
         let mut exprs = Vec::new();
         for (col, spec) in &ep.columns.0 {
@@ -357,13 +379,121 @@ impl Builder<'_> {
         }
         self.endpoint_names
             .insert(name.clone(), (i, ep.name.span()));
+        if let (Some(target), Some(max_retry)) = (&ep.dead_letter, max_retry) {
+            self.dead_letter_refs.push(DeadLetterRef {
+                file: i,
+                endpoint: self.set.endpoints.len(),
+                target: target.clone(),
+                max_retry,
+            });
+        }
         self.set.endpoints.push(Arc::new(EndpointSpec {
             name: Arc::from(name),
             kind,
             columns,
+            dead_letter: None,
         }));
         self.set.columns.push(exprs);
         self.set.enrichments.push(Vec::new());
+    }
+
+    /// `max_retry_secs` of an endpoint: `Some(None)` without a dead-letter endpoint, `None`
+    /// after a diagnostic.
+    fn max_retry(&mut self, i: usize, ep: &RawEndpoint) -> Option<Option<Duration>> {
+        match (&ep.dead_letter, &ep.max_retry_secs) {
+            (None, None) => Some(None),
+            (None, Some(secs)) => {
+                self.diag(
+                    i,
+                    secs.span(),
+                    "max_retry_secs needs a dead_letter endpoint",
+                    Some("without one, what the endpoint cannot deliver waits in the ingest log until it can; add dead_letter = \"<endpoint>\" to hand it on instead".into()),
+                );
+                None
+            }
+            (Some(_), Some(secs)) if !(1..=MAX_RETRY_SECS_LIMIT).contains(secs.get_ref()) => {
+                self.diag(
+                    i,
+                    secs.span(),
+                    format!("max_retry_secs must be between 1 and {MAX_RETRY_SECS_LIMIT} (7 days)"),
+                    None,
+                );
+                None
+            }
+            (Some(_), secs) => {
+                let secs = secs
+                    .as_ref()
+                    .map_or(DEFAULT_MAX_RETRY_SECS, |s| *s.get_ref());
+                Some(Some(Duration::from_secs(secs.unsigned_abs())))
+            }
+        }
+    }
+
+    /// Resolves every `dead_letter`: an endpoint defined in some file, not the endpoint
+    /// itself, and no chain of dead-letter endpoints that comes back to where it started.
+    fn dead_letters(&mut self) {
+        for r in std::mem::take(&mut self.dead_letter_refs) {
+            let Some(target) = self.endpoint_ref(r.file, &r.target) else {
+                continue;
+            };
+            if target == r.endpoint {
+                self.diag(
+                    r.file,
+                    r.target.span(),
+                    "an endpoint cannot be its own dead-letter endpoint",
+                    Some("name another endpoint, for example a Parquet archive".into()),
+                );
+                continue;
+            }
+            let policy = DeadLetterPolicy {
+                endpoint: Arc::clone(&self.set.endpoints[target].name),
+                max_retry: r.max_retry,
+            };
+            Arc::make_mut(&mut self.set.endpoints[r.endpoint]).dead_letter = Some(policy);
+            let mut chain = vec![Arc::clone(&self.set.endpoints[r.endpoint].name)];
+            let mut at = target;
+            while let Some(next) = self.set.endpoints[at].dead_letter.clone() {
+                chain.push(Arc::clone(&self.set.endpoints[at].name));
+                if *next.endpoint == *chain[0] {
+                    chain.push(Arc::clone(&next.endpoint));
+                    let cycle: Vec<&str> = chain.iter().map(|n| &**n).collect();
+                    self.diag(
+                        r.file,
+                        r.target.span(),
+                        format!("dead-letter endpoints form a cycle: {}", cycle.join(" → ")),
+                        Some(
+                            "the last endpoint of a dead-letter chain must have no dead_letter"
+                                .into(),
+                        ),
+                    );
+                    break;
+                }
+                match self.set.endpoint_index(&next.endpoint) {
+                    Some(n) if chain.len() <= self.set.endpoints.len() => at = n,
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Resolves one endpoint name; reports an unknown one.
+    fn endpoint_ref(&mut self, i: usize, n: &Spanned<String>) -> Option<usize> {
+        if let Some(ix) = self.set.endpoint_index(n.get_ref()) {
+            return Some(ix);
+        }
+        let known: Vec<&str> = self.set.endpoints.iter().map(|e| &*e.name).collect();
+        let hint = if known.is_empty() {
+            "no endpoints are defined; add an [[endpoint]] table".to_string()
+        } else {
+            format!("defined endpoints: {}", known.join(", "))
+        };
+        self.diag(
+            i,
+            n.span(),
+            format!("unknown endpoint {:?}", n.get_ref()),
+            Some(hint),
+        );
+        None
     }
 
     /// Resolves endpoint names; reports unknown ones.
@@ -384,23 +514,9 @@ impl Builder<'_> {
         let mut out = Vec::new();
         let mut ok = true;
         for n in list.get_ref() {
-            match self.set.endpoint_index(n.get_ref()) {
+            match self.endpoint_ref(i, n) {
                 Some(ix) => out.push(ix),
-                None => {
-                    let known: Vec<&str> = self.set.endpoints.iter().map(|e| &*e.name).collect();
-                    let hint = if known.is_empty() {
-                        "no endpoints are defined; add an [[endpoint]] table".to_string()
-                    } else {
-                        format!("defined endpoints: {}", known.join(", "))
-                    };
-                    self.diag(
-                        i,
-                        n.span(),
-                        format!("unknown endpoint {:?}", n.get_ref()),
-                        Some(hint),
-                    );
-                    ok = false;
-                }
+                None => ok = false,
             }
         }
         ok.then_some(out)

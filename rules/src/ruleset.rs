@@ -69,6 +69,8 @@ pub struct Outcome {
     pub endpoints: Vec<usize>,
     /// True when no route matched and the fallback applied.
     pub fallback: bool,
+    /// True when the event is a dead letter, addressed to one endpoint whatever the routes.
+    pub dead_letter: bool,
 }
 
 impl Outcome {
@@ -76,6 +78,7 @@ impl Outcome {
         self.routes.clear();
         self.endpoints.clear();
         self.fallback = false;
+        self.dead_letter = false;
     }
 }
 
@@ -89,6 +92,17 @@ impl RuleSet {
     pub fn reads_body(&self) -> bool {
         self.routes.iter().any(|r| r.condition.reads_body())
             || self.columns.iter().flatten().any(Ir::reads_body)
+    }
+
+    /// Decides where `event` goes: a dead letter to the endpoint it names (when the rules
+    /// still define it), anything else as [`RuleSet::evaluate`] says.
+    pub fn evaluate_event(&self, view: &dyn MessageView, event: &Event, out: &mut Outcome) {
+        let Some(target) = &event.dead_letter else {
+            return self.evaluate(view, event.source, out);
+        };
+        out.clear();
+        out.dead_letter = true;
+        out.endpoints.extend(self.endpoint_index(target));
     }
 
     /// Decides where `view`'s event goes. A message goes to every endpoint of every
@@ -113,6 +127,9 @@ impl RuleSet {
     /// The name of the first route of `outcome` that sends the event to `endpoint`, or
     /// `$fallback`.
     pub fn route_to(&self, endpoint: usize, outcome: &Outcome) -> Arc<str> {
+        if outcome.dead_letter {
+            return Arc::from("$deadLetter");
+        }
         outcome
             .routes
             .iter()

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use weir_core::{
-    Delivery, DeviceId, EndpointKind, EndpointSpec, EndpointState, Event, HealthBoard,
-    ReplayRequest, SinkFactory,
+    DeadLetterPolicy, Delivery, DeviceId, EndpointKind, EndpointSpec, EndpointState, Event,
+    HealthBoard, ReplayRequest, SinkFactory,
 };
 use weir_storage::commit::CommitStore;
 use weir_storage::{ParquetConfig, ParquetSinkFactory};
@@ -19,6 +19,7 @@ fn spec() -> Arc<EndpointSpec> {
         name: Arc::from("hot"),
         kind: EndpointKind::Parquet(Default::default()),
         columns: vec![],
+        dead_letter: None,
     })
 }
 
@@ -106,7 +107,8 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
         ReplayRequest {
             endpoint: Arc::from("hot"),
             from: 0,
-            to: 10
+            to: 10,
+            dead_letter: None,
         }
     );
     assert!(sink.replay("hot", Some(&ep), deliveries(0..7), 10).is_err());
@@ -153,4 +155,65 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
             .iter()
             .all(|p| !p.to_string_lossy().ends_with(".inprogress"))
     );
+}
+
+#[test]
+fn a_dead_letter_pass_moves_the_commit_point_past_what_waited_too_long() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let archive = tmp.path().join("archive");
+    let store = CommitStore::open(&tmp.path().join("commits.redb")).expect("commits");
+    let board = Arc::new(HealthBoard::default());
+    let factory = ParquetSinkFactory::new(
+        ParquetConfig::new(archive.clone()),
+        Arc::new(store),
+        Arc::clone(&board),
+    )
+    .expect("factory");
+    let mut sink = factory.open(0, 1).expect("open");
+    let ep = Arc::new(EndpointSpec {
+        dead_letter: Some(DeadLetterPolicy {
+            endpoint: Arc::from("dlq"),
+            max_retry: Duration::ZERO,
+        }),
+        ..(*spec()).clone()
+    });
+    std::fs::create_dir_all(archive.join("hot")).expect("dir");
+    let blocker = archive.join("hot/date=2026-01-02");
+    std::fs::write(&blocker, b"in the way").expect("blocker");
+    assert!(sink.write(&ep, deliveries(0..4)).is_err());
+    sink.advance(10).expect("advance");
+
+    let req = sink.replay_request().expect("a pass is due at once");
+    let pass = req
+        .dead_letter
+        .clone()
+        .expect("a dead-letter pass, not a retry");
+    assert_eq!((req.from, req.to, &*pass.target), (0, 10, "dlq"));
+    assert!(pass.reason.contains("date=2026-01-02"), "{}", pass.reason);
+    let mut batch = deliveries(0..10);
+    sink.uncommitted("hot", &mut batch);
+    assert_eq!(batch.len(), 10);
+    sink.dead_lettered("hot", 10, 10).expect("recorded");
+    assert_eq!(sink.floor(), 10, "the log may let go of what was handed on");
+    let h = board.endpoint("hot").expect("reported");
+    assert_eq!(
+        (h.state, h.committed, h.dead_lettered),
+        (EndpointState::Unhealthy, 10, 10)
+    );
+    let mut later = deliveries(8..12);
+    sink.uncommitted("hot", &mut later);
+    assert_eq!(
+        later.iter().map(|d| d.event.offset).collect::<Vec<_>>(),
+        vec![10, 11]
+    );
+    assert_eq!(sink.replay_request(), None, "nothing left; the retry waits");
+
+    std::fs::remove_file(&blocker).expect("unblock");
+    std::thread::sleep(Duration::from_millis(1100));
+    let req = sink.replay_request().expect("the retry");
+    assert_eq!((req.from, req.dead_letter), (10, None));
+    sink.replay("hot", Some(&ep), deliveries(10..12), 12)
+        .expect("replayed");
+    sink.close(12).expect("close");
+    assert_eq!(parquet_rows(&archive), 2, "only what was not handed on");
 }

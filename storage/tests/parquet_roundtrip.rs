@@ -42,6 +42,7 @@ fn endpoint() -> Arc<EndpointSpec> {
             name: "temp".into(),
             ty: ColumnType::Double,
         }],
+        dead_letter: None,
     })
 }
 

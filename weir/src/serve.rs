@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use weir_core::{ConnectionRegistry, HealthBoard, SinkFactory};
-use weir_engine::{Engine, EngineConfig};
+use weir_engine::{Engine, EngineConfig, Hooks};
 use weir_gateways::mqtt::Mqtt;
 use weir_gateways::{
     Admission, Gateway, GatewayContext, GatewayMetrics, MqttListener, QuicListener,
@@ -267,7 +267,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         registry.clone(),
         Arc::new(log.feed()),
         sinks,
-        None,
+        Hooks {
+            trace: None,
+            dead_letters: Some(Arc::new(log.ingest())),
+        },
     )?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
     let c2d = Arc::new(

@@ -103,7 +103,8 @@ impl DedupeState {
 
     /// True when `e` repeats a message its device sent within the window; remembers `e`.
     pub(crate) fn is_repeat(&mut self, e: &Event) -> bool {
-        if e.system.message_id.is_none() && e.packet_id.is_none() {
+        // A dead letter carries the message id of a message already seen, on purpose.
+        if e.dead_letter.is_some() || (e.system.message_id.is_none() && e.packet_id.is_none()) {
             return false;
         }
         let w = match self.devices.entry(e.device_id.clone()) {

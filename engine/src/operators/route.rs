@@ -44,7 +44,7 @@ impl<'s> Route<'s> for Events<'s> {
                     let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
                     for event in data.drain(..) {
                         let view = EventView::new(&event, &*directory);
-                        rules.evaluate(&view, event.source, &mut outcome);
+                        rules.evaluate_event(&view, &event, &mut outcome);
                         if reads_body && view.body_is_malformed() {
                             dead += 1;
                             if last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {

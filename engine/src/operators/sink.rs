@@ -10,11 +10,12 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::{Delivery, EndpointSpec, ReplayRequest, SinkError};
+use weir_core::{DeadLetterPass, Delivery, EndpointSpec, Ingest, ReplayRequest, SinkError};
 
 use super::Routed;
+use crate::deadletter;
 use crate::metrics::EngineMetrics;
-use crate::replay::Replayer;
+use crate::replay::{Chunk, Replayer};
 use crate::sinks::SinkSet;
 
 /// Events read per activation while replaying for a failed endpoint.
@@ -26,41 +27,116 @@ enum Progress {
     Stuck,
 }
 
-/// Hands a sink one chunk of the replay it asked for.
-fn serve_replay(
-    sinks: &mut SinkSet,
-    replayer: &mut Replayer,
-    (sink, req): &(usize, ReplayRequest),
-    report: &mut impl FnMut(Result<(), SinkError>),
-    metrics: &EngineMetrics,
-    warned: &mut Option<Instant>,
-) -> Progress {
-    match replayer.chunk(req, REPLAY_CHUNK) {
-        Ok(chunk) => {
-            EngineMetrics::add(&metrics.replayed, chunk.deliveries.len() as u64);
-            let moved = chunk.through > req.from;
-            report(sinks.replay(
-                *sink,
-                &req.endpoint,
-                chunk.spec.as_ref(),
-                chunk.deliveries,
-                chunk.through,
-            ));
-            if moved {
-                Progress::Moved
-            } else {
-                Progress::Stuck
-            }
+/// What serving a replay needs besides the sinks.
+pub(crate) struct Replays {
+    pub replayer: Replayer,
+    /// Where dead letters go (the hub's ingest log).
+    pub dead_letters: Option<Arc<dyn Ingest>>,
+    pub metrics: Arc<EngineMetrics>,
+    /// When a replay last failed and was logged (at most every 10 s).
+    warned: Option<Instant>,
+}
+
+impl Replays {
+    pub(crate) fn new(
+        replayer: Replayer,
+        dead_letters: Option<Arc<dyn Ingest>>,
+        metrics: Arc<EngineMetrics>,
+    ) -> Replays {
+        Replays {
+            replayer,
+            dead_letters,
+            metrics,
+            warned: None,
         }
-        Err(e) => {
-            report(Err(SinkError::Io {
-                path: "ingest log".into(),
-                source: std::io::Error::other(e.to_string()),
-            }));
-            if warned.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                *warned = Some(Instant::now());
-                tracing::error!(endpoint = %req.endpoint, error = %e, "cannot replay for a failed endpoint; retrying");
+    }
+
+    fn warn(&mut self, endpoint: &str, what: &str, error: &dyn std::fmt::Display) {
+        if self.warned.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+            self.warned = Some(Instant::now());
+            tracing::error!(endpoint, error = %error, "{what}; retrying");
+        }
+    }
+
+    /// Hands a sink one chunk of the replay it asked for.
+    fn serve(
+        &mut self,
+        sinks: &mut SinkSet,
+        (sink, req): &(usize, ReplayRequest),
+        report: &mut impl FnMut(Result<(), SinkError>),
+    ) -> Progress {
+        let chunk = match self.replayer.chunk(req, REPLAY_CHUNK) {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                report(Err(SinkError::Io {
+                    path: "ingest log".into(),
+                    source: std::io::Error::other(e.to_string()),
+                }));
+                self.warn(&req.endpoint, "cannot replay for a failed endpoint", &e);
+                return Progress::Stuck;
             }
+        };
+        let moved = chunk.through > req.from;
+        if let Some(pass) = &req.dead_letter {
+            return self.dead_letter(sinks, *sink, req, pass, chunk, report);
+        }
+        EngineMetrics::add(&self.metrics.replayed, chunk.deliveries.len() as u64);
+        report(sinks.replay(
+            *sink,
+            &req.endpoint,
+            chunk.spec.as_ref(),
+            chunk.deliveries,
+            chunk.through,
+        ));
+        if moved {
+            Progress::Moved
+        } else {
+            Progress::Stuck
+        }
+    }
+
+    /// Writes a chunk's deliveries back to the log as dead letters, then lets the endpoint
+    /// commit past them.
+    fn dead_letter(
+        &mut self,
+        sinks: &mut SinkSet,
+        sink: usize,
+        req: &ReplayRequest,
+        pass: &DeadLetterPass,
+        chunk: Chunk,
+        report: &mut impl FnMut(Result<(), SinkError>),
+    ) -> Progress {
+        let Some(ingest) = self.dead_letters.clone() else {
+            // Nowhere to write them: the endpoint keeps them, as one without a dead letter.
+            report(sinks.dead_lettered(sink, &req.endpoint, 0, req.from));
+            return Progress::Stuck;
+        };
+        let mut batch = chunk.deliveries;
+        sinks.uncommitted(sink, &req.endpoint, &mut batch);
+        let letters: Vec<_> = batch
+            .iter()
+            .map(|d| deadletter::letter(d, &req.endpoint, pass))
+            .collect();
+        let count = letters.len() as u64;
+        if !letters.is_empty()
+            && let Err(e) = deadletter::hand_off(&*ingest, letters)
+        {
+            self.warn(
+                &req.endpoint,
+                "cannot write dead letters to the ingest log",
+                &e,
+            );
+            report(sinks.dead_lettered(sink, &req.endpoint, 0, req.from));
+            return Progress::Stuck;
+        }
+        if count > 0 {
+            tracing::warn!(endpoint = %req.endpoint, dead_letter = %pass.target, count, reason = %pass.reason, "handed undeliverable messages to the dead-letter endpoint");
+        }
+        EngineMetrics::add(&self.metrics.dead_lettered, count);
+        report(sinks.dead_lettered(sink, &req.endpoint, count, chunk.through));
+        if chunk.through > req.from {
+            Progress::Moved
+        } else {
             Progress::Stuck
         }
     }
@@ -74,6 +150,7 @@ pub(crate) trait SinkTo {
         self,
         sinks: SinkSet,
         replayer: Replayer,
+        dead_letters: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
         metrics: Arc<EngineMetrics>,
@@ -84,13 +161,14 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
     fn sink_to(
         self,
         mut sinks: SinkSet,
-        mut replayer: Replayer,
+        replayer: Replayer,
+        dead_letters: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
         metrics: Arc<EngineMetrics>,
     ) {
         let mut closed = false;
-        let mut replay_warned: Option<Instant> = None;
+        let mut replays = Replays::new(replayer, dead_letters, Arc::clone(&metrics));
         // Sinks log their endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
         let mut report = move |r: Result<(), SinkError>| {
@@ -127,14 +205,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                         // catch up, so a clean stop leaves as little as possible to replay.
                         sinks.retry_now();
                         while let Some(req) = sinks.replay_request() {
-                            let progress = serve_replay(
-                                &mut sinks,
-                                &mut replayer,
-                                &req,
-                                &mut report,
-                                &metrics,
-                                &mut replay_warned,
-                            );
+                            let progress = replays.serve(&mut sinks, &req, &mut report);
                             if progress != Progress::Moved {
                                 break;
                             }
@@ -148,14 +219,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                         activator.activate_after(tick);
                         return;
                     };
-                    match serve_replay(
-                        &mut sinks,
-                        &mut replayer,
-                        &req,
-                        &mut report,
-                        &metrics,
-                        &mut replay_warned,
-                    ) {
+                    match replays.serve(&mut sinks, &req, &mut report) {
                         Progress::Moved => activator.activate(),
                         Progress::Stuck => activator.activate_after(tick),
                     }

@@ -474,6 +474,7 @@ impl Session {
                     generation_id: Some(Arc::clone(&o.identity.generation_id)),
                     auth_method: o.identity.auth,
                     gateway: Some(Arc::clone(&o.gateway)),
+                    dead_letter: None,
                     // The log assigns the enqueued time and the offset.
                     enqueued_ms: 0,
                     offset: 0,

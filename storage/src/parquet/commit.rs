@@ -11,13 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use weir_core::time::now_ms;
 use weir_core::{EndpointState as Health, SinkError};
 
 use super::factory::{KIND, encode_renames};
 use super::file::io;
 use super::sink::ParquetSink;
-use super::state::{Phase, backoff};
 use crate::commit::Update;
 use crate::fsutil;
 
@@ -82,10 +80,8 @@ impl ParquetSink {
         // The record is the commit point: from here the files are part of the archive
         // even if renaming them has to wait for a later record or the next start.
         self.finish_renames();
-        if let Some(s) = self.endpoints.get_mut(name)
-            && let Phase::Resuming { proven, .. } = &mut s.phase
-        {
-            *proven = true;
+        if let Some(s) = self.endpoints.get_mut(name) {
+            s.recovery.prove();
         }
         self.metrics
             .rows_committed
@@ -157,14 +153,9 @@ impl ParquetSink {
         s.rows = 0;
         s.opened = None;
         s.last_offset = None;
-        let attempts = s.attempts() + 1;
-        let wait = backoff(attempts);
-        s.phase = Phase::Failed {
-            attempts,
-            retry_at: Instant::now() + wait,
-        };
-        s.failures += 1;
-        s.last_error = Some((e.to_string(), now_ms()));
+        s.recovery.fail(e.to_string());
+        let attempts = s.recovery.attempts();
+        let wait = weir_core::recovery::backoff(attempts);
         tracing::debug!(endpoint = name, worker = self.worker, attempts, error = %e, retry_in = ?wait, "endpoint write failed");
         self.publish(name);
         e
@@ -309,7 +300,7 @@ impl ParquetSink {
             .filter(|(_, s)| !s.files.is_empty())
             .filter(|(_, s)| all || s.opened.is_some_and(|t| t.elapsed() >= max_age))
             .filter_map(|(n, s)| {
-                let hi = s.complete_below(frontier)?;
+                let hi = s.recovery.complete_below(frontier)?;
                 s.last_offset
                     .is_none_or(|o| o < hi)
                     .then(|| (n.clone(), hi))

@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
+use weir_core::recovery::{Candidate, first_request};
 use weir_core::time::{hour_floor, now_ms};
 use weir_core::{Delivery, EndpointSpec, HealthBoard, ReplayRequest, Sink, SinkError};
 
@@ -29,7 +30,7 @@ use super::config::ParquetConfig;
 use super::factory::ArchiveMetrics;
 use super::file::OpenFile;
 use super::path::partition_dir;
-use super::state::{EndpointState, Phase};
+use super::state::EndpointState;
 use crate::commit::CommitStore;
 
 /// One worker's Parquet files.
@@ -184,6 +185,11 @@ impl Sink for ParquetSink {
             let fresh = self.new_endpoint();
             self.endpoints.insert(name.clone(), fresh);
         }
+        if let Some(s) = self.endpoints.get_mut(&name)
+            && s.dead_letter != endpoint.dead_letter
+        {
+            s.dead_letter.clone_from(&endpoint.dead_letter);
+        }
         if !self
             .endpoints
             .get(&name)
@@ -222,12 +228,9 @@ impl Sink for ParquetSink {
     }
 
     fn retry_now(&mut self) {
-        let now = Instant::now();
-        for s in self.endpoints.values_mut() {
-            if let Phase::Failed { retry_at, .. } = &mut s.phase {
-                *retry_at = now;
-            }
-        }
+        self.endpoints
+            .values_mut()
+            .for_each(|s| s.recovery.retry_now());
     }
 
     fn floor(&self) -> u64 {
@@ -235,48 +238,41 @@ impl Sink for ParquetSink {
     }
 
     fn replay_request(&mut self) -> Option<ReplayRequest> {
-        let now = Instant::now();
-        let watermark = self.watermark;
-        let mut caught_up = Vec::new();
-        let mut request = None;
-        let mut retrying = None;
-        for (name, s) in self.endpoints.iter_mut() {
-            match s.phase {
-                Phase::Resuming { replayed, .. } if replayed >= watermark => {
-                    s.phase = Phase::Live;
-                    caught_up.push(name.clone());
-                }
-                Phase::Resuming { replayed, .. } => {
-                    request = Some((name.clone(), replayed));
-                    break;
-                }
-                Phase::Failed { attempts, retry_at } if retry_at <= now => {
-                    // Partitions may be at different offsets (after a change of worker
-                    // count): replay from the lowest; the rest is skipped as committed.
-                    let from = s.committed_min;
-                    s.phase = Phase::Resuming {
-                        attempts,
-                        replayed: from,
-                        proven: false,
-                    };
-                    tracing::debug!(endpoint = %name, worker = self.worker, attempts, from, "retrying a failed endpoint");
-                    retrying = Some(name.clone());
-                    request = Some((name.clone(), from));
-                    break;
-                }
-                _ => {}
-            }
+        let candidates = self.endpoints.iter_mut().map(|(name, s)| Candidate {
+            name,
+            recovery: &mut s.recovery,
+            committed_min: s.committed_min,
+            policy: s.dead_letter.as_ref(),
+        });
+        let (request, changed) = first_request(candidates, self.watermark);
+        changed.iter().for_each(|n| self.publish(n));
+        request
+    }
+
+    fn uncommitted(&self, endpoint: &str, batch: &mut Vec<Delivery>) {
+        if let Some(s) = self.endpoints.get(endpoint) {
+            batch.retain(|d| {
+                let p = partition_of(device_hash(d.event.device_id.as_str()));
+                d.event.offset >= s.committed[usize::from(p)]
+            });
         }
-        caught_up
-            .iter()
-            .chain(&retrying)
-            .for_each(|n| self.publish(n));
-        let (name, from) = request?;
-        Some(ReplayRequest {
-            endpoint: Arc::from(name),
-            from,
-            to: watermark.max(from),
-        })
+    }
+
+    fn dead_lettered(&mut self, endpoint: &str, count: u64, through: u64) -> Result<(), SinkError> {
+        let parts = self.partitions.clone();
+        let Some(s) = self.endpoints.get_mut(endpoint) else {
+            return Ok(());
+        };
+        let moved = through > s.committed_min;
+        s.raise(&parts, |_| through);
+        s.recovery.dead_lettered(count, moved);
+        if moved {
+            // The letters are durable in the log: record the new commit point now, so a
+            // restart does not hand them on again.
+            self.write_record(Vec::new())?;
+        }
+        self.publish(endpoint);
+        Ok(())
     }
 
     fn replay(
@@ -286,11 +282,12 @@ impl Sink for ParquetSink {
         batch: Vec<Delivery>,
         through: u64,
     ) -> Result<(), SinkError> {
-        let Some(Phase::Resuming { replayed, .. }) = self.endpoints.get(endpoint).map(|s| s.phase)
-        else {
-            return Ok(());
-        };
-        if through < replayed {
+        if self
+            .endpoints
+            .get(endpoint)
+            .and_then(|s| s.recovery.replayed_to())
+            .is_none_or(|r| through < r)
+        {
             return Ok(());
         }
         if let Some(spec) = spec {
@@ -302,16 +299,9 @@ impl Sink for ParquetSink {
         }
         let watermark = self.watermark;
         if let Some(s) = self.endpoints.get_mut(endpoint)
-            && let Phase::Resuming { replayed, .. } = &mut s.phase
+            && s.recovery.replayed(through, watermark)
         {
-            *replayed = through;
-            // Nothing can arrive between this chunk and here: if it reached everything
-            // seen, the endpoint is live for what comes next. (Checking only before the
-            // next chunk would never succeed under steady load.)
-            if through >= watermark {
-                s.phase = Phase::Live;
-                self.publish(endpoint);
-            }
+            self.publish(endpoint);
         }
         Ok(())
     }

@@ -3,35 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use weir_core::{EndpointSpec, EndpointState as Health, WorkerHealth};
+use weir_core::recovery::Recovery;
+use weir_core::{DeadLetterPolicy, EndpointSpec, WorkerHealth};
 
 use super::file::OpenFile;
-
-/// The first retry after a failure waits this long; each further failure doubles it.
-const FIRST_RETRY: Duration = Duration::from_secs(1);
-const MAX_RETRY: Duration = Duration::from_secs(30);
-
-pub(super) fn backoff(attempts: u32) -> Duration {
-    let doublings = attempts.saturating_sub(1).min(16);
-    FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Writing live deliveries.
-    Live,
-    /// Writing failed; deliveries are dropped (they stay in the log) until `retry_at`.
-    Failed { attempts: u32, retry_at: Instant },
-    /// Rewriting what was dropped, from the log; `replayed` is how far it has come. Until a
-    /// commit succeeds (`proven`) a retry has not shown that the problem is gone.
-    Resuming {
-        attempts: u32,
-        replayed: u64,
-        proven: bool,
-    },
-}
 
 pub(super) struct EndpointState {
     pub spec: Option<Arc<EndpointSpec>>,
@@ -46,10 +23,9 @@ pub(super) struct EndpointState {
     pub rows: usize,
     pub opened: Option<Instant>,
     pub last_offset: Option<u64>,
-    pub phase: Phase,
-    /// The latest failure and when it happened (ms since the epoch).
-    pub last_error: Option<(String, i64)>,
-    pub failures: u64,
+    pub recovery: Recovery,
+    /// The endpoint's dead-letter policy as the rules last said.
+    pub dead_letter: Option<DeadLetterPolicy>,
 }
 
 impl EndpointState {
@@ -63,9 +39,8 @@ impl EndpointState {
             rows: 0,
             opened: None,
             last_offset: None,
-            phase: Phase::Live,
-            last_error: None,
-            failures: 0,
+            recovery: Recovery::default(),
+            dead_letter: None,
         };
         s.recount(partitions);
         s
@@ -88,53 +63,11 @@ impl EndpointState {
     }
 
     pub fn is_live(&self) -> bool {
-        self.phase == Phase::Live
-    }
-
-    /// Every delivery to this endpoint below the returned offset is in its files (or was
-    /// committed): what a commit may claim. `None` while failed.
-    pub fn complete_below(&self, frontier: u64) -> Option<u64> {
-        match self.phase {
-            Phase::Live => Some(frontier),
-            Phase::Resuming { replayed, .. } => Some(replayed),
-            Phase::Failed { .. } => None,
-        }
+        self.recovery.is_live()
     }
 
     /// What this worker reports about the endpoint.
     pub fn health(&self) -> WorkerHealth {
-        let committed = self.committed_min;
-        let state = match self.phase {
-            Phase::Live => Health::Healthy,
-            Phase::Resuming { proven: true, .. } => Health::Degraded,
-            Phase::Resuming { .. } | Phase::Failed { .. } => Health::Unhealthy,
-        };
-        WorkerHealth {
-            state,
-            committed,
-            last_error: self.last_error.as_ref().map(|(e, _)| e.clone()),
-            last_error_ms: self.last_error.as_ref().map(|(_, t)| *t),
-            failures: self.failures,
-        }
-    }
-
-    /// The attempts made so far in the current outage.
-    pub fn attempts(&self) -> u32 {
-        match self.phase {
-            Phase::Live => 0,
-            Phase::Failed { attempts, .. } | Phase::Resuming { attempts, .. } => attempts,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_thirty_seconds() {
-        let secs: Vec<u64> = (1..=8).map(|a| backoff(a).as_secs()).collect();
-        assert_eq!(secs, vec![1, 2, 4, 8, 16, 30, 30, 30]);
-        assert_eq!(backoff(u32::MAX), MAX_RETRY);
+        self.recovery.health(self.committed_min)
     }
 }

@@ -15,6 +15,8 @@ pub struct EndpointReport {
     pub name: String,
     pub kind: Option<&'static str>,
     pub health: EndpointHealth,
+    /// The endpoint that takes what this one cannot deliver in time.
+    pub dead_letter: Option<String>,
     /// Log records at or above the commit point: not yet behind this endpoint.
     pub lag: u64,
 }
@@ -24,7 +26,8 @@ pub fn reports(s: &ApiState) -> Vec<EndpointReport> {
     let mut board = s.endpoint_health.endpoints();
     let end = s.log_metrics.end();
     let floor = s.endpoint_health.floor();
-    let declared: Vec<(String, Option<&'static str>, EndpointHealth)> = rules
+    type Declared = (String, Option<&'static str>, Option<String>, EndpointHealth);
+    let declared: Vec<Declared> = rules
         .endpoints
         .iter()
         .map(|e| {
@@ -34,8 +37,10 @@ pub fn reports(s: &ApiState) -> Vec<EndpointReport> {
                 last_error: None,
                 last_error_ms: None,
                 failures: 0,
+                dead_lettered: 0,
             });
-            (e.name.to_string(), Some(e.kind.sink()), health)
+            let dead_letter = e.dead_letter.as_ref().map(|d| d.endpoint.to_string());
+            (e.name.to_string(), Some(e.kind.sink()), dead_letter, health)
         })
         .collect();
     let mut out: Vec<EndpointReport> = declared
@@ -44,12 +49,13 @@ pub fn reports(s: &ApiState) -> Vec<EndpointReport> {
             board
                 .into_iter()
                 .filter(|(_, h)| h.state != EndpointState::Healthy)
-                .map(|(n, h)| (n, None, h)),
+                .map(|(n, h)| (n, None, None, h)),
         )
-        .map(|(name, kind, health)| EndpointReport {
+        .map(|(name, kind, dead_letter, health)| EndpointReport {
             lag: end.saturating_sub(health.committed),
             name,
             kind,
+            dead_letter,
             health,
         })
         .collect();
@@ -68,6 +74,8 @@ pub async fn list(State(s): State<Arc<ApiState>>) -> Json<Value> {
                 "lastError": r.health.last_error,
                 "lastErrorTime": r.health.last_error_ms.map(weir_rules::view::rfc3339_ms),
                 "failures": r.health.failures,
+                "deadLettered": r.health.dead_lettered,
+                "deadLetter": r.dead_letter,
                 "committedOffset": r.health.committed,
                 "lag": r.lag,
             })

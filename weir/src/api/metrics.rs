@@ -47,7 +47,7 @@ fn endpoint_metrics(out: &mut String, s: &ApiState) {
             );
         }
     }
-    let series: [Series; 3] = [
+    let series: [Series; 4] = [
         (
             "weir_endpoint_committed_offset",
             "gauge",
@@ -65,6 +65,12 @@ fn endpoint_metrics(out: &mut String, s: &ApiState) {
             "counter",
             "Failed attempts to write to the endpoint.",
             |r| r.health.failures,
+        ),
+        (
+            "weir_endpoint_dead_lettered_total",
+            "counter",
+            "Deliveries the endpoint could not make within max_retry_secs, handed to its dead-letter endpoint.",
+            |r| r.health.dead_lettered,
         ),
     ];
     for (name, kind, help, value) in series {

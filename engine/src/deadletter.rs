@@ -1,0 +1,129 @@
+//! Dead letters: what an endpoint could not deliver within its `max_retry_secs`, written
+//! back to the ingest log addressed to its dead-letter endpoint.
+//!
+//! The log is the hand-off because it is what makes anything durable in Weir: once the
+//! letters are in it, the failing endpoint may commit past them, and the dead-letter
+//! endpoint gets them like any other event, with its own commits, retries and replays,
+//! whatever its kind. A crash between the append and the commit hands them on again (at
+//! least once); each letter names its original offset so a consumer can tell.
+
+use std::sync::Arc;
+
+use weir_core::time::now_ms;
+use weir_core::{DeadLetterPass, Delivery, Event, Ingest, IngestError};
+
+/// The application properties a dead letter carries, besides the original ones.
+pub const REASON: &str = "weir-dead-letter-reason";
+pub const ENDPOINT: &str = "weir-dead-letter-endpoint";
+pub const ROUTE: &str = "weir-dead-letter-route";
+pub const OFFSET: &str = "weir-dead-letter-offset";
+pub const ENQUEUED: &str = "weir-dead-letter-enqueued-time";
+const PREFIX: &str = "weir-dead-letter-";
+
+/// The letter for one delivery `origin` could not make: the event as the endpoint would
+/// have had it (with its enrichments), marked with why and where it was going.
+pub(crate) fn letter(d: &Delivery, origin: &str, pass: &DeadLetterPass) -> Event {
+    let mut e = Event::clone(&d.event);
+    // Devices cannot forge the marks: any property of theirs with the prefix goes.
+    e.properties.retain(|(k, _)| !has_prefix(k));
+    for (k, v) in &d.enrichments {
+        if !e.properties.iter().any(|(have, _)| have == k) {
+            e.properties.push((k.clone(), v.clone()));
+        }
+    }
+    e.properties.extend([
+        (REASON.to_owned(), pass.reason.clone()),
+        (ENDPOINT.to_owned(), origin.to_owned()),
+        (ROUTE.to_owned(), d.route.to_string()),
+        (OFFSET.to_owned(), d.event.offset.to_string()),
+        (
+            ENQUEUED.to_owned(),
+            weir_rules::view::rfc3339_ms(d.event.enqueued_ms),
+        ),
+    ]);
+    e.dead_letter = Some(Arc::clone(&pass.target));
+    // A new record: the log gives it its own time and offset, and it is no retransmission.
+    e.enqueued_ms = now_ms();
+    e.packet_id = None;
+    e.redelivered = false;
+    e
+}
+
+fn has_prefix(k: &str) -> bool {
+    k.len() >= PREFIX.len() && k[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+}
+
+/// Appends `letters` to the log and waits until they are durable. Each device's letters
+/// stay in order.
+pub(crate) fn hand_off(ingest: &dyn Ingest, letters: Vec<Event>) -> Result<(), IngestError> {
+    let mut batches: Vec<Vec<Event>> = Vec::new();
+    for e in letters {
+        match batches
+            .last_mut()
+            .filter(|b| b.first().is_some_and(|f| f.device_id == e.device_id))
+        {
+            Some(b) => b.push(e),
+            None => batches.push(vec![e]),
+        }
+    }
+    futures_lite::future::block_on(async {
+        let mut acks = Vec::with_capacity(batches.len());
+        for b in batches {
+            let device = b[0].device_id.clone();
+            acks.push(ingest.ingest(&device, b).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use weir_core::DeviceId;
+
+    #[test]
+    fn a_letter_keeps_the_message_and_says_why_and_where() {
+        let mut e = Event::telemetry(
+            DeviceId::parse("d1").expect("id"),
+            1_700_000_000_000,
+            Bytes::from_static(b"{\"t\":1}"),
+        );
+        e.offset = 42;
+        e.packet_id = Some(7);
+        e.properties = vec![
+            ("a".into(), "1".into()),
+            ("Weir-Dead-Letter-Reason".into(), "forged".into()),
+        ];
+        let d = Delivery {
+            event: Arc::new(e),
+            enrichments: vec![("site".into(), "north".into()), ("a".into(), "x".into())],
+            columns: Vec::new(),
+            rules_version: Arc::from("v"),
+            route: Arc::from("hot"),
+        };
+        let pass = DeadLetterPass {
+            target: Arc::from("dlq"),
+            before_ms: 0,
+            reason: "HTTP 500".into(),
+        };
+        let l = letter(&d, "hooks", &pass);
+        assert_eq!(l.dead_letter.as_deref(), Some("dlq"));
+        assert_eq!((l.packet_id, &l.body[..]), (None, &b"{\"t\":1}"[..]));
+        assert_eq!(l.property("a"), Some("1"), "the device's own value wins");
+        assert_eq!(l.property("site"), Some("north"));
+        assert_eq!(l.property(REASON), Some("HTTP 500"));
+        assert_eq!(l.property(ENDPOINT), Some("hooks"));
+        assert_eq!(l.property(ROUTE), Some("hot"));
+        assert_eq!(l.property(OFFSET), Some("42"));
+        assert_eq!(l.property(ENQUEUED), Some("2023-11-14T22:13:20.000Z"));
+        assert_eq!(
+            l.properties.iter().filter(|(k, _)| has_prefix(k)).count(),
+            5,
+            "the forged mark is gone"
+        );
+    }
+}
