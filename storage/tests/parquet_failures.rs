@@ -145,9 +145,15 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
     assert!(sink.replay_request().is_none(), "caught up: live again");
     assert_eq!(
         board.endpoint("hot").map(|h| h.state),
-        Some(EndpointState::Healthy)
+        Some(EndpointState::Degraded),
+        "live, but nothing committed since the failure yet"
     );
     sink.close(14).expect("close");
+    assert_eq!(
+        board.endpoint("hot").map(|h| h.state),
+        Some(EndpointState::Healthy),
+        "a commit proves the endpoint works"
+    );
     assert_eq!(parquet_rows(&archive), 11, "0..7 and 10..14, each once");
     assert_eq!(sink.floor(), 14);
     assert!(
