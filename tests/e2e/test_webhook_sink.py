@@ -5,6 +5,7 @@ answers 500 for a while gets everything afterwards; bad options are refused."""
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,10 @@ SECRET = "a-long-webhook-secret-for-tests"
 
 
 class Receiver:
-    def __init__(self, fail_for=0.0):
+    """Checks every signature; answers 500 for `fail_for` seconds after the first request;
+    serves HTTPS with `tls` = (certificate file, key file)."""
+
+    def __init__(self, fail_for=0.0, tls=None):
         self.lines = []
         self.bad_signatures = 0
         self.failed = 0
@@ -54,6 +58,10 @@ class Receiver:
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
