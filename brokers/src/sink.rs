@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::recovery::{Candidate, Recovery, first_request};
+use weir_core::recovery::{Candidate, Recovery, first_request, retain_uncommitted};
 use weir_core::{
     Delivery, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest, Sink, SinkError,
 };
@@ -341,10 +341,7 @@ impl<K: Kind> Sink for BrokerSink<K> {
 
     fn uncommitted(&self, endpoint: &str, batch: &mut Vec<Delivery>) {
         if let Some(s) = self.endpoints.get(endpoint) {
-            batch.retain(|d| {
-                let p = partition_of(device_hash(d.event.device_id.as_str()));
-                d.event.offset >= s.committed_at(p)
-            });
+            retain_uncommitted(batch, &s.committed);
         }
     }
 

@@ -19,7 +19,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::endpoint::DeadLetterPolicy;
+use crate::endpoint::{DeadLetterPolicy, Delivery};
+use crate::feed::{device_hash, partition_of};
 use crate::health::{EndpointState, WorkerHealth};
 use crate::sink::{DeadLetterPass, ReplayRequest};
 use crate::time::now_ms;
@@ -288,6 +289,17 @@ impl Recovery {
             self.since_ms = None;
         }
     }
+}
+
+/// Keeps the deliveries of `batch` at or above their partition's commit point in
+/// `committed` (indexed by partition): what an endpoint has not delivered.
+pub fn retain_uncommitted(batch: &mut Vec<Delivery>, committed: &[u64]) {
+    batch.retain(|d| {
+        let p = partition_of(device_hash(d.event.device_id.as_str()));
+        committed
+            .get(usize::from(p))
+            .is_none_or(|&c| d.event.offset >= c)
+    });
 }
 
 /// One endpoint of a sink, as [`first_request`] sees it.

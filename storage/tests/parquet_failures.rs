@@ -1,13 +1,13 @@
 //! A failing endpoint never commits past what it wrote, waits, and catches up from a replay.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use weir_core::{
     DeadLetterPolicy, Delivery, DeviceId, EndpointKind, EndpointSpec, EndpointState, Event,
-    HealthBoard, ReplayRequest, SinkFactory,
+    HealthBoard, ReplayRequest, Sink, SinkFactory,
 };
 use weir_storage::commit::CommitStore;
 use weir_storage::{ParquetConfig, ParquetSinkFactory};
@@ -68,11 +68,10 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-#[test]
-fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let archive = tmp.path().join("archive");
-    let store = CommitStore::open(&tmp.path().join("commits.redb")).expect("commits");
+/// Worker 0 of 1 over a fresh archive under `dir`, and the health board it reports to.
+fn open(dir: &Path) -> (PathBuf, Box<dyn Sink>, Arc<HealthBoard>) {
+    let archive = dir.join("archive");
+    let store = CommitStore::open(&dir.join("commits.redb")).expect("commits");
     let board = Arc::new(HealthBoard::default());
     let factory = ParquetSinkFactory::new(
         ParquetConfig::new(archive.clone()),
@@ -80,7 +79,13 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
         Arc::clone(&board),
     )
     .expect("factory");
-    let mut sink = factory.open(0, 1).expect("open");
+    (archive, factory.open(0, 1).expect("open"), board)
+}
+
+#[test]
+fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (archive, mut sink, board) = open(tmp.path());
     let ep = spec();
     // A regular file where the partition directory belongs.
     std::fs::create_dir_all(archive.join("hot")).expect("dir");
@@ -166,16 +171,7 @@ fn a_blocked_partition_fails_the_endpoint_until_a_replay_catches_it_up() {
 #[test]
 fn a_dead_letter_pass_moves_the_commit_point_past_what_waited_too_long() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let archive = tmp.path().join("archive");
-    let store = CommitStore::open(&tmp.path().join("commits.redb")).expect("commits");
-    let board = Arc::new(HealthBoard::default());
-    let factory = ParquetSinkFactory::new(
-        ParquetConfig::new(archive.clone()),
-        Arc::new(store),
-        Arc::clone(&board),
-    )
-    .expect("factory");
-    let mut sink = factory.open(0, 1).expect("open");
+    let (archive, mut sink, board) = open(tmp.path());
     let ep = Arc::new(EndpointSpec {
         dead_letter: Some(DeadLetterPolicy {
             endpoint: Arc::from("dlq"),

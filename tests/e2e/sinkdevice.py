@@ -6,6 +6,14 @@ import json
 from rawmqtt import Raw
 
 
+def rules_dir(tmp_path, text):
+    """A rules directory holding `text` as rules.toml."""
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "rules.toml").write_text(text)
+    return d
+
+
 def device(hub, name):
     key = hub.create_device(name)["authentication"]["symmetricKey"]["primaryKey"]
     r = Raw(hub.mqtt_port, timeout=10)

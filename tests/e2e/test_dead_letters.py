@@ -6,7 +6,7 @@ a Parquet archive that cannot write dead-letters into a webhook."""
 import datetime
 import time
 
-from sinkdevice import device, send
+from sinkdevice import device, rules_dir, send
 from test_webhook_sink import SECRET, Receiver
 from weirhub import Hub
 
@@ -17,9 +17,7 @@ def ids(n, start=0):
 
 def test_a_webhook_that_keeps_failing_dead_letters_into_parquet(tmp_path):
     rx = Receiver(fail_for=10_000)
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "tickets"
 type = "webhook"
@@ -82,9 +80,7 @@ endpoints = ["tickets"]
 
 def test_a_parquet_archive_that_cannot_write_dead_letters_into_a_webhook(tmp_path):
     rx = Receiver()
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "archive"
 type = "parquet"
@@ -146,9 +142,7 @@ def test_without_a_dead_letter_endpoint_the_log_keeps_everything(tmp_path):
     it all once it works (covered in depth by test_webhook_sink; here only that nothing is
     counted as dead-lettered)."""
     rx = Receiver(fail_for=3.0)
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "tickets"
 type = "webhook"

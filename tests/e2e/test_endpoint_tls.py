@@ -3,10 +3,9 @@ listener and an `https://` webhook, each trusting only the CA file named by `ca`
 whose certificate another CA signed is refused (the endpoint is unhealthy and says why)."""
 
 import subprocess
-import time
 
-from sinkdevice import device, send
-from test_mqtt_sink import Subscriber
+from sinkdevice import device, rules_dir, send
+from test_mqtt_sink import Subscriber, mosquitto
 from test_webhook_sink import SECRET, Receiver
 from weirhub import Hub, free_port
 
@@ -34,33 +33,14 @@ def make_ca(d, name):
     return ca, cert, key
 
 
-def tls_mosquitto(tmp_path, plain, secure, cert, key, ca):
-    conf = tmp_path / "mosquitto-tls.conf"
-    conf.write_text(f"allow_anonymous true\nuser root\nlog_dest none\n"
-                    f"listener {plain} 127.0.0.1\n"
-                    f"listener {secure} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
-    p = subprocess.Popen(["mosquitto", "-c", str(conf)])
-    import socket
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", secure), timeout=0.2).close()
-            return p
-        except OSError:
-            time.sleep(0.05)
-    p.kill()
-    raise AssertionError("mosquitto did not start")
-
-
 def test_mqtts_and_https_endpoints_trust_their_ca_and_nothing_else(tmp_path):
     ca, cert, key = make_ca(tmp_path / "pki", "broker")
     other_ca, _, _ = make_ca(tmp_path / "pki", "other")
     plain, secure = free_port(), free_port()
-    broker = tls_mosquitto(tmp_path, plain, secure, cert, key, ca)
+    broker = mosquitto(tmp_path, plain, wait_for=secure,
+                       extra=f"listener {secure} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n")
     rx = Receiver(tls=(str(cert), str(key)))
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "secure-broker"
 type = "mqtt"

@@ -4,6 +4,7 @@ that is down makes the endpoint unhealthy and, once back, it gets what it missed
 options are refused by `weir rules check`."""
 
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -11,23 +12,24 @@ import time
 import paho.mqtt.client as mqtt
 
 from conftest import run_weir
-from sinkdevice import device, send
+from sinkdevice import device, rules_dir, send
 from weirhub import Hub, free_port
 
 
-def mosquitto(tmp_path, port):
+def mosquitto(tmp_path, port, extra="", wait_for=None):
+    """A mosquitto on `port` (plus the listeners in `extra`), once `wait_for` (default
+    `port`) accepts connections."""
     conf = tmp_path / f"mosquitto-{port}.conf"
     # Persistence, so the subscriber's session (and what is queued for it) survives a
     # clean restart of the broker.
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n"
                     f"persistence true\npersistence_location {tmp_path}/\nlog_dest none\n"
-                    "max_inflight_messages 1000\nmax_queued_messages 100000\n")
+                    "max_inflight_messages 1000\nmax_queued_messages 100000\n" + extra)
     p = subprocess.Popen(["mosquitto", "-c", str(conf)])
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
-            import socket
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", wait_for or port), timeout=0.2).close()
             return p
         except OSError:
             time.sleep(0.05)
@@ -71,9 +73,7 @@ class Subscriber:
 
 
 def start(tmp_path, port):
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "line"
 type = "mqtt"

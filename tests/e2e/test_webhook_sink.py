@@ -11,7 +11,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from conftest import run_weir
-from sinkdevice import device, send
+from sinkdevice import device, rules_dir, send
 from weirhub import Hub
 
 SECRET = "a-long-webhook-secret-for-tests"
@@ -80,9 +80,7 @@ class Receiver:
 
 
 def start(tmp_path, port):
-    d = tmp_path / "rules"
-    d.mkdir()
-    (d / "rules.toml").write_text(f"""
+    d = rules_dir(tmp_path, f"""
 [[endpoint]]
 name = "tickets"
 type = "webhook"

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::recovery::{Candidate, first_request};
+use weir_core::recovery::{Candidate, first_request, retain_uncommitted};
 use weir_core::time::{hour_floor, now_ms};
 use weir_core::{Delivery, EndpointSpec, HealthBoard, ReplayRequest, Sink, SinkError};
 
@@ -251,10 +251,7 @@ impl Sink for ParquetSink {
 
     fn uncommitted(&self, endpoint: &str, batch: &mut Vec<Delivery>) {
         if let Some(s) = self.endpoints.get(endpoint) {
-            batch.retain(|d| {
-                let p = partition_of(device_hash(d.event.device_id.as_str()));
-                d.event.offset >= s.committed[usize::from(p)]
-            });
+            retain_uncommitted(batch, &s.committed);
         }
     }
 
