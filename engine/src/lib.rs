@@ -13,6 +13,7 @@
 pub mod deadletter;
 mod engine;
 pub mod harness;
+pub mod insights;
 pub mod memory;
 pub mod metrics;
 mod operators;

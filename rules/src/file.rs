@@ -17,6 +17,8 @@ pub struct RawFile {
     pub fallback: Option<Spanned<RawFallback>>,
     #[serde(default)]
     pub enrichment: Vec<RawEnrichment>,
+    #[serde(default)]
+    pub insight: Vec<RawInsight>,
 }
 
 /// An endpoint table: its name, type and typed columns, and every other key as an option
@@ -95,6 +97,29 @@ pub struct RawEnrichment {
     pub key: Spanned<String>,
     pub value: Spanned<String>,
     pub endpoints: Spanned<Vec<Spanned<String>>>,
+}
+
+/// An `[[insight]]` table; which keys apply depends on its `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawInsight {
+    pub name: Spanned<String>,
+    pub kind: Option<Spanned<String>>,
+    pub source: Option<Spanned<String>>,
+    pub condition: Option<Spanned<String>>,
+    pub time: Option<Spanned<String>>,
+    #[serde(default)]
+    pub group_by: Ordered<Spanned<String>>,
+    pub window: Option<Spanned<String>>,
+    pub allowed_lateness: Option<Spanned<String>>,
+    #[serde(default)]
+    pub aggregates: Ordered<Spanned<String>>,
+    pub value: Option<Spanned<String>>,
+    pub method: Option<Spanned<String>>,
+    pub threshold: Option<Spanned<f64>>,
+    pub baseline: Option<Spanned<String>>,
+    pub after: Option<Spanned<String>>,
+    pub late: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {

@@ -12,6 +12,8 @@ pub mod compile;
 pub mod diag;
 pub mod eval;
 pub mod file;
+pub mod insight;
+mod insight_load;
 pub mod interp;
 pub mod ir;
 pub mod lex;

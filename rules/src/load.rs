@@ -102,6 +102,7 @@ pub fn load_sources(
         },
         endpoint_names: HashMap::new(),
         route_names: HashMap::new(),
+        insight_names: HashMap::new(),
         fallback_at: None,
         dead_letter_refs: Vec::new(),
     };
@@ -128,6 +129,9 @@ pub fn load_sources(
         }
         for e in raw.enrichment {
             b.enrichment(i, e);
+        }
+        for insight in raw.insight {
+            b.insight(i, insight);
         }
     }
     if b.diags.is_empty() {
@@ -168,13 +172,14 @@ pub fn version_of(files: &[SourceFile]) -> String {
         .collect()
 }
 
-struct Builder<'a> {
-    files: &'a [SourceFile],
+pub(crate) struct Builder<'a> {
+    pub(crate) files: &'a [SourceFile],
     catalog: &'a dyn EndpointCatalog,
     diags: Vec<Diagnostic>,
-    set: RuleSet,
+    pub(crate) set: RuleSet,
     endpoint_names: HashMap<String, (usize, Range<usize>)>,
     route_names: HashMap<String, (usize, Range<usize>)>,
+    pub(crate) insight_names: HashMap<String, (usize, Range<usize>)>,
     fallback_at: Option<(usize, Range<usize>)>,
     /// `dead_letter` of each endpoint that has one, resolved once every endpoint is known.
     dead_letter_refs: Vec<DeadLetterRef>,
@@ -193,7 +198,7 @@ const DEFAULT_MAX_RETRY_SECS: i64 = 3600;
 const MAX_RETRY_SECS_LIMIT: i64 = 7 * 24 * 3600;
 
 impl Builder<'_> {
-    fn diag(
+    pub(crate) fn diag(
         &mut self,
         file: usize,
         span: Range<usize>,
@@ -210,7 +215,11 @@ impl Builder<'_> {
         });
     }
 
-    fn where_is(&self, (file, span): &(usize, Range<usize>)) -> String {
+    pub(crate) fn diag_count(&self) -> usize {
+        self.diags.len()
+    }
+
+    pub(crate) fn where_is(&self, (file, span): &(usize, Range<usize>)) -> String {
         let d = Diagnostic {
             file: self.files[*file].name.clone(),
             src: Arc::clone(&self.files[*file].text),
@@ -229,7 +238,7 @@ impl Builder<'_> {
                 let span = e.span().unwrap_or(0..0);
                 let msg = e.message().trim().to_owned();
                 let hint = if msg.contains("unknown field") {
-                    Some("check the key's spelling; tables are [[endpoint]], [[route]], [fallback] and [[enrichment]]".into())
+                    Some("check the key's spelling; tables are [[endpoint]], [[route]], [fallback], [[enrichment]] and [[insight]]".into())
                 } else {
                     None
                 };
@@ -240,7 +249,7 @@ impl Builder<'_> {
     }
 
     /// Compiles an expression held in a TOML string, mapping error positions into the file.
-    fn expr(
+    pub(crate) fn expr(
         &mut self,
         file: usize,
         s: &Spanned<String>,
@@ -477,7 +486,7 @@ impl Builder<'_> {
     }
 
     /// Resolves one endpoint name; reports an unknown one.
-    fn endpoint_ref(&mut self, i: usize, n: &Spanned<String>) -> Option<usize> {
+    pub(crate) fn endpoint_ref(&mut self, i: usize, n: &Spanned<String>) -> Option<usize> {
         if let Some(ix) = self.set.endpoint_index(n.get_ref()) {
             return Some(ix);
         }
@@ -659,7 +668,7 @@ fn valid_name(n: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-fn valid_column(n: &str) -> bool {
+pub(crate) fn valid_column(n: &str) -> bool {
     n.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

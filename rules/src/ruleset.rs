@@ -52,6 +52,7 @@ pub struct RuleSet {
     pub fallback: Vec<usize>,
     /// Per endpoint, the enrichments that apply to it.
     pub(crate) enrichments: Vec<Vec<Enrichment>>,
+    pub insights: Vec<crate::insight::Insight>,
     pub hub_name: String,
     /// The files this set was built from.
     pub files: Vec<PathBuf>,

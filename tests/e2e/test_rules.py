@@ -22,6 +22,20 @@ def test_rules_check_accepts_good_and_rejects_broken():
     assert "error(s)" in r.stderr
 
 
+def test_rules_check_validates_insights_and_says_they_are_not_computed_yet(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "i.toml").write_text(
+        '[[insight]]\nname = "temp_1m"\nwindow = "tumbling 1m"\n'
+        'aggregates = { n = "count()", avg = "avg($body.temp)" }\n')
+    r = run_weir("rules", "check", d)
+    assert r.returncode == 0, r.stderr
+    assert "not computed yet" in r.stderr, r.stderr
+    (d / "i.toml").write_text('[[insight]]\nname = "x"\nwindow = "tumbling 1 minute"\naggregates = { n = "count()" }\n')
+    r = run_weir("rules", "check", d)
+    assert r.returncode != 0 and "i.toml:3:10" in r.stderr and "unknown window" in r.stderr, r.stderr
+
+
 def test_rules_test_on_shipped_fixtures_matches_golden():
     r = run_weir("rules", "test", FIX / "ok", "--events", FIX / "ok" / "events.jsonl")
     assert r.returncode == 0, r.stderr

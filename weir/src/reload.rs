@@ -45,6 +45,17 @@ pub fn describe(set: &weir_rules::RuleSet) -> String {
     )
 }
 
+/// Insights are checked but not computed yet: say so wherever rules are loaded, rather than
+/// let a user wait for results that never come.
+pub fn insights_warning(set: &weir_rules::RuleSet) -> Option<String> {
+    (!set.insights.is_empty()).then(|| {
+        format!(
+            "{} [[insight]] table(s) are checked but not computed yet: this release validates insights; the engine does not run them (see README, \"Not yet\")",
+            set.insights.len()
+        )
+    })
+}
+
 /// Polls `dir` every `every` and swaps in the new rule set when files change.
 pub async fn watch_rules(
     dir: PathBuf,
@@ -73,6 +84,9 @@ pub async fn watch_rules(
         match loaded {
             Ok(Ok(set)) => {
                 tracing::info!(rules = %describe(&set), "rules reloaded");
+                if let Some(w) = insights_warning(&set) {
+                    tracing::warn!("{w}");
+                }
                 rules.store(Arc::new(set));
                 status.reloads.fetch_add(1, Ordering::Relaxed);
             }
