@@ -84,6 +84,7 @@ fn source_code(s: EventSource) -> u8 {
         EventSource::TwinChangeEvents => 1,
         EventSource::DeviceLifecycleEvents => 2,
         EventSource::DeviceConnectionStateEvents => 3,
+        EventSource::Insights => 4,
     }
 }
 
@@ -229,6 +230,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         1 => EventSource::TwinChangeEvents,
         2 => EventSource::DeviceLifecycleEvents,
         3 => EventSource::DeviceConnectionStateEvents,
+        4 => EventSource::Insights,
         _ => return Err(DecodeError::Invalid("source")),
     };
     let auth_method = match r.u8()? {

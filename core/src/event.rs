@@ -15,14 +15,17 @@ pub enum EventSource {
     TwinChangeEvents,
     DeviceLifecycleEvents,
     DeviceConnectionStateEvents,
+    /// Results of `[[insight]]`s, which Weir computes and writes to its own log.
+    Insights,
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 4] = [
+    pub const ALL: [EventSource; 5] = [
         EventSource::DeviceMessages,
         EventSource::TwinChangeEvents,
         EventSource::DeviceLifecycleEvents,
         EventSource::DeviceConnectionStateEvents,
+        EventSource::Insights,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -31,6 +34,7 @@ impl EventSource {
             EventSource::TwinChangeEvents => "TwinChangeEvents",
             EventSource::DeviceLifecycleEvents => "DeviceLifecycleEvents",
             EventSource::DeviceConnectionStateEvents => "DeviceConnectionStateEvents",
+            EventSource::Insights => "Insights",
         }
     }
 

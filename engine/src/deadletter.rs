@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use weir_core::time::now_ms;
-use weir_core::{DeadLetterPass, Delivery, Event, Ingest, IngestError};
+use weir_core::{DeadLetterPass, Delivery, Event};
 
 /// The application properties a dead letter carries, besides the original ones.
 pub const REASON: &str = "weir-dead-letter-reason";
@@ -51,32 +51,6 @@ pub(crate) fn letter(d: &Delivery, origin: &str, pass: &DeadLetterPass) -> Event
 
 fn has_prefix(k: &str) -> bool {
     k.len() >= PREFIX.len() && k[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
-}
-
-/// Appends `letters` to the log and waits until they are durable. Each device's letters
-/// stay in order.
-pub(crate) fn hand_off(ingest: &dyn Ingest, letters: Vec<Event>) -> Result<(), IngestError> {
-    let mut batches: Vec<Vec<Event>> = Vec::new();
-    for e in letters {
-        match batches
-            .last_mut()
-            .filter(|b| b.first().is_some_and(|f| f.device_id == e.device_id))
-        {
-            Some(b) => b.push(e),
-            None => batches.push(vec![e]),
-        }
-    }
-    futures_lite::future::block_on(async {
-        let mut acks = Vec::with_capacity(batches.len());
-        for b in batches {
-            let device = b[0].device_id.clone();
-            acks.push(ingest.ingest(&device, b).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        Ok(())
-    })
 }
 
 #[cfg(test)]

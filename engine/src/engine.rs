@@ -10,7 +10,7 @@ use weir_core::{DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
 use crate::metrics::EngineMetrics;
-use crate::operators::{Dedupe, Route, SinkTo, feed_source};
+use crate::operators::{Dedupe, Route, RunInsights, SinkTo, feed_source};
 use crate::replay::Replayer;
 use crate::sinks::{Floors, SinkSet};
 
@@ -25,9 +25,10 @@ pub type TraceFn = Arc<dyn Fn(&Event, &RuleSet, &Outcome) + Send + Sync>;
 pub struct Hooks {
     /// Reports every routing decision.
     pub trace: Option<TraceFn>,
-    /// Where dead letters are written back to (the hub's ingest log). Without it, endpoints
-    /// with a dead-letter endpoint keep what they could not deliver, as others do.
-    pub dead_letters: Option<Arc<dyn Ingest>>,
+    /// Where the engine writes the events it makes itself (the hub's ingest log): dead
+    /// letters and insight results. Without it, endpoints with a dead-letter endpoint keep
+    /// what they could not deliver, as others do, and insights compute nothing visible.
+    pub log: Option<Arc<dyn Ingest>>,
 }
 
 /// How long, and for how many messages per device, repeats are recognised.
@@ -153,6 +154,13 @@ impl Engine {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,
                 };
+                events.clone().insights(
+                    Arc::clone(&rules),
+                    Arc::clone(&directory),
+                    hooks.log.clone(),
+                    tick,
+                    Arc::clone(&worker_metrics),
+                );
                 events
                     .route(
                         Arc::clone(&rules),
@@ -163,7 +171,7 @@ impl Engine {
                     .sink_to(
                         sink,
                         replayer,
-                        hooks.dead_letters.clone(),
+                        hooks.log.clone(),
                         end,
                         tick,
                         Arc::clone(&worker_metrics),

@@ -124,7 +124,7 @@ pub fn run(
         vec![Arc::new(CaptureFactory(Arc::clone(&captured)))],
         Hooks {
             trace: Some(trace),
-            dead_letters: None,
+            log: None,
         },
     )?;
     let pushed = feed.push(events);

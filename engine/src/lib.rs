@@ -10,6 +10,7 @@
 //! Timestamps are log offsets. The frontier at the sink tells it which offsets are
 //! complete, which is what its exactly-once commits are built on.
 
+mod append;
 pub mod deadletter;
 mod engine;
 pub mod harness;

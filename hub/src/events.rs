@@ -54,7 +54,7 @@ impl Events {
             EventSource::TwinChangeEvents => "twinChangeNotification",
             EventSource::DeviceLifecycleEvents => "deviceLifecycleNotification",
             EventSource::DeviceConnectionStateEvents => "deviceConnectionStateNotification",
-            EventSource::DeviceMessages => "deviceMessage",
+            EventSource::DeviceMessages | EventSource::Insights => "deviceMessage",
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let message_id = weir_storage::secret::random_hex(16)

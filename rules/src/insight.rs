@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use weir_core::EventSource;
 
+use crate::eval::eval;
 use crate::ir::Ir;
+use crate::value::Val;
+use crate::view::MessageView;
 
 /// One declared insight.
 #[derive(Debug, Clone)]
@@ -95,6 +98,74 @@ pub struct Aggregate {
     pub arg: Option<Ir>,
     /// The fraction of `percentile`, in 0..=1.
     pub fraction: f64,
+}
+
+/// What one event gives an insight.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sample {
+    /// The event is not for this insight (its condition is not true).
+    Skip,
+    /// Its time expression is not an ISO 8601 string or epoch milliseconds.
+    NoTime,
+    Take {
+        /// The `group_by` values as a JSON array (undefined as null): one string per
+        /// group, the same wherever it is computed.
+        group: String,
+        time_ms: i64,
+        /// One per aggregate (window insights) or the value (anomaly insights); `None`
+        /// when not a number.
+        values: Vec<Option<f64>>,
+    },
+}
+
+impl Insight {
+    /// Evaluates this insight's condition, time, group and values on one event (of its
+    /// source, enqueued at `enqueued_ms`).
+    pub fn sample(&self, view: &dyn MessageView, enqueued_ms: i64) -> Sample {
+        if !eval(&self.condition, view).is_true() {
+            return Sample::Skip;
+        }
+        let time_ms = match &self.time {
+            None => enqueued_ms,
+            Some(t) => match time_of(&eval(t, view)) {
+                Some(ms) => ms,
+                None => return Sample::NoTime,
+            },
+        };
+        let group: Vec<serde_json::Value> = self
+            .group_by
+            .iter()
+            .map(|(_, e)| eval(e, view).to_json().unwrap_or(serde_json::Value::Null))
+            .collect();
+        let number = |ir: &Ir| match eval(ir, view) {
+            Val::Num(n) if n.is_finite() => Some(n),
+            _ => None,
+        };
+        let values = match &self.kind {
+            InsightKind::Window { aggregates, .. } => aggregates
+                .iter()
+                .map(|a| a.arg.as_ref().and_then(number))
+                .collect(),
+            InsightKind::Anomaly { value, .. } => vec![number(value)],
+            InsightKind::Silence { .. } => Vec::new(),
+        };
+        Sample::Take {
+            group: serde_json::Value::Array(group).to_string(),
+            time_ms,
+            values,
+        }
+    }
+}
+
+/// An event time: epoch milliseconds, or an ISO 8601 / RFC 3339 string with an offset.
+fn time_of(v: &Val<'_>) -> Option<i64> {
+    match v {
+        Val::Num(n) if n.is_finite() && n.abs() < 1e16 => Some(*n as i64),
+        Val::Str(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        _ => None,
+    }
 }
 
 /// Parses `500ms`, `30s`, `5m`, `1h`, `1d` (one number, one unit).

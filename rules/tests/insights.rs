@@ -89,3 +89,52 @@ group_by = { device = "$connectionDeviceId" }
         InsightKind::Silence { after } if after == Duration::from_secs(300)
     ));
 }
+
+#[test]
+fn an_event_gives_its_group_time_and_values() {
+    use bytes::Bytes;
+    use weir_core::{DeviceId, Event, NoDevices};
+    use weir_rules::EventView;
+    use weir_rules::insight::Sample;
+
+    let text = r#"
+[[insight]]
+name = "t"
+condition = "$body.temp > -100"
+time = "$body.ts"
+group_by = { device = "$connectionDeviceId", line = "$body.line" }
+window = "tumbling 1m"
+aggregates = { n = "count()", avg = "avg($body.temp)", top = "max($body.hum)" }
+"#;
+    let files = [SourceFile {
+        name: "i.toml".into(),
+        path: "i.toml".into(),
+        text: Arc::from(text),
+    }];
+    let set = load_sources(&files, "hub", &weir_storage::Catalog).expect("compiles");
+    let insight = &set.insights[0];
+    let sample = |body: &'static str| {
+        let e = Event::telemetry(
+            DeviceId::parse("m1").expect("id"),
+            5,
+            Bytes::from_static(body.as_bytes()),
+        );
+        let mut e = e;
+        e.system.content_type = Some("application/json".into());
+        insight.sample(&EventView::new(&e, &NoDevices), e.enqueued_ms)
+    };
+    assert_eq!(
+        sample(r#"{"temp": 21.5, "ts": "2026-11-30T01:02:03.250Z", "line": "b", "hum": "n/a"}"#),
+        Sample::Take {
+            group: r#"["m1","b"]"#.into(),
+            time_ms: 1_796_000_523_250,
+            values: vec![None, Some(21.5), None],
+        }
+    );
+    assert!(matches!(
+        sample(r#"{"temp": 1, "ts": 1700000000000}"#),
+        Sample::Take { time_ms: 1_700_000_000_000, ref group, .. } if group == r#"["m1",null]"#
+    ));
+    assert_eq!(sample(r#"{"temp": 1, "ts": "yesterday"}"#), Sample::NoTime);
+    assert_eq!(sample(r#"{"temp": -200, "ts": 1}"#), Sample::Skip);
+}

@@ -22,15 +22,19 @@ def test_rules_check_accepts_good_and_rejects_broken():
     assert "error(s)" in r.stderr
 
 
-def test_rules_check_validates_insights_and_says_they_are_not_computed_yet(tmp_path):
+def test_rules_check_validates_insights_and_says_what_is_not_computed_yet(tmp_path):
     d = tmp_path / "rules"
     d.mkdir()
     (d / "i.toml").write_text(
         '[[insight]]\nname = "temp_1m"\nwindow = "tumbling 1m"\n'
         'aggregates = { n = "count()", avg = "avg($body.temp)" }\n')
     r = run_weir("rules", "check", d)
+    assert r.returncode == 0 and "not computed" not in r.stderr, r.stderr
+    (d / "q.toml").write_text('[[insight]]\nname = "quiet"\nkind = "silence"\nafter = "5m"\n')
+    r = run_weir("rules", "check", d)
     assert r.returncode == 0, r.stderr
-    assert "not computed yet" in r.stderr, r.stderr
+    assert "quiet are checked but not computed yet" in r.stderr, r.stderr
+    (d / "q.toml").unlink()
     (d / "i.toml").write_text('[[insight]]\nname = "x"\nwindow = "tumbling 1 minute"\naggregates = { n = "count()" }\n')
     r = run_weir("rules", "check", d)
     assert r.returncode != 0 and "i.toml:3:10" in r.stderr and "unknown window" in r.stderr, r.stderr

@@ -45,13 +45,20 @@ pub fn describe(set: &weir_rules::RuleSet) -> String {
     )
 }
 
-/// Insights are checked but not computed yet: say so wherever rules are loaded, rather than
-/// let a user wait for results that never come.
+/// Some insight features are checked but not computed yet: say so wherever rules are
+/// loaded, rather than let a user wait for results that never come.
 pub fn insights_warning(set: &weir_rules::RuleSet) -> Option<String> {
-    (!set.insights.is_empty()).then(|| {
+    use weir_rules::insight::InsightKind;
+    let pending: Vec<&str> = set
+        .insights
+        .iter()
+        .filter(|i| i.late.is_some() || !matches!(i.kind, InsightKind::Window { .. }))
+        .map(|i| &*i.name)
+        .collect();
+    (!pending.is_empty()).then(|| {
         format!(
-            "{} [[insight]] table(s) are checked but not computed yet: this release validates insights; the engine does not run them (see README, \"Not yet\")",
-            set.insights.len()
+            "insight(s) {} are checked but not computed yet: anomaly and silence insights and `late` endpoints are not built (see README, \"Not yet\"); window insights run",
+            pending.join(", ")
         )
     })
 }

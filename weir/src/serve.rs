@@ -274,7 +274,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         sinks,
         Hooks {
             trace: None,
-            dead_letters: Some(Arc::new(log.ingest())),
+            log: Some(Arc::new(log.ingest())),
         },
     )?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());

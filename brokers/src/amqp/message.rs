@@ -17,6 +17,7 @@ pub fn message_source(source: EventSource) -> &'static str {
         EventSource::TwinChangeEvents => "twinChangeEvents",
         EventSource::DeviceLifecycleEvents => "deviceLifecycleEvents",
         EventSource::DeviceConnectionStateEvents => "deviceConnectionStateEvents",
+        EventSource::Insights => "insights",
     }
 }
 

@@ -7,6 +7,7 @@
 //! event time.
 
 pub mod aggregate;
+pub mod result;
 pub mod window;
 
 pub use window::{Arrival, WindowResult, Windows};

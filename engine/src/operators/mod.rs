@@ -2,11 +2,13 @@
 //! constructor, for the source).
 
 mod dedupe;
+mod insights;
 mod route;
 mod sink;
 mod source;
 
 pub(crate) use dedupe::{Dedupe, DedupeState};
+pub(crate) use insights::RunInsights;
 pub(crate) use route::Route;
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;

@@ -13,10 +13,10 @@ use timely::dataflow::operators::generic::Operator;
 use weir_core::{DeadLetterPass, Delivery, EndpointSpec, Ingest, ReplayRequest, SinkError};
 
 use super::Routed;
-use crate::deadletter;
 use crate::metrics::EngineMetrics;
 use crate::replay::{Chunk, Replayer};
 use crate::sinks::SinkSet;
+use crate::{append, deadletter};
 
 /// Events read per activation while replaying for a failed endpoint.
 const REPLAY_CHUNK: usize = 8192;
@@ -119,7 +119,7 @@ impl Replays {
             .collect();
         let count = letters.len() as u64;
         if !letters.is_empty()
-            && let Err(e) = deadletter::hand_off(&*ingest, letters)
+            && let Err(e) = append::durably(&*ingest, letters)
         {
             self.warn(
                 &req.endpoint,

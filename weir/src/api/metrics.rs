@@ -363,6 +363,24 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Deliveries replayed from the log for endpoints recovering from a failure.",
         &e.replayed,
     );
+    counter(
+        &mut out,
+        "weir_engine_dead_lettered_total",
+        "Deliveries handed to dead-letter endpoints after max_retry_secs.",
+        &e.dead_lettered,
+    );
+    counter(
+        &mut out,
+        "weir_insight_results_total",
+        "Insight results (each revision of each window and group) written to the log.",
+        &e.insight_results,
+    );
+    counter(
+        &mut out,
+        "weir_insight_no_time_total",
+        "Events an insight skipped because its time was not ISO 8601 or epoch milliseconds.",
+        &e.insight_no_time,
+    );
     endpoint_metrics(&mut out, &s);
     gauge(
         &mut out,

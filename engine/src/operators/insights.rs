@@ -1,0 +1,222 @@
+//! The insight operators: each event is sampled for every insight of its source, the
+//! samples of one (insight, group) meet on one worker, that worker's windows decide what is
+//! complete, and results are appended to the ingest log as `Insights` events, from where
+//! routes take them like any other event.
+//!
+//! Only window insights run here so far; anomaly and silence insights, the `late`
+//! endpoint, device context as a differential collection and recovery of open windows
+//! after a restart are not built (see `docs/decisions/027-insights.md`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use weir_core::time::now_ms;
+use weir_core::{
+    AuthMethod, DeviceDirectory, DeviceId, Event, EventSource, Ingest, SystemProperties,
+};
+use weir_rules::EventView;
+use weir_rules::insight::{AggFn, Insight, InsightKind, Sample};
+
+use super::Events;
+use crate::append;
+use crate::engine::RulesHandle;
+use crate::insights::{WindowResult, Windows, result};
+use crate::metrics::EngineMetrics;
+
+/// The device id insight results are written under (a partition key, not a device).
+pub const RESULTS_DEVICE: &str = "$insights";
+/// How long closed windows are kept for corrections.
+const RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// One event's sample for one insight: insight name, group, event time, log offset and
+/// values. A tuple, so timely can exchange it between workers.
+type Sampled = (String, String, i64, u64, Vec<Option<f64>>);
+
+/// The windows of one insight in one worker, and what its results need.
+struct Running {
+    /// The insight's definition as last seen; a change starts it over.
+    signature: String,
+    windows: Windows,
+    keys: Vec<String>,
+    aggregates: Vec<(String, AggFn)>,
+}
+
+impl Running {
+    fn new(insight: &Insight, signature: String) -> Option<Running> {
+        let InsightKind::Window {
+            window,
+            lateness,
+            aggregates,
+        } = &insight.kind
+        else {
+            return None;
+        };
+        let funcs = aggregates.iter().map(|a| (a.func, a.fraction)).collect();
+        Some(Running {
+            signature,
+            windows: Windows::new(*window, *lateness, RETENTION, funcs),
+            keys: insight.group_by.iter().map(|(k, _)| k.clone()).collect(),
+            aggregates: aggregates
+                .iter()
+                .map(|a| (a.name.clone(), a.func))
+                .collect(),
+        })
+    }
+}
+
+pub(crate) trait RunInsights {
+    /// Computes the window insights of the live rules over these events and appends
+    /// their results to `log`.
+    fn insights(
+        self,
+        rules: RulesHandle,
+        directory: Arc<dyn DeviceDirectory>,
+        log: Option<Arc<dyn Ingest>>,
+        tick: Duration,
+        metrics: Arc<EngineMetrics>,
+    );
+}
+
+impl RunInsights for Events<'_> {
+    fn insights(
+        self,
+        rules: RulesHandle,
+        directory: Arc<dyn DeviceDirectory>,
+        log: Option<Arc<dyn Ingest>>,
+        tick: Duration,
+        metrics: Arc<EngineMetrics>,
+    ) {
+        let sample_rules = Arc::clone(&rules);
+        let sample_metrics = Arc::clone(&metrics);
+        let samples: Stream<'_, u64, Vec<Sampled>> =
+            self.unary(Pipeline, "Sample", move |_cap, _info| {
+                move |input, output| {
+                    let rules = sample_rules.load();
+                    input.for_each(|cap, data| {
+                        if rules.insights.is_empty() {
+                            data.clear();
+                            return;
+                        }
+                        let mut session = output.session(&cap);
+                        for e in data.drain(..) {
+                            let view = EventView::new(&e, &*directory);
+                            for insight in rules.insights.iter().filter(|i| i.source == e.source) {
+                                match insight.sample(&view, e.enqueued_ms) {
+                                    Sample::Take {
+                                        group,
+                                        time_ms,
+                                        values,
+                                    } => session.give((
+                                        insight.name.to_string(),
+                                        group,
+                                        time_ms,
+                                        e.offset,
+                                        values,
+                                    )),
+                                    Sample::NoTime => {
+                                        EngineMetrics::add(&sample_metrics.insight_no_time, 1)
+                                    }
+                                    Sample::Skip => {}
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+        let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+        let by_group = Exchange::new(move |s: &Sampled| hasher.hash_one((&s.0, &s.1)));
+        let scope = samples.scope();
+        samples.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            by_group,
+            "Windows",
+            move |_cap, info| {
+                let activator = scope.activator_for(info.address.clone());
+                let mut running: HashMap<String, Running> = HashMap::new();
+                let mut results = Vec::new();
+                let mut warned: Option<Instant> = None;
+                move |(input, _frontier), _output| {
+                    let rules = rules.load();
+                    refresh(&mut running, &rules.insights);
+                    let wall = now_ms();
+                    input.for_each(|_cap, data| {
+                        for (name, group, t, offset, values) in data.drain(..) {
+                            if let Some(r) = running.get_mut(&name) {
+                                r.windows.push(&group, t, offset, &values, wall);
+                            }
+                        }
+                    });
+                    let mut events = Vec::new();
+                    for (name, r) in &mut running {
+                        r.windows.flush(wall, &mut results);
+                        events.extend(results.drain(..).filter_map(|w| {
+                            result_event(name, &r.keys, &r.aggregates, &w)
+                        }));
+                    }
+                    if !events.is_empty() {
+                        let n = events.len() as u64;
+                        match log.as_deref().map(|l| append::durably(l, events)) {
+                            Some(Ok(())) => EngineMetrics::add(&metrics.insight_results, n),
+                            Some(Err(e))
+                                if warned.is_none_or(|t| t.elapsed().as_secs() >= 10) =>
+                            {
+                                warned = Some(Instant::now());
+                                tracing::error!(error = %e, results = n, "cannot write insight results to the ingest log");
+                            }
+                            _ => {}
+                        }
+                    }
+                    activator.activate_after(tick);
+                }
+            },
+        );
+    }
+}
+
+/// Starts, keeps or drops each insight's windows as the rules now say.
+fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
+    running.retain(|name, _| insights.iter().any(|i| &*i.name == name));
+    for insight in insights {
+        let signature = format!("{:?}|{:?}", insight.group_by, insight.kind);
+        let same = running
+            .get(&*insight.name)
+            .is_some_and(|r| r.signature == signature);
+        if !same {
+            running.remove(&*insight.name);
+            if let Some(r) = Running::new(insight, signature) {
+                running.insert(insight.name.to_string(), r);
+            }
+        }
+    }
+}
+
+/// One result as an event of the `Insights` source. Its message id names the insight,
+/// window, group and revision, so a result written twice is recognised as a repeat.
+fn result_event(
+    name: &str,
+    keys: &[String],
+    aggregates: &[(String, AggFn)],
+    w: &WindowResult,
+) -> Option<Event> {
+    let body = result::body(name, keys, aggregates, w);
+    let mut e = Event::telemetry(
+        DeviceId::parse(RESULTS_DEVICE).ok()?,
+        0,
+        Bytes::from(body.to_string()),
+    );
+    e.source = EventSource::Insights;
+    e.auth_method = AuthMethod::Internal;
+    e.system = SystemProperties {
+        message_id: Some(format!("{name}/{}/{}/{}", w.group, w.start, w.revision)),
+        content_type: Some("application/json".into()),
+        content_encoding: Some("utf-8".into()),
+        ..SystemProperties::default()
+    };
+    e.properties = vec![("insight".into(), name.to_owned())];
+    Some(e)
+}
