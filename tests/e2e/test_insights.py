@@ -119,3 +119,63 @@ def test_window_results_equal_duckdb_over_the_raw_archive(tmp_path):
         assert hub.metric("weir_insight_results_total") >= 12
     finally:
         hub.stop()
+
+
+def test_a_planted_spike_is_an_anomaly_and_a_quiet_device_is_reported(tmp_path):
+    rules = """
+[[endpoint]]
+name = "alerts"
+type = "parquet"
+
+[[route]]
+name = "alerts"
+source = "Insights"
+condition = "true"
+endpoints = ["alerts"]
+
+[[insight]]
+name = "spike"
+kind = "anomaly"
+value = "$body.temp"
+threshold = 4
+baseline = "1h"
+group_by = { device = "$connectionDeviceId" }
+
+[[insight]]
+name = "quiet"
+kind = "silence"
+after = "2s"
+group_by = { device = "$connectionDeviceId" }
+"""
+    hub = Hub(tmp_path, rules_dir(tmp_path, rules), config="[archive]\nmax_age_secs = 0.3\n").start()
+    try:
+        r = device(hub, "ins-a")
+        now = int(time.time() * 1000)
+        temps = [20.5 if i % 2 else 19.5 for i in range(50)] + [45.0] + [20.0] * 10
+        for i, temp in enumerate(temps):
+            publish(r, "ins-a", i, now + i, temp)
+
+        def alerts():
+            return hub.query("alerts", """
+                SELECT json_extract_string(body, '$.insight'), json_extract_string(body, '$.device'),
+                       json_extract_string(body, '$.state'), CAST(json_extract(body, '$.value') AS DOUBLE),
+                       CAST(json_extract(body, '$.zscore') AS DOUBLE)
+                FROM t ORDER BY ingest_offset""")
+
+        deadline = time.time() + 30
+        while time.time() < deadline and len(alerts()) < 2:
+            time.sleep(0.3)
+        got = alerts()
+        spikes = [a for a in got if a[0] == "spike"]
+        assert len(spikes) == 1 and spikes[0][1] == "ins-a" and spikes[0][3] == 45.0, got
+        assert spikes[0][4] > 4
+        quiet = [a for a in got if a[0] == "quiet"]
+        assert [q[2] for q in quiet] == ["silent"], got
+        publish(r, "ins-a", 100, now + 100, 20.0)
+        deadline = time.time() + 15
+        while time.time() < deadline and len(alerts()) < 3:
+            time.sleep(0.3)
+        assert [a[2] for a in alerts() if a[0] == "quiet"] == ["silent", "back"]
+        r.close()
+    finally:
+        hub.stop()

@@ -29,11 +29,14 @@ def test_rules_check_validates_insights_and_says_what_is_not_computed_yet(tmp_pa
         '[[insight]]\nname = "temp_1m"\nwindow = "tumbling 1m"\n'
         'aggregates = { n = "count()", avg = "avg($body.temp)" }\n')
     r = run_weir("rules", "check", d)
-    assert r.returncode == 0 and "not computed" not in r.stderr, r.stderr
-    (d / "q.toml").write_text('[[insight]]\nname = "quiet"\nkind = "silence"\nafter = "5m"\n')
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+    (d / "q.toml").write_text(
+        '[[endpoint]]\nname = "late_rows"\ntype = "parquet"\n'
+        '[[insight]]\nname = "with_late"\nwindow = "tumbling 1m"\naggregates = { n = "count()" }\n'
+        'late = "late_rows"\n')
     r = run_weir("rules", "check", d)
     assert r.returncode == 0, r.stderr
-    assert "quiet are checked but not computed yet" in r.stderr, r.stderr
+    assert "with_late name a `late` endpoint, which is checked but not used yet" in r.stderr, r.stderr
     (d / "q.toml").unlink()
     (d / "i.toml").write_text('[[insight]]\nname = "x"\nwindow = "tumbling 1 minute"\naggregates = { n = "count()" }\n')
     r = run_weir("rules", "check", d)

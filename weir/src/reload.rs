@@ -48,16 +48,15 @@ pub fn describe(set: &weir_rules::RuleSet) -> String {
 /// Some insight features are checked but not computed yet: say so wherever rules are
 /// loaded, rather than let a user wait for results that never come.
 pub fn insights_warning(set: &weir_rules::RuleSet) -> Option<String> {
-    use weir_rules::insight::InsightKind;
     let pending: Vec<&str> = set
         .insights
         .iter()
-        .filter(|i| i.late.is_some() || !matches!(i.kind, InsightKind::Window { .. }))
+        .filter(|i| i.late.is_some())
         .map(|i| &*i.name)
         .collect();
     (!pending.is_empty()).then(|| {
         format!(
-            "insight(s) {} are checked but not computed yet: anomaly and silence insights and `late` endpoints are not built (see README, \"Not yet\"); window insights run",
+            "insight(s) {} name a `late` endpoint, which is checked but not used yet: late events correct their window instead (see README, \"Not yet\")",
             pending.join(", ")
         )
     })

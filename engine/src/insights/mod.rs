@@ -7,7 +7,9 @@
 //! event time.
 
 pub mod aggregate;
+pub mod anomaly;
 pub mod result;
+pub mod silence;
 pub mod window;
 
 pub use window::{Arrival, WindowResult, Windows};

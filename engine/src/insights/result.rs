@@ -1,13 +1,57 @@
 //! The body of an insight result, as routes and sinks see it: a JSON object with the
-//! insight's name, the window (RFC 3339, UTC, milliseconds), each `group_by` key, each
-//! aggregate by its name (`count()` as an integer, `null` where there was nothing to
-//! aggregate) and the revision.
+//! insight's name and each `group_by` key, then, for a window, the window (RFC 3339, UTC,
+//! milliseconds), each aggregate by its name (`count()` as an integer, `null` where there
+//! was nothing to aggregate) and the revision; for an anomaly, the value and its baseline;
+//! for silence, the state and when the group was last heard of.
 
 use serde_json::{Map, Value, json};
 use weir_rules::insight::AggFn;
 use weir_rules::view::rfc3339_ms;
 
+use super::anomaly::Anomaly;
+use super::silence::{Change, SilenceReport};
 use super::window::WindowResult;
+
+/// The insight's name and the group's keys (`keys` in `group_by` order; `group` as the
+/// window core keeps it, a JSON array).
+fn head(name: &str, keys: &[String], group: &str) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("insight".into(), json!(name));
+    let group: Vec<Value> = serde_json::from_str(group).unwrap_or_default();
+    for (i, k) in keys.iter().enumerate() {
+        o.insert(k.clone(), group.get(i).cloned().unwrap_or(Value::Null));
+    }
+    o
+}
+
+fn number(x: f64) -> Value {
+    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+}
+
+/// An anomaly: the event's time, value, offset, and the baseline it was judged against.
+pub fn anomaly(name: &str, keys: &[String], a: &Anomaly) -> Value {
+    let mut o = head(name, keys, &a.group);
+    o.insert("time".into(), json!(rfc3339_ms(a.time)));
+    o.insert("value".into(), number(a.value));
+    o.insert("mean".into(), number(a.mean));
+    o.insert("stddev".into(), number(a.stddev));
+    o.insert("zscore".into(), number(a.zscore));
+    o.insert("offset".into(), json!(a.offset));
+    Value::Object(o)
+}
+
+/// A group gone silent (`state` = `silent`) or back (`back`), with when it was last heard.
+pub fn silence(name: &str, keys: &[String], s: &SilenceReport) -> Value {
+    let mut o = head(name, keys, &s.group);
+    let state = match s.change {
+        Change::Silent => "silent",
+        Change::Back => "back",
+    };
+    o.insert("state".into(), json!(state));
+    o.insert("last_seen".into(), json!(rfc3339_ms(s.last_arrival)));
+    o.insert("last_event_time".into(), json!(rfc3339_ms(s.last_time)));
+    Value::Object(o)
+}
 
 /// Builds the body of `r` for the insight `name`, whose group keys are `keys` (in
 /// `group_by` order) and aggregates `aggregates` (name and function, in order).
@@ -17,19 +61,14 @@ pub fn body(
     aggregates: &[(String, AggFn)],
     r: &WindowResult,
 ) -> Value {
-    let mut o = Map::new();
-    o.insert("insight".into(), json!(name));
+    let mut o = head(name, keys, &r.group);
     o.insert("window_start".into(), json!(rfc3339_ms(r.start)));
     o.insert("window_end".into(), json!(rfc3339_ms(r.end)));
-    let group: Vec<Value> = serde_json::from_str(&r.group).unwrap_or_default();
-    for (i, k) in keys.iter().enumerate() {
-        o.insert(k.clone(), group.get(i).cloned().unwrap_or(Value::Null));
-    }
     for ((agg, func), v) in aggregates.iter().zip(&r.values) {
         let v = match (func, v) {
             (_, None) => Value::Null,
             (AggFn::Count, Some(n)) => json!(*n as u64),
-            (_, Some(x)) => serde_json::Number::from_f64(*x).map_or(Value::Null, Value::Number),
+            (_, Some(x)) => number(*x),
         };
         o.insert(agg.clone(), v);
     }

@@ -3,9 +3,8 @@
 //! complete, and results are appended to the ingest log as `Insights` events, from where
 //! routes take them like any other event.
 //!
-//! Only window insights run here so far; anomaly and silence insights, the `late`
-//! endpoint, device context as a differential collection and recovery of open windows
-//! after a restart are not built (see `docs/decisions/027-insights.md`).
+//! Not built yet: the `late` endpoint, device context as a differential collection and
+//! recovery of open windows after a restart (see `docs/decisions/027-insights.md`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +25,9 @@ use weir_rules::insight::{AggFn, Insight, InsightKind, Sample};
 use super::Events;
 use crate::append;
 use crate::engine::RulesHandle;
-use crate::insights::{WindowResult, Windows, result};
+use crate::insights::anomaly::Anomalies;
+use crate::insights::silence::Silences;
+use crate::insights::{Windows, result};
 use crate::metrics::EngineMetrics;
 
 /// The device id insight results are written under (a partition key, not a device).
@@ -38,35 +39,113 @@ const RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// values. A tuple, so timely can exchange it between workers.
 type Sampled = (String, String, i64, u64, Vec<Option<f64>>);
 
-/// The windows of one insight in one worker, and what its results need.
+/// What one insight keeps in one worker.
+enum State {
+    Window {
+        windows: Windows,
+        aggregates: Vec<(String, AggFn)>,
+    },
+    Anomaly(Anomalies),
+    Silence(Silences),
+}
+
+/// One insight in one worker: its state and what its results need.
 struct Running {
     /// The insight's definition as last seen; a change starts it over.
     signature: String,
-    windows: Windows,
     keys: Vec<String>,
-    aggregates: Vec<(String, AggFn)>,
+    state: State,
 }
 
 impl Running {
-    fn new(insight: &Insight, signature: String) -> Option<Running> {
-        let InsightKind::Window {
-            window,
-            lateness,
-            aggregates,
-        } = &insight.kind
-        else {
-            return None;
+    fn new(insight: &Insight, signature: String) -> Running {
+        let state = match &insight.kind {
+            InsightKind::Window {
+                window,
+                lateness,
+                aggregates,
+            } => State::Window {
+                windows: Windows::new(
+                    *window,
+                    *lateness,
+                    RETENTION,
+                    aggregates.iter().map(|a| (a.func, a.fraction)).collect(),
+                ),
+                aggregates: aggregates
+                    .iter()
+                    .map(|a| (a.name.clone(), a.func))
+                    .collect(),
+            },
+            InsightKind::Anomaly {
+                threshold,
+                baseline,
+                ..
+            } => State::Anomaly(Anomalies::new(*threshold, *baseline)),
+            InsightKind::Silence { after } => State::Silence(Silences::new(*after)),
         };
-        let funcs = aggregates.iter().map(|a| (a.func, a.fraction)).collect();
-        Some(Running {
+        Running {
             signature,
-            windows: Windows::new(*window, *lateness, RETENTION, funcs),
             keys: insight.group_by.iter().map(|(k, _)| k.clone()).collect(),
-            aggregates: aggregates
-                .iter()
-                .map(|a| (a.name.clone(), a.func))
-                .collect(),
-        })
+            state,
+        }
+    }
+
+    /// Takes one sample; an anomaly or a group back from silence is a result at once.
+    fn push(&mut self, name: &str, s: Sampled, wall: i64, out: &mut Vec<Event>) {
+        let (_, group, t, offset, values) = s;
+        match &mut self.state {
+            State::Window { windows, .. } => {
+                windows.push(&group, t, offset, &values, wall);
+            }
+            State::Anomaly(a) => {
+                if let Some(v) = values.first().copied().flatten()
+                    && let Some(found) = a.push(&group, t, offset, v)
+                {
+                    let id = format!("{name}/{group}/{offset}");
+                    out.extend(result_event(
+                        name,
+                        result::anomaly(name, &self.keys, &found),
+                        id,
+                    ));
+                }
+            }
+            State::Silence(s) => {
+                if let Some(back) = s.push(&group, t, wall) {
+                    let id = format!("{name}/{group}/back/{wall}");
+                    out.extend(result_event(
+                        name,
+                        result::silence(name, &self.keys, &back),
+                        id,
+                    ));
+                }
+            }
+        }
+    }
+
+    /// What time has completed: closed windows, corrections, groups gone quiet.
+    fn flush(&mut self, name: &str, wall: i64, out: &mut Vec<Event>) {
+        match &mut self.state {
+            State::Window {
+                windows,
+                aggregates,
+            } => {
+                let mut results = Vec::new();
+                windows.flush(wall, &mut results);
+                out.extend(results.iter().filter_map(|w| {
+                    let id = format!("{name}/{}/{}/{}", w.group, w.start, w.revision);
+                    result_event(name, result::body(name, &self.keys, aggregates, w), id)
+                }));
+            }
+            State::Anomaly(_) => {}
+            State::Silence(s) => {
+                let mut reports = Vec::new();
+                s.flush(wall, &mut reports);
+                out.extend(reports.iter().filter_map(|r| {
+                    let id = format!("{name}/{}/silent/{}", r.group, r.last_arrival);
+                    result_event(name, result::silence(name, &self.keys, r), id)
+                }));
+            }
+        }
     }
 }
 
@@ -138,25 +217,22 @@ impl RunInsights for Events<'_> {
             move |_cap, info| {
                 let activator = scope.activator_for(info.address.clone());
                 let mut running: HashMap<String, Running> = HashMap::new();
-                let mut results = Vec::new();
                 let mut warned: Option<Instant> = None;
                 move |(input, _frontier), _output| {
                     let rules = rules.load();
                     refresh(&mut running, &rules.insights);
                     let wall = now_ms();
+                    let mut events = Vec::new();
                     input.for_each(|_cap, data| {
-                        for (name, group, t, offset, values) in data.drain(..) {
-                            if let Some(r) = running.get_mut(&name) {
-                                r.windows.push(&group, t, offset, &values, wall);
+                        for s in data.drain(..) {
+                            if let Some(r) = running.get_mut(&s.0) {
+                                let name = s.0.clone();
+                                r.push(&name, s, wall, &mut events);
                             }
                         }
                     });
-                    let mut events = Vec::new();
                     for (name, r) in &mut running {
-                        r.windows.flush(wall, &mut results);
-                        events.extend(results.drain(..).filter_map(|w| {
-                            result_event(name, &r.keys, &r.aggregates, &w)
-                        }));
+                        r.flush(name, wall, &mut events);
                     }
                     if !events.is_empty() {
                         let n = events.len() as u64;
@@ -187,23 +263,15 @@ fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
             .get(&*insight.name)
             .is_some_and(|r| r.signature == signature);
         if !same {
-            running.remove(&*insight.name);
-            if let Some(r) = Running::new(insight, signature) {
-                running.insert(insight.name.to_string(), r);
-            }
+            running.insert(insight.name.to_string(), Running::new(insight, signature));
         }
     }
 }
 
 /// One result as an event of the `Insights` source. Its message id names the insight,
-/// window, group and revision, so a result written twice is recognised as a repeat.
-fn result_event(
-    name: &str,
-    keys: &[String],
-    aggregates: &[(String, AggFn)],
-    w: &WindowResult,
-) -> Option<Event> {
-    let body = result::body(name, keys, aggregates, w);
+/// group and what it reports (window and revision, anomalous offset, silence), so a result
+/// written twice is recognised as a repeat.
+fn result_event(name: &str, body: serde_json::Value, message_id: String) -> Option<Event> {
     let mut e = Event::telemetry(
         DeviceId::parse(RESULTS_DEVICE).ok()?,
         0,
@@ -212,7 +280,7 @@ fn result_event(
     e.source = EventSource::Insights;
     e.auth_method = AuthMethod::Internal;
     e.system = SystemProperties {
-        message_id: Some(format!("{name}/{}/{}/{}", w.group, w.start, w.revision)),
+        message_id: Some(message_id),
         content_type: Some("application/json".into()),
         content_encoding: Some("utf-8".into()),
         ..SystemProperties::default()
