@@ -30,12 +30,14 @@ pub enum SysProp {
     OutputName,
     /// Weir's own: the gateway the message came through.
     WeirGateway,
+    /// Weir's own: the insight an `Insights` event is a result of.
+    Insight,
 }
 
 impl SysProp {
     /// Resolves `$name` (without the `$`), case-insensitively.
     pub fn parse(name: &str) -> Option<SysProp> {
-        const NAMES: [(&str, SysProp); 17] = [
+        const NAMES: [(&str, SysProp); 18] = [
             ("contentType", SysProp::ContentType),
             ("contentEncoding", SysProp::ContentEncoding),
             ("connectionDeviceId", SysProp::ConnectionDeviceId),
@@ -56,6 +58,7 @@ impl SysProp {
             ("outputName", SysProp::OutputName),
             ("iothub-outputname", SysProp::OutputName),
             ("weirGateway", SysProp::WeirGateway),
+            ("insight", SysProp::Insight),
         ];
         NAMES
             .iter()
@@ -166,6 +169,10 @@ impl<'a> MessageView for EventView<'a> {
             SysProp::DtSubject => b(&s.dt_subject),
             SysProp::OutputName => b(&s.output_name),
             SysProp::WeirGateway => e.gateway.as_deref().map(Cow::Borrowed),
+            SysProp::Insight => (e.source == weir_core::EventSource::Insights)
+                .then(|| e.property("insight"))
+                .flatten()
+                .map(Cow::Borrowed),
         }
     }
 

@@ -30,7 +30,7 @@ endpoints = ["raw"]
 [[route]]
 name = "results"
 source = "Insights"
-condition = "$body.insight = 'temp_10s'"
+condition = "$insight = 'temp_10s'"
 endpoints = ["insights"]
 
 [[insight]]
