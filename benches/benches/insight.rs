@@ -16,12 +16,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const GROUPS: usize = 10_000;
 const EVENTS: usize = 1_000_000;
 
-/// Events of 10,000 groups, one per millisecond of event time, a little out of order.
+/// Events of 10,000 groups, 100 per millisecond of event time (10 s in all, so each
+/// group has 10 events in each of its 10 one-second windows), a little out of order.
 fn stream() -> (Vec<String>, Vec<(usize, i64, f64)>) {
     let groups = (0..GROUPS).map(|g| format!("[\"dev-{g:05}\"]")).collect();
     let events = (0..EVENTS)
         .map(|i| {
-            let t = i as i64 - if i % 7 == 0 { 3 } else { 0 };
+            let t = (i / 100) as i64 - if i % 7 == 0 { 3 } else { 0 };
             (i % GROUPS, t, (i % 100) as f64 / 4.0)
         })
         .collect();

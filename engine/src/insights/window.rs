@@ -12,6 +12,8 @@
 //! that; an event older than that cannot be merged and is reported as too late.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use hashbrown::HashMap;
 use std::time::Duration;
 
 use weir_rules::insight::{AggFn, Window};
@@ -50,21 +52,54 @@ struct Closed {
     dirty: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Group {
     /// The highest event time seen, and the wall-clock time it arrived.
     high: i64,
     arrived: i64,
+    /// The clock at which the first open window is due, and at which the first closed one
+    /// is forgotten: kept here so a flush can pass over a group without looking into its
+    /// trees (10,000 groups, most with nothing to do, is the common case).
+    due_at: i64,
+    evict_at: i64,
+    /// The clock as of the last flush: a group's clock never goes back (a device whose
+    /// timestamps run slower than Weir's clock does not reopen what closed), and every
+    /// closed window ends (plus lateness) at or below it.
+    floor: i64,
     open: BTreeMap<(i64, i64), Accumulator>,
     closed: BTreeMap<(i64, i64), Closed>,
     /// Closed windows with a result to emit.
     dirty: BTreeSet<(i64, i64)>,
 }
 
+impl Default for Group {
+    fn default() -> Self {
+        Group {
+            high: 0,
+            arrived: 0,
+            due_at: i64::MAX,
+            evict_at: i64::MAX,
+            floor: i64::MIN,
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+        }
+    }
+}
+
 impl Group {
+    /// Recomputes `due_at` from the open windows (ordered by start, and so by end).
+    fn recount_due(&mut self, lateness: i64) {
+        self.due_at = self
+            .open
+            .first_key_value()
+            .map_or(i64::MAX, |(w, _)| w.1.saturating_add(lateness));
+    }
+
     fn clock(&self, wall_ms: i64) -> i64 {
         self.high
             .saturating_add(wall_ms.saturating_sub(self.arrived).max(0))
+            .max(self.floor)
     }
 
     /// Adds an event to the closed window `w` if there is one: a correction to emit.
@@ -85,7 +120,7 @@ pub struct Windows {
     lateness: i64,
     retention: i64,
     funcs: Vec<(AggFn, f64)>,
-    groups: BTreeMap<String, Group>,
+    groups: HashMap<String, Group>,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -104,26 +139,24 @@ impl Windows {
             lateness: ms(lateness),
             retention: ms(retention),
             funcs,
-            groups: BTreeMap::new(),
+            groups: HashMap::default(),
         }
     }
 
     /// The fixed windows `[start, end)` that contain `t` (tumbling and hopping), oldest
     /// first.
-    fn fixed(&self, t: i64) -> Vec<(i64, i64)> {
+    fn fixed(&self, t: i64) -> impl Iterator<Item = (i64, i64)> + use<> {
         let (size, hop) = match self.window {
             Window::Tumbling { size } => (ms(size), ms(size)),
             Window::Hopping { size, hop } => (ms(size), ms(hop)),
-            Window::Session { .. } => return Vec::new(),
+            Window::Session { .. } => (0, 1),
         };
         let last = t.div_euclid(hop) * hop;
-        let mut out: Vec<(i64, i64)> = (0..size / hop)
-            .map(|k| last - k * hop)
-            .filter(|s| *s + size > t)
-            .map(|s| (s, s + size))
-            .collect();
-        out.reverse();
-        out
+        (0..size / hop)
+            .rev()
+            .map(move |k| last - k * hop)
+            .filter(move |s| *s + size > t)
+            .map(move |s| (s, s + size))
     }
 
     /// True when an event of `group` at event time `t` would be late now: one of its
@@ -138,10 +171,7 @@ impl Windows {
                 g.closed.keys().any(|(s, e)| *s <= t && t < *e)
                     || t + ms(gap) + self.lateness <= clock
             }
-            _ => self
-                .fixed(t)
-                .iter()
-                .any(|(_, end)| end + self.lateness <= clock),
+            _ => self.fixed(t).any(|(_, end)| end + self.lateness <= clock),
         }
     }
 
@@ -158,7 +188,8 @@ impl Windows {
         let windows = self.fixed(t);
         let (lateness, retention) = (self.lateness, self.retention);
         let funcs = &self.funcs;
-        let g = self.groups.entry(group.to_owned()).or_default();
+        // `entry_ref`: the key is copied only when the group is new.
+        let g = self.groups.entry_ref(group).or_default();
         let fresh = g.open.is_empty() && g.closed.is_empty();
         // A group seen for the first time (or again after everything of it was forgotten)
         // has no clock yet: nothing of it is late.
@@ -174,11 +205,14 @@ impl Windows {
                 retention,
                 clock,
             };
-            return session.push(g, funcs, t, offset, values);
+            let arrival = session.push(g, funcs, t, offset, values);
+            g.recount_due(lateness);
+            return arrival;
         }
         let (mut late, mut included) = (false, false);
         for w in windows {
-            if g.correct(w, t, offset, values) {
+            // Only a window at or below the floor can have been closed.
+            if w.1 + lateness <= g.floor && g.correct(w, t, offset, values) {
                 (late, included) = (true, true);
             } else if w.1 + lateness + retention <= clock {
                 late = true;
@@ -187,6 +221,7 @@ impl Windows {
                 // flush (revision 0), and the event counts as late.
                 late |= w.1 + lateness <= clock;
                 included = true;
+                g.due_at = g.due_at.min(w.1.saturating_add(lateness));
                 g.open
                     .entry(w)
                     .or_insert_with(|| Accumulator::new(funcs))
@@ -205,25 +240,32 @@ impl Windows {
     /// retention.
     pub fn flush(&mut self, wall_ms: i64, out: &mut Vec<WindowResult>) {
         let (lateness, retention) = (self.lateness, self.retention);
+        let first = out.len();
         for (name, g) in self.groups.iter_mut() {
             let clock = g.clock(wall_ms);
-            let due: Vec<(i64, i64)> = g
-                .open
-                .keys()
-                .copied()
-                .filter(|w| w.1 + lateness <= clock)
-                .collect();
-            for w in due {
-                if let Some(acc) = g.open.remove(&w) {
-                    let c = Closed {
-                        acc,
-                        next: 0,
-                        dirty: true,
-                    };
-                    g.closed.insert(w, c);
-                    g.dirty.insert(w);
-                }
+            g.floor = clock;
+            if clock < g.due_at && clock < g.evict_at && g.dirty.is_empty() {
+                continue;
             }
+            // Open windows are ordered by start, and (within a group) so are their ends:
+            // the due ones are a prefix.
+            while let Some(entry) = g.open.first_entry() {
+                let w = *entry.key();
+                if w.1 + lateness > clock {
+                    break;
+                }
+                let c = Closed {
+                    acc: entry.remove(),
+                    next: 0,
+                    dirty: true,
+                };
+                g.evict_at = g
+                    .evict_at
+                    .min(w.1.saturating_add(lateness).saturating_add(retention));
+                g.closed.insert(w, c);
+                g.dirty.insert(w);
+            }
+            g.recount_due(lateness);
             for w in std::mem::take(&mut g.dirty) {
                 let Some(c) = g.closed.get_mut(&w) else {
                     continue;
@@ -242,11 +284,24 @@ impl Windows {
                 c.next += 1;
                 c.dirty = false;
             }
-            g.closed
-                .retain(|w, _| w.1.saturating_add(lateness).saturating_add(retention) > clock);
+            g.evict_at = i64::MAX;
+            while let Some(entry) = g.closed.first_entry() {
+                let until = entry
+                    .key()
+                    .1
+                    .saturating_add(lateness)
+                    .saturating_add(retention);
+                if until > clock {
+                    g.evict_at = until;
+                    break;
+                }
+                entry.remove();
+            }
         }
         self.groups
             .retain(|_, g| !(g.open.is_empty() && g.closed.is_empty()));
+        // Groups are kept in a hash map for speed; results go out in a fixed order.
+        out[first..].sort_by(|a, b| (&a.group, a.start).cmp(&(&b.group, b.start)));
     }
 }
 
