@@ -27,14 +27,8 @@ impl Builder<'_> {
             );
             return;
         }
-        if let Some(prev) = self.insight_names.get(&name).cloned() {
-            let at = self.where_is(&prev);
-            self.diag(
-                i,
-                raw.name.span(),
-                format!("insight {name:?} is defined twice"),
-                Some(format!("the first definition is at {at}")),
-            );
+        let prev = self.insight_names.get(&name).cloned();
+        if self.defined_twice(i, raw.name.span(), "insight", &name, prev) {
             return;
         }
         self.insight_names

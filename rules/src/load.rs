@@ -215,6 +215,28 @@ impl Builder<'_> {
         });
     }
 
+    /// Reports a second definition of `what` named `name` (the first is at `prev`).
+    pub(crate) fn defined_twice(
+        &mut self,
+        i: usize,
+        span: Range<usize>,
+        what: &str,
+        name: &str,
+        prev: Option<(usize, Range<usize>)>,
+    ) -> bool {
+        let Some(prev) = prev else {
+            return false;
+        };
+        let at = self.where_is(&prev);
+        self.diag(
+            i,
+            span,
+            format!("{what} {name:?} is defined twice"),
+            Some(format!("the first definition is at {at}")),
+        );
+        true
+    }
+
     pub(crate) fn diag_count(&self) -> usize {
         self.diags.len()
     }
@@ -287,14 +309,8 @@ impl Builder<'_> {
             );
             return;
         }
-        if let Some(prev) = self.endpoint_names.get(&name).cloned() {
-            let at = self.where_is(&prev);
-            self.diag(
-                i,
-                ep.name.span(),
-                format!("endpoint {name:?} is defined twice"),
-                Some(format!("the first definition is at {at}")),
-            );
+        let prev = self.endpoint_names.get(&name).cloned();
+        if self.defined_twice(i, ep.name.span(), "endpoint", &name, prev) {
             return;
         }
         let kind_name = ep.kind.get_ref().to_ascii_lowercase();
@@ -542,14 +558,8 @@ impl Builder<'_> {
             );
             return;
         }
-        if let Some(prev) = self.route_names.get(&name).cloned() {
-            let at = self.where_is(&prev);
-            self.diag(
-                i,
-                r.name.span(),
-                format!("route {name:?} is defined twice"),
-                Some(format!("the first definition is at {at}")),
-            );
+        let prev = self.route_names.get(&name).cloned();
+        if self.defined_twice(i, r.name.span(), "route", &name, prev) {
             return;
         }
         self.route_names.insert(name.clone(), (i, r.name.span()));
