@@ -28,6 +28,8 @@ pub struct EngineMetrics {
     pub insight_results: AtomicU64,
     /// Events an insight took whose `time` was not an ISO 8601 string or epoch ms.
     pub insight_no_time: AtomicU64,
+    /// Events later than their window's retention: counted, not merged.
+    pub insight_too_late: AtomicU64,
 }
 
 impl EngineMetrics {

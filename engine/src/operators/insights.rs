@@ -20,20 +20,31 @@ use weir_core::{
     AuthMethod, DeviceDirectory, DeviceId, Event, EventSource, Ingest, SystemProperties,
 };
 use weir_rules::EventView;
-use weir_rules::insight::{AggFn, Insight, InsightKind, Sample};
+use weir_rules::insight::{AggFn, Insight, InsightKind, Sample, Window};
 
 use super::Events;
 use crate::append;
 use crate::engine::RulesHandle;
 use crate::insights::anomaly::Anomalies;
 use crate::insights::silence::Silences;
-use crate::insights::{Windows, result};
+use crate::insights::{Arrival, Windows, result};
 use crate::metrics::EngineMetrics;
 
 /// The device id insight results are written under (a partition key, not a device).
 pub const RESULTS_DEVICE: &str = "$insights";
-/// How long closed windows are kept for corrections.
-const RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How long closed windows are kept for corrections: twice the window and its lateness,
+/// at least a minute and at most an hour of the group's clock. Every closed window holds
+/// its accumulators (a percentile, every value), so this bounds memory; data later than
+/// that is counted (`weir_insight_too_late_total`), not merged.
+fn retention(window: &Window, lateness: Duration) -> Duration {
+    let size = match *window {
+        Window::Tumbling { size } | Window::Hopping { size, .. } => size,
+        Window::Session { gap } => gap,
+    };
+    (size + lateness)
+        .saturating_mul(2)
+        .clamp(Duration::from_secs(60), Duration::from_secs(3600))
+}
 
 /// One event's sample for one insight: insight name, group, event time, log offset and
 /// values. A tuple, so timely can exchange it between workers.
@@ -68,7 +79,7 @@ impl Running {
                 windows: Windows::new(
                     *window,
                     *lateness,
-                    RETENTION,
+                    retention(window, *lateness),
                     aggregates.iter().map(|a| (a.func, a.fraction)).collect(),
                 ),
                 aggregates: aggregates
@@ -91,11 +102,12 @@ impl Running {
     }
 
     /// Takes one sample; an anomaly or a group back from silence is a result at once.
-    fn push(&mut self, name: &str, s: Sampled, wall: i64, out: &mut Vec<Event>) {
+    /// False when it was too late to be merged into its window.
+    fn push(&mut self, name: &str, s: Sampled, wall: i64, out: &mut Vec<Event>) -> bool {
         let (_, group, t, offset, values) = s;
         match &mut self.state {
             State::Window { windows, .. } => {
-                windows.push(&group, t, offset, &values, wall);
+                return windows.push(&group, t, offset, &values, wall) != Arrival::TooLate;
             }
             State::Anomaly(a) => {
                 if let Some(v) = values.first().copied().flatten()
@@ -120,6 +132,7 @@ impl Running {
                 }
             }
         }
+        true
     }
 
     /// What time has completed: closed windows, corrections, groups gone quiet.
@@ -217,20 +230,26 @@ impl RunInsights for Events<'_> {
             move |_cap, info| {
                 let activator = scope.activator_for(info.address.clone());
                 let mut running: HashMap<String, Running> = HashMap::new();
+                let mut version: Option<Arc<str>> = None;
                 let mut warned: Option<Instant> = None;
                 move |(input, _frontier), _output| {
                     let rules = rules.load();
-                    refresh(&mut running, &rules.insights);
+                    if version.as_ref() != Some(&rules.version) {
+                        refresh(&mut running, &rules.insights);
+                        version = Some(Arc::clone(&rules.version));
+                    }
                     let wall = now_ms();
                     let mut events = Vec::new();
+                    let mut too_late = 0;
                     input.for_each(|_cap, data| {
                         for s in data.drain(..) {
                             if let Some(r) = running.get_mut(&s.0) {
                                 let name = s.0.clone();
-                                r.push(&name, s, wall, &mut events);
+                                too_late += u64::from(!r.push(&name, s, wall, &mut events));
                             }
                         }
                     });
+                    EngineMetrics::add(&metrics.insight_too_late, too_late);
                     for (name, r) in &mut running {
                         r.flush(name, wall, &mut events);
                     }

@@ -381,6 +381,12 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Events an insight skipped because its time was not ISO 8601 or epoch milliseconds.",
         &e.insight_no_time,
     );
+    counter(
+        &mut out,
+        "weir_insight_too_late_total",
+        "Events later than their window's retention (counted, not merged).",
+        &e.insight_too_late,
+    );
     endpoint_metrics(&mut out, &s);
     gauge(
         &mut out,
