@@ -50,7 +50,9 @@ pub(crate) fn letter(d: &Delivery, origin: &str, pass: &DeadLetterPass) -> Event
 }
 
 fn has_prefix(k: &str) -> bool {
-    k.len() >= PREFIX.len() && k[..PREFIX.len()].eq_ignore_ascii_case(PREFIX)
+    // `get`, not indexing: a device's key may have a multi-byte character at the cut.
+    k.get(..PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(PREFIX))
 }
 
 #[cfg(test)]
@@ -99,5 +101,12 @@ mod tests {
             5,
             "the forged mark is gone"
         );
+    }
+
+    #[test]
+    fn a_key_with_a_multibyte_character_at_the_cut_is_not_a_mark() {
+        assert!(!has_prefix("weir-dead-lette\u{e9}r"));
+        assert!(!has_prefix("\u{1f600}\u{1f600}\u{1f600}\u{1f600}\u{1f600}"));
+        assert!(has_prefix("WEIR-DEAD-LETTER-x"));
     }
 }

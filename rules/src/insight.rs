@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_core::EventSource;
+use weir_core::{ColumnType, ColumnValue, EventSource};
 
 use crate::eval::eval;
 use crate::ir::Ir;
+use crate::ruleset::column_value;
 use crate::value::Val;
 use crate::view::MessageView;
 
@@ -127,9 +128,10 @@ impl Insight {
         }
         let time_ms = match &self.time {
             None => enqueued_ms,
-            Some(t) => match time_of(&eval(t, view)) {
-                Some(ms) => ms,
-                None => return Sample::NoTime,
+            // As a `timestamp` column reads it: epoch ms, or RFC 3339 with an offset.
+            Some(t) => match column_value(ColumnType::Timestamp, eval(t, view)) {
+                ColumnValue::Timestamp(ms) => ms,
+                _ => return Sample::NoTime,
             },
         };
         let group: Vec<serde_json::Value> = self
@@ -154,17 +156,6 @@ impl Insight {
             time_ms,
             values,
         }
-    }
-}
-
-/// An event time: epoch milliseconds, or an ISO 8601 / RFC 3339 string with an offset.
-fn time_of(v: &Val<'_>) -> Option<i64> {
-    match v {
-        Val::Num(n) if n.is_finite() && n.abs() < 1e16 => Some(*n as i64),
-        Val::Str(s) => chrono::DateTime::parse_from_rfc3339(s.trim())
-            .ok()
-            .map(|t| t.timestamp_millis()),
-        _ => None,
     }
 }
 

@@ -48,7 +48,7 @@ fn retention(window: &Window, lateness: Duration) -> Duration {
 
 /// One event's sample for one insight: insight name, group, event time, log offset and
 /// values. A tuple, so timely can exchange it between workers.
-type Sampled = (String, String, i64, u64, Vec<Option<f64>>);
+type Sampled = (Arc<str>, String, i64, u64, Vec<Option<f64>>);
 
 /// What one insight keeps in one worker.
 enum State {
@@ -103,8 +103,9 @@ impl Running {
 
     /// Takes one sample; an anomaly or a group back from silence is a result at once.
     /// False when it was too late to be merged into its window.
-    fn push(&mut self, name: &str, s: Sampled, wall: i64, out: &mut Vec<Event>) -> bool {
-        let (_, group, t, offset, values) = s;
+    fn push(&mut self, s: Sampled, wall: i64, out: &mut Vec<Event>) -> bool {
+        let (name, group, t, offset, values) = s;
+        let name = &*name;
         match &mut self.state {
             State::Window { windows, .. } => {
                 return windows.push(&group, t, offset, &values, wall) != Arrival::TooLate;
@@ -205,7 +206,7 @@ impl RunInsights for Events<'_> {
                                         time_ms,
                                         values,
                                     } => session.give((
-                                        insight.name.to_string(),
+                                        Arc::clone(&insight.name),
                                         group,
                                         time_ms,
                                         e.offset,
@@ -243,9 +244,8 @@ impl RunInsights for Events<'_> {
                     let mut too_late = 0;
                     input.for_each(|_cap, data| {
                         for s in data.drain(..) {
-                            if let Some(r) = running.get_mut(&s.0) {
-                                let name = s.0.clone();
-                                too_late += u64::from(!r.push(&name, s, wall, &mut events));
+                            if let Some(r) = running.get_mut(&*s.0) {
+                                too_late += u64::from(!r.push(s, wall, &mut events));
                             }
                         }
                     });

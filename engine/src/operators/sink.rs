@@ -27,25 +27,35 @@ enum Progress {
     Stuck,
 }
 
+impl Progress {
+    fn of(moved: bool) -> Progress {
+        if moved {
+            Progress::Moved
+        } else {
+            Progress::Stuck
+        }
+    }
+}
+
 /// What serving a replay needs besides the sinks.
-pub(crate) struct Replays {
-    pub replayer: Replayer,
+struct Replays {
+    replayer: Replayer,
     /// Where dead letters go (the hub's ingest log).
-    pub dead_letters: Option<Arc<dyn Ingest>>,
-    pub metrics: Arc<EngineMetrics>,
+    log: Option<Arc<dyn Ingest>>,
+    metrics: Arc<EngineMetrics>,
     /// When a replay last failed and was logged (at most every 10 s).
     warned: Option<Instant>,
 }
 
 impl Replays {
-    pub(crate) fn new(
+    fn new(
         replayer: Replayer,
-        dead_letters: Option<Arc<dyn Ingest>>,
+        log: Option<Arc<dyn Ingest>>,
         metrics: Arc<EngineMetrics>,
     ) -> Replays {
         Replays {
             replayer,
-            dead_letters,
+            log,
             metrics,
             warned: None,
         }
@@ -76,7 +86,7 @@ impl Replays {
                 return Progress::Stuck;
             }
         };
-        let moved = chunk.through > req.from;
+        let moved = Progress::of(chunk.through > req.from);
         if let Some(pass) = &req.dead_letter {
             return self.dead_letter(sinks, *sink, req, pass, chunk, report);
         }
@@ -88,11 +98,7 @@ impl Replays {
             chunk.deliveries,
             chunk.through,
         ));
-        if moved {
-            Progress::Moved
-        } else {
-            Progress::Stuck
-        }
+        moved
     }
 
     /// Writes a chunk's deliveries back to the log as dead letters, then lets the endpoint
@@ -106,7 +112,7 @@ impl Replays {
         chunk: Chunk,
         report: &mut impl FnMut(Result<(), SinkError>),
     ) -> Progress {
-        let Some(ingest) = self.dead_letters.clone() else {
+        let Some(ingest) = self.log.clone() else {
             // Nowhere to write them: the endpoint keeps them, as one without a dead letter.
             report(sinks.dead_lettered(sink, &req.endpoint, 0, req.from));
             return Progress::Stuck;
@@ -134,11 +140,7 @@ impl Replays {
         }
         EngineMetrics::add(&self.metrics.dead_lettered, count);
         report(sinks.dead_lettered(sink, &req.endpoint, count, chunk.through));
-        if chunk.through > req.from {
-            Progress::Moved
-        } else {
-            Progress::Stuck
-        }
+        Progress::of(chunk.through > req.from)
     }
 }
 
@@ -150,7 +152,7 @@ pub(crate) trait SinkTo {
         self,
         sinks: SinkSet,
         replayer: Replayer,
-        dead_letters: Option<Arc<dyn Ingest>>,
+        log: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
         metrics: Arc<EngineMetrics>,
@@ -162,13 +164,13 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
         self,
         mut sinks: SinkSet,
         replayer: Replayer,
-        dead_letters: Option<Arc<dyn Ingest>>,
+        log: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
         metrics: Arc<EngineMetrics>,
     ) {
         let mut closed = false;
-        let mut replays = Replays::new(replayer, dead_letters, Arc::clone(&metrics));
+        let mut replays = Replays::new(replayer, log, Arc::clone(&metrics));
         // Sinks log their endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
         let mut report = move |r: Result<(), SinkError>| {
