@@ -85,6 +85,7 @@ fn source_code(s: EventSource) -> u8 {
         EventSource::DeviceLifecycleEvents => 2,
         EventSource::DeviceConnectionStateEvents => 3,
         EventSource::Insights => 4,
+        EventSource::Clock => 5,
     }
 }
 
@@ -231,6 +232,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         2 => EventSource::DeviceLifecycleEvents,
         3 => EventSource::DeviceConnectionStateEvents,
         4 => EventSource::Insights,
+        5 => EventSource::Clock,
         _ => return Err(DecodeError::Invalid("source")),
     };
     let auth_method = match r.u8()? {

@@ -17,6 +17,10 @@ pub enum EventSource {
     DeviceConnectionStateEvents,
     /// Results of `[[insight]]`s, which Weir computes and writes to its own log.
     Insights,
+    /// The engine's clock: a tick it writes to its own log so that what insights decide
+    /// by wall-clock time happens at a position in the log, the same again on a replay.
+    /// No route can select it (it is not in [`EventSource::ALL`]).
+    Clock,
 }
 
 impl EventSource {
@@ -35,6 +39,7 @@ impl EventSource {
             EventSource::DeviceLifecycleEvents => "DeviceLifecycleEvents",
             EventSource::DeviceConnectionStateEvents => "DeviceConnectionStateEvents",
             EventSource::Insights => "Insights",
+            EventSource::Clock => "Clock",
         }
     }
 

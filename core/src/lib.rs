@@ -5,6 +5,7 @@
 //! the device directory the gateways authenticate against and the engine enriches from,
 //! and the [`Sink`] seam that storage implements.
 
+pub mod checkpoint;
 pub mod codec;
 pub mod connections;
 pub mod device;
@@ -23,6 +24,7 @@ pub mod text;
 pub mod time;
 pub mod twin;
 
+pub use checkpoint::{Checkpoint, CheckpointError, Checkpoints};
 pub use connections::{
     C2dDelivery, Connection, ConnectionRegistry, Feature, Features, Kick, KickReason, Outbox,
     Registration, ToDevice,

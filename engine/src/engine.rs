@@ -6,11 +6,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use timely::dataflow::operators::Exchange;
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::{DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
+use weir_core::{Checkpoints, DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
+use crate::insights::resume::{CHECKPOINT, Progress, Resume};
 use crate::metrics::EngineMetrics;
-use crate::operators::{Dedupe, Route, RunInsights, SinkTo, feed_source};
+use crate::operators::{Dedupe, InsightSetup, Route, RunInsights, SinkTo, feed_source};
 use crate::replay::Replayer;
 use crate::sinks::{Floors, SinkSet};
 
@@ -29,6 +30,9 @@ pub struct Hooks {
     /// letters and insight results. Without it, endpoints with a dead-letter endpoint keep
     /// what they could not deliver, as others do, and insights compute nothing visible.
     pub log: Option<Arc<dyn Ingest>>,
+    /// Where insights keep how far they have come, so a restart replays only what their
+    /// state needs and writes no result twice. Without it, insights start empty.
+    pub checkpoints: Option<Arc<dyn Checkpoints>>,
 }
 
 /// How long, and for how many messages per device, repeats are recognised.
@@ -104,7 +108,18 @@ impl Engine {
         if config.workers == 0 {
             return Err(EngineError::NoWorkers);
         }
-        let floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
+        let checkpoint = match &hooks.checkpoints {
+            Some(store) => store
+                .load(CHECKPOINT)
+                .map_err(|e| EngineError::Start(e.to_string()))?,
+            None => None,
+        };
+        let sinks_floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
+        let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
+        let resume = Arc::new(match checkpoint {
+            Some(c) => Resume::scan(&*feed, c),
+            None => Resume::fresh(),
+        });
         let from = match config.dedupe {
             Some(d) => feed.offset_before(floor, d.window),
             None => floor,
@@ -114,7 +129,16 @@ impl Engine {
             config.workers,
             sinks.len(),
             floor,
+            match (&hooks.checkpoints, checkpoint) {
+                (None, _) => u64::MAX,
+                (Some(_), c) => c.map_or(floor, |c| c.floor),
+            },
             Arc::clone(&feed),
+        ));
+        let progress = Arc::new(Progress::new(
+            config.workers,
+            hooks.checkpoints.clone(),
+            Arc::clone(&floors),
         ));
         let metrics = Arc::new(EngineMetrics::default());
         let worker_metrics = Arc::clone(&metrics);
@@ -154,13 +178,15 @@ impl Engine {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,
                 };
-                events.clone().insights(
-                    Arc::clone(&rules),
-                    Arc::clone(&directory),
-                    hooks.log.clone(),
+                events.clone().insights(InsightSetup {
+                    rules: Arc::clone(&rules),
+                    directory: Arc::clone(&directory),
+                    log: hooks.log.clone(),
                     tick,
-                    Arc::clone(&worker_metrics),
-                );
+                    metrics: Arc::clone(&worker_metrics),
+                    resume: Arc::clone(&resume),
+                    progress: Arc::clone(&progress),
+                });
                 events
                     .route(
                         Arc::clone(&rules),

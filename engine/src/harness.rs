@@ -124,7 +124,7 @@ pub fn run(
         vec![Arc::new(CaptureFactory(Arc::clone(&captured)))],
         Hooks {
             trace: Some(trace),
-            log: None,
+            ..Hooks::default()
         },
     )?;
     let pushed = feed.push(events);

@@ -11,21 +11,27 @@ use weir_core::{Delivery, EndpointSpec, EventFeed, ReplayRequest, Sink, SinkErro
 /// The lowest committed offset of every (worker, sink), and the feed to tell.
 pub(crate) struct Floors {
     floors: Mutex<Vec<u64>>,
+    /// What the insights' stored checkpoint still needs (`u64::MAX`: nothing).
+    insights: Mutex<u64>,
     sinks: usize,
     released: Mutex<u64>,
     feed: Arc<dyn EventFeed>,
 }
 
 impl Floors {
+    /// `insights` is what the insights need at the start (`u64::MAX` when they keep no
+    /// checkpoint).
     pub(crate) fn new(
         workers: usize,
         sinks: usize,
         start: u64,
+        insights: u64,
         feed: Arc<dyn EventFeed>,
     ) -> Floors {
         feed.release(start);
         Floors {
             floors: Mutex::new(vec![start; workers * sinks.max(1)]),
+            insights: Mutex::new(insights),
             sinks: sinks.max(1),
             released: Mutex::new(start),
             feed,
@@ -45,6 +51,28 @@ impl Floors {
             return;
         };
         drop(v);
+        self.release(min);
+    }
+
+    pub(crate) fn set_insights(&self, floor: u64) {
+        let Ok(mut i) = self.insights.lock() else {
+            return;
+        };
+        *i = floor;
+        drop(i);
+        let sinks = self
+            .floors
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().copied().min());
+        if let Some(min) = sinks {
+            self.release(min);
+        }
+    }
+
+    /// Lets the feed go below `sinks` (the sinks' lowest floor) and the insights' floor.
+    fn release(&self, sinks: u64) {
+        let min = sinks.min(self.insights.lock().map_or(0, |i| *i));
         if let Ok(mut released) = self.released.lock()
             && min > *released
         {

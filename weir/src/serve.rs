@@ -275,6 +275,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         Hooks {
             trace: None,
             log: Some(Arc::new(log.ingest())),
+            checkpoints: Some(Arc::clone(&commits) as Arc<dyn weir_core::Checkpoints>),
         },
     )?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());

@@ -18,6 +18,7 @@ pub fn message_source(source: EventSource) -> &'static str {
         EventSource::DeviceLifecycleEvents => "deviceLifecycleEvents",
         EventSource::DeviceConnectionStateEvents => "deviceConnectionStateEvents",
         EventSource::Insights => "insights",
+        EventSource::Clock => "clock",
     }
 }
 

@@ -31,6 +31,8 @@ pub struct Accumulator {
     funcs: Vec<(AggFn, f64)>,
     states: Vec<State>,
     pub events: u64,
+    /// The lowest log offset among its events: what a replay must start from to rebuild it.
+    pub lowest: u64,
 }
 
 impl Accumulator {
@@ -55,6 +57,7 @@ impl Accumulator {
             funcs: funcs.to_vec(),
             states,
             events: 0,
+            lowest: u64::MAX,
         }
     }
 
@@ -62,6 +65,7 @@ impl Accumulator {
     /// each aggregate (`None` when not a number).
     pub fn add(&mut self, time: i64, offset: u64, values: &[Option<f64>]) {
         self.events += 1;
+        self.lowest = self.lowest.min(offset);
         for (i, state) in self.states.iter_mut().enumerate() {
             let v = values.get(i).copied().flatten();
             let last = self.funcs[i].0 == AggFn::Last;
@@ -92,6 +96,7 @@ impl Accumulator {
     /// Adds everything `other` has seen (two session windows that an event joins).
     pub fn merge(&mut self, other: &Accumulator) {
         self.events += other.events;
+        self.lowest = self.lowest.min(other.lowest);
         for ((a, b), (func, _)) in self.states.iter_mut().zip(&other.states).zip(&self.funcs) {
             match (a, b) {
                 (State::Count(x), State::Count(y)) => *x += y,

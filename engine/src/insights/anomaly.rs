@@ -23,14 +23,15 @@ pub struct Anomaly {
 
 #[derive(Debug, Default)]
 struct Baseline {
-    values: VecDeque<(i64, f64)>,
+    /// (event time, log offset, value) in log order.
+    values: VecDeque<(i64, u64, f64)>,
     sum: f64,
     sumsq: f64,
 }
 
 impl Baseline {
     fn evict_before(&mut self, t: i64) {
-        while let Some(&(time, v)) = self.values.front() {
+        while let Some(&(time, _, v)) = self.values.front() {
             if time >= t {
                 break;
             }
@@ -64,6 +65,14 @@ impl Anomalies {
         }
     }
 
+    /// The lowest log offset a baseline holds; `None` when all are empty.
+    pub fn floor(&self) -> Option<u64> {
+        self.groups
+            .values()
+            .filter_map(|b| b.values.front().map(|v| v.1))
+            .min()
+    }
+
     /// Judges one value of `group` at event time `t`, then adds it to the baseline.
     pub fn push(&mut self, group: &str, t: i64, offset: u64, value: f64) -> Option<Anomaly> {
         let b = self.groups.entry(group.to_owned()).or_default();
@@ -90,7 +99,7 @@ impl Anomalies {
                 });
             }
         }
-        b.values.push_back((t, value));
+        b.values.push_back((t, offset, value));
         b.sum += value;
         b.sumsq += value * value;
         found

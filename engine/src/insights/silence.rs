@@ -23,6 +23,8 @@ pub struct SilenceReport {
 struct Seen {
     arrival: i64,
     time: i64,
+    /// The log offset of its last event.
+    offset: u64,
     silent: bool,
 }
 
@@ -41,10 +43,17 @@ impl Silences {
 
     /// `group` sent an event at event time `t`, arriving at `wall_ms`; a silent group is
     /// back.
-    pub fn push(&mut self, group: &str, t: i64, wall_ms: i64) -> Option<SilenceReport> {
+    pub fn push(
+        &mut self,
+        group: &str,
+        t: i64,
+        offset: u64,
+        wall_ms: i64,
+    ) -> Option<SilenceReport> {
         let seen = self.groups.entry(group.to_owned()).or_insert(Seen {
             arrival: wall_ms,
             time: t,
+            offset,
             silent: false,
         });
         let back = seen.silent.then(|| SilenceReport {
@@ -55,8 +64,19 @@ impl Silences {
         });
         seen.arrival = seen.arrival.max(wall_ms);
         seen.time = seen.time.max(t);
+        seen.offset = seen.offset.max(offset);
         seen.silent = false;
         back
+    }
+
+    /// The lowest log offset a replay needs to know of the groups not reported silent. A
+    /// silent group is not held for: after a restart it is new when it sends again.
+    pub fn floor(&self) -> Option<u64> {
+        self.groups
+            .values()
+            .filter(|s| !s.silent)
+            .map(|s| s.offset)
+            .min()
     }
 
     /// Reports every group that has been quiet for `after` by `wall_ms`, once.
@@ -83,7 +103,7 @@ mod tests {
     fn quiet_once_then_back() {
         let mut s = Silences::new(Duration::from_secs(5));
         let mut out = Vec::new();
-        assert!(s.push("d", 100, 1_000).is_none());
+        assert!(s.push("d", 100, 1, 1_000).is_none());
         s.flush(5_999, &mut out);
         assert!(out.is_empty());
         s.flush(6_000, &mut out);
@@ -93,7 +113,7 @@ mod tests {
             (out[0].change, out[0].last_arrival),
             (Change::Silent, 1_000)
         );
-        let back = s.push("d", 200, 10_000).expect("back");
+        let back = s.push("d", 200, 2, 10_000).expect("back");
         assert_eq!((back.change, back.last_time), (Change::Back, 100));
         s.flush(12_000, &mut out);
         assert_eq!(out.len(), 1, "not silent again yet");

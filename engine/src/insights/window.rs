@@ -235,6 +235,18 @@ impl Windows {
         }
     }
 
+    /// The lowest log offset any window kept (open, or closed and kept for corrections)
+    /// holds; `None` when it keeps none.
+    pub fn floor(&self) -> Option<u64> {
+        self.groups
+            .values()
+            .flat_map(|g| {
+                let closed = g.closed.values().map(|c| c.acc.lowest);
+                g.open.values().map(|a| a.lowest).chain(closed)
+            })
+            .min()
+    }
+
     /// Emits every window whose group clock has passed its end plus lateness (revision 0)
     /// and every correction, in group and window order, and forgets closed windows past
     /// retention.
@@ -242,66 +254,94 @@ impl Windows {
         let (lateness, retention) = (self.lateness, self.retention);
         let first = out.len();
         for (name, g) in self.groups.iter_mut() {
-            let clock = g.clock(wall_ms);
-            g.floor = clock;
-            if clock < g.due_at && clock < g.evict_at && g.dirty.is_empty() {
-                continue;
-            }
-            // Open windows are ordered by start, and (within a group) so are their ends:
-            // the due ones are a prefix.
-            while let Some(entry) = g.open.first_entry() {
-                let w = *entry.key();
-                if w.1 + lateness > clock {
-                    break;
-                }
-                let c = Closed {
-                    acc: entry.remove(),
-                    next: 0,
-                    dirty: true,
-                };
-                g.evict_at = g
-                    .evict_at
-                    .min(w.1.saturating_add(lateness).saturating_add(retention));
-                g.closed.insert(w, c);
-                g.dirty.insert(w);
-            }
-            g.recount_due(lateness);
-            for w in std::mem::take(&mut g.dirty) {
-                let Some(c) = g.closed.get_mut(&w) else {
-                    continue;
-                };
-                if !c.dirty {
-                    continue;
-                }
-                out.push(WindowResult {
-                    group: name.clone(),
-                    start: w.0,
-                    end: w.1,
-                    revision: c.next,
-                    events: c.acc.events,
-                    values: c.acc.values(),
-                });
-                c.next += 1;
-                c.dirty = false;
-            }
-            g.evict_at = i64::MAX;
-            while let Some(entry) = g.closed.first_entry() {
-                let until = entry
-                    .key()
-                    .1
-                    .saturating_add(lateness)
-                    .saturating_add(retention);
-                if until > clock {
-                    g.evict_at = until;
-                    break;
-                }
-                entry.remove();
-            }
+            g.flush(name, wall_ms, lateness, retention, out);
         }
         self.groups
             .retain(|_, g| !(g.open.is_empty() && g.closed.is_empty()));
         // Groups are kept in a hash map for speed; results go out in a fixed order.
         out[first..].sort_by(|a, b| (&a.group, a.start).cmp(&(&b.group, b.start)));
+    }
+
+    /// Flushes `group` if one of its windows is due at `wall_ms`: a group's own events
+    /// close its windows without waiting for the next flush of all.
+    pub fn flush_due(&mut self, group: &str, wall_ms: i64, out: &mut Vec<WindowResult>) {
+        let (lateness, retention) = (self.lateness, self.retention);
+        if let Some(g) = self.groups.get_mut(group)
+            && g.clock(wall_ms) >= g.due_at
+        {
+            let first = out.len();
+            g.flush(group, wall_ms, lateness, retention, out);
+            out[first..].sort_by_key(|w| w.start);
+        }
+    }
+}
+
+impl Group {
+    /// Closes what its clock has passed, emits corrections, forgets what is past retention.
+    fn flush(
+        &mut self,
+        name: &str,
+        wall_ms: i64,
+        lateness: i64,
+        retention: i64,
+        out: &mut Vec<WindowResult>,
+    ) {
+        let g = self;
+        let clock = g.clock(wall_ms);
+        g.floor = clock;
+        if clock < g.due_at && clock < g.evict_at && g.dirty.is_empty() {
+            return;
+        }
+        // Open windows are ordered by start, and (within a group) so are their ends:
+        // the due ones are a prefix.
+        while let Some(entry) = g.open.first_entry() {
+            let w = *entry.key();
+            if w.1 + lateness > clock {
+                break;
+            }
+            let c = Closed {
+                acc: entry.remove(),
+                next: 0,
+                dirty: true,
+            };
+            g.evict_at = g
+                .evict_at
+                .min(w.1.saturating_add(lateness).saturating_add(retention));
+            g.closed.insert(w, c);
+            g.dirty.insert(w);
+        }
+        g.recount_due(lateness);
+        for w in std::mem::take(&mut g.dirty) {
+            let Some(c) = g.closed.get_mut(&w) else {
+                continue;
+            };
+            if !c.dirty {
+                continue;
+            }
+            out.push(WindowResult {
+                group: name.to_owned(),
+                start: w.0,
+                end: w.1,
+                revision: c.next,
+                events: c.acc.events,
+                values: c.acc.values(),
+            });
+            c.next += 1;
+            c.dirty = false;
+        }
+        g.evict_at = i64::MAX;
+        while let Some(entry) = g.closed.first_entry() {
+            let until = entry
+                .key()
+                .1
+                .saturating_add(lateness)
+                .saturating_add(retention);
+            if until > clock {
+                g.evict_at = until;
+                break;
+            }
+            entry.remove();
+        }
     }
 }
 

@@ -3,194 +3,97 @@
 //! complete, and results are appended to the ingest log as `Insights` events, from where
 //! routes take them like any other event.
 //!
-//! Not built yet: the `late` endpoint, device context as a differential collection and
-//! recovery of open windows after a restart (see `docs/decisions/027-insights.md`).
+//! **Determinism, for exactly-once results across restarts.** A worker takes its samples in
+//! log-offset order (it holds them until the input frontier says nothing earlier can come),
+//! and time passes for insights only at **clock ticks**: `Clock` events that worker 0
+//! writes to the log once a second and that every worker receives at their offset. A tick
+//! carries the time the log stamped on it, and a sample its event's enqueued time, so every
+//! decision (a window closes, a group went silent) is a function of the log alone: a replay
+//! after a crash computes the same results at the same positions, and
+//! [`Resume`](crate::insights::resume::Resume) keeps it from writing them twice.
+//!
+//! Not built yet: the `late` endpoint and device context as a differential collection (see
+//! `docs/decisions/027-insights.md`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use weir_core::time::now_ms;
-use weir_core::{
-    AuthMethod, DeviceDirectory, DeviceId, Event, EventSource, Ingest, SystemProperties,
-};
+use weir_core::{Checkpoint, DeviceDirectory, Event, EventSource, Ingest};
 use weir_rules::EventView;
-use weir_rules::insight::{AggFn, Insight, InsightKind, Sample, Window};
+use weir_rules::insight::{Insight, Sample};
 
 use super::Events;
 use crate::append;
 use crate::engine::RulesHandle;
-use crate::insights::anomaly::Anomalies;
-use crate::insights::silence::Silences;
-use crate::insights::{Arrival, Windows, result};
+use crate::insights::resume::{EVERY, Progress, Resume};
+use crate::insights::running::{Produced, Running, result_event, tick_event};
 use crate::metrics::EngineMetrics;
 
-/// The device id insight results are written under (a partition key, not a device).
-pub const RESULTS_DEVICE: &str = "$insights";
-/// How long closed windows are kept for corrections: twice the window and its lateness,
-/// at least a minute and at most an hour of the group's clock. Every closed window holds
-/// its accumulators (a percentile, every value), so this bounds memory; data later than
-/// that is counted (`weir_insight_too_late_total`), not merged.
-fn retention(window: &Window, lateness: Duration) -> Duration {
-    let size = match *window {
-        Window::Tumbling { size } | Window::Hopping { size, .. } => size,
-        Window::Session { gap } => gap,
-    };
-    (size + lateness)
-        .saturating_mul(2)
-        .clamp(Duration::from_secs(60), Duration::from_secs(3600))
-}
+/// How often worker 0 writes a clock tick: windows close, and silences are noticed, at
+/// ticks.
+const TICK: Duration = Duration::from_secs(1);
 
-/// One event's sample for one insight: insight name, group, event time, log offset and
-/// values. A tuple, so timely can exchange it between workers.
-type Sampled = (Arc<str>, String, i64, u64, Vec<Option<f64>>);
-
-/// What one insight keeps in one worker.
-enum State {
-    Window {
-        windows: Windows,
-        aggregates: Vec<(String, AggFn)>,
+/// What the sampler sends to the worker that owns an (insight, group), or a tick to one
+/// worker.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) enum Item {
+    Sample {
+        insight: Arc<str>,
+        group: String,
+        time: i64,
+        offset: u64,
+        /// When its event was enqueued.
+        arrival: i64,
+        values: Vec<Option<f64>>,
     },
-    Anomaly(Anomalies),
-    Silence(Silences),
+    Tick {
+        to: u64,
+        offset: u64,
+        wall: i64,
+    },
 }
 
-/// One insight in one worker: its state and what its results need.
-struct Running {
-    /// The insight's definition as last seen; a change starts it over.
-    signature: String,
-    keys: Vec<String>,
-    state: State,
+impl Item {
+    fn offset(&self) -> u64 {
+        match self {
+            Item::Sample { offset, .. } | Item::Tick { offset, .. } => *offset,
+        }
+    }
 }
 
-impl Running {
-    fn new(insight: &Insight, signature: String) -> Running {
-        let state = match &insight.kind {
-            InsightKind::Window {
-                window,
-                lateness,
-                aggregates,
-            } => State::Window {
-                windows: Windows::new(
-                    *window,
-                    *lateness,
-                    retention(window, *lateness),
-                    aggregates.iter().map(|a| (a.func, a.fraction)).collect(),
-                ),
-                aggregates: aggregates
-                    .iter()
-                    .map(|a| (a.name.clone(), a.func))
-                    .collect(),
-            },
-            InsightKind::Anomaly {
-                threshold,
-                baseline,
-                ..
-            } => State::Anomaly(Anomalies::new(*threshold, *baseline)),
-            InsightKind::Silence { after } => State::Silence(Silences::new(*after)),
-        };
-        Running {
-            signature,
-            keys: insight.group_by.iter().map(|(k, _)| k.clone()).collect(),
-            state,
-        }
-    }
-
-    /// Takes one sample; an anomaly or a group back from silence is a result at once.
-    /// False when it was too late to be merged into its window.
-    fn push(&mut self, s: Sampled, wall: i64, out: &mut Vec<Event>) -> bool {
-        let (name, group, t, offset, values) = s;
-        let name = &*name;
-        match &mut self.state {
-            State::Window { windows, .. } => {
-                return windows.push(&group, t, offset, &values, wall) != Arrival::TooLate;
-            }
-            State::Anomaly(a) => {
-                if let Some(v) = values.first().copied().flatten()
-                    && let Some(found) = a.push(&group, t, offset, v)
-                {
-                    let id = format!("{name}/{group}/{offset}");
-                    out.extend(result_event(
-                        name,
-                        result::anomaly(name, &self.keys, &found),
-                        id,
-                    ));
-                }
-            }
-            State::Silence(s) => {
-                if let Some(back) = s.push(&group, t, wall) {
-                    let id = format!("{name}/{group}/back/{wall}");
-                    out.extend(result_event(
-                        name,
-                        result::silence(name, &self.keys, &back),
-                        id,
-                    ));
-                }
-            }
-        }
-        true
-    }
-
-    /// What time has completed: closed windows, corrections, groups gone quiet.
-    fn flush(&mut self, name: &str, wall: i64, out: &mut Vec<Event>) {
-        match &mut self.state {
-            State::Window {
-                windows,
-                aggregates,
-            } => {
-                let mut results = Vec::new();
-                windows.flush(wall, &mut results);
-                out.extend(results.iter().filter_map(|w| {
-                    let id = format!("{name}/{}/{}/{}", w.group, w.start, w.revision);
-                    result_event(name, result::body(name, &self.keys, aggregates, w), id)
-                }));
-            }
-            State::Anomaly(_) => {}
-            State::Silence(s) => {
-                let mut reports = Vec::new();
-                s.flush(wall, &mut reports);
-                out.extend(reports.iter().filter_map(|r| {
-                    let id = format!("{name}/{}/silent/{}", r.group, r.last_arrival);
-                    result_event(name, result::silence(name, &self.keys, r), id)
-                }));
-            }
-        }
-    }
+/// Everything the insight operators need besides their input.
+pub(crate) struct InsightSetup {
+    pub rules: RulesHandle,
+    pub directory: Arc<dyn DeviceDirectory>,
+    pub log: Option<Arc<dyn Ingest>>,
+    pub tick: Duration,
+    pub metrics: Arc<EngineMetrics>,
+    pub resume: Arc<Resume>,
+    pub progress: Arc<Progress>,
 }
 
 pub(crate) trait RunInsights {
-    /// Computes the window insights of the live rules over these events and appends
-    /// their results to `log`.
-    fn insights(
-        self,
-        rules: RulesHandle,
-        directory: Arc<dyn DeviceDirectory>,
-        log: Option<Arc<dyn Ingest>>,
-        tick: Duration,
-        metrics: Arc<EngineMetrics>,
-    );
+    /// Computes the insights of the live rules over these events and appends their
+    /// results to the log.
+    fn insights(self, setup: InsightSetup);
 }
 
 impl RunInsights for Events<'_> {
-    fn insights(
-        self,
-        rules: RulesHandle,
-        directory: Arc<dyn DeviceDirectory>,
-        log: Option<Arc<dyn Ingest>>,
-        tick: Duration,
-        metrics: Arc<EngineMetrics>,
-    ) {
-        let sample_rules = Arc::clone(&rules);
-        let sample_metrics = Arc::clone(&metrics);
-        let samples: Stream<'_, u64, Vec<Sampled>> =
+    fn insights(self, setup: InsightSetup) {
+        let peers = self.scope().peers() as u64;
+        let (rules, metrics) = (Arc::clone(&setup.rules), Arc::clone(&setup.metrics));
+        let directory = Arc::clone(&setup.directory);
+        let samples: Stream<'_, u64, Vec<Item>> =
             self.unary(Pipeline, "Sample", move |_cap, _info| {
                 move |input, output| {
-                    let rules = sample_rules.load();
+                    let rules = rules.load();
                     input.for_each(|cap, data| {
                         if rules.insights.is_empty() {
                             data.clear();
@@ -198,6 +101,14 @@ impl RunInsights for Events<'_> {
                         }
                         let mut session = output.session(&cap);
                         for e in data.drain(..) {
+                            if e.source == EventSource::Clock {
+                                session.give_iterator((0..peers).map(|to| Item::Tick {
+                                    to,
+                                    offset: e.offset,
+                                    wall: e.enqueued_ms,
+                                }));
+                                continue;
+                            }
                             let view = EventView::new(&e, &*directory);
                             for insight in rules.insights.iter().filter(|i| i.source == e.source) {
                                 match insight.sample(&view, e.enqueued_ms) {
@@ -205,15 +116,16 @@ impl RunInsights for Events<'_> {
                                         group,
                                         time_ms,
                                         values,
-                                    } => session.give((
-                                        Arc::clone(&insight.name),
+                                    } => session.give(Item::Sample {
+                                        insight: Arc::clone(&insight.name),
                                         group,
-                                        time_ms,
-                                        e.offset,
+                                        time: time_ms,
+                                        offset: e.offset,
+                                        arrival: e.enqueued_ms,
                                         values,
-                                    )),
+                                    }),
                                     Sample::NoTime => {
-                                        EngineMetrics::add(&sample_metrics.insight_no_time, 1)
+                                        EngineMetrics::add(&metrics.insight_no_time, 1)
                                     }
                                     Sample::Skip => {}
                                 }
@@ -223,57 +135,209 @@ impl RunInsights for Events<'_> {
                 }
             });
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
-        let by_group = Exchange::new(move |s: &Sampled| hasher.hash_one((&s.0, &s.1)));
+        let route = Exchange::new(move |i: &Item| match i {
+            Item::Sample { insight, group, .. } => hasher.hash_one((insight, group)),
+            Item::Tick { to, .. } => *to,
+        });
         let scope = samples.scope();
         samples.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            by_group,
+            route,
             "Windows",
             move |_cap, info| {
                 let activator = scope.activator_for(info.address.clone());
-                let mut running: HashMap<String, Running> = HashMap::new();
-                let mut version: Option<Arc<str>> = None;
-                let mut warned: Option<Instant> = None;
-                move |(input, _frontier), _output| {
-                    let rules = rules.load();
-                    if version.as_ref() != Some(&rules.version) {
-                        refresh(&mut running, &rules.insights);
-                        version = Some(Arc::clone(&rules.version));
-                    }
-                    let wall = now_ms();
-                    let mut events = Vec::new();
-                    let mut too_late = 0;
-                    input.for_each(|_cap, data| {
-                        for s in data.drain(..) {
-                            if let Some(r) = running.get_mut(&*s.0) {
-                                too_late += u64::from(!r.push(s, wall, &mut events));
-                            }
-                        }
-                    });
-                    EngineMetrics::add(&metrics.insight_too_late, too_late);
-                    for (name, r) in &mut running {
-                        r.flush(name, wall, &mut events);
-                    }
-                    if !events.is_empty() {
-                        let n = events.len() as u64;
-                        match log.as_deref().map(|l| append::durably(l, events)) {
-                            Some(Ok(())) => EngineMetrics::add(&metrics.insight_results, n),
-                            Some(Err(e))
-                                if warned.is_none_or(|t| t.elapsed().as_secs() >= 10) =>
-                            {
-                                warned = Some(Instant::now());
-                                tracing::error!(error = %e, results = n, "cannot write insight results to the ingest log");
-                            }
-                            _ => {}
-                        }
-                    }
-                    activator.activate_after(tick);
+                let mut w = Worker::new(scope.index(), setup);
+                move |(input, frontier), _output| {
+                    input.for_each(|_cap, data| w.pending.append(data));
+                    w.step(frontier.frontier().first().copied());
+                    activator.activate_after(w.setup.tick);
                 }
             },
         );
     }
 }
 
-/// Starts, keeps or drops each insight's windows as the rules now say.
+/// One worker's insights.
+struct Worker {
+    index: usize,
+    setup: InsightSetup,
+    running: HashMap<String, Running>,
+    version: Option<Arc<str>>,
+    /// Samples and ticks received, not yet taken (the frontier has not passed them).
+    pending: Vec<Item>,
+    /// Everything below this offset has been taken.
+    done: u64,
+    /// Results not yet in the log (an append failed): written before anything else.
+    unsent: Vec<Event>,
+    last_tick: Option<Instant>,
+    last_report: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl Worker {
+    fn new(index: usize, setup: InsightSetup) -> Worker {
+        Worker {
+            index,
+            done: setup.resume.floor,
+            setup,
+            running: HashMap::new(),
+            version: None,
+            pending: Vec::new(),
+            unsent: Vec::new(),
+            last_tick: None,
+            last_report: None,
+            warned: None,
+        }
+    }
+
+    /// Takes what the frontier (`None`: the input has ended) has completed, writes results
+    /// and ticks, and reports progress.
+    fn step(&mut self, frontier: Option<u64>) {
+        let rules = self.setup.rules.load();
+        if self.version.as_ref() != Some(&rules.version) {
+            refresh(&mut self.running, &rules.insights);
+            self.version = Some(Arc::clone(&rules.version));
+        }
+        let through = match frontier {
+            Some(f) => f,
+            None => self
+                .pending
+                .iter()
+                .map(|i| i.offset() + 1)
+                .max()
+                .unwrap_or(self.done),
+        };
+        if through > self.done {
+            self.take(through);
+        }
+        if self.setup.log.is_none() {
+            // Nowhere to write ticks (rule tests, benches): the wall clock drives them.
+            let mut produced = Vec::new();
+            for (name, r) in &mut self.running {
+                r.flush(name, now_ms(), &mut produced);
+            }
+            return;
+        }
+        self.write();
+        self.clock();
+        self.report();
+    }
+
+    /// Takes every sample and tick below `through`, in log order.
+    fn take(&mut self, through: u64) {
+        self.pending.sort_by_key(Item::offset);
+        let n = self.pending.partition_point(|i| i.offset() < through);
+        let (floor, resume) = (self.setup.resume.floor, Arc::clone(&self.setup.resume));
+        let mut produced: Vec<(Arc<str>, Produced)> = Vec::new();
+        let mut out = Vec::new();
+        let mut too_late = 0;
+        for item in self.pending.drain(..n) {
+            let at = item.offset();
+            if at < floor {
+                continue;
+            }
+            match item {
+                Item::Sample {
+                    insight,
+                    group,
+                    time,
+                    offset,
+                    arrival,
+                    values,
+                } => {
+                    if let Some(r) = self.running.get_mut(&*insight) {
+                        let merged =
+                            r.push(&insight, &group, time, offset, arrival, &values, &mut out);
+                        too_late += u64::from(!merged);
+                        produced.extend(out.drain(..).map(|p| (Arc::clone(&insight), p)));
+                    }
+                }
+                Item::Tick { wall, .. } => {
+                    for (name, r) in &mut self.running {
+                        r.flush(name, wall, &mut out);
+                        let name: Arc<str> = Arc::from(name.as_str());
+                        produced.extend(out.drain(..).map(|p| (Arc::clone(&name), p)));
+                    }
+                }
+            }
+            self.unsent.extend(
+                produced
+                    .drain(..)
+                    .filter(|(_, p)| !resume.written(at, &p.id))
+                    .filter_map(|(name, p)| result_event(&name, p)),
+            );
+        }
+        EngineMetrics::add(&self.setup.metrics.insight_too_late, too_late);
+        self.done = through;
+    }
+
+    /// Appends the results not yet written; on failure they wait for the next activation.
+    fn write(&mut self) {
+        let Some(log) = self.setup.log.as_deref() else {
+            return;
+        };
+        if self.unsent.is_empty() {
+            return;
+        }
+        let n = self.unsent.len() as u64;
+        match append::durably(log, self.unsent.clone()) {
+            Ok(()) => {
+                self.unsent.clear();
+                EngineMetrics::add(&self.setup.metrics.insight_results, n);
+            }
+            Err(e) => {
+                if self.warned.is_none_or(|t| t.elapsed().as_secs() >= 10) {
+                    self.warned = Some(Instant::now());
+                    tracing::error!(error = %e, results = n, "cannot write insight results to the ingest log; retrying");
+                }
+            }
+        }
+    }
+
+    /// Worker 0 writes a tick a second while any insight runs.
+    fn clock(&mut self) {
+        if self.index != 0
+            || self.running.is_empty()
+            || self.last_tick.is_some_and(|t| t.elapsed() < TICK)
+        {
+            return;
+        }
+        let (Some(log), Some(tick)) = (self.setup.log.as_deref(), tick_event()) else {
+            return;
+        };
+        self.last_tick = Some(Instant::now());
+        if let Err(e) = append::durably(log, vec![tick]) {
+            tracing::warn!(error = %e, "cannot write the insights' clock tick");
+        }
+    }
+
+    /// Tells the others how far this worker has come, once its results are written.
+    fn report(&mut self) {
+        let resume = &self.setup.resume;
+        if !self.unsent.is_empty()
+            || self.done < resume.position
+            || self.last_report.is_some_and(|t| t.elapsed() < EVERY)
+        {
+            return;
+        }
+        self.last_report = Some(Instant::now());
+        let floor = self
+            .running
+            .values()
+            .filter_map(Running::floor)
+            .min()
+            .unwrap_or(self.done)
+            .min(self.done);
+        self.setup.progress.report(
+            self.index,
+            Checkpoint {
+                floor,
+                position: self.done,
+            },
+        );
+    }
+}
+
+/// Starts, keeps or drops each insight's state as the rules now say.
 fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
     running.retain(|name, _| insights.iter().any(|i| &*i.name == name));
     for insight in insights {
@@ -285,25 +349,4 @@ fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
             running.insert(insight.name.to_string(), Running::new(insight, signature));
         }
     }
-}
-
-/// One result as an event of the `Insights` source. Its message id names the insight,
-/// group and what it reports (window and revision, anomalous offset, silence), so a result
-/// written twice is recognised as a repeat.
-fn result_event(name: &str, body: serde_json::Value, message_id: String) -> Option<Event> {
-    let mut e = Event::telemetry(
-        DeviceId::parse(RESULTS_DEVICE).ok()?,
-        0,
-        Bytes::from(body.to_string()),
-    );
-    e.source = EventSource::Insights;
-    e.auth_method = AuthMethod::Internal;
-    e.system = SystemProperties {
-        message_id: Some(message_id),
-        content_type: Some("application/json".into()),
-        content_encoding: Some("utf-8".into()),
-        ..SystemProperties::default()
-    };
-    e.properties = vec![("insight".into(), name.to_owned())];
-    Some(e)
 }

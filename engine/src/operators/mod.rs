@@ -8,7 +8,7 @@ mod sink;
 mod source;
 
 pub(crate) use dedupe::{Dedupe, DedupeState};
-pub(crate) use insights::RunInsights;
+pub(crate) use insights::{InsightSetup, RunInsights};
 pub(crate) use route::Route;
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;

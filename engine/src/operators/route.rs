@@ -6,7 +6,7 @@ use std::time::Instant;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::DeviceDirectory;
+use weir_core::{DeviceDirectory, EventSource};
 use weir_rules::{EventView, Outcome};
 
 use super::{Events, Routed};
@@ -43,6 +43,10 @@ impl<'s> Route<'s> for Events<'s> {
                     let mut session = output.session(&cap);
                     let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
                     for event in data.drain(..) {
+                        // The insights' clock: no route can select it.
+                        if event.source == EventSource::Clock {
+                            continue;
+                        }
                         let view = EventView::new(&event, &*directory);
                         rules.evaluate_event(&view, &event, &mut outcome);
                         if reads_body && view.body_is_malformed() {

@@ -26,6 +26,8 @@ const FRONTIER: TableDefinition<(&str, u16), u64> = TableDefinition::new("fronti
 const COMMITTED: TableDefinition<(&str, u16, &str), u64> = TableDefinition::new("committed");
 /// (sink, sequence) → opaque bytes.
 const INTENTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("intents");
+/// name → (floor, position): the engine's stateful operators ([`weir_core::Checkpoint`]).
+const CHECKPOINTS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("checkpoints");
 
 #[derive(Debug, thiserror::Error)]
 #[error("commit store error: {0}")]
@@ -97,6 +99,7 @@ impl CommitStore {
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(FRONTIER).map_err(err)?;
         txn.open_table(COMMITTED).map_err(err)?;
+        txn.open_table(CHECKPOINTS).map_err(err)?;
         let next = {
             let t = txn.open_table(INTENTS).map_err(err)?;
             let mut next = 1;
@@ -213,6 +216,40 @@ impl CommitStore {
     }
 }
 
+impl weir_core::Checkpoints for CommitStore {
+    fn load(
+        &self,
+        name: &str,
+    ) -> Result<Option<weir_core::Checkpoint>, weir_core::CheckpointError> {
+        let fail = |e: String| weir_core::CheckpointError(e);
+        let txn = self.db.begin_read().map_err(|e| fail(e.to_string()))?;
+        let t = txn
+            .open_table(CHECKPOINTS)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(t.get(name).map_err(|e| fail(e.to_string()))?.map(|v| {
+            let (floor, position) = v.value();
+            weir_core::Checkpoint { floor, position }
+        }))
+    }
+
+    fn store(
+        &self,
+        name: &str,
+        c: weir_core::Checkpoint,
+    ) -> Result<(), weir_core::CheckpointError> {
+        let fail = |e: String| weir_core::CheckpointError(e);
+        let txn = self.db.begin_write().map_err(|e| fail(e.to_string()))?;
+        {
+            let mut t = txn
+                .open_table(CHECKPOINTS)
+                .map_err(|e| fail(e.to_string()))?;
+            t.insert(name, (c.floor, c.position))
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| fail(e.to_string()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +307,38 @@ mod tests {
             s.snapshot("amqp").expect("snap").floor(),
             0,
             "sinks are separate"
+        );
+    }
+
+    #[test]
+    fn checkpoints_survive_a_reopen_and_are_kept_by_name() {
+        use weir_core::{Checkpoint, Checkpoints};
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("commits.redb");
+        {
+            let s = CommitStore::open(&path).expect("open");
+            assert_eq!(s.load("insights").expect("load"), None);
+            let c = Checkpoint {
+                floor: 7,
+                position: 575,
+            };
+            s.store("insights", c).expect("store");
+            s.store(
+                "other",
+                Checkpoint {
+                    floor: 1,
+                    position: 2,
+                },
+            )
+            .expect("store");
+        }
+        let s = CommitStore::open(&path).expect("reopen");
+        assert_eq!(
+            s.load("insights").expect("load"),
+            Some(Checkpoint {
+                floor: 7,
+                position: 575
+            })
         );
     }
 }
