@@ -4,6 +4,13 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+/// The property carrying a device's whole tags after a change (`null` once it is deleted),
+/// on the twin-change and lifecycle events that change them: the engine's device context
+/// is built from these (decision 028).
+pub const TAGS_PROPERTY: &str = "weir-tags";
+/// The property carrying the tags before that change.
+pub const TAGS_BEFORE_PROPERTY: &str = "weir-tags-before";
+
 /// The most a twin section (desired or reported, without metadata) may hold, as in IoT Hub.
 pub const MAX_SECTION_BYTES: usize = 32 * 1024;
 

@@ -57,6 +57,7 @@ impl Hub {
                     let twin = twin_json(rec, false, 0);
                     events
                         .event(&device, EventSource::DeviceLifecycleEvents, "deleteDeviceIdentity", twin)
+                        .map(|e| Events::with_tags(e, Some(&rec.tags), None))
                         .into_iter()
                         .collect()
                 })?;
@@ -92,7 +93,10 @@ fn change_events(events: &Events, c: Change<'_>) -> Vec<Event> {
         events.event(id, EventSource::DeviceLifecycleEvents, op, twin)
     };
     let Some(old) = c.old else {
-        return lifecycle("createDeviceIdentity").into_iter().collect();
+        return lifecycle("createDeviceIdentity")
+            .map(|e| Events::with_tags(e, None, Some(&c.new.tags)))
+            .into_iter()
+            .collect();
     };
     let mut out = Vec::new();
     if old.status != c.new.status
@@ -103,7 +107,11 @@ fn change_events(events: &Events, c: Change<'_>) -> Vec<Event> {
     }
     if old.tags != c.new.tags {
         let body = json!({ "version": c.new.twin_version, "tags": c.new.tags });
-        out.extend(events.event(id, EventSource::TwinChangeEvents, "updateTwin", body));
+        out.extend(
+            events
+                .event(id, EventSource::TwinChangeEvents, "updateTwin", body)
+                .map(|e| Events::with_tags(e, Some(&old.tags), Some(&c.new.tags))),
+        );
     }
     out
 }

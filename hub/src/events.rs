@@ -90,6 +90,19 @@ impl Events {
         })
     }
 
+    /// Marks an event that changes a device's tags with the tags before and after (`None`
+    /// after: the device is gone), from which the engine builds its device context.
+    pub fn with_tags(mut e: Event, before: Option<&Value>, after: Option<&Value>) -> Event {
+        let after = after.map_or_else(|| "null".to_owned(), Value::to_string);
+        e.properties
+            .push((weir_core::twin::TAGS_PROPERTY.into(), after));
+        if let Some(b) = before {
+            e.properties
+                .push((weir_core::twin::TAGS_BEFORE_PROPERTY.into(), b.to_string()));
+        }
+        e
+    }
+
     /// Appends an event for `device` directly (connection state: nothing stored backs it).
     pub fn emit(&self, device: &str, source: EventSource, op_type: &str, body: Value) {
         let Some(event) = self.event(device, source, op_type, body) else {

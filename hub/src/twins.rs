@@ -44,10 +44,11 @@ impl Hub {
         let rec = blocking(move || {
             let op = if replace { "replaceTwin" } else { "updateTwin" };
             let events = &hub.inner.events;
-            let (rec, ()) = hub.inner.registry.update_twin(
+            let (rec, _) = hub.inner.registry.update_twin(
                 &id,
                 if_match.as_deref(),
                 |rec, now| {
+                    let before = tags.as_ref().map(|_| rec.tags.clone());
                     if let Some(t) = &tags {
                         if replace {
                             rec.tags = t.clone();
@@ -62,9 +63,9 @@ impl Hub {
                             rec.desired.patch(d, now, true, "desired")?;
                         }
                     }
-                    Ok(())
+                    Ok(before)
                 },
-                |rec, ()| {
+                |rec, before| {
                     let mut properties = serde_json::Map::new();
                     if let Some(d) = &d {
                         properties.insert("desired".into(), versioned(d, rec.desired.version));
@@ -75,6 +76,10 @@ impl Hub {
                     }
                     events
                         .event(&id, EventSource::TwinChangeEvents, op, body)
+                        .map(|e| match before {
+                            Some(b) => crate::Events::with_tags(e, Some(b), Some(&rec.tags)),
+                            None => e,
+                        })
                         .into_iter()
                         .collect()
                 },

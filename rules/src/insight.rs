@@ -32,6 +32,24 @@ pub struct Insight {
     pub late: Option<usize>,
 }
 
+impl Insight {
+    /// True when any of its expressions reads the twin's tags.
+    pub fn reads_tags(&self) -> bool {
+        let kind: Vec<&Ir> = match &self.kind {
+            InsightKind::Window { aggregates, .. } => {
+                aggregates.iter().filter_map(|a| a.arg.as_ref()).collect()
+            }
+            InsightKind::Anomaly { value, .. } => vec![value],
+            InsightKind::Silence { .. } => Vec::new(),
+        };
+        std::iter::once(&self.condition)
+            .chain(self.time.as_ref())
+            .chain(self.group_by.iter().map(|(_, e)| e))
+            .chain(kind)
+            .any(Ir::reads_tags)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum InsightKind {
     Window {

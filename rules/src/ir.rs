@@ -33,13 +33,24 @@ pub enum Ir {
 impl Ir {
     /// True when evaluating this needs the message body.
     pub fn reads_body(&self) -> bool {
-        match self {
-            Ir::Body(_) => true,
-            Ir::Const(_) | Ir::Sys(_) | Ir::App(_) | Ir::Twin(..) => false,
-            Ir::Call(_, args) => args.iter().any(Ir::reads_body),
-            Ir::Not(e) | Ir::Neg(e) | Ir::In(e, ..) => e.reads_body(),
-            Ir::Bin(_, a, b) => a.reads_body() || b.reads_body(),
-        }
+        self.any(&|e| matches!(e, Ir::Body(_)))
+    }
+
+    /// True when the expression reads the device's twin tags (`$twin.tags.…`), which the
+    /// engine gives as they were at the event's position in the log.
+    pub fn reads_tags(&self) -> bool {
+        self.any(&|e| matches!(e, Ir::Twin(crate::view::TwinSection::Tags, _)))
+    }
+
+    /// True when `f` holds for this expression or any part of it.
+    fn any(&self, f: &impl Fn(&Ir) -> bool) -> bool {
+        f(self)
+            || match self {
+                Ir::Body(_) | Ir::Const(_) | Ir::Sys(_) | Ir::App(_) | Ir::Twin(..) => false,
+                Ir::Call(_, args) => args.iter().any(|a| a.any(f)),
+                Ir::Not(e) | Ir::Neg(e) | Ir::In(e, ..) => e.any(f),
+                Ir::Bin(_, a, b) => a.any(f) || b.any(f),
+            }
     }
 }
 

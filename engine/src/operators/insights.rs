@@ -12,7 +12,8 @@
 //! after a crash computes the same results at the same positions, and
 //! [`Resume`](crate::insights::resume::Resume) keeps it from writing them twice.
 //!
-//! Not built yet: the `late` endpoint and device context as a differential collection (see
+//! Samples are taken by `sample.rs`, which reads device tags as of each event's offset
+//! from the device context (`crate::context`). Not built yet: the `late` endpoint (see
 //! `docs/decisions/027-insights.md`).
 
 use std::collections::HashMap;
@@ -21,13 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::time::now_ms;
-use weir_core::{Checkpoint, DeviceDirectory, Event, EventSource, Ingest};
-use weir_rules::EventView;
-use weir_rules::insight::{Insight, Sample};
+use weir_core::{Checkpoint, DeviceDirectory, Event, Ingest};
+use weir_rules::insight::Insight;
 
 use super::Events;
 use crate::append;
@@ -87,53 +86,12 @@ pub(crate) trait RunInsights {
 
 impl RunInsights for Events<'_> {
     fn insights(self, setup: InsightSetup) {
-        let peers = self.scope().peers() as u64;
-        let (rules, metrics) = (Arc::clone(&setup.rules), Arc::clone(&setup.metrics));
-        let directory = Arc::clone(&setup.directory);
-        let samples: Stream<'_, u64, Vec<Item>> =
-            self.unary(Pipeline, "Sample", move |_cap, _info| {
-                move |input, output| {
-                    let rules = rules.load();
-                    input.for_each(|cap, data| {
-                        if rules.insights.is_empty() {
-                            data.clear();
-                            return;
-                        }
-                        let mut session = output.session(&cap);
-                        for e in data.drain(..) {
-                            if e.source == EventSource::Clock {
-                                session.give_iterator((0..peers).map(|to| Item::Tick {
-                                    to,
-                                    offset: e.offset,
-                                    wall: e.enqueued_ms,
-                                }));
-                                continue;
-                            }
-                            let view = EventView::new(&e, &*directory);
-                            for insight in rules.insights.iter().filter(|i| i.source == e.source) {
-                                match insight.sample(&view, e.enqueued_ms) {
-                                    Sample::Take {
-                                        group,
-                                        time_ms,
-                                        values,
-                                    } => session.give(Item::Sample {
-                                        insight: Arc::clone(&insight.name),
-                                        group,
-                                        time: time_ms,
-                                        offset: e.offset,
-                                        arrival: e.enqueued_ms,
-                                        values,
-                                    }),
-                                    Sample::NoTime => {
-                                        EngineMetrics::add(&metrics.insight_no_time, 1)
-                                    }
-                                    Sample::Skip => {}
-                                }
-                            }
-                        }
-                    });
-                }
-            });
+        let samples = super::sample::sample(
+            self,
+            Arc::clone(&setup.rules),
+            Arc::clone(&setup.directory),
+            Arc::clone(&setup.metrics),
+        );
         let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
         let route = Exchange::new(move |i: &Item| match i {
             Item::Sample { insight, group, .. } => hasher.hash_one((insight, group)),

@@ -4,6 +4,7 @@
 mod dedupe;
 mod insights;
 mod route;
+mod sample;
 mod sink;
 mod source;
 
