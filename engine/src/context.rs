@@ -154,3 +154,82 @@ impl Lookup {
         self.trace.set_physical_compaction(frontier.borrow());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::InputHandle;
+    use timely::dataflow::operators::{Input, Probe};
+    use weir_core::DeviceId;
+
+    fn change(device: &str, offset: u64, before: Option<&str>, after: &str) -> Arc<Event> {
+        let mut e = Event::telemetry(DeviceId::parse(device).expect("id"), 0, bytes::Bytes::new());
+        e.source = EventSource::TwinChangeEvents;
+        e.auth_method = AuthMethod::Internal;
+        e.offset = offset;
+        e.properties.push((TAGS_PROPERTY.into(), after.into()));
+        if let Some(b) = before {
+            e.properties.push((TAGS_BEFORE_PROPERTY.into(), b.into()));
+        }
+        Arc::new(e)
+    }
+
+    #[test]
+    fn tags_are_read_as_of_an_offset() {
+        timely::execute_directly(|worker| {
+            let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Arc<Event>>>>::new();
+            let (trace, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let arranged = arrange(scope.input_from(&mut input));
+                let probe = arranged.stream.clone().probe().0;
+                (arranged.trace, probe)
+            });
+            let a = r#"{"site":"A"}"#;
+            let b = r#"{"site":"B"}"#;
+            input.send(change("d", 10, Some(a), b));
+            input.send(change("d", 20, Some(b), "null"));
+            // A telemetry event from a device is no change, whatever its properties say.
+            let mut forged = (*change("e", 15, None, b)).clone();
+            forged.auth_method = AuthMethod::Sas;
+            forged.source = EventSource::DeviceMessages;
+            input.send(Arc::new(forged));
+            input.advance_to(30);
+            while probe.less_than(input.time()) {
+                worker.step();
+            }
+            let mut lookup = Lookup::new(trace);
+            let site = |t: &Tags| match t {
+                Tags::Known(v) => v.get("site").and_then(|s| s.as_str()).map(str::to_owned),
+                Tags::Unknown => Some("registry".into()),
+            };
+            let got: Vec<Option<String>> = lookup
+                .tags(&[("d", 5), ("d", 10), ("d", 19), ("d", 25), ("e", 16)])
+                .iter()
+                .map(site)
+                .collect();
+            assert_eq!(
+                got,
+                vec![
+                    Some("A".into()),
+                    Some("B".into()),
+                    Some("B".into()),
+                    None,
+                    Some("registry".into())
+                ],
+                "before the first change, its before; then each change; deleted: no tags"
+            );
+            lookup.done_below(20);
+            let after: Vec<Option<String>> = lookup
+                .tags(&[("d", 20), ("d", 29)])
+                .iter()
+                .map(site)
+                .collect();
+            assert_eq!(
+                after,
+                vec![None, None],
+                "compaction keeps what is at or after 20"
+            );
+        });
+    }
+}

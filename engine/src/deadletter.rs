@@ -49,6 +49,50 @@ pub(crate) fn letter(d: &Delivery, origin: &str, pass: &DeadLetterPass) -> Event
     e
 }
 
+/// What `ENDPOINT` says on a late event an insight hands to its `late` endpoint (`ROUTE`
+/// names the insight).
+pub const LATE_FOR: &str = "$insight";
+
+/// An event that came after its insight window was closed, for the insight's `late`
+/// endpoint: the letter's id is `late/<insight>/<offset>`, so a replay recognises it.
+pub(crate) fn late(event: &Event, insight: &str, target: &Arc<str>) -> Event {
+    let mut e = Event::clone(event);
+    e.properties.retain(|(k, _)| !has_prefix(k));
+    e.properties.extend([
+        (
+            REASON.to_owned(),
+            format!("later than the allowed lateness of insight '{insight}'"),
+        ),
+        (ENDPOINT.to_owned(), LATE_FOR.to_owned()),
+        (ROUTE.to_owned(), insight.to_owned()),
+        (OFFSET.to_owned(), event.offset.to_string()),
+        (
+            ENQUEUED.to_owned(),
+            weir_rules::view::rfc3339_ms(event.enqueued_ms),
+        ),
+    ]);
+    e.dead_letter = Some(Arc::clone(target));
+    e.enqueued_ms = now_ms();
+    e.packet_id = None;
+    e.redelivered = false;
+    e
+}
+
+/// The id a late letter is known by: `late/<insight>/<original offset>`.
+pub(crate) fn late_id(insight: &str, offset: u64) -> String {
+    format!("late/{insight}/{offset}")
+}
+
+/// The id of `e` if it is a late letter.
+pub(crate) fn late_letter_id(e: &Event) -> Option<String> {
+    e.dead_letter.as_ref()?;
+    if e.property(ENDPOINT)? != LATE_FOR {
+        return None;
+    }
+    let offset = e.property(OFFSET)?.parse().ok()?;
+    Some(late_id(e.property(ROUTE)?, offset))
+}
+
 fn has_prefix(k: &str) -> bool {
     // `get`, not indexing: a device's key may have a multi-byte character at the cut.
     k.get(..PREFIX.len())

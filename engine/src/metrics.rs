@@ -30,6 +30,8 @@ pub struct EngineMetrics {
     pub insight_no_time: AtomicU64,
     /// Events later than their window's retention: counted, not merged.
     pub insight_too_late: AtomicU64,
+    /// Late events an insight sent to its `late` endpoint instead of correcting a window.
+    pub insight_late: AtomicU64,
 }
 
 impl EngineMetrics {

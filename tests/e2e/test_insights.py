@@ -179,3 +179,35 @@ group_by = { device = "$connectionDeviceId" }
         r.close()
     finally:
         hub.stop()
+
+
+def test_late_events_go_to_the_late_endpoint_instead_of_correcting(tmp_path):
+    rules = RULES.replace('[[route]]\nname = "raw"', '[[endpoint]]\nname = "late_rows"\ntype = "parquet"\n\n[[route]]\nname = "raw"', 1)
+    rules += 'late = "late_rows"\n'
+    hub = Hub(tmp_path, rules_dir(tmp_path, rules), config="[archive]\nmax_age_secs = 0.3\n").start()
+    try:
+        t0 = (int(time.time() * 1000) // WINDOW_MS) * WINDOW_MS - 60_000
+        r = device(hub, "late-1")
+        for k in range(60):  # 15 s of readings: the first window closes
+            publish(r, "late-1", k, t0 + k * 250, 20.0)
+        publish(r, "late-1", 60, t0 + 1_000, 99.0)  # for the first window: late
+        publish(r, "late-1", 61, t0 + 14_000, 21.0)  # within lateness: merged
+        r.close()
+        hub.wait_rows("late_rows", 1, timeout=30)
+        late = hub.query("late_rows", "SELECT json_extract(body, '$.i'), properties FROM t")
+        assert len(late) == 1 and late[0][0] == "60", late
+        marks = dict(late[0][1])
+        assert marks["weir-dead-letter-endpoint"] == "$insight" and marks["weir-dead-letter-route"] == "temp_10s", marks
+        assert "allowed lateness" in marks["weir-dead-letter-reason"], marks
+        deadline = time.time() + 30
+        rows = []
+        while time.time() < deadline and len(rows) < 2:
+            rows = hub.query("insights", """SELECT json_extract_string(body, '$.window_start'), CAST(json_extract(body, '$.revision') AS INT),
+                                             CAST(json_extract(body, '$.n') AS INT), CAST(json_extract(body, '$.max_temp') AS DOUBLE)
+                                      FROM t ORDER BY ALL""")
+            time.sleep(0.3)
+        assert [row[1] for row in rows] == [0, 0], "no correction: the late event went elsewhere"
+        assert rows[0][2:] == (40, 20.0) and rows[1][2:] == (21, 21.0), rows
+        assert hub.metric("weir_insight_late_total") == 1
+    finally:
+        hub.stop()

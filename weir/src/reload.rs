@@ -45,23 +45,6 @@ pub fn describe(set: &weir_rules::RuleSet) -> String {
     )
 }
 
-/// Some insight features are checked but not computed yet: say so wherever rules are
-/// loaded, rather than let a user wait for results that never come.
-pub fn insights_warning(set: &weir_rules::RuleSet) -> Option<String> {
-    let pending: Vec<&str> = set
-        .insights
-        .iter()
-        .filter(|i| i.late.is_some())
-        .map(|i| &*i.name)
-        .collect();
-    (!pending.is_empty()).then(|| {
-        format!(
-            "insight(s) {} name a `late` endpoint, which is checked but not used yet: late events correct their window instead (see README, \"Not yet\")",
-            pending.join(", ")
-        )
-    })
-}
-
 /// Polls `dir` every `every` and swaps in the new rule set when files change.
 pub async fn watch_rules(
     dir: PathBuf,
@@ -90,9 +73,6 @@ pub async fn watch_rules(
         match loaded {
             Ok(Ok(set)) => {
                 tracing::info!(rules = %describe(&set), "rules reloaded");
-                if let Some(w) = insights_warning(&set) {
-                    tracing::warn!("{w}");
-                }
                 rules.store(Arc::new(set));
                 status.reloads.fetch_add(1, Ordering::Relaxed);
             }

@@ -24,9 +24,6 @@ pub fn check(dir: &Path, hostname: &str) -> ExitCode {
     match weir_rules::load_dir(dir, hostname, crate::sinks::catalog()) {
         Ok(set) => {
             println!("ok: {}", crate::reload::describe(&set));
-            if let Some(w) = crate::reload::insights_warning(&set) {
-                eprintln!("warning: {w}");
-            }
             ExitCode::SUCCESS
         }
         Err(diags) => {

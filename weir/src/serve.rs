@@ -114,12 +114,7 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
         tracing::info!(dir = %cfg.rules.display(), "created the rules directory with an example");
     }
     match weir_rules::load_dir(&cfg.rules, &cfg.hostname, crate::sinks::catalog()) {
-        Ok(set) => {
-            if let Some(w) = crate::reload::insights_warning(&set) {
-                tracing::warn!("{w}");
-            }
-            Ok(set)
-        }
+        Ok(set) => Ok(set),
         Err(diags) => {
             for d in &diags {
                 eprintln!(

@@ -13,10 +13,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use weir_core::feed::{PARTITIONS, device_hash, partition_of};
 use weir_core::{Checkpoint, Checkpoints, EventFeed, EventSource};
 
-use super::RESULTS_DEVICE;
 use crate::sinks::Floors;
 
 /// The name insights' checkpoint is stored under.
@@ -48,9 +46,10 @@ impl Resume {
         }
     }
 
-    /// Reads the results written from `checkpoint.position` to the end of the log (only
-    /// the partition they are written to): those a replay computes again must not be
-    /// written twice.
+    /// Reads the results (and late letters) written from `checkpoint.position` to the end
+    /// of the log: those a replay computes again must not be written twice. The position
+    /// trails the end by about a second's processing, so this is a short read unless the
+    /// engine was behind.
     pub(crate) fn scan(feed: &dyn EventFeed, checkpoint: Checkpoint) -> Resume {
         let mut r = Resume {
             floor: checkpoint.floor,
@@ -58,12 +57,7 @@ impl Resume {
             scanned_to: checkpoint.position,
             ..Resume::fresh()
         };
-        let partition = partition_of(device_hash(RESULTS_DEVICE));
-        let mut reader = match feed.reader_from(
-            usize::from(partition),
-            usize::from(PARTITIONS),
-            checkpoint.position,
-        ) {
+        let mut reader = match feed.reader_from(0, 1, checkpoint.position) {
             Ok(reader) => reader,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read back insight results; results computed again after the restart may be written twice");
@@ -88,6 +82,8 @@ impl Resume {
                     && let Some(id) = &e.system.message_id
                 {
                     r.written.insert(r.hasher.hash_one(id));
+                } else if let Some(id) = crate::deadletter::late_letter_id(e) {
+                    r.written.insert(r.hasher.hash_one(&id));
                 }
             }
         }

@@ -1,6 +1,7 @@
 //! One insight in one worker: its state (windows, baselines or silences), what it takes
 //! from each sample and tick, and its results as `Insights` events.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,6 +50,8 @@ pub(crate) struct Produced {
 pub(crate) struct Running {
     /// The insight's definition as last seen; a change starts it over.
     pub signature: String,
+    /// The endpoint late events go to instead of correcting their window.
+    pub late: Option<Arc<str>>,
     keys: Vec<String>,
     state: State,
 }
@@ -81,6 +84,7 @@ impl Running {
         };
         Running {
             signature,
+            late: None,
             keys: insight.group_by.iter().map(|(k, _)| k.clone()).collect(),
             state,
         }
@@ -134,6 +138,15 @@ impl Running {
             }
         }
         true
+    }
+
+    /// True when a window insight has emitted (or at once would emit) a window the event
+    /// at `t` of `group`, arriving at `arrival`, belongs to.
+    pub(crate) fn is_late(&self, group: &str, t: i64, arrival: i64) -> bool {
+        match &self.state {
+            State::Window { windows, .. } => windows.is_late(group, t, arrival),
+            _ => false,
+        }
     }
 
     /// What time has completed by `wall` (a tick's time): closed windows, corrections,

@@ -26,14 +26,14 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::time::now_ms;
 use weir_core::{Checkpoint, DeviceDirectory, Event, Ingest};
-use weir_rules::insight::Insight;
+use weir_rules::RuleSet;
 
 use super::Events;
-use crate::append;
 use crate::engine::RulesHandle;
 use crate::insights::resume::{EVERY, Progress, Resume};
 use crate::insights::running::{Produced, Running, result_event, tick_event};
 use crate::metrics::EngineMetrics;
+use crate::{append, deadletter};
 
 /// How often worker 0 writes a clock tick: windows close, and silences are noticed, at
 /// ticks.
@@ -51,6 +51,8 @@ pub(crate) enum Item {
         /// When its event was enqueued.
         arrival: i64,
         values: Vec<Option<f64>>,
+        /// The event itself, when the insight sends late events to an endpoint.
+        event: Option<Arc<Event>>,
     },
     Tick {
         to: u64,
@@ -152,7 +154,7 @@ impl Worker {
     fn step(&mut self, frontier: Option<u64>) {
         let rules = self.setup.rules.load();
         if self.version.as_ref() != Some(&rules.version) {
-            refresh(&mut self.running, &rules.insights);
+            refresh(&mut self.running, &rules);
             self.version = Some(Arc::clone(&rules.version));
         }
         let through = match frontier {
@@ -186,8 +188,9 @@ impl Worker {
         let n = self.pending.partition_point(|i| i.offset() < through);
         let (floor, resume) = (self.setup.resume.floor, Arc::clone(&self.setup.resume));
         let mut produced: Vec<(Arc<str>, Produced)> = Vec::new();
+        let mut letters: Vec<(String, Event)> = Vec::new();
         let mut out = Vec::new();
-        let mut too_late = 0;
+        let (mut too_late, mut late) = (0, 0);
         for item in self.pending.drain(..n) {
             let at = item.offset();
             if at < floor {
@@ -201,8 +204,18 @@ impl Worker {
                     offset,
                     arrival,
                     values,
+                    event,
                 } => {
-                    if let Some(r) = self.running.get_mut(&*insight) {
+                    let Some(r) = self.running.get_mut(&*insight) else {
+                        continue;
+                    };
+                    if let (Some(target), Some(event)) = (&r.late, &event)
+                        && r.is_late(&group, time, arrival)
+                    {
+                        late += 1;
+                        let letter = deadletter::late(event, &insight, target);
+                        letters.push((deadletter::late_id(&insight, offset), letter));
+                    } else {
                         let merged =
                             r.push(&insight, &group, time, offset, arrival, &values, &mut out);
                         too_late += u64::from(!merged);
@@ -223,8 +236,15 @@ impl Worker {
                     .filter(|(_, p)| !resume.written(at, &p.id))
                     .filter_map(|(name, p)| result_event(&name, p)),
             );
+            self.unsent.extend(
+                letters
+                    .drain(..)
+                    .filter(|(id, _)| !resume.written(at, id))
+                    .map(|(_, e)| e),
+            );
         }
         EngineMetrics::add(&self.setup.metrics.insight_too_late, too_late);
+        EngineMetrics::add(&self.setup.metrics.insight_late, late);
         self.done = through;
     }
 
@@ -296,7 +316,8 @@ impl Worker {
 }
 
 /// Starts, keeps or drops each insight's state as the rules now say.
-fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
+fn refresh(running: &mut HashMap<String, Running>, rules: &RuleSet) {
+    let insights = &rules.insights;
     running.retain(|name, _| insights.iter().any(|i| &*i.name == name));
     for insight in insights {
         let signature = format!("{:?}|{:?}", insight.group_by, insight.kind);
@@ -305,6 +326,12 @@ fn refresh(running: &mut HashMap<String, Running>, insights: &[Insight]) {
             .is_some_and(|r| r.signature == signature);
         if !same {
             running.insert(insight.name.to_string(), Running::new(insight, signature));
+        }
+        if let Some(r) = running.get_mut(&*insight.name) {
+            r.late = insight
+                .late
+                .and_then(|i| rules.endpoints.get(i))
+                .map(|e| Arc::clone(&e.name));
         }
     }
 }

@@ -57,8 +57,10 @@ pub(crate) fn sample<'s>(
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
                     for e in data.drain(..) {
+                        // A dead letter (or late letter) was sampled as the original.
                         let wanted = e.source == EventSource::Clock
-                            || rules.insights.iter().any(|i| i.source == e.source);
+                            || (e.dead_letter.is_none()
+                                && rules.insights.iter().any(|i| i.source == e.source));
                         if wanted {
                             session.give(e);
                         }
@@ -137,6 +139,7 @@ pub(crate) fn sample<'s>(
                                     offset: e.offset,
                                     arrival: e.enqueued_ms,
                                     values,
+                                    event: insight.late.map(|_| Arc::clone(e)),
                                 }),
                                 Sample::NoTime => EngineMetrics::add(&metrics.insight_no_time, 1),
                                 Sample::Skip => {}

@@ -387,6 +387,12 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         "Events later than their window's retention (counted, not merged).",
         &e.insight_too_late,
     );
+    counter(
+        &mut out,
+        "weir_insight_late_total",
+        "Late events sent to an insight's `late` endpoint instead of correcting their window.",
+        &e.insight_late,
+    );
     endpoint_metrics(&mut out, &s);
     gauge(
         &mut out,
