@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
             workers,
             tick: Duration::from_millis(50),
             dedupe: Some(DedupeConfig::default()),
+            close_insights_at_end: false,
         },
         Arc::new(ArcSwap::from_pointee(weir_benches::ten_routes())),
         Arc::new(NoDevices),

@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// `None` turns duplicate detection off (rule tests do, to see every event).
     pub dedupe: Option<DedupeConfig>,
+    /// Close every insight window once the feed has ended (rule tests over recorded
+    /// events). A hub never does: its feed ends only when it stops.
+    pub close_insights_at_end: bool,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +72,7 @@ impl Default for EngineConfig {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             tick: Duration::from_millis(200),
             dedupe: Some(DedupeConfig::default()),
+            close_insights_at_end: false,
         }
     }
 }
@@ -142,7 +146,8 @@ impl Engine {
         ));
         let metrics = Arc::new(EngineMetrics::default());
         let worker_metrics = Arc::clone(&metrics);
-        let (tick, dedupe) = (config.tick, config.dedupe);
+        let (tick, dedupe, close_at_end) =
+            (config.tick, config.dedupe, config.close_insights_at_end);
         let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
             let reader = match feed.reader(index, peers, from) {
@@ -186,6 +191,7 @@ impl Engine {
                     metrics: Arc::clone(&worker_metrics),
                     resume: Arc::clone(&resume),
                     progress: Arc::clone(&progress),
+                    close_at_end,
                 });
                 events
                     .route(

@@ -8,7 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use weir_core::{Delivery, DeviceDirectory, EndpointSpec, Event, Sink, SinkError, SinkFactory};
+use weir_core::ingest::AckFuture;
+use weir_core::{
+    Delivery, DeviceDirectory, DeviceId, EndpointSpec, Event, EventSource, Ingest, IngestFuture,
+    Sink, SinkError, SinkFactory,
+};
 use weir_rules::RuleSet;
 
 use crate::engine::{Engine, EngineConfig, EngineError, Hooks, TraceFn};
@@ -37,6 +41,21 @@ pub struct HarnessOutput {
     pub traces: Vec<Trace>,
     /// Sorted by event offset, then endpoint name.
     pub deliveries: Vec<Captured>,
+    /// What insights wrote (results and late letters), in the order written.
+    pub insights: Vec<Event>,
+}
+
+/// Stands in for the ingest log: keeps what the engine writes, except clock ticks.
+#[derive(Default)]
+struct CaptureLog(Mutex<Vec<Event>>);
+
+impl Ingest for CaptureLog {
+    fn ingest(&self, _device: &DeviceId, batch: Vec<Event>) -> IngestFuture {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend(batch.into_iter().filter(|e| e.source != EventSource::Clock));
+        }
+        Box::pin(async { Ok(Box::pin(async { Ok(()) }) as AckFuture) })
+    }
 }
 
 type Shared = Arc<Mutex<Vec<Captured>>>;
@@ -89,6 +108,7 @@ pub fn run(
     workers: usize,
 ) -> Result<HarnessOutput, EngineError> {
     let captured: Shared = Arc::default();
+    let log: Arc<CaptureLog> = Arc::default();
     let traces: Arc<Mutex<Vec<Trace>>> = Arc::default();
     let trace_sink = Arc::clone(&traces);
     let trace: TraceFn = Arc::new(move |e, rules, outcome| {
@@ -115,6 +135,7 @@ pub fn run(
         workers,
         tick: Duration::from_millis(20),
         dedupe: None,
+        close_insights_at_end: true,
     };
     let engine = Engine::start(
         config,
@@ -124,7 +145,8 @@ pub fn run(
         vec![Arc::new(CaptureFactory(Arc::clone(&captured)))],
         Hooks {
             trace: Some(trace),
-            ..Hooks::default()
+            log: Some(Arc::clone(&log) as Arc<dyn Ingest>),
+            checkpoints: None,
         },
     )?;
     let pushed = feed.push(events);
@@ -139,6 +161,12 @@ pub fn run(
         ),
         deliveries: std::mem::take(
             &mut *captured
+                .lock()
+                .map_err(|e| EngineError::Worker(e.to_string()))?,
+        ),
+        insights: std::mem::take(
+            &mut *log
+                .0
                 .lock()
                 .map_err(|e| EngineError::Worker(e.to_string()))?,
         ),

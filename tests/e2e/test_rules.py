@@ -56,6 +56,34 @@ def test_rules_test_on_shipped_fixtures_matches_golden():
     assert [x["endpoints"] for x in lines][:3] == [["hot"], ["archive"], ["hot", "alerts"]]
 
 
+def test_rules_test_computes_insights_over_recorded_events(tmp_path):
+    d = tmp_path / "rules"
+    d.mkdir()
+    (d / "i.toml").write_text(
+        '[[endpoint]]\nname = "late_rows"\ntype = "parquet"\n'
+        '[[insight]]\nname = "per_site"\ntime = "$body.ts"\nwindow = "tumbling 10s"\n'
+        'allowed_lateness = "1s"\ngroup_by = { site = "$twin.tags.site" }\n'
+        'aggregates = { n = "count()", hi = "max($body.t)" }\nlate = "late_rows"\n')
+    ev = tmp_path / "ev.jsonl"
+    lines = [{"deviceId": "a", "tags": {"site": "north"}, "body": {"ts": 1_000, "t": 3}},
+             {"deviceId": "a", "body": {"ts": 4_000, "t": 7}},
+             {"deviceId": "a", "body": {"ts": 12_500, "t": 1}},
+             {"deviceId": "a", "body": {"ts": 2_000, "t": 99}}]
+    ev.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = run_weir("rules", "test", d, "--events", ev, "--json")
+    assert r.returncode == 0, r.stderr
+    out = [json.loads(x) for x in r.stdout.splitlines()]
+    results = [x["result"] for x in out if "result" in x]
+    assert [(x["site"], x["window_start"], x["n"], x["hi"]) for x in results] == [
+        ("north", "1970-01-01T00:00:00.000Z", 2, 7.0),
+        ("north", "1970-01-01T00:00:10.000Z", 1, 1.0),
+    ], results
+    late = [x for x in out if "late" in x]
+    assert len(late) == 1 and late[0]["endpoint"] == "late_rows" and late[0]["late"]["t"] == 99, out
+    r = run_weir("rules", "test", d, "--events", ev)
+    assert "insight per_site: " in r.stdout and "late event from a to endpoint late_rows" in r.stdout, r.stdout
+
+
 def test_rules_test_reports_bad_event_lines(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"deviceId": "ok", "body": {}}\n{"deviceId": "x", "bdy": 1}\n')

@@ -225,8 +225,39 @@ pub fn test(dir: &Path, events: &Path, hostname: &str, as_json: bool) -> anyhow:
             }
         }
     }
+    print_insights(&out.insights, as_json);
     if !as_json {
         eprintln!("{count} event(s) run through the engine");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the insights computed over the events, every window closed at their end: one line
+/// per result (or late event handed to a `late` endpoint).
+fn print_insights(written: &[Event], as_json: bool) {
+    for e in written {
+        let body: Value = serde_json::from_slice(&e.body).unwrap_or(Value::Null);
+        let late_to = e.dead_letter.as_deref();
+        if as_json {
+            let line = match late_to {
+                Some(to) => {
+                    json!({"late": body, "insight": e.property("weir-dead-letter-route"), "endpoint": to})
+                }
+                None => json!({"insight": e.property("insight"), "result": body}),
+            };
+            println!("{line}");
+            continue;
+        }
+        match late_to {
+            Some(to) => println!(
+                "insight {}: late event from {} to endpoint {to}: {body}",
+                e.property("weir-dead-letter-route").unwrap_or_default(),
+                e.device_id
+            ),
+            None => println!(
+                "insight {}: {body}",
+                e.property("insight").unwrap_or_default()
+            ),
+        }
+    }
 }

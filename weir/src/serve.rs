@@ -262,6 +262,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             workers: cfg.workers,
             tick: Duration::from_millis(200),
             dedupe: cfg.dedupe,
+            close_insights_at_end: false,
         },
         Arc::clone(&rules),
         registry.clone(),

@@ -78,6 +78,8 @@ pub(crate) struct InsightSetup {
     pub metrics: Arc<EngineMetrics>,
     pub resume: Arc<Resume>,
     pub progress: Arc<Progress>,
+    /// Close every window when the input ends (rule tests).
+    pub close_at_end: bool,
 }
 
 pub(crate) trait RunInsights {
@@ -169,6 +171,9 @@ impl Worker {
         if through > self.done {
             self.take(through);
         }
+        if frontier.is_none() && self.setup.close_at_end {
+            self.close_all();
+        }
         if self.setup.log.is_none() {
             // Nowhere to write ticks (rule tests, benches): the wall clock drives them.
             let mut produced = Vec::new();
@@ -246,6 +251,16 @@ impl Worker {
         EngineMetrics::add(&self.setup.metrics.insight_too_late, too_late);
         EngineMetrics::add(&self.setup.metrics.insight_late, late);
         self.done = through;
+    }
+
+    /// Closes every window as if all time had passed: the end of a rule test's events.
+    fn close_all(&mut self) {
+        let mut out = Vec::new();
+        for (name, r) in &mut self.running {
+            r.flush(name, i64::MAX / 2, &mut out);
+            self.unsent
+                .extend(out.drain(..).filter_map(|p| result_event(name, p)));
+        }
     }
 
     /// Appends the results not yet written; on failure they wait for the next activation.
