@@ -24,6 +24,8 @@ pub struct EngineMetrics {
     /// Deliveries an endpoint could not make within its `max_retry_secs`, written back to
     /// the log for its dead-letter endpoint.
     pub dead_lettered: AtomicU64,
+    /// Samples insights took (an event counts once per insight it is for).
+    pub insight_samples: AtomicU64,
     /// Insight results written to the log (each revision of each window and group).
     pub insight_results: AtomicU64,
     /// Events an insight took whose `time` was not an ISO 8601 string or epoch ms.

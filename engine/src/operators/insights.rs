@@ -195,7 +195,7 @@ impl Worker {
         let mut produced: Vec<(Arc<str>, Produced)> = Vec::new();
         let mut letters: Vec<(String, Event)> = Vec::new();
         let mut out = Vec::new();
-        let (mut too_late, mut late) = (0, 0);
+        let (mut too_late, mut late, mut samples) = (0, 0, 0);
         for item in self.pending.drain(..n) {
             let at = item.offset();
             if at < floor {
@@ -214,6 +214,7 @@ impl Worker {
                     let Some(r) = self.running.get_mut(&*insight) else {
                         continue;
                     };
+                    samples += 1;
                     if let (Some(target), Some(event)) = (&r.late, &event)
                         && r.is_late(&group, time, arrival)
                     {
@@ -250,6 +251,7 @@ impl Worker {
         }
         EngineMetrics::add(&self.setup.metrics.insight_too_late, too_late);
         EngineMetrics::add(&self.setup.metrics.insight_late, late);
+        EngineMetrics::add(&self.setup.metrics.insight_samples, samples);
         self.done = through;
     }
 

@@ -371,6 +371,12 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
     );
     counter(
         &mut out,
+        "weir_insight_samples_total",
+        "Samples insights took (an event counts once for each insight it is for).",
+        &e.insight_samples,
+    );
+    counter(
+        &mut out,
         "weir_insight_results_total",
         "Insight results (each revision of each window and group) written to the log.",
         &e.insight_results,
