@@ -140,8 +140,10 @@ fn body_may_be_json(e: &Event) -> bool {
 
 /// Formats milliseconds since the epoch as RFC 3339 with milliseconds, UTC.
 pub fn rfc3339_ms(ms: i64) -> String {
+    // `to_rfc3339_opts`, not `format`: it does not parse a format string per call (insight
+    // results format two timestamps each).
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
 }
 

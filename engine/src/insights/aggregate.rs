@@ -5,6 +5,8 @@
 //! (Stream Analytics' STDEV, DuckDB's stddev_samp); `percentile` interpolates linearly
 //! between the closest ranks (PERCENTILE_CONT, DuckDB's quantile_cont).
 
+use std::sync::Arc;
+
 use weir_rules::insight::AggFn;
 
 /// The accumulator of one aggregate.
@@ -28,7 +30,8 @@ enum State {
 /// One window's accumulators, one per aggregate in declaration order.
 #[derive(Debug, Clone)]
 pub struct Accumulator {
-    funcs: Vec<(AggFn, f64)>,
+    /// Shared by every window of an insight.
+    funcs: Arc<[(AggFn, f64)]>,
     states: Vec<State>,
     pub events: u64,
     /// The lowest log offset among its events: what a replay must start from to rebuild it.
@@ -37,6 +40,11 @@ pub struct Accumulator {
 
 impl Accumulator {
     pub fn new(funcs: &[(AggFn, f64)]) -> Accumulator {
+        Accumulator::shared(&Arc::from(funcs))
+    }
+
+    /// An accumulator for `funcs`, which it shares rather than copies.
+    pub fn shared(funcs: &Arc<[(AggFn, f64)]>) -> Accumulator {
         let states = funcs
             .iter()
             .map(|(f, _)| match f {
@@ -54,7 +62,7 @@ impl Accumulator {
             })
             .collect();
         Accumulator {
-            funcs: funcs.to_vec(),
+            funcs: Arc::clone(funcs),
             states,
             events: 0,
             lowest: u64::MAX,
@@ -97,7 +105,12 @@ impl Accumulator {
     pub fn merge(&mut self, other: &Accumulator) {
         self.events += other.events;
         self.lowest = self.lowest.min(other.lowest);
-        for ((a, b), (func, _)) in self.states.iter_mut().zip(&other.states).zip(&self.funcs) {
+        for ((a, b), (func, _)) in self
+            .states
+            .iter_mut()
+            .zip(&other.states)
+            .zip(self.funcs.iter())
+        {
             match (a, b) {
                 (State::Count(x), State::Count(y)) => *x += y,
                 (
@@ -147,7 +160,7 @@ impl Accumulator {
     pub fn values(&self) -> Vec<Option<f64>> {
         self.states
             .iter()
-            .zip(&self.funcs)
+            .zip(self.funcs.iter())
             .map(|(s, (f, fraction))| match (s, f) {
                 (State::Count(n), _) => Some(*n as f64),
                 (State::Moments { n: 0, .. }, _) => None,

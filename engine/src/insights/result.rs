@@ -54,26 +54,49 @@ pub fn silence(name: &str, keys: &[String], s: &SilenceReport) -> Value {
 }
 
 /// Builds the body of `r` for the insight `name`, whose group keys are `keys` (in
-/// `group_by` order) and aggregates `aggregates` (name and function, in order).
+/// `group_by` order) and aggregates `aggregates` (name and function, in order). Written
+/// as text directly, in that order: a result is made for every window of every group, and
+/// building a `Value` first cost a third of the operator's time.
 pub fn body(
     name: &str,
     keys: &[String],
     aggregates: &[(String, AggFn)],
     r: &WindowResult,
-) -> Value {
-    let mut o = head(name, keys, &r.group);
-    o.insert("window_start".into(), json!(rfc3339_ms(r.start)));
-    o.insert("window_end".into(), json!(rfc3339_ms(r.end)));
-    for ((agg, func), v) in aggregates.iter().zip(&r.values) {
-        let v = match (func, v) {
-            (_, None) => Value::Null,
-            (AggFn::Count, Some(n)) => json!(*n as u64),
-            (_, Some(x)) => number(*x),
-        };
-        o.insert(agg.clone(), v);
+) -> String {
+    let group: Vec<Value> = serde_json::from_str(&r.group).unwrap_or_default();
+    let mut out = Vec::with_capacity(128 + 24 * (keys.len() + aggregates.len()));
+    out.extend_from_slice(b"{\"insight\":");
+    put(&mut out, name);
+    for (i, k) in keys.iter().enumerate() {
+        out.push(b',');
+        put(&mut out, k);
+        out.push(b':');
+        put(&mut out, group.get(i).unwrap_or(&Value::Null));
     }
-    o.insert("revision".into(), json!(r.revision));
-    Value::Object(o)
+    out.extend_from_slice(b",\"window_start\":");
+    put(&mut out, &rfc3339_ms(r.start));
+    out.extend_from_slice(b",\"window_end\":");
+    put(&mut out, &rfc3339_ms(r.end));
+    for ((agg, func), v) in aggregates.iter().zip(&r.values) {
+        out.push(b',');
+        put(&mut out, agg);
+        out.push(b':');
+        match (func, v) {
+            (_, None) => out.extend_from_slice(b"null"),
+            (AggFn::Count, Some(n)) => put(&mut out, &(*n as u64)),
+            (_, Some(x)) => put(&mut out, &number(*x)),
+        }
+    }
+    out.extend_from_slice(b",\"revision\":");
+    put(&mut out, &r.revision);
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `v` as JSON (strings escaped).
+fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing to a Vec cannot fail, and these values always serialize.
+    let _ = serde_json::to_writer(out, v);
 }
 
 #[cfg(test)]
@@ -90,7 +113,7 @@ mod tests {
             events: 3,
             values: vec![Some(3.0), Some(21.25), None],
         };
-        let b = body(
+        let text = body(
             "temp_1m",
             &["device".into(), "site".into()],
             &[
@@ -100,6 +123,8 @@ mod tests {
             ],
             &r,
         );
+        let b: Value = serde_json::from_str(&text).expect("json");
+        assert!(text.starts_with(r#"{"insight":"temp_1m","device":"m1","site":"north","#));
         assert_eq!(
             b,
             json!({"insight": "temp_1m", "window_start": "2026-11-30T01:02:00.000Z",

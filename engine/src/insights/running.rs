@@ -44,7 +44,8 @@ enum State {
 /// replay has the same id.
 pub(crate) struct Produced {
     pub id: String,
-    pub body: serde_json::Value,
+    /// JSON text.
+    pub body: String,
 }
 
 pub(crate) struct Running {
@@ -124,7 +125,7 @@ impl Running {
                 {
                     out.push(Produced {
                         id: format!("{name}/{group}/{offset}"),
-                        body: result::anomaly(name, &self.keys, &found),
+                        body: result::anomaly(name, &self.keys, &found).to_string(),
                     });
                 }
             }
@@ -132,7 +133,7 @@ impl Running {
                 if let Some(back) = s.push(group, t, offset, arrival) {
                     out.push(Produced {
                         id: format!("{name}/{group}/back/{arrival}"),
-                        body: result::silence(name, &self.keys, &back),
+                        body: result::silence(name, &self.keys, &back).to_string(),
                     });
                 }
             }
@@ -171,7 +172,7 @@ impl Running {
                 s.flush(wall, &mut reports);
                 out.extend(reports.iter().map(|r| Produced {
                     id: format!("{name}/{}/silent/{}", r.group, r.last_arrival),
-                    body: result::silence(name, &self.keys, r),
+                    body: result::silence(name, &self.keys, r).to_string(),
                 }));
             }
         }
@@ -208,7 +209,7 @@ fn internal(source: EventSource, body: Bytes) -> Option<Event> {
 
 /// One result as an event of the `Insights` source.
 pub(crate) fn result_event(name: &str, p: Produced) -> Option<Event> {
-    let mut e = internal(EventSource::Insights, Bytes::from(p.body.to_string()))?;
+    let mut e = internal(EventSource::Insights, Bytes::from(p.body))?;
     e.system = SystemProperties {
         message_id: Some(p.id),
         content_type: Some("application/json".into()),

@@ -12,6 +12,7 @@
 //! that; an event older than that cannot be merged and is reported as too late.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use hashbrown::HashMap;
 use std::time::Duration;
@@ -119,7 +120,7 @@ pub struct Windows {
     window: Window,
     lateness: i64,
     retention: i64,
-    funcs: Vec<(AggFn, f64)>,
+    funcs: Arc<[(AggFn, f64)]>,
     groups: HashMap<String, Group>,
 }
 
@@ -138,7 +139,7 @@ impl Windows {
             window,
             lateness: ms(lateness),
             retention: ms(retention),
-            funcs,
+            funcs: Arc::from(funcs),
             groups: HashMap::default(),
         }
     }
@@ -224,7 +225,7 @@ impl Windows {
                 g.due_at = g.due_at.min(w.1.saturating_add(lateness));
                 g.open
                     .entry(w)
-                    .or_insert_with(|| Accumulator::new(funcs))
+                    .or_insert_with(|| Accumulator::shared(funcs))
                     .add(t, offset, values);
             }
         }
@@ -359,7 +360,7 @@ impl Session {
     fn push(
         &self,
         g: &mut Group,
-        funcs: &[(AggFn, f64)],
+        funcs: &Arc<[(AggFn, f64)]>,
         t: i64,
         offset: u64,
         values: &[Option<f64>],
@@ -379,7 +380,7 @@ impl Session {
             .copied()
             .filter(|(s, e)| end >= *s && t < *e)
             .collect();
-        let mut acc = Accumulator::new(funcs);
+        let mut acc = Accumulator::shared(funcs);
         let (mut lo, mut hi) = (t, end);
         for w in touching {
             if let Some(a) = g.open.remove(&w) {

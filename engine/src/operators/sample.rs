@@ -2,6 +2,8 @@
 //! as of the event's offset when an insight reads `$twin.tags` (from the device context,
 //! `crate::context`), and sends the samples on by (insight, group).
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use timely::dataflow::Stream;
@@ -49,11 +51,17 @@ pub(crate) fn sample<'s>(
     let peers = events.scope().peers() as u64;
     let context = context::arrange(events.clone());
     let filter_rules = Arc::clone(&rules);
-    // Only events some insight takes, sent to the worker that holds their device's context.
+    // Whether an insight reads tags, as of the rules this worker last saw: only then must
+    // an event go to the worker that holds its device's context; otherwise it stays here.
+    let needs_context = Rc::new(Cell::new(false));
+    let needs = Rc::clone(&needs_context);
+    let here = events.scope().index() as u64;
+    // Only events some insight takes.
     let wanted = events
         .unary(Pipeline, "ForInsights", move |_cap, _info| {
             move |input, output| {
                 let rules = filter_rules.load();
+                needs.set(rules.insights.iter().any(Insight::reads_tags));
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
                     for e in data.drain(..) {
@@ -68,7 +76,13 @@ pub(crate) fn sample<'s>(
                 });
             }
         })
-        .exchange(|e: &Arc<Event>| context::worker_hash(e.device_id.as_str()));
+        .exchange(move |e: &Arc<Event>| {
+            if needs_context.get() {
+                context::worker_hash(e.device_id.as_str())
+            } else {
+                here
+            }
+        });
     wanted.binary_frontier(
         context.stream,
         Pipeline,
