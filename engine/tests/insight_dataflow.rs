@@ -8,6 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
+mod common;
+
+use common::windows_of;
 use proptest::prelude::*;
 use weir_core::{DeviceId, Event, NoDevices};
 use weir_engine::harness;
@@ -40,16 +43,6 @@ impl weir_core::EndpointCatalog for NoKinds {
             None,
         ))
     }
-}
-
-fn windows_of(t: i64, size: i64, hop: i64) -> Vec<(i64, i64)> {
-    let mut s = t.div_euclid(hop) * hop;
-    let mut out = Vec::new();
-    while s + size > t {
-        out.push((s, s + size));
-        s -= hop;
-    }
-    out
 }
 
 #[derive(Debug, Clone)]

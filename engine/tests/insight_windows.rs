@@ -6,6 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+mod common;
+
+use common::windows_of;
 use proptest::prelude::*;
 use weir_engine::insights::aggregate::Accumulator;
 use weir_engine::insights::{Arrival, WindowResult, Windows};
@@ -28,18 +31,6 @@ struct Ev {
     group: u8,
     time: i64,
     value: Option<f64>,
-}
-
-/// The windows containing `t`, as the reference sees them: every start on the hop grid
-/// whose window covers `t`.
-fn windows_of(t: i64, size: i64, hop: i64) -> Vec<(i64, i64)> {
-    let mut s = t.div_euclid(hop) * hop;
-    let mut out = Vec::new();
-    while s + size > t {
-        out.push((s, s + size));
-        s -= hop;
-    }
-    out
 }
 
 fn stream() -> impl Strategy<Value = (i64, i64, i64, Vec<Ev>)> {
