@@ -1,8 +1,12 @@
-//! One tumbling-window insight (count, avg, max per device and second) over 10,000 devices
-//! through the whole engine — feed, sampling (JSON body parsed, condition,
-//! group), the exchange by group, log-order windows, results written to a log — next to a
-//! plain `HashMap` aggregation of the same events (bodies parsed the same way, no event
-//! time, no lateness, nothing emitted) in the same run. Workers = cores.
+//! One tumbling-window insight (count, avg, max of `$body.temp` per device) over 10,000
+//! devices through the whole engine — feed, sampling (JSON body parsed, condition, group,
+//! values), the exchange by group, windows taken in log order, results written to a log —
+//! next to a plain `HashMap` aggregation of the same events (bodies parsed the same way,
+//! no event time, no lateness, nothing emitted) in the same run. Workers = cores.
+//!
+//! Two streams: the issue's example, a 1-minute window over devices sending once a second
+//! (60 events per window and device); and a turnover-heavy one, a 1-second window with 10
+//! events per window and device (a result for every 10 events).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use weir_core::ingest::AckFuture;
 use weir_core::{DeviceId, Event, Ingest, IngestFuture, NoDevices};
 use weir_engine::{Engine, EngineConfig, Hooks, MemoryFeed};
@@ -20,19 +24,45 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: usize = 10_000;
 const EVENTS: u64 = 400_000;
-/// Events per millisecond of enqueued time: 400,000 events span 4 s, so each device has 10
-/// events in each of its four one-second windows per round (as the window core's bench).
-const PER_MS: u64 = 100;
 
-const RULES: &str = r#"
+/// A stream shape: the insight's window, and events per millisecond of enqueued time.
+struct Shape {
+    name: &'static str,
+    window: &'static str,
+    window_ms: i64,
+    per_ms: u64,
+}
+
+const SHAPES: [Shape; 2] = [
+    // 10,000 devices once a second: 400,000 events span 40 s.
+    Shape {
+        name: "tumbling_1m_10k_devices_1hz",
+        window: "tumbling 1m",
+        window_ms: 60_000,
+        per_ms: 10,
+    },
+    // 400,000 events span 4 s: 10 events per device and 1-s window.
+    Shape {
+        name: "tumbling_1s_10k_devices_10_per_window",
+        window: "tumbling 1s",
+        window_ms: 1_000,
+        per_ms: 100,
+    },
+];
+
+fn rules(window: &str) -> String {
+    format!(
+        r#"
 [[insight]]
-name = "per_device_1s"
+name = "per_device"
 condition = "IS_NUMBER($body.temp)"
-group_by = { device = "$connectionDeviceId" }
-window = "tumbling 1s"
+group_by = {{ device = "$connectionDeviceId" }}
+window = "{window}"
 allowed_lateness = "100ms"
-aggregates = { n = "count()", avg_temp = "avg($body.temp)", max_temp = "max($body.temp)" }
-"#;
+aggregates = {{ n = "count()", avg_temp = "avg($body.temp)", max_temp = "max($body.temp)" }}
+"#
+    )
+}
 
 /// Stands in for the ingest log: counts the results and ticks it is given.
 struct Discard(AtomicU64);
@@ -44,14 +74,13 @@ impl Ingest for Discard {
     }
 }
 
-/// Round `round`'s events: fresh ids and enqueued times, so nothing is a repeat and every
-/// round's windows are new.
-fn events(round: u64) -> Vec<Vec<Event>> {
-    let base = 1_767_225_600_000 + (round * EVENTS / PER_MS) as i64;
+/// Round `round`'s events: fresh ids and enqueued times, so every round's windows are new.
+fn events(round: u64, per_ms: u64) -> Vec<Vec<Event>> {
+    let base = 1_767_225_600_000 + (round * EVENTS / per_ms) as i64;
     (0..EVENTS)
         .map(|seq| {
             let mut e = weir_benches::event(seq as usize % DEVICES, seq);
-            e.enqueued_ms = base + (seq / PER_MS) as i64;
+            e.enqueued_ms = base + (seq / per_ms) as i64;
             e.system.message_id = Some(format!("m-{round}-{seq}"));
             e
         })
@@ -61,7 +90,7 @@ fn events(round: u64) -> Vec<Vec<Event>> {
         .collect()
 }
 
-fn bench(c: &mut Criterion) {
+fn shape(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, s: &Shape) {
     let workers = std::env::var("WEIR_BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
@@ -70,10 +99,7 @@ fn bench(c: &mut Criterion) {
         &[weir_rules::SourceFile {
             name: "bench.toml".into(),
             path: "bench.toml".into(),
-            text: Arc::from(match std::env::var("WEIR_BENCH_WINDOW") {
-                Ok(w) => RULES.replace("tumbling 1s", &w),
-                Err(_) => RULES.to_owned(),
-            }),
+            text: Arc::from(rules(s.window)),
         }],
         "bench",
         &weir_storage::Catalog,
@@ -103,15 +129,11 @@ fn bench(c: &mut Criterion) {
     .unwrap_or_else(|e| panic!("{e}"));
     let metrics = engine.metrics();
     let rounds = AtomicU64::new(0);
-    let mut g = c.benchmark_group("engine_insight");
-    g.throughput(Throughput::Elements(EVENTS));
-    g.sample_size(10);
-    g.measurement_time(Duration::from_secs(20));
-    g.bench_function("tumbling_10k_groups_engine", |b| {
+    g.bench_function(format!("{}_engine", s.name), |b| {
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
-                let batches = events(rounds.fetch_add(1, Ordering::Relaxed));
+                let batches = events(rounds.fetch_add(1, Ordering::Relaxed), s.per_ms);
                 let before = metrics.insight_samples.load(Ordering::Relaxed);
                 let start = Instant::now();
                 for batch in batches {
@@ -125,8 +147,15 @@ fn bench(c: &mut Criterion) {
             spent
         })
     });
-    let same = events(0).concat();
-    g.bench_function("hashmap_10k_groups_same_events", |b| {
+    feed.close();
+    engine.join().unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "{}: results and ticks written: {}",
+        s.name,
+        log.0.load(Ordering::Relaxed)
+    );
+    let same = events(0, s.per_ms).concat();
+    g.bench_function(format!("{}_hashmap", s.name), |b| {
         b.iter(|| {
             let mut m: HashMap<(&str, i64), (u64, f64, f64)> = HashMap::new();
             for e in &same {
@@ -137,7 +166,7 @@ fn bench(c: &mut Criterion) {
                     continue;
                 };
                 let w = m
-                    .entry((e.device_id.as_str(), e.enqueued_ms.div_euclid(1000)))
+                    .entry((e.device_id.as_str(), e.enqueued_ms.div_euclid(s.window_ms)))
                     .or_insert((0, 0.0, f64::MIN));
                 w.0 += 1;
                 w.1 += v;
@@ -146,13 +175,17 @@ fn bench(c: &mut Criterion) {
             m.len()
         })
     });
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("engine_insight");
+    g.throughput(Throughput::Elements(EVENTS));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    for s in &SHAPES {
+        shape(&mut g, s);
+    }
     g.finish();
-    feed.close();
-    engine.join().unwrap_or_else(|e| panic!("{e}"));
-    eprintln!(
-        "results and ticks written: {}",
-        log.0.load(Ordering::Relaxed)
-    );
 }
 
 criterion_group!(benches, bench);

@@ -109,9 +109,9 @@ impl Running {
                 windows,
                 aggregates,
             } => {
-                let arrived = windows.push(group, t, offset, values, arrival);
                 let mut results = Vec::new();
-                windows.flush_due(group, arrival, &mut results);
+                let arrived =
+                    windows.push_closing(group, t, offset, values, arrival, Some(&mut results));
                 out.extend(
                     results
                         .iter()

@@ -186,6 +186,21 @@ impl Windows {
         values: &[Option<f64>],
         wall_ms: i64,
     ) -> Arrival {
+        self.push_closing(group, t, offset, values, wall_ms, None)
+    }
+
+    /// [`Windows::push`], then, when `closed` is given and one of the group's windows is
+    /// due, closes what is due into it: a group's own events close its windows without
+    /// waiting for the next flush of all (one lookup of the group for both).
+    pub fn push_closing(
+        &mut self,
+        group: &str,
+        t: i64,
+        offset: u64,
+        values: &[Option<f64>],
+        wall_ms: i64,
+        closed: Option<&mut Vec<WindowResult>>,
+    ) -> Arrival {
         let windows = self.fixed(t);
         let (lateness, retention) = (self.lateness, self.retention);
         let funcs = &self.funcs;
@@ -208,6 +223,7 @@ impl Windows {
             };
             let arrival = session.push(g, funcs, t, offset, values);
             g.recount_due(lateness);
+            close_due(g, group, wall_ms, lateness, retention, closed);
             return arrival;
         }
         let (mut late, mut included) = (false, false);
@@ -229,6 +245,7 @@ impl Windows {
                     .add(t, offset, values);
             }
         }
+        close_due(g, group, wall_ms, lateness, retention, closed);
         match (included, late) {
             (false, _) => Arrival::TooLate,
             (true, true) => Arrival::Late,
@@ -262,18 +279,23 @@ impl Windows {
         // Groups are kept in a hash map for speed; results go out in a fixed order.
         out[first..].sort_by(|a, b| (&a.group, a.start).cmp(&(&b.group, b.start)));
     }
+}
 
-    /// Flushes `group` if one of its windows is due at `wall_ms`: a group's own events
-    /// close its windows without waiting for the next flush of all.
-    pub fn flush_due(&mut self, group: &str, wall_ms: i64, out: &mut Vec<WindowResult>) {
-        let (lateness, retention) = (self.lateness, self.retention);
-        if let Some(g) = self.groups.get_mut(group)
-            && g.clock(wall_ms) >= g.due_at
-        {
-            let first = out.len();
-            g.flush(group, wall_ms, lateness, retention, out);
-            out[first..].sort_by_key(|w| w.start);
-        }
+/// Closes `g`'s due windows into `out`, if there is an `out` and something is due.
+fn close_due(
+    g: &mut Group,
+    name: &str,
+    wall_ms: i64,
+    lateness: i64,
+    retention: i64,
+    out: Option<&mut Vec<WindowResult>>,
+) {
+    if let Some(out) = out
+        && g.clock(wall_ms) >= g.due_at
+    {
+        let first = out.len();
+        g.flush(name, wall_ms, lateness, retention, out);
+        out[first..].sort_by_key(|w| w.start);
     }
 }
 

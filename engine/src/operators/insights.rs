@@ -122,7 +122,7 @@ impl RunInsights for Events<'_> {
 struct Worker {
     index: usize,
     setup: InsightSetup,
-    running: HashMap<String, Running>,
+    running: HashMap<String, Running, ahash::RandomState>,
     version: Option<Arc<str>>,
     /// Samples and ticks received, not yet taken (the frontier has not passed them).
     pending: Vec<Item>,
@@ -141,7 +141,7 @@ impl Worker {
             index,
             done: setup.resume.floor,
             setup,
-            running: HashMap::new(),
+            running: HashMap::default(),
             version: None,
             pending: Vec::new(),
             unsent: Vec::new(),
@@ -189,7 +189,8 @@ impl Worker {
 
     /// Takes every sample and tick below `through`, in log order.
     fn take(&mut self, through: u64) {
-        self.pending.sort_by_key(Item::offset);
+        // Unstable is enough: no two items of one insight and group share an offset.
+        self.pending.sort_unstable_by_key(Item::offset);
         let n = self.pending.partition_point(|i| i.offset() < through);
         let (floor, resume) = (self.setup.resume.floor, Arc::clone(&self.setup.resume));
         let mut produced: Vec<(Arc<str>, Produced)> = Vec::new();
@@ -333,7 +334,7 @@ impl Worker {
 }
 
 /// Starts, keeps or drops each insight's state as the rules now say.
-fn refresh(running: &mut HashMap<String, Running>, rules: &RuleSet) {
+fn refresh(running: &mut HashMap<String, Running, ahash::RandomState>, rules: &RuleSet) {
     let insights = &rules.insights;
     running.retain(|name, _| insights.iter().any(|i| &*i.name == name));
     for insight in insights {

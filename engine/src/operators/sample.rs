@@ -105,20 +105,23 @@ pub(crate) fn sample<'s>(
                 let mut i = 0;
                 while i < held.len() {
                     let (cap, batch) = &mut held[i];
-                    let (now, later): (Vec<_>, Vec<_>) =
-                        std::mem::take(batch).into_iter().partition(|e| ready(e));
-                    *batch = later;
-                    let tags = if reads_tags {
+                    // Without an insight that reads tags, every event is ready and none
+                    // needs a lookup: the batch goes through as it is.
+                    let (now, tags) = if reads_tags {
+                        let (now, later): (Vec<_>, Vec<_>) =
+                            std::mem::take(batch).into_iter().partition(|e| ready(e));
+                        *batch = later;
                         let keys: Vec<(&str, u64)> = now
                             .iter()
                             .map(|e| (e.device_id.as_str(), e.offset))
                             .collect();
-                        lookup.tags(&keys)
+                        let tags = lookup.tags(&keys);
+                        (now, tags)
                     } else {
-                        vec![Tags::Unknown; now.len()]
+                        (std::mem::take(batch), Vec::new())
                     };
                     let mut session = output.session(cap);
-                    for (e, tags) in now.iter().zip(&tags) {
+                    for (k, e) in now.iter().enumerate() {
                         if e.source == EventSource::Clock {
                             session.give_iterator((0..peers).map(|to| Item::Tick {
                                 to,
@@ -128,8 +131,8 @@ pub(crate) fn sample<'s>(
                             continue;
                         }
                         let as_of;
-                        let registry: &dyn DeviceDirectory = match tags {
-                            Tags::Known(t) => {
+                        let registry: &dyn DeviceDirectory = match tags.get(k) {
+                            Some(Tags::Known(t)) => {
                                 as_of = AsOf {
                                     registry: &*directory,
                                     device: e.device_id.as_str(),
@@ -137,7 +140,7 @@ pub(crate) fn sample<'s>(
                                 };
                                 &as_of
                             }
-                            Tags::Unknown => &*directory,
+                            Some(Tags::Unknown) | None => &*directory,
                         };
                         let view = EventView::new(e, registry);
                         for insight in rules.insights.iter().filter(|i| i.source == e.source) {
