@@ -31,17 +31,23 @@ pub(crate) fn letter(d: &Delivery, origin: &str, pass: &DeadLetterPass) -> Event
             e.properties.push((k.clone(), v.clone()));
         }
     }
+    stamp(e, pass.reason.clone(), origin, &d.route, &pass.target)
+}
+
+/// Marks `e` (a copy of the original, its offset and enqueued time still the original's)
+/// with why, from which endpoint and route it is a letter, and addresses it to `target`.
+fn stamp(mut e: Event, reason: String, endpoint: &str, route: &str, target: &Arc<str>) -> Event {
     e.properties.extend([
-        (REASON.to_owned(), pass.reason.clone()),
-        (ENDPOINT.to_owned(), origin.to_owned()),
-        (ROUTE.to_owned(), d.route.to_string()),
-        (OFFSET.to_owned(), d.event.offset.to_string()),
+        (REASON.to_owned(), reason),
+        (ENDPOINT.to_owned(), endpoint.to_owned()),
+        (ROUTE.to_owned(), route.to_owned()),
+        (OFFSET.to_owned(), e.offset.to_string()),
         (
             ENQUEUED.to_owned(),
-            weir_rules::view::rfc3339_ms(d.event.enqueued_ms),
+            weir_rules::view::rfc3339_ms(e.enqueued_ms),
         ),
     ]);
-    e.dead_letter = Some(Arc::clone(&pass.target));
+    e.dead_letter = Some(Arc::clone(target));
     // A new record: the log gives it its own time and offset, and it is no retransmission.
     e.enqueued_ms = now_ms();
     e.packet_id = None;
@@ -58,24 +64,8 @@ pub const LATE_FOR: &str = "$insight";
 pub(crate) fn late(event: &Event, insight: &str, target: &Arc<str>) -> Event {
     let mut e = Event::clone(event);
     e.properties.retain(|(k, _)| !has_prefix(k));
-    e.properties.extend([
-        (
-            REASON.to_owned(),
-            format!("later than the allowed lateness of insight '{insight}'"),
-        ),
-        (ENDPOINT.to_owned(), LATE_FOR.to_owned()),
-        (ROUTE.to_owned(), insight.to_owned()),
-        (OFFSET.to_owned(), event.offset.to_string()),
-        (
-            ENQUEUED.to_owned(),
-            weir_rules::view::rfc3339_ms(event.enqueued_ms),
-        ),
-    ]);
-    e.dead_letter = Some(Arc::clone(target));
-    e.enqueued_ms = now_ms();
-    e.packet_id = None;
-    e.redelivered = false;
-    e
+    let reason = format!("later than the allowed lateness of insight '{insight}'");
+    stamp(e, reason, LATE_FOR, insight, target)
 }
 
 /// The id a late letter is known by: `late/<insight>/<original offset>`.

@@ -241,7 +241,7 @@ fn print_insights(written: &[Event], as_json: bool) {
         if as_json {
             let line = match late_to {
                 Some(to) => {
-                    json!({"late": body, "insight": e.property("weir-dead-letter-route"), "endpoint": to})
+                    json!({"late": body, "insight": e.property(weir_engine::deadletter::ROUTE), "endpoint": to})
                 }
                 None => json!({"insight": e.property("insight"), "result": body}),
             };
@@ -251,7 +251,8 @@ fn print_insights(written: &[Event], as_json: bool) {
         match late_to {
             Some(to) => println!(
                 "insight {}: late event from {} to endpoint {to}: {body}",
-                e.property("weir-dead-letter-route").unwrap_or_default(),
+                e.property(weir_engine::deadletter::ROUTE)
+                    .unwrap_or_default(),
                 e.device_id
             ),
             None => println!(

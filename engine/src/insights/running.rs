@@ -112,11 +112,7 @@ impl Running {
                 let mut results = Vec::new();
                 let arrived =
                     windows.push_closing(group, t, offset, values, arrival, Some(&mut results));
-                out.extend(
-                    results
-                        .iter()
-                        .map(|w| window_result(name, &self.keys, aggregates, w)),
-                );
+                window_results(name, &self.keys, aggregates, &results, out);
                 return arrived != Arrival::TooLate;
             }
             State::Anomaly(a) => {
@@ -160,11 +156,7 @@ impl Running {
             } => {
                 let mut results = Vec::new();
                 windows.flush(wall, &mut results);
-                out.extend(
-                    results
-                        .iter()
-                        .map(|w| window_result(name, &self.keys, aggregates, w)),
-                );
+                window_results(name, &self.keys, aggregates, &results, out);
             }
             State::Anomaly(_) => {}
             State::Silence(s) => {
@@ -188,16 +180,18 @@ impl Running {
     }
 }
 
-fn window_result(
+/// Window results as what is written: an id per (window, group, revision) and the body.
+fn window_results(
     name: &str,
     keys: &[String],
     aggregates: &[(String, AggFn)],
-    w: &WindowResult,
-) -> Produced {
-    Produced {
+    results: &[WindowResult],
+    out: &mut Vec<Produced>,
+) {
+    out.extend(results.iter().map(|w| Produced {
         id: format!("{name}/{}/{}/{}", w.group, w.start, w.revision),
         body: result::body(name, keys, aggregates, w),
-    }
+    }));
 }
 
 fn internal(source: EventSource, body: Bytes) -> Option<Event> {

@@ -293,9 +293,8 @@ fn close_due(
     if let Some(out) = out
         && g.clock(wall_ms) >= g.due_at
     {
-        let first = out.len();
+        // One group's results come out in window order already (its `dirty` set is).
         g.flush(name, wall_ms, lateness, retention, out);
-        out[first..].sort_by_key(|w| w.start);
     }
 }
 
@@ -309,15 +308,14 @@ impl Group {
         retention: i64,
         out: &mut Vec<WindowResult>,
     ) {
-        let g = self;
-        let clock = g.clock(wall_ms);
-        g.floor = clock;
-        if clock < g.due_at && clock < g.evict_at && g.dirty.is_empty() {
+        let clock = self.clock(wall_ms);
+        self.floor = clock;
+        if clock < self.due_at && clock < self.evict_at && self.dirty.is_empty() {
             return;
         }
         // Open windows are ordered by start, and (within a group) so are their ends:
         // the due ones are a prefix.
-        while let Some(entry) = g.open.first_entry() {
+        while let Some(entry) = self.open.first_entry() {
             let w = *entry.key();
             if w.1 + lateness > clock {
                 break;
@@ -327,15 +325,15 @@ impl Group {
                 next: 0,
                 dirty: true,
             };
-            g.evict_at = g
+            self.evict_at = self
                 .evict_at
                 .min(w.1.saturating_add(lateness).saturating_add(retention));
-            g.closed.insert(w, c);
-            g.dirty.insert(w);
+            self.closed.insert(w, c);
+            self.dirty.insert(w);
         }
-        g.recount_due(lateness);
-        for w in std::mem::take(&mut g.dirty) {
-            let Some(c) = g.closed.get_mut(&w) else {
+        self.recount_due(lateness);
+        for w in std::mem::take(&mut self.dirty) {
+            let Some(c) = self.closed.get_mut(&w) else {
                 continue;
             };
             if !c.dirty {
@@ -352,15 +350,15 @@ impl Group {
             c.next += 1;
             c.dirty = false;
         }
-        g.evict_at = i64::MAX;
-        while let Some(entry) = g.closed.first_entry() {
+        self.evict_at = i64::MAX;
+        while let Some(entry) = self.closed.first_entry() {
             let until = entry
                 .key()
                 .1
                 .saturating_add(lateness)
                 .saturating_add(retention);
             if until > clock {
-                g.evict_at = until;
+                self.evict_at = until;
                 break;
             }
             entry.remove();

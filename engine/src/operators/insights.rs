@@ -13,8 +13,7 @@
 //! [`Resume`](crate::insights::resume::Resume) keeps it from writing them twice.
 //!
 //! Samples are taken by `sample.rs`, which reads device tags as of each event's offset
-//! from the device context (`crate::context`). Not built yet: the `late` endpoint (see
-//! `docs/decisions/027-insights.md`).
+//! from the device context (`crate::context`). Semantics: `docs/decisions/027-insights.md`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -175,7 +174,8 @@ impl Worker {
             self.close_all();
         }
         if self.setup.log.is_none() {
-            // Nowhere to write ticks (rule tests, benches): the wall clock drives them.
+            // No log (an engine without a hub): no ticks and nowhere for results to go;
+            // windows still close by the wall clock, so their memory is given back.
             let mut produced = Vec::new();
             for (name, r) in &mut self.running {
                 r.flush(name, now_ms(), &mut produced);
