@@ -97,6 +97,14 @@ impl DeviceRecord {
 /// Read access to the device registry, fast enough for the per-event path.
 pub trait DeviceDirectory: Send + Sync {
     fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>>;
+
+    /// Every device's tags now, leaving out empty ones; `None` when the directory cannot
+    /// list its devices (the engine then reads tags from [`DeviceDirectory::get`]). The
+    /// engine takes this once at start, before anything can change the registry, as the
+    /// device context from which the log's tag changes go on.
+    fn tags_snapshot(&self) -> Option<Vec<(String, serde_json::Value)>> {
+        None
+    }
 }
 
 /// A directory with no devices, for tools that route recorded events without a registry.

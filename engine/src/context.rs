@@ -1,67 +1,78 @@
 //! Device context as a differential collection: each device's twin tags, arranged by
 //! device, with the log offset of the change that set them as the time. An event reads the
-//! tags *as of its own offset*, so an insight groups it by the tags that were valid when it
-//! entered the log, also when the log is replayed after a restart (the registry only knows
-//! the tags as they are now).
+//! tags *as of its own offset*, so routes, enrichments and insights see the tags that were
+//! valid when it entered the log, also when the log is replayed after a restart or for an
+//! endpoint that failed (the registry only knows the tags as they are now).
 //!
 //! The collection is built from the events that change tags (twin changes, device
 //! creation and deletion), which the hub marks with the tags after and before the change
-//! ([`TAGS_PROPERTY`], [`TAGS_BEFORE_PROPERTY`]). differential's upsert arrangement turns
-//! that sequence into a collection (retracting each device's previous tags at the offset of
-//! the next change); [`Lookup`] reads the arrangement's trace as of an offset.
+//! ([`TAGS_PROPERTY`], [`TAGS_BEFORE_PROPERTY`]): each adds its `after` and retracts its
+//! `before` at its offset. It starts from a [`Seed`], the tags every device had where the
+//! engine starts reading, and is arranged on the worker that owns the device's partition,
+//! next to the device's events, so reading it needs no exchange.
 //!
 //! This is the only module that touches differential-dataflow.
 
-use differential_dataflow::Hashable;
-use differential_dataflow::operators::arrange::upsert::arrange_from_upsert;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use differential_dataflow::operators::arrange::arrangement::arrange_core;
 use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::trace::cursor::cursor_list;
-use differential_dataflow::trace::implementations::{ValBuilder, ValSpine};
+use differential_dataflow::trace::implementations::{ValBatcher, ValSpine};
 use differential_dataflow::trace::{Cursor, TraceReader};
+use serde_json::Value;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
+use timely::progress::frontier::MutableAntichain;
 use weir_core::twin::{TAGS_BEFORE_PROPERTY, TAGS_PROPERTY};
-use weir_core::{AuthMethod, Event, EventSource};
+use weir_core::{AuthMethod, DeviceDirectory, DeviceRecord, Event, EventFeed, EventSource};
 
 use crate::operators::Events;
 
 /// A device id.
 type Key = String;
-/// The tags after a change and before it, as JSON text (`null`: none, the device is gone).
-type Val = (String, String);
+/// Tags as JSON text (`null`: the device does not exist).
+type Val = String;
 type Spine = ValSpine<Key, Val, u64, isize>;
 pub(crate) type Trace = TraceAgent<Spine>;
-type Upserts<'s> = Stream<'s, u64, Vec<(Key, Option<Val>, u64)>>;
+/// The arranged context, as the operators that read it take it.
+pub(crate) type Context<'s> = Arranged<'s, Trace>;
+type Updates<'s> = Stream<'s, u64, Vec<((Key, Val), u64, isize)>>;
 
-/// The worker that holds `device`'s context: events that read it are sent there.
-pub(crate) fn worker_hash(device: &str) -> u64 {
-    (&device).hashed()
-}
-
-/// Arranges the tags changes among `events` by device.
-pub(crate) fn arrange<'s>(events: Events<'s>) -> Arranged<'s, Trace> {
-    let upserts: Upserts<'s> = events.unary(Pipeline, "TagChanges", |_cap, _info| {
+/// Arranges the tag changes among `events` by device, on the worker the events are on
+/// (they arrive by partition, so a device's changes sit with its events).
+pub(crate) fn arrange<'s>(events: Events<'s>) -> Context<'s> {
+    let updates: Updates<'s> = events.unary(Pipeline, "TagChanges", |_cap, _info| {
         |input, output| {
             input.for_each(|cap, data| {
                 let mut session = output.session(&cap);
                 for e in data.drain(..) {
-                    if let Some(u) = upsert(&e) {
-                        session.give(u);
+                    if let Some((after, before)) = change(&e) {
+                        let at = cap.least().map_or(e.offset, |t| e.offset.max(*t));
+                        let device = e.device_id.to_string();
+                        if let Some(before) = before {
+                            session.give(((device.clone(), before), at, -1));
+                        }
+                        session.give(((device, after), at, 1));
                     }
                 }
             });
         }
     });
-    arrange_from_upsert::<ValBuilder<Key, Val, u64, isize>, Spine, Key, Val>(
-        upserts,
+    arrange_core::<_, _, ValBatcher<Key, Val, u64, isize>, Spine>(
+        updates,
+        Pipeline,
         "DeviceContext",
+        ValBatcher::new,
     )
 }
 
-/// The change an event makes to its device's tags, if it is one the hub wrote.
-fn upsert(e: &Event) -> Option<(Key, Option<Val>, u64)> {
+/// The tags after and before the change an event makes, if it is one the hub wrote.
+fn change(e: &Event) -> Option<(String, Option<String>)> {
     let hub_made = e.auth_method == AuthMethod::Internal
         && matches!(
             e.source,
@@ -76,73 +87,152 @@ fn upsert(e: &Event) -> Option<(Key, Option<Val>, u64)> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    let after = property(TAGS_PROPERTY)?;
-    let before = property(TAGS_BEFORE_PROPERTY).unwrap_or_else(|| "null".into());
-    Some((e.device_id.to_string(), Some((after, before)), e.offset))
+    Some((property(TAGS_PROPERTY)?, property(TAGS_BEFORE_PROPERTY)))
 }
 
-/// What the arrangement says of a device's tags at an offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Every device's tags where the engine starts reading the log: the registry's tags at
+/// start, except that a device whose tags change in the part of the log a restart reads
+/// again had the tags from before its first change there.
+pub(crate) enum Seed {
+    /// Tags by device; a device not listed has none.
+    Known(HashMap<String, Arc<Value>>),
+    /// The directory cannot list its devices, or the log could not be read: tags no change
+    /// in the log speaks of are the registry's current ones.
+    Registry,
+}
+
+impl Seed {
+    /// Takes the directory's tags and reads the log from `from` to its end for tag changes.
+    /// Called before anything else can append to the log or change the registry.
+    pub(crate) fn build(feed: &dyn EventFeed, from: u64, directory: &dyn DeviceDirectory) -> Seed {
+        let Some(snapshot) = directory.tags_snapshot() else {
+            return Seed::Registry;
+        };
+        let mut tags: HashMap<String, Arc<Value>> = snapshot
+            .into_iter()
+            .map(|(d, t)| (d, Arc::new(t)))
+            .collect();
+        let mut reader = match feed.reader_from(0, 1, from) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the log's tag changes; a replay reads the registry's current tags");
+                return Seed::Registry;
+            }
+        };
+        let mut first: HashMap<String, String> = HashMap::new();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            if let Err(e) = reader.read(4096, &mut buf) {
+                tracing::warn!(error = %e, "reading the log's tag changes failed; a replay reads the registry's current tags");
+                return Seed::Registry;
+            }
+            if buf.is_empty() {
+                break;
+            }
+            for e in &buf {
+                if let Some((_, Some(before))) = change(e) {
+                    first.entry(e.device_id.to_string()).or_insert(before);
+                }
+            }
+        }
+        let changed = first.len();
+        for (device, before) in first {
+            tags.insert(device, Arc::new(parse(&before)));
+        }
+        tracing::debug!(devices = tags.len(), changed, "device context seeded");
+        Seed::Known(tags)
+    }
+
+    fn get(&self, device: &str) -> Tags {
+        match self {
+            Seed::Known(tags) => Tags::Known(
+                tags.get(device)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Value::Object(Default::default()))),
+            ),
+            Seed::Registry => Tags::Registry,
+        }
+    }
+}
+
+fn parse(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::Null)
+}
+
+/// A device's tags at an offset.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Tags {
-    /// Set by a change at or before the offset (`null`: deleted).
-    Known(serde_json::Value),
-    /// Nothing in the log says: the registry's tags hold.
-    Unknown,
+    /// These (`null`: the device did not exist).
+    Known(Arc<Value>),
+    /// Whatever the registry has now.
+    Registry,
 }
 
-/// Reads one worker's shard of the arrangement.
+/// Reads one worker's part of the arrangement, from the seed on.
 pub(crate) struct Lookup {
     trace: Trace,
+    seed: Arc<Seed>,
+    /// Parsed tags by their text: devices share few distinct tag sets.
+    parsed: HashMap<String, Arc<Value>>,
 }
 
+/// How many parsed tag sets a lookup keeps before starting over.
+const PARSED_MAX: usize = 4096;
+
 impl Lookup {
-    pub(crate) fn new(trace: Trace) -> Lookup {
-        Lookup { trace }
+    pub(crate) fn new(trace: Trace, seed: Arc<Seed>) -> Lookup {
+        Lookup {
+            trace,
+            seed,
+            parsed: HashMap::new(),
+        }
     }
 
     /// The tags of each of `devices` as of its offset, in order. Every change below those
     /// offsets must be in the trace (the caller waits for the arrangement's frontier).
     pub(crate) fn tags(&mut self, devices: &[(&str, u64)]) -> Vec<Tags> {
-        let mut out = Vec::with_capacity(devices.len());
         let mut upper = Antichain::new();
         self.trace.read_upper(&mut upper);
         let Some(batches) = self.trace.batches_through(upper.borrow()) else {
-            return vec![Tags::Unknown; devices.len()];
+            return devices.iter().map(|(d, _)| self.seed.get(d)).collect();
         };
         let (mut cursor, storage) = cursor_list(batches);
+        let mut out = Vec::with_capacity(devices.len());
         for &(device, at) in devices {
             let key = device.to_owned();
             cursor.rewind_keys(&storage);
             cursor.seek_key(&storage, &key);
-            let mut known: Option<String> = None;
-            // The earliest change after `at`: its "before" held at `at`.
-            let mut next: Option<(u64, String)> = None;
+            let mut known: Option<&String> = None;
             if cursor.get_key(&storage) == Some(&key) {
-                while let Some((after, before)) = cursor.get_val(&storage) {
-                    let (mut now, mut first_after) = (0isize, None::<u64>);
+                while let Some(tags) = cursor.get_val(&storage) {
+                    let mut count = 0isize;
                     cursor.map_times(&storage, |t, d| {
                         if *t <= at {
-                            now += *d;
-                        } else if *d > 0 {
-                            first_after = Some(first_after.map_or(*t, |f| f.min(*t)));
+                            count += *d;
                         }
                     });
-                    if now > 0 {
-                        known = Some(after.clone());
-                    }
-                    if let Some(t) = first_after
-                        && next.as_ref().is_none_or(|(n, _)| t < *n)
-                    {
-                        next = Some((t, before.clone()));
+                    // A device's first change retracts tags the seed holds, not the trace:
+                    // only what is present counts.
+                    if count > 0 {
+                        known = Some(tags);
                     }
                     cursor.step_val(&storage);
                 }
             }
-            let tags = match known.or(next.map(|(_, before)| before)) {
-                Some(text) => Tags::Known(serde_json::from_str(&text).unwrap_or_default()),
-                None => Tags::Unknown,
-            };
-            out.push(tags);
+            out.push(match known {
+                Some(text) => {
+                    if self.parsed.len() >= PARSED_MAX {
+                        self.parsed.clear();
+                    }
+                    let value = self
+                        .parsed
+                        .entry(text.clone())
+                        .or_insert_with(|| Arc::new(parse(text)));
+                    Tags::Known(Arc::clone(value))
+                }
+                None => self.seed.get(device),
+            });
         }
         out
     }
@@ -155,81 +245,111 @@ impl Lookup {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::Arc;
-    use timely::container::CapacityContainerBuilder;
-    use timely::dataflow::InputHandle;
-    use timely::dataflow::operators::{Input, Probe};
-    use weir_core::DeviceId;
+/// Events an operator holds until every tag change below their offsets is arranged, so
+/// that their tags can be read as of those offsets.
+pub(crate) struct Waiting {
+    held: Vec<(Capability<u64>, Vec<Arc<Event>>)>,
+    lookup: Lookup,
+}
 
-    fn change(device: &str, offset: u64, before: Option<&str>, after: &str) -> Arc<Event> {
-        let mut e = Event::telemetry(DeviceId::parse(device).expect("id"), 0, bytes::Bytes::new());
-        e.source = EventSource::TwinChangeEvents;
-        e.auth_method = AuthMethod::Internal;
-        e.offset = offset;
-        e.properties.push((TAGS_PROPERTY.into(), after.into()));
-        if let Some(b) = before {
-            e.properties.push((TAGS_BEFORE_PROPERTY.into(), b.into()));
+impl Waiting {
+    pub(crate) fn new(lookup: Lookup) -> Waiting {
+        Waiting {
+            held: Vec::new(),
+            lookup,
         }
-        Arc::new(e)
     }
 
-    #[test]
-    fn tags_are_read_as_of_an_offset() {
-        timely::execute_directly(|worker| {
-            let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<Arc<Event>>>>::new();
-            let (trace, probe) = worker.dataflow::<u64, _, _>(|scope| {
-                let arranged = arrange(scope.input_from(&mut input));
-                let probe = arranged.stream.clone().probe().0;
-                (arranged.trace, probe)
-            });
-            let a = r#"{"site":"A"}"#;
-            let b = r#"{"site":"B"}"#;
-            input.send(change("d", 10, Some(a), b));
-            input.send(change("d", 20, Some(b), "null"));
-            // A telemetry event from a device is no change, whatever its properties say.
-            let mut forged = (*change("e", 15, None, b)).clone();
-            forged.auth_method = AuthMethod::Sas;
-            forged.source = EventSource::DeviceMessages;
-            input.send(Arc::new(forged));
-            input.advance_to(30);
-            while probe.less_than(input.time()) {
-                worker.step();
+    pub(crate) fn hold(&mut self, cap: Capability<u64>, batch: Vec<Arc<Event>>) {
+        self.held.push((cap, batch));
+    }
+
+    /// Hands every held event that can be evaluated now to `f`, a batch at a time with the
+    /// capability it came with and, when `reads_tags`, the tags of each as of its offset
+    /// (without, every event is ready and `f` gets no tags).
+    pub(crate) fn release(
+        &mut self,
+        reads_tags: bool,
+        context: &MutableAntichain<u64>,
+        input: &MutableAntichain<u64>,
+        mut f: impl FnMut(&Capability<u64>, Vec<Arc<Event>>, Vec<Tags>),
+    ) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let (cap, batch) = &mut self.held[i];
+            if reads_tags {
+                let (now, later): (Vec<_>, Vec<_>) = std::mem::take(batch)
+                    .into_iter()
+                    .partition(|e| !context.less_equal(&e.offset));
+                *batch = later;
+                if !now.is_empty() {
+                    let keys: Vec<(&str, u64)> = now
+                        .iter()
+                        .map(|e| (e.device_id.as_str(), e.offset))
+                        .collect();
+                    let tags = self.lookup.tags(&keys);
+                    f(cap, now, tags);
+                }
+            } else {
+                f(cap, std::mem::take(batch), Vec::new());
             }
-            let mut lookup = Lookup::new(trace);
-            let site = |t: &Tags| match t {
-                Tags::Known(v) => v.get("site").and_then(|s| s.as_str()).map(str::to_owned),
-                Tags::Unknown => Some("registry".into()),
-            };
-            let got: Vec<Option<String>> = lookup
-                .tags(&[("d", 5), ("d", 10), ("d", 19), ("d", 25), ("e", 16)])
-                .iter()
-                .map(site)
-                .collect();
-            assert_eq!(
-                got,
-                vec![
-                    Some("A".into()),
-                    Some("B".into()),
-                    Some("B".into()),
-                    None,
-                    Some("registry".into())
-                ],
-                "before the first change, its before; then each change; deleted: no tags"
-            );
-            lookup.done_below(20);
-            let after: Vec<Option<String>> = lookup
-                .tags(&[("d", 20), ("d", 29)])
-                .iter()
-                .map(site)
-                .collect();
-            assert_eq!(
-                after,
-                vec![None, None],
-                "compaction keeps what is at or after 20"
-            );
-        });
+            if self.held[i].1.is_empty() {
+                self.held.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        let oldest = self
+            .held
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|e| e.offset))
+            .min()
+            .or(input.frontier().first().copied());
+        if let Some(o) = oldest {
+            self.lookup.done_below(o);
+        }
     }
 }
+
+/// The registry with one device's tags as they were at an offset.
+pub(crate) struct AsOf<'a> {
+    pub registry: &'a dyn DeviceDirectory,
+    pub device: &'a str,
+    /// `None`: the registry's own.
+    pub tags: Option<&'a Value>,
+}
+
+impl<'a> AsOf<'a> {
+    pub(crate) fn new(
+        registry: &'a dyn DeviceDirectory,
+        device: &'a str,
+        tags: Option<&'a Tags>,
+    ) -> AsOf<'a> {
+        let tags = match tags {
+            Some(Tags::Known(t)) => Some(&**t),
+            Some(Tags::Registry) | None => None,
+        };
+        AsOf {
+            registry,
+            device,
+            tags,
+        }
+    }
+}
+
+impl DeviceDirectory for AsOf<'_> {
+    fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>> {
+        let Some(tags) = self.tags.filter(|_| device_id == self.device) else {
+            return self.registry.get(device_id);
+        };
+        let mut record = match self.registry.get(device_id) {
+            Some(r) => (*r).clone(),
+            None => DeviceRecord::with_tags(device_id, Value::Null),
+        };
+        record.tags = tags.clone();
+        Some(Arc::new(record))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -9,9 +9,10 @@ use weir_core::feed::{device_hash, partition_of};
 use weir_core::{Checkpoints, DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
+use crate::context::{self, Lookup, Seed};
 use crate::insights::resume::{CHECKPOINT, Progress, Resume};
 use crate::metrics::EngineMetrics;
-use crate::operators::{Dedupe, InsightSetup, Route, RunInsights, SinkTo, feed_source};
+use crate::operators::{Dedupe, InsightSetup, Route, RouteSetup, RunInsights, SinkTo, feed_source};
 use crate::replay::Replayer;
 use crate::sinks::{Floors, SinkSet};
 
@@ -129,6 +130,7 @@ impl Engine {
             None => floor,
         };
         tracing::debug!(floor, from, "engine starts reading");
+        let seed = Arc::new(Seed::build(&*feed, from, &*directory));
         let floors = Arc::new(Floors::new(
             config.workers,
             sinks.len(),
@@ -164,7 +166,7 @@ impl Engine {
                     return;
                 }
             };
-            let replayer = Replayer::new(
+            let mut replayer = Replayer::new(
                 Arc::clone(&feed),
                 index,
                 peers,
@@ -183,9 +185,15 @@ impl Engine {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,
                 };
-                events.clone().insights(InsightSetup {
+                // Each device's tags by offset, next to the device's events.
+                let context = context::arrange(events.clone());
+                replayer.read_context(Lookup::new(context.trace.clone(), Arc::clone(&seed)));
+                events.clone().insights(
+                    context.clone(),
+                    InsightSetup {
                     rules: Arc::clone(&rules),
                     directory: Arc::clone(&directory),
+                    seed: Arc::clone(&seed),
                     log: hooks.log.clone(),
                     tick,
                     metrics: Arc::clone(&worker_metrics),
@@ -195,10 +203,14 @@ impl Engine {
                 });
                 events
                     .route(
-                        Arc::clone(&rules),
-                        Arc::clone(&directory),
-                        hooks.trace.clone(),
-                        Arc::clone(&worker_metrics),
+                        context,
+                        RouteSetup {
+                            rules: Arc::clone(&rules),
+                            directory: Arc::clone(&directory),
+                            seed: Arc::clone(&seed),
+                            trace: hooks.trace.clone(),
+                            metrics: Arc::clone(&worker_metrics),
+                        },
                     )
                     .sink_to(
                         sink,

@@ -13,6 +13,7 @@ use weir_core::{
 };
 use weir_rules::{EventView, Outcome};
 
+use crate::context::{AsOf, Lookup};
 use crate::engine::{DedupeConfig, RulesHandle};
 use crate::operators::DedupeState;
 
@@ -46,6 +47,8 @@ pub(crate) struct Replayer {
     progress: Option<Progress>,
     buf: Vec<Event>,
     outcome: Outcome,
+    /// The device context, to route with the tags as of each event's offset.
+    context: Option<Lookup>,
 }
 
 impl Replayer {
@@ -67,6 +70,20 @@ impl Replayer {
             progress: None,
             buf: Vec::new(),
             outcome: Outcome::default(),
+            context: None,
+        }
+    }
+
+    /// Replays read devices' tags from the worker's device context.
+    pub(crate) fn read_context(&mut self, lookup: Lookup) {
+        self.context = Some(lookup);
+    }
+
+    /// No replay will start below `offset` (every endpoint has committed up to it): the
+    /// context's history below it may go.
+    pub(crate) fn done_below(&mut self, offset: u64) {
+        if let Some(lookup) = &mut self.context {
+            lookup.done_below(offset);
         }
     }
 
@@ -85,6 +102,7 @@ impl Replayer {
         let rules = self.rules.load();
         let target = rules.endpoint_index(&req.endpoint);
         let mut deliveries = Vec::new();
+        let mut events = Vec::new();
         let mut taken = 0;
         while taken < max {
             let e = match p.carry.pop_front() {
@@ -111,15 +129,30 @@ impl Replayer {
             }
             taken += 1;
             let repeat = p.dedupe.as_mut().is_some_and(|d| d.is_repeat(&e));
-            if repeat || e.offset < req.from {
+            if repeat || e.offset < req.from || target.is_none() {
                 continue;
             }
-            let Some(ep) = target else { continue };
-            let event = Arc::new(e);
-            let view = EventView::new(&event, &*self.directory);
-            rules.evaluate_event(&view, &event, &mut self.outcome);
-            if self.outcome.endpoints.contains(&ep) {
-                deliveries.push(rules.delivery(ep, &self.outcome, &view, &event));
+            events.push(Arc::new(e));
+        }
+        if let Some(ep) = target {
+            // Routed as the dataflow routed them: with the tags as of their offsets.
+            let tags = match &mut self.context {
+                Some(lookup) if rules.reads_tags() => {
+                    let keys: Vec<(&str, u64)> = events
+                        .iter()
+                        .map(|e| (e.device_id.as_str(), e.offset))
+                        .collect();
+                    lookup.tags(&keys)
+                }
+                _ => Vec::new(),
+            };
+            for (k, event) in events.iter().enumerate() {
+                let registry = AsOf::new(&*self.directory, event.device_id.as_str(), tags.get(k));
+                let view = EventView::new(event, &registry);
+                rules.evaluate_event(&view, event, &mut self.outcome);
+                if self.outcome.endpoints.contains(&ep) {
+                    deliveries.push(rules.delivery(ep, &self.outcome, &view, event));
+                }
             }
         }
         // Everything below the first event not taken is done; with nothing left over,

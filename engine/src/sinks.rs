@@ -197,6 +197,16 @@ impl SinkSet {
         r
     }
 
+    /// The lowest offset any endpoint of this worker has not committed: where a replay
+    /// may start.
+    pub(crate) fn floor(&self) -> u64 {
+        self.sinks
+            .iter()
+            .map(|(_, s)| s.floor())
+            .min()
+            .unwrap_or(u64::MAX)
+    }
+
     fn report_floors(&self) {
         for (i, (_, s)) in self.sinks.iter().enumerate() {
             self.floors.set(self.worker, i, s.floor());

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde_json::{Value, json};
 use weir_core::{DeviceDirectory, DeviceRecord, Event, EventSource};
 use weir_storage::DeviceUpsert;
 use weir_storage::registry::Change;
@@ -94,7 +94,7 @@ fn change_events(events: &Events, c: Change<'_>) -> Vec<Event> {
     };
     let Some(old) = c.old else {
         return lifecycle("createDeviceIdentity")
-            .map(|e| Events::with_tags(e, None, Some(&c.new.tags)))
+            .map(|e| Events::with_tags(e, Some(&Value::Null), Some(&c.new.tags)))
             .into_iter()
             .collect();
     };

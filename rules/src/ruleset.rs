@@ -95,6 +95,22 @@ impl RuleSet {
             || self.columns.iter().flatten().any(Ir::reads_body)
     }
 
+    /// True when any route condition, typed column or enrichment reads the device's twin
+    /// tags: the engine then gives each event the tags as of its position in the log.
+    pub fn reads_tags(&self) -> bool {
+        self.routes.iter().any(|r| r.condition.reads_tags())
+            || self.columns.iter().flatten().any(Ir::reads_tags)
+            || self.enrichments.iter().flatten().any(|e| {
+                matches!(
+                    e.value,
+                    EnrichValue::Twin {
+                        section: TwinSection::Tags,
+                        ..
+                    }
+                )
+            })
+    }
+
     /// Decides where `event` goes: a dead letter to the endpoint it names (when the rules
     /// still define it), anything else as [`RuleSet::evaluate`] says.
     pub fn evaluate_event(&self, view: &dyn MessageView, event: &Event, out: &mut Outcome) {

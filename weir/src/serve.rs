@@ -257,6 +257,20 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health)?,
         broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health)?,
     ];
+    // Hub events a crash left in the registry's outbox go into the log first: the engine
+    // takes the registry's tags as they are now as the device context at the log's end.
+    let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
+    loop {
+        match weir_hub::events::drain_outbox(&registry, &event_ingest).await {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                return Err(anyhow::anyhow!(e)).context(
+                    "moving staged hub events into the ingest log before the engine starts",
+                );
+            }
+        }
+    }
     let engine = Engine::start(
         EngineConfig {
             workers: cfg.workers,
@@ -369,7 +383,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
-    let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
     tasks.push(tokio::spawn(
         hub.clone()
             .maintain(Arc::clone(&event_ingest), stop_rx.clone()),

@@ -28,6 +28,7 @@ use weir_core::{Checkpoint, DeviceDirectory, Event, Ingest};
 use weir_rules::RuleSet;
 
 use super::Events;
+use crate::context::{Context, Seed};
 use crate::engine::RulesHandle;
 use crate::insights::resume::{EVERY, Progress, Resume};
 use crate::insights::running::{Produced, Running, result_event, tick_event};
@@ -72,6 +73,8 @@ impl Item {
 pub(crate) struct InsightSetup {
     pub rules: RulesHandle,
     pub directory: Arc<dyn DeviceDirectory>,
+    /// The devices' tags where the engine started reading.
+    pub seed: Arc<Seed>,
     pub log: Option<Arc<dyn Ingest>>,
     pub tick: Duration,
     pub metrics: Arc<EngineMetrics>,
@@ -81,16 +84,18 @@ pub(crate) struct InsightSetup {
     pub close_at_end: bool,
 }
 
-pub(crate) trait RunInsights {
-    /// Computes the insights of the live rules over these events and appends their
-    /// results to the log.
-    fn insights(self, setup: InsightSetup);
+pub(crate) trait RunInsights<'s> {
+    /// Computes the insights of the live rules over these events, with their devices'
+    /// tags from `context`, and appends their results to the log.
+    fn insights(self, context: Context<'s>, setup: InsightSetup);
 }
 
-impl RunInsights for Events<'_> {
-    fn insights(self, setup: InsightSetup) {
+impl<'s> RunInsights<'s> for Events<'s> {
+    fn insights(self, context: Context<'s>, setup: InsightSetup) {
         let samples = super::sample::sample(
             self,
+            context,
+            Arc::clone(&setup.seed),
             Arc::clone(&setup.rules),
             Arc::clone(&setup.directory),
             Arc::clone(&setup.metrics),

@@ -10,7 +10,7 @@ mod source;
 
 pub(crate) use dedupe::{Dedupe, DedupeState};
 pub(crate) use insights::{InsightSetup, RunInsights};
-pub(crate) use route::Route;
+pub(crate) use route::{Route, RouteSetup};
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;
 

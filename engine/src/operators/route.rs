@@ -1,4 +1,5 @@
-//! The route operator: evaluates the live rule set on each event.
+//! The route operator: evaluates the live rule set on each event, with the device's tags as
+//! of the event's offset when a route, column or enrichment reads `$twin.tags`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -6,82 +7,129 @@ use std::time::Instant;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::{DeviceDirectory, EventSource};
-use weir_rules::{EventView, Outcome};
+use weir_core::{DeviceDirectory, Event, EventSource};
+use weir_rules::{EventView, Outcome, RuleSet};
 
 use super::{Events, Routed};
+use crate::context::{AsOf, Context, Lookup, Seed, Tags, Waiting};
 use crate::engine::{RulesHandle, TraceFn};
 use crate::metrics::EngineMetrics;
+
+/// Everything routing needs besides its input.
+pub(crate) struct RouteSetup {
+    pub rules: RulesHandle,
+    pub directory: Arc<dyn DeviceDirectory>,
+    pub seed: Arc<Seed>,
+    pub trace: Option<TraceFn>,
+    pub metrics: Arc<EngineMetrics>,
+}
 
 pub(crate) trait Route<'s> {
     /// Routes each event to the endpoints the current rule set picks, with enrichments
     /// and typed columns evaluated. Problems are counted as dead letters, never panics.
-    fn route(
-        self,
-        rules: RulesHandle,
-        directory: Arc<dyn DeviceDirectory>,
-        trace: Option<TraceFn>,
-        metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, u64, Vec<Routed>>;
+    fn route(self, context: Context<'s>, setup: RouteSetup) -> Stream<'s, u64, Vec<Routed>>;
 }
 
 impl<'s> Route<'s> for Events<'s> {
-    fn route(
-        self,
-        rules: RulesHandle,
-        directory: Arc<dyn DeviceDirectory>,
-        trace: Option<TraceFn>,
-        metrics: Arc<EngineMetrics>,
-    ) -> Stream<'s, u64, Vec<Routed>> {
-        self.unary(Pipeline, "Route", move |_cap, _info| {
-            let mut outcome = Outcome::default();
-            let mut last_warning: Option<Instant> = None;
-            move |input, output| {
-                let rules = rules.load();
-                let reads_body = rules.reads_body();
-                input.for_each(|cap, data| {
-                    let mut session = output.session(&cap);
-                    let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
-                    for event in data.drain(..) {
-                        // The insights' clock: no route can select it.
-                        if event.source == EventSource::Clock {
-                            continue;
+    fn route(self, context: Context<'s>, setup: RouteSetup) -> Stream<'s, u64, Vec<Routed>> {
+        self.binary_frontier(
+            context.stream,
+            Pipeline,
+            Pipeline,
+            "Route",
+            move |_cap, _info| {
+                let mut waiting = Waiting::new(Lookup::new(context.trace, Arc::clone(&setup.seed)));
+                let mut router = Router {
+                    setup,
+                    outcome: Outcome::default(),
+                    last_warning: None,
+                };
+                move |(input, input_frontier), (changes, context_frontier), output| {
+                    input.for_each(|cap, data| {
+                        if let Some(cap) = cap.retain_least(0) {
+                            waiting.hold(cap, std::mem::take(data));
                         }
-                        let view = EventView::new(&event, &*directory);
-                        rules.evaluate_event(&view, &event, &mut outcome);
-                        if reads_body && view.body_is_malformed() {
-                            dead += 1;
-                            if last_warning.is_none_or(|t| t.elapsed().as_secs() >= 10) {
-                                last_warning = Some(Instant::now());
-                                tracing::warn!(
-                                    device = %event.device_id,
-                                    offset = event.offset,
-                                    "message body is not valid JSON; $body conditions treat it as undefined (counted as a dead letter)"
-                                );
-                            }
-                        }
-                        if let Some(t) = &trace {
-                            t(&event, &rules, &outcome);
-                        }
-                        if outcome.endpoints.is_empty() {
-                            unrouted += 1;
-                            continue;
-                        }
-                        routed += 1;
-                        for &ep in &outcome.endpoints {
-                            deliveries += 1;
-                            session.give(Routed {
-                                endpoint: Arc::clone(&rules.endpoints[ep]),
-                                delivery: rules.delivery(ep, &outcome, &view, &event),
-                            });
-                        }
-                    }
-                    EngineMetrics::add(&metrics.events_routed, routed);
-                    EngineMetrics::add(&metrics.events_unrouted, unrouted);
-                    EngineMetrics::add(&metrics.deliveries, deliveries);
-                    EngineMetrics::add(&metrics.dead_letters, dead);
+                    });
+                    changes.for_each(|_cap, data| data.clear());
+                    let rules = router.setup.rules.load();
+                    waiting.release(
+                        rules.reads_tags(),
+                        context_frontier,
+                        input_frontier,
+                        |cap, events, tags| {
+                            let mut session = output.session(cap);
+                            router.batch(&rules, &events, &tags, |r| session.give(r));
+                        },
+                    );
+                }
+            },
+        )
+    }
+}
+
+struct Router {
+    setup: RouteSetup,
+    outcome: Outcome,
+    last_warning: Option<Instant>,
+}
+
+impl Router {
+    /// Routes one batch; `tags` holds each event's tags when the rules read them.
+    fn batch(
+        &mut self,
+        rules: &RuleSet,
+        events: &[Arc<Event>],
+        tags: &[Tags],
+        mut give: impl FnMut(Routed),
+    ) {
+        let reads_body = rules.reads_body();
+        let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
+        for (k, event) in events.iter().enumerate() {
+            // The insights' clock: no route can select it.
+            if event.source == EventSource::Clock {
+                continue;
+            }
+            let registry = AsOf::new(
+                &*self.setup.directory,
+                event.device_id.as_str(),
+                tags.get(k),
+            );
+            let view = EventView::new(event, &registry);
+            rules.evaluate_event(&view, event, &mut self.outcome);
+            if reads_body && view.body_is_malformed() {
+                dead += 1;
+                if self
+                    .last_warning
+                    .is_none_or(|t| t.elapsed().as_secs() >= 10)
+                {
+                    self.last_warning = Some(Instant::now());
+                    tracing::warn!(
+                        device = %event.device_id,
+                        offset = event.offset,
+                        "message body is not valid JSON; $body conditions treat it as undefined (counted as a dead letter)"
+                    );
+                }
+            }
+            if let Some(t) = &self.setup.trace {
+                t(event, rules, &self.outcome);
+            }
+            if self.outcome.endpoints.is_empty() {
+                unrouted += 1;
+                continue;
+            }
+            routed += 1;
+            for &ep in &self.outcome.endpoints {
+                deliveries += 1;
+                give(Routed {
+                    endpoint: Arc::clone(&rules.endpoints[ep]),
+                    delivery: rules.delivery(ep, &self.outcome, &view, event),
                 });
             }
-        })
+        }
+        let m = &self.setup.metrics;
+        EngineMetrics::add(&m.events_routed, routed);
+        EngineMetrics::add(&m.events_unrouted, unrouted);
+        EngineMetrics::add(&m.deliveries, deliveries);
+        EngineMetrics::add(&m.dead_letters, dead);
     }
 }

@@ -217,6 +217,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                         return;
                     };
                     sinks.advance(t).into_iter().for_each(&mut report);
+                    replays.replayer.done_below(sinks.floor());
                     let Some(req) = sinks.replay_request() else {
                         activator.activate_after(tick);
                         return;

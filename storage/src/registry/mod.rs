@@ -398,6 +398,17 @@ impl DeviceDirectory for Registry {
     fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>> {
         self.devices.read().ok()?.get(device_id).cloned()
     }
+
+    fn tags_snapshot(&self) -> Option<Vec<(String, serde_json::Value)>> {
+        let devices = self.devices.read().ok()?;
+        Some(
+            devices
+                .values()
+                .filter(|r| r.tags.as_object().is_none_or(|o| !o.is_empty()))
+                .map(|r| (r.device_id.clone(), r.tags.clone()))
+                .collect(),
+        )
+    }
 }
 
 /// Etags are opaque to clients; Weir encodes a per-device version so they change on
