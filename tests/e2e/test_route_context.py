@@ -76,27 +76,56 @@ def rows(hub, endpoint):
     return sorted(hub.query(endpoint, "SELECT message_id, properties['site'] FROM t"))
 
 
+def connect(hub, key):
+    r = Raw(hub.mqtt_port, timeout=10)
+    assert r.connect("mover", hub.username("mover"), hub.device_token("mover", key)) == 0
+    return r
+
+
+def set_archive_age(hub, secs):
+    text = hub.config_path.read_text()
+    start = text.index("max_age_secs = ")
+    end = text.index("\n", start)
+    hub.config_path.write_text(text[:start] + f"max_age_secs = {secs}" + text[end:])
+
+
 def test_routes_and_enrichments_read_the_tags_of_the_messages_position(tmp_path):
-    hook = Receiver(fail_for=10_000)
+    hook = Receiver()
     changes = Receiver()
     d = rules_dir(tmp_path, RULES.format(hook=hook.port, changes=changes.port, secret=SECRET))
-    # Nothing reaches a Parquet file before the kill: the restart routes everything again.
-    hub = Hub(tmp_path, d, config="[archive]\nmax_age_secs = 3600\n").start()
+    # No duplicate window: a restart reads the log from exactly where every endpoint had
+    # committed, so what came before (the device's creation at site A) is not read again.
+    hub = Hub(tmp_path, d, config="[archive]\nmax_age_secs = 0.3\n[dedupe]\nwindow_secs = 0\n").start()
     try:
         key = hub.create_device("mover", tags={"site": "A"})["authentication"]["symmetricKey"]["primaryKey"]
+        r = connect(hub, key)
+        for i in range(10):
+            send(r, "mover", i, 20)
+        r.close()
+        hub.wait_rows("site_a", 10, timeout=30)
+        assert len({l["messageId"] for l in hook.wait(10)}) == 10
+        hub.stop()
+
+        # Nothing reaches a Parquet file before the kill, and the webhook fails from now
+        # on: after the kill, the Parquet endpoints route the log again and the webhook's
+        # messages come from a replay of it.
+        set_archive_age(hub, 3600)
+        hub.start()
+        with hook.lock:
+            hook.fail_until = time.time() + 10_000
         seen = 0
-        r = Raw(hub.mqtt_port, timeout=10)
-        assert r.connect("mover", hub.username("mover"), hub.device_token("mover", key)) == 0
-        for i in range(30):
+        r = connect(hub, key)
+        for i in range(10, 30):
             send(r, "mover", i, 20)
         seen = move(hub, changes, "mover", "B", seen)
         for i in range(30, 60):
             send(r, "mover", i, 20)
         r.close()
 
-        # The registry says B for all 60 now; only the log knows which were sent at A.
+        # The registry says B now, and the log read again no longer holds the creation:
+        # only the log after it knows which messages were sent at A.
         hub.stop(sig=signal.SIGKILL)
-        hub.config_path.write_text(hub.config_path.read_text().replace("3600", "0.3"))
+        set_archive_age(hub, 0.3)
         hub.start()
         hub.wait_rows("site_a", 30, timeout=60)
         hub.wait_rows("site_b", 30, timeout=60)
@@ -106,11 +135,8 @@ def test_routes_and_enrichments_read_the_tags_of_the_messages_position(tmp_path)
         assert rows(hub, "site_a") == sorted(want_a)
         assert rows(hub, "site_b") == sorted(want_b)
 
-        # The webhook failed all along: its messages come from a replay of the log, routed
-        # and enriched with the tags of their positions.
         hub.wait_endpoint("hook", "unhealthy", timeout=30)
         with hook.lock:
-            hook.fail_for = 0
             hook.fail_until = 0
         hub.wait_endpoint("hook", "healthy", timeout=60)
         lines = hook.wait(60, timeout=30)
@@ -118,8 +144,7 @@ def test_routes_and_enrichments_read_the_tags_of_the_messages_position(tmp_path)
         assert got == sorted(want_a + want_b), got
 
         # Live, without a restart: a move to C is seen from the next message on.
-        r = Raw(hub.mqtt_port, timeout=10)
-        assert r.connect("mover", hub.username("mover"), hub.device_token("mover", key)) == 0
+        r = connect(hub, key)
         seen = move(hub, changes, "mover", "C", seen)
         for i in range(60, 70):
             send(r, "mover", i, 20)

@@ -126,8 +126,8 @@ impl Progress {
     }
 
     /// `worker` has come this far. Once every worker has reported, their minimum is stored
-    /// (at most once per [`EVERY`]) and then lets the log go below its floor.
-    pub(crate) fn report(&self, worker: usize, c: Checkpoint) {
+    /// (at most once per [`EVERY`] unless `now`) and then lets the log go below its floor.
+    pub(crate) fn report(&self, worker: usize, c: Checkpoint, now: bool) {
         let Some(store) = &self.store else { return };
         let min = {
             let Ok(mut w) = self.workers.lock() else {
@@ -148,7 +148,7 @@ impl Progress {
         let Ok(mut stored) = self.stored.lock() else {
             return;
         };
-        if stored.0 == Some(min) || stored.1.is_some_and(|t| t.elapsed() < EVERY) {
+        if stored.0 == Some(min) || (!now && stored.1.is_some_and(|t| t.elapsed() < EVERY)) {
             return;
         }
         match store.store(CHECKPOINT, min) {

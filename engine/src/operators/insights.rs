@@ -189,7 +189,7 @@ impl Worker {
         }
         self.write();
         self.clock();
-        self.report();
+        self.report(frontier.is_none());
     }
 
     /// Takes every sample and tick below `through`, in log order.
@@ -311,12 +311,14 @@ impl Worker {
         }
     }
 
-    /// Tells the others how far this worker has come, once its results are written.
-    fn report(&mut self) {
+    /// Tells the others how far this worker has come, once its results are written: at
+    /// most once per [`EVERY`], and once more at the `end` of the input (a clean stop), so
+    /// the next start reads nothing again for insights.
+    fn report(&mut self, end: bool) {
         let resume = &self.setup.resume;
         if !self.unsent.is_empty()
             || self.done < resume.position
-            || self.last_report.is_some_and(|t| t.elapsed() < EVERY)
+            || (!end && self.last_report.is_some_and(|t| t.elapsed() < EVERY))
         {
             return;
         }
@@ -334,6 +336,7 @@ impl Worker {
                 floor,
                 position: self.done,
             },
+            end,
         );
     }
 }
