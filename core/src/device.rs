@@ -98,7 +98,7 @@ impl DeviceRecord {
 pub trait DeviceDirectory: Send + Sync {
     fn get(&self, device_id: &str) -> Option<Arc<DeviceRecord>>;
 
-    /// Every device's tags now, leaving out empty ones; `None` when the directory cannot
+    /// Every device's tags now; `None` when the directory cannot
     /// list its devices (the engine then reads tags from [`DeviceDirectory::get`]). The
     /// engine takes this once at start, before anything can change the registry, as the
     /// device context from which the log's tag changes go on.

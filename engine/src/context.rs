@@ -13,7 +13,7 @@
 //!
 //! This is the only module that touches differential-dataflow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use differential_dataflow::operators::arrange::arrangement::arrange_core;
@@ -28,6 +28,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::Operator;
 use timely::progress::Antichain;
 use timely::progress::frontier::MutableAntichain;
+use weir_core::feed::device_hash;
 use weir_core::twin::{TAGS_BEFORE_PROPERTY, TAGS_PROPERTY};
 use weir_core::{AuthMethod, DeviceDirectory, DeviceRecord, Event, EventFeed, EventSource};
 
@@ -94,8 +95,13 @@ fn change(e: &Event) -> Option<(String, Option<String>)> {
 /// start, except that a device whose tags change in the part of the log a restart reads
 /// again had the tags from before its first change there.
 pub(crate) enum Seed {
-    /// Tags by device; a device not listed has none.
-    Known(HashMap<String, Arc<Value>>),
+    /// Tags by device, and the devices (by [`device_hash`]) that had none. A device in
+    /// neither was created after the start: until its creation is arranged (the hub logs
+    /// it within milliseconds of the registry change), its tags are the registry's.
+    Known {
+        tags: HashMap<String, Arc<Value>>,
+        empty: HashSet<u64>,
+    },
     /// The directory cannot list its devices, or the log could not be read: tags no change
     /// in the log speaks of are the registry's current ones.
     Registry,
@@ -108,10 +114,14 @@ impl Seed {
         let Some(snapshot) = directory.tags_snapshot() else {
             return Seed::Registry;
         };
-        let mut tags: HashMap<String, Arc<Value>> = snapshot
-            .into_iter()
-            .map(|(d, t)| (d, Arc::new(t)))
-            .collect();
+        let (mut tags, mut empty) = (HashMap::new(), HashSet::new());
+        for (device, t) in snapshot {
+            if t.as_object().is_some_and(serde_json::Map::is_empty) {
+                empty.insert(device_hash(&device));
+            } else {
+                tags.insert(device, Arc::new(t));
+            }
+        }
         let mut reader = match feed.reader_from(0, 1, from) {
             Ok(r) => r,
             Err(e) => {
@@ -138,20 +148,27 @@ impl Seed {
         }
         let changed = first.len();
         for (device, before) in first {
+            empty.remove(&device_hash(&device));
             tags.insert(device, Arc::new(parse(&before)));
         }
-        tracing::debug!(devices = tags.len(), changed, "device context seeded");
-        Seed::Known(tags)
+        tracing::debug!(
+            devices = tags.len() + empty.len(),
+            changed,
+            "device context seeded"
+        );
+        Seed::Known { tags, empty }
     }
 
     fn get(&self, device: &str) -> Tags {
-        match self {
-            Seed::Known(tags) => Tags::Known(
-                tags.get(device)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Value::Object(Default::default()))),
-            ),
-            Seed::Registry => Tags::Registry,
+        let Seed::Known { tags, empty } = self else {
+            return Tags::Registry;
+        };
+        if let Some(t) = tags.get(device) {
+            Tags::Known(Arc::clone(t))
+        } else if empty.contains(&device_hash(device)) {
+            Tags::Known(Arc::new(Value::Object(Default::default())))
+        } else {
+            Tags::Registry
         }
     }
 }

@@ -56,13 +56,15 @@ fn lookups(
     })
 }
 
+/// Devices at sites, and `bare`, a device without tags.
 fn seeded(pairs: &[(&str, &str)]) -> Seed {
-    Seed::Known(
-        pairs
+    Seed::Known {
+        tags: pairs
             .iter()
             .map(|(d, s)| ((*d).to_owned(), Arc::new(serde_json::json!({ "site": s }))))
             .collect(),
-    )
+        empty: [weir_core::feed::device_hash("bare")].into(),
+    }
 }
 
 #[test]
@@ -86,7 +88,8 @@ fn tags_are_read_as_of_an_offset_from_the_seed_on() {
             ("d", 19),
             ("d", 25),
             ("e", 16),
-            ("f", 3),
+            ("bare", 3),
+            ("new", 3),
         ],
         20,
         &[("d", 20), ("d", 29)],
@@ -99,9 +102,11 @@ fn tags_are_read_as_of_an_offset_from_the_seed_on() {
             Some("B".into()),
             None,
             Some("E".into()),
-            None
+            None,
+            Some("registry".into())
         ],
-        "the seed before the first change; then each change; deleted: no tags; unknown device: none"
+        "the seed before the first change; then each change; deleted: no tags; a device \
+         created since the start: the registry's until its creation is arranged"
     );
     assert_eq!(
         after,

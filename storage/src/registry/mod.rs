@@ -404,7 +404,6 @@ impl DeviceDirectory for Registry {
         Some(
             devices
                 .values()
-                .filter(|r| r.tags.as_object().is_none_or(|o| !o.is_empty()))
                 .map(|r| (r.device_id.clone(), r.tags.clone()))
                 .collect(),
         )
