@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::device::DeviceRecord;
-use crate::identity::{Identity, Revocation};
+use crate::identity::{Credential, Identity, Revocation};
 use crate::ids::DeviceId;
 
 /// A cloud-to-device message on its way out.
@@ -271,6 +271,20 @@ impl ConnectionRegistry {
         Some(why)
     }
 
+    /// Tells every connection that authenticated with `credential` to end (a CA
+    /// certificate was deleted or replaced); returns how many.
+    pub fn revoke_credential(&self, credential: Credential, why: Revocation) -> usize {
+        let Ok(live) = self.live.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in live.values().filter(|e| e.identity.credential == credential) {
+            e.kick.kick(KickReason::Revoked(why));
+            n += 1;
+        }
+        n
+    }
+
     /// Connected devices, in all.
     pub fn connected(&self) -> usize {
         self.live.lock().map_or(0, |l| l.len())
@@ -286,7 +300,6 @@ impl ConnectionRegistry {
 mod tests {
     use super::*;
     use crate::event::AuthMethod;
-    use crate::identity::Credential;
 
     fn connection(protocol: &'static str, device: &str) -> Connection {
         Connection {

@@ -13,15 +13,48 @@ pub enum DeviceStatus {
     Disabled,
 }
 
-/// How a device authenticates. Only SAS exists today; X.509 variants come with the
-/// provisioning work and keep this shape.
+/// How a device authenticates, as IoT Hub's `authentication.type` names it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum DeviceAuth {
+    /// SAS tokens signed with either symmetric key.
     Sas {
         primary_key: String,
         secondary_key: String,
     },
+    /// A TLS client certificate whose SHA-1 or SHA-256 thumbprint is one of these
+    /// ([`normalize_thumbprint`] form).
+    SelfSigned {
+        primary_thumbprint: String,
+        #[serde(default)]
+        secondary_thumbprint: Option<String>,
+    },
+    /// A TLS client certificate that chains to a verified CA and names the device as its
+    /// subject CN.
+    CertificateAuthority,
+}
+
+/// A thumbprint as stored and compared: hex digits only, upper case, 40 (SHA-1) or 64
+/// (SHA-256) of them. Accepts `openssl x509 -fingerprint` output (colons) and lower case.
+pub fn normalize_thumbprint(text: &str) -> Option<String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let ok = matches!(hex.len(), 40 | 64) && hex.chars().all(|c| c.is_ascii_hexdigit());
+    ok.then_some(hex)
+}
+
+/// A CA certificate registered with the hub and verified by proof of possession: devices
+/// whose certificates chain to it may authenticate as `certificateAuthority` devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCertificate {
+    pub name: String,
+    pub der: Arc<[u8]>,
+    /// Identifies the certificate in connections that authenticated with it
+    /// ([`crate::identity::key_digest`] of its SHA-256 thumbprint).
+    pub digest: u64,
 }
 
 /// A device as stored in the registry.
@@ -90,6 +123,7 @@ impl DeviceRecord {
                 primary_key,
                 secondary_key,
             } => Some((primary_key, secondary_key)),
+            DeviceAuth::SelfSigned { .. } | DeviceAuth::CertificateAuthority => None,
         }
     }
 }
@@ -104,6 +138,11 @@ pub trait DeviceDirectory: Send + Sync {
     /// device context from which the log's tag changes go on.
     fn tags_snapshot(&self) -> Option<Vec<(String, serde_json::Value)>> {
         None
+    }
+
+    /// The CA certificates verified by proof of possession.
+    fn verified_cas(&self) -> Arc<[Arc<CaCertificate>]> {
+        Arc::from(Vec::new())
     }
 }
 

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::device::{DeviceRecord, DeviceStatus};
+use crate::device::{DeviceAuth, DeviceRecord, DeviceStatus};
 use crate::event::AuthMethod;
 use crate::ids::DeviceId;
 
@@ -13,6 +13,11 @@ use crate::ids::DeviceId;
 pub enum Credential {
     /// A SAS token signed with the key that has this digest ([`key_digest`]).
     SasKey(u64),
+    /// A self-signed certificate with the registered thumbprint that has this digest.
+    X509Thumbprint(u64),
+    /// A certificate chained to the CA certificate with this digest
+    /// ([`crate::device::CaCertificate::digest`]).
+    X509Ca(u64),
 }
 
 /// A short digest of a key: connections remember which key signed their token without
@@ -29,8 +34,9 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The gateway protocol, as metrics label it: `mqtt`, `mqtt-ws`, `mqtt-quic`.
     pub protocol: &'static str,
-    /// The TLS client certificate (DER), when the client presented one.
-    pub client_cert: Option<Arc<[u8]>>,
+    /// The TLS client certificate chain (DER, the device's own first), when the client
+    /// presented one.
+    pub client_certs: Option<Arc<[Vec<u8>]>>,
 }
 
 /// An authenticated device connection.
@@ -51,9 +57,10 @@ pub enum Revocation {
     /// The device was deleted (or deleted and created again).
     Deleted,
     Disabled,
-    /// The key the connection authenticated with was replaced.
+    /// The key, thumbprint or CA certificate the connection authenticated with was
+    /// replaced or removed.
     Credential,
-    /// The SAS token it authenticated with expired.
+    /// The SAS token or certificate it authenticated with expired.
     Expired,
 }
 
@@ -79,8 +86,8 @@ impl Revocation {
         match self {
             Revocation::Deleted => "the device was deleted",
             Revocation::Disabled => "the device was disabled",
-            Revocation::Credential => "the key it authenticated with was replaced",
-            Revocation::Expired => "its SAS token expired",
+            Revocation::Credential => "the credential it authenticated with was replaced",
+            Revocation::Expired => "its SAS token or certificate expired",
         }
     }
 }
@@ -98,10 +105,27 @@ impl Identity {
         if rec.status != DeviceStatus::Enabled {
             return Some(Revocation::Disabled);
         }
-        let Credential::SasKey(digest) = self.credential;
-        let still_held = rec
-            .sas_keys()
-            .is_some_and(|(p, s)| key_digest(p) == digest || key_digest(s) == digest);
+        let still_held = match (self.credential, &rec.auth) {
+            (Credential::SasKey(digest), _) => rec
+                .sas_keys()
+                .is_some_and(|(p, s)| key_digest(p) == digest || key_digest(s) == digest),
+            (
+                Credential::X509Thumbprint(digest),
+                DeviceAuth::SelfSigned {
+                    primary_thumbprint,
+                    secondary_thumbprint,
+                },
+            ) => {
+                key_digest(primary_thumbprint) == digest
+                    || secondary_thumbprint
+                        .as_deref()
+                        .is_some_and(|s| key_digest(s) == digest)
+            }
+            // Whether the CA is still verified is the CA registry's to say (it cuts these
+            // connections when a CA goes).
+            (Credential::X509Ca(_), DeviceAuth::CertificateAuthority) => true,
+            (Credential::X509Thumbprint(_) | Credential::X509Ca(_), _) => false,
+        };
         (!still_held).then_some(Revocation::Credential)
     }
 }
@@ -109,7 +133,6 @@ impl Identity {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::DeviceAuth;
 
     fn identity(key: &str) -> Identity {
         Identity {

@@ -29,7 +29,10 @@ pub use connections::{
     C2dDelivery, Connection, ConnectionRegistry, Feature, Features, Kick, KickReason, Outbox,
     Registration, ToDevice,
 };
-pub use device::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices};
+pub use device::{
+    CaCertificate, DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, NoDevices,
+    normalize_thumbprint,
+};
 pub use endpoint::{
     AmqpOptions, ColumnSpec, ColumnType, ColumnValue, DeadLetterPolicy, Delivery, EndpointCatalog,
     EndpointKind, EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret, SecretUrl,

@@ -15,6 +15,7 @@ pub mod quic;
 pub mod ratelog;
 pub mod sas;
 pub mod tls;
+pub mod x509;
 
 pub use context::{Admission, Gateway, GatewayContext};
 pub use metrics::{GatewayMetrics, ProtocolMetrics};

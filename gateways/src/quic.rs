@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, IdleTimeout, Incoming, TransportConfig, VarInt};
+use rustls::pki_types::CertificateDer;
 use tokio::time::{Instant, timeout_at};
 use weir_core::Peer;
 
@@ -161,7 +162,10 @@ async fn connection(incoming: Incoming, mqtt: Arc<Mqtt>, admitted: Admitted) {
     let peer = Peer {
         addr: conn.remote_address(),
         protocol: PROTOCOL,
-        client_cert: None,
+        client_certs: conn
+            .peer_identity()
+            .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| crate::tls::client_chain(Some(&certs))),
     };
     let mut io = tokio::io::join(recv, send);
     driver::serve(&mut io, peer, &mqtt, admitted).await;

@@ -1,11 +1,15 @@
 //! TLS server configuration (rustls with the ring provider): TLS 1.2 and 1.3 for MQTT/TLS
-//! and HTTPS, TLS 1.3 only for QUIC.
+//! and HTTPS, TLS 1.3 only for QUIC. Client certificates are asked for, never required
+//! (SAS devices send none), and judged at CONNECT ([`crate::x509`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -82,10 +86,82 @@ fn build(
         })?
         .ok_or_else(|| TlsError::NoKey(key.display().to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(DeferredClientAuth {
+        algorithms: provider.signature_verification_algorithms,
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+/// The longest client chain accepted (the device's certificate and intermediates).
+const MAX_CLIENT_CHAIN: usize = 8;
+
+/// Asks for a client certificate without requiring one, and accepts any chain whose sender
+/// proves it holds the certificate's key (the handshake signature, always checked): a
+/// device's self-signed certificate or one from a CA registered at run time cannot be
+/// judged by a verifier fixed when the listener starts, so the MQTT dialect judges it at
+/// CONNECT and answers with a CONNACK the device SDKs understand, not a TLS alert.
+#[derive(Debug)]
+struct DeferredClientAuth {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for DeferredClientAuth {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if intermediates.len() >= MAX_CLIENT_CHAIN {
+            return Err(rustls::Error::General(
+                "client certificate chain too long".into(),
+            ));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The chain a client sent, as the gateways keep it for CONNECT (`None` when it sent none).
+pub fn client_chain(certs: Option<&[CertificateDer<'_>]>) -> Option<Arc<[Vec<u8>]>> {
+    let certs = certs.filter(|c| !c.is_empty())?;
+    Some(certs.iter().map(|c| c.to_vec()).collect())
 }

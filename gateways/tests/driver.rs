@@ -163,7 +163,7 @@ async fn a_connection_future_stays_small() {
     let peer = Peer {
         addr: ([127, 0, 0, 1], 1).into(),
         protocol: "mqtt",
-        client_cert: None,
+        client_certs: None,
     };
     let metrics = hub.mqtt.ctx.metrics.protocol("mqtt");
     let admitted = hub

@@ -45,7 +45,7 @@ fn session() -> (Session, Instant) {
     let peer = Peer {
         addr: "127.0.0.1:5000".parse().expect("addr"),
         protocol: "mqtt",
-        client_cert: None,
+        client_certs: None,
     };
     let now = Instant::now();
     (Session::new(dialect, config, peer, now), now)

@@ -34,4 +34,4 @@ impl weir_core::EndpointCatalog for Catalog {
         }
     }
 }
-pub use registry::{DeviceUpsert, Registry, RegistryError};
+pub use registry::{AuthType, CaInfo, CaRecord, DeviceUpsert, Registry, RegistryError};

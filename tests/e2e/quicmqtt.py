@@ -15,7 +15,7 @@ from rawmqtt import Packets, puback_packet, split_packet, subscribe_packet
 
 class QuicMqtt(Packets):
     def __init__(self, port, cafile, server_name="localhost", timeout=10, session_ticket=None,
-                 on_ticket=None):
+                 on_ticket=None, cert=None):
         self.timeout = timeout
         self.buf = b""
         self.eof = False
@@ -24,6 +24,8 @@ class QuicMqtt(Packets):
         self.thread.start()
         config = QuicConfiguration(is_client=True, alpn_protocols=["mqtt"], server_name=server_name)
         config.load_verify_locations(cafile)
+        if cert:
+            config.load_cert_chain(*cert)
         config.session_ticket = session_ticket
         self.on_ticket = on_ticket
         self._run(self._open(port, config))

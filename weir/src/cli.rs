@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{config, device_cmd, rules_cmd, serve, simulate};
+use crate::{ca_cmd, config, device_cmd, rules_cmd, serve, simulate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -34,6 +34,8 @@ pub enum Command {
     Rules(RulesCommand),
     /// Manage devices on a running hub (through its REST API).
     Device(DeviceArgs),
+    /// Manage the CA certificates X.509 devices chain to (upload, proof of possession).
+    Ca(CaArgs),
     /// Simulate devices publishing telemetry, and report throughput and latency.
     Simulate(simulate::SimulateArgs),
 }
@@ -107,6 +109,45 @@ pub struct DeviceArgs {
     pub command: DeviceCommand,
 }
 
+#[derive(Args, Debug)]
+pub struct CaArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(subcommand)]
+    pub command: CaCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CaCommand {
+    /// Upload a CA certificate. With --key, also prove possession of its key (the key
+    /// never leaves this machine); without, print the verification code to sign.
+    Add {
+        name: String,
+        /// The CA certificate (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+        /// The CA's private key (PEM), to verify it at once.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Prove possession of a CA's key: with --key, sign the current verification code
+    /// here; with --proof, upload a certificate made elsewhere (CN = the code, signed by
+    /// the CA).
+    Verify {
+        name: String,
+        #[arg(long, conflicts_with = "proof", required_unless_present = "proof")]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        proof: Option<PathBuf>,
+    },
+    /// List CA certificates.
+    List,
+    /// Show one CA certificate as JSON.
+    Show { name: String },
+    /// Delete a CA certificate (devices that chained to it are disconnected).
+    Delete { name: String },
+}
+
 /// How management commands reach a running hub.
 #[derive(Args, Debug, Clone)]
 pub struct HubArgs {
@@ -150,6 +191,17 @@ pub enum DeviceCommand {
         /// A tag as key=value (repeatable); values that parse as JSON are stored as JSON.
         #[arg(long = "tag")]
         tags: Vec<String>,
+        /// Authenticate with a self-signed certificate of this SHA-1 or SHA-256 thumbprint
+        /// instead of keys.
+        #[arg(long, conflicts_with_all = ["primary_key", "secondary_key", "x509_ca"])]
+        x509_thumbprint: Option<String>,
+        /// A second accepted thumbprint (for certificate rollover).
+        #[arg(long, requires = "x509_thumbprint")]
+        x509_secondary_thumbprint: Option<String>,
+        /// Authenticate with a certificate chained to a verified CA, whose subject CN is
+        /// the device id.
+        #[arg(long, conflicts_with_all = ["primary_key", "secondary_key"])]
+        x509_ca: bool,
     },
     /// List devices.
     List {
@@ -224,6 +276,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         }) => rules_cmd::test(&dir, &events, &hostname, json),
         Command::Device(d) => device_cmd::run(d),
+        Command::Ca(c) => ca_cmd::run(c),
         Command::Simulate(s) => simulate::run(s),
     }
 }

@@ -62,18 +62,29 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
                 secondary_key,
                 disabled,
                 tags,
+                x509_thumbprint,
+                x509_secondary_thumbprint,
+                x509_ca,
             } => {
+                let authentication = match (x509_thumbprint, x509_ca) {
+                    (Some(p), _) => json!({"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": p, "secondaryThumbprint": x509_secondary_thumbprint}}),
+                    (None, true) => json!({"type": "certificateAuthority"}),
+                    (None, false) => json!({"type": "sas", "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key}}),
+                };
                 let mut body = json!({
                     "deviceId": id,
                     "status": if disabled { "disabled" } else { "enabled" },
-                    "authentication": {"type": "sas", "symmetricKey": {"primaryKey": primary_key, "secondaryKey": secondary_key}},
+                    "authentication": authentication,
                 });
                 if let Some(t) = parse_tags(&tags)? {
                     body["tags"] = t;
                 }
                 let dev = client.call(Method::PUT, &path(&id), Some(&body), None).await?.ok()?;
-                println!("created device {id} ({})", dev["status"].as_str().unwrap_or("?"));
-                println!("{}", connection_string(&client.hostname, &id, &key(&dev, false)?));
+                let kind = dev["authentication"]["type"].as_str().unwrap_or("?");
+                println!("created device {id} ({}, {kind})", dev["status"].as_str().unwrap_or("?"));
+                if kind == "sas" {
+                    println!("{}", connection_string(&client.hostname, &id, &key(&dev, false)?));
+                }
             }
             DeviceCommand::List { top } => {
                 let p = match top {

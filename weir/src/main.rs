@@ -1,6 +1,7 @@
 //! The `weir` binary: the hub (`serve`) and the tools around it.
 
 mod api;
+mod ca_cmd;
 mod cli;
 mod client;
 mod config;

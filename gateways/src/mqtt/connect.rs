@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use rumqttd::protocol::{Connect, Login};
 use weir_core::{
-    AuthMethod, Credential, DeviceDirectory, DeviceId, DeviceStatus, Identity, key_digest,
+    AuthMethod, Credential, DeviceAuth, DeviceDirectory, DeviceId, DeviceStatus, Identity,
+    key_digest,
 };
 
-use crate::sas;
+use crate::{sas, x509};
 
 /// A refused CONNECT: the CONNACK return code and a reason for the log (no secrets).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,10 +40,12 @@ pub fn parse_username(username: &str) -> Option<(&str, &str)> {
     Some((host, device))
 }
 
-/// Authenticates a CONNECT against the registry with the IoT Hub SAS scheme.
+/// Authenticates a CONNECT against the registry as IoT Hub does: with a SAS token in the
+/// password, or, without a password, with the TLS client certificate chain `certs`.
 pub fn authenticate(
     connect: &Connect,
     login: Option<&Login>,
+    certs: Option<&[Vec<u8>]>,
     hub: &str,
     directory: &dyn DeviceDirectory,
     now_secs: i64,
@@ -67,7 +70,13 @@ pub fn authenticate(
     let device_id =
         DeviceId::parse(device).map_err(|e| Refusal::new(2, format!("invalid device id: {e}")))?;
     if login.password.is_empty() {
-        return Err(Refusal::new(4, "no SAS token in the password"));
+        return match certs {
+            Some(chain) => verify_certificate(device_id, chain, directory, now_secs),
+            None => Err(Refusal::new(
+                4,
+                "no SAS token in the password and no client certificate",
+            )),
+        };
     }
     let token = sas::parse(&login.password).map_err(|e| Refusal::new(5, e.to_string()))?;
     verify_device(device_id, &token, hub, directory, now_secs)
@@ -105,6 +114,75 @@ pub fn verify_device(
     })
 }
 
+/// Checks that `chain` (the device's certificate first) authenticates the registered,
+/// enabled device `device_id` at `now_secs`: by a registered thumbprint (`selfSigned`), or
+/// by a chain to a verified CA with the device id as subject CN (`certificateAuthority`).
+/// Every refusal is CONNACK 5 (not authorized): nothing in the username was malformed.
+pub fn verify_certificate(
+    device_id: DeviceId,
+    chain: &[Vec<u8>],
+    directory: &dyn DeviceDirectory,
+    now_secs: i64,
+) -> Result<Identity, Refusal> {
+    let refuse = |e: x509::X509Error| Refusal::new(5, e.to_string());
+    let device = device_id.as_str();
+    let record = directory
+        .get(device)
+        .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
+    if record.status != DeviceStatus::Enabled {
+        return Err(Refusal::new(5, "device is disabled"));
+    }
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| Refusal::new(5, "no client certificate"))?;
+    let info = x509::inspect(leaf).map_err(refuse)?;
+    let (auth, credential) = match &record.auth {
+        DeviceAuth::Sas { .. } => {
+            return Err(Refusal::new(
+                5,
+                "device uses symmetric keys: send a SAS token as the password",
+            ));
+        }
+        DeviceAuth::SelfSigned {
+            primary_thumbprint,
+            secondary_thumbprint,
+        } => {
+            let registered = std::iter::once(primary_thumbprint.as_str())
+                .chain(secondary_thumbprint.as_deref())
+                .find(|t| **t == info.sha1 || **t == info.sha256)
+                .ok_or_else(|| {
+                    Refusal::new(5, "certificate thumbprint is not registered for the device")
+                })?;
+            info.check_time(now_secs).map_err(refuse)?;
+            (
+                AuthMethod::X509Thumbprint,
+                Credential::X509Thumbprint(key_digest(registered)),
+            )
+        }
+        DeviceAuth::CertificateAuthority => {
+            if info.common_name.as_deref() != Some(device) {
+                return Err(Refusal::new(
+                    5,
+                    format!(
+                        "certificate subject CN {:?} is not the device id",
+                        info.common_name.unwrap_or_default()
+                    ),
+                ));
+            }
+            let ca = x509::verify_chain(leaf, intermediates, &directory.verified_cas(), now_secs)
+                .map_err(refuse)?;
+            (AuthMethod::X509Ca, Credential::X509Ca(ca.digest))
+        }
+    };
+    Ok(Identity {
+        device_id,
+        generation_id: Arc::from(record.generation_id.as_str()),
+        auth,
+        credential,
+        expires: Some(info.not_after),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,13 +208,13 @@ mod tests {
             username: "hub/d1/?api-version=1".into(),
             password: token,
         };
-        let id = authenticate(&connect, Some(&login), "hub", &dir, 1_000).expect("accepted");
+        let id = authenticate(&connect, Some(&login), None, "hub", &dir, 1_000).expect("accepted");
         assert_eq!(id.expires, Some(2_000));
         assert_eq!(
             id.credential,
             Credential::SasKey(key_digest("c2Vjb25kYXJ5LWtleS0xMjM="))
         );
-        let refused = authenticate(&connect, Some(&login), "hub", &dir, 2_001);
+        let refused = authenticate(&connect, Some(&login), None, "hub", &dir, 2_001);
         assert_eq!(refused.map_err(|r| r.code).err(), Some(5), "expired");
     }
 

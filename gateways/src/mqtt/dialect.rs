@@ -69,10 +69,17 @@ impl Dialect for IotHub {
         &self,
         connect: &Connect,
         login: Option<&Login>,
-        _peer: &Peer,
+        peer: &Peer,
         now_secs: i64,
     ) -> Result<Identity, Refusal> {
-        authenticate(connect, login, &self.hub_name, &*self.directory, now_secs)
+        authenticate(
+            connect,
+            login,
+            peer.client_certs.as_deref(),
+            &self.hub_name,
+            &*self.directory,
+            now_secs,
+        )
     }
 
     fn classify<'t>(&self, topic: &'t str, id: &Identity) -> Option<Incoming<'t>> {

@@ -131,10 +131,10 @@ impl Gateway for MqttListener {
                     continue;
                 };
                 let _ = socket.set_nodelay(true);
-                let peer = Peer {
+                let mut peer = Peer {
                     addr,
                     protocol: "mqtt",
-                    client_cert: None,
+                    client_certs: None,
                 };
                 let m = Arc::clone(&mqtt);
                 // Separate tasks for plain and TLS connections: one future holding both
@@ -149,7 +149,11 @@ impl Gateway for MqttListener {
                         tokio::spawn(async move {
                             let deadline = m.session.connect_timeout;
                             match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
-                                Ok(Ok(stream)) => driver::serve(stream, peer, &m, admitted).await,
+                                Ok(Ok(stream)) => {
+                                    peer.client_certs =
+                                        crate::tls::client_chain(stream.get_ref().1.peer_certificates());
+                                    driver::serve(stream, peer, &m, admitted).await
+                                }
                                 Ok(Err(e)) => {
                                     tracing::debug!(peer = %addr, error = %e, "TLS handshake failed")
                                 }

@@ -325,7 +325,11 @@ impl Session {
                 .dialect
                 .authenticate(&connect, login.as_ref(), &self.peer, now_ms / 1000)
             {
-                Ok(id) => Arc::new(id),
+                // The chain was needed only to authenticate; TLS keeps its own copy.
+                Ok(id) => {
+                    self.peer.client_certs = None;
+                    Arc::new(id)
+                }
                 Err(refusal) => {
                     codec::connack(refusal.code, false, &mut self.out);
                     let why = format!("{} (CONNACK {})", refusal.reason, refusal.code);

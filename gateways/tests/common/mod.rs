@@ -91,7 +91,7 @@ impl Client<DuplexStream> {
         let peer = Peer {
             addr: ([127, 0, 0, 1], port).into(),
             protocol: "mqtt",
-            client_cert: None,
+            client_certs: None,
         };
         assert!(hub.mqtt.serve_stream(server, peer));
         Client {

@@ -6,14 +6,20 @@
 //! in one transaction: the events wait in an outbox until the ingest log has them
 //! (`outbox.rs`), so neither is lost.
 
+mod certs;
 mod outbox;
+
+pub use certs::{CaInfo, CaRecord};
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use weir_core::{DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, Event};
+use weir_core::{
+    CaCertificate, DeviceAuth, DeviceDirectory, DeviceRecord, DeviceStatus, Event,
+    normalize_thumbprint,
+};
 
 use crate::secret::{generate_key, random_hex, valid_key};
 
@@ -45,6 +51,16 @@ pub enum RegistryError {
     IdMismatch { url: String, body: String },
     #[error("{0} must be base64 of 16 to 64 bytes")]
     InvalidKey(&'static str),
+    #[error("{0} must be a SHA-1 (40 hex digits) or SHA-256 (64 hex digits) thumbprint")]
+    InvalidThumbprint(&'static str),
+    #[error("a selfSigned device needs x509Thumbprint.primaryThumbprint")]
+    NoThumbprint,
+    #[error("certificate {0} does not exist")]
+    CertificateNotFound(String),
+    #[error("certificate name {0:?} must be 1 to 128 letters, digits, '-', '_' or '.'")]
+    InvalidCertificateName(String),
+    #[error("certificate {0} has no verification code: generate one first")]
+    NoVerificationCode(String),
     #[error("tags must be a JSON object")]
     InvalidTags,
     #[error("invalid twin: {0}")]
@@ -63,9 +79,36 @@ pub struct DeviceUpsert {
     pub device_id: String,
     pub status: Option<DeviceStatus>,
     pub status_reason: Option<String>,
+    /// `None`: the device's current type (a new device: SAS, or self-signed when a
+    /// thumbprint is given).
+    pub auth_type: Option<AuthType>,
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
+    pub primary_thumbprint: Option<String>,
+    pub secondary_thumbprint: Option<String>,
     pub tags: Option<serde_json::Value>,
+}
+
+/// IoT Hub's `authentication.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthType {
+    Sas,
+    SelfSigned,
+    CertificateAuthority,
+}
+
+impl AuthType {
+    /// Reads IoT Hub's name for it (case-insensitively).
+    pub fn parse(name: &str) -> Option<AuthType> {
+        [
+            ("sas", AuthType::Sas),
+            ("selfSigned", AuthType::SelfSigned),
+            ("certificateAuthority", AuthType::CertificateAuthority),
+        ]
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, t)| t)
+    }
 }
 
 /// A device record the registry could not read and set aside.
@@ -78,6 +121,9 @@ pub struct Quarantined {
 pub struct Registry {
     db: Database,
     devices: RwLock<HashMap<String, Arc<DeviceRecord>>>,
+    /// CA certificates by name, and the verified ones as gateways read them.
+    cas: RwLock<HashMap<String, Arc<CaRecord>>>,
+    verified: RwLock<Arc<[Arc<CaCertificate>]>>,
     quarantined: Vec<Quarantined>,
     /// Serialises read-modify-write so etag checks and version bumps are atomic.
     writer: Mutex<()>,
@@ -101,7 +147,9 @@ impl Registry {
         txn.open_table(SESSIONS).map_err(storage)?;
         txn.open_table(QUARANTINE).map_err(storage)?;
         txn.open_table(OUTBOX).map_err(storage)?;
+        txn.open_table(certs::CERTIFICATES).map_err(storage)?;
         txn.commit().map_err(storage)?;
+        let cas = certs::load(&db)?;
         let next_event = outbox::next_sequence(&db)?;
         let mut devices = HashMap::new();
         let mut bad: Vec<(String, Vec<u8>, String)> = Vec::new();
@@ -155,6 +203,8 @@ impl Registry {
         Ok(Registry {
             db,
             devices: RwLock::new(devices),
+            verified: RwLock::new(certs::verified(&cas)),
+            cas: RwLock::new(cas),
             quarantined,
             writer: Mutex::new(()),
             next_event: std::sync::atomic::AtomicU64::new(next_event),
@@ -215,6 +265,7 @@ impl Registry {
         check_etag(existing.as_deref(), if_match)?;
         let now = now();
         let created = existing.is_none();
+        let auth = resolve_auth(&req, existing.as_deref().map(|r| &r.auth))?;
         let rec = match existing.clone() {
             None => DeviceRecord {
                 device_id: req.device_id.clone(),
@@ -222,16 +273,7 @@ impl Registry {
                 etag: new_etag(1),
                 status: req.status.unwrap_or_default(),
                 status_reason: req.status_reason,
-                auth: DeviceAuth::Sas {
-                    primary_key: req
-                        .primary_key
-                        .map_or_else(generate_key, Ok)
-                        .map_err(storage)?,
-                    secondary_key: req
-                        .secondary_key
-                        .map_or_else(generate_key, Ok)
-                        .map_err(storage)?,
-                },
+                auth,
                 tags: req.tags.unwrap_or_else(|| serde_json::json!({})),
                 desired: weir_core::twin::Section::default(),
                 reported: weir_core::twin::Section::default(),
@@ -251,16 +293,7 @@ impl Registry {
                 if req.status_reason.is_some() {
                     rec.status_reason = req.status_reason;
                 }
-                let DeviceAuth::Sas {
-                    primary_key,
-                    secondary_key,
-                } = &mut rec.auth;
-                if let Some(k) = req.primary_key {
-                    *primary_key = k;
-                }
-                if let Some(k) = req.secondary_key {
-                    *secondary_key = k;
-                }
+                rec.auth = auth;
                 if let Some(t) = req.tags
                     && t != rec.tags
                 {
@@ -399,6 +432,12 @@ impl DeviceDirectory for Registry {
         self.devices.read().ok()?.get(device_id).cloned()
     }
 
+    fn verified_cas(&self) -> Arc<[Arc<CaCertificate>]> {
+        self.verified
+            .read()
+            .map_or_else(|_| Arc::from(Vec::new()), |v| Arc::clone(&v))
+    }
+
     fn tags_snapshot(&self) -> Option<Vec<(String, serde_json::Value)>> {
         let devices = self.devices.read().ok()?;
         Some(
@@ -408,6 +447,62 @@ impl DeviceDirectory for Registry {
                 .collect(),
         )
     }
+}
+
+/// The authentication a create or update leaves the device with: the requested type (or
+/// the current one), with what the request gives and the rest kept or generated.
+fn resolve_auth(req: &DeviceUpsert, old: Option<&DeviceAuth>) -> Result<DeviceAuth, RegistryError> {
+    let thumbprint = |t: &Option<String>, name| {
+        t.as_deref()
+            .map(|t| normalize_thumbprint(t).ok_or(RegistryError::InvalidThumbprint(name)))
+            .transpose()
+    };
+    let primary_thumbprint = thumbprint(&req.primary_thumbprint, "primaryThumbprint")?;
+    let secondary_thumbprint = thumbprint(&req.secondary_thumbprint, "secondaryThumbprint")?;
+    let kind = req.auth_type.unwrap_or(match old {
+        _ if primary_thumbprint.is_some() => AuthType::SelfSigned,
+        Some(DeviceAuth::SelfSigned { .. }) => AuthType::SelfSigned,
+        Some(DeviceAuth::CertificateAuthority) => AuthType::CertificateAuthority,
+        Some(DeviceAuth::Sas { .. }) | None => AuthType::Sas,
+    });
+    Ok(match kind {
+        AuthType::Sas => {
+            let (old_p, old_s) = match old {
+                Some(DeviceAuth::Sas {
+                    primary_key,
+                    secondary_key,
+                }) => (Some(primary_key), Some(secondary_key)),
+                _ => (None, None),
+            };
+            let key = |given: &Option<String>, old: Option<&String>| {
+                given
+                    .clone()
+                    .or_else(|| old.cloned())
+                    .map_or_else(generate_key, Ok)
+                    .map_err(storage)
+            };
+            DeviceAuth::Sas {
+                primary_key: key(&req.primary_key, old_p)?,
+                secondary_key: key(&req.secondary_key, old_s)?,
+            }
+        }
+        AuthType::SelfSigned => {
+            let (old_p, old_s) = match old {
+                Some(DeviceAuth::SelfSigned {
+                    primary_thumbprint,
+                    secondary_thumbprint,
+                }) => (Some(primary_thumbprint.clone()), secondary_thumbprint.clone()),
+                _ => (None, None),
+            };
+            DeviceAuth::SelfSigned {
+                primary_thumbprint: primary_thumbprint
+                    .or(old_p)
+                    .ok_or(RegistryError::NoThumbprint)?,
+                secondary_thumbprint: secondary_thumbprint.or(old_s),
+            }
+        }
+        AuthType::CertificateAuthority => DeviceAuth::CertificateAuthority,
+    })
 }
 
 /// Etags are opaque to clients; Weir encodes a per-device version so they change on

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus};
-use weir_storage::DeviceUpsert;
+use weir_storage::{AuthType, DeviceUpsert};
 
 use super::ApiState;
 use super::error::ApiError;
@@ -113,13 +113,14 @@ pub async fn put(
         }
         .into());
     }
-    if let Some(t) = string_field(&doc, &["authentication", "type"])?
-        && !t.eq_ignore_ascii_case("sas")
-    {
-        return Err(ApiError::bad_request(format!(
-            "authentication type {t:?} is not supported yet; use \"sas\""
-        )));
-    }
+    let auth_type = match string_field(&doc, &["authentication", "type"])? {
+        None => None,
+        Some(t) => Some(AuthType::parse(&t).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "authentication type {t:?} must be sas, selfSigned or certificateAuthority"
+            ))
+        })?),
+    };
     let status = match string_field(&doc, &["status"])?.as_deref() {
         None => None,
         Some(s) if s.eq_ignore_ascii_case("enabled") => Some(DeviceStatus::Enabled),
@@ -149,6 +150,15 @@ pub async fn put(
         status_reason: string_field(&doc, &["statusReason"])?,
         primary_key: string_field(&doc, &["authentication", "symmetricKey", "primaryKey"])?,
         secondary_key: string_field(&doc, &["authentication", "symmetricKey", "secondaryKey"])?,
+        auth_type,
+        primary_thumbprint: string_field(
+            &doc,
+            &["authentication", "x509Thumbprint", "primaryThumbprint"],
+        )?,
+        secondary_thumbprint: string_field(
+            &doc,
+            &["authentication", "x509Thumbprint", "secondaryThumbprint"],
+        )?,
         tags,
     };
     let (rec, _created) = s.hub.put_device(req, condition.map(str::to_owned)).await?;

@@ -45,9 +45,16 @@ impl From<weir_storage::RegistryError> for ApiError {
             E::PreconditionFailed { .. } => {
                 ApiError::new(StatusCode::PRECONDITION_FAILED, "PreconditionFailed", msg)
             }
+            E::CertificateNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "CertificateNotFound", msg)
+            }
             E::InvalidId(_)
             | E::IdMismatch { .. }
             | E::InvalidKey(_)
+            | E::InvalidThumbprint(_)
+            | E::NoThumbprint
+            | E::InvalidCertificateName(_)
+            | E::NoVerificationCode(_)
             | E::InvalidTags
             | E::Twin(_) => ApiError::bad_request(msg),
             E::Storage(_) => {

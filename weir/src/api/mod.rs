@@ -1,6 +1,7 @@
 //! The service REST API: the IoT Hub registry subset, plus health and metrics.
 
 mod auth;
+mod certificates;
 mod devices;
 mod endpoints;
 mod error;
@@ -75,6 +76,18 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/twins/{id}/methods", post(twins::invoke))
         .route("/endpoints", get(endpoints::list))
+        .route("/certificates", get(certificates::list))
+        .route(
+            "/certificates/{name}",
+            get(certificates::show)
+                .put(certificates::put)
+                .delete(certificates::delete),
+        )
+        .route(
+            "/certificates/{name}/generateVerificationCode",
+            post(certificates::generate_code),
+        )
+        .route("/certificates/{name}/verify", post(certificates::verify))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             auth::require_service_token,

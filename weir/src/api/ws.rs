@@ -18,9 +18,14 @@ use super::ApiState;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// The TLS client certificate chain of the connection a request came on, if any.
+#[derive(Debug, Clone)]
+pub struct ClientCerts(pub Option<Arc<[Vec<u8>]>>);
+
 pub async fn upgrade(
     State(s): State<Arc<ApiState>>,
     Extension(ClientAddr(peer)): Extension<ClientAddr>,
+    Extension(ClientCerts(certs)): Extension<ClientCerts>,
     ws: WebSocketUpgrade,
 ) -> Response {
     // A frame may carry one MQTT packet and its fixed header; nothing bigger is buffered
@@ -29,16 +34,21 @@ pub async fn upgrade(
     ws.protocols(["mqtt"])
         .max_frame_size(limit)
         .max_message_size(limit)
-        .on_upgrade(move |socket| bridge(s, socket, peer))
+        .on_upgrade(move |socket| bridge(s, socket, peer, certs))
 }
 
 /// Pipes the WebSocket's binary frames to and from an in-memory stream the gateway serves.
-async fn bridge(s: Arc<ApiState>, socket: WebSocket, peer: SocketAddr) {
+async fn bridge(
+    s: Arc<ApiState>,
+    socket: WebSocket,
+    peer: SocketAddr,
+    certs: Option<Arc<[Vec<u8>]>>,
+) {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let peer_info = weir_core::Peer {
         addr: peer,
         protocol: s.websocket.protocol,
-        client_cert: None,
+        client_certs: certs,
     };
     if !s.websocket.serve_stream(theirs, peer_info) {
         tracing::warn!(%peer, "connection limit reached; closing WebSocket");

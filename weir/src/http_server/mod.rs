@@ -77,12 +77,18 @@ pub async fn serve(
         // The peer address goes into each request; layering the router per connection
         // instead would rebuild every route (tens of KiB a connection).
         let app = app.clone();
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut()
-                .insert(crate::api::ws::ClientAddr(peer));
-            let mut app = app.clone();
-            async move { app.call(req).await }
-        });
+        // The TLS client certificate chain (MQTT over WebSocket may authenticate with it)
+        // goes with each request too.
+        let service = move |certs: Option<Arc<[Vec<u8>]>>| {
+            let app = app.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let extensions = req.extensions_mut();
+                extensions.insert(crate::api::ws::ClientAddr(peer));
+                extensions.insert(crate::api::ws::ClientCerts(certs.clone()));
+                let mut app = app.clone();
+                async move { app.call(req).await }
+            })
+        };
         let tls = tls.clone();
         let mut stop = shutdown.clone();
         let header_timeout = limits.settings.header_timeout;
@@ -102,7 +108,7 @@ pub async fn serve(
                         return;
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(Prefixed::new(head, socket)), service)
+                        .serve_connection(TokioIo::new(Prefixed::new(head, socket)), service(None))
                         .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
@@ -115,13 +121,16 @@ pub async fn serve(
                         .await
                     {
                         Ok(Ok(mut stream)) => {
+                            let certs = weir_gateways::tls::client_chain(
+                                stream.get_ref().1.peer_certificates(),
+                            );
                             let Some(head) = read_head(&mut stream, header_timeout).await else {
                                 return;
                             };
                             let conn = builder
                                 .serve_connection(
                                     TokioIo::new(Prefixed::new(head, stream)),
-                                    service,
+                                    service(certs),
                                 )
                                 .with_upgrades();
                             tokio::pin!(conn);
