@@ -278,7 +278,10 @@ impl ConnectionRegistry {
             return 0;
         };
         let mut n = 0;
-        for e in live.values().filter(|e| e.identity.credential == credential) {
+        for e in live
+            .values()
+            .filter(|e| e.identity.credential == credential)
+        {
             e.kick.kick(KickReason::Revoked(why));
             n += 1;
         }

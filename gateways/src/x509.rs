@@ -106,7 +106,9 @@ pub fn decode_certificate(text: &str) -> Result<Vec<u8>, X509Error> {
         return match certs.next() {
             Some(Ok(der)) => Ok(der.to_vec()),
             Some(Err(e)) => Err(X509Error::Malformed(e.to_string())),
-            None => Err(X509Error::Malformed("no CERTIFICATE block in the PEM".into())),
+            None => Err(X509Error::Malformed(
+                "no CERTIFICATE block in the PEM".into(),
+            )),
         };
     }
     let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();

@@ -172,14 +172,32 @@ fn certificates_authenticate_the_devices_they_name_and_nothing_else() {
     let (code, id, s) = connect(&directory, "thumb", Some(own.clone()));
     let id = id.unwrap_or_else(|| panic!("refused with {code}"));
     assert_eq!(id.auth, AuthMethod::X509Thumbprint);
-    assert_eq!(id.credential, Credential::X509Thumbprint(key_digest(&own_info.sha1)));
-    assert_eq!(id.expires, Some(own_info.not_after), "the session ends with the certificate");
-    assert!(s.peer().client_certs.is_none(), "the chain is not kept after CONNECT");
+    assert_eq!(
+        id.credential,
+        Credential::X509Thumbprint(key_digest(&own_info.sha1))
+    );
+    assert_eq!(
+        id.expires,
+        Some(own_info.not_after),
+        "the session ends with the certificate"
+    );
+    assert!(
+        s.peer().client_certs.is_none(),
+        "the chain is not kept after CONNECT"
+    );
 
     let (code, id, _) = connect(&directory, "thumb", Some(secondary));
-    assert_eq!((code, id.is_some()), (0, true), "the secondary thumbprint (SHA-256)");
+    assert_eq!(
+        (code, id.is_some()),
+        (0, true),
+        "the secondary thumbprint (SHA-256)"
+    );
 
-    let (_, id, _) = connect(&directory, "chained", Some(leaf("chained", 2030, Some(&root))));
+    let (_, id, _) = connect(
+        &directory,
+        "chained",
+        Some(leaf("chained", 2030, Some(&root))),
+    );
     let id = id.expect("a chain to the verified CA");
     assert_eq!(id.auth, AuthMethod::X509Ca);
     assert_eq!(id.credential, Credential::X509Ca(key_digest("root-sha256")));

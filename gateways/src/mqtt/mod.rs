@@ -150,8 +150,9 @@ impl Gateway for MqttListener {
                             let deadline = m.session.connect_timeout;
                             match tokio::time::timeout(deadline, acceptor.accept(socket)).await {
                                 Ok(Ok(stream)) => {
-                                    peer.client_certs =
-                                        crate::tls::client_chain(stream.get_ref().1.peer_certificates());
+                                    peer.client_certs = crate::tls::client_chain(
+                                        stream.get_ref().1.peer_certificates(),
+                                    );
                                     driver::serve(stream, peer, &m, admitted).await
                                 }
                                 Ok(Err(e)) => {

@@ -67,8 +67,14 @@ fn thumbprints_common_names_and_validity() {
         "openssl's fingerprint form is the same thumbprint"
     );
     assert!(info.check_time(NOW).is_ok());
-    assert!(matches!(info.check_time(1_900_000_000), Err(X509Error::Expired(_))));
-    assert!(matches!(info.check_time(1_500_000_000), Err(X509Error::NotYetValid(_))));
+    assert!(matches!(
+        info.check_time(1_900_000_000),
+        Err(X509Error::Expired(_))
+    ));
+    assert!(matches!(
+        info.check_time(1_500_000_000),
+        Err(X509Error::NotYetValid(_))
+    ));
     assert!(matches!(inspect(b"garbage"), Err(X509Error::Malformed(_))));
 }
 
@@ -112,7 +118,9 @@ fn an_intermediate_sent_with_the_leaf_completes_the_chain() {
     let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    params.distinguished_name.push(DnType::CommonName, "intermediate");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "intermediate");
     params.not_before = date_time_ymd(2020, 1, 1);
     params.not_after = date_time_ymd(2030, 1, 1);
     let mid = CertifiedIssuer::signed_by(params, KeyPair::generate().expect("key"), &*root)
@@ -121,7 +129,10 @@ fn an_intermediate_sent_with_the_leaf_completes_the_chain() {
     let cas = [registered(&root, "root")];
     assert!(verify_chain(&leaf, &[mid.der().to_vec()], &cas, NOW).is_ok());
     assert!(
-        matches!(verify_chain(&leaf, &[], &cas, NOW), Err(X509Error::Chain(_))),
+        matches!(
+            verify_chain(&leaf, &[], &cas, NOW),
+            Err(X509Error::Chain(_))
+        ),
         "without the intermediate there is no path"
     );
 }
@@ -151,8 +162,14 @@ fn only_ca_certificates_register_and_both_encodings_decode() {
     assert!(check_ca(root.der(), NOW).is_ok());
     let leaf = signed("dev1", 2020, 2030, &root);
     assert!(matches!(check_ca(&leaf, NOW), Err(X509Error::NotCa(_))));
-    assert_eq!(decode_certificate(&root.pem()).expect("pem"), root.der().to_vec());
+    assert_eq!(
+        decode_certificate(&root.pem()).expect("pem"),
+        root.der().to_vec()
+    );
     let b64 = base64::engine::general_purpose::STANDARD.encode(root.der());
-    assert_eq!(decode_certificate(&b64).expect("base64"), root.der().to_vec());
+    assert_eq!(
+        decode_certificate(&b64).expect("base64"),
+        root.der().to_vec()
+    );
     assert!(decode_certificate("not a certificate").is_err());
 }

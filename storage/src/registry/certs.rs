@@ -14,8 +14,7 @@ use weir_core::{CaCertificate, key_digest};
 
 use super::{Registry, RegistryError, etag_version, new_etag, now, storage};
 
-pub(super) const CERTIFICATES: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("certificates");
+pub(super) const CERTIFICATES: TableDefinition<&str, &[u8]> = TableDefinition::new("certificates");
 
 /// What the caller read of a CA certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,9 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("registry.redb");
         let reg = Registry::open(&path).expect("open");
-        let (rec, created) = reg
-            .put_ca("root", b"der", info("S1"), None)
-            .expect("put");
+        let (rec, created) = reg.put_ca("root", b"der", info("S1"), None).expect("put");
         assert!(created && !rec.verified);
         assert!(reg.verified_cas().is_empty(), "not verified yet");
         assert!(matches!(
@@ -295,7 +292,9 @@ mod tests {
         // The same certificate again stays verified; another one must be verified anew.
         let (same, _) = reg.put_ca("root", b"der", info("S1"), None).expect("same");
         assert!(same.verified);
-        let (other, created) = reg.put_ca("root", b"der2", info("S2"), None).expect("other");
+        let (other, created) = reg
+            .put_ca("root", b"der2", info("S2"), None)
+            .expect("other");
         assert!(!other.verified && !created);
         assert!(reg.verified_cas().is_empty());
         reg.delete_ca("root", Some("*")).expect("delete");

@@ -491,7 +491,10 @@ fn resolve_auth(req: &DeviceUpsert, old: Option<&DeviceAuth>) -> Result<DeviceAu
                 Some(DeviceAuth::SelfSigned {
                     primary_thumbprint,
                     secondary_thumbprint,
-                }) => (Some(primary_thumbprint.clone()), secondary_thumbprint.clone()),
+                }) => (
+                    Some(primary_thumbprint.clone()),
+                    secondary_thumbprint.clone(),
+                ),
                 _ => (None, None),
             };
             DeviceAuth::SelfSigned {

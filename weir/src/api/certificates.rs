@@ -113,7 +113,9 @@ pub async fn put(
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "CertificateAlreadyExists",
-            format!("certificate {name} already exists; send If-Match with its etag (or *) to replace it"),
+            format!(
+                "certificate {name} already exists; send If-Match with its etag (or *) to replace it"
+            ),
         ));
     }
     let (rec, _) = s.registry.put_ca(
@@ -141,7 +143,13 @@ pub async fn generate_code(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let code = weir_storage::secret::random_hex(16)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "ServerError", e.to_string()))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServerError",
+                e.to_string(),
+            )
+        })?
         .to_uppercase();
     let rec = s
         .registry
