@@ -50,6 +50,8 @@ pub enum Feature {
     CloudToDevice,
     TwinResponses,
     DesiredPatches,
+    /// Answers of the provisioning service (`$dps/registrations/res/#`).
+    Registrations,
 }
 
 fn bit(f: Feature) -> u8 {
@@ -58,6 +60,7 @@ fn bit(f: Feature) -> u8 {
         Feature::CloudToDevice => 2,
         Feature::TwinResponses => 4,
         Feature::DesiredPatches => 8,
+        Feature::Registrations => 16,
     }
 }
 
@@ -308,6 +311,7 @@ mod tests {
         Connection {
             protocol,
             identity: Arc::new(Identity {
+                role: crate::identity::Role::Device,
                 device_id: DeviceId::parse(device).expect("id"),
                 generation_id: Arc::from("g"),
                 auth: AuthMethod::Sas,

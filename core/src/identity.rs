@@ -39,9 +39,21 @@ pub struct Peer {
     pub client_certs: Option<Arc<[Vec<u8>]>>,
 }
 
+/// What a connection authenticated as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// A device of this hub.
+    #[default]
+    Device,
+    /// A device registering with the provisioning service (`device_id` is its
+    /// registration id): it may only register, and is no hub connection.
+    Registration,
+}
+
 /// An authenticated device connection.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    pub role: Role,
     pub device_id: DeviceId,
     pub generation_id: Arc<str>,
     pub auth: AuthMethod,
@@ -136,6 +148,7 @@ mod tests {
 
     fn identity(key: &str) -> Identity {
         Identity {
+            role: Role::Device,
             device_id: DeviceId::parse("d1").expect("id"),
             generation_id: Arc::from("g1"),
             auth: AuthMethod::Sas,

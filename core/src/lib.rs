@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod ids;
 pub mod ingest;
+pub mod provisioning;
 pub mod record;
 pub mod recovery;
 pub mod services;
@@ -41,7 +42,8 @@ pub use endpoint::{
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
 pub use health::{EndpointHealth, EndpointState, HealthBoard, WorkerHealth};
-pub use identity::{Credential, Identity, Peer, Revocation, key_digest};
+pub use identity::{Credential, Identity, Peer, Revocation, Role, key_digest};
+pub use provisioning::{Attestations, ProvisionReply, Provisioning};
 pub use ids::{DeviceId, InvalidId};
 pub use ingest::{AckFuture, Ingest, IngestError, IngestFuture};
 pub use services::{DeviceServices, NoServices, ServiceError, ServiceFuture};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use weir_core::{ConnectionRegistry, DeviceDirectory, DeviceServices, Ingest};
+use weir_core::{ConnectionRegistry, DeviceDirectory, DeviceServices, Ingest, Provisioning};
 
 use crate::metrics::{GatewayMetrics, ProtocolMetrics};
 use crate::ratelog::LogLimiter;
@@ -79,6 +79,8 @@ pub struct GatewayContext {
     pub ingest: Arc<dyn Ingest>,
     pub directory: Arc<dyn DeviceDirectory>,
     pub services: Arc<dyn DeviceServices>,
+    /// The provisioning service, when this hub runs it (`[dps]`).
+    pub provisioning: Option<Arc<dyn Provisioning>>,
     pub connections: Arc<ConnectionRegistry>,
     pub admission: Arc<Admission>,
     pub metrics: Arc<GatewayMetrics>,

@@ -36,6 +36,7 @@ fn session() -> (Session, Instant) {
     let dialect = Arc::new(IotHub {
         hub_name: "hub".into(),
         directory: Arc::new(directory),
+        provisioning: None,
     });
     let config = SessionConfig {
         max_packet: 64 * 1024,

@@ -73,6 +73,7 @@ fn session(directory: Arc<Directory>, chain: Option<Vec<u8>>) -> (Session, Insta
     let dialect = Arc::new(IotHub {
         hub_name: "hub".into(),
         directory,
+        provisioning: None,
     });
     let config = SessionConfig {
         max_packet: 64 * 1024,

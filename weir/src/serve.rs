@@ -307,6 +307,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ingest: Arc::new(log.ingest()),
         directory: registry.clone(),
         services: Arc::new(hub.clone()),
+        provisioning: None,
         connections,
         admission: Arc::new(Admission::new(
             cfg.mqtt_limits.max_connections,

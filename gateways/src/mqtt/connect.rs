@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use rumqttd::protocol::{Connect, Login};
 use weir_core::{
-    AuthMethod, Credential, DeviceAuth, DeviceDirectory, DeviceId, DeviceStatus, Identity,
+    AuthMethod, Credential, DeviceAuth, DeviceDirectory, DeviceId, DeviceStatus, Identity, Role,
     key_digest,
 };
 
@@ -18,7 +18,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(code: u8, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(code: u8, reason: impl Into<String>) -> Self {
         Refusal {
             code,
             reason: reason.into(),
@@ -106,6 +106,7 @@ pub fn verify_device(
     let used = sas::verify(token, &resource, &keys, now_secs)
         .map_err(|e| Refusal::new(5, e.to_string()))?;
     Ok(Identity {
+        role: Role::Device,
         device_id,
         generation_id: Arc::from(record.generation_id.as_str()),
         auth: AuthMethod::Sas,
@@ -175,6 +176,7 @@ pub fn verify_certificate(
         }
     };
     Ok(Identity {
+        role: Role::Device,
         device_id,
         generation_id: Arc::from(record.generation_id.as_str()),
         auth,

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttd::protocol::{Connect, Login};
 use weir_core::{
-    C2dDelivery, DeviceDirectory, Feature, Identity, Peer, SystemProperties, ToDevice,
+    C2dDelivery, DeviceDirectory, Feature, Identity, Peer, Provisioning, Role, SystemProperties,
+    ToDevice,
 };
 
 use super::connect::{Refusal, authenticate};
+use super::dps;
 use super::requests::{self, DeviceRequest};
 use super::topic::{DeviceTopic, classify, decode_bag};
 
@@ -20,6 +22,9 @@ pub enum Incoming<'t> {
     TwinGet { rid: &'t str },
     TwinPatch { rid: &'t str },
     MethodResponse { rid: &'t str, status: i32 },
+    /// A registration with the provisioning service.
+    Register { rid: &'t str },
+    RegistrationStatus { rid: &'t str, operation_id: &'t str },
 }
 
 /// A PUBLISH to a device.
@@ -56,12 +61,19 @@ pub trait Dialect: Send + Sync + 'static {
     fn outbound(&self, m: &ToDevice, id: &Identity) -> Outbound;
 
     fn twin_response(&self, status: u16, rid: &str, version: Option<u64>) -> String;
+
+    /// Where the provisioning service's answer to request `rid` goes.
+    fn registration_response(&self, status: u16, rid: &str, retry_after: Option<u32>) -> String {
+        dps::response_topic(status, rid, retry_after)
+    }
 }
 
-/// The Azure IoT Hub device dialect (spec §2).
+/// The Azure IoT Hub device dialect (spec §2), and, when the hub runs the provisioning
+/// service, IoT DPS's (spec §4) for connections whose username says so.
 pub struct IotHub {
     pub hub_name: String,
     pub directory: Arc<dyn DeviceDirectory>,
+    pub provisioning: Option<Arc<dyn Provisioning>>,
 }
 
 impl Dialect for IotHub {
@@ -72,6 +84,17 @@ impl Dialect for IotHub {
         peer: &Peer,
         now_secs: i64,
     ) -> Result<Identity, Refusal> {
+        if let (Some(service), Some(l)) = (&self.provisioning, login)
+            && dps::parse_username(&l.username).is_some()
+        {
+            return dps::authenticate(
+                connect,
+                l,
+                peer.client_certs.as_deref(),
+                service,
+                now_secs,
+            );
+        }
         authenticate(
             connect,
             login,
@@ -83,6 +106,14 @@ impl Dialect for IotHub {
     }
 
     fn classify<'t>(&self, topic: &'t str, id: &Identity) -> Option<Incoming<'t>> {
+        if id.role == Role::Registration {
+            return Some(match dps::parse_request(topic)? {
+                dps::Request::Register { rid } => Incoming::Register { rid },
+                dps::Request::Status { rid, operation_id } => {
+                    Incoming::RegistrationStatus { rid, operation_id }
+                }
+            });
+        }
         if let Some(req) = requests::parse(topic) {
             return Some(match req {
                 DeviceRequest::TwinGet { rid } => Incoming::TwinGet { rid },
@@ -101,6 +132,9 @@ impl Dialect for IotHub {
     }
 
     fn feature(&self, filter: &str, id: &Identity) -> Option<Feature> {
+        if id.role == Role::Registration {
+            return (filter == dps::RESPONSES).then_some(Feature::Registrations);
+        }
         match filter {
             "$iothub/methods/POST/#" => Some(Feature::Methods),
             "$iothub/twin/res/#" => Some(Feature::TwinResponses),

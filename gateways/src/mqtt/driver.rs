@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
-use weir_core::{Connection, DeviceId, Outbox, Peer, Registration};
+use weir_core::{Connection, DeviceId, Outbox, Peer, Registration, Role};
 
 use super::Mqtt;
 use super::session::{Action, End, Session};
@@ -85,7 +85,7 @@ where
             // Boxed: rare, and it would otherwise grow every connection's future (an idle
             // connection should stay under 2 KiB).
             Box::pin(act(action, &mut session, &mut live, &mut buf, mqtt)).await;
-            if live.is_some() {
+            if live.is_some() || session.identity().is_some() {
                 // Authenticated: its pre-authentication slot is free for others.
                 pending.take();
             }
@@ -152,6 +152,14 @@ async fn act(
             features,
             clean,
         } => {
+            if identity.role == Role::Registration {
+                // A registration is no connection of the device: nothing to register,
+                // replace or revoke.
+                tracing::debug!(peer = %session.peer().addr, registration = %identity.device_id, "device registering");
+                session.registered(Vec::new());
+                session.received(buf, Instant::now(), weir_core::time::now_ms());
+                return;
+            }
             let device = identity.device_id.clone();
             let outbox = Arc::new(Outbox::default());
             let registration = mqtt.ctx.connections.register(Connection {
@@ -239,6 +247,21 @@ async fn act(
                 tokio::spawn(services.c2d_ready(&l.device));
             }
         }
+        Action::Provision {
+            rid,
+            operation_id,
+            payload,
+        } => {
+            let (Some(service), Some(who)) = (&mqtt.ctx.provisioning, session.identity().cloned())
+            else {
+                return;
+            };
+            let reply = match operation_id {
+                None => service.register(who, payload).await,
+                Some(op) => service.status(who, op).await,
+            };
+            session.provisioned(&rid, reply);
+        }
         Action::Close(_) => {}
     }
 }
@@ -253,6 +276,10 @@ async fn finish(
     peer: std::net::SocketAddr,
 ) {
     let m = &mqtt.metrics;
+    if let Some(who) = session.identity().filter(|i| i.role == Role::Registration) {
+        tracing::debug!(%peer, registration = %who.device_id, ?end, "registration connection ended");
+        return;
+    }
     let Some(l) = live else {
         let reason = match end {
             End::ShuttingDown => return,

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod connect;
 pub mod dialect;
+pub mod dps;
 pub mod driver;
 pub mod requests;
 pub mod session;
@@ -63,6 +64,7 @@ impl Mqtt {
         let dialect = Arc::new(IotHub {
             hub_name: ctx.hub_name.clone(),
             directory: Arc::clone(&ctx.directory),
+            provisioning: ctx.provisioning.clone(),
         });
         Arc::new(Mqtt {
             metrics: ctx.metrics.protocol(protocol),

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 use weir_core::{
-    Event, EventSource, Feature, Features, Identity, IngestError, KickReason, Peer, Revocation,
-    ServiceError, ToDevice,
+    Event, EventSource, Feature, Features, Identity, IngestError, KickReason, Peer, ProvisionReply,
+    Revocation, Role, ServiceError, ToDevice,
 };
 
 use super::codec::{self, CodecError, Inbound, Publish};
@@ -87,6 +87,13 @@ pub enum Action {
     MethodResponse {
         rid: String,
         status: i32,
+        payload: Bytes,
+    },
+    /// Ask the provisioning service to register the device (`operation_id` `None`) or for
+    /// the state of a registration; answer with [`Session::provisioned`].
+    Provision {
+        rid: String,
+        operation_id: Option<String>,
         payload: Bytes,
     },
     C2dAcknowledged {
@@ -338,10 +345,13 @@ impl Session {
                 }
             };
         let features = Arc::new(Features::default());
+        // A registration keeps no session: the device's hub session, under the same id,
+        // is not its to read or change.
+        let clean = connect.clean_session || identity.role == Role::Registration;
         self.actions.push_back(Action::Register {
             identity: Arc::clone(&identity),
             features: Arc::clone(&features),
-            clean: connect.clean_session,
+            clean,
         });
         self.state = State::Open(Box::new(Open {
             expires: identity
@@ -350,7 +360,7 @@ impl Session {
             identity,
             features,
             filters: Vec::new(),
-            clean: connect.clean_session,
+            clean,
             idle: idle_limit(connect.keep_alive),
             inflight: HashMap::new(),
             next_pkid: 0,
@@ -374,14 +384,17 @@ impl Session {
                 o.features.set(feature, true);
             }
         }
-        if o.clean {
+        let device = o.identity.role == Role::Device;
+        if o.clean && device {
             self.actions
                 .push_back(Action::StoreSubscriptions(Vec::new()));
         }
         codec::connack(0, !filters.is_empty(), &mut self.out);
         o.filters = filters;
         o.registered = true;
-        self.actions.push_back(Action::Connected);
+        if device {
+            self.actions.push_back(Action::Connected);
+        }
     }
 
     fn packet(&mut self, packet: Inbound) {
@@ -514,7 +527,40 @@ impl Session {
                     payload: p.payload,
                 });
             }
+            Some(Incoming::Register { rid }) => {
+                let rid = rid.to_owned();
+                request(o, &mut self.out);
+                self.actions.push_back(Action::Provision {
+                    rid,
+                    operation_id: None,
+                    payload: p.payload,
+                });
+            }
+            Some(Incoming::RegistrationStatus { rid, operation_id }) => {
+                let (rid, operation_id) = (rid.to_owned(), Some(operation_id.to_owned()));
+                request(o, &mut self.out);
+                self.actions.push_back(Action::Provision {
+                    rid,
+                    operation_id,
+                    payload: p.payload,
+                });
+            }
         }
+    }
+
+    /// The provisioning service answered request `rid` (a registration or a status poll).
+    pub fn provisioned(&mut self, rid: &str, reply: ProvisionReply) {
+        let State::Open(o) = &self.state else {
+            return;
+        };
+        if !o.features.has(Feature::Registrations) {
+            return;
+        }
+        let topic = self
+            .dialect
+            .registration_response(reply.status, rid, reply.retry_after);
+        // A request id too long for the response topic gets no answer.
+        let _ = codec::publish(&topic, &reply.body, 0, 0, false, &mut self.out);
     }
 
     fn subscribe(&mut self, s: rumqttd::protocol::Subscribe) {

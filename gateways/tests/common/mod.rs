@@ -64,6 +64,7 @@ pub fn hub_for(protocol: &'static str, config: &MqttConfig) -> Hub {
         ingest: Arc::clone(&ingest) as Arc<dyn Ingest>,
         directory: Arc::new(directory),
         services: Arc::new(NoServices),
+        provisioning: None,
         connections: Arc::clone(&connections),
         admission: Arc::new(Admission::new(8, 8)),
         metrics: Arc::new(GatewayMetrics::default()),
