@@ -2,6 +2,7 @@
 
 pub mod c2d;
 pub mod commit;
+pub mod dps;
 pub mod fsutil;
 pub mod log;
 pub mod parquet;

@@ -47,7 +47,9 @@ class Hub:
     """One `weir serve` process with its own data directory, rules and ports."""
 
     def __init__(self, workdir, rules_dir, hostname="localhost", config="", fixed_ports=None, extra_args=(),
-                 wrapper=(), workers=2):
+                 wrapper=(), workers=2, ip="127.0.0.1"):
+        # The loopback address every listener binds (several hubs may each have 8883).
+        self.ip = ip
         self.workdir = Path(workdir)
         self.data = self.workdir / "data"
         self.rules = Path(rules_dir)
@@ -72,7 +74,7 @@ class Hub:
 
     @property
     def api(self):
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.ip}:{self.http_port}"
 
     @property
     def ca(self):
@@ -85,10 +87,10 @@ class Hub:
         args = self.wrapper + [
             str(WEIR), "serve", "-c", str(self.config_path),
             "--data-dir", str(self.data), "--rules", str(self.rules),
-            "--mqtt", f"127.0.0.1:{self.mqtt_port}", "--mqtts", f"127.0.0.1:{self.mqtts_port}",
-            "--quic", f"127.0.0.1:{self.quic_port}",
-            "--http", f"127.0.0.1:{self.http_port}", "--hostname", self.hostname, "--workers", str(self.workers),
-        ] + (["--https", f"127.0.0.1:{self.https_port}"] if self.https_port else []) + self.extra_args
+            "--mqtt", f"{self.ip}:{self.mqtt_port}", "--mqtts", f"{self.ip}:{self.mqtts_port}",
+            "--quic", f"{self.ip}:{self.quic_port}",
+            "--http", f"{self.ip}:{self.http_port}", "--hostname", self.hostname, "--workers", str(self.workers),
+        ] + (["--https", f"{self.ip}:{self.https_port}"] if self.https_port else []) + self.extra_args
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=self.log, cwd=self.workdir)
         deadline = time.time() + timeout
         while time.time() < deadline:

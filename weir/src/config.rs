@@ -30,6 +30,40 @@ struct File {
     dedupe: DedupeSection,
     archive: Archive,
     logging: Logging,
+    dps: DpsSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DpsSection {
+    enabled: bool,
+    hub: Vec<DpsHubSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DpsHubSection {
+    hostname: String,
+    api: String,
+    connection_string: String,
+    #[serde(default = "one")]
+    weight: u32,
+    #[serde(default)]
+    ca: Option<PathBuf>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A hub the provisioning service assigns devices to.
+#[derive(Debug, Clone)]
+pub struct LinkedHub {
+    pub hostname: String,
+    pub api: String,
+    pub connection_string: String,
+    pub weight: u32,
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +196,8 @@ pub struct Config {
     pub dedupe: Option<weir_engine::DedupeConfig>,
     pub archive: weir_storage::ParquetConfig,
     pub log_level: String,
+    /// The provisioning service and the hubs it assigns to (empty: this hub), when on.
+    pub dps: Option<Vec<LinkedHub>>,
 }
 
 /// Merges a TOML document over the embedded defaults, key by key.
@@ -337,6 +373,46 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     }
     weir_storage::parquet::options::check_path_template(&f.archive.path)
         .map_err(|e| anyhow::anyhow!("`archive.path`: {e}"))?;
+    let dps = if f.dps.enabled {
+        let mut hubs = Vec::new();
+        for (i, h) in f.dps.hub.into_iter().enumerate() {
+            let key = |k: &str| format!("`dps.hub[{i}].{k}`");
+            if h.hostname.is_empty() || h.hostname.contains(['/', ' ', ';']) {
+                bail!("{} = {:?} must be a host name", key("hostname"), h.hostname);
+            }
+            if !(h.api.starts_with("http://") || h.api.starts_with("https://")) {
+                bail!(
+                    "{} = {:?} must be an http:// or https:// URL",
+                    key("api"),
+                    h.api
+                );
+            }
+            if !h.connection_string.contains("SharedAccessKey=") {
+                bail!(
+                    "{} must be a service connection string (HostName=…;SharedAccessKeyName=iothubowner;SharedAccessKey=…)",
+                    key("connection_string")
+                );
+            }
+            if h.weight == 0 {
+                bail!("{} must be at least 1", key("weight"));
+            }
+            hubs.push(LinkedHub {
+                hostname: h.hostname,
+                api: h.api,
+                connection_string: h.connection_string,
+                weight: h.weight,
+                ca: h.ca,
+            });
+        }
+        if hubs.is_empty() && http.is_none() {
+            bail!(
+                "`dps.enabled` without [[dps.hub]] assigns devices to this hub through its REST API: turn on `listen.http`, or link hubs"
+            );
+        }
+        Some(hubs)
+    } else {
+        None
+    };
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
     let rules = a.rules.clone().unwrap_or(f.hub.rules);
@@ -388,6 +464,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         }),
         archive,
         log_level: f.logging.level,
+        dps,
     })
 }
 

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod config;
 mod device_cmd;
+mod dps;
 mod http_server;
 mod reload;
 mod rules_cmd;

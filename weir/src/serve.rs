@@ -80,7 +80,13 @@ async fn bind(addr: Option<SocketAddr>, key: &str) -> anyhow::Result<Option<TcpL
 /// Reads the `iothubowner` key from `<data-dir>/iothubowner.connstr`, creating it (0600) at
 /// first start and rewriting it when the host name changed.
 fn ensure_owner_key(data_dir: &Path, hostname: &str) -> anyhow::Result<String> {
-    let path = data_dir.join("iothubowner.connstr");
+    ensure_policy_key(data_dir, hostname, "iothubowner")
+}
+
+/// Reads the key of shared access policy `policy` from `<data-dir>/{policy}.connstr`,
+/// creating it (0600) at first start and rewriting it when the host name changed.
+fn ensure_policy_key(data_dir: &Path, hostname: &str, policy: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(format!("{policy}.connstr"));
     let existing = std::fs::read_to_string(&path).ok();
     let key = match existing
         .as_deref()
@@ -89,12 +95,11 @@ fn ensure_owner_key(data_dir: &Path, hostname: &str) -> anyhow::Result<String> {
         Some(k) => k.to_owned(),
         None => generate_key()?,
     };
-    let connstr =
-        format!("HostName={hostname};SharedAccessKeyName=iothubowner;SharedAccessKey={key}");
+    let connstr = format!("HostName={hostname};SharedAccessKeyName={policy};SharedAccessKey={key}");
     if existing.as_deref().map(str::trim) != Some(connstr.as_str()) {
         write_private(&path, format!("{connstr}\n").as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
-        tracing::info!(path = %path.display(), "wrote the service connection string (policy iothubowner)");
+        tracing::info!(path = %path.display(), %policy, "wrote a service connection string");
     }
     Ok(key)
 }
@@ -301,13 +306,37 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let connections = Arc::new(ConnectionRegistry::default());
     let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
 
+    let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
+    let dps = match &cfg.dps {
+        None => None,
+        Some(hubs) => {
+            let dps_key =
+                ensure_policy_key(&cfg.data_dir, &cfg.hostname, "provisioningserviceowner")?;
+            policies.push(("provisioningserviceowner".into(), dps_key));
+            let this_hub = crate::config::LinkedHub {
+                hostname: cfg.hostname.clone(),
+                api: cfg.http.map(|a| format!("http://{a}")).unwrap_or_default(),
+                connection_string: format!(
+                    "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={owner_key}",
+                    cfg.hostname
+                ),
+                weight: 1,
+                ca: None,
+            };
+            let dps = crate::dps::Dps::open(&cfg.data_dir, hubs, this_hub)?;
+            tracing::info!(id_scope = %weir_core::Provisioning::id_scope(&dps), linked_hubs = hubs.len().max(1), "provisioning service on");
+            Some(dps)
+        }
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateways = Arc::new(GatewayContext {
         hub_name: cfg.hostname.clone(),
         ingest: Arc::new(log.ingest()),
         directory: registry.clone(),
         services: Arc::new(hub.clone()),
-        provisioning: None,
+        provisioning: dps
+            .clone()
+            .map(|d| Arc::new(d) as Arc<dyn weir_core::Provisioning>),
         connections,
         admission: Arc::new(Admission::new(
             cfg.mqtt_limits.max_connections,
@@ -349,9 +378,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let http_limits = http_server::HttpLimits::new(cfg.http_settings.clone());
     let state = Arc::new(ApiState {
         hostname: cfg.hostname.clone(),
-        keys: ServiceKeys {
-            policies: vec![("iothubowner".into(), owner_key)],
-        },
+        keys: ServiceKeys { policies },
+        dps,
         registry: registry.clone(),
         hub: hub.clone(),
         websocket: Mqtt::iothub(Arc::clone(&gateways), &cfg.mqtt_settings, "mqtt-ws"),

@@ -18,13 +18,27 @@ use super::topic::{DeviceTopic, classify, decode_bag};
 /// What a device's PUBLISH is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming<'t> {
-    Telemetry { bag: &'t str },
-    TwinGet { rid: &'t str },
-    TwinPatch { rid: &'t str },
-    MethodResponse { rid: &'t str, status: i32 },
+    Telemetry {
+        bag: &'t str,
+    },
+    TwinGet {
+        rid: &'t str,
+    },
+    TwinPatch {
+        rid: &'t str,
+    },
+    MethodResponse {
+        rid: &'t str,
+        status: i32,
+    },
     /// A registration with the provisioning service.
-    Register { rid: &'t str },
-    RegistrationStatus { rid: &'t str, operation_id: &'t str },
+    Register {
+        rid: &'t str,
+    },
+    RegistrationStatus {
+        rid: &'t str,
+        operation_id: &'t str,
+    },
 }
 
 /// A PUBLISH to a device.
@@ -87,13 +101,7 @@ impl Dialect for IotHub {
         if let (Some(service), Some(l)) = (&self.provisioning, login)
             && dps::parse_username(&l.username).is_some()
         {
-            return dps::authenticate(
-                connect,
-                l,
-                peer.client_certs.as_deref(),
-                service,
-                now_secs,
-            );
+            return dps::authenticate(connect, l, peer.client_certs.as_deref(), service, now_secs);
         }
         authenticate(
             connect,

@@ -123,7 +123,11 @@ pub fn authenticate(
         } else {
             let ca = x509::verify_chain(leaf, intermediates, &enrolled.cas, now_secs)
                 .map_err(|e| Refusal::new(5, e.to_string()))?;
-            (AuthMethod::X509Ca, Credential::X509Ca(ca.digest), info.not_after)
+            (
+                AuthMethod::X509Ca,
+                Credential::X509Ca(ca.digest),
+                info.not_after,
+            )
         }
     } else {
         if enrolled.keys.is_empty() {
@@ -174,10 +178,17 @@ mod tests {
                 operation_id: "op-1"
             })
         );
-        assert_eq!(parse_request("$dps/registrations/PUT/iotdps-register/?x=1"), None);
+        assert_eq!(
+            parse_request("$dps/registrations/PUT/iotdps-register/?x=1"),
+            None
+        );
         assert_eq!(parse_request("devices/d/messages/events/"), None);
         let t = response_topic(202, "abc", Some(3));
         assert_eq!(t, "$dps/registrations/res/202/?$rid=abc&retry-after=3");
-        assert_eq!(t.matches('$').count(), 2, "one in the prefix, one before rid");
+        assert_eq!(
+            t.matches('$').count(),
+            2,
+            "one in the prefix, one before rid"
+        );
     }
 }

@@ -32,11 +32,32 @@ fn unauthorized(msg: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "IotHubUnauthorizedAccess", msg)
 }
 
+/// The hub's service API: any policy but the provisioning service's.
 pub async fn require_service_token(
     State(state): State<Arc<ApiState>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    check(&state, &req, |p| !p.eq_ignore_ascii_case(PROVISIONING))?;
+    Ok(next.run(req).await)
+}
+
+/// The provisioning service's API: its own policy only.
+pub async fn require_provisioning_token(
+    State(state): State<Arc<ApiState>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    check(&state, &req, |p| p.eq_ignore_ascii_case(PROVISIONING))?;
+    Ok(next.run(req).await)
+}
+
+/// The provisioning service's shared access policy.
+pub const PROVISIONING: &str = "provisioningserviceowner";
+
+/// Verifies the request's service SAS token, signed with a key of a policy `allowed`
+/// admits.
+fn check(state: &ApiState, req: &Request, allowed: impl Fn(&str) -> bool) -> Result<(), ApiError> {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -48,14 +69,14 @@ pub async fn require_service_token(
         .clone()
         .ok_or_else(|| unauthorized("the token names no shared access policy (skn)"))?;
     let keys = state.keys.keys_for(&policy);
-    if keys.is_empty() {
+    if keys.is_empty() || !allowed(&policy) {
         return Err(unauthorized(format!(
-            "unknown shared access policy {policy:?}"
+            "shared access policy {policy:?} is unknown or may not use this API"
         )));
     }
     if let Err(e) = sas::verify(&token, &state.hostname, &keys, now_secs()) {
         tracing::warn!(%policy, reason = %e, "service request refused");
         return Err(unauthorized(e.to_string()));
     }
-    Ok(next.run(req).await)
+    Ok(())
 }

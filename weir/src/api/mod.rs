@@ -3,6 +3,7 @@
 mod auth;
 mod certificates;
 mod devices;
+mod dps;
 mod endpoints;
 mod error;
 mod messages;
@@ -25,6 +26,8 @@ pub use auth::ServiceKeys;
 pub struct ApiState {
     pub hostname: String,
     pub keys: ServiceKeys,
+    /// The provisioning service, when on.
+    pub dps: Option<crate::dps::Dps>,
     pub registry: Arc<Registry>,
     pub hub: weir_hub::Hub,
     /// MQTT over WebSocket, served by the HTTPS listener.
@@ -92,12 +95,35 @@ pub fn router(state: Arc<ApiState>) -> Router {
             Arc::clone(&state),
             auth::require_service_token,
         ));
+    let provisioning = Router::new()
+        .route("/provisioning", get(dps::info))
+        .route(
+            "/enrollments/{id}",
+            get(dps::get_enrollment)
+                .put(dps::put_enrollment)
+                .delete(dps::delete_enrollment),
+        )
+        .route(
+            "/enrollmentGroups/{id}",
+            get(dps::get_group)
+                .put(dps::put_group)
+                .delete(dps::delete_group),
+        )
+        .route(
+            "/registrations/{id}",
+            get(dps::get_registration).delete(dps::delete_registration),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::require_provisioning_token,
+        ));
     Router::new()
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::render))
         // Devices authenticate inside MQTT (their SAS token is in CONNECT), not here.
         .route("/$iothub/websocket", get(ws::upgrade))
         .merge(service)
+        .merge(provisioning)
         .fallback(error::not_found)
         .with_state(state)
 }

@@ -1,0 +1,150 @@
+"""The provisioning service with the unmodified Azure IoT device SDK: a `weir serve` with
+`[dps]` on 127.0.0.2:8883 assigns devices to a linked hub on 127.0.0.3:8883, where they
+connect and send telemetry that lands in that hub's archive. Individual and group
+(derived-key) symmetric-key enrollments, an initial twin, and revocation that reaches the
+live hub session."""
+
+import base64
+import hashlib
+import hmac
+import time
+
+import pytest
+import requests
+from azure.iot.device import IoTHubDeviceClient, Message, ProvisioningDeviceClient
+from azure.iot.device.exceptions import ClientError, CredentialError
+
+from weirhub import Hub, sas_token
+
+DPS_IP, HUB_IP = "127.0.0.2", "127.0.0.3"
+
+
+def loopback_alias_ok():
+    import socket
+    try:
+        s = socket.socket()
+        s.bind((HUB_IP, 0))
+        s.close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def linked(tmp_path, rules_dir):
+    assert loopback_alias_ok(), "127.0.0.0/8 must be usable (Linux routes it to lo)"
+    (tmp_path / "hub").mkdir()
+    hub = Hub(tmp_path / "hub", rules_dir, hostname=HUB_IP, ip=HUB_IP, fixed_ports={"mqtts": 8883}).start()
+    (tmp_path / "dps").mkdir()
+    config = f"""
+[dps]
+enabled = true
+
+[[dps.hub]]
+hostname = "{HUB_IP}"
+api = "{hub.api}"
+connection_string = "{hub.service_connection_string()}"
+"""
+    dps = Hub(tmp_path / "dps", rules_dir, hostname=DPS_IP, ip=DPS_IP, fixed_ports={"mqtts": 8883},
+              config=config).start()
+    yield dps, hub
+    dps.stop()
+    hub.stop()
+
+
+def dps_call(dps, method, path, body=None, headers=None):
+    key = [kv.split("=", 1)[1] for kv in (dps.data / "provisioningserviceowner.connstr").read_text().strip().split(";")
+           if kv.startswith("SharedAccessKey=")][0]
+    h = {"Authorization": sas_token(dps.hostname, key, int(time.time()) + 3600, "provisioningserviceowner")}
+    h.update(headers or {})
+    return requests.request(method, f"{dps.api}{path}?api-version=2021-10-01", json=body, headers=h, timeout=30)
+
+
+def register(dps, registration_id, key):
+    scope = dps_call(dps, "GET", "/provisioning").json()["idScope"]
+    client = ProvisioningDeviceClient.create_from_symmetric_key(
+        provisioning_host=DPS_IP, registration_id=registration_id, id_scope=scope, symmetric_key=key,
+        server_verification_cert=open(dps.ca).read())
+    return client.register()
+
+
+def hub_device(hub, device_id, key):
+    return IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=HUB_IP, device_id=device_id,
+        server_verification_cert=open(hub.ca).read(), connection_retry=False)
+
+
+def derived(group_key, registration_id):
+    mac = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def test_an_individual_enrollment_provisions_to_the_linked_hub(linked):
+    dps, hub = linked
+    # The service API takes only the provisioning service's own credential.
+    assert dps.call("PUT", "/enrollments/dev-1", {"attestation": {"type": "symmetricKey"}}).status_code == 401
+    r = dps_call(dps, "PUT", "/enrollments/dev-1", {"attestation": {"type": "symmetricKey"}})
+    assert r.status_code == 200, r.text
+    key = r.json()["attestation"]["symmetricKey"]["primaryKey"]
+
+    result = register(dps, "dev-1", key)
+    assert result.status == "assigned"
+    assert result.registration_state.assigned_hub == HUB_IP
+    assert result.registration_state.device_id == "dev-1"
+
+    c = hub_device(hub, "dev-1", key)
+    c.connect()
+    for i in range(5):
+        c.send_message(Message(f'{{"temp": {i}}}', content_type="application/json", content_encoding="utf-8"))
+    c.shutdown()
+    hub.wait_rows("archive", 5)
+    assert {r[0] for r in hub.query("archive", "SELECT device_id FROM t")} == {"dev-1"}
+    state = dps_call(dps, "GET", "/registrations/dev-1").json()
+    assert state["assignedHub"] == HUB_IP and state["status"] == "assigned"
+    assert state["substatus"] == "initialAssignment"
+
+    # A wrong key does not register.
+    with pytest.raises((CredentialError, ClientError)):
+        register(dps, "dev-1", base64.b64encode(b"x" * 32).decode())
+
+
+def test_a_group_enrollment_takes_derived_keys_and_gives_the_initial_twin(linked):
+    dps, hub = linked
+    r = dps_call(dps, "PUT", "/enrollmentGroups/line-3", {
+        "attestation": {"type": "symmetricKey"},
+        "initialTwin": {"tags": {"site": "plant-1"}, "properties": {"desired": {"interval": 5}}},
+    })
+    assert r.status_code == 200, r.text
+    group_key = r.json()["attestation"]["symmetricKey"]["primaryKey"]
+    key = derived(group_key, "sensor-9")
+    result = register(dps, "sensor-9", key)
+    assert (result.status, result.registration_state.assigned_hub) == ("assigned", HUB_IP)
+    c = hub_device(hub, "sensor-9", key)
+    c.connect()
+    twin = c.get_twin()
+    assert twin["desired"]["interval"] == 5
+    c.shutdown()
+    assert hub.call("GET", "/twins/sensor-9").json()["tags"] == {"site": "plant-1"}
+    # Another registration id derives another key: the group key itself is no device key.
+    with pytest.raises((CredentialError, ClientError)):
+        register(dps, "sensor-10", group_key)
+
+
+def test_revoking_an_enrollment_cuts_the_live_hub_session_within_a_second(linked):
+    dps, hub = linked
+    r = dps_call(dps, "PUT", "/enrollments/dev-r", {"attestation": {"type": "symmetricKey"}})
+    key = r.json()["attestation"]["symmetricKey"]["primaryKey"]
+    assert register(dps, "dev-r", key).status == "assigned"
+    c = hub_device(hub, "dev-r", key)
+    c.connect()
+    assert hub.call("GET", "/devices/dev-r").json()["connectionState"] == "Connected"
+    start = time.time()
+    assert dps_call(dps, "DELETE", "/enrollments/dev-r", headers={"If-Match": "*"}).status_code == 204
+    while c.connected and time.time() - start < 5:
+        time.sleep(0.02)
+    took = time.time() - start
+    assert not c.connected and took < 1.0, f"the session lasted {took:.2f} s after the revocation"
+    c.shutdown()
+    assert hub.call("GET", "/devices/dev-r").json()["status"] == "disabled"
+    with pytest.raises((CredentialError, ClientError)):
+        register(dps, "dev-r", key)
