@@ -148,3 +148,90 @@ def test_revoking_an_enrollment_cuts_the_live_hub_session_within_a_second(linked
     assert hub.call("GET", "/devices/dev-r").json()["status"] == "disabled"
     with pytest.raises((CredentialError, ClientError)):
         register(dps, "dev-r", key)
+
+
+PROD_IP = "127.0.0.4"
+
+
+@pytest.fixture
+def test_and_prod(tmp_path, rules_dir):
+    hubs = {}
+    for name, ip in (("test", HUB_IP), ("prod", PROD_IP)):
+        (tmp_path / name).mkdir()
+        hubs[name] = Hub(tmp_path / name, rules_dir, hostname=ip, ip=ip, fixed_ports={"mqtts": 8883}).start()
+    links = "".join(f"""
+[[dps.hub]]
+hostname = "{h.hostname}"
+api = "{h.api}"
+connection_string = "{h.service_connection_string()}"
+""" for h in hubs.values())
+    (tmp_path / "dps").mkdir()
+    dps = Hub(tmp_path / "dps", rules_dir, hostname=DPS_IP, ip=DPS_IP, fixed_ports={"mqtts": 8883},
+              config="[dps]\nenabled = true\n" + links).start()
+    yield dps, hubs["test"], hubs["prod"]
+    dps.stop()
+    for h in hubs.values():
+        h.stop()
+
+
+def enroll(dps, registration_id, hub_ip, migrate=True, update=True, etag=None, key=None):
+    body = {"attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": key, "secondaryKey": key}},
+            "allocationPolicy": "static", "iotHubHostName": hub_ip,
+            "initialTwin": {"tags": {"stage": "initial"}, "properties": {"desired": {"mode": "initial"}}},
+            "reprovisionPolicy": {"updateHubAssignment": update, "migrateDeviceData": migrate}}
+    r = dps_call(dps, "PUT", f"/enrollments/{registration_id}", body, headers={"If-Match": etag} if etag else None)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.mark.parametrize("policy", ["migrate", "reset", "never"])
+def test_moving_an_enrollment_from_test_to_production_takes_effect_at_the_next_registration(test_and_prod, policy):
+    dps, test, prod = test_and_prod
+    reg = f"dev-{policy}"
+    e = enroll(dps, reg, HUB_IP, migrate=policy == "migrate", update=policy != "never")
+    key = e["attestation"]["symmetricKey"]["primaryKey"]
+    assert register(dps, reg, key).registration_state.assigned_hub == HUB_IP
+    c = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=HUB_IP, device_id=reg, server_verification_cert=open(test.ca).read(),
+        connection_retry=False)
+    c.connect()
+    c.send_message("on test")
+    c.shutdown()
+    # Commissioning on the test hub changed the twin.
+    twin = test.call("GET", f"/twins/{reg}").json()
+    assert test.call("PATCH", f"/twins/{reg}", {"tags": {"stage": "tested"}, "properties": {"desired": {"mode": "tuned"}}},
+                     headers={"If-Match": twin["etag"]}).status_code == 200
+
+    # The operator points the enrollment at production and retires the device on test.
+    enroll(dps, reg, PROD_IP, migrate=policy == "migrate", update=policy != "never", etag=e["etag"], key=key)
+    dev = test.call("GET", f"/devices/{reg}").json()
+    dev["status"] = "disabled"
+    assert test.call("PUT", f"/devices/{reg}", dev, headers={"If-Match": dev["etag"]}).status_code == 200
+
+    # The device app, refused by its hub, registers again (what the SDK samples do).
+    with pytest.raises(CredentialError):
+        hub_client = IoTHubDeviceClient.create_from_symmetric_key(
+            symmetric_key=key, hostname=HUB_IP, device_id=reg, server_verification_cert=open(test.ca).read(),
+            connection_retry=False)
+        hub_client.connect()
+    state = register(dps, reg, key).registration_state
+    if policy == "never":
+        assert state.assigned_hub == HUB_IP, "updateHubAssignment false: stays on its first hub"
+        assert prod.call("GET", f"/devices/{reg}").status_code == 404
+        return
+    assert state.assigned_hub == PROD_IP
+    assert state.sub_status == {"migrate": "deviceDataMigrated", "reset": "deviceDataReset"}[policy]
+    c = IoTHubDeviceClient.create_from_symmetric_key(
+        symmetric_key=key, hostname=PROD_IP, device_id=reg, server_verification_cert=open(prod.ca).read(),
+        connection_retry=False)
+    c.connect()
+    desired = c.get_twin()["desired"]
+    c.send_message(Message('{"stage": "prod"}', content_type="application/json", content_encoding="utf-8"))
+    c.shutdown()
+    tags = prod.call("GET", f"/twins/{reg}").json()["tags"]
+    if policy == "migrate":
+        assert (desired["mode"], tags) == ("tuned", {"stage": "tested"})
+    else:
+        assert (desired["mode"], tags) == ("initial", {"stage": "initial"})
+    prod.wait_rows("archive", 1)
+    assert {r[0] for r in prod.query("archive", "SELECT device_id FROM t")} == {reg}
