@@ -235,3 +235,64 @@ def test_moving_an_enrollment_from_test_to_production_takes_effect_at_the_next_r
         assert (desired["mode"], tags) == ("initial", {"stage": "initial"})
     prod.wait_rows("archive", 1)
     assert {r[0] for r in prod.query("archive", "SELECT device_id FROM t")} == {reg}
+
+
+def verify_ca_on(hub, name, root):
+    """Uploads `root` to the hub and proves possession, as an operator does once."""
+    import certs
+    r = hub.call("PUT", f"/certificates/{name}", {"properties": {"certificate": root.pem}})
+    assert r.status_code == 200, r.text
+    r = hub.call("POST", f"/certificates/{name}/generateVerificationCode", headers={"If-Match": r.json()["etag"]})
+    code = r.json()["properties"]["verificationCode"]
+    r = hub.call("POST", f"/certificates/{name}/verify", {"certificate": certs.device(code, issuer=root).pem},
+                 headers={"If-Match": r.json()["etag"]})
+    assert r.status_code == 200, r.text
+
+
+def test_x509_enrollments_provision_by_certificate_and_by_ca(linked, tmp_path):
+    import certs
+    from azure.iot.device import X509
+    dps, hub = linked
+    scope = dps_call(dps, "GET", "/provisioning").json()["idScope"]
+
+    def provision(reg, files):
+        return ProvisioningDeviceClient.create_from_x509_certificate(
+            provisioning_host=DPS_IP, registration_id=reg, id_scope=scope, x509=X509(*files),
+            server_verification_cert=open(dps.ca).read()).register()
+
+    def connect_and_send(reg, files):
+        c = IoTHubDeviceClient.create_from_x509_certificate(
+            x509=X509(*files), hostname=HUB_IP, device_id=reg, server_verification_cert=open(hub.ca).read(),
+            connection_retry=False)
+        c.connect()
+        c.send_message(Message('{"x509": true}', content_type="application/json", content_encoding="utf-8"))
+        c.shutdown()
+
+    own = certs.device("x-dev-1")
+    r = dps_call(dps, "PUT", "/enrollments/x-dev-1", {"attestation": {"type": "x509", "x509": {
+        "clientCertificates": {"primary": {"certificate": own.pem}}}}})
+    assert r.status_code == 200, r.text
+    files = own.write(tmp_path, "x-dev-1")
+    state = provision("x-dev-1", files).registration_state
+    assert state.assigned_hub == HUB_IP
+    assert hub.call("GET", "/devices/x-dev-1").json()["authentication"]["type"] == "selfSigned"
+    connect_and_send("x-dev-1", files)
+    # Another certificate for the same registration id is refused.
+    with pytest.raises((CredentialError, ClientError)):
+        provision("x-dev-1", certs.device("x-dev-1").write(tmp_path, "x-dev-1-other"))
+
+    root = certs.ca("Fleet Root")
+    verify_ca_on(hub, "fleet", root)
+    r = dps_call(dps, "PUT", "/enrollmentGroups/fleet", {"attestation": {"type": "x509", "x509": {
+        "signingCertificates": {"primary": {"certificate": root.pem}}}}})
+    assert r.status_code == 200, r.text
+    member = certs.device("x-fleet-7", issuer=root)
+    files = member.write(tmp_path, "x-fleet-7")
+    state = provision("x-fleet-7", files).registration_state
+    assert (state.assigned_hub, state.device_id) == (HUB_IP, "x-fleet-7")
+    assert hub.call("GET", "/devices/x-fleet-7").json()["authentication"]["type"] == "certificateAuthority"
+    connect_and_send("x-fleet-7", files)
+    stranger = certs.device("x-fleet-8", issuer=certs.ca("Other Root"))
+    with pytest.raises((CredentialError, ClientError)):
+        provision("x-fleet-8", stranger.write(tmp_path, "x-fleet-8"))
+    hub.wait_rows("archive", 2)
