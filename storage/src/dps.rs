@@ -59,6 +59,14 @@ fn enabled() -> String {
     "enabled".into()
 }
 
+/// One rule of a custom allocation (Weir's: IoT DPS calls out to an Azure Function).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomRule {
+    pub condition: String,
+    pub iot_hub_host_name: String,
+}
+
 /// An individual enrollment or an enrollment group, as the service API sends it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -79,6 +87,10 @@ pub struct Enrollment {
     pub iot_hubs: Vec<String>,
     #[serde(default = "hashed")]
     pub allocation_policy: String,
+    /// For the `custom` policy: the first rule whose condition (routing query language
+    /// over the registration) holds picks the hub.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_allocation: Vec<CustomRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_twin: Option<Value>,
     #[serde(default = "enabled")]

@@ -296,3 +296,26 @@ def test_x509_enrollments_provision_by_certificate_and_by_ca(linked, tmp_path):
     with pytest.raises((CredentialError, ClientError)):
         provision("x-fleet-8", stranger.write(tmp_path, "x-fleet-8"))
     hub.wait_rows("archive", 2)
+
+
+def test_custom_allocation_reads_the_devices_payload(test_and_prod):
+    dps, test, prod = test_and_prod
+    r = dps_call(dps, "PUT", "/enrollmentGroups/staged", {
+        "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom",
+        "customAllocation": [
+            {"condition": "$body.stage = 'prod'", "iotHubHostName": PROD_IP},
+            {"condition": "true", "iotHubHostName": HUB_IP}]})
+    assert r.status_code == 200, r.text
+    group_key = r.json()["attestation"]["symmetricKey"]["primaryKey"]
+    scope = dps_call(dps, "GET", "/provisioning").json()["idScope"]
+    for reg, payload, hub in (("c-1", {"stage": "prod"}, PROD_IP), ("c-2", {"stage": "lab"}, HUB_IP), ("c-3", None, HUB_IP)):
+        client = ProvisioningDeviceClient.create_from_symmetric_key(
+            provisioning_host=DPS_IP, registration_id=reg, id_scope=scope, symmetric_key=derived(group_key, reg),
+            server_verification_cert=open(dps.ca).read())
+        if payload is not None:
+            client.provisioning_payload = payload
+        assert client.register().registration_state.assigned_hub == hub, reg
+    bad = dps_call(dps, "PUT", "/enrollmentGroups/broken", {
+        "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom",
+        "customAllocation": [{"condition": "$body.stage = ", "iotHubHostName": HUB_IP}]})
+    assert bad.status_code == 400 and "customAllocation[0]" in bad.text

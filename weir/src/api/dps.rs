@@ -122,8 +122,10 @@ fn prepare(kind: Kind, id: &str, body: &[u8]) -> Result<Enrollment, ApiError> {
             )));
         }
     }
-    serde_json::from_value(doc)
-        .map_err(|e| ApiError::bad_request(format!("not an enrollment: {e}")))
+    let e: Enrollment = serde_json::from_value(doc)
+        .map_err(|e| ApiError::bad_request(format!("not an enrollment: {e}")))?;
+    crate::dps::allocate::check_custom(&e).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(e)
 }
 
 async fn put(

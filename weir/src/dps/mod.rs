@@ -181,7 +181,7 @@ impl Inner {
 
     /// Registers `who`: finds its enrollment, picks its hub, creates (or moves) the device
     /// there with the enrollment's initial twin or its migrated twin, and records it.
-    async fn register(&self, who: &Identity, _payload: Bytes) -> anyhow::Result<Registration> {
+    async fn register(&self, who: &Identity, payload: Bytes) -> anyhow::Result<Registration> {
         let reg_id = who.device_id.as_str();
         let individual = self.store.enrollment(Kind::Individual, reg_id)?;
         let groups = self.groups();
@@ -209,7 +209,19 @@ impl Inner {
                 weight: l.weight,
             })
             .collect();
-        let hub = allocate::choose(&enrollment, reg_id, &candidates, current.as_deref())?;
+        // The register body is `{"payload": <the device's>, "registrationId": …}`.
+        let custom = serde_json::from_slice::<Value>(&payload)
+            .ok()
+            .and_then(|b| b.get("payload").cloned())
+            .unwrap_or(Value::Null)
+            .to_string();
+        let hub = allocate::choose(
+            &enrollment,
+            reg_id,
+            custom.as_bytes(),
+            &candidates,
+            current.as_deref(),
+        )?;
         let link = self.link(&hub).context("the chosen hub is not linked")?;
         let device_id = enrollment
             .device_id
