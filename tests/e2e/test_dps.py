@@ -32,6 +32,14 @@ def loopback_alias_ok():
 
 @pytest.fixture
 def linked(tmp_path, rules_dir):
+    dps, hub = start_linked(tmp_path, rules_dir)
+    yield dps, hub
+    dps.stop()
+    hub.stop()
+
+
+def start_linked(tmp_path, rules_dir, settings=""):
+    """A hub on 127.0.0.3 and a provisioning service on 127.0.0.2 linked to it."""
     assert loopback_alias_ok(), "127.0.0.0/8 must be usable (Linux routes it to lo)"
     (tmp_path / "hub").mkdir()
     hub = Hub(tmp_path / "hub", rules_dir, hostname=HUB_IP, ip=HUB_IP, fixed_ports={"mqtts": 8883}).start()
@@ -39,6 +47,7 @@ def linked(tmp_path, rules_dir):
     config = f"""
 [dps]
 enabled = true
+{settings}
 
 [[dps.hub]]
 hostname = "{HUB_IP}"
@@ -47,9 +56,7 @@ connection_string = "{hub.service_connection_string()}"
 """
     dps = Hub(tmp_path / "dps", rules_dir, hostname=DPS_IP, ip=DPS_IP, fixed_ports={"mqtts": 8883},
               config=config).start()
-    yield dps, hub
-    dps.stop()
-    hub.stop()
+    return dps, hub
 
 
 def dps_call(dps, method, path, body=None, headers=None):
@@ -148,6 +155,29 @@ def test_revoking_an_enrollment_cuts_the_live_hub_session_within_a_second(linked
     assert hub.call("GET", "/devices/dev-r").json()["status"] == "disabled"
     with pytest.raises((CredentialError, ClientError)):
         register(dps, "dev-r", key)
+
+
+def test_provisioning_only_revocation_leaves_hub_sessions_as_iot_hub_does(tmp_path, rules_dir):
+    dps, hub = start_linked(tmp_path, rules_dir, 'revoke = "provisioning-only"')
+    try:
+        r = dps_call(dps, "PUT", "/enrollments/dev-p", {"attestation": {"type": "symmetricKey"}})
+        key = r.json()["attestation"]["symmetricKey"]["primaryKey"]
+        assert register(dps, "dev-p", key).status == "assigned"
+        c = hub_device(hub, "dev-p", key)
+        c.connect()
+        e = r.json()
+        e["provisioningStatus"] = "disabled"
+        assert dps_call(dps, "PUT", "/enrollments/dev-p", e, headers={"If-Match": e["etag"]}).status_code == 200
+        time.sleep(1.5)
+        assert c.connected, "provisioning-only leaves the hub session alone"
+        c.send_message("still here")
+        c.shutdown()
+        assert hub.call("GET", "/devices/dev-p").json()["status"] == "enabled"
+        with pytest.raises((CredentialError, ClientError)):
+            register(dps, "dev-p", key)
+    finally:
+        dps.stop()
+        hub.stop()
 
 
 PROD_IP = "127.0.0.4"

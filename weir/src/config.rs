@@ -37,7 +37,17 @@ struct File {
 #[serde(deny_unknown_fields)]
 struct DpsSection {
     enabled: bool,
+    revoke: String,
     hub: Vec<DpsHubSection>,
+}
+
+/// The provisioning service's settings.
+#[derive(Debug, Clone)]
+pub struct DpsConfig {
+    /// The hubs it assigns to (empty: this hub).
+    pub hubs: Vec<LinkedHub>,
+    /// Revoking an enrollment disables its devices on their hubs.
+    pub cascade: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,8 +206,8 @@ pub struct Config {
     pub dedupe: Option<weir_engine::DedupeConfig>,
     pub archive: weir_storage::ParquetConfig,
     pub log_level: String,
-    /// The provisioning service and the hubs it assigns to (empty: this hub), when on.
-    pub dps: Option<Vec<LinkedHub>>,
+    /// The provisioning service, when on.
+    pub dps: Option<DpsConfig>,
 }
 
 /// Merges a TOML document over the embedded defaults, key by key.
@@ -409,7 +419,12 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
                 "`dps.enabled` without [[dps.hub]] assigns devices to this hub through its REST API: turn on `listen.http`, or link hubs"
             );
         }
-        Some(hubs)
+        let cascade = match f.dps.revoke.as_str() {
+            "cascade" => true,
+            "provisioning-only" => false,
+            other => bail!("`dps.revoke` = {other:?} must be \"cascade\" or \"provisioning-only\""),
+        };
+        Some(DpsConfig { hubs, cascade })
     } else {
         None
     };

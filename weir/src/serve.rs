@@ -309,7 +309,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
     let dps = match &cfg.dps {
         None => None,
-        Some(hubs) => {
+        Some(dps_cfg) => {
             let dps_key =
                 ensure_policy_key(&cfg.data_dir, &cfg.hostname, "provisioningserviceowner")?;
             policies.push(("provisioningserviceowner".into(), dps_key));
@@ -323,8 +323,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 weight: 1,
                 ca: None,
             };
-            let dps = crate::dps::Dps::open(&cfg.data_dir, hubs, this_hub)?;
-            tracing::info!(id_scope = %weir_core::Provisioning::id_scope(&dps), linked_hubs = hubs.len().max(1), "provisioning service on");
+            let dps = crate::dps::Dps::open(&cfg.data_dir, dps_cfg, this_hub)?;
+            tracing::info!(id_scope = %weir_core::Provisioning::id_scope(&dps), linked_hubs = dps_cfg.hubs.len().max(1), cascade = dps_cfg.cascade, "provisioning service on");
             Some(dps)
         }
     };

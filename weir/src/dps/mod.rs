@@ -21,7 +21,7 @@ use weir_storage::dps::{DpsStore, Enrollment, Kind, Registration};
 
 use crate::cli::HubArgs;
 use crate::client::HubClient;
-use crate::config::LinkedHub;
+use crate::config::{DpsConfig, LinkedHub};
 use allocate::Candidate;
 
 /// A hub devices are created on.
@@ -34,6 +34,8 @@ struct Link {
 pub struct Inner {
     pub store: Arc<DpsStore>,
     links: Vec<Link>,
+    /// Revoking an enrollment disables its devices on their hubs (`dps.revoke`).
+    cascade: bool,
 }
 
 /// The service; cheap to clone.
@@ -44,7 +46,8 @@ pub struct Dps {
 
 impl Dps {
     /// Opens the store and links the hubs (`hubs`, or this hub when there are none).
-    pub fn open(data_dir: &Path, hubs: &[LinkedHub], this_hub: LinkedHub) -> anyhow::Result<Dps> {
+    pub fn open(data_dir: &Path, config: &DpsConfig, this_hub: LinkedHub) -> anyhow::Result<Dps> {
+        let hubs = &config.hubs;
         let store = Arc::new(
             DpsStore::open(&data_dir.join("dps.redb"))
                 .context("opening the provisioning service's store")?,
@@ -70,7 +73,11 @@ impl Dps {
             });
         }
         Ok(Dps {
-            inner: Arc::new(Inner { store, links }),
+            inner: Arc::new(Inner {
+                store,
+                links,
+                cascade: config.cascade,
+            }),
         })
     }
 }
@@ -89,6 +96,9 @@ impl Dps {
     /// disabled on their hubs, which cuts their live sessions (IoT Hub's DPS leaves them
     /// working; decision 030).
     pub async fn revoke(&self, kind: Kind, id: &str) {
+        if !self.inner.cascade {
+            return;
+        }
         let registrations = match self.inner.store.registrations() {
             Ok(r) => r,
             Err(e) => {
