@@ -349,3 +349,28 @@ def test_custom_allocation_reads_the_devices_payload(test_and_prod):
         "attestation": {"type": "symmetricKey"}, "allocationPolicy": "custom",
         "customAllocation": [{"condition": "$body.stage = ", "iotHubHostName": HUB_IP}]})
     assert bad.status_code == 400 and "customAllocation[0]" in bad.text
+
+
+def test_weir_dps_commands(linked):
+    from conftest import run_weir
+    dps, hub = linked
+    common = ["--api", dps.api, "--data-dir", dps.data]
+    r = run_weir("dps", "info", *common)
+    assert r.returncode == 0, r.stderr
+    scope = r.stdout.split("ID scope:")[1].split()[0]
+    assert scope == dps_call(dps, "GET", "/provisioning").json()["idScope"] and HUB_IP in r.stdout
+    r = run_weir("dps", "enrollment", "create", "cli-1", "--hub", HUB_IP, "--tag", "site=lab", *common)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.split("key:")[1].split()[0]
+    assert register(dps, "cli-1", key).registration_state.assigned_hub == HUB_IP
+    assert hub.call("GET", "/twins/cli-1").json()["tags"] == {"site": "lab"}
+    r = run_weir("dps", "registration", "show", "cli-1", *common)
+    assert r.returncode == 0 and '"assignedHub": "127.0.0.3"' in r.stdout, r.stdout + r.stderr
+    r = run_weir("dps", "enrollment", "disable", "cli-1", *common)
+    assert r.returncode == 0, r.stderr
+    assert hub.call("GET", "/devices/cli-1").json()["status"] == "disabled"
+    r = run_weir("dps", "group", "create", "cli-g", *common)
+    assert r.returncode == 0 and "group key:" in r.stdout, r.stdout + r.stderr
+    # The hub's own credential is no provisioning credential.
+    r = run_weir("dps", "info", "--api", dps.api, "--connection-string", dps.service_connection_string())
+    assert r.returncode != 0 and "401" in r.stderr, r.stderr

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{ca_cmd, config, device_cmd, rules_cmd, serve, simulate};
+use crate::{ca_cmd, config, device_cmd, dps_cmd, rules_cmd, serve, simulate};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +36,8 @@ pub enum Command {
     Device(DeviceArgs),
     /// Manage the CA certificates X.509 devices chain to (upload, proof of possession).
     Ca(CaArgs),
+    /// The provisioning service (`[dps]`): its ID scope, enrollments and registrations.
+    Dps(DpsArgs),
     /// Simulate devices publishing telemetry, and report throughput and latency.
     Simulate(simulate::SimulateArgs),
 }
@@ -146,6 +148,70 @@ pub enum CaCommand {
     Show { name: String },
     /// Delete a CA certificate (devices that chained to it are disconnected).
     Delete { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct DpsArgs {
+    /// Service API and credentials; the connection string defaults to
+    /// <data-dir>/provisioningserviceowner.connstr.
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(subcommand)]
+    pub command: DpsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DpsCommand {
+    /// Print the ID scope devices register with, and the linked hubs.
+    Info,
+    /// Individual enrollments (one device each).
+    #[command(subcommand)]
+    Enrollment(EnrollmentCommand),
+    /// Enrollment groups (devices with derived keys, or certificates of one CA).
+    #[command(subcommand)]
+    Group(EnrollmentCommand),
+    /// Registration states (where a device was assigned).
+    #[command(subcommand)]
+    Registration(RegistrationCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnrollmentCommand {
+    /// Create (or replace) an enrollment: symmetric keys (generated unless given), or
+    /// X.509 with --cert (the device's certificate; for a group, the signing CA).
+    Create {
+        id: String,
+        #[arg(long, conflicts_with = "cert")]
+        primary_key: Option<String>,
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Assign to this linked hub (the static policy); default: hashed over all.
+        #[arg(long)]
+        hub: Option<String>,
+        /// The device id on the hub (individual enrollments; default: the registration id).
+        #[arg(long)]
+        device_id: Option<String>,
+        /// An initial twin tag as key=value (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Show one as JSON.
+    Show { id: String },
+    /// Disable it (its devices lose hub access under `dps.revoke = "cascade"`).
+    Disable { id: String },
+    /// Delete it (likewise).
+    Delete { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistrationCommand {
+    /// Show a registration state as JSON.
+    Show { id: String },
+    /// Forget a registration state (the next registration starts afresh).
+    Delete { id: String },
 }
 
 /// How management commands reach a running hub.
@@ -277,6 +343,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }) => rules_cmd::test(&dir, &events, &hostname, json),
         Command::Device(d) => device_cmd::run(d),
         Command::Ca(c) => ca_cmd::run(c),
+        Command::Dps(d) => dps_cmd::run(d),
         Command::Simulate(s) => simulate::run(s),
     }
 }

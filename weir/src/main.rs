@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod device_cmd;
 mod dps;
+mod dps_cmd;
 mod http_server;
 mod reload;
 mod rules_cmd;

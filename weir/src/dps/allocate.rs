@@ -212,7 +212,9 @@ mod tests {
         );
         let weighted = enrollment(serde_json::json!({"allocationPolicy": "weighted"}));
         let on_b = (0..400)
-            .filter(|i| choose(&weighted, &format!("dev-{i}"), b"", &hubs(), None).expect("hub") == "b")
+            .filter(|i| {
+                choose(&weighted, &format!("dev-{i}"), b"", &hubs(), None).expect("hub") == "b"
+            })
             .count();
         assert!(
             (250..350).contains(&on_b),
@@ -255,22 +257,35 @@ mod tests {
     #[test]
     fn custom_rules_read_the_payload_the_id_and_the_initial_tags() {
         let e = enrollment(serde_json::json!({
-            "allocationPolicy": "custom",
-            "initialTwin": {"tags": {"fleet": "trial"}},
-            "customAllocation": [
-                {"condition": "$body.region = 'eu'", "iotHubHostName": "a"},
-                {"condition": "STARTS_WITH($connectionDeviceId, 'b-')", "iotHubHostName": "b"},
-                {"condition": "$twin.tags.fleet = 'trial'", "iotHubHostName": "a"},
-            ]}));
+        "allocationPolicy": "custom",
+        "initialTwin": {"tags": {"fleet": "trial"}},
+        "customAllocation": [
+            {"condition": "$body.region = 'eu'", "iotHubHostName": "a"},
+            {"condition": "STARTS_WITH($connectionDeviceId, 'b-')", "iotHubHostName": "b"},
+            {"condition": "$twin.tags.fleet = 'trial'", "iotHubHostName": "a"},
+        ]}));
         assert!(check_custom(&e).is_ok());
-        assert_eq!(choose(&e, "b-1", br#"{"region": "eu"}"#, &hubs(), None), Ok("a".into()));
+        assert_eq!(
+            choose(&e, "b-1", br#"{"region": "eu"}"#, &hubs(), None),
+            Ok("a".into())
+        );
         assert_eq!(choose(&e, "b-1", b"null", &hubs(), None), Ok("b".into()));
-        assert_eq!(choose(&e, "c-1", b"", &hubs(), None), Ok("a".into()), "by the tags");
+        assert_eq!(
+            choose(&e, "c-1", b"", &hubs(), None),
+            Ok("a".into()),
+            "by the tags"
+        );
         let mut none = e.clone();
         none.custom_allocation.truncate(1);
-        assert_eq!(choose(&none, "c-1", b"{}", &hubs(), None), Err(AllocationError::NoRuleMatched));
+        assert_eq!(
+            choose(&none, "c-1", b"{}", &hubs(), None),
+            Err(AllocationError::NoRuleMatched)
+        );
         let mut broken = e.clone();
         broken.custom_allocation[0].condition = "$body.region = ".into();
-        assert!(matches!(check_custom(&broken), Err(AllocationError::Condition { index: 0, .. })));
+        assert!(matches!(
+            check_custom(&broken),
+            Err(AllocationError::Condition { index: 0, .. })
+        ));
     }
 }
