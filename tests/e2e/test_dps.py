@@ -54,7 +54,7 @@ hostname = "{HUB_IP}"
 api = "{hub.api}"
 connection_string = "{hub.service_connection_string()}"
 """
-    dps = Hub(tmp_path / "dps", rules_dir, hostname=DPS_IP, ip=DPS_IP, fixed_ports={"mqtts": 8883},
+    dps = Hub(tmp_path / "dps", rules_dir, hostname=DPS_IP, ip=DPS_IP, fixed_ports={"mqtts": 8883, "https": 443},
               config=config).start()
     return dps, hub
 
@@ -67,11 +67,11 @@ def dps_call(dps, method, path, body=None, headers=None):
     return requests.request(method, f"{dps.api}{path}?api-version=2021-10-01", json=body, headers=h, timeout=30)
 
 
-def register(dps, registration_id, key):
+def register(dps, registration_id, key, websockets=False):
     scope = dps_call(dps, "GET", "/provisioning").json()["idScope"]
     client = ProvisioningDeviceClient.create_from_symmetric_key(
         provisioning_host=DPS_IP, registration_id=registration_id, id_scope=scope, symmetric_key=key,
-        server_verification_cert=open(dps.ca).read())
+        server_verification_cert=open(dps.ca).read(), websockets=websockets)
     return client.register()
 
 
@@ -109,6 +109,10 @@ def test_an_individual_enrollment_provisions_to_the_linked_hub(linked):
     state = dps_call(dps, "GET", "/registrations/dev-1").json()
     assert state["assignedHub"] == HUB_IP and state["status"] == "assigned"
     assert state["substatus"] == "initialAssignment"
+
+    # Again over MQTT over WebSocket (443): the same registration, nothing moves.
+    again = register(dps, "dev-1", key, websockets=True)
+    assert (again.status, again.registration_state.assigned_hub) == ("assigned", HUB_IP)
 
     # A wrong key does not register.
     with pytest.raises((CredentialError, ClientError)):
