@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
 use crate::cli::{CaArgs, CaCommand};
-use crate::client::HubClient;
+use crate::client::{HubClient, runtime};
 
 fn path(name: &str, tail: &str) -> String {
     format!(
@@ -102,10 +102,7 @@ async fn verify(
 
 pub fn run(args: CaArgs) -> anyhow::Result<ExitCode> {
     let client = HubClient::new(&args.hub)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         match args.command {
             CaCommand::Add { name, cert, key } => {
                 let pem = read(&cert, "CA certificate")?;

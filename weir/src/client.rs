@@ -219,3 +219,10 @@ fn rustls_pemfile_certs(
     }
     Ok(certs)
 }
+
+/// The runtime the management commands run their requests on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}

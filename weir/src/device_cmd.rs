@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use weir_gateways::sas;
 
 use crate::cli::{DeviceArgs, DeviceCommand};
-use crate::client::HubClient;
+use crate::client::{HubClient, runtime};
 
 fn path(id: &str) -> String {
     format!(
@@ -34,7 +34,7 @@ pub fn connection_string(hostname: &str, id: &str, key: &str) -> String {
     format!("HostName={hostname};DeviceId={id};SharedAccessKey={key}")
 }
 
-fn parse_tags(tags: &[String]) -> anyhow::Result<Option<Value>> {
+pub fn parse_tags(tags: &[String]) -> anyhow::Result<Option<Value>> {
     if tags.is_empty() {
         return Ok(None);
     }
@@ -51,10 +51,7 @@ fn parse_tags(tags: &[String]) -> anyhow::Result<Option<Value>> {
 
 pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
     let client = HubClient::new(&args.hub)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         match args.command {
             DeviceCommand::Create {
                 id,

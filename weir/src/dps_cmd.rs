@@ -3,30 +3,19 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use hyper::Method;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::cli::{DpsArgs, DpsCommand, EnrollmentCommand, RegistrationCommand};
-use crate::client::HubClient;
+use crate::client::{HubClient, runtime};
+use crate::device_cmd::parse_tags;
 
 fn path(kind: &str, id: &str) -> String {
     format!(
         "/{kind}/{}",
         percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC)
     )
-}
-
-fn tags(pairs: &[String]) -> anyhow::Result<Value> {
-    let mut map = Map::new();
-    for t in pairs {
-        let (k, v) = t
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--tag {t:?} must be key=value"))?;
-        let value = serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
-        map.insert(k.to_string(), value);
-    }
-    Ok(Value::Object(map))
 }
 
 async fn enrollment(
@@ -63,7 +52,7 @@ async fn enrollment(
             let mut body = json!({
                 "attestation": attestation,
                 "provisioningStatus": if disabled { "disabled" } else { "enabled" },
-                "initialTwin": {"tags": tags(&tag_list)?, "properties": {"desired": {}}},
+                "initialTwin": {"tags": parse_tags(&tag_list)?.unwrap_or_else(|| json!({})), "properties": {"desired": {}}},
             });
             if let Some(h) = hub {
                 body["allocationPolicy"] = json!("static");
@@ -133,10 +122,7 @@ pub fn run(mut args: DpsArgs) -> anyhow::Result<ExitCode> {
         args.hub.connection_string = Some(text.trim().to_owned());
     }
     let client = HubClient::new(&args.hub)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    runtime()?.block_on(async move {
         match args.command {
             DpsCommand::Info => {
                 let i = client

@@ -82,6 +82,20 @@ pub fn authenticate(
     verify_device(device_id, &token, hub, directory, now_secs)
 }
 
+/// The device's registry record, if it is registered and enabled.
+fn enabled_record(
+    directory: &dyn DeviceDirectory,
+    device: &str,
+) -> Result<Arc<weir_core::DeviceRecord>, Refusal> {
+    let record = directory
+        .get(device)
+        .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
+    if record.status != DeviceStatus::Enabled {
+        return Err(Refusal::new(5, "device is disabled"));
+    }
+    Ok(record)
+}
+
 /// Checks that `token` is a valid SAS token of the registered, enabled device `device_id`
 /// on `hub` at `now_secs`; refusals carry CONNACK 5 and a reason without secrets.
 pub fn verify_device(
@@ -92,12 +106,7 @@ pub fn verify_device(
     now_secs: i64,
 ) -> Result<Identity, Refusal> {
     let device = device_id.as_str();
-    let record = directory
-        .get(device)
-        .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
-    if record.status != DeviceStatus::Enabled {
-        return Err(Refusal::new(5, "device is disabled"));
-    }
+    let record = enabled_record(directory, device)?;
     let Some((primary, secondary)) = record.sas_keys() else {
         return Err(Refusal::new(5, "device does not use symmetric keys"));
     };
@@ -127,12 +136,7 @@ pub fn verify_certificate(
 ) -> Result<Identity, Refusal> {
     let refuse = |e: x509::X509Error| Refusal::new(5, e.to_string());
     let device = device_id.as_str();
-    let record = directory
-        .get(device)
-        .ok_or_else(|| Refusal::new(5, "device is not registered"))?;
-    if record.status != DeviceStatus::Enabled {
-        return Err(Refusal::new(5, "device is disabled"));
-    }
+    let record = enabled_record(directory, device)?;
     let (leaf, intermediates) = chain
         .split_first()
         .ok_or_else(|| Refusal::new(5, "no client certificate"))?;

@@ -195,10 +195,7 @@ impl Registry {
         if_match: Option<&str>,
     ) -> Result<Arc<CaRecord>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
-        let existing = self
-            .ca(name)
-            .ok_or_else(|| RegistryError::CertificateNotFound(name.to_owned()))?;
-        check_etag(Some(&existing), if_match)?;
+        let existing = self.existing_ca(name, if_match)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(CERTIFICATES).map_err(storage)?;
@@ -211,6 +208,19 @@ impl Registry {
         Ok(existing)
     }
 
+    /// The CA certificate `name`, if `if_match` matches it. Callers hold `writer`.
+    fn existing_ca(
+        &self,
+        name: &str,
+        if_match: Option<&str>,
+    ) -> Result<Arc<CaRecord>, RegistryError> {
+        let existing = self
+            .ca(name)
+            .ok_or_else(|| RegistryError::CertificateNotFound(name.to_owned()))?;
+        check_etag(Some(&existing), if_match)?;
+        Ok(existing)
+    }
+
     fn update_ca(
         &self,
         name: &str,
@@ -218,10 +228,7 @@ impl Registry {
         change: impl FnOnce(&mut CaRecord) -> Result<(), RegistryError>,
     ) -> Result<Arc<CaRecord>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
-        let existing = self
-            .ca(name)
-            .ok_or_else(|| RegistryError::CertificateNotFound(name.to_owned()))?;
-        check_etag(Some(&existing), if_match)?;
+        let existing = self.existing_ca(name, if_match)?;
         let mut rec = (*existing).clone();
         change(&mut rec)?;
         rec.etag = new_etag(etag_version(&existing.etag) + 1);
