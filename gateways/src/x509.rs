@@ -145,14 +145,23 @@ fn unix(secs: i64) -> UnixTime {
     ))
 }
 
+/// A chain [`verify_chain`] accepted.
+#[derive(Debug, Clone)]
+pub struct Chained {
+    pub ca: Arc<CaCertificate>,
+    /// When the first certificate above the leaf (an intermediate sent with it, or the CA)
+    /// expires, in seconds since the epoch: the chain is no longer valid then.
+    pub not_after: i64,
+}
+
 /// Verifies that `leaf` (sent with `intermediates`) chains to one of `cas` and that every
-/// certificate on the way, the CA included, is valid at `now_secs`. Returns the CA.
+/// certificate on the way, the CA included, is valid at `now_secs`.
 pub fn verify_chain(
     leaf: &[u8],
     intermediates: &[Vec<u8>],
     cas: &[Arc<CaCertificate>],
     now_secs: i64,
-) -> Result<Arc<CaCertificate>, X509Error> {
+) -> Result<Chained, X509Error> {
     let leaf_der = CertificateDer::from(leaf);
     let end_entity = webpki::EndEntityCert::try_from(&leaf_der)
         .map_err(|e| X509Error::Malformed(format!("{e:?}")))?;
@@ -183,7 +192,15 @@ pub fn verify_chain(
                         at: show_time(info.not_after),
                     });
                 }
-                return Ok(Arc::clone(ca));
+                let not_after = intermediates
+                    .iter()
+                    .filter_map(|d| inspect(d).ok())
+                    .map(|i| i.not_after)
+                    .fold(info.not_after, i64::min);
+                return Ok(Chained {
+                    ca: Arc::clone(ca),
+                    not_after,
+                });
             }
             Err(webpki::Error::CertExpired { not_after, .. }) => {
                 return Err(X509Error::Expired(show_time(

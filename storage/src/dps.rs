@@ -276,6 +276,11 @@ impl DpsStore {
         let existing = self.enrollment(kind, id)?;
         match (&existing, if_match.map(|s| s.trim().trim_matches('"'))) {
             (Some(_), None) => return Err(DpsError::Exists(id.to_owned())),
+            (None, Some(want)) if want != "*" => {
+                return Err(DpsError::PreconditionFailed {
+                    current: String::new(),
+                });
+            }
             (Some(old), Some(want)) if want != "*" && want != old.etag => {
                 return Err(DpsError::PreconditionFailed {
                     current: old.etag.clone(),
@@ -331,10 +336,23 @@ impl DpsStore {
         Ok(r)
     }
 
-    pub fn delete_registration(&self, id: &str) -> Result<Registration, DpsError> {
+    pub fn delete_registration(
+        &self,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<Registration, DpsError> {
+        let _w = self.writer.lock().map_err(storage)?;
         let existing = self
             .registration(id)?
             .ok_or_else(|| DpsError::NotFound(id.to_owned()))?;
+        if let Some(want) = if_match.map(|s| s.trim().trim_matches('"'))
+            && want != "*"
+            && want != existing.etag
+        {
+            return Err(DpsError::PreconditionFailed {
+                current: existing.etag,
+            });
+        }
         self.write::<Registration>(REGISTRATIONS, id, None)?;
         Ok(existing)
     }

@@ -114,6 +114,14 @@ def test_an_individual_enrollment_provisions_to_the_linked_hub(linked):
     again = register(dps, "dev-1", key, websockets=True)
     assert (again.status, again.registration_state.assigned_hub) == ("assigned", HUB_IP)
 
+    # No enrollment takes over a device someone else made on the hub with other keys.
+    hub.create_device("taken")
+    r = dps_call(dps, "PUT", "/enrollments/taken", {"attestation": {"type": "symmetricKey"}})
+    with pytest.raises(ClientError):
+        register(dps, "taken", r.json()["attestation"]["symmetricKey"]["primaryKey"])
+    assert hub.call("GET", "/devices/taken").json()["authentication"]["symmetricKey"]["primaryKey"] != \
+        r.json()["attestation"]["symmetricKey"]["primaryKey"]
+
     # A wrong key does not register.
     with pytest.raises((CredentialError, ClientError)):
         register(dps, "dev-1", base64.b64encode(b"x" * 32).decode())

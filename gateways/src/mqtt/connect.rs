@@ -141,6 +141,8 @@ pub fn verify_certificate(
         .split_first()
         .ok_or_else(|| Refusal::new(5, "no client certificate"))?;
     let info = x509::inspect(leaf).map_err(refuse)?;
+    // The session ends when the certificate, or one it chains through, expires.
+    let mut expires = info.not_after;
     let (auth, credential) = match &record.auth {
         DeviceAuth::Sas { .. } => {
             return Err(Refusal::new(
@@ -174,9 +176,11 @@ pub fn verify_certificate(
                     ),
                 ));
             }
-            let ca = x509::verify_chain(leaf, intermediates, &directory.verified_cas(), now_secs)
-                .map_err(refuse)?;
-            (AuthMethod::X509Ca, Credential::X509Ca(ca.digest))
+            let chained =
+                x509::verify_chain(leaf, intermediates, &directory.verified_cas(), now_secs)
+                    .map_err(refuse)?;
+            expires = expires.min(chained.not_after);
+            (AuthMethod::X509Ca, Credential::X509Ca(chained.ca.digest))
         }
     };
     Ok(Identity {
@@ -185,7 +189,7 @@ pub fn verify_certificate(
         generation_id: Arc::from(record.generation_id.as_str()),
         auth,
         credential,
-        expires: Some(info.not_after),
+        expires: Some(expires),
     })
 }
 

@@ -19,10 +19,13 @@ pub const RESPONSES: &str = "$dps/registrations/res/#";
 pub fn parse_username(username: &str) -> Option<(&str, &str)> {
     let (scope, rest) = username.split_once('/')?;
     let rest = rest.strip_prefix("registrations/")?;
-    let (registration, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    // The SDK always ends it with `/api-version=…`; a hub username for a device named
+    // `registrations` (`{hub}/registrations/?api-version=…`) must not match.
+    let (registration, tail) = rest.split_once('/')?;
     let ok = !scope.is_empty()
         && !registration.is_empty()
-        && (tail.is_empty() || tail.starts_with("api-version="));
+        && !registration.contains('?')
+        && tail.starts_with("api-version=");
     ok.then_some((scope, registration))
 }
 
@@ -121,12 +124,12 @@ pub fn authenticate(
                 info.not_after,
             )
         } else {
-            let ca = x509::verify_chain(leaf, intermediates, &enrolled.cas, now_secs)
+            let chained = x509::verify_chain(leaf, intermediates, &enrolled.cas, now_secs)
                 .map_err(|e| Refusal::new(5, e.to_string()))?;
             (
                 AuthMethod::X509Ca,
-                Credential::X509Ca(ca.digest),
-                info.not_after,
+                Credential::X509Ca(chained.ca.digest),
+                info.not_after.min(chained.not_after),
             )
         }
     } else {
@@ -165,6 +168,11 @@ mod tests {
             Some(("0ne00ABC", "dev-7"))
         );
         assert_eq!(parse_username("hub/dev-7/?api-version=2019-10-01"), None);
+        assert_eq!(
+            parse_username("hub/registrations/?api-version=2019-10-01"),
+            None,
+            "a hub device named registrations"
+        );
         assert_eq!(
             parse_request("$dps/registrations/PUT/iotdps-register/?$rid=abc"),
             Some(Request::Register { rid: "abc" })

@@ -71,6 +71,8 @@ where
     let mut buf = BytesMut::new();
     let mut read_size = MIN_READ;
     let mut live: Option<Live> = None;
+    // An authenticated registration with the provisioning service (no `live` entry).
+    let mut registering = false;
     let end = loop {
         if let Some(out) = session.output() {
             if let Err(e) = stream.write_all(out).await {
@@ -84,8 +86,11 @@ where
             }
             // Boxed: rare, and it would otherwise grow every connection's future (an idle
             // connection should stay under 2 KiB).
+            if let Action::Register { identity, .. } = &action {
+                registering = identity.role == Role::Registration;
+            }
             Box::pin(act(action, &mut session, &mut live, &mut buf, mqtt)).await;
-            if live.is_some() || session.identity().is_some() {
+            if live.is_some() || registering {
                 // Authenticated: its pre-authentication slot is free for others.
                 pending.take();
             }
@@ -134,6 +139,10 @@ where
         let _ = stream.write_all(out).await;
     }
     let _ = stream.shutdown().await;
+    if registering {
+        tracing::debug!(peer = %addr, ?end, "registration connection ended");
+        return;
+    }
     finish(end, &session, live, mqtt, addr).await;
 }
 
@@ -276,10 +285,6 @@ async fn finish(
     peer: std::net::SocketAddr,
 ) {
     let m = &mqtt.metrics;
-    if let Some(who) = session.identity().filter(|i| i.role == Role::Registration) {
-        tracing::debug!(%peer, registration = %who.device_id, ?end, "registration connection ended");
-        return;
-    }
     let Some(l) = live else {
         let reason = match end {
             End::ShuttingDown => return,

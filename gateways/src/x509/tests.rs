@@ -85,7 +85,8 @@ fn a_chain_is_accepted_only_to_a_registered_ca_and_while_everything_on_it_is_val
     let cas = [registered(&other, "other"), registered(&root, "root")];
     let good = signed("dev1", 2020, 2030, &root);
     let found = verify_chain(&good, &[], &cas, NOW).expect("chains to root");
-    assert_eq!(found.name, "root");
+    assert_eq!(found.ca.name, "root");
+    assert_eq!(found.not_after, inspect(root.der()).expect("ca").not_after);
     assert!(matches!(
         verify_chain(&good, &[], &cas[..1], NOW),
         Err(X509Error::Chain(_))

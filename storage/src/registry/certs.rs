@@ -173,14 +173,22 @@ impl Registry {
         })
     }
 
-    /// Marks the certificate verified (the caller checked the proof of possession against
-    /// its current code) and retires the code.
+    /// Marks the certificate verified and retires the code. The caller checked a proof
+    /// of possession for the certificate with SHA-256 `sha256` and for `code`: both must
+    /// still be the record's (neither was replaced meanwhile).
     pub fn mark_ca_verified(
         &self,
         name: &str,
+        sha256: &str,
+        code: &str,
         if_match: Option<&str>,
     ) -> Result<Arc<CaRecord>, RegistryError> {
         self.update_ca(name, if_match, |rec| {
+            if rec.sha256 != sha256 || rec.verification_code.as_deref() != Some(code) {
+                return Err(RegistryError::PreconditionFailed {
+                    current: rec.etag.clone(),
+                });
+            }
             if rec.verification_code.take().is_none() {
                 return Err(RegistryError::NoVerificationCode(rec.name.clone()));
             }
@@ -277,19 +285,23 @@ mod tests {
         assert!(created && !rec.verified);
         assert!(reg.verified_cas().is_empty(), "not verified yet");
         assert!(matches!(
-            reg.mark_ca_verified("root", None),
-            Err(RegistryError::NoVerificationCode(_))
+            reg.mark_ca_verified("root", "S1", "C0DE", None),
+            Err(RegistryError::PreconditionFailed { .. })
         ));
         let stale = rec.etag.clone();
         let rec = reg
             .set_verification_code("root", "C0DE".into(), Some(&rec.etag))
             .expect("code");
         assert!(matches!(
-            reg.mark_ca_verified("root", Some(&stale)),
+            reg.mark_ca_verified("root", "S1", "C0DE", Some(&stale)),
             Err(RegistryError::PreconditionFailed { .. })
         ));
+        assert!(
+            reg.mark_ca_verified("root", "S2", "C0DE", None).is_err(),
+            "a proof for another certificate"
+        );
         let rec = reg
-            .mark_ca_verified("root", Some(&rec.etag))
+            .mark_ca_verified("root", "S1", "C0DE", Some(&rec.etag))
             .expect("verified");
         assert!(rec.verified && rec.verification_code.is_none());
         assert_eq!(reg.verified_cas().len(), 1);

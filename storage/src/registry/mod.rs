@@ -86,6 +86,9 @@ pub struct DeviceUpsert {
     pub secondary_key: Option<String>,
     pub primary_thumbprint: Option<String>,
     pub secondary_thumbprint: Option<String>,
+    /// The request named its thumbprints (IoT Hub's `x509Thumbprint` object): what it
+    /// leaves out is removed, not kept (so a leaked certificate can be rotated out).
+    pub thumbprints_given: bool,
     pub tags: Option<serde_json::Value>,
 }
 
@@ -501,7 +504,11 @@ fn resolve_auth(req: &DeviceUpsert, old: Option<&DeviceAuth>) -> Result<DeviceAu
                 primary_thumbprint: primary_thumbprint
                     .or(old_p)
                     .ok_or(RegistryError::NoThumbprint)?,
-                secondary_thumbprint: secondary_thumbprint.or(old_s),
+                secondary_thumbprint: if req.thumbprints_given {
+                    secondary_thumbprint
+                } else {
+                    secondary_thumbprint.or(old_s)
+                },
             }
         }
         AuthType::CertificateAuthority => DeviceAuth::CertificateAuthority,

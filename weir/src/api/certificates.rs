@@ -172,7 +172,9 @@ pub async fn verify(
         .clone()
         .ok_or_else(|| weir_storage::RegistryError::NoVerificationCode(name.clone()))?;
     x509::check_verification(&ca.der(), &code, &proof, now_secs()).map_err(invalid)?;
-    let rec = s.registry.mark_ca_verified(&name, if_match(&headers))?;
+    let rec = s
+        .registry
+        .mark_ca_verified(&name, &ca.sha256, &code, if_match(&headers))?;
     tracing::info!(certificate = %name, subject = %rec.subject, "CA certificate verified");
     Ok(respond(&rec))
 }

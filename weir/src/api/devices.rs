@@ -159,6 +159,7 @@ pub async fn put(
             &doc,
             &["authentication", "x509Thumbprint", "secondaryThumbprint"],
         )?,
+        thumbprints_given: doc["authentication"]["x509Thumbprint"].is_object(),
         tags,
     };
     let (rec, _created) = s.hub.put_device(req, condition.map(str::to_owned)).await?;

@@ -72,6 +72,11 @@ pub async fn info(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiErro
 fn prepare(kind: Kind, id: &str, body: &[u8]) -> Result<Enrollment, ApiError> {
     let mut doc: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !doc.is_object() || !doc["attestation"].is_object() {
+        return Err(ApiError::bad_request(
+            "the body must be an enrollment: a JSON object with an attestation object",
+        ));
+    }
     let field = match kind {
         Kind::Individual => "registrationId",
         Kind::Group => "enrollmentGroupId",
@@ -88,6 +93,15 @@ fn prepare(kind: Kind, id: &str, body: &[u8]) -> Result<Enrollment, ApiError> {
     let attestation = &mut doc["attestation"];
     match attestation["type"].as_str() {
         Some("symmetricKey") => {
+            match &attestation["symmetricKey"] {
+                Value::Object(_) => {}
+                Value::Null => attestation["symmetricKey"] = json!({}),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "attestation.symmetricKey must be an object",
+                    ));
+                }
+            }
             for k in ["primaryKey", "secondaryKey"] {
                 if attestation["symmetricKey"][k]
                     .as_str()
@@ -242,7 +256,11 @@ pub async fn get_registration(
 pub async fn delete_registration(
     State(s): State<Arc<ApiState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
-    service(&s)?.inner.store.delete_registration(&id)?;
+    service(&s)?
+        .inner
+        .store
+        .delete_registration(&id, if_match(&headers))?;
     Ok(StatusCode::NO_CONTENT)
 }

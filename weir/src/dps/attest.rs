@@ -148,6 +148,24 @@ pub fn hub_authentication(registration_id: &str, enrollment: &Enrollment, group:
     }})
 }
 
+/// Whether a hub device's `authentication` (as the hub shows it) is what a registration
+/// would give it: the same type and the same keys or primary thumbprint.
+pub fn same_authentication(existing: &Value, ours: &Value) -> bool {
+    let field = |v: &Value, a: &str, b: &str| v[a][b].as_str().map(str::to_ascii_uppercase);
+    existing["type"] == ours["type"]
+        && match ours["type"].as_str() {
+            Some("sas") => ["primaryKey", "secondaryKey"]
+                .iter()
+                .all(|k| existing["symmetricKey"][k] == ours["symmetricKey"][k]),
+            Some("selfSigned") => {
+                field(existing, "x509Thumbprint", "primaryThumbprint")
+                    == field(ours, "x509Thumbprint", "primaryThumbprint")
+            }
+            Some("certificateAuthority") => true,
+            _ => false,
+        }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +220,10 @@ mod tests {
         assert!(attestations("d1", Some(&off), &groups).keys.is_empty());
         let auth = hub_authentication("d2", &groups[0], true);
         assert_eq!(auth["symmetricKey"]["primaryKey"], from_group[0].as_str());
+        assert!(same_authentication(&auth, &auth));
+        let other = hub_authentication("d3", &groups[0], true);
+        assert!(!same_authentication(&other, &auth), "another device's keys");
+        let ca = serde_json::json!({"type": "certificateAuthority"});
+        assert!(!same_authentication(&ca, &auth));
     }
 }

@@ -8,9 +8,11 @@
 
 pub mod allocate;
 pub mod attest;
+mod register;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -22,7 +24,6 @@ use weir_storage::dps::{DpsStore, Enrollment, Kind, Registration};
 use crate::cli::HubArgs;
 use crate::client::HubClient;
 use crate::config::{DpsConfig, LinkedHub};
-use allocate::Candidate;
 
 /// A hub devices are created on.
 struct Link {
@@ -34,6 +35,10 @@ struct Link {
 pub struct Inner {
     pub store: Arc<DpsStore>,
     links: Vec<Link>,
+    /// Registrations hold it shared, a revocation exclusively: a revocation waits for the
+    /// registrations in flight (which checked the enrollment before it changed) and sees
+    /// what they stored.
+    gate: tokio::sync::RwLock<()>,
     /// Revoking an enrollment disables its devices on their hubs (`dps.revoke`).
     cascade: bool,
 }
@@ -76,6 +81,7 @@ impl Dps {
             inner: Arc::new(Inner {
                 store,
                 links,
+                gate: tokio::sync::RwLock::new(()),
                 cascade: config.cascade,
             }),
         })
@@ -99,6 +105,7 @@ impl Dps {
         if !self.inner.cascade {
             return;
         }
+        let _gate = self.inner.gate.write().await;
         let registrations = match self.inner.store.registrations() {
             Ok(r) => r,
             Err(e) => {
@@ -118,17 +125,15 @@ impl Dps {
                 continue;
             };
             let body = json!({"deviceId": device, "status": "disabled", "statusReason": "provisioning enrollment revoked"});
-            match link
+            let device_path = path("devices", device);
+            let call = link
                 .client
-                .call(
-                    Method::PUT,
-                    &path("devices", device),
-                    Some(&body),
-                    Some("*"),
-                )
-                .await
-                .and_then(|r| r.ok())
-            {
+                .call(Method::PUT, &device_path, Some(&body), Some("*"));
+            let result = match tokio::time::timeout(Duration::from_secs(10), call).await {
+                Ok(r) => r.and_then(|r| r.ok()),
+                Err(_) => Err(anyhow::anyhow!("the hub did not answer within 10 s")),
+            };
+            match result {
                 Ok(_) => {
                     tracing::info!(registration = %r.registration_id, %device, %hub, "enrollment revoked: device disabled on its hub")
                 }
@@ -188,146 +193,6 @@ impl Inner {
             Vec::new()
         })
     }
-
-    /// Registers `who`: finds its enrollment, picks its hub, creates (or moves) the device
-    /// there with the enrollment's initial twin or its migrated twin, and records it.
-    async fn register(&self, who: &Identity, payload: Bytes) -> anyhow::Result<Registration> {
-        let reg_id = who.device_id.as_str();
-        let individual = self.store.enrollment(Kind::Individual, reg_id)?;
-        let groups = self.groups();
-        let (enrollment, group) = match individual {
-            Some(e) => (e, None),
-            None => {
-                let g = attest::group_of(reg_id, who.credential, &groups)
-                    .context("no enabled enrollment for this registration")?
-                    .clone();
-                let id = g.enrollment_group_id.clone();
-                (g, id)
-            }
-        };
-        anyhow::ensure!(enrollment.is_enabled(), "the enrollment is disabled");
-        let previous = self.store.registration(reg_id)?;
-        let current = previous
-            .as_ref()
-            .filter(|p| p.status == "assigned")
-            .and_then(|p| p.assigned_hub.clone());
-        let candidates: Vec<Candidate> = self
-            .links
-            .iter()
-            .map(|l| Candidate {
-                hostname: l.hostname.clone(),
-                weight: l.weight,
-            })
-            .collect();
-        // The register body is `{"payload": <the device's>, "registrationId": …}`.
-        let custom = serde_json::from_slice::<Value>(&payload)
-            .ok()
-            .and_then(|b| b.get("payload").cloned())
-            .unwrap_or(Value::Null)
-            .to_string();
-        let hub = allocate::choose(
-            &enrollment,
-            reg_id,
-            custom.as_bytes(),
-            &candidates,
-            current.as_deref(),
-        )?;
-        let link = self.link(&hub).context("the chosen hub is not linked")?;
-        let device_id = enrollment
-            .device_id
-            .clone()
-            .unwrap_or_else(|| reg_id.to_owned());
-        let moved = current
-            .as_deref()
-            .is_some_and(|c| !c.eq_ignore_ascii_case(&hub));
-        let migrate = moved && enrollment.reprovision_policy.migrate_device_data;
-        // The twin the device starts with on its hub: its old hub's when it migrates,
-        // the enrollment's initial twin when it is new or reset, else what it has.
-        let twin = if migrate {
-            match current.as_deref().and_then(|c| self.link(c)) {
-                Some(old) => old
-                    .client
-                    .call(Method::GET, &path("twins", &device_id), None, None)
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok().ok())
-                    .map(|t| json!({"tags": t["tags"], "properties": {"desired": strip_meta(&t["properties"]["desired"])}})),
-                None => None,
-            }
-        } else if previous.is_none() || moved {
-            enrollment.initial_twin.clone()
-        } else {
-            None
-        };
-        let body = json!({
-            "deviceId": device_id,
-            "status": "enabled",
-            "authentication": attest::hub_authentication(reg_id, &enrollment, group.is_some()),
-        });
-        link.client
-            .call(
-                Method::PUT,
-                &path("devices", &device_id),
-                Some(&body),
-                Some("*"),
-            )
-            .await?
-            .ok()
-            .with_context(|| format!("creating device {device_id} on {hub}"))?;
-        if let Some(t) = twin.filter(|t| t.is_object()) {
-            let patch = json!({
-                "tags": t.get("tags").cloned().unwrap_or(json!({})),
-                "properties": {"desired": t["properties"]["desired"].clone()},
-            });
-            link.client
-                .call(
-                    Method::PATCH,
-                    &path("twins", &device_id),
-                    Some(&patch),
-                    None,
-                )
-                .await?
-                .ok()
-                .with_context(|| format!("setting the twin of {device_id} on {hub}"))?;
-        }
-        let substatus = match (previous.is_some(), moved, migrate) {
-            (_, true, true) => "deviceDataMigrated",
-            (_, true, false) => "deviceDataReset",
-            _ => "initialAssignment",
-        };
-        let now = DpsStore::timestamp();
-        let r = Registration {
-            registration_id: reg_id.to_owned(),
-            created_date_time_utc: previous
-                .as_ref()
-                .map_or_else(|| now.clone(), |p| p.created_date_time_utc.clone()),
-            last_updated_date_time_utc: now,
-            assigned_hub: Some(hub.clone()),
-            device_id: Some(device_id.clone()),
-            status: "assigned".into(),
-            substatus: substatus.into(),
-            error_message: None,
-            etag: String::new(),
-            enrollment_group_id: group,
-            operation_id: weir_storage::secret::random_hex(16)?,
-        };
-        let r = self.store.put_registration(r)?;
-        tracing::info!(registration = %reg_id, device = %device_id, %hub, substatus, "device provisioned");
-        Ok(r)
-    }
-}
-
-/// Desired properties without the `$metadata`/`$version` the twin document carries.
-fn strip_meta(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .filter(|(k, _)| !k.starts_with('$'))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
 }
 
 impl Provisioning for Dps {
@@ -354,10 +219,7 @@ impl Provisioning for Dps {
                     body: Bytes::from(operation(&r).to_string()),
                     retry_after: None,
                 },
-                Err(e) => {
-                    tracing::warn!(registration = %who.device_id, error = %format!("{e:#}"), "registration failed");
-                    failed(400, format!("{e:#}"))
-                }
+                Err(f) => f.log_and_reply(who.device_id.as_str()),
             }
         })
     }
