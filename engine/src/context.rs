@@ -316,6 +316,17 @@ impl Waiting {
                 i += 1;
             }
         }
+        self.compact(input);
+    }
+
+    /// True when nothing is held: with rules that read no tags, events may go straight
+    /// through.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Lets the trace forget what no held event (nor any to come below `input`) needs.
+    pub(crate) fn compact(&mut self, input: &MutableAntichain<u64>) {
         let oldest = self
             .held
             .iter()

@@ -45,15 +45,26 @@ impl<'s> Route<'s> for Events<'s> {
                     last_warning: None,
                 };
                 move |(input, input_frontier), (changes, context_frontier), output| {
+                    changes.for_each(|_cap, data| data.clear());
+                    let rules = router.setup.rules.load();
+                    let reads_tags = rules.reads_tags();
+                    if !reads_tags && waiting.is_empty() {
+                        // Nothing to wait for: route as the events come.
+                        input.for_each(|cap, data| {
+                            let mut session = output.session(&cap);
+                            router.batch(&rules, data, &[], |r| session.give(r));
+                            data.clear();
+                        });
+                        waiting.compact(input_frontier);
+                        return;
+                    }
                     input.for_each(|cap, data| {
                         if let Some(cap) = cap.retain_least(0) {
                             waiting.hold(cap, std::mem::take(data));
                         }
                     });
-                    changes.for_each(|_cap, data| data.clear());
-                    let rules = router.setup.rules.load();
                     waiting.release(
-                        rules.reads_tags(),
+                        reads_tags,
                         context_frontier,
                         input_frontier,
                         |cap, events, tags| {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
-use weir_core::{DeviceDirectory, EventSource};
-use weir_rules::EventView;
+use weir_core::{DeviceDirectory, Event, EventSource};
 use weir_rules::insight::{Insight, Sample};
+use weir_rules::{EventView, RuleSet};
 
 use super::Events;
 use super::insights::Item;
-use crate::context::{AsOf, Context, Lookup, Seed, Waiting};
+use crate::context::{AsOf, Context, Lookup, Seed, Tags, Waiting};
 use crate::engine::RulesHandle;
 use crate::metrics::EngineMetrics;
 
@@ -30,7 +30,7 @@ pub(crate) fn sample<'s>(
     let peers = events.scope().peers() as u64;
     let filter_rules = Arc::clone(&rules);
     // Only events some insight takes.
-    let wanted = events.unary(Pipeline, "ForInsights", move |_cap, _info| {
+    let wanted: Events<'s> = events.unary(Pipeline, "ForInsights", move |_cap, _info| {
         move |input, output| {
             let rules = filter_rules.load();
             input.for_each(|cap, data| {
@@ -54,58 +54,92 @@ pub(crate) fn sample<'s>(
         "Sample",
         move |_cap, _info| {
             let mut waiting = Waiting::new(Lookup::new(context.trace, seed));
+            let sampler = Sampler {
+                directory,
+                metrics,
+                peers,
+            };
             move |(input, input_frontier), (changes, context_frontier), output| {
+                changes.for_each(|_cap, data| data.clear());
+                let rules = rules.load();
+                let reads_tags = rules.insights.iter().any(Insight::reads_tags);
+                if !reads_tags && waiting.is_empty() {
+                    // Nothing to wait for: sample as the events come.
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        sampler.batch(&rules, data, &[], |i| session.give(i));
+                        data.clear();
+                    });
+                    waiting.compact(input_frontier);
+                    return;
+                }
                 input.for_each(|cap, data| {
                     if let Some(cap) = cap.retain_least(0) {
                         waiting.hold(cap, std::mem::take(data));
                     }
                 });
-                changes.for_each(|_cap, data| data.clear());
-                let rules = rules.load();
-                let reads_tags = rules.insights.iter().any(Insight::reads_tags);
                 waiting.release(
                     reads_tags,
                     context_frontier,
                     input_frontier,
                     |cap, now, tags| {
                         let mut session = output.session(cap);
-                        for (k, e) in now.iter().enumerate() {
-                            if e.source == EventSource::Clock {
-                                session.give_iterator((0..peers).map(|to| Item::Tick {
-                                    to,
-                                    offset: e.offset,
-                                    wall: e.enqueued_ms,
-                                }));
-                                continue;
-                            }
-                            let registry =
-                                AsOf::new(&*directory, e.device_id.as_str(), tags.get(k));
-                            let view = EventView::new(e, &registry);
-                            for insight in rules.insights.iter().filter(|i| i.source == e.source) {
-                                match insight.sample(&view, e.enqueued_ms) {
-                                    Sample::Take {
-                                        group,
-                                        time_ms,
-                                        values,
-                                    } => session.give(Item::Sample {
-                                        insight: Arc::clone(&insight.name),
-                                        group,
-                                        time: time_ms,
-                                        offset: e.offset,
-                                        arrival: e.enqueued_ms,
-                                        values,
-                                        event: insight.late.map(|_| Arc::clone(e)),
-                                    }),
-                                    Sample::NoTime => {
-                                        EngineMetrics::add(&metrics.insight_no_time, 1)
-                                    }
-                                    Sample::Skip => {}
-                                }
-                            }
-                        }
+                        sampler.batch(&rules, &now, &tags, |i| session.give(i));
                     },
                 );
             }
         },
     )
+}
+
+struct Sampler {
+    directory: Arc<dyn DeviceDirectory>,
+    metrics: Arc<EngineMetrics>,
+    peers: u64,
+}
+
+impl Sampler {
+    /// Samples `events` (with their tags, when the insights read them) for every insight
+    /// of their source, and passes clock ticks to every worker.
+    fn batch(
+        &self,
+        rules: &RuleSet,
+        events: &[Arc<Event>],
+        tags: &[Tags],
+        mut give: impl FnMut(Item),
+    ) {
+        for (k, e) in events.iter().enumerate() {
+            if e.source == EventSource::Clock {
+                for to in 0..self.peers {
+                    give(Item::Tick {
+                        to,
+                        offset: e.offset,
+                        wall: e.enqueued_ms,
+                    });
+                }
+                continue;
+            }
+            let registry = AsOf::new(&*self.directory, e.device_id.as_str(), tags.get(k));
+            let view = EventView::new(e, &registry);
+            for insight in rules.insights.iter().filter(|i| i.source == e.source) {
+                match insight.sample(&view, e.enqueued_ms) {
+                    Sample::Take {
+                        group,
+                        time_ms,
+                        values,
+                    } => give(Item::Sample {
+                        insight: Arc::clone(&insight.name),
+                        group,
+                        time: time_ms,
+                        offset: e.offset,
+                        arrival: e.enqueued_ms,
+                        values,
+                        event: insight.late.map(|_| Arc::clone(e)),
+                    }),
+                    Sample::NoTime => EngineMetrics::add(&self.metrics.insight_no_time, 1),
+                    Sample::Skip => {}
+                }
+            }
+        }
+    }
 }
