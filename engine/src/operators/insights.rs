@@ -194,8 +194,9 @@ impl Worker {
 
     /// Takes every sample and tick below `through`, in log order.
     fn take(&mut self, through: u64) {
-        // Unstable is enough: no two items of one insight and group share an offset.
-        self.pending.sort_unstable_by_key(Item::offset);
+        // What arrives is a few runs already in offset order (one per sending worker, in
+        // arrival order): the stable sort finds the runs and merges them.
+        self.pending.sort_by_key(Item::offset);
         let n = self.pending.partition_point(|i| i.offset() < through);
         let (floor, resume) = (self.setup.resume.floor, Arc::clone(&self.setup.resume));
         let mut produced: Vec<(Arc<str>, Produced)> = Vec::new();
