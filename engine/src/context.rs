@@ -262,29 +262,82 @@ impl Lookup {
     }
 }
 
+/// An operator over `events` that reads their devices' tags as of their offsets: each
+/// activation takes a snapshot (`snapshot`: the live rules, and whether they read tags)
+/// and hands `batch` the events with their tags. Without tags to read, events go straight
+/// through; with, each is held until every tag change below its offset is arranged.
+pub(crate) fn read_as_of<'s, D, R>(
+    name: &str,
+    events: Events<'s>,
+    context: Context<'s>,
+    seed: Arc<Seed>,
+    snapshot: impl Fn() -> (R, bool) + 'static,
+    mut batch: impl FnMut(&R, &[Arc<Event>], &[Tags], &mut dyn FnMut(D)) + 'static,
+) -> Stream<'s, u64, Vec<D>>
+where
+    D: 'static,
+{
+    events.binary_frontier(
+        context.stream,
+        Pipeline,
+        Pipeline,
+        name,
+        move |_cap, _info| {
+            let mut waiting = Waiting::new(Lookup::new(context.trace, seed));
+            move |(input, input_frontier), (changes, context_frontier), output| {
+                changes.for_each(|_cap, data| data.clear());
+                let (rules, reads_tags) = snapshot();
+                if !reads_tags && waiting.is_empty() {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        batch(&rules, data, &[], &mut |d| session.give(d));
+                        data.clear();
+                    });
+                    waiting.compact(input_frontier);
+                    return;
+                }
+                input.for_each(|cap, data| {
+                    if let Some(cap) = cap.retain_least(0) {
+                        waiting.hold(cap, std::mem::take(data));
+                    }
+                });
+                waiting.release(
+                    reads_tags,
+                    context_frontier,
+                    input_frontier,
+                    |cap, events, tags| {
+                        let mut session = output.session(cap);
+                        batch(&rules, &events, &tags, &mut |d| session.give(d));
+                    },
+                );
+            }
+        },
+    )
+}
+
 /// Events an operator holds until every tag change below their offsets is arranged, so
 /// that their tags can be read as of those offsets.
-pub(crate) struct Waiting {
+struct Waiting {
     held: Vec<(Capability<u64>, Vec<Arc<Event>>)>,
     lookup: Lookup,
 }
 
 impl Waiting {
-    pub(crate) fn new(lookup: Lookup) -> Waiting {
+    fn new(lookup: Lookup) -> Waiting {
         Waiting {
             held: Vec::new(),
             lookup,
         }
     }
 
-    pub(crate) fn hold(&mut self, cap: Capability<u64>, batch: Vec<Arc<Event>>) {
+    fn hold(&mut self, cap: Capability<u64>, batch: Vec<Arc<Event>>) {
         self.held.push((cap, batch));
     }
 
     /// Hands every held event that can be evaluated now to `f`, a batch at a time with the
     /// capability it came with and, when `reads_tags`, the tags of each as of its offset
     /// (without, every event is ready and `f` gets no tags).
-    pub(crate) fn release(
+    fn release(
         &mut self,
         reads_tags: bool,
         context: &MutableAntichain<u64>,
@@ -321,12 +374,12 @@ impl Waiting {
 
     /// True when nothing is held: with rules that read no tags, events may go straight
     /// through.
-    pub(crate) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.held.is_empty()
     }
 
     /// Lets the trace forget what no held event (nor any to come below `input`) needs.
-    pub(crate) fn compact(&mut self, input: &MutableAntichain<u64>) {
+    fn compact(&mut self, input: &MutableAntichain<u64>) {
         let oldest = self
             .held
             .iter()

@@ -151,6 +151,19 @@ impl Kind {
     }
 }
 
+/// `If-Match` (an etag, `*`, or absent) against the record's etag (`None`: no record).
+fn check_etag(if_match: Option<&str>, current: Option<&str>) -> Result<(), DpsError> {
+    let Some(want) = if_match.map(|s| s.trim().trim_matches('"')) else {
+        return Ok(());
+    };
+    if want == "*" || current == Some(want) {
+        return Ok(());
+    }
+    Err(DpsError::PreconditionFailed {
+        current: current.unwrap_or_default().to_owned(),
+    })
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -274,20 +287,10 @@ impl DpsStore {
     ) -> Result<(Enrollment, bool), DpsError> {
         let _w = self.writer.lock().map_err(storage)?;
         let existing = self.enrollment(kind, id)?;
-        match (&existing, if_match.map(|s| s.trim().trim_matches('"'))) {
-            (Some(_), None) => return Err(DpsError::Exists(id.to_owned())),
-            (None, Some(want)) if want != "*" => {
-                return Err(DpsError::PreconditionFailed {
-                    current: String::new(),
-                });
-            }
-            (Some(old), Some(want)) if want != "*" && want != old.etag => {
-                return Err(DpsError::PreconditionFailed {
-                    current: old.etag.clone(),
-                });
-            }
-            _ => {}
+        if existing.is_some() && if_match.is_none() {
+            return Err(DpsError::Exists(id.to_owned()));
         }
+        check_etag(if_match, existing.as_ref().map(|e| e.etag.as_str()))?;
         let now = now();
         e.created_date_time_utc = existing
             .as_ref()
@@ -308,14 +311,7 @@ impl DpsStore {
         let existing = self
             .enrollment(kind, id)?
             .ok_or_else(|| DpsError::NotFound(id.to_owned()))?;
-        if let Some(want) = if_match.map(|s| s.trim().trim_matches('"'))
-            && want != "*"
-            && want != existing.etag
-        {
-            return Err(DpsError::PreconditionFailed {
-                current: existing.etag,
-            });
-        }
+        check_etag(if_match, Some(&existing.etag))?;
         self.write::<Enrollment>(kind.table(), id, None)?;
         Ok(existing)
     }
@@ -345,14 +341,7 @@ impl DpsStore {
         let existing = self
             .registration(id)?
             .ok_or_else(|| DpsError::NotFound(id.to_owned()))?;
-        if let Some(want) = if_match.map(|s| s.trim().trim_matches('"'))
-            && want != "*"
-            && want != existing.etag
-        {
-            return Err(DpsError::PreconditionFailed {
-                current: existing.etag,
-            });
-        }
+        check_etag(if_match, Some(&existing.etag))?;
         self.write::<Registration>(REGISTRATIONS, id, None)?;
         Ok(existing)
     }

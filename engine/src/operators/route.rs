@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use timely::dataflow::Stream;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::generic::Operator;
 use weir_core::{DeviceDirectory, Event, EventSource};
 use weir_rules::{EventView, Outcome, RuleSet};
 
 use super::{Events, Routed};
-use crate::context::{AsOf, Context, Lookup, Seed, Tags, Waiting};
+use crate::context::{AsOf, Context, Seed, Tags, read_as_of};
 use crate::engine::{RulesHandle, TraceFn};
 use crate::metrics::EngineMetrics;
 
@@ -32,48 +30,24 @@ pub(crate) trait Route<'s> {
 
 impl<'s> Route<'s> for Events<'s> {
     fn route(self, context: Context<'s>, setup: RouteSetup) -> Stream<'s, u64, Vec<Routed>> {
-        self.binary_frontier(
-            context.stream,
-            Pipeline,
-            Pipeline,
+        let seed = Arc::clone(&setup.seed);
+        let rules = Arc::clone(&setup.rules);
+        let mut router = Router {
+            setup,
+            outcome: Outcome::default(),
+            last_warning: None,
+        };
+        read_as_of(
             "Route",
-            move |_cap, _info| {
-                let mut waiting = Waiting::new(Lookup::new(context.trace, Arc::clone(&setup.seed)));
-                let mut router = Router {
-                    setup,
-                    outcome: Outcome::default(),
-                    last_warning: None,
-                };
-                move |(input, input_frontier), (changes, context_frontier), output| {
-                    changes.for_each(|_cap, data| data.clear());
-                    let rules = router.setup.rules.load();
-                    let reads_tags = rules.reads_tags();
-                    if !reads_tags && waiting.is_empty() {
-                        // Nothing to wait for: route as the events come.
-                        input.for_each(|cap, data| {
-                            let mut session = output.session(&cap);
-                            router.batch(&rules, data, &[], |r| session.give(r));
-                            data.clear();
-                        });
-                        waiting.compact(input_frontier);
-                        return;
-                    }
-                    input.for_each(|cap, data| {
-                        if let Some(cap) = cap.retain_least(0) {
-                            waiting.hold(cap, std::mem::take(data));
-                        }
-                    });
-                    waiting.release(
-                        reads_tags,
-                        context_frontier,
-                        input_frontier,
-                        |cap, events, tags| {
-                            let mut session = output.session(cap);
-                            router.batch(&rules, &events, &tags, |r| session.give(r));
-                        },
-                    );
-                }
+            self,
+            context,
+            seed,
+            move || {
+                let rules = rules.load_full();
+                let reads = rules.reads_tags();
+                (rules, reads)
             },
+            move |rules, events, tags, give| router.batch(rules, events, tags, give),
         )
     }
 }
@@ -91,7 +65,7 @@ impl Router {
         rules: &RuleSet,
         events: &[Arc<Event>],
         tags: &[Tags],
-        mut give: impl FnMut(Routed),
+        give: &mut dyn FnMut(Routed),
     ) {
         let reads_body = rules.reads_body();
         let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);

@@ -13,7 +13,7 @@ use weir_rules::{EventView, RuleSet};
 
 use super::Events;
 use super::insights::Item;
-use crate::context::{AsOf, Context, Lookup, Seed, Tags, Waiting};
+use crate::context::{AsOf, Context, Seed, Tags, read_as_of};
 use crate::engine::RulesHandle;
 use crate::metrics::EngineMetrics;
 
@@ -47,48 +47,22 @@ pub(crate) fn sample<'s>(
             });
         }
     });
-    wanted.binary_frontier(
-        context.stream,
-        Pipeline,
-        Pipeline,
+    let sampler = Sampler {
+        directory,
+        metrics,
+        peers,
+    };
+    read_as_of(
         "Sample",
-        move |_cap, _info| {
-            let mut waiting = Waiting::new(Lookup::new(context.trace, seed));
-            let sampler = Sampler {
-                directory,
-                metrics,
-                peers,
-            };
-            move |(input, input_frontier), (changes, context_frontier), output| {
-                changes.for_each(|_cap, data| data.clear());
-                let rules = rules.load();
-                let reads_tags = rules.insights.iter().any(Insight::reads_tags);
-                if !reads_tags && waiting.is_empty() {
-                    // Nothing to wait for: sample as the events come.
-                    input.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        sampler.batch(&rules, data, &[], |i| session.give(i));
-                        data.clear();
-                    });
-                    waiting.compact(input_frontier);
-                    return;
-                }
-                input.for_each(|cap, data| {
-                    if let Some(cap) = cap.retain_least(0) {
-                        waiting.hold(cap, std::mem::take(data));
-                    }
-                });
-                waiting.release(
-                    reads_tags,
-                    context_frontier,
-                    input_frontier,
-                    |cap, now, tags| {
-                        let mut session = output.session(cap);
-                        sampler.batch(&rules, &now, &tags, |i| session.give(i));
-                    },
-                );
-            }
+        wanted,
+        context,
+        seed,
+        move || {
+            let rules = rules.load_full();
+            let reads = rules.insights.iter().any(Insight::reads_tags);
+            (rules, reads)
         },
+        move |rules, events, tags, give| sampler.batch(rules, events, tags, give),
     )
 }
 
@@ -106,7 +80,7 @@ impl Sampler {
         rules: &RuleSet,
         events: &[Arc<Event>],
         tags: &[Tags],
-        mut give: impl FnMut(Item),
+        give: &mut dyn FnMut(Item),
     ) {
         for (k, e) in events.iter().enumerate() {
             if e.source == EventSource::Clock {

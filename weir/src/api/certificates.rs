@@ -9,15 +9,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::{Value, json};
 use weir_core::{Credential, Revocation, key_digest};
 use weir_gateways::x509;
 use weir_storage::{CaInfo, CaRecord};
 
-use super::ApiState;
 use super::error::ApiError;
+use super::{ApiState, if_match, with_etag};
 
 fn time(secs: i64) -> String {
     chrono::DateTime::from_timestamp(secs, 0)
@@ -43,15 +43,7 @@ fn document(rec: &CaRecord) -> Value {
 }
 
 fn respond(rec: &CaRecord) -> Response {
-    let mut resp = (StatusCode::OK, Json(document(rec))).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", rec.etag)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
-}
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+    with_etag(StatusCode::OK, document(rec), &rec.etag)
 }
 
 fn invalid(e: x509::X509Error) -> ApiError {

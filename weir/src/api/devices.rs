@@ -5,23 +5,19 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::{Value, json};
 use weir_core::{DeviceDirectory, DeviceRecord, DeviceStatus};
 use weir_storage::{AuthType, DeviceUpsert};
 
-use super::ApiState;
 use super::error::ApiError;
+use super::{ApiState, if_match, with_etag};
 
 pub use weir_hub::documents::device_json;
 
-fn with_etag(rec: &DeviceRecord, body: Value, status: StatusCode) -> Response {
-    let mut resp = (status, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", rec.etag)) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
+fn with_etag_of(rec: &DeviceRecord, body: Value, status: StatusCode) -> Response {
+    with_etag(status, body, &rec.etag)
 }
 
 pub async fn list(
@@ -55,15 +51,11 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = s.device(&id)?;
-    Ok(with_etag(
+    Ok(with_etag_of(
         &rec,
         device_json(&rec, s.hub.is_connected(&id), s.hub.c2d_pending(&id)),
         StatusCode::OK,
     ))
-}
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
 }
 
 fn string_field(v: &Value, path: &[&str]) -> Result<Option<String>, ApiError> {
@@ -163,7 +155,7 @@ pub async fn put(
         tags,
     };
     let (rec, _created) = s.hub.put_device(req, condition.map(str::to_owned)).await?;
-    Ok(with_etag(
+    Ok(with_etag_of(
         &rec,
         device_json(&rec, s.hub.is_connected(&id), s.hub.c2d_pending(&id)),
         StatusCode::OK,

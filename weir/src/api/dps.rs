@@ -7,13 +7,13 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use serde_json::{Value, json};
 use weir_storage::dps::{DpsError, Enrollment, Kind};
 
-use super::ApiState;
 use super::error::ApiError;
+use super::{ApiState, if_match, with_etag};
 use crate::dps::Dps;
 
 impl From<DpsError> for ApiError {
@@ -45,18 +45,6 @@ fn service(s: &ApiState) -> Result<&Dps, ApiError> {
             "the provisioning service is off (`dps.enabled`)",
         )
     })
-}
-
-fn with_etag(body: Value, etag: &str) -> Response {
-    let mut resp = (StatusCode::OK, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
-}
-
-fn if_match(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
 }
 
 pub async fn info(State(s): State<Arc<ApiState>>) -> Result<Json<Value>, ApiError> {
@@ -161,7 +149,7 @@ async fn put(
     if !stored.is_enabled() {
         dps.revoke(kind, id).await;
     }
-    Ok(with_etag(body, &etag))
+    Ok(with_etag(StatusCode::OK, body, &etag))
 }
 
 async fn get(s: &ApiState, kind: Kind, id: &str) -> Result<Response, ApiError> {
@@ -172,7 +160,7 @@ async fn get(s: &ApiState, kind: Kind, id: &str) -> Result<Response, ApiError> {
         .ok_or_else(|| DpsError::NotFound(id.to_owned()))?;
     let etag = e.etag.clone();
     let body = serde_json::to_value(&e).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(with_etag(body, &etag))
+    Ok(with_etag(StatusCode::OK, body, &etag))
 }
 
 async fn delete(
@@ -248,6 +236,7 @@ pub async fn get_registration(
         .ok_or_else(|| DpsError::NotFound(id.clone()))?;
     let etag = r.etag.clone();
     Ok(with_etag(
+        StatusCode::OK,
         crate::dps::operation(&r)["registrationState"].clone(),
         &etag,
     ))

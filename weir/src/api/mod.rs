@@ -14,6 +14,8 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use weir_engine::EngineMetrics;
 use weir_gateways::GatewayMetrics;
@@ -43,6 +45,20 @@ pub struct ApiState {
     pub http: Arc<crate::http_server::HttpLimits>,
     /// The MQTT packet limit, which WebSocket frames carrying MQTT are held to as well.
     pub max_message_bytes: usize,
+}
+
+/// A JSON answer with its `ETag` header (IoT Hub quotes etags).
+pub(crate) fn with_etag(status: StatusCode, body: serde_json::Value, etag: &str) -> Response {
+    let mut resp = (status, axum::Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    resp
+}
+
+/// The request's `If-Match` header, if any.
+pub(crate) fn if_match(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
 }
 
 impl ApiState {

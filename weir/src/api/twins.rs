@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use weir_core::DeviceRecord;
 use weir_storage::registry::twin_etag;
 
-use super::ApiState;
 use super::error::ApiError;
+use super::{ApiState, with_etag};
 
 pub use weir_hub::documents::twin_json;
 
@@ -22,11 +22,7 @@ fn respond(s: &ApiState, rec: &DeviceRecord) -> Response {
         s.hub.is_connected(&rec.device_id),
         s.hub.c2d_pending(&rec.device_id),
     );
-    let mut resp = (StatusCode::OK, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", twin_etag(rec))) {
-        resp.headers_mut().insert(header::ETAG, v);
-    }
-    resp
+    with_etag(StatusCode::OK, body, &twin_etag(rec))
 }
 
 pub async fn get(
