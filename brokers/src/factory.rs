@@ -12,11 +12,12 @@ use weir_storage::commit::{CommitStore, Committed};
 use crate::Kind;
 use crate::sink::{BrokerSink, Endpoint};
 
-pub struct BrokerSinkFactory<K> {
+pub struct BrokerSinkFactory<K: Kind> {
     rt: tokio::runtime::Handle,
     store: Arc<CommitStore>,
     health: Arc<HealthBoard>,
     committed: Committed,
+    ctx: Arc<K::Context>,
     kind: PhantomData<fn() -> K>,
 }
 
@@ -26,6 +27,7 @@ impl<K: Kind> BrokerSinkFactory<K> {
         rt: tokio::runtime::Handle,
         store: Arc<CommitStore>,
         health: Arc<HealthBoard>,
+        ctx: Arc<K::Context>,
     ) -> Result<Self, SinkError> {
         let committed = store.snapshot(K::NAME).map_err(|e| SinkError::Io {
             path: "commits.redb".into(),
@@ -36,6 +38,7 @@ impl<K: Kind> BrokerSinkFactory<K> {
             store,
             health,
             committed,
+            ctx,
             kind: PhantomData,
         })
     }
@@ -91,6 +94,7 @@ impl<K: Kind> SinkFactory for BrokerSinkFactory<K> {
             .unwrap_or(0);
         Ok(Box::new(BrokerSink::<K> {
             rt: self.rt.clone(),
+            ctx: Arc::clone(&self.ctx),
             store: Arc::clone(&self.store),
             health: Arc::clone(&self.health),
             worker,

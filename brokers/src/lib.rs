@@ -13,6 +13,7 @@ pub mod mqtt;
 pub mod sink;
 pub mod template;
 pub mod tls;
+pub mod upstream;
 pub mod webhook;
 
 use serde_json::{Map, Value};
@@ -23,6 +24,8 @@ pub trait Kind: Send + Sync + 'static {
     /// The endpoint `type` in rules files, and the commit store's key for the sink.
     const NAME: &'static str;
     type Message: Send + 'static;
+    /// What every link of the kind shares (the upstream kind's one hub connection).
+    type Context: Send + Sync + 'static;
 
     /// The routing key or topic template of an endpoint of this kind; `None` for others.
     fn template(kind: &EndpointKind) -> Option<&str>;
@@ -30,6 +33,7 @@ pub trait Kind: Send + Sync + 'static {
     /// Starts publishing for `endpoint` (`worker` tells apart the clients of several
     /// workers where a broker needs that); `None` when `kind` is not of this kind.
     fn open(
+        ctx: &Self::Context,
         rt: &tokio::runtime::Handle,
         kind: &EndpointKind,
         endpoint: &str,
@@ -46,7 +50,7 @@ pub struct Catalog;
 
 impl weir_core::EndpointCatalog for Catalog {
     fn kinds(&self) -> Vec<&'static str> {
-        vec![amqp::KIND, mqtt::KIND, webhook::KIND]
+        vec![amqp::KIND, mqtt::KIND, webhook::KIND, upstream::KIND]
     }
 
     fn endpoint(
@@ -58,6 +62,7 @@ impl weir_core::EndpointCatalog for Catalog {
             amqp::KIND => amqp::options::options(options),
             mqtt::KIND => mqtt::options::options(options),
             webhook::KIND => webhook::options::options(options),
+            upstream::KIND => upstream::options(options),
             other => Err(OptionError::new(
                 None,
                 format!("unknown endpoint type {other:?}"),

@@ -65,7 +65,7 @@ impl Progress {
         });
     }
 
-    fn fail(&self, e: String) {
+    pub(crate) fn fail(&self, e: String) {
         self.with(|s| s.error.get_or_insert(e).clone());
     }
 }

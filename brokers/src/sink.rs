@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::recovery::{Candidate, Recovery, first_request, retain_uncommitted};
+use weir_core::recovery::{Candidate, Phase, Recovery, first_request, retain_uncommitted};
 use weir_core::{
     Delivery, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest, Sink, SinkError,
 };
@@ -74,6 +74,7 @@ impl<M: Send + 'static> Endpoint<M> {
 /// One worker's endpoints of the broker kind `K`.
 pub struct BrokerSink<K: Kind> {
     pub(crate) rt: tokio::runtime::Handle,
+    pub(crate) ctx: Arc<K::Context>,
     pub(crate) store: Arc<CommitStore>,
     pub(crate) health: Arc<HealthBoard>,
     pub(crate) worker: usize,
@@ -110,6 +111,7 @@ impl<K: Kind> BrokerSink<K> {
     /// Publishes `batch` to `name`, skipping what an earlier run committed.
     fn publish_batch(&mut self, name: &str, batch: Vec<Delivery>) -> Result<(), SinkError> {
         let rt = self.rt.clone();
+        let ctx = Arc::clone(&self.ctx);
         let worker = self.worker;
         let mut key = std::mem::take(&mut self.key);
         let result = (|| {
@@ -128,7 +130,7 @@ impl<K: Kind> BrokerSink<K> {
                     continue;
                 }
                 if e.link.is_none() {
-                    e.link = K::open(&rt, &spec.kind, name, worker);
+                    e.link = K::open(&ctx, &rt, &spec.kind, name, worker);
                 }
                 let Some(link) = &e.link else {
                     return Err(SinkError::Unsupported(name.to_owned()));
@@ -320,6 +322,12 @@ impl<K: Kind> Sink for BrokerSink<K> {
 
     fn replay_request(&mut self) -> Option<ReplayRequest> {
         let parts = &self.partitions;
+        let failed: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter(|(_, s)| matches!(s.recovery.phase(), Phase::Failed { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
         let candidates = self.endpoints.iter_mut().map(|(name, s)| Candidate {
             name,
             committed_min: s.committed_min(parts),
@@ -329,9 +337,13 @@ impl<K: Kind> Sink for BrokerSink<K> {
         let (request, changed) = first_request(candidates, self.watermark);
         if let Some(r) = &request
             && r.dead_letter.is_none()
+            && failed.iter().any(|n| **n == *r.endpoint)
             && let Some(s) = self.endpoints.get_mut(&*r.endpoint)
         {
             // A retry: a new connection, and everything unconfirmed is published again.
+            // Only when the retry starts: the chunks of its replay go out on that one
+            // connection, in order, and what it has not confirmed keeps the commit point
+            // below it.
             s.link = None;
             tracing::debug!(endpoint = %r.endpoint, worker = self.worker, from = r.from, "reconnecting a failed endpoint");
         }

@@ -21,6 +21,9 @@ use crate::event::{AuthMethod, Event, EventSource, SystemProperties};
 use crate::ids::DeviceId;
 
 const VERSION: u8 = 1;
+/// System properties in the mask; the tenth (`edge_id`) was added after version 1 shipped,
+/// and older records simply do not set its bit.
+const SYSTEM_FIELDS: usize = 10;
 const FLAG_REDELIVERED: u8 = 1;
 const FLAG_PACKET_ID: u8 = 2;
 const FLAG_MODULE: u8 = 4;
@@ -64,7 +67,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn system_fields(s: &SystemProperties) -> [&Option<String>; 9] {
+fn system_fields(s: &SystemProperties) -> [&Option<String>; SYSTEM_FIELDS] {
     [
         &s.message_id,
         &s.correlation_id,
@@ -75,6 +78,7 @@ fn system_fields(s: &SystemProperties) -> [&Option<String>; 9] {
         &s.creation_time_utc,
         &s.dt_dataschema,
         &s.dt_subject,
+        &s.edge_id,
     ]
 }
 
@@ -276,12 +280,12 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         None
     };
     let mask = u16::from_le_bytes(r.array()?);
-    if mask >> 9 != 0 {
+    if mask >> SYSTEM_FIELDS != 0 {
         return Err(DecodeError::Invalid("system property mask"));
     }
     let mut system = SystemProperties::default();
     {
-        let slots: [&mut Option<String>; 9] = [
+        let slots: [&mut Option<String>; SYSTEM_FIELDS] = [
             &mut system.message_id,
             &mut system.correlation_id,
             &mut system.content_type,
@@ -291,6 +295,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
             &mut system.creation_time_utc,
             &mut system.dt_dataschema,
             &mut system.dt_subject,
+            &mut system.edge_id,
         ];
         for (i, slot) in slots.into_iter().enumerate() {
             if mask & (1 << i) != 0 {

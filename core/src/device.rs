@@ -67,6 +67,14 @@ pub struct DeviceRecord {
     #[serde(default)]
     pub status_reason: Option<String>,
     pub auth: DeviceAuth,
+    /// An IoT Edge device (`capabilities.iotEdge`): it may be the parent of other devices
+    /// and publish for them.
+    #[serde(default)]
+    pub iot_edge: bool,
+    /// The edge device this one sits behind (IoT Hub's `parentScopes`): that edge may
+    /// publish for it and holds its identity while offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
     /// Free-form JSON object; rules read it as `$twin.tags.*`.
     #[serde(default = "empty_object")]
     pub tags: serde_json::Value,
@@ -106,6 +114,8 @@ impl DeviceRecord {
                 primary_key: String::new(),
                 secondary_key: String::new(),
             },
+            iot_edge: false,
+            parent: None,
             tags,
             desired: crate::twin::Section::default(),
             reported: crate::twin::Section::default(),

@@ -57,6 +57,9 @@ pub enum EndpointKind {
     Amqp(AmqpOptions),
     Mqtt(MqttOptions),
     Webhook(WebhookOptions),
+    /// Forwarding from an edge to its hub over the `[upstream]` link of weir.toml
+    /// (`weir_brokers::upstream`); it has no options of its own.
+    Upstream,
 }
 
 /// A Parquet endpoint's options (checked by `weir_storage::parquet`).
@@ -176,6 +179,7 @@ impl EndpointKind {
             EndpointKind::Amqp(_) => "amqp",
             EndpointKind::Mqtt(_) => "mqtt",
             EndpointKind::Webhook(_) => "webhook",
+            EndpointKind::Upstream => "upstream",
         }
     }
 

@@ -104,6 +104,9 @@ pub struct SystemProperties {
     pub dt_dataschema: Option<String>,
     /// `$.sub` (IoT Plug and Play `dt-subject`)
     pub dt_subject: Option<String>,
+    /// The edge device that forwarded the message on behalf of the device (set by the hub
+    /// from the edge's authenticated connection, never from the property bag).
+    pub edge_id: Option<String>,
 }
 
 impl SystemProperties {
@@ -118,6 +121,7 @@ impl SystemProperties {
             ("iothub-creation-time-utc", &self.creation_time_utc),
             ("dt-dataschema", &self.dt_dataschema),
             ("dt-subject", &self.dt_subject),
+            ("weir-edge", &self.edge_id),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))

@@ -6,6 +6,23 @@ use weir_core::{DeviceAuth, DeviceRecord, DeviceStatus};
 use weir_storage::registry::twin_etag;
 
 const NEVER: &str = "0001-01-01T00:00:00Z";
+const SCOPE: &str = "ms-azure-iot-edge://";
+
+/// The scope of edge device `edge` (IoT Hub's `deviceScope`): its children name it in
+/// `parentScopes`. IoT Hub appends a number to the id; Weir's scopes are the id alone.
+pub fn device_scope(edge: &str) -> String {
+    format!("{SCOPE}{edge}")
+}
+
+/// The edge device a scope names: `exists` tells a device id from IoT Hub's `{id}-{n}`.
+pub fn scope_device(scope: &str, exists: impl Fn(&str) -> bool) -> Option<String> {
+    let id = scope.strip_prefix(SCOPE)?;
+    if exists(id) {
+        return Some(id.to_owned());
+    }
+    let (id, n) = id.rsplit_once('-')?;
+    (n.bytes().all(|b| b.is_ascii_digit()) && exists(id)).then(|| id.to_owned())
+}
 
 fn status(rec: &DeviceRecord) -> &'static str {
     match rec.status {
@@ -61,7 +78,9 @@ pub fn device_json(rec: &DeviceRecord, connected: bool, c2d_pending: usize) -> V
             "x509Thumbprint": thumbprints(thumbs),
             "type": kind
         },
-        "capabilities": {"iotEdge": false},
+        "capabilities": {"iotEdge": rec.iot_edge},
+        "deviceScope": rec.parent.as_deref().or(rec.iot_edge.then_some(rec.device_id.as_str())).map(device_scope),
+        "parentScopes": rec.parent.as_deref().map(device_scope).into_iter().collect::<Vec<_>>(),
         "tags": rec.tags,
     })
 }

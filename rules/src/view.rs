@@ -32,12 +32,14 @@ pub enum SysProp {
     WeirGateway,
     /// Weir's own: the insight an `Insights` event is a result of.
     Insight,
+    /// Weir's own: the edge device that forwarded the message for its child.
+    WeirEdge,
 }
 
 impl SysProp {
     /// Resolves `$name` (without the `$`), case-insensitively.
     pub fn parse(name: &str) -> Option<SysProp> {
-        const NAMES: [(&str, SysProp); 18] = [
+        const NAMES: [(&str, SysProp); 19] = [
             ("contentType", SysProp::ContentType),
             ("contentEncoding", SysProp::ContentEncoding),
             ("connectionDeviceId", SysProp::ConnectionDeviceId),
@@ -59,6 +61,7 @@ impl SysProp {
             ("iothub-outputname", SysProp::OutputName),
             ("weirGateway", SysProp::WeirGateway),
             ("insight", SysProp::Insight),
+            ("weirEdge", SysProp::WeirEdge),
         ];
         NAMES
             .iter()
@@ -171,6 +174,7 @@ impl<'a> MessageView for EventView<'a> {
             SysProp::DtSubject => b(&s.dt_subject),
             SysProp::OutputName => b(&s.output_name),
             SysProp::WeirGateway => e.gateway.as_deref().map(Cow::Borrowed),
+            SysProp::WeirEdge => b(&s.edge_id),
             SysProp::Insight => (e.source == weir_core::EventSource::Insights)
                 .then(|| e.property("insight"))
                 .flatten()

@@ -268,6 +268,13 @@ pub enum DeviceCommand {
         /// the device id.
         #[arg(long, conflicts_with_all = ["primary_key", "secondary_key"])]
         x509_ca: bool,
+        /// Register an IoT Edge device (`capabilities.iotEdge`): it may be the parent of
+        /// other devices and publish for them (`[upstream]` of an edge's weir.toml).
+        #[arg(long)]
+        edge: bool,
+        /// The edge device this device sits behind: that edge may publish for it.
+        #[arg(long, value_name = "EDGE_ID")]
+        parent: Option<String>,
     },
     /// List devices.
     List {

@@ -31,6 +31,7 @@ struct File {
     archive: Archive,
     logging: Logging,
     dps: DpsSection,
+    upstream: crate::edge::UpstreamSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +209,8 @@ pub struct Config {
     pub log_level: String,
     /// The provisioning service, when on.
     pub dps: Option<DpsConfig>,
+    /// Edge mode: the hub this process forwards to.
+    pub upstream: Option<weir_brokers::upstream::UpstreamConfig>,
 }
 
 /// Merges a TOML document over the embedded defaults, key by key.
@@ -428,6 +431,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
     } else {
         None
     };
+    let upstream = crate::edge::upstream(f.upstream)?;
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
     let rules = a.rules.clone().unwrap_or(f.hub.rules);
@@ -480,6 +484,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         archive,
         log_level: f.logging.level,
         dps,
+        upstream,
     })
 }
 

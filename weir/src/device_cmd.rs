@@ -62,6 +62,8 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
                 x509_thumbprint,
                 x509_secondary_thumbprint,
                 x509_ca,
+                edge,
+                parent,
             } => {
                 let authentication = match (x509_thumbprint, x509_ca) {
                     (Some(p), _) => json!({"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": p, "secondaryThumbprint": x509_secondary_thumbprint}}),
@@ -75,6 +77,12 @@ pub fn run(args: DeviceArgs) -> anyhow::Result<ExitCode> {
                 });
                 if let Some(t) = parse_tags(&tags)? {
                     body["tags"] = t;
+                }
+                if edge {
+                    body["capabilities"] = json!({"iotEdge": true});
+                }
+                if let Some(p) = parent {
+                    body["parentScopes"] = json!([weir_hub::documents::device_scope(&p)]);
                 }
                 let dev = client.call(Method::PUT, &path(&id), Some(&body), None).await?.ok()?;
                 let kind = dev["authentication"]["type"].as_str().unwrap_or("?");

@@ -8,6 +8,7 @@ mod config;
 mod device_cmd;
 mod dps;
 mod dps_cmd;
+mod edge;
 mod http_server;
 mod reload;
 mod rules_cmd;

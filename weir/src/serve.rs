@@ -155,11 +155,13 @@ fn raise_fd_limit() {
 fn broker<K: weir_brokers::Kind>(
     commits: &Arc<CommitStore>,
     health: &Arc<HealthBoard>,
+    ctx: K::Context,
 ) -> anyhow::Result<Arc<dyn SinkFactory>> {
     let f = weir_brokers::factory::BrokerSinkFactory::<K>::new(
         tokio::runtime::Handle::current(),
         Arc::clone(commits),
         Arc::clone(health),
+        Arc::new(ctx),
     )
     .with_context(|| format!("reading the {} endpoints' commit points", K::NAME))?;
     Ok(Arc::new(f))
@@ -256,11 +258,16 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "ingest log and archive recovered"
     );
     let archive_metrics = parquet.metrics();
+    let uplink = cfg.upstream.clone().map(|u| {
+        tracing::info!(hub = %u.hub, edge = %u.device_id, address = %u.address(), "edge mode: forwarding to the hub through upstream endpoints");
+        weir_brokers::upstream::Uplink::start(&tokio::runtime::Handle::current(), u)
+    });
     let sinks: Vec<Arc<dyn SinkFactory>> = vec![
         parquet,
-        broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health)?,
-        broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health)?,
-        broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health)?,
+        broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health, ())?,
+        broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health, ())?,
+        broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health, ())?,
+        broker::<weir_brokers::upstream::Upstream>(&commits, &endpoint_health, uplink.clone())?,
     ];
     // Hub events a crash left in the registry's outbox go into the log first: the engine
     // takes the registry's tags as they are now as the device context at the log's end.

@@ -24,12 +24,14 @@ pub type AmqpSinkFactory = BrokerSinkFactory<Amqp>;
 impl Kind for Amqp {
     const NAME: &'static str = KIND;
     type Message = publisher::Message;
+    type Context = ();
 
     fn template(kind: &EndpointKind) -> Option<&str> {
         kind.amqp().map(|o| o.routing_key.as_str())
     }
 
     fn open(
+        _: &(),
         rt: &tokio::runtime::Handle,
         kind: &EndpointKind,
         endpoint: &str,

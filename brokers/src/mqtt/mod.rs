@@ -21,12 +21,14 @@ pub type MqttSinkFactory = BrokerSinkFactory<Mqtt>;
 impl Kind for Mqtt {
     const NAME: &'static str = KIND;
     type Message = publisher::Message;
+    type Context = ();
 
     fn template(kind: &EndpointKind) -> Option<&str> {
         kind.mqtt().map(|o| o.topic.as_str())
     }
 
     fn open(
+        _: &(),
         rt: &tokio::runtime::Handle,
         kind: &EndpointKind,
         endpoint: &str,

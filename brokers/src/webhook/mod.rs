@@ -30,12 +30,14 @@ pub type WebhookSinkFactory = BrokerSinkFactory<Webhook>;
 impl Kind for Webhook {
     const NAME: &'static str = KIND;
     type Message = Vec<u8>;
+    type Context = ();
 
     fn template(kind: &EndpointKind) -> Option<&str> {
         kind.webhook().map(|_| "")
     }
 
     fn open(
+        _: &(),
         rt: &tokio::runtime::Handle,
         kind: &EndpointKind,
         endpoint: &str,

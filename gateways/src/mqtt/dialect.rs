@@ -6,20 +6,22 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rumqttd::protocol::{Connect, Login};
 use weir_core::{
-    C2dDelivery, DeviceDirectory, Feature, Identity, Peer, Provisioning, Role, SystemProperties,
-    ToDevice,
+    C2dDelivery, DeviceDirectory, DeviceId, DeviceStatus, Feature, Identity, Peer, Provisioning,
+    Role, SystemProperties, ToDevice,
 };
 
 use super::connect::{Refusal, authenticate};
 use super::dps;
 use super::requests::{self, DeviceRequest};
-use super::topic::{DeviceTopic, classify, decode_bag};
+use super::topic::{DeviceTopic, decode_bag, encode_bag, telemetry};
 
 /// What a device's PUBLISH is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming<'t> {
     Telemetry {
         bag: &'t str,
+        /// The child device an edge publishes for; `None`: the connection's own device.
+        child: Option<Child>,
     },
     TwinGet {
         rid: &'t str,
@@ -39,6 +41,13 @@ pub enum Incoming<'t> {
         rid: &'t str,
         operation_id: &'t str,
     },
+}
+
+/// A device behind an edge, which the edge's connection publishes for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Child {
+    pub device_id: DeviceId,
+    pub generation_id: Arc<str>,
 }
 
 /// A PUBLISH to a device.
@@ -131,8 +140,23 @@ impl Dialect for IotHub {
                 }
             });
         }
-        let DeviceTopic::Telemetry { bag } = classify(topic, id.device_id.as_str())?;
-        Some(Incoming::Telemetry { bag })
+        let DeviceTopic::Telemetry { device, bag } = telemetry(topic)?;
+        if device == id.device_id.as_str() {
+            return Some(Incoming::Telemetry { bag, child: None });
+        }
+        // An edge publishing for one of its children (the registry names the parent; only
+        // an IoT Edge device can be one). Anything else is another device's topic.
+        let rec = self.directory.get(device)?;
+        let admitted = id.role == Role::Device
+            && rec.parent.as_deref() == Some(id.device_id.as_str())
+            && rec.status == DeviceStatus::Enabled;
+        admitted.then(|| Incoming::Telemetry {
+            bag,
+            child: DeviceId::parse(device).ok().map(|device_id| Child {
+                device_id,
+                generation_id: Arc::from(rec.generation_id.as_str()),
+            }),
+        })
     }
 
     fn properties(&self, bag: &str) -> Result<(SystemProperties, Vec<(String, String)>), String> {
@@ -193,35 +217,21 @@ impl Dialect for IotHub {
 /// `devices/{id}/messages/devicebound/{bag}`, every key and value percent-encoded but for
 /// unreserved characters, as the device SDK expects (spec §2.5).
 fn c2d_topic(device: &str, m: &C2dDelivery) -> String {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-    const BAG: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    let mut bag = Vec::new();
-    let mut pair = |k: &str, v: &str| {
-        bag.push(format!(
-            "{}={}",
-            utf8_percent_encode(k, BAG),
-            utf8_percent_encode(v, BAG)
-        ))
-    };
-    pair("$.mid", &m.message_id);
-    pair("$.to", &format!("/devices/{device}/messages/deviceBound"));
-    if let Some(c) = &m.correlation_id {
-        pair("$.cid", c);
-    }
-    if let Some(c) = &m.content_type {
-        pair("$.ct", c);
-    }
-    if let Some(c) = &m.content_encoding {
-        pair("$.ce", c);
-    }
-    for (k, v) in &m.properties {
-        pair(k, v);
-    }
-    format!("devices/{device}/messages/devicebound/{}", bag.join("&"))
+    let to = format!("/devices/{device}/messages/deviceBound");
+    let system = [
+        ("$.mid", Some(m.message_id.as_str())),
+        ("$.to", Some(to.as_str())),
+        ("$.cid", m.correlation_id.as_deref()),
+        ("$.ct", m.content_type.as_deref()),
+        ("$.ce", m.content_encoding.as_deref()),
+    ];
+    let bag = encode_bag(
+        system
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .chain(m.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
+    );
+    format!("devices/{device}/messages/devicebound/{bag}")
 }
 
 #[cfg(test)]

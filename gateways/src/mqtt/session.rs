@@ -476,19 +476,29 @@ impl Session {
                 );
                 self.close(End::Violation(why));
             }
-            Some(Incoming::Telemetry { bag }) => {
-                let (system, properties) = match self.dialect.properties(bag) {
+            Some(Incoming::Telemetry { bag, child }) => {
+                let (mut system, properties) = match self.dialect.properties(bag) {
                     Ok(x) => x,
                     Err(why) => {
                         self.close(End::Violation(why));
                         return;
                     }
                 };
+                let (device_id, generation_id) = match child {
+                    Some(c) => {
+                        system.edge_id = Some(o.identity.device_id.as_str().to_owned());
+                        (c.device_id, c.generation_id)
+                    }
+                    None => (
+                        o.identity.device_id.clone(),
+                        Arc::clone(&o.identity.generation_id),
+                    ),
+                };
                 o.batch.push(Event {
                     source: EventSource::DeviceMessages,
-                    device_id: o.identity.device_id.clone(),
+                    device_id,
                     module_id: None,
-                    generation_id: Some(Arc::clone(&o.identity.generation_id)),
+                    generation_id: Some(generation_id),
                     auth_method: o.identity.auth,
                     gateway: Some(Arc::clone(&o.gateway)),
                     dead_letter: None,

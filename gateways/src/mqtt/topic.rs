@@ -19,23 +19,49 @@ pub enum BagError {
 /// What a device may publish to, once the topic is checked against its identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceTopic<'a> {
-    /// `devices/{id}/messages/events/{bag}`
-    Telemetry { bag: &'a str },
+    /// `devices/{device}/messages/events/{bag}`
+    Telemetry { device: &'a str, bag: &'a str },
 }
 
-/// Classifies `topic` for the connected `device_id`; `None` means the device may not
-/// publish there.
-pub fn classify<'a>(topic: &'a str, device_id: &str) -> Option<DeviceTopic<'a>> {
+/// Parses a telemetry topic, for whichever device it names.
+pub fn telemetry(topic: &str) -> Option<DeviceTopic<'_>> {
     let rest = topic.strip_prefix("devices/")?;
-    let rest = rest.strip_prefix(device_id)?;
-    let rest = rest.strip_prefix("/messages/events")?;
+    let (device, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("messages/events")?;
     let bag = match rest {
         "" => "",
         r => r.strip_prefix('/')?,
     };
     // Some clients put '?' before the bag.
     let bag = bag.strip_prefix('?').unwrap_or(bag);
-    Some(DeviceTopic::Telemetry { bag })
+    Some(DeviceTopic::Telemetry { device, bag })
+}
+
+/// Classifies `topic` for the connected `device_id`; `None` means the device may not
+/// publish there.
+pub fn classify<'a>(topic: &'a str, device_id: &str) -> Option<DeviceTopic<'a>> {
+    telemetry(topic).filter(|DeviceTopic::Telemetry { device, .. }| *device == device_id)
+}
+
+/// Encodes a property bag: every key and value percent-encoded but for unreserved
+/// characters, as the device SDK writes it and [`decode_bag`] reads it.
+pub fn encode_bag<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const BAG: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let mut bag = String::new();
+    for (k, v) in pairs {
+        if !bag.is_empty() {
+            bag.push('&');
+        }
+        bag.extend(utf8_percent_encode(k, BAG));
+        bag.push('=');
+        bag.extend(utf8_percent_encode(v, BAG));
+    }
+    bag
 }
 
 /// Decodes a property bag: `&`-separated `key=value` pairs, percent-encoded (not form
@@ -126,7 +152,7 @@ mod tests {
     #[test]
     fn decodes_the_sdk_wire_example() {
         let topic = "devices/dev1/messages/events/%24.mid=062c&%24.cid=probe-0&%24.ct=application%2Fjson&%24.ce=utf-8&iothub-creation-time-utc=2026-11-26T17%3A34%3A09.223328Z&probeName=sdk%20probe%2F1&seq=0&temperatureAlert=false";
-        let Some(DeviceTopic::Telemetry { bag }) = classify(topic, "dev1") else {
+        let Some(DeviceTopic::Telemetry { bag, .. }) = classify(topic, "dev1") else {
             panic!("telemetry topic");
         };
         let (sys, app) = decode_bag(bag).expect("decodes");

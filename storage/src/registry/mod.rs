@@ -63,6 +63,8 @@ pub enum RegistryError {
     NoVerificationCode(String),
     #[error("tags must be a JSON object")]
     InvalidTags,
+    #[error("parent {parent} of {device} must be an existing IoT Edge device other than {device}")]
+    InvalidParent { device: String, parent: String },
     #[error("invalid twin: {0}")]
     Twin(#[from] weir_core::twin::TwinError),
     #[error("registry storage error: {0}")]
@@ -90,6 +92,10 @@ pub struct DeviceUpsert {
     /// leaves out is removed, not kept (so a leaked certificate can be rotated out).
     pub thumbprints_given: bool,
     pub tags: Option<serde_json::Value>,
+    /// `capabilities.iotEdge`; `None`: unchanged (a new device: false).
+    pub iot_edge: Option<bool>,
+    /// The parent edge device; `None`: unchanged, `Some(None)`: no parent.
+    pub parent: Option<Option<String>>,
 }
 
 /// IoT Hub's `authentication.type`.
@@ -269,6 +275,15 @@ impl Registry {
         let now = now();
         let created = existing.is_none();
         let auth = resolve_auth(&req, existing.as_deref().map(|r| &r.auth))?;
+        if let Some(Some(parent)) = &req.parent {
+            let ok = *parent != req.device_id && self.get(parent).is_some_and(|p| p.iot_edge);
+            if !ok {
+                return Err(RegistryError::InvalidParent {
+                    device: req.device_id.clone(),
+                    parent: parent.clone(),
+                });
+            }
+        }
         let rec = match existing.clone() {
             None => DeviceRecord {
                 device_id: req.device_id.clone(),
@@ -277,6 +292,8 @@ impl Registry {
                 status: req.status.unwrap_or_default(),
                 status_reason: req.status_reason,
                 auth,
+                iot_edge: req.iot_edge.unwrap_or(false),
+                parent: req.parent.flatten(),
                 tags: req.tags.unwrap_or_else(|| serde_json::json!({})),
                 desired: weir_core::twin::Section::default(),
                 reported: weir_core::twin::Section::default(),
@@ -297,6 +314,12 @@ impl Registry {
                     rec.status_reason = req.status_reason;
                 }
                 rec.auth = auth;
+                if let Some(e) = req.iot_edge {
+                    rec.iot_edge = e;
+                }
+                if let Some(p) = req.parent {
+                    rec.parent = p;
+                }
                 if let Some(t) = req.tags
                     && t != rec.tags
                 {

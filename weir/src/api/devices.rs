@@ -127,6 +127,36 @@ pub async fn put(
         None | Some(Value::Null) => None,
         Some(t) => Some(t.clone()),
     };
+    let iot_edge = match &doc["capabilities"]["iotEdge"] {
+        Value::Null => None,
+        Value::Bool(b) => Some(*b),
+        _ => {
+            return Err(ApiError::bad_request(
+                "capabilities.iotEdge must be true or false",
+            ));
+        }
+    };
+    let parent = match &doc["parentScopes"] {
+        Value::Null => None,
+        Value::Array(a) if a.is_empty() => Some(None),
+        Value::Array(a) if a.len() == 1 => {
+            let scope = a[0].as_str().ok_or_else(|| {
+                ApiError::bad_request("parentScopes must hold one device scope string")
+            })?;
+            let edge = weir_hub::documents::scope_device(scope, |d| s.registry.get(d).is_some())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "parentScopes names {scope:?}, which is not the deviceScope of an existing IoT Edge device (ms-azure-iot-edge://<edge id>)"
+                    ))
+                })?;
+            Some(Some(edge))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "parentScopes must be a list of at most one device scope",
+            ));
+        }
+    };
     let exists = s.registry.get(&id).is_some();
     let condition = if_match(&headers);
     if exists && condition.is_none() {
@@ -153,6 +183,8 @@ pub async fn put(
         )?,
         thumbprints_given: doc["authentication"]["x509Thumbprint"].is_object(),
         tags,
+        iot_edge,
+        parent,
     };
     let (rec, _created) = s.hub.put_device(req, condition.map(str::to_owned)).await?;
     Ok(with_etag_of(

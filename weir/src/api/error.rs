@@ -56,6 +56,7 @@ impl From<weir_storage::RegistryError> for ApiError {
             | E::InvalidCertificateName(_)
             | E::NoVerificationCode(_)
             | E::InvalidTags
+            | E::InvalidParent { .. }
             | E::Twin(_) => ApiError::bad_request(msg),
             E::Storage(_) => {
                 tracing::error!(error = %msg, "registry storage failure");

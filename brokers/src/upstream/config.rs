@@ -1,0 +1,64 @@
+//! The edge's `[upstream]` settings, as the link uses them.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// How the edge reaches its hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// MQTT over TLS (port 8883).
+    Mqtts,
+}
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "mqtts" => Some(Transport::Mqtts),
+            _ => None,
+        }
+    }
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Mqtts => 8883,
+        }
+    }
+}
+
+/// Who the edge is on its hub and how it gets there.
+#[derive(Clone)]
+pub struct UpstreamConfig {
+    /// The hub's host name: the SAS token's resource and the TLS server name.
+    pub hub: String,
+    /// The edge's own device id on the hub (registered with `capabilities.iotEdge`).
+    pub device_id: String,
+    /// The edge's symmetric key (base64).
+    pub key: String,
+    pub transport: Transport,
+    /// `host:port` to dial when the host name does not lead to the hub.
+    pub address: Option<String>,
+    /// PEM file of the CA that signed the hub's certificate; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("hub", &self.hub)
+            .field("device_id", &self.device_id)
+            .field("key", &"<redacted>")
+            .field("transport", &self.transport)
+            .field("address", &self.address)
+            .field("ca", &self.ca)
+            .finish()
+    }
+}
+
+impl UpstreamConfig {
+    /// Where to dial.
+    pub fn address(&self) -> String {
+        self.address
+            .clone()
+            .unwrap_or_else(|| format!("{}:{}", self.hub, self.transport.default_port()))
+    }
+}

@@ -1,0 +1,290 @@
+"""Edge mode: a hub and an edge (`[upstream]`) on loopback, the edge's link to the hub through
+a TCP proxy that the test black-holes, closes and restores while child devices keep
+publishing to the edge. Every message the edge acknowledged to a child lands in the hub's
+archive exactly once, under the child's id and in the child's order, with the edge named
+in the `weir-edge` system property; the hub only lets an edge publish for its own
+children."""
+
+import json
+import select
+import socket
+import threading
+import time
+
+from rawmqtt import Raw, publish_packet
+from sinkdevice import rules_dir
+from weirhub import Hub
+
+HUB_RULES = """
+[[endpoint]]
+name = "archive"
+type = "parquet"
+
+[[route]]
+name = "all"
+condition = "true"
+endpoints = ["archive"]
+"""
+
+EDGE_RULES = """
+[[endpoint]]
+name = "hub"
+type = "upstream"
+
+[[endpoint]]
+name = "local"
+type = "parquet"
+
+[[route]]
+name = "forward"
+condition = "true"
+endpoints = ["hub", "local"]
+"""
+
+
+class Proxy:
+    """A TCP proxy to `target` whose mode the test changes: "pass" forwards, "acks-lost"
+    forwards only towards the target (the hub gets messages, the edge no PUBACKs),
+    "blackhole" keeps connections open and drops every byte both ways, "closed" closes
+    every connection and every new one at once."""
+
+    def __init__(self, target_port):
+        self.target = ("127.0.0.1", target_port)
+        self.mode = "pass"
+        self.lock = threading.Lock()
+        self.conns = []
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def set(self, mode):
+        with self.lock:
+            self.mode = mode
+            if mode == "closed":
+                for a, b in self.conns:
+                    for s in (a, b):
+                        try:
+                            s.close()
+                        except OSError:
+                            pass
+                self.conns = []
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                if self.mode == "closed":
+                    client.close()
+                    continue
+                self.accepted += 1
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a, b):
+        peer = {a: b, b: a}
+        forward = {a: ("pass", "acks-lost"), b: ("pass",)}
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 0.2)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    if self.mode in forward[s]:
+                        peer[s].sendall(data)
+        except (OSError, ValueError):
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.set("closed")
+        self.listener.close()
+
+
+class Child:
+    """A child device connected to the edge, publishing numbered messages in a thread and
+    remembering which the edge acknowledged."""
+
+    def __init__(self, edge, name, key):
+        self.edge, self.name, self.key = edge, name, key
+        self.acked = []
+        self.stop = threading.Event()
+        self.errors = []
+        self.raw = self._connect()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _connect(self):
+        r = Raw(self.edge.mqtt_port, timeout=10)
+        token = self.edge.device_token(self.name, self.key)
+        assert r.connect(self.name, self.edge.username(self.name), token) == 0
+        return r
+
+    def _run(self):
+        i = 0
+        while not self.stop.is_set():
+            topic = f"devices/{self.name}/messages/events/%24.mid={self.name}-{i}&seq={i}"
+            body = json.dumps({"i": i, "device": self.name}).encode()
+            try:
+                assert self.raw.publish(topic, body, pkid=i % 60000 + 1) == i % 60000 + 1
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                self.errors.append(repr(e))
+                return
+            self.acked.append(i)
+            i += 1
+            time.sleep(0.005)
+
+    def finish(self):
+        self.stop.set()
+        self.thread.join(10)
+        self.raw.close()
+
+
+def make_hub(tmp_path, name, rules_text, **kw):
+    """A hub in its own directory under `tmp_path`."""
+    work = tmp_path / name
+    work.mkdir()
+    return Hub(work, rules_dir(work, rules_text), **kw)
+
+
+def put_device(hub, device_id, body):
+    r = hub.call("PUT", f"/devices/{device_id}", {"deviceId": device_id, **body})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_children_reach_the_hub_exactly_once_in_order_across_outages(tmp_path):
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    proxy = Proxy(hub.mqtts_port)
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        assert e["capabilities"]["iotEdge"] is True
+        assert e["deviceScope"] == "ms-azure-iot-edge://edge1"
+        edge_key = e["authentication"]["symmetricKey"]["primaryKey"]
+        children = {}
+        for name in ("c1", "c2", "c3"):
+            c = put_device(hub, name, {"parentScopes": [e["deviceScope"]]})
+            assert c["parentScopes"] == ["ms-azure-iot-edge://edge1"]
+            children[name] = c["authentication"]["symmetricKey"]["primaryKey"]
+        # Only an existing IoT Edge device can be a parent.
+        r = hub.call("PUT", "/devices/orphan", {"parentScopes": ["ms-azure-iot-edge://c1"]})
+        assert r.status_code == 400 and "IoT Edge" in r.text, r.text
+
+        config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "{edge_key}"
+address = "127.0.0.1:{proxy.port}"
+ca = "{hub.ca}"
+"""
+        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
+        assert edge.wait_log("connected to the hub", timeout=20)
+        # The children's identities at the edge (synced from the hub in a later slice).
+        for name, key in children.items():
+            put_device(edge, name, {"authentication": {"type": "sas",
+                                                       "symmetricKey": {"primaryKey": key, "secondaryKey": key}}})
+
+        devices = [Child(edge, name, key) for name, key in children.items()]
+        for d in devices:
+            d.thread.start()
+        connected = lambda: edge.log_text().count("connected to the hub")  # noqa: E731
+
+        def reconnected(before, timeout=40):
+            deadline = time.time() + timeout
+            while connected() <= before:
+                assert time.time() < deadline, "the edge did not reconnect\n" + edge.log_text()[-3000:]
+                time.sleep(0.2)
+
+        time.sleep(2)
+        # The hub gets what the edge sends but the edge hears nothing: it gives the link
+        # up (after 10 s of silence) and sends again what the hub already has.
+        before = connected()
+        proxy.set("acks-lost")
+        assert edge.wait_log("the hub acknowledged nothing", timeout=30)
+        proxy.set("pass")
+        reconnected(before)
+        time.sleep(2)
+        # Black-holed, then closed, then restored.
+        before = connected()
+        proxy.set("blackhole")
+        time.sleep(12)
+        proxy.set("closed")
+        time.sleep(4)
+        proxy.set("pass")
+        reconnected(before)
+        time.sleep(2)
+        for d in devices:
+            d.finish()
+            assert not d.errors, d.errors
+        total = sum(len(d.acked) for d in devices)
+        assert all(len(d.acked) > 500 for d in devices), [len(d.acked) for d in devices]
+
+        hub.wait_rows("archive", total, timeout=120)
+        time.sleep(1.5)
+        for d in devices:
+            rows = hub.query("archive", f"""
+                SELECT CAST(json_extract(body, '$.i') AS BIGINT), system['weir-edge'], message_id
+                FROM t WHERE device_id = '{d.name}' ORDER BY ingest_offset """)
+            seq = [r[0] for r in rows]
+            # Exactly once and in the child's order: the hub's log order is the child's.
+            assert seq == d.acked, (d.name, len(seq), len(d.acked),
+                                    [x for x in d.acked if x not in set(seq)][:10])
+            assert {r[1] for r in rows} == {"edge1"}
+            assert rows[0][2] == f"{d.name}-0"
+        # Also at the edge, where the local archive kept everything as well.
+        edge.wait_rows("local", total, timeout=30)
+        assert edge.log_text().count("connected to the hub") >= 3
+        # What the edge sent again after the lost acknowledgements was recognised.
+        assert hub.metric("weir_engine_duplicates_total") > 0
+    finally:
+        proxy.close()
+        if edge:
+            edge.stop()
+        hub.stop()
+
+
+def test_the_hub_admits_an_edge_only_for_its_own_children(tmp_path):
+    hub = make_hub(tmp_path, "hub", HUB_RULES).start()
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        put_device(hub, "edge2", {"capabilities": {"iotEdge": True}})
+        put_device(hub, "mine", {"parentScopes": [e["deviceScope"]]})
+        put_device(hub, "theirs", {"parentScopes": ["ms-azure-iot-edge://edge2"]})
+        key = e["authentication"]["symmetricKey"]["primaryKey"]
+
+        def connect():
+            r = Raw(hub.mqtt_port, timeout=10)
+            assert r.connect("edge1", hub.username("edge1"), hub.device_token("edge1", key)) == 0
+            return r
+
+        r = connect()
+        assert r.publish("devices/mine/messages/events/%24.mid=x1", b'{"n":1}', pkid=1) == 1
+        r.close()
+        for foreign in ("theirs", "edge2", "nobody"):
+            r = connect()
+            r.send(publish_packet(f"devices/{foreign}/messages/events/", b"{}", qos=1, pkid=2))
+            assert r.closed(), foreign
+        mine = hub.call("GET", "/devices/mine").json()
+        assert mine["parentScopes"] == ["ms-azure-iot-edge://edge1"]
+        hub.wait_rows("archive", 1)
+        rows = hub.query("archive", "SELECT device_id, system['weir-edge'] FROM t")
+        assert rows == [("mine", "edge1")]
+    finally:
+        hub.stop()

@@ -1,0 +1,87 @@
+//! Edge mode: `[upstream]` in weir.toml makes this process an edge that forwards to a hub
+//! (decision 031).
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use serde::Deserialize;
+use weir_brokers::upstream::{Transport, UpstreamConfig};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    hub: String,
+    device_id: String,
+    key: String,
+    key_file: String,
+    transport: String,
+    address: String,
+    ca: String,
+}
+
+/// Checks `[upstream]`; `None` when `hub` is empty (not an edge).
+pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
+    let hub = u.hub.trim();
+    if hub.is_empty() {
+        return Ok(None);
+    }
+    if hub.contains(['/', ' ', ';', ':']) {
+        bail!("`upstream.hub` = {hub:?} must be the hub's host name (what its devices connect to)");
+    }
+    if let Err(e) = weir_core::ids::validate(&u.device_id) {
+        bail!(
+            "`upstream.device_id` = {:?}: {e}; register the edge on the hub with `weir device create <id> --edge`",
+            u.device_id
+        );
+    }
+    let key = match (u.key.trim(), u.key_file.trim()) {
+        (k, "") if !k.is_empty() => k.to_owned(),
+        ("", f) if !f.is_empty() => std::fs::read_to_string(f)
+            .map_err(|e| anyhow::anyhow!("`upstream.key_file` = {f:?} cannot be read: {e}"))?
+            .trim()
+            .to_owned(),
+        _ => bail!(
+            "`upstream` needs exactly one of `key` (the edge device's primary key) and `key_file` (a file holding it)"
+        ),
+    };
+    if weir_gateways::sas::sign(&key, "x", "0").is_err() {
+        bail!("`upstream.key` must be base64, as `weir device show` prints the edge's key");
+    }
+    let Some(transport) = Transport::parse(u.transport.trim()) else {
+        bail!(
+            "`upstream.transport` = {:?} must be \"mqtts\" (QUIC and WebSocket are not built yet)",
+            u.transport
+        );
+    };
+    let address = match u.address.trim() {
+        "" => None,
+        a => {
+            let port = a.rsplit_once(':').and_then(|(h, p)| {
+                (!h.is_empty()).then_some(())?;
+                p.parse::<u16>().ok()
+            });
+            if port.is_none() {
+                bail!("`upstream.address` = {a:?} must be host:port, e.g. 127.0.0.1:8883");
+            }
+            Some(a.to_owned())
+        }
+    };
+    let ca = match u.ca.trim() {
+        "" => None,
+        c => {
+            let p = PathBuf::from(c);
+            if !p.is_file() {
+                bail!("`upstream.ca` = {c:?} is not a file (the PEM CA certificate of the hub)");
+            }
+            Some(p)
+        }
+    };
+    Ok(Some(UpstreamConfig {
+        hub: hub.to_owned(),
+        device_id: u.device_id,
+        key,
+        transport,
+        address,
+        ca,
+    }))
+}
