@@ -6,6 +6,7 @@
 //! Weir's commit, so what was sent but not confirmed before a failure is sent again, with
 //! its ingest offset in a header for consumers to recognise.
 
+pub mod actions;
 pub mod amqp;
 pub mod factory;
 pub mod link;
@@ -50,7 +51,14 @@ pub struct Catalog;
 
 impl weir_core::EndpointCatalog for Catalog {
     fn kinds(&self) -> Vec<&'static str> {
-        vec![amqp::KIND, mqtt::KIND, webhook::KIND, upstream::KIND]
+        vec![
+            amqp::KIND,
+            mqtt::KIND,
+            webhook::KIND,
+            upstream::KIND,
+            actions::METHOD,
+            actions::C2D,
+        ]
     }
 
     fn endpoint(
@@ -63,6 +71,8 @@ impl weir_core::EndpointCatalog for Catalog {
             mqtt::KIND => mqtt::options::options(options),
             webhook::KIND => webhook::options::options(options),
             upstream::KIND => upstream::options(options),
+            actions::METHOD => actions::method_options(options),
+            actions::C2D => actions::c2d_options(options),
             other => Err(OptionError::new(
                 None,
                 format!("unknown endpoint type {other:?}"),

@@ -60,6 +60,25 @@ pub enum EndpointKind {
     /// Forwarding from an edge to its hub over the `[upstream]` link of weir.toml
     /// (`weir_brokers::upstream`); it has no options of its own.
     Upstream,
+    /// Invokes a direct method on a device for each message (`weir_brokers::actions`).
+    Method(ActionOptions),
+    /// Queues a cloud-to-device message for a device for each message.
+    C2d(ActionOptions),
+}
+
+/// The options of an endpoint that acts on a device (`method` and `c2d` endpoints).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActionOptions {
+    /// The device to act on: a template, `{deviceId}` (the sender) by default.
+    pub target: String,
+    /// The method name template (`method` endpoints only).
+    pub method: String,
+    /// The payload as JSON text, whose strings are templates (`{body.temp}` alone in a
+    /// string puts the body's value there); `None`: the message body as it is.
+    pub payload: Option<String>,
+    /// How long a method waits for the device's answer; how long a C2D message waits for
+    /// its device.
+    pub timeout_secs: u32,
 }
 
 /// A Parquet endpoint's options (checked by `weir_storage::parquet`).
@@ -180,6 +199,8 @@ impl EndpointKind {
             EndpointKind::Mqtt(_) => "mqtt",
             EndpointKind::Webhook(_) => "webhook",
             EndpointKind::Upstream => "upstream",
+            EndpointKind::Method(_) => "method",
+            EndpointKind::C2d(_) => "c2d",
         }
     }
 
@@ -203,6 +224,14 @@ impl EndpointKind {
     pub fn webhook(&self) -> Option<&WebhookOptions> {
         match self {
             EndpointKind::Webhook(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The options when this endpoint acts on devices (`method`, `c2d`).
+    pub fn action(&self) -> Option<&ActionOptions> {
+        match self {
+            EndpointKind::Method(o) | EndpointKind::C2d(o) => Some(o),
             _ => None,
         }
     }

@@ -35,9 +35,9 @@ pub use device::{
     normalize_thumbprint,
 };
 pub use endpoint::{
-    AmqpOptions, ColumnSpec, ColumnType, ColumnValue, DeadLetterPolicy, Delivery, EndpointCatalog,
-    EndpointKind, EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret, SecretUrl,
-    WebhookOptions,
+    ActionOptions, AmqpOptions, ColumnSpec, ColumnType, ColumnValue, DeadLetterPolicy, Delivery,
+    EndpointCatalog, EndpointKind, EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret,
+    SecretUrl, WebhookOptions,
 };
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};

@@ -288,3 +288,93 @@ def test_the_hub_admits_an_edge_only_for_its_own_children(tmp_path):
         assert rows == [("mine", "edge1")]
     finally:
         hub.stop()
+
+
+DECIDE_RULES = """
+[[endpoint]]
+name = "hub"
+type = "upstream"
+
+[[endpoint]]
+name = "stop"
+type = "method"
+method = "shutdown"
+payload = { reason = "overheat", temp = "{body.temp}", by = "{route}" }
+timeout_secs = 5
+
+[[route]]
+name = "forward"
+condition = "true"
+endpoints = ["hub"]
+
+[[route]]
+name = "too-hot"
+condition = "$body.temp > 80"
+endpoints = ["stop"]
+"""
+
+
+def read_publish(raw):
+    """The next PUBLISH (topic, payload) on `raw`, skipping other packets."""
+    while True:
+        p = raw.packet()
+        assert p is not None, "the connection closed"
+        kind, flags, body = p
+        if kind != 3:
+            continue
+        n = int.from_bytes(body[:2], "big")
+        topic = body[2:2 + n].decode()
+        rest = body[2 + n:]
+        if (flags >> 1) & 3:
+            rest = rest[2:]
+        return topic, rest
+
+
+def test_a_local_rule_stops_a_machine_within_50_ms_while_the_hub_is_unreachable(tmp_path):
+    # The hub is nowhere: port 9 on loopback refuses connections.
+    config = """
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+address = "127.0.0.1:9"
+"""
+    edge = make_hub(tmp_path, "edge", DECIDE_RULES, config=config).start()
+    try:
+        assert edge.wait_log("the link to the hub is down", timeout=10)
+        key = edge.create_device("press")["authentication"]["symmetricKey"]["primaryKey"]
+        raw = Raw(edge.mqtt_port, timeout=10)
+        assert raw.connect("press", edge.username("press"), edge.device_token("press", key)) == 0
+        from rawmqtt import subscribe_packet
+        raw.send(subscribe_packet(1, "$iothub/methods/POST/#"))
+        assert raw.packet()[0] == 9  # SUBACK
+        latencies = []
+        for i in range(30):
+            temp = 81 + i
+            start = time.perf_counter()
+            raw.send(publish_packet("devices/press/messages/events/", json.dumps({"temp": temp}).encode(),
+                                    qos=1, pkid=i + 1))
+            topic, payload = read_publish(raw)
+            latencies.append((time.perf_counter() - start) * 1000)
+            assert topic.startswith("$iothub/methods/POST/shutdown/?$rid="), topic
+            assert json.loads(payload) == {"reason": "overheat", "temp": temp, "by": "too-hot"}
+            rid = topic.rsplit("=", 1)[1]
+            raw.send(publish_packet(f"$iothub/methods/res/200/?$rid={rid}", b'{"stopped": true}', qos=0))
+            time.sleep(0.05)
+        # Cool messages trigger nothing.
+        raw.send(publish_packet("devices/press/messages/events/", b'{"temp": 20}', qos=1, pkid=99))
+        raw.sock.settimeout(1)
+        try:
+            extra = read_publish(raw)
+        except OSError:
+            extra = None
+        assert extra is None, extra
+        latencies.sort()
+        print("method latency ms: median %.1f p90 %.1f max %.1f" % (
+            latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.9)], latencies[-1]))
+        assert latencies[int(len(latencies) * 0.9)] < 50, latencies
+        assert edge.wait_log("direct method answered", timeout=5)
+        # The upstream endpoint kept everything for when the hub is back.
+        assert edge.endpoint("hub")["state"] == "unhealthy"
+    finally:
+        edge.stop()

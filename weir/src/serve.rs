@@ -262,12 +262,25 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(hub = %u.hub, edge = %u.device_id, address = %u.address(), "edge mode: forwarding to the hub through upstream endpoints");
         weir_brokers::upstream::Uplink::start(&tokio::runtime::Handle::current(), u)
     });
+    let c2d = Arc::new(
+        C2dStore::open(&cfg.data_dir.join("c2d.redb"))
+            .context("opening the cloud-to-device message store")?,
+    );
+    let events = Events::new(
+        cfg.hostname.clone(),
+        Arc::new(log.ingest()),
+        tokio::runtime::Handle::current(),
+    );
+    let connections = Arc::new(ConnectionRegistry::default());
+    let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
     let sinks: Vec<Arc<dyn SinkFactory>> = vec![
         parquet,
         broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health, ())?,
         broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health, ())?,
         broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health, ())?,
         broker::<weir_brokers::upstream::Upstream>(&commits, &endpoint_health, uplink.clone())?,
+        broker::<weir_brokers::actions::Method>(&commits, &endpoint_health, hub.clone())?,
+        broker::<weir_brokers::actions::C2d>(&commits, &endpoint_health, hub.clone())?,
     ];
     // Hub events a crash left in the registry's outbox go into the log first: the engine
     // takes the registry's tags as they are now as the device context at the log's end.
@@ -301,17 +314,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
     )?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
-    let c2d = Arc::new(
-        C2dStore::open(&cfg.data_dir.join("c2d.redb"))
-            .context("opening the cloud-to-device message store")?,
-    );
-    let events = Events::new(
-        cfg.hostname.clone(),
-        Arc::new(log.ingest()),
-        tokio::runtime::Handle::current(),
-    );
-    let connections = Arc::new(ConnectionRegistry::default());
-    let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
 
     let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
     let dps = match &cfg.dps {
