@@ -41,6 +41,13 @@ pub enum ToDevice {
     },
     /// A cloud-to-device message, delivered at least once until acknowledged.
     CloudToDevice(C2dDelivery),
+    /// To an edge: the desired properties of its child `child` changed (the merge patch,
+    /// with its `$version`), for the edge to pass on.
+    ChildDesiredPatch {
+        child: String,
+        version: u64,
+        patch: Bytes,
+    },
 }
 
 /// The features a device turns on by subscribing (spec §2.3).
@@ -52,6 +59,8 @@ pub enum Feature {
     DesiredPatches,
     /// Answers of the provisioning service (`$dps/registrations/res/#`).
     Registrations,
+    /// An edge's requests about its children and changes for them (`$weir/edge/#`).
+    Edge,
 }
 
 fn bit(f: Feature) -> u8 {
@@ -61,6 +70,7 @@ fn bit(f: Feature) -> u8 {
         Feature::TwinResponses => 4,
         Feature::DesiredPatches => 8,
         Feature::Registrations => 16,
+        Feature::Edge => 32,
     }
 }
 

@@ -59,6 +59,15 @@ pub trait DeviceServices: Send + Sync + 'static {
     fn disconnected(&self, device: &DeviceId) -> ServiceFuture<()>;
     /// The device subscribed to cloud-to-device messages: waiting ones can go out.
     fn c2d_ready(&self, device: &DeviceId) -> ServiceFuture<()>;
+    /// An edge device's children, with their credentials and desired properties, for the
+    /// edge to authenticate them while offline: a JSON array of Device documents.
+    fn children(&self, edge: &DeviceId) -> ServiceFuture<Result<serde_json::Value, ServiceError>> {
+        let _ = edge;
+        ready(Err(ServiceError::new(
+            404,
+            "edge devices are not available",
+        )))
+    }
 }
 
 /// Services for gateways that run without a hub (tests, tools): twins and methods are

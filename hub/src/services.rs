@@ -34,6 +34,21 @@ impl DeviceServices for Hub {
         })
     }
 
+    fn children(&self, edge: &DeviceId) -> ServiceFuture<Result<Value, ServiceError>> {
+        let children: Vec<Value> = self
+            .inner
+            .registry
+            .children(edge.as_str())
+            .iter()
+            .map(|rec| {
+                let mut doc = crate::documents::device_json(rec, false, 0);
+                doc["properties"] = json!({ "desired": rec.desired.for_device() });
+                doc
+            })
+            .collect();
+        Box::pin(std::future::ready(Ok(Value::Array(children))))
+    }
+
     fn method_response(&self, device: &DeviceId, rid: &str, status: i32, payload: Bytes) {
         self.inner
             .methods

@@ -88,19 +88,27 @@ impl Hub {
         })
         .await?;
         self.inner.events.staged.notify_one();
-        if let Some(d) = &desired
-            && self
-                .inner
-                .connections
-                .subscribed(device, Feature::DesiredPatches)
-        {
-            self.inner.connections.send(
-                device,
-                ToDevice::DesiredPatch {
-                    version: rec.desired.version,
-                    patch: Bytes::from(versioned(d, rec.desired.version).to_string()),
-                },
-            );
+        if let Some(d) = &desired {
+            let version = rec.desired.version;
+            let patch = Bytes::from(versioned(d, version).to_string());
+            let connections = &self.inner.connections;
+            if connections.subscribed(device, Feature::DesiredPatches) {
+                connections.send(device, ToDevice::DesiredPatch { version, patch });
+            } else if let Some(edge) = rec.parent.as_deref()
+                && connections.subscribed(edge, Feature::Edge)
+            {
+                // A child behind its edge: the edge passes the patch on (and keeps it for
+                // when the child connects there).
+                let child = device.to_owned();
+                connections.send(
+                    edge,
+                    ToDevice::ChildDesiredPatch {
+                        child,
+                        version,
+                        patch,
+                    },
+                );
+            }
         }
         Ok(rec)
     }

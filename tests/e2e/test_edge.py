@@ -196,10 +196,9 @@ ca = "{hub.ca}"
 """
         edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
         assert edge.wait_log("connected to the hub", timeout=20)
-        # The children's identities at the edge (synced from the hub in a later slice).
-        for name, key in children.items():
-            put_device(edge, name, {"authentication": {"type": "sas",
-                                                       "symmetricKey": {"primaryKey": key, "secondaryKey": key}}})
+        # The edge gets its children's identities from the hub.
+        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in children),
+                 "the edge did not get its children")
 
         devices = [Child(edge, name, key) for name, key in children.items()]
         for d in devices:
@@ -378,3 +377,84 @@ address = "127.0.0.1:9"
         assert edge.endpoint("hub")["state"] == "unhealthy"
     finally:
         edge.stop()
+
+
+def wait_for(check, what, timeout=15):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
+def test_children_are_kept_at_the_edge_authenticate_offline_and_get_desired_patches(tmp_path):
+    from mqttclients import Device
+
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    clients = []
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        keys = {}
+        for name in ("k1", "k2", "k3"):
+            doc = put_device(hub, name, {"parentScopes": [e["deviceScope"]]})
+            keys[name] = doc["authentication"]["symmetricKey"]["primaryKey"]
+        put_device(hub, "stranger", {})
+        config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
+address = "127.0.0.1:{hub.mqtts_port}"
+ca = "{hub.ca}"
+sync_secs = 1
+"""
+        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
+        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in keys),
+                 "the edge did not get its children\n" + edge.log_text()[-3000:])
+        assert edge.call("GET", "/devices/stranger").status_code == 404
+        local = edge.call("GET", "/devices/k1").json()
+        assert local["authentication"]["symmetricKey"]["primaryKey"] == keys["k1"]
+        assert local["parentScopes"] == ["ms-azure-iot-edge://edge1"]
+
+        # A desired patch made on the hub reaches the child through the edge.
+        patches = []
+        k1 = Device(edge, "k1", edge.device_token("k1", keys["k1"]), tls=False, clean_session=True)
+        clients.append(k1)
+        k1.client.on_message = lambda c, u, m: patches.append((m.topic, json.loads(m.payload)))
+        assert k1.connect() == 0
+        k1.client.subscribe("$iothub/twin/PATCH/properties/desired/#", qos=0)
+        time.sleep(0.5)
+        r = hub.call("PATCH", "/twins/k1", {"properties": {"desired": {"speed": 5}}})
+        assert r.status_code == 200, r.text
+        wait_for(lambda: any(p.get("speed") == 5 for _, p in patches), f"no desired patch at the child: {patches}")
+        assert patches[-1][0].startswith("$iothub/twin/PATCH/properties/desired/")
+        # ...and the edge keeps it for the child's twin reads.
+        twin = edge.call("GET", "/twins/k1").json()
+        assert twin["properties"]["desired"]["speed"] == 5
+
+        # The hub goes away: children still authenticate at the edge, wrong keys do not.
+        hub.stop()
+        k2 = Device(edge, "k2", edge.device_token("k2", keys["k2"]), tls=False, clean_session=True)
+        clients.append(k2)
+        assert k2.connect() == 0
+        assert k2.publish(k2.telemetry_topic("%24.mid=offline-1"), b'{"offline": true}')
+        wrong = Device(edge, "k3", edge.device_token("k3", keys["k1"]), tls=False, clean_session=True)
+        clients.append(wrong)
+        assert wrong.connect() == 5  # not authorized
+        hub.start()
+        hub.wait_rows("archive", 1, timeout=60)
+        rows = hub.query("archive", "SELECT device_id, message_id, system['weir-edge'] FROM t")
+        assert rows == [("k2", "offline-1", "edge1")], rows
+
+        # A child deleted on the hub is deleted at the edge: it can no longer connect there.
+        assert hub.call("DELETE", "/devices/k3").status_code == 204
+        wait_for(lambda: edge.call("GET", "/devices/k3").status_code == 404, "k3 is still at the edge")
+    finally:
+        for c in clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - cleanup
+                pass
+        if edge:
+            edge.stop()
+        hub.stop()

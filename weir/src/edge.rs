@@ -17,6 +17,7 @@ pub struct UpstreamSection {
     transport: String,
     address: String,
     ca: String,
+    sync_secs: f64,
 }
 
 /// Checks `[upstream]`; `None` when `hub` is empty (not an edge).
@@ -76,6 +77,9 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
             Some(p)
         }
     };
+    if !(u.sync_secs >= 0.5 && u.sync_secs <= 86_400.0) {
+        bail!("`upstream.sync_secs` must be between 0.5 and 86400");
+    }
     Ok(Some(UpstreamConfig {
         hub: hub.to_owned(),
         device_id: u.device_id,
@@ -83,5 +87,6 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
         transport,
         address,
         ca,
+        sync: std::time::Duration::from_secs_f64(u.sync_secs),
     }))
 }

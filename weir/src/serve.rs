@@ -258,10 +258,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "ingest log and archive recovered"
     );
     let archive_metrics = parquet.metrics();
-    let uplink = cfg.upstream.clone().map(|u| {
-        tracing::info!(hub = %u.hub, edge = %u.device_id, address = %u.address(), "edge mode: forwarding to the hub through upstream endpoints");
-        weir_brokers::upstream::Uplink::start(&tokio::runtime::Handle::current(), u)
-    });
     let c2d = Arc::new(
         C2dStore::open(&cfg.data_dir.join("c2d.redb"))
             .context("opening the cloud-to-device message store")?,
@@ -273,6 +269,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let connections = Arc::new(ConnectionRegistry::default());
     let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
+    let uplink = cfg.upstream.clone().map(|u| {
+        tracing::info!(hub = %u.hub, edge = %u.device_id, address = %u.address(), "edge mode: forwarding to the hub through upstream endpoints");
+        let children = weir_brokers::upstream::Children {
+            hub: hub.clone(),
+            edge: u.device_id.clone(),
+        };
+        weir_brokers::upstream::Uplink::start(
+            &tokio::runtime::Handle::current(),
+            u,
+            Some(children),
+        )
+    });
     let sinks: Vec<Arc<dyn SinkFactory>> = vec![
         parquet,
         broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health, ())?,

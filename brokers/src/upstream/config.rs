@@ -39,6 +39,8 @@ pub struct UpstreamConfig {
     pub address: Option<String>,
     /// PEM file of the CA that signed the hub's certificate; `None`: the system's roots.
     pub ca: Option<PathBuf>,
+    /// How often the edge asks the hub for its children (and at every connect).
+    pub sync: std::time::Duration,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -50,6 +52,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("transport", &self.transport)
             .field("address", &self.address)
             .field("ca", &self.ca)
+            .field("sync", &self.sync)
             .finish()
     }
 }

@@ -17,8 +17,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use weir_gateways::mqtt::codec::{self, Inbound};
+use weir_gateways::mqtt::requests::{self, ToEdge};
 use weir_gateways::sas;
 
+use super::children::Children;
 use super::config::UpstreamConfig;
 use super::message::Message;
 use crate::link::{Link, Progress};
@@ -38,6 +40,12 @@ struct Job {
     progress: Arc<Progress>,
 }
 
+/// What the hub sent about the edge's children, applied in the order it came.
+enum EdgeWork {
+    Children(Vec<serde_json::Value>),
+    Desired { child: String, patch: bytes::Bytes },
+}
+
 /// The link's state, for `GET /upstream` and `weir edge status`.
 #[derive(Debug, Clone, Default)]
 pub struct LinkState {
@@ -55,6 +63,7 @@ pub struct Uplink {
     forwarded: AtomicU64,
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
+    edge_tx: Option<mpsc::UnboundedSender<EdgeWork>>,
     pub config: UpstreamConfig,
 }
 
@@ -62,15 +71,27 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Uplink {
-    /// Starts connecting to the hub in the background, and keeps reconnecting.
-    pub fn start(rt: &tokio::runtime::Handle, config: UpstreamConfig) -> Arc<Uplink> {
+    /// Starts connecting to the hub in the background, and keeps reconnecting. With
+    /// `children`, the edge keeps its children's identities and desired properties as the
+    /// hub sends them.
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        config: UpstreamConfig,
+        children: Option<Children>,
+    ) -> Arc<Uplink> {
         let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let edge_tx = children.map(|c| {
+            let (etx, erx) = mpsc::unbounded_channel();
+            rt.spawn(apply(c, erx));
+            etx
+        });
         let uplink = Arc::new(Uplink {
             tx,
             up: AtomicBool::new(false),
             forwarded: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            edge_tx,
             config,
         });
         rt.spawn(run(Arc::clone(&uplink), rx));
@@ -133,6 +154,60 @@ pub fn open(
         }
         Ok(())
     })
+}
+
+async fn apply(children: Children, mut rx: mpsc::UnboundedReceiver<EdgeWork>) {
+    while let Some(work) = rx.recv().await {
+        match work {
+            EdgeWork::Children(list) => match children.sync(&list).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    children = list.len(),
+                    changes = n,
+                    "children synced from the hub"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot keep the children the hub listed"),
+            },
+            EdgeWork::Desired { child, patch } => {
+                if let Err(e) = children.desired(&child, &patch).await {
+                    tracing::warn!(device = child, error = %e, "cannot pass a desired patch on");
+                }
+            }
+        }
+    }
+}
+
+impl Uplink {
+    /// Hands what the hub sent on `$weir/edge/...` to the children's keeper.
+    fn hub_sent(&self, p: &codec::Publish) {
+        let (Some(tx), Ok(topic)) = (&self.edge_tx, p.topic_str()) else {
+            return;
+        };
+        let work = match requests::to_edge(topic) {
+            Some(ToEdge::Children { status: 200, .. }) => {
+                match serde_json::from_slice::<Vec<serde_json::Value>>(&p.payload) {
+                    Ok(list) => EdgeWork::Children(list),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the hub's list of children is not a JSON array");
+                        return;
+                    }
+                }
+            }
+            Some(ToEdge::Children { status, .. }) => {
+                tracing::warn!(
+                    status,
+                    "the hub refused to list the edge's children: is the edge registered with --edge?"
+                );
+                return;
+            }
+            Some(ToEdge::ChildDesired { child }) => EdgeWork::Desired {
+                child: child.to_owned(),
+                patch: p.payload.clone(),
+            },
+            None => return,
+        };
+        let _ = tx.send(work);
+    }
 }
 
 async fn run(uplink: Arc<Uplink>, mut rx: mpsc::Receiver<Job>) {
@@ -264,6 +339,21 @@ async fn serve(
     let mut ping_owed = false;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let edge = uplink.config.device_id.clone();
+    let mut rids: u64 = 0;
+    let mut last_sync = Instant::now();
+    if uplink.edge_tx.is_some() {
+        codec::subscribe(1, requests::EDGE_FILTER, 0, &mut out);
+        codec::publish(
+            &requests::children_request_topic("0"),
+            &[],
+            0,
+            0,
+            false,
+            &mut out,
+        )
+        .map_err(|e| e.to_string())?;
+        write(&mut wr, &mut out).await?;
+    }
     let result = async {
         loop {
             tokio::select! {
@@ -280,6 +370,7 @@ async fn serve(
                                 }
                             }
                             Inbound::PingResp => ping_owed = false,
+                            Inbound::Publish(p) => uplink.hub_sent(&p),
                             _ => {}
                         }
                     }
@@ -316,6 +407,13 @@ async fn serve(
                     last_sent = Instant::now();
                 }
                 _ = tick.tick() => {
+                    if uplink.edge_tx.is_some() && last_sync.elapsed() >= uplink.config.sync {
+                        rids += 1;
+                        codec::publish(&requests::children_request_topic(&rids.to_string()), &[], 0, 0, false, &mut out)
+                            .map_err(|e| e.to_string())?;
+                        write(&mut wr, &mut out).await?;
+                        last_sync = Instant::now();
+                    }
                     let owed = !inflight.is_empty() || ping_owed;
                     if owed && last_heard.elapsed() >= SILENCE {
                         return Err(format!("the hub acknowledged nothing for {SILENCE:?}"));

@@ -6,10 +6,12 @@
 //! carries a `$.mid` (the device's own, or `edge-{offset}` of the edge's log), so what a
 //! reconnect sends again is recognised by the hub's duplicate window.
 
+mod children;
 mod config;
 mod link;
 mod message;
 
+pub use children::Children;
 pub use config::{Transport, UpstreamConfig};
 pub use link::{LinkState, Uplink};
 

@@ -41,6 +41,10 @@ pub enum Incoming<'t> {
         rid: &'t str,
         operation_id: &'t str,
     },
+    /// An edge asks for its children (with their credentials).
+    ChildrenGet {
+        rid: &'t str,
+    },
 }
 
 /// A device behind an edge, which the edge's connection publishes for.
@@ -84,6 +88,11 @@ pub trait Dialect: Send + Sync + 'static {
     fn outbound(&self, m: &ToDevice, id: &Identity) -> Outbound;
 
     fn twin_response(&self, status: u16, rid: &str, version: Option<u64>) -> String;
+
+    /// Where the answer to an edge's request `rid` for its children goes.
+    fn children_response(&self, status: u16, rid: &str) -> String {
+        requests::children_response(status, rid)
+    }
 
     /// Where the provisioning service's answer to request `rid` goes.
     fn registration_response(&self, status: u16, rid: &str, retry_after: Option<u32>) -> String {
@@ -131,6 +140,9 @@ impl Dialect for IotHub {
                 }
             });
         }
+        if let Some(rid) = requests::children_request(topic) {
+            return self.is_edge(id).then_some(Incoming::ChildrenGet { rid });
+        }
         if let Some(req) = requests::parse(topic) {
             return Some(match req {
                 DeviceRequest::TwinGet { rid } => Incoming::TwinGet { rid },
@@ -171,6 +183,7 @@ impl Dialect for IotHub {
             "$iothub/methods/POST/#" => Some(Feature::Methods),
             "$iothub/twin/res/#" => Some(Feature::TwinResponses),
             "$iothub/twin/PATCH/properties/desired/#" => Some(Feature::DesiredPatches),
+            requests::EDGE_FILTER => self.is_edge(id).then_some(Feature::Edge),
             f if f
                 .strip_prefix("devices/")
                 .and_then(|r| r.strip_prefix(id.device_id.as_str()))
@@ -206,11 +219,32 @@ impl Dialect for IotHub {
                 qos: 1,
                 lock: Some(c.lock),
             },
+            ToDevice::ChildDesiredPatch {
+                child,
+                version,
+                patch,
+            } => Outbound {
+                topic: requests::child_desired_topic(child, *version),
+                payload: patch.clone(),
+                qos: 0,
+                lock: None,
+            },
         }
     }
 
     fn twin_response(&self, status: u16, rid: &str, version: Option<u64>) -> String {
         requests::twin_response(status, rid, version)
+    }
+}
+
+impl IotHub {
+    /// Whether the connection is an IoT Edge device's (registered with `capabilities.iotEdge`).
+    fn is_edge(&self, id: &Identity) -> bool {
+        id.role == Role::Device
+            && self
+                .directory
+                .get(id.device_id.as_str())
+                .is_some_and(|r| r.iot_edge)
     }
 }
 
@@ -253,5 +287,58 @@ mod tests {
             c2d_topic("dev1", &m),
             "devices/dev1/messages/devicebound/%24.mid=m%2F1&%24.to=%2Fdevices%2Fdev1%2Fmessages%2FdeviceBound&%24.ct=text%2Fplain&a%26b=c%3Dd%20e"
         );
+    }
+
+    fn identity(device: &str) -> Identity {
+        Identity {
+            role: Role::Device,
+            device_id: DeviceId::parse(device).expect("id"),
+            generation_id: Arc::from("g"),
+            auth: weir_core::AuthMethod::Sas,
+            credential: weir_core::Credential::SasKey(0),
+            expires: None,
+        }
+    }
+
+    #[test]
+    fn an_edge_publishes_for_its_own_enabled_children_only() {
+        let mut devices = std::collections::HashMap::new();
+        let mut edge = weir_core::DeviceRecord::with_tags("edge1", serde_json::json!({}));
+        edge.iot_edge = true;
+        let mut child = weir_core::DeviceRecord::with_tags("c1", serde_json::json!({}));
+        child.parent = Some("edge1".into());
+        child.generation_id = "gen-c1".into();
+        let mut off = child.clone();
+        off.device_id = "c2".into();
+        off.status = DeviceStatus::Disabled;
+        let mut other = child.clone();
+        other.device_id = "c3".into();
+        other.parent = Some("edge2".into());
+        for r in [edge, child, off, other] {
+            devices.insert(r.device_id.clone(), Arc::new(r));
+        }
+        let d = IotHub {
+            hub_name: "h".into(),
+            directory: Arc::new(devices),
+            provisioning: None,
+        };
+        let id = identity("edge1");
+        let Some(Incoming::Telemetry { child: Some(c), .. }) =
+            d.classify("devices/c1/messages/events/a=b", &id)
+        else {
+            panic!("the edge's child is admitted");
+        };
+        assert_eq!((c.device_id.as_str(), &*c.generation_id), ("c1", "gen-c1"));
+        for refused in ["c2", "c3", "nobody"] {
+            let topic = format!("devices/{refused}/messages/events/");
+            assert_eq!(d.classify(&topic, &id), None, "{refused}");
+        }
+        // Only an IoT Edge device asks for its children or subscribes for them.
+        assert!(d.classify("$weir/edge/children/GET/?$rid=1", &id).is_some());
+        assert_eq!(d.feature("$weir/edge/#", &id), Some(Feature::Edge));
+        let plain = identity("c1");
+        assert_eq!(d.classify("$weir/edge/children/GET/?$rid=1", &plain), None);
+        assert_eq!(d.feature("$weir/edge/#", &plain), None);
+        assert_eq!(d.classify("devices/c3/messages/events/", &plain), None);
     }
 }

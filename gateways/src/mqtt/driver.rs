@@ -226,6 +226,12 @@ async fn act(
                 session.twin_read(&rid, twin);
             }
         }
+        Action::ChildrenGet { rid } => {
+            if let Some(l) = live {
+                let children = services.children(&l.device).await;
+                session.children_read(&rid, children);
+            }
+        }
         Action::TwinPatch { rid, patch } => {
             if let Some(l) = live {
                 let version = services.patch_reported(&l.device, patch).await;

@@ -1,5 +1,53 @@
 //! Device requests on `$iothub/...` topics (twin GET/PATCH, direct method responses) and
-//! the topics of the answers (spec §2.6–2.7).
+//! the topics of the answers (spec §2.6–2.7); an edge's requests on `$weir/edge/...`.
+
+/// What an edge subscribes to for its answers and its children's changes.
+pub const EDGE_FILTER: &str = "$weir/edge/#";
+const CHILDREN_GET: &str = "$weir/edge/children/GET/?$rid=";
+
+/// The rid of an edge's request for its children (`$weir/edge/children/GET/?$rid=`).
+pub fn children_request(topic: &str) -> Option<&str> {
+    topic
+        .strip_prefix(CHILDREN_GET)
+        .filter(|r| !r.is_empty() && !r.contains(['&', '/']))
+}
+
+/// Where the edge asks for its children with `rid`.
+pub fn children_request_topic(rid: &str) -> String {
+    format!("{CHILDREN_GET}{rid}")
+}
+
+/// `$weir/edge/children/res/{status}/?$rid={rid}`
+pub fn children_response(status: u16, rid: &str) -> String {
+    format!("$weir/edge/children/res/{status}/?$rid={rid}")
+}
+
+/// `$weir/edge/{child}/twin/PATCH/properties/desired/?$version={v}`
+pub fn child_desired_topic(child: &str, version: u64) -> String {
+    format!("$weir/edge/{child}/twin/PATCH/properties/desired/?$version={version}")
+}
+
+/// What the hub sends an edge on `$weir/edge/...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToEdge<'a> {
+    Children { status: u16, rid: &'a str },
+    ChildDesired { child: &'a str },
+}
+
+/// Recognises the hub's publishes to an edge.
+pub fn to_edge(topic: &str) -> Option<ToEdge<'_>> {
+    let rest = topic.strip_prefix("$weir/edge/")?;
+    if let Some(r) = rest.strip_prefix("children/res/") {
+        let (status, query) = r.split_once("/?")?;
+        return Some(ToEdge::Children {
+            status: status.parse().ok()?,
+            rid: param(query, "$rid")?,
+        });
+    }
+    let (child, r) = rest.split_once('/')?;
+    r.starts_with("twin/PATCH/properties/desired/")
+        .then_some(ToEdge::ChildDesired { child })
+}
 
 /// A request a device publishes to the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,5 +119,24 @@ mod tests {
             twin_response(204, "r", Some(3)),
             "$iothub/twin/res/204/?$rid=r&$version=3"
         );
+    }
+
+    #[test]
+    fn edge_topics_round_trip() {
+        assert_eq!(children_request(&children_request_topic("9")), Some("9"));
+        assert_eq!(children_request("$weir/edge/children/GET/?$rid="), None);
+        assert_eq!(
+            to_edge(&children_response(200, "9")),
+            Some(ToEdge::Children {
+                status: 200,
+                rid: "9"
+            })
+        );
+        assert_eq!(
+            to_edge(&child_desired_topic("c1", 4)),
+            Some(ToEdge::ChildDesired { child: "c1" })
+        );
+        assert_eq!(to_edge("$weir/edge/c1/methods/POST/x"), None);
+        assert_eq!(to_edge("$iothub/twin/res/200/?$rid=1"), None);
     }
 }

@@ -89,6 +89,10 @@ pub enum Action {
         status: i32,
         payload: Bytes,
     },
+    /// An edge asked for its children; answer with [`Session::children_read`].
+    ChildrenGet {
+        rid: String,
+    },
     /// Ask the provisioning service to register the device (`operation_id` `None`) or for
     /// the state of a registration; answer with [`Session::provisioned`].
     Provision {
@@ -537,6 +541,11 @@ impl Session {
                     payload: p.payload,
                 });
             }
+            Some(Incoming::ChildrenGet { rid }) => {
+                let rid = rid.to_owned();
+                request(o, &mut self.out);
+                self.actions.push_back(Action::ChildrenGet { rid });
+            }
             Some(Incoming::Register { rid }) => {
                 let rid = rid.to_owned();
                 request(o, &mut self.out);
@@ -656,6 +665,16 @@ impl Session {
             Err(e) => (e.status, error_body(&e.message)),
         };
         self.twin_reply(status, rid, None, body);
+    }
+
+    /// An edge's children, as it asked with `rid`, or why not.
+    pub fn children_read(&mut self, rid: &str, result: Result<serde_json::Value, ServiceError>) {
+        let (status, body) = match result {
+            Ok(children) => (200, children.to_string()),
+            Err(e) => (e.status, error_body(&e.message)),
+        };
+        let topic = self.dialect.children_response(status, rid);
+        let _ = codec::publish(&topic, body.as_bytes(), 0, 0, false, &mut self.out);
     }
 
     /// The outcome of a reported-properties patch the device sent with `rid`.

@@ -245,6 +245,22 @@ impl Registry {
         all
     }
 
+    /// The devices whose parent is `edge`.
+    pub fn children(&self, edge: &str) -> Vec<Arc<DeviceRecord>> {
+        let mut all: Vec<Arc<DeviceRecord>> = self
+            .devices
+            .read()
+            .map(|d| {
+                d.values()
+                    .filter(|r| r.parent.as_deref() == Some(edge))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        all
+    }
+
     /// Creates the device or updates it. `if_match` (an etag, or `*`) makes the update
     /// conditional. Changed tags bump the twin version. `events` turns the change into hub
     /// events, committed with it. Returns the stored record and whether it was created.
