@@ -100,6 +100,7 @@ fn auth_code(a: AuthMethod) -> u8 {
         AuthMethod::X509Ca => 2,
         AuthMethod::Internal => 3,
         AuthMethod::BrokerUserId => 4,
+        AuthMethod::Password => 5,
     }
 }
 
@@ -245,6 +246,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         2 => AuthMethod::X509Ca,
         3 => AuthMethod::Internal,
         4 => AuthMethod::BrokerUserId,
+        5 => AuthMethod::Password,
         _ => return Err(DecodeError::Invalid("auth method")),
     };
     let flags = r.u8()?;

@@ -68,6 +68,9 @@ pub enum AuthMethod {
     /// A message taken from a broker queue whose validated AMQP `user_id` names the device
     /// (the AMQP gateway with `trust_user_id`).
     BrokerUserId,
+    /// A plain MQTT client mapped onto the device by a `[[translate]]` entry, with a
+    /// password (the entry's or the device's key).
+    Password,
 }
 
 impl AuthMethod {
@@ -79,6 +82,7 @@ impl AuthMethod {
             AuthMethod::X509Ca => "certificateAuthority",
             AuthMethod::Internal => "internal",
             AuthMethod::BrokerUserId => "brokerUserId",
+            AuthMethod::Password => "password",
         }
     }
 }

@@ -18,6 +18,8 @@ pub enum Credential {
     /// A certificate chained to the CA certificate with this digest
     /// ([`crate::device::CaCertificate::digest`]).
     X509Ca(u64),
+    /// A `[[translate]]` entry's password: held while the device is enabled.
+    Password,
 }
 
 /// A short digest of a key: connections remember which key signed their token without
@@ -48,6 +50,9 @@ pub enum Role {
     /// A device registering with the provisioning service (`device_id` is its
     /// registration id): it may only register, and is no hub connection.
     Registration,
+    /// A plain MQTT client mapped onto a device by `[[translate]]` entry number `n`: it
+    /// publishes on that entry's topics only.
+    Translated(u16),
 }
 
 /// An authenticated device connection.
@@ -136,6 +141,7 @@ impl Identity {
             // Whether the CA is still verified is the CA registry's to say (it cuts these
             // connections when a CA goes).
             (Credential::X509Ca(_), DeviceAuth::CertificateAuthority) => true,
+            (Credential::Password, _) => true,
             (Credential::X509Thumbprint(_) | Credential::X509Ca(_), _) => false,
         };
         (!still_held).then_some(Revocation::Credential)

@@ -13,12 +13,17 @@ use weir_core::{
 use weir_gateways::mqtt::codec::{self, Inbound};
 use weir_gateways::mqtt::dialect::IotHub;
 use weir_gateways::mqtt::session::{Action, End, Session, SessionConfig};
+use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
 use weir_gateways::sas;
 
 const KEY: &str = "c2Vzc2lvbi10ZXN0LWtleS0xMjM0NTY3OA==";
 const NOW_MS: i64 = 1_800_000_000_000;
 
 fn session() -> (Session, Instant) {
+    session_with(Vec::new())
+}
+
+fn session_with(translations: Vec<Translation>) -> (Session, Instant) {
     let mut rec = DeviceRecord::with_tags("dev1", serde_json::json!({}));
     rec.generation_id = "g1".into();
     rec.auth = DeviceAuth::Sas {
@@ -37,6 +42,7 @@ fn session() -> (Session, Instant) {
         hub_name: "hub".into(),
         directory: Arc::new(directory),
         provisioning: None,
+        translations: Arc::from(translations),
     });
     let config = SessionConfig {
         max_packet: 64 * 1024,
@@ -491,4 +497,61 @@ fn disconnect_after_telemetry_acknowledges_it_first() {
     s.ingested(Ok(()), now);
     assert_eq!(pubacks(&written(&mut s)), vec![3]);
     assert!(matches!(close_of(actions(&mut s)), Some(End::Disconnect)));
+}
+
+#[test]
+fn a_translated_client_publishes_on_its_entrys_topics_as_its_device() {
+    let entry = Translation::new(
+        "plant",
+        "plant/{deviceId}/telemetry",
+        TranslateAuth::Password(weir_core::Secret::new("pw")),
+    )
+    .expect("pattern");
+    let (mut s, now) = session_with(vec![entry]);
+    let mut c = BytesMut::new();
+    codec::connect("legacy-7", 60, true, Some(("dev1", "pw")), &mut c);
+    s.received(&mut c, now, NOW_MS);
+    let a = actions(&mut s);
+    assert!(matches!(a.as_slice(), [Action::Register { .. }]), "{a:?}");
+    s.registered(Vec::new());
+    assert!(matches!(
+        written(&mut s).as_slice(),
+        [Inbound::ConnAck { code: 0, .. }]
+    ));
+    actions(&mut s);
+    s.received(
+        &mut publish("plant/dev1/telemetry", b"{\"t\":1}", 1, 3),
+        now,
+        NOW_MS,
+    );
+    let Some(Action::Ingest { events, .. }) = actions(&mut s).into_iter().next() else {
+        panic!("an ingest");
+    };
+    assert_eq!(events[0].device_id.as_str(), "dev1");
+    assert_eq!(events[0].auth_method, weir_core::AuthMethod::Password);
+    s.ingested(Ok(()), now);
+    assert_eq!(pubacks(&written(&mut s)), vec![3]);
+    // Another device's topic, or the IoT Hub dialect's, is refused.
+    s.received(
+        &mut publish("plant/off/telemetry", b"{}", 1, 4),
+        now,
+        NOW_MS,
+    );
+    assert!(matches!(close_of(actions(&mut s)), Some(End::Violation(_))));
+
+    let (mut s, now) = session_with(vec![
+        Translation::new(
+            "plant",
+            "plant/{deviceId}/telemetry",
+            TranslateAuth::DeviceKey,
+        )
+        .expect("pattern"),
+    ]);
+    let mut c = BytesMut::new();
+    codec::connect("x", 60, true, Some(("dev1", "pw")), &mut c);
+    s.received(&mut c, now, NOW_MS);
+    assert!(matches!(
+        written(&mut s).as_slice(),
+        [Inbound::ConnAck { code: 5, .. }]
+    ));
 }

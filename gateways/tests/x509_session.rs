@@ -74,6 +74,7 @@ fn session(directory: Arc<Directory>, chain: Option<Vec<u8>>) -> (Session, Insta
         hub_name: "hub".into(),
         directory,
         provisioning: None,
+        translations: Arc::from(Vec::new()),
     });
     let config = SessionConfig {
         max_packet: 64 * 1024,

@@ -458,3 +458,50 @@ sync_secs = 1
         if edge:
             edge.stop()
         hub.stop()
+
+
+def test_a_plain_mqtt_client_reaches_the_hub_as_its_device_through_translation(tmp_path):
+    import subprocess
+
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        put_device(hub, "dev7", {"parentScopes": [e["deviceScope"]]})
+        config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
+address = "127.0.0.1:{hub.mqtts_port}"
+ca = "{hub.ca}"
+
+[[translate]]
+name = "plant"
+topic = "plant/{{deviceId}}/telemetry"
+auth = "password"
+password = "plant-secret"
+"""
+        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
+        wait_for(lambda: edge.call("GET", "/devices/dev7").status_code == 200, "dev7 did not reach the edge")
+
+        def pub(password, topic="plant/dev7/telemetry", body='{"t": 21}'):
+            return subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.mqtt_port), "-i", "legacy-7",
+                 "-u", "dev7", "-P", password, "-t", topic, "-m", body, "-q", "1"],
+                capture_output=True, text=True, timeout=20)
+
+        ok = pub("plant-secret")
+        assert ok.returncode == 0, ok.stderr
+        refused = pub("wrong", body='{"t": 99}')
+        assert refused.returncode != 0 and "not authorised" in refused.stderr.lower(), refused.stderr
+        hub.wait_rows("archive", 1, timeout=30)
+        time.sleep(1)
+        rows = hub.query("archive", "SELECT device_id, body, system['weir-edge'] FROM t")
+        assert rows == [("dev7", '{"t": 21}', "edge1")], rows
+        local = edge.query("local", "SELECT device_id FROM t")
+        assert local == [("dev7",)]
+    finally:
+        if edge:
+            edge.stop()
+        hub.stop()

@@ -32,6 +32,9 @@ struct File {
     logging: Logging,
     dps: DpsSection,
     upstream: crate::edge::UpstreamSection,
+    /// `[[translate]]` entries; none by default.
+    #[serde(default)]
+    translate: Vec<crate::edge::TranslateSection>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -432,6 +435,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         None
     };
     let upstream = crate::edge::upstream(f.upstream)?;
+    let translations = crate::edge::translations(f.translate)?;
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
     let rules_is_default = a.rules.is_none() && f.hub.rules == Path::new("./rules");
     let rules = a.rules.clone().unwrap_or(f.hub.rules);
@@ -457,6 +461,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         mqtt_settings: weir_gateways::MqttConfig {
             max_message_bytes: f.mqtt.max_message_bytes,
             connect_timeout: Duration::from_secs(f.mqtt.connect_timeout_secs),
+            translations,
         },
         mqtt_limits: MqttLimits {
             max_connections: f.mqtt.max_connections,

@@ -6,6 +6,61 @@ use std::path::PathBuf;
 use anyhow::bail;
 use serde::Deserialize;
 use weir_brokers::upstream::{Transport, UpstreamConfig};
+use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
+
+/// A `[[translate]]` entry of weir.toml.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TranslateSection {
+    name: String,
+    topic: String,
+    auth: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    password_file: String,
+}
+
+/// Checks the `[[translate]]` entries.
+pub fn translations(
+    entries: Vec<TranslateSection>,
+) -> anyhow::Result<std::sync::Arc<[Translation]>> {
+    let mut out = Vec::new();
+    for (i, t) in entries.into_iter().enumerate() {
+        let key = |k: &str| format!("`translate[{i}].{k}`");
+        let auth = match (t.auth.as_str(), t.password.trim(), t.password_file.trim()) {
+            ("device-key", "", "") => TranslateAuth::DeviceKey,
+            ("device-key", _, _) => bail!(
+                "{}: a device-key entry takes no password (clients use their device's key)",
+                key("password")
+            ),
+            ("password", p, "") if !p.is_empty() => {
+                TranslateAuth::Password(weir_core::Secret::new(p))
+            }
+            ("password", "", f) if !f.is_empty() => {
+                TranslateAuth::Password(weir_core::Secret::new(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| {
+                            anyhow::anyhow!("{} = {f:?} cannot be read: {e}", key("password_file"))
+                        })?
+                        .trim(),
+                ))
+            }
+            ("password", _, _) => bail!(
+                "{} needs exactly one of `password` and `password_file`",
+                key("auth")
+            ),
+            (other, _, _) => bail!(
+                "{} = {other:?} must be \"device-key\" or \"password\"",
+                key("auth")
+            ),
+        };
+        let entry = Translation::new(&t.name, &t.topic, auth)
+            .map_err(|e| anyhow::anyhow!("{} = {:?}: {e}", key("topic"), t.topic))?;
+        out.push(entry);
+    }
+    Ok(out.into())
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

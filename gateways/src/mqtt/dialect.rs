@@ -10,10 +10,11 @@ use weir_core::{
     Role, SystemProperties, ToDevice,
 };
 
-use super::connect::{Refusal, authenticate};
+use super::connect::{Refusal, authenticate, parse_username};
 use super::dps;
 use super::requests::{self, DeviceRequest};
 use super::topic::{DeviceTopic, decode_bag, encode_bag, telemetry};
+use super::translate::{self, Translation};
 
 /// What a device's PUBLISH is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +107,7 @@ pub struct IotHub {
     pub hub_name: String,
     pub directory: Arc<dyn DeviceDirectory>,
     pub provisioning: Option<Arc<dyn Provisioning>>,
+    pub translations: Arc<[Translation]>,
 }
 
 impl Dialect for IotHub {
@@ -120,6 +122,17 @@ impl Dialect for IotHub {
             && dps::parse_username(&l.username).is_some()
         {
             return dps::authenticate(connect, l, peer.client_certs.as_deref(), service, now_secs);
+        }
+        if let Some(l) = login
+            && !self.translations.is_empty()
+            && parse_username(&l.username).is_none()
+        {
+            return translate::authenticate(
+                &self.translations,
+                &l.username,
+                &l.password,
+                &*self.directory,
+            );
         }
         authenticate(
             connect,
@@ -139,6 +152,15 @@ impl Dialect for IotHub {
                     Incoming::RegistrationStatus { rid, operation_id }
                 }
             });
+        }
+        if let Role::Translated(i) = id.role {
+            let entry = self.translations.get(usize::from(i))?;
+            return (entry.device_of(topic)? == id.device_id.as_str()).then_some(
+                Incoming::Telemetry {
+                    bag: "",
+                    child: None,
+                },
+            );
         }
         if let Some(rid) = requests::children_request(topic) {
             return self.is_edge(id).then_some(Incoming::ChildrenGet { rid });
@@ -176,8 +198,12 @@ impl Dialect for IotHub {
     }
 
     fn feature(&self, filter: &str, id: &Identity) -> Option<Feature> {
-        if id.role == Role::Registration {
-            return (filter == dps::RESPONSES).then_some(Feature::Registrations);
+        match id.role {
+            Role::Registration => {
+                return (filter == dps::RESPONSES).then_some(Feature::Registrations);
+            }
+            Role::Translated(_) => return None,
+            Role::Device => {}
         }
         match filter {
             "$iothub/methods/POST/#" => Some(Feature::Methods),
@@ -321,6 +347,7 @@ mod tests {
             hub_name: "h".into(),
             directory: Arc::new(devices),
             provisioning: None,
+            translations: Arc::from(Vec::new()),
         };
         let id = identity("edge1");
         let Some(Incoming::Telemetry { child: Some(c), .. }) =

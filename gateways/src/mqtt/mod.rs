@@ -10,6 +10,7 @@ pub mod driver;
 pub mod requests;
 pub mod session;
 pub mod topic;
+pub mod translate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,8 @@ pub struct MqttConfig {
     pub max_message_bytes: usize,
     /// Time a client has to finish TLS and send CONNECT.
     pub connect_timeout: Duration,
+    /// `[[translate]]` entries: plain MQTT clients mapped onto device identities.
+    pub translations: Arc<[translate::Translation]>,
 }
 
 /// The largest CONNECT accepted: ids, a SAS token and a will fit in far less. Checked
@@ -41,6 +44,7 @@ impl Default for MqttConfig {
         MqttConfig {
             max_message_bytes: 256 * 1024,
             connect_timeout: Duration::from_secs(10),
+            translations: Arc::from(Vec::new()),
         }
     }
 }
@@ -65,6 +69,7 @@ impl Mqtt {
             hub_name: ctx.hub_name.clone(),
             directory: Arc::clone(&ctx.directory),
             provisioning: ctx.provisioning.clone(),
+            translations: Arc::clone(&config.translations),
         });
         Arc::new(Mqtt {
             metrics: ctx.metrics.protocol(protocol),

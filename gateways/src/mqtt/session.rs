@@ -388,7 +388,7 @@ impl Session {
                 o.features.set(feature, true);
             }
         }
-        let device = o.identity.role == Role::Device;
+        let device = o.identity.role != Role::Registration;
         if o.clean && device {
             self.actions
                 .push_back(Action::StoreSubscriptions(Vec::new()));

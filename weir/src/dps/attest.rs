@@ -115,7 +115,7 @@ pub fn group_of<'g>(
                 .into_iter()
                 .filter_map(ca)
                 .any(|c| c.digest == d),
-            Credential::X509Thumbprint(_) => false,
+            Credential::X509Thumbprint(_) | Credential::Password => false,
         })
 }
 
