@@ -20,6 +20,7 @@ fn bench(c: &mut Criterion) {
             event: Arc::new(weir_benches::event((i % 100) as usize, i)),
             enrichments: vec![("site".into(), "plant-7".into())],
             columns: vec![ColumnValue::Double(20.5), ColumnValue::Int64(40)],
+            priority: 5,
             rules_version: Arc::from("0123456789ab"),
             route: Arc::from("r"),
         })

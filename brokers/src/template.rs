@@ -106,6 +106,7 @@ mod tests {
             event: Arc::new(e),
             enrichments: Vec::new(),
             columns: Vec::new(),
+            priority: 5,
             rules_version: Arc::from("v"),
             route: Arc::from("hot"),
         };

@@ -90,6 +90,7 @@ fn source_code(s: EventSource) -> u8 {
         EventSource::DeviceConnectionStateEvents => 3,
         EventSource::Insights => 4,
         EventSource::Clock => 5,
+        EventSource::EdgeDrops => 6,
     }
 }
 
@@ -238,6 +239,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         3 => EventSource::DeviceConnectionStateEvents,
         4 => EventSource::Insights,
         5 => EventSource::Clock,
+        6 => EventSource::EdgeDrops,
         _ => return Err(DecodeError::Invalid("source")),
     };
     let auth_method = match r.u8()? {

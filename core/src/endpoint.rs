@@ -301,6 +301,8 @@ pub struct DeadLetterPolicy {
 /// One event on its way into one endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
+    /// The priority of the routes that sent it here (0..=9; what an edge drops first).
+    pub priority: u8,
     pub event: Arc<Event>,
     /// Enrichments for this endpoint, appended to the application properties on write.
     pub enrichments: Vec<(String, String)>,

@@ -17,6 +17,9 @@ pub enum EventSource {
     DeviceConnectionStateEvents,
     /// Results of `[[insight]]`s, which Weir computes and writes to its own log.
     Insights,
+    /// An edge's drop ledger: what it dropped from its store-and-forward budget, per route
+    /// and device (a JSON body), written to its own log.
+    EdgeDrops,
     /// The engine's clock: a tick it writes to its own log so that what insights decide
     /// by wall-clock time happens at a position in the log, the same again on a replay.
     /// No route can select it (it is not in [`EventSource::ALL`]).
@@ -24,12 +27,13 @@ pub enum EventSource {
 }
 
 impl EventSource {
-    pub const ALL: [EventSource; 5] = [
+    pub const ALL: [EventSource; 6] = [
         EventSource::DeviceMessages,
         EventSource::TwinChangeEvents,
         EventSource::DeviceLifecycleEvents,
         EventSource::DeviceConnectionStateEvents,
         EventSource::Insights,
+        EventSource::EdgeDrops,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +43,7 @@ impl EventSource {
             EventSource::DeviceLifecycleEvents => "DeviceLifecycleEvents",
             EventSource::DeviceConnectionStateEvents => "DeviceConnectionStateEvents",
             EventSource::Insights => "Insights",
+            EventSource::EdgeDrops => "EdgeDrops",
             EventSource::Clock => "Clock",
         }
     }

@@ -39,6 +39,9 @@ pub use endpoint::{
     EndpointCatalog, EndpointKind, EndpointSpec, MqttOptions, OptionError, ParquetOptions, Secret,
     SecretUrl, WebhookOptions,
 };
+/// A route's priority when it names none.
+pub const DEFAULT_PRIORITY: u8 = 5;
+
 pub use event::{AuthMethod, Event, EventSource, SystemProperties};
 pub use feed::{EventFeed, FeedError, FeedReader};
 pub use health::{EndpointHealth, EndpointState, HealthBoard, WorkerHealth};

@@ -112,6 +112,7 @@ mod tests {
             event: Arc::new(e),
             enrichments: vec![("site".into(), "north".into()), ("a".into(), "x".into())],
             columns: Vec::new(),
+            priority: 5,
             rules_version: Arc::from("v"),
             route: Arc::from("hot"),
         };

@@ -54,9 +54,10 @@ impl Events {
             EventSource::TwinChangeEvents => "twinChangeNotification",
             EventSource::DeviceLifecycleEvents => "deviceLifecycleNotification",
             EventSource::DeviceConnectionStateEvents => "deviceConnectionStateNotification",
-            EventSource::DeviceMessages | EventSource::Insights | EventSource::Clock => {
-                "deviceMessage"
-            }
+            EventSource::DeviceMessages
+            | EventSource::Insights
+            | EventSource::EdgeDrops
+            | EventSource::Clock => "deviceMessage",
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let message_id = weir_storage::secret::random_hex(16)

@@ -81,6 +81,8 @@ pub struct RawRoute {
     pub endpoints: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// 0..=9; what an edge drops first when its store-and-forward budget is full.
+    pub priority: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

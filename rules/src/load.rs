@@ -587,7 +587,24 @@ impl Builder<'_> {
             Some(c) => (self.expr(i, c, 0, c.get_ref()), c.get_ref().clone()),
         };
         let endpoints = self.endpoint_refs(i, &r.endpoints);
-        if let (Some(source), Some(condition), Some(endpoints)) = (source, condition, endpoints) {
+        let priority = match &r.priority {
+            None => Some(weir_core::DEFAULT_PRIORITY),
+            Some(p) => {
+                let ok = u8::try_from(*p.get_ref()).ok().filter(|p| *p <= 9);
+                if ok.is_none() {
+                    self.diag(
+                        i,
+                        p.span(),
+                        format!("priority {} is not 0 to 9", p.get_ref()),
+                        Some("an edge drops the lowest priority first when its budget is full; the default is 5".into()),
+                    );
+                }
+                ok
+            }
+        };
+        if let (Some(source), Some(condition), Some(endpoints), Some(priority)) =
+            (source, condition, endpoints, priority)
+        {
             self.set.routes.push(Route {
                 name: name.into(),
                 source,
@@ -595,6 +612,7 @@ impl Builder<'_> {
                 condition_text: text,
                 endpoints,
                 enabled: r.enabled,
+                priority,
             });
         }
     }

@@ -21,6 +21,8 @@ pub struct Route {
     /// Indexes into [`RuleSet::endpoints`].
     pub endpoints: Vec<usize>,
     pub enabled: bool,
+    /// 0..=9 (default [`weir_core::DEFAULT_PRIORITY`]).
+    pub priority: u8,
 }
 
 /// What an enrichment stamps.
@@ -141,6 +143,19 @@ impl RuleSet {
         out.endpoints.dedup();
     }
 
+    /// The highest priority of the routes of `outcome` that send the event to `endpoint`:
+    /// what one route wants kept is kept.
+    pub fn priority_to(&self, endpoint: usize, outcome: &Outcome) -> u8 {
+        outcome
+            .routes
+            .iter()
+            .filter_map(|&r| self.routes.get(r))
+            .filter(|r| r.endpoints.contains(&endpoint))
+            .map(|r| r.priority)
+            .max()
+            .unwrap_or(weir_core::DEFAULT_PRIORITY)
+    }
+
     /// The name of the first route of `outcome` that sends the event to `endpoint`, or
     /// `$fallback`.
     pub fn route_to(&self, endpoint: usize, outcome: &Outcome) -> Arc<str> {
@@ -186,6 +201,7 @@ impl RuleSet {
             columns,
             rules_version: Arc::clone(&self.version),
             route: self.route_to(endpoint, outcome),
+            priority: self.priority_to(endpoint, outcome),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod commit;
 pub mod dps;
 pub mod fsutil;
 pub mod log;
+pub mod outbox;
 pub mod parquet;
 pub mod registry;
 pub mod secret;

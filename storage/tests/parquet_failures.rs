@@ -36,6 +36,7 @@ fn deliveries(offsets: std::ops::Range<u64>) -> Vec<Delivery> {
                 event: Arc::new(e),
                 enrichments: vec![],
                 columns: vec![],
+                priority: 5,
                 rules_version: Arc::from("v"),
                 route: Arc::from("r"),
             }

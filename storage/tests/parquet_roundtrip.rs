@@ -61,6 +61,7 @@ fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
         event: Arc::new(e),
         enrichments: vec![("site".into(), "b".into())],
         columns: vec![temp],
+        priority: 5,
         rules_version: Arc::from("v1"),
         route: Arc::from("r"),
     }

@@ -373,8 +373,13 @@ address = "127.0.0.1:9"
             latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.9)], latencies[-1]))
         assert latencies[int(len(latencies) * 0.9)] < 50, latencies
         assert edge.wait_log("direct method answered", timeout=5)
-        # The upstream endpoint kept everything for when the hub is back.
-        assert edge.endpoint("hub")["state"] == "unhealthy"
+        # The upstream queue keeps everything for when the hub is back.
+        up = edge.call("GET", "/upstream").json()
+        assert up["connected"] is False and up["backlogMessages"] == 31, up
+        from conftest import run_weir
+        r = run_weir("edge", "status", "--api", edge.api, "--data-dir", edge.data)
+        assert r.returncode == 0, r.stderr
+        assert "31 messages" in r.stdout and "down (" in r.stdout, r.stdout
     finally:
         edge.stop()
 

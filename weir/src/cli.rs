@@ -38,6 +38,8 @@ pub enum Command {
     Ca(CaArgs),
     /// The provisioning service (`[dps]`): its ID scope, enrollments and registrations.
     Dps(DpsArgs),
+    /// Edge mode (`[upstream]`): the link to the hub and the store-and-forward queue.
+    Edge(EdgeArgs),
     /// Simulate devices publishing telemetry, and report throughput and latency.
     Simulate(simulate::SimulateArgs),
 }
@@ -109,6 +111,24 @@ pub struct DeviceArgs {
     pub hub: HubArgs,
     #[command(subcommand)]
     pub command: DeviceCommand,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    #[command(subcommand)]
+    pub command: EdgeCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EdgeCommand {
+    /// Link state, backlog (messages, bytes, oldest age) and drops of a running edge.
+    Status {
+        /// Print the JSON of GET /upstream.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -351,6 +371,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Device(d) => device_cmd::run(d),
         Command::Ca(c) => ca_cmd::run(c),
         Command::Dps(d) => dps_cmd::run(d),
+        Command::Edge(e) => crate::edge::status(e),
         Command::Simulate(s) => simulate::run(s),
     }
 }

@@ -8,6 +8,48 @@ use serde::Deserialize;
 use weir_brokers::upstream::{Transport, UpstreamConfig};
 use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
 
+/// `weir edge status`.
+pub fn status(args: crate::cli::EdgeArgs) -> anyhow::Result<std::process::ExitCode> {
+    let client = crate::client::HubClient::new(&args.hub)?;
+    let crate::cli::EdgeCommand::Status { json } = args.command;
+    crate::client::runtime()?.block_on(async move {
+        let s = client
+            .call(hyper::Method::GET, "/upstream", None, None)
+            .await?
+            .ok()?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            return Ok(std::process::ExitCode::SUCCESS);
+        }
+        let link = if s["connected"].as_bool() == Some(true) {
+            "connected".to_owned()
+        } else {
+            format!(
+                "down ({})",
+                s["lastError"].as_str().unwrap_or("not connected yet")
+            )
+        };
+        println!(
+            "hub        {} as {}",
+            s["hub"].as_str().unwrap_or("?"),
+            s["deviceId"].as_str().unwrap_or("?")
+        );
+        println!("link       {link}");
+        println!(
+            "backlog    {} messages, {:.1} of {:.1} MiB",
+            s["backlogMessages"],
+            s["backlogBytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            s["budgetBytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        if let Some(age) = s["oldestUnforwardedSecs"].as_f64() {
+            println!("oldest     {age:.1} s waiting");
+        }
+        println!("forwarded  {}", s["forwarded"]);
+        println!("dropped    {} (see the EdgeDrops ledger)", s["dropped"]);
+        Ok(std::process::ExitCode::SUCCESS)
+    })
+}
+
 /// A `[[translate]]` entry of weir.toml.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +115,7 @@ pub struct UpstreamSection {
     address: String,
     ca: String,
     sync_secs: f64,
+    budget_mb: f64,
 }
 
 /// Checks `[upstream]`; `None` when `hub` is empty (not an edge).
@@ -135,6 +178,9 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
     if !(u.sync_secs >= 0.5 && u.sync_secs <= 86_400.0) {
         bail!("`upstream.sync_secs` must be between 0.5 and 86400");
     }
+    if !(u.budget_mb > 0.0 && u.budget_mb.is_finite()) {
+        bail!("`upstream.budget_mb` must be a positive number of MiB");
+    }
     Ok(Some(UpstreamConfig {
         hub: hub.to_owned(),
         device_id: u.device_id,
@@ -143,5 +189,6 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
         address,
         ca,
         sync: std::time::Duration::from_secs_f64(u.sync_secs),
+        budget_bytes: (u.budget_mb * 1024.0 * 1024.0) as u64,
     }))
 }

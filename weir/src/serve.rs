@@ -275,12 +275,18 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             hub: hub.clone(),
             edge: u.device_id.clone(),
         };
-        weir_brokers::upstream::Uplink::start(
+        let outbox = weir_storage::outbox::Outbox::open(&cfg.data_dir.join("upstream.redb"), u.budget_bytes)
+            .map(Arc::new)
+            .context("opening the upstream queue <data_dir>/upstream.redb")?;
+        anyhow::Ok(weir_brokers::upstream::Uplink::start(
             &tokio::runtime::Handle::current(),
             u,
+            outbox,
+            Arc::new(log.ingest()),
             Some(children),
-        )
-    });
+        ))
+    })
+    .transpose()?;
     let sinks: Vec<Arc<dyn SinkFactory>> = vec![
         parquet,
         broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health, ())?,
@@ -409,6 +415,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         endpoint_health,
         http: Arc::clone(&http_limits),
         max_message_bytes: cfg.mqtt_settings.max_message_bytes,
+        upstream: uplink.clone(),
     });
     let app = api::router(state);
     if let Some(l) = http_l {

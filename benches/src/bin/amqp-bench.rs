@@ -114,6 +114,7 @@ async fn publish(url: &str, exchange: &str, count: u64) -> Res<()> {
             event: Arc::new(event),
             enrichments: Vec::new(),
             columns: Vec::new(),
+            priority: 5,
             rules_version: Arc::from("bench"),
             route: Arc::from("everything"),
         };

@@ -18,6 +18,7 @@ pub fn message_source(source: EventSource) -> &'static str {
         EventSource::DeviceLifecycleEvents => "deviceLifecycleEvents",
         EventSource::DeviceConnectionStateEvents => "deviceConnectionStateEvents",
         EventSource::Insights => "insights",
+        EventSource::EdgeDrops => "edgeDrops",
         EventSource::Clock => "clock",
     }
 }
@@ -126,6 +127,7 @@ mod tests {
             event: Arc::new(e),
             enrichments: vec![("site".into(), "berlin".into())],
             columns: Vec::new(),
+            priority: 5,
             rules_version: Arc::from("v"),
             route: Arc::from("hot"),
         };

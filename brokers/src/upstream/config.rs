@@ -41,6 +41,8 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     /// How often the edge asks the hub for its children (and at every connect).
     pub sync: std::time::Duration,
+    /// The store-and-forward queue's size limit.
+    pub budget_bytes: u64,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -53,6 +55,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("address", &self.address)
             .field("ca", &self.ca)
             .field("sync", &self.sync)
+            .field("budget_bytes", &self.budget_bytes)
             .finish()
     }
 }

@@ -4,6 +4,13 @@ use bytes::Bytes;
 use weir_core::{Event, EventSource};
 use weir_gateways::mqtt::topic::encode_bag;
 
+/// What the upstream endpoint puts in the queue for one delivery.
+pub struct Queued {
+    pub event: std::sync::Arc<Event>,
+    pub priority: u8,
+    pub route: std::sync::Arc<str>,
+}
+
 /// One message for the hub, on behalf of `device`.
 pub struct Message {
     pub device: String,

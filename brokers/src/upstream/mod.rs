@@ -8,8 +8,11 @@
 
 mod children;
 mod config;
+mod edge_work;
+mod forward;
 mod link;
 mod message;
+mod queue;
 
 pub use children::Children;
 pub use config::{Transport, UpstreamConfig};
@@ -34,7 +37,7 @@ pub type UpstreamSinkFactory = BrokerSinkFactory<Upstream>;
 
 impl Kind for Upstream {
     const NAME: &'static str = KIND;
-    type Message = message::Message;
+    type Message = message::Queued;
     /// The edge's one connection to its hub; `None` on a hub without `[upstream]`, where
     /// an `upstream` endpoint fails with a message saying so.
     type Context = Option<Arc<Uplink>>;
@@ -54,11 +57,15 @@ impl Kind for Upstream {
         if !matches!(kind, EndpointKind::Upstream) {
             return None;
         }
-        Some(link::open(rt, uplink.clone(), endpoint.to_owned()))
+        Some(queue::open(rt, uplink.clone(), endpoint.to_owned()))
     }
 
     fn message(d: &Delivery, _key: &str) -> Self::Message {
-        message::Message::of(&d.event)
+        message::Queued {
+            event: std::sync::Arc::clone(&d.event),
+            priority: d.priority,
+            route: std::sync::Arc::clone(&d.route),
+        }
     }
 }
 

@@ -129,6 +129,7 @@ mod tests {
             event: Arc::new(e),
             enrichments: Vec::new(),
             columns: Vec::new(),
+            priority: 5,
             rules_version: Arc::from("v"),
             route: Arc::from("r"),
         }

@@ -9,6 +9,7 @@ mod error;
 mod messages;
 mod metrics;
 mod twins;
+mod upstream;
 pub mod ws;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ApiState {
     pub http: Arc<crate::http_server::HttpLimits>,
     /// The MQTT packet limit, which WebSocket frames carrying MQTT are held to as well.
     pub max_message_bytes: usize,
+    /// Edge mode: the link to the hub.
+    pub upstream: Option<Arc<weir_brokers::upstream::Uplink>>,
 }
 
 /// A JSON answer with its `ETag` header (IoT Hub quotes etags).
@@ -95,6 +98,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/twins/{id}/methods", post(twins::invoke))
         .route("/endpoints", get(endpoints::list))
+        .route("/upstream", get(upstream::show))
         .route("/certificates", get(certificates::list))
         .route(
             "/certificates/{name}",

@@ -1,0 +1,71 @@
+//! What the hub sends an edge about its children (on `$weir/edge/...`), applied in the
+//! order it came by one task.
+
+use weir_gateways::mqtt::codec;
+use weir_gateways::mqtt::requests::{self, ToEdge};
+
+use super::children::Children;
+use super::link::Uplink;
+
+/// One thing the hub sent.
+pub(crate) enum EdgeWork {
+    Children(Vec<serde_json::Value>),
+    Desired { child: String, patch: bytes::Bytes },
+}
+
+pub(crate) async fn apply(
+    children: Children,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<EdgeWork>,
+) {
+    while let Some(work) = rx.recv().await {
+        match work {
+            EdgeWork::Children(list) => match children.sync(&list).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    children = list.len(),
+                    changes = n,
+                    "children synced from the hub"
+                ),
+                Err(e) => tracing::warn!(error = %e, "cannot keep the children the hub listed"),
+            },
+            EdgeWork::Desired { child, patch } => {
+                if let Err(e) = children.desired(&child, &patch).await {
+                    tracing::warn!(device = child, error = %e, "cannot pass a desired patch on");
+                }
+            }
+        }
+    }
+}
+
+impl Uplink {
+    /// Hands what the hub sent on `$weir/edge/...` to the children's keeper.
+    pub(crate) fn hub_sent(&self, p: &codec::Publish) {
+        let (Some(tx), Ok(topic)) = (&self.edge_tx, p.topic_str()) else {
+            return;
+        };
+        let work = match requests::to_edge(topic) {
+            Some(ToEdge::Children { status: 200, .. }) => {
+                match serde_json::from_slice::<Vec<serde_json::Value>>(&p.payload) {
+                    Ok(list) => EdgeWork::Children(list),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the hub's list of children is not a JSON array");
+                        return;
+                    }
+                }
+            }
+            Some(ToEdge::Children { status, .. }) => {
+                tracing::warn!(
+                    status,
+                    "the hub refused to list the edge's children: is the edge registered with --edge?"
+                );
+                return;
+            }
+            Some(ToEdge::ChildDesired { child }) => EdgeWork::Desired {
+                child: child.to_owned(),
+                patch: p.payload.clone(),
+            },
+            None => return,
+        };
+        let _ = tx.send(work);
+    }
+}
