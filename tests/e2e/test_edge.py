@@ -510,3 +510,103 @@ password = "plant-secret"
         if edge:
             edge.stop()
         hub.stop()
+
+
+BUDGET_RULES = """
+[[endpoint]]
+name = "hub"
+type = "upstream"
+
+[[endpoint]]
+name = "drops"
+type = "parquet"
+
+[[route]]
+name = "low"
+priority = 1
+condition = "$body.kind = 'low'"
+endpoints = ["hub"]
+
+[[route]]
+name = "high"
+priority = 8
+condition = "$body.kind = 'high'"
+endpoints = ["hub"]
+
+[[route]]
+name = "ledger"
+source = "EdgeDrops"
+priority = 9
+endpoints = ["hub", "drops"]
+"""
+
+
+def test_a_full_budget_drops_only_the_oldest_low_priority_messages_and_says_so(tmp_path):
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    proxy = Proxy(hub.mqtts_port)
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        keys = {n: put_device(hub, n, {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
+                for n in ("d1", "d2")}
+        config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
+address = "127.0.0.1:{proxy.port}"
+ca = "{hub.ca}"
+budget_mb = 0.2
+"""
+        edge = make_hub(tmp_path, "edge", BUDGET_RULES, hostname="edge.test", config=config).start()
+        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in keys),
+                 "the edge did not get its children")
+        proxy.set("closed")
+        clients = {}
+        for n, k in keys.items():
+            clients[n] = Raw(edge.mqtt_port, timeout=10)
+            assert clients[n].connect(n, edge.username(n), edge.device_token(n, k)) == 0
+        sent = {(n, kind): [] for n in keys for kind in ("high", "low")}
+        pad = "x" * 300
+        for i in range(300):
+            for n, r in clients.items():
+                kind = "high" if i % 2 == 0 else "low"
+                body = json.dumps({"kind": kind, "i": i, "pad": pad}).encode()
+                assert r.publish(f"devices/{n}/messages/events/%24.mid={n}-{i}", body, pkid=i + 1) == i + 1
+                sent[(n, kind)].append(i)
+        up = edge.call("GET", "/upstream").json()
+        assert up["dropped"] > 0 and up["backlogBytes"] <= up["budgetBytes"], up
+        proxy.set("pass")
+        wait_for(lambda: edge.call("GET", "/upstream").json()["backlogMessages"] == 0,
+                 "the edge did not catch up", timeout=90)
+        time.sleep(1.5)
+        got = hub.query("archive", """
+            SELECT device_id, json_extract_string(body, '$.kind'), CAST(json_extract(body, '$.i') AS BIGINT)
+            FROM t WHERE properties['weir-source'] IS NULL ORDER BY ingest_offset""")
+        ledger = hub.query("archive", """
+            SELECT json_extract_string(body, '$.route'), json_extract_string(body, '$.device'),
+                   CAST(json_extract(body, '$.count') AS BIGINT), properties['weir-device']
+            FROM t WHERE properties['weir-source'] = 'EdgeDrops'""")
+        assert ledger, "no ledger reached the hub"
+        missing = 0
+        for n in keys:
+            high = [i for d, k, i in got if d == n and k == "high"]
+            low = [i for d, k, i in got if d == n and k == "low"]
+            # Every high-priority message, once, in order.
+            assert high == sent[(n, "high")], (n, len(high))
+            # The low-priority ones that are missing are the oldest: the rest is a suffix.
+            assert low == sent[(n, "low")][len(sent[(n, "low")]) - len(low):], (n, low[:5])
+            dropped = len(sent[(n, "low")]) - len(low)
+            counted = sum(c for route, dev, c, _ in ledger if route == "low" and dev == n)
+            assert dropped == counted, (n, dropped, counted, ledger)
+            missing += dropped
+        assert missing == edge.call("GET", "/upstream").json()["dropped"] > 0
+        assert all(route == "low" and wd == dev for route, dev, _, wd in ledger), ledger
+        # The edge keeps the same ledger as a Parquet table.
+        local = edge.query("drops", "SELECT sum(CAST(json_extract(body, '$.count') AS BIGINT)) FROM t")
+        assert local[0][0] == missing
+    finally:
+        proxy.close()
+        if edge:
+            edge.stop()
+        hub.stop()
