@@ -610,3 +610,35 @@ budget_mb = 0.2
         if edge:
             edge.stop()
         hub.stop()
+
+
+def test_the_upstream_link_runs_over_quic(tmp_path):
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        key = put_device(hub, "q1", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
+        config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge1"
+key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
+transport = "quic"
+address = "127.0.0.1:{hub.quic_port}"
+ca = "{hub.ca}"
+"""
+        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
+        wait_for(lambda: edge.call("GET", "/devices/q1").status_code == 200, "q1 did not reach the edge")
+        r = Raw(edge.mqtt_port, timeout=10)
+        assert r.connect("q1", edge.username("q1"), edge.device_token("q1", key)) == 0
+        for i in range(50):
+            assert r.publish(f"devices/q1/messages/events/%24.mid=q-{i}", json.dumps({"i": i}).encode(), pkid=i + 1) == i + 1
+        hub.wait_rows("archive", 50, timeout=30)
+        rows = hub.query("archive", "SELECT CAST(json_extract(body, '$.i') AS BIGINT) FROM t WHERE device_id = 'q1' ORDER BY ingest_offset")
+        assert [x[0] for x in rows] == list(range(50))
+        assert hub.metric("weir_gateway_messages_total", protocol="mqtt-quic") >= 50
+        assert hub.metric("weir_gateway_messages_total", protocol="mqtt") == 0
+    finally:
+        if edge:
+            edge.stop()
+        hub.stop()

@@ -148,7 +148,7 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
     }
     let Some(transport) = Transport::parse(u.transport.trim()) else {
         bail!(
-            "`upstream.transport` = {:?} must be \"mqtts\" (QUIC and WebSocket are not built yet)",
+            "`upstream.transport` = {:?} must be \"mqtts\" or \"quic\" (WebSocket is not built yet)",
             u.transport
         );
     };

@@ -8,12 +8,15 @@ use std::path::PathBuf;
 pub enum Transport {
     /// MQTT over TLS (port 8883).
     Mqtts,
+    /// MQTT over QUIC (ALPN `mqtt`, Weir's QUIC gateway; port 14567).
+    Quic,
 }
 
 impl Transport {
     pub fn parse(s: &str) -> Option<Transport> {
         match s {
             "mqtts" => Some(Transport::Mqtts),
+            "quic" => Some(Transport::Quic),
             _ => None,
         }
     }
@@ -21,6 +24,7 @@ impl Transport {
     pub fn default_port(self) -> u16 {
         match self {
             Transport::Mqtts => 8883,
+            Transport::Quic => 14567,
         }
     }
 }

@@ -23,7 +23,7 @@ use weir_gateways::sas;
 use weir_storage::outbox::{Backlog, Outbox};
 
 use super::children::Children;
-use super::config::UpstreamConfig;
+use super::config::{Transport, UpstreamConfig};
 use super::edge_work::{EdgeWork, apply};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -156,19 +156,7 @@ async fn run(uplink: Arc<Uplink>) {
 }
 
 pub(crate) async fn connect(cfg: &UpstreamConfig) -> Result<(Box<dyn Stream>, BytesMut), String> {
-    let address = cfg.address();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&address))
-        .await
-        .map_err(|_| format!("cannot connect to {address} within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let name = rustls::pki_types::ServerName::try_from(cfg.hub.clone())
-        .map_err(|e| format!("{}: {e}", cfg.hub))?;
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector(cfg)?.connect(name, tcp))
-        .await
-        .map_err(|_| format!("TLS with {address} did not finish within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("TLS with {address} failed: {e}"))?;
-    let mut stream: Box<dyn Stream> = Box::new(tls);
+    let mut stream = dial(cfg).await?;
     let expiry = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
     let resource = format!("{}/devices/{}", cfg.hub, cfg.device_id);
     let token = sas::build(&resource, &cfg.key, expiry, None)
@@ -205,20 +193,40 @@ pub(crate) async fn connect(cfg: &UpstreamConfig) -> Result<(Box<dyn Stream>, By
     }
 }
 
-fn connector(cfg: &UpstreamConfig) -> Result<tokio_rustls::TlsConnector, String> {
+/// The CAs the edge trusts for its hub: `ca`, or the system's roots.
+fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, String> {
     if let Some(ca) = &cfg.ca {
-        return crate::tls::connector(&ca.to_string_lossy());
+        return crate::tls::roots(&ca.to_string_lossy());
     }
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(roots)
+}
+
+/// The transport to the hub: TLS over TCP, or QUIC.
+async fn dial(cfg: &UpstreamConfig) -> Result<Box<dyn Stream>, String> {
+    let address = cfg.address();
+    if cfg.transport == Transport::Quic {
+        let quic = tokio::time::timeout(CONNECT_TIMEOUT, super::quic::dial(cfg, roots(cfg)?))
+            .await
+            .map_err(|_| {
+                format!("QUIC with {address} did not finish within {CONNECT_TIMEOUT:?}")
+            })??;
+        return Ok(Box::new(quic));
+    }
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&address))
+        .await
+        .map_err(|_| format!("cannot connect to {address} within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = rustls::pki_types::ServerName::try_from(cfg.hub.clone())
+        .map_err(|e| format!("{}: {e}", cfg.hub))?;
+    let connector = crate::tls::with_roots(roots(cfg)?)?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+        .await
+        .map_err(|_| format!("TLS with {address} did not finish within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("TLS with {address} failed: {e}"))?;
+    Ok(Box::new(tls))
 }

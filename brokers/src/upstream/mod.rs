@@ -13,6 +13,7 @@ mod forward;
 mod link;
 mod message;
 mod queue;
+mod quic;
 
 pub use children::Children;
 pub use config::{Transport, UpstreamConfig};

@@ -1,0 +1,100 @@
+//! The upstream link over QUIC: one connection, MQTT on its first bidirectional stream
+//! (ALPN `mqtt`), as Weir's QUIC gateway serves it. A lost UDP path shows as the QUIC
+//! idle timeout, shorter than the link's silence limit.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::config::UpstreamConfig;
+
+/// The stream, with the endpoint that drives it.
+pub(crate) struct QuicStream {
+    _endpoint: quinn::Endpoint,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+impl AsyncRead for QuicStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for QuicStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send)
+            .poll_write(cx, buf)
+            .map_err(std::io::Error::other)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}
+
+/// Dials the hub's QUIC listener and opens the MQTT stream.
+pub(crate) async fn dial(
+    cfg: &UpstreamConfig,
+    roots: rustls::RootCertStore,
+) -> Result<QuicStream, String> {
+    let address = cfg.address();
+    let addr = tokio::net::lookup_host(&address)
+        .await
+        .map_err(|e| format!("cannot resolve {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to nothing"))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"mqtt".to_vec()];
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(8)).map_err(|e| e.to_string())?,
+    ));
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    client.transport_config(Arc::new(transport));
+    let bind: std::net::SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| e.to_string())?;
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(addr, &cfg.hub)
+        .map_err(|e| format!("cannot dial {address} over QUIC: {e}"))?
+        .await
+        .map_err(|e| format!("QUIC with {address} failed: {e}"))?;
+    let (send, recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| format!("QUIC with {address}: no stream: {e}"))?;
+    Ok(QuicStream {
+        _endpoint: endpoint,
+        send,
+        recv,
+    })
+}
