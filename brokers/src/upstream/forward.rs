@@ -59,7 +59,7 @@ impl Wire {
         self.drained = items.is_empty();
         let edge = &uplink.config.device_id;
         for item in items {
-            let m = Message::of(&item.event);
+            let m = Message::of(&item.event, uplink.is_child(item.event.device_id.as_str()));
             let topic = m.topic(edge);
             self.pkid = if self.pkid == u16::MAX {
                 1

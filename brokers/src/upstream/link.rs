@@ -17,7 +17,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
-use weir_core::Ingest;
+use weir_core::{DeviceDirectory, Ingest};
 use weir_gateways::mqtt::codec::{self, Inbound};
 use weir_gateways::sas;
 use weir_storage::outbox::{Backlog, Outbox};
@@ -65,6 +65,8 @@ pub struct Uplink {
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     pub(crate) edge_tx: Option<mpsc::UnboundedSender<EdgeWork>>,
+    /// The edge's registry, which says who its children are.
+    directory: Option<Arc<dyn DeviceDirectory>>,
     pub config: UpstreamConfig,
 }
 
@@ -83,6 +85,9 @@ impl Uplink {
         ingest: Arc<dyn Ingest>,
         children: Option<Children>,
     ) -> Arc<Uplink> {
+        let directory = children
+            .as_ref()
+            .map(|c| Arc::clone(c.hub.registry()) as Arc<dyn DeviceDirectory>);
         let edge_tx = children.map(|c| {
             let (etx, erx) = mpsc::unbounded_channel();
             rt.spawn(apply(c, erx));
@@ -99,6 +104,7 @@ impl Uplink {
             connects: AtomicU64::new(0),
             last_error: Mutex::new(None),
             edge_tx,
+            directory,
             config,
         });
         rt.spawn(run(Arc::clone(&uplink)));
@@ -121,6 +127,14 @@ impl Uplink {
             dropped: self.dropped.load(Ordering::Relaxed),
             budget_bytes: self.config.budget_bytes,
         }
+    }
+
+    /// Whether the hub knows `device` as this edge's child (without a registry: assumed).
+    pub(crate) fn is_child(&self, device: &str) -> bool {
+        self.directory.as_ref().is_none_or(|d| {
+            d.get(device)
+                .is_some_and(|r| r.parent.as_deref() == Some(self.config.device_id.as_str()))
+        })
     }
 
     fn set_error(&self, e: &str) {

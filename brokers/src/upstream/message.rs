@@ -19,14 +19,15 @@ pub struct Message {
 }
 
 impl Message {
-    /// A device's message goes out as that device's telemetry, with its properties. Other
-    /// events (insights, lifecycle events the edge saw) go out as the edge's own telemetry,
-    /// naming their source and device in `weir-source` and `weir-device`; the link puts
-    /// those on the edge's topic.
-    pub fn of(e: &Event) -> Message {
+    /// A child's message (`as_device`) goes out as that device's telemetry, with its
+    /// properties. Other events (insights, drop ledgers, lifecycle events the edge saw) and
+    /// messages of devices the hub does not know as the edge's children go out as the
+    /// edge's own telemetry, naming their source and device in `weir-source` and
+    /// `weir-device`: the hub would refuse them under the device's id.
+    pub fn of(e: &Event, as_device: bool) -> Message {
         let s = &e.system;
         let fallback_id = format!("edge-{}", e.offset);
-        let own = e.source != EventSource::DeviceMessages;
+        let own = !as_device || e.source != EventSource::DeviceMessages;
         let system = [
             (
                 "$.mid",
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn a_device_message_goes_out_as_the_device_with_its_properties() {
-        let m = Message::of(&event());
+        let m = Message::of(&event(), true);
         let topic = m.topic("edge1");
         let Some(DeviceTopic::Telemetry { device, bag }) = telemetry(&topic) else {
             panic!("not a telemetry topic: {topic}");
@@ -105,10 +106,13 @@ mod tests {
     fn the_devices_own_message_id_is_kept_and_other_events_are_the_edges() {
         let mut e = event();
         e.system.message_id = Some("m-7".into());
-        let (sys, _) = decode_bag(bag_of(&Message::of(&e).topic("edge1"))).expect("bag");
+        let (sys, _) = decode_bag(bag_of(&Message::of(&e, true).topic("edge1"))).expect("bag");
         assert_eq!(sys.message_id.as_deref(), Some("m-7"));
+        // Not a child the hub knows: the edge's own telemetry, naming the device.
+        let topic = Message::of(&e, false).topic("edge1");
+        assert!(topic.starts_with("devices/edge1/messages/events/"));
         e.source = EventSource::Insights;
-        let topic = Message::of(&e).topic("edge1");
+        let topic = Message::of(&e, true).topic("edge1");
         assert!(topic.starts_with("devices/edge1/messages/events/"));
         let (_, app) = decode_bag(bag_of(&topic)).expect("bag");
         assert!(app.contains(&("weir-device".to_owned(), "child-1".to_owned())));
