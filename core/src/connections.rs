@@ -41,6 +41,15 @@ pub enum ToDevice {
     },
     /// A cloud-to-device message, delivered at least once until acknowledged.
     CloudToDevice(C2dDelivery),
+    /// To an edge: a direct method for its child `child`, which the edge runs and answers
+    /// for it within `timeout_secs`.
+    ChildMethodRequest {
+        child: String,
+        rid: String,
+        method: String,
+        payload: Bytes,
+        timeout_secs: u64,
+    },
     /// To an edge: the desired properties of its child `child` changed (the merge patch,
     /// with its `$version`), for the edge to pass on.
     ChildDesiredPatch {

@@ -30,15 +30,20 @@ pub struct Methods {
 
 impl Methods {
     /// Sends `method` to `device` and waits up to `timeout` for its answer: (status, payload).
+    /// A device that is not connected itself is reached through its edge (`via`) when
+    /// that edge is connected.
     pub async fn invoke(
         &self,
         link: &ConnectionRegistry,
         device: &str,
+        via: Option<&str>,
         method: &str,
         payload: &Value,
         timeout: Duration,
     ) -> Result<(i32, Value), MethodError> {
-        if !link.subscribed(device, Feature::Methods) {
+        let direct = link.subscribed(device, Feature::Methods);
+        let edge = via.filter(|e| !direct && link.subscribed(e, Feature::Edge));
+        if !direct && edge.is_none() {
             return Err(MethodError::NotOnline);
         }
         let rid = self.next.fetch_add(1, Ordering::Relaxed).to_string();
@@ -47,12 +52,29 @@ impl Methods {
         if let Ok(mut p) = self.pending.lock() {
             p.insert(key.clone(), tx);
         }
-        let request = ToDevice::MethodRequest {
-            rid,
-            method: method.to_owned(),
-            payload: Bytes::from(payload.to_string()),
+        let payload = Bytes::from(payload.to_string());
+        let method = method.to_owned();
+        let (to, request) = match edge {
+            Some(e) => (
+                e,
+                ToDevice::ChildMethodRequest {
+                    child: device.to_owned(),
+                    rid,
+                    method,
+                    payload,
+                    timeout_secs: timeout.as_secs(),
+                },
+            ),
+            None => (
+                device,
+                ToDevice::MethodRequest {
+                    rid,
+                    method,
+                    payload,
+                },
+            ),
         };
-        if !link.send(device, request) {
+        if !link.send(to, request) {
             self.forget(&key);
             return Err(MethodError::NotOnline);
         }

@@ -158,9 +158,21 @@ impl Hub {
         payload: &Value,
         timeout: Duration,
     ) -> Result<(i32, Value), HubError> {
+        let parent = self
+            .inner
+            .registry
+            .get(device)
+            .and_then(|r| r.parent.clone());
         self.inner
             .methods
-            .invoke(&self.inner.connections, device, method, payload, timeout)
+            .invoke(
+                &self.inner.connections,
+                device,
+                parent.as_deref(),
+                method,
+                payload,
+                timeout,
+            )
             .await
             .map_err(|e| match e {
                 MethodError::NotOnline => HubError::NotOnline(device.to_owned()),

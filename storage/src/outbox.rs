@@ -21,6 +21,8 @@ const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox_pendin
 /// The same messages by (priority, order): the drop order.
 const BY_PRIORITY: TableDefinition<(u8, u64), u32> = TableDefinition::new("outbox_by_priority");
 
+const CACHE_BYTES: usize = 32 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("upstream store error: {0}")]
@@ -116,7 +118,12 @@ fn decode(seq: u64, v: &[u8]) -> Result<Item, OutboxError> {
 impl Outbox {
     /// Opens (or creates) the queue at `path`, holding at most `budget` bytes.
     pub fn open(path: &Path, budget: u64) -> Result<Outbox, OutboxError> {
-        let db = Database::create(path).map_err(storage)?;
+        // Appends and an in-order read need little cache; redb's default (1 GiB) made the
+        // edge's RSS grow with its backlog.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(storage)?;
         let w = db.begin_write().map_err(storage)?;
         w.open_table(PENDING).map_err(storage)?;
         w.open_table(BY_PRIORITY).map_err(storage)?;

@@ -425,9 +425,19 @@ sync_secs = 1
         patches = []
         k1 = Device(edge, "k1", edge.device_token("k1", keys["k1"]), tls=False, clean_session=True)
         clients.append(k1)
-        k1.client.on_message = lambda c, u, m: patches.append((m.topic, json.loads(m.payload)))
+
+        def on_message(c, u, m):
+            if m.topic.startswith("$iothub/methods/POST/"):
+                rid = m.topic.split("$rid=")[1]
+                answer = {"method": m.topic.split("/")[3], "echo": json.loads(m.payload)}
+                c.publish(f"$iothub/methods/res/200/?$rid={rid}", json.dumps(answer), qos=0)
+            else:
+                patches.append((m.topic, json.loads(m.payload)))
+
+        k1.client.on_message = on_message
         assert k1.connect() == 0
         k1.client.subscribe("$iothub/twin/PATCH/properties/desired/#", qos=0)
+        k1.client.subscribe("$iothub/methods/POST/#", qos=0)
         time.sleep(0.5)
         r = hub.call("PATCH", "/twins/k1", {"properties": {"desired": {"speed": 5}}})
         assert r.status_code == 200, r.text
@@ -436,6 +446,15 @@ sync_secs = 1
         # ...and the edge keeps it for the child's twin reads.
         twin = edge.call("GET", "/twins/k1").json()
         assert twin["properties"]["desired"]["speed"] == 5
+
+        # A direct method invoked on the hub runs on the child through the edge.
+        r = hub.call("POST", "/twins/k1/methods",
+                     {"methodName": "reboot", "payload": {"delay": 3}, "responseTimeoutInSeconds": 10})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": 200, "payload": {"method": "reboot", "echo": {"delay": 3}}}
+        # A child that is connected nowhere: the edge answers for it that it is not online.
+        r = hub.call("POST", "/twins/k2/methods", {"methodName": "reboot", "responseTimeoutInSeconds": 5})
+        assert r.status_code == 200 and r.json()["status"] == 404, r.text
 
         # The hub goes away: children still authenticate at the edge, wrong keys do not.
         hub.stop()

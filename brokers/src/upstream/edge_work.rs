@@ -10,15 +10,67 @@ use super::link::Uplink;
 /// One thing the hub sent.
 pub(crate) enum EdgeWork {
     Children(Vec<serde_json::Value>),
-    Desired { child: String, patch: bytes::Bytes },
+    Desired {
+        child: String,
+        patch: bytes::Bytes,
+    },
+    Method {
+        child: String,
+        method: String,
+        rid: String,
+        timeout_secs: u64,
+        payload: bytes::Bytes,
+    },
+}
+
+/// A publish for the hub on the link: (topic, payload).
+pub(crate) type Reply = (String, bytes::Bytes);
+
+/// Runs a direct method the hub sent for a child on the edge's own hub library (the child
+/// is connected here, or it is not online) and answers for it.
+async fn method(
+    children: Children,
+    replies: tokio::sync::mpsc::UnboundedSender<Reply>,
+    w: (String, String, String, u64, bytes::Bytes),
+) {
+    let (child, method, rid, timeout_secs, payload) = w;
+    let payload = serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+    let timeout = std::time::Duration::from_secs(timeout_secs.clamp(1, 300));
+    let (status, body) = match children
+        .hub
+        .invoke(&child, &method, &payload, timeout)
+        .await
+    {
+        Ok((status, body)) => (status, body),
+        Err(e) => (
+            i32::from(e.status()),
+            serde_json::json!({ "message": e.to_string() }),
+        ),
+    };
+    let topic = requests::child_method_response_topic(&child, status, &rid);
+    let _ = replies.send((topic, bytes::Bytes::from(body.to_string())));
 }
 
 pub(crate) async fn apply(
     children: Children,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<EdgeWork>,
+    replies: tokio::sync::mpsc::UnboundedSender<Reply>,
 ) {
     while let Some(work) = rx.recv().await {
         match work {
+            EdgeWork::Method {
+                child,
+                method: name,
+                rid,
+                timeout_secs,
+                payload,
+            } => {
+                tokio::spawn(method(
+                    children.clone(),
+                    replies.clone(),
+                    (child, name, rid, timeout_secs, payload),
+                ));
+            }
             EdgeWork::Children(list) => match children.sync(&list).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
@@ -60,6 +112,18 @@ impl Uplink {
                 );
                 return;
             }
+            Some(ToEdge::ChildMethod {
+                child,
+                method,
+                rid,
+                timeout_secs,
+            }) => EdgeWork::Method {
+                child: child.to_owned(),
+                method: method.to_owned(),
+                rid: rid.to_owned(),
+                timeout_secs,
+                payload: p.payload.clone(),
+            },
             Some(ToEdge::ChildDesired { child }) => EdgeWork::Desired {
                 child: child.to_owned(),
                 patch: p.payload.clone(),

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use weir_gateways::mqtt::codec::{self, Inbound};
 use weir_gateways::mqtt::requests;
 
+use super::edge_work::Reply;
 use super::link::{KEEP_ALIVE, SILENCE, Stream, Uplink};
 use super::message::Message;
 
@@ -94,6 +95,7 @@ pub(crate) async fn serve(
     uplink: &Uplink,
     stream: Box<dyn Stream>,
     mut buf: BytesMut,
+    replies: &mut tokio::sync::mpsc::UnboundedReceiver<Reply>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut wire = Wire {
@@ -158,6 +160,11 @@ pub(crate) async fn serve(
                 buf.reserve(4096);
             }
             _ = uplink.ready.notified() => wire.drained = false,
+            Some((topic, payload)) = replies.recv() => {
+                // An answer for a child; one whose topic does not fit is dropped (the
+                // hub's caller times out).
+                let _ = codec::publish(&topic, &payload, 0, 0, false, &mut out);
+            }
             _ = tick.tick() => {
                 wire.drained = false;
                 if uplink.edge_tx.is_some() && last_sync.elapsed() >= uplink.config.sync {

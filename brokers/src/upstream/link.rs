@@ -24,7 +24,7 @@ use weir_storage::outbox::{Backlog, Outbox};
 
 use super::children::Children;
 use super::config::{Transport, UpstreamConfig};
-use super::edge_work::{EdgeWork, apply};
+use super::edge_work::{EdgeWork, Reply, apply};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The hub acknowledged nothing (PUBACK or PINGRESP) for this long while it owed
@@ -88,9 +88,10 @@ impl Uplink {
         let directory = children
             .as_ref()
             .map(|c| Arc::clone(c.hub.registry()) as Arc<dyn DeviceDirectory>);
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let edge_tx = children.map(|c| {
             let (etx, erx) = mpsc::unbounded_channel();
-            rt.spawn(apply(c, erx));
+            rt.spawn(apply(c, erx, reply_tx));
             etx
         });
         let uplink = Arc::new(Uplink {
@@ -107,7 +108,7 @@ impl Uplink {
             directory,
             config,
         });
-        rt.spawn(run(Arc::clone(&uplink)));
+        rt.spawn(run(Arc::clone(&uplink), reply_rx));
         uplink
     }
 
@@ -144,7 +145,7 @@ impl Uplink {
     }
 }
 
-async fn run(uplink: Arc<Uplink>) {
+async fn run(uplink: Arc<Uplink>, mut replies: mpsc::UnboundedReceiver<Reply>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         let result = match connect(&uplink.config).await {
@@ -153,7 +154,7 @@ async fn run(uplink: Arc<Uplink>) {
                 uplink.up.store(true, Ordering::Release);
                 tracing::info!(hub = %uplink.config.hub, edge = %uplink.config.device_id, "connected to the hub");
                 backoff = Duration::from_millis(500);
-                super::forward::serve(&uplink, stream, buf).await
+                super::forward::serve(&uplink, stream, buf, &mut replies).await
             }
             Err(e) => Err(e),
         };

@@ -46,6 +46,12 @@ pub enum Incoming<'t> {
     ChildrenGet {
         rid: &'t str,
     },
+    /// An edge answers a direct method for its child.
+    ChildMethodResponse {
+        child: DeviceId,
+        rid: &'t str,
+        status: i32,
+    },
 }
 
 /// A device behind an edge, which the edge's connection publishes for.
@@ -165,6 +171,16 @@ impl Dialect for IotHub {
         if let Some(rid) = requests::children_request(topic) {
             return self.is_edge(id).then_some(Incoming::ChildrenGet { rid });
         }
+        if let Some((child, status, rid)) = requests::child_method_response(topic) {
+            let ours = self
+                .directory
+                .get(child)
+                .is_some_and(|r| r.parent.as_deref() == Some(id.device_id.as_str()));
+            return (ours && self.is_edge(id))
+                .then(|| DeviceId::parse(child).ok())
+                .flatten()
+                .map(|child| Incoming::ChildMethodResponse { child, rid, status });
+        }
         if let Some(req) = requests::parse(topic) {
             return Some(match req {
                 DeviceRequest::TwinGet { rid } => Incoming::TwinGet { rid },
@@ -244,6 +260,18 @@ impl Dialect for IotHub {
                 payload: c.payload.clone(),
                 qos: 1,
                 lock: Some(c.lock),
+            },
+            ToDevice::ChildMethodRequest {
+                child,
+                rid,
+                method,
+                payload,
+                timeout_secs,
+            } => Outbound {
+                topic: requests::child_method_topic(child, method, rid, *timeout_secs),
+                payload: payload.clone(),
+                qos: 0,
+                lock: None,
             },
             ToDevice::ChildDesiredPatch {
                 child,

@@ -226,6 +226,16 @@ async fn act(
                 session.twin_read(&rid, twin);
             }
         }
+        Action::ChildMethodResponse {
+            child,
+            rid,
+            status,
+            payload,
+        } => {
+            if live.is_some() {
+                services.method_response(&child, &rid, status, payload);
+            }
+        }
         Action::ChildrenGet { rid } => {
             if let Some(l) = live {
                 let children = services.children(&l.device).await;

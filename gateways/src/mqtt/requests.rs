@@ -27,11 +27,41 @@ pub fn child_desired_topic(child: &str, version: u64) -> String {
     format!("$weir/edge/{child}/twin/PATCH/properties/desired/?$version={version}")
 }
 
+/// `$weir/edge/{child}/methods/POST/{method}/?$rid={rid}&$timeout={secs}`
+pub fn child_method_topic(child: &str, method: &str, rid: &str, timeout_secs: u64) -> String {
+    format!("$weir/edge/{child}/methods/POST/{method}/?$rid={rid}&$timeout={timeout_secs}")
+}
+
+/// `$weir/edge/{child}/methods/res/{status}/?$rid={rid}`: the edge answers for its child.
+pub fn child_method_response_topic(child: &str, status: i32, rid: &str) -> String {
+    format!("$weir/edge/{child}/methods/res/{status}/?$rid={rid}")
+}
+
+/// An edge's answer for its child: (child, status, rid).
+pub fn child_method_response(topic: &str) -> Option<(&str, i32, &str)> {
+    let rest = topic.strip_prefix("$weir/edge/")?;
+    let (child, rest) = rest.split_once("/methods/res/")?;
+    let (status, query) = rest.split_once("/?")?;
+    let rid = param(query, "$rid").filter(|r| !r.is_empty())?;
+    Some((child, status.parse().ok()?, rid))
+}
+
 /// What the hub sends an edge on `$weir/edge/...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ToEdge<'a> {
-    Children { status: u16, rid: &'a str },
-    ChildDesired { child: &'a str },
+    Children {
+        status: u16,
+        rid: &'a str,
+    },
+    ChildDesired {
+        child: &'a str,
+    },
+    ChildMethod {
+        child: &'a str,
+        method: &'a str,
+        rid: &'a str,
+        timeout_secs: u64,
+    },
 }
 
 /// Recognises the hub's publishes to an edge.
@@ -45,6 +75,15 @@ pub fn to_edge(topic: &str) -> Option<ToEdge<'_>> {
         });
     }
     let (child, r) = rest.split_once('/')?;
+    if let Some(m) = r.strip_prefix("methods/POST/") {
+        let (method, query) = m.split_once("/?")?;
+        return Some(ToEdge::ChildMethod {
+            child,
+            method,
+            rid: param(query, "$rid").filter(|r| !r.is_empty())?,
+            timeout_secs: param(query, "$timeout")?.parse().ok()?,
+        });
+    }
     r.starts_with("twin/PATCH/properties/desired/")
         .then_some(ToEdge::ChildDesired { child })
 }
@@ -137,6 +176,23 @@ mod tests {
             Some(ToEdge::ChildDesired { child: "c1" })
         );
         assert_eq!(to_edge("$weir/edge/c1/methods/POST/x"), None);
+        assert_eq!(
+            to_edge(&child_method_topic("c1", "reboot", "7", 30)),
+            Some(ToEdge::ChildMethod {
+                child: "c1",
+                method: "reboot",
+                rid: "7",
+                timeout_secs: 30
+            })
+        );
+        assert_eq!(
+            child_method_response(&child_method_response_topic("c1", 404, "7")),
+            Some(("c1", 404, "7"))
+        );
+        assert_eq!(
+            child_method_response("$weir/edge/c1/methods/res/x/?$rid=7"),
+            None
+        );
         assert_eq!(to_edge("$iothub/twin/res/200/?$rid=1"), None);
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 use weir_core::{
-    Event, EventSource, Feature, Features, Identity, IngestError, KickReason, Peer, ProvisionReply,
-    Revocation, Role, ServiceError, ToDevice,
+    DeviceId, Event, EventSource, Feature, Features, Identity, IngestError, KickReason, Peer,
+    ProvisionReply, Revocation, Role, ServiceError, ToDevice,
 };
 
 use super::codec::{self, CodecError, Inbound, Publish};
@@ -85,6 +85,13 @@ pub enum Action {
         patch: Bytes,
     },
     MethodResponse {
+        rid: String,
+        status: i32,
+        payload: Bytes,
+    },
+    /// An edge answered a direct method for its child.
+    ChildMethodResponse {
+        child: DeviceId,
         rid: String,
         status: i32,
         payload: Bytes,
@@ -536,6 +543,16 @@ impl Session {
                 let rid = rid.to_owned();
                 request(o, &mut self.out);
                 self.actions.push_back(Action::MethodResponse {
+                    rid,
+                    status,
+                    payload: p.payload,
+                });
+            }
+            Some(Incoming::ChildMethodResponse { child, rid, status }) => {
+                let rid = rid.to_owned();
+                request(o, &mut self.out);
+                self.actions.push_back(Action::ChildMethodResponse {
+                    child,
                     rid,
                     status,
                     payload: p.payload,
