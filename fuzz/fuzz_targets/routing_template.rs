@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         event: Arc::new(e),
         enrichments: Vec::new(),
         columns: Vec::new(),
+        priority: 5,
         rules_version: Arc::from("v"),
         route: Arc::from(s),
     };

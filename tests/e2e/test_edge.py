@@ -716,3 +716,44 @@ ca = "{hub.ca}"
         if edge:
             edge.stop()
         hub.stop()
+
+
+def test_the_edge_can_prove_its_identity_with_a_certificate(tmp_path):
+    import certs
+
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    try:
+        cert = certs.device("edge-x509")
+        cert_path, key_path = cert.write(tmp_path, "edge-x509")
+        e = put_device(hub, "edge-x509", {
+            "capabilities": {"iotEdge": True},
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": cert.thumbprint()}},
+        })
+        key = put_device(hub, "cx", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
+        for transport, port in (("mqtts", hub.mqtts_port), ("quic", hub.quic_port)):
+            config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "edge-x509"
+cert = "{cert_path}"
+cert_key = "{key_path}"
+transport = "{transport}"
+address = "127.0.0.1:{port}"
+ca = "{hub.ca}"
+"""
+            edge = make_hub(tmp_path, f"edge-{transport}", EDGE_RULES, hostname="edge.test", config=config).start()
+            wait_for(lambda: edge.call("GET", "/devices/cx").status_code == 200, "cx did not reach the edge")
+            r = Raw(edge.mqtt_port, timeout=10)
+            assert r.connect("cx", edge.username("cx"), edge.device_token("cx", key)) == 0
+            assert r.publish(f"devices/cx/messages/events/%24.mid={transport}", b'{"x": 1}', pkid=1) == 1
+            wait_for(lambda: len(hub.query("archive", f"SELECT 1 FROM t WHERE message_id = '{transport}'")) == 1,
+                     f"nothing arrived over {transport}", timeout=30)
+            edge.stop()
+            edge = None
+        rows = hub.query("archive", "SELECT device_id, system['weir-edge'] FROM t ORDER BY ingest_offset")
+        assert rows == [("cx", "edge-x509"), ("cx", "edge-x509")], rows
+    finally:
+        if edge:
+            edge.stop()
+        hub.stop()

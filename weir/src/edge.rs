@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::bail;
 use serde::Deserialize;
-use weir_brokers::upstream::{Transport, UpstreamConfig};
+use weir_brokers::upstream::{Credential, Transport, UpstreamConfig};
 use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
 
 /// `weir edge status`.
@@ -111,6 +111,8 @@ pub struct UpstreamSection {
     device_id: String,
     key: String,
     key_file: String,
+    cert: String,
+    cert_key: String,
     transport: String,
     address: String,
     ca: String,
@@ -133,17 +135,32 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
             u.device_id
         );
     }
-    let key = match (u.key.trim(), u.key_file.trim()) {
-        (k, "") if !k.is_empty() => k.to_owned(),
-        ("", f) if !f.is_empty() => std::fs::read_to_string(f)
-            .map_err(|e| anyhow::anyhow!("`upstream.key_file` = {f:?} cannot be read: {e}"))?
-            .trim()
-            .to_owned(),
+    let credential = match (
+        u.key.trim(),
+        u.key_file.trim(),
+        u.cert.trim(),
+        u.cert_key.trim(),
+    ) {
+        (k, "", "", "") if !k.is_empty() => Credential::Sas(k.to_owned()),
+        ("", f, "", "") if !f.is_empty() => Credential::Sas(
+            std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("`upstream.key_file` = {f:?} cannot be read: {e}"))?
+                .trim()
+                .to_owned(),
+        ),
+        ("", "", c, k) if !c.is_empty() && !k.is_empty() => {
+            let (cert, key) = (PathBuf::from(c), PathBuf::from(k));
+            weir_brokers::tls::client_auth(&cert, &key)
+                .map_err(|e| anyhow::anyhow!("`upstream.cert`/`upstream.cert_key`: {e}"))?;
+            Credential::X509 { cert, key }
+        }
         _ => bail!(
-            "`upstream` needs exactly one of `key` (the edge device's primary key) and `key_file` (a file holding it)"
+            "`upstream` needs one credential: `key` (the edge device's primary key) or `key_file` (a file holding it), or `cert` and `cert_key` (its X.509 certificate and private key)"
         ),
     };
-    if weir_gateways::sas::sign(&key, "x", "0").is_err() {
+    if let Credential::Sas(key) = &credential
+        && weir_gateways::sas::sign(key, "x", "0").is_err()
+    {
         bail!("`upstream.key` must be base64, as `weir device show` prints the edge's key");
     }
     let Some(transport) = Transport::parse(u.transport.trim()) else {
@@ -184,7 +201,7 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
     Ok(Some(UpstreamConfig {
         hub: hub.to_owned(),
         device_id: u.device_id,
-        key,
+        credential,
         transport,
         address,
         ca,

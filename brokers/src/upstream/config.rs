@@ -29,6 +29,16 @@ impl Transport {
     }
 }
 
+/// How the edge proves its identity to the hub.
+#[derive(Clone)]
+pub enum Credential {
+    /// SAS tokens signed with this symmetric key (base64).
+    Sas(String),
+    /// A TLS client certificate (PEM chain, device certificate first) and its key, read
+    /// at every connect so a renewed certificate is picked up.
+    X509 { cert: PathBuf, key: PathBuf },
+}
+
 /// Who the edge is on its hub and how it gets there.
 #[derive(Clone)]
 pub struct UpstreamConfig {
@@ -36,8 +46,7 @@ pub struct UpstreamConfig {
     pub hub: String,
     /// The edge's own device id on the hub (registered with `capabilities.iotEdge`).
     pub device_id: String,
-    /// The edge's symmetric key (base64).
-    pub key: String,
+    pub credential: Credential,
     pub transport: Transport,
     /// `host:port` to dial when the host name does not lead to the hub.
     pub address: Option<String>,
@@ -54,7 +63,13 @@ impl fmt::Debug for UpstreamConfig {
         f.debug_struct("UpstreamConfig")
             .field("hub", &self.hub)
             .field("device_id", &self.device_id)
-            .field("key", &"<redacted>")
+            .field(
+                "credential",
+                &match &self.credential {
+                    Credential::Sas(_) => "sas <redacted>".to_owned(),
+                    Credential::X509 { cert, .. } => format!("x509 {}", cert.display()),
+                },
+            )
             .field("transport", &self.transport)
             .field("address", &self.address)
             .field("ca", &self.ca)

@@ -23,7 +23,7 @@ use weir_gateways::sas;
 use weir_storage::outbox::{Backlog, Outbox};
 
 use super::children::Children;
-use super::config::{Transport, UpstreamConfig};
+use super::config::{Credential, Transport, UpstreamConfig};
 use super::edge_work::{EdgeWork, Reply, apply};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -172,10 +172,16 @@ async fn run(uplink: Arc<Uplink>, mut replies: mpsc::UnboundedReceiver<Reply>) {
 
 pub(crate) async fn connect(cfg: &UpstreamConfig) -> Result<(Box<dyn Stream>, BytesMut), String> {
     let mut stream = dial(cfg).await?;
-    let expiry = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
-    let resource = format!("{}/devices/{}", cfg.hub, cfg.device_id);
-    let token = sas::build(&resource, &cfg.key, expiry, None)
-        .map_err(|e| format!("the upstream key cannot sign a token: {e}"))?;
+    // With a certificate the password stays empty: the TLS handshake proved the identity.
+    let token = match &cfg.credential {
+        Credential::Sas(key) => {
+            let expiry = chrono::Utc::now().timestamp() + TOKEN_TTL_SECS;
+            let resource = format!("{}/devices/{}", cfg.hub, cfg.device_id);
+            sas::build(&resource, key, expiry, None)
+                .map_err(|e| format!("the upstream key cannot sign a token: {e}"))?
+        }
+        Credential::X509 { .. } => String::new(),
+    };
     let username = format!("{}/{}/?api-version=2021-04-12", cfg.hub, cfg.device_id);
     let mut out = BytesMut::new();
     codec::connect(
@@ -192,7 +198,7 @@ pub(crate) async fn connect(cfg: &UpstreamConfig) -> Result<(Box<dyn Stream>, By
             Some(Inbound::ConnAck { code: 0, .. }) => return Ok((stream, buf)),
             Some(Inbound::ConnAck { code, .. }) => {
                 return Err(format!(
-                    "the hub refused the edge's connection (CONNACK {code}): check [upstream] device_id and key, and that the device is registered with --edge"
+                    "the hub refused the edge's connection (CONNACK {code}): check [upstream] device_id and its key or certificate, and that the device is registered with --edge"
                 ));
             }
             Some(other) => return Err(format!("expected CONNACK, got {}", other.name())),
@@ -223,8 +229,13 @@ fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, String> {
 /// The transport to the hub: TLS over TCP, or QUIC.
 async fn dial(cfg: &UpstreamConfig) -> Result<Box<dyn Stream>, String> {
     let address = cfg.address();
+    let auth = match &cfg.credential {
+        Credential::X509 { cert, key } => Some(crate::tls::client_auth(cert, key)?),
+        Credential::Sas(_) => None,
+    };
     if cfg.transport == Transport::Quic {
-        let quic = tokio::time::timeout(CONNECT_TIMEOUT, super::quic::dial(cfg, roots(cfg)?))
+        let tls = crate::tls::client_config(roots(cfg)?, auth, true)?;
+        let quic = tokio::time::timeout(CONNECT_TIMEOUT, super::quic::dial(cfg, tls))
             .await
             .map_err(|_| {
                 format!("QUIC with {address} did not finish within {CONNECT_TIMEOUT:?}")
@@ -238,7 +249,11 @@ async fn dial(cfg: &UpstreamConfig) -> Result<Box<dyn Stream>, String> {
     let _ = tcp.set_nodelay(true);
     let name = rustls::pki_types::ServerName::try_from(cfg.hub.clone())
         .map_err(|e| format!("{}: {e}", cfg.hub))?;
-    let connector = crate::tls::with_roots(roots(cfg)?)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(crate::tls::client_config(
+        roots(cfg)?,
+        auth,
+        false,
+    )?));
     let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
         .await
         .map_err(|_| format!("TLS with {address} did not finish within {CONNECT_TIMEOUT:?}"))?

@@ -16,7 +16,7 @@ mod queue;
 mod quic;
 
 pub use children::Children;
-pub use config::{Transport, UpstreamConfig};
+pub use config::{Credential, Transport, UpstreamConfig};
 pub use link::{LinkState, Uplink};
 
 use std::sync::Arc;

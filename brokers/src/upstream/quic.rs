@@ -52,7 +52,7 @@ impl AsyncWrite for QuicStream {
 /// Dials the hub's QUIC listener and opens the MQTT stream.
 pub(crate) async fn dial(
     cfg: &UpstreamConfig,
-    roots: rustls::RootCertStore,
+    mut tls: rustls::ClientConfig,
 ) -> Result<QuicStream, String> {
     let address = cfg.address();
     let addr = tokio::net::lookup_host(&address)
@@ -60,13 +60,6 @@ pub(crate) async fn dial(
         .map_err(|e| format!("cannot resolve {address}: {e}"))?
         .next()
         .ok_or_else(|| format!("{address} resolves to nothing"))?;
-    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(&[&rustls::version::TLS13])
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
     tls.alpn_protocols = vec![b"mqtt".to_vec()];
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
