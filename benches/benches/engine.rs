@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion) {
                 let mut copy = batches.clone();
                 // Fresh message ids each round, or duplicate detection would drop them.
                 for e in copy.iter_mut().flatten() {
-                    e.system.message_id = Some(format!("m-{round}-{}", e.offset));
+                    e.system.message_id = Some(format!("m-{round}-{}", e.offset).into());
                 }
                 // Every event matches r10 ("true") and so is delivered at least once.
                 let before = delivered.load(Ordering::Relaxed);

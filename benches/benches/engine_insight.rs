@@ -81,7 +81,7 @@ fn events(round: u64, per_ms: u64) -> Vec<Vec<Event>> {
         .map(|seq| {
             let mut e = weir_benches::event(seq as usize % DEVICES, seq);
             e.enqueued_ms = base + (seq / per_ms) as i64;
-            e.system.message_id = Some(format!("m-{round}-{seq}"));
+            e.system.message_id = Some(format!("m-{round}-{seq}").into());
             e
         })
         .collect::<Vec<_>>()

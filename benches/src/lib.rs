@@ -21,7 +21,7 @@ pub fn event(device: usize, seq: u64) -> Event {
         DeviceId::parse(&format!("dev-{device:04}")).unwrap_or_else(|_| unreachable!("valid id"));
     let mut e = Event::telemetry(id, 1_767_225_600_000 + seq as i64, body(seq));
     e.offset = seq;
-    e.system.message_id = Some(format!("m-{seq}"));
+    e.system.message_id = Some(format!("m-{seq}").into());
     e.system.content_type = Some("application/json".into());
     e.properties = vec![(
         "level".into(),

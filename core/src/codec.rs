@@ -67,7 +67,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-fn system_fields(s: &SystemProperties) -> [&Option<String>; SYSTEM_FIELDS] {
+fn system_fields(s: &SystemProperties) -> [&Option<Box<str>>; SYSTEM_FIELDS] {
     [
         &s.message_id,
         &s.correlation_id,
@@ -289,7 +289,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
     }
     let mut system = SystemProperties::default();
     {
-        let slots: [&mut Option<String>; SYSTEM_FIELDS] = [
+        let slots: [&mut Option<Box<str>>; SYSTEM_FIELDS] = [
             &mut system.message_id,
             &mut system.correlation_id,
             &mut system.content_type,
@@ -303,7 +303,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         ];
         for (i, slot) in slots.into_iter().enumerate() {
             if mask & (1 << i) != 0 {
-                *slot = Some(r.str("system property")?.to_owned());
+                *slot = Some(r.str("system property")?.into());
             }
         }
     }

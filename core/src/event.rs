@@ -93,29 +93,30 @@ impl AuthMethod {
 }
 
 /// IoT Hub system properties a device may set in the property bag (`$.mid`, `$.cid`, ...).
+/// Boxed strings, not `String`s: every event in flight carries ten of these, mostly unset.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SystemProperties {
     /// `$.mid`
-    pub message_id: Option<String>,
+    pub message_id: Option<Box<str>>,
     /// `$.cid`
-    pub correlation_id: Option<String>,
+    pub correlation_id: Option<Box<str>>,
     /// `$.ct`
-    pub content_type: Option<String>,
+    pub content_type: Option<Box<str>>,
     /// `$.ce`
-    pub content_encoding: Option<String>,
+    pub content_encoding: Option<Box<str>>,
     /// `$.uid`
-    pub user_id: Option<String>,
+    pub user_id: Option<Box<str>>,
     /// `$.on` (module output name)
-    pub output_name: Option<String>,
+    pub output_name: Option<Box<str>>,
     /// `iothub-creation-time-utc`, as the device wrote it
-    pub creation_time_utc: Option<String>,
+    pub creation_time_utc: Option<Box<str>>,
     /// `$.schema` (IoT Plug and Play `dt-dataschema`)
-    pub dt_dataschema: Option<String>,
+    pub dt_dataschema: Option<Box<str>>,
     /// `$.sub` (IoT Plug and Play `dt-subject`)
-    pub dt_subject: Option<String>,
+    pub dt_subject: Option<Box<str>>,
     /// The edge device that forwarded the message on behalf of the device (set by the hub
     /// from the edge's authenticated connection, never from the property bag).
-    pub edge_id: Option<String>,
+    pub edge_id: Option<Box<str>>,
 }
 
 impl SystemProperties {

@@ -111,7 +111,7 @@ proptest! {
                     1_000_000,
                     Bytes::from(format!("{{\"t\": {}, \"v\": {}}}", e.time, e.value)),
                 );
-                ev.system.message_id = Some(format!("m{i}"));
+                ev.system.message_id = Some(format!("m{i}").into());
                 ev
             })
             .collect();

@@ -75,7 +75,7 @@ impl Events {
             packet_id: None,
             redelivered: false,
             system: SystemProperties {
-                message_id: Some(message_id),
+                message_id: Some(message_id.into()),
                 content_type: Some("application/json".into()),
                 content_encoding: Some("utf-8".into()),
                 ..SystemProperties::default()

@@ -154,7 +154,7 @@ impl<'a> MessageView for EventView<'a> {
     fn system(&self, p: SysProp) -> Option<Cow<'_, str>> {
         let e = self.event;
         let s = &e.system;
-        let b = |o: &'a Option<String>| o.as_deref().map(Cow::Borrowed);
+        let b = |o: &'a Option<Box<str>>| o.as_deref().map(Cow::Borrowed);
         match p {
             SysProp::ContentType => b(&s.content_type),
             SysProp::ContentEncoding => b(&s.content_encoding),

@@ -55,7 +55,7 @@ fn delivery(offset: u64, ms: i64, temp: ColumnValue) -> Delivery {
         Bytes::from_static(b"{\"temp\":1}"),
     );
     e.offset = offset;
-    e.system.message_id = Some(format!("m{offset}"));
+    e.system.message_id = Some(format!("m{offset}").into());
     e.properties = vec![("k".into(), "v".into())];
     Delivery {
         event: Arc::new(e),
@@ -228,7 +228,7 @@ fn bodies_are_kept_exactly_with_their_provenance() {
         let mut d = delivery(offset, HOUR0, ColumnValue::Null);
         let mut e = (*d.event).clone();
         e.body = Bytes::from(body);
-        e.system.content_encoding = ce.map(str::to_owned);
+        e.system.content_encoding = ce.map(Box::from);
         e.system.dt_dataschema = Some("dtmi:x;1".into());
         d.event = Arc::new(e);
         rows.push(d);

@@ -368,8 +368,8 @@ proptest! {
             let mut ev = Event::telemetry(DeviceId::parse(&m.device).expect("id"), 1_700_000_000_000 + i as i64, Bytes::from(m.body.clone()));
             ev.offset = i as u64;
             ev.properties = m.props.clone();
-            ev.system.content_type = m.content_type.clone();
-            ev.system.message_id = m.message_id.clone();
+            ev.system.content_type = m.content_type.as_deref().map(Box::from);
+            ev.system.message_id = m.message_id.as_deref().map(Box::from);
             ev
         }).collect();
         let out = weir_engine::harness::run(events, set, Arc::new(directory), 2).expect("engine runs");

@@ -90,11 +90,11 @@ fn to_event(line: usize, r: Recorded) -> anyhow::Result<(Event, Option<Value>)> 
     e.source = source;
     e.properties = properties;
     e.system = SystemProperties {
-        message_id: r.system.message_id,
-        correlation_id: r.system.correlation_id,
-        content_type: r.system.content_type,
-        content_encoding: r.system.content_encoding,
-        user_id: r.system.user_id,
+        message_id: r.system.message_id.map(String::into_boxed_str),
+        correlation_id: r.system.correlation_id.map(String::into_boxed_str),
+        content_type: r.system.content_type.map(String::into_boxed_str),
+        content_encoding: r.system.content_encoding.map(String::into_boxed_str),
+        user_id: r.system.user_id.map(String::into_boxed_str),
         ..SystemProperties::default()
     };
     Ok((e, r.tags))

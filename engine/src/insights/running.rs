@@ -205,7 +205,7 @@ fn internal(source: EventSource, body: Bytes) -> Option<Event> {
 pub(crate) fn result_event(name: &str, p: Produced) -> Option<Event> {
     let mut e = internal(EventSource::Insights, Bytes::from(p.body))?;
     e.system = SystemProperties {
-        message_id: Some(p.id),
+        message_id: Some(p.id.into()),
         content_type: Some("application/json".into()),
         content_encoding: Some("utf-8".into()),
         ..SystemProperties::default()

@@ -160,7 +160,7 @@ pub fn to_event(
             )
         }
     };
-    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|x| x.as_str().to_owned());
+    let s = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|x| Box::from(x.as_str()));
     let mut event = Event::telemetry(device_id, 0, Bytes::copy_from_slice(body));
     event.generation_id = Some(generation);
     event.auth_method = auth;

@@ -497,7 +497,7 @@ impl Session {
                 };
                 let (device_id, generation_id) = match child {
                     Some(c) => {
-                        system.edge_id = Some(o.identity.device_id.as_str().to_owned());
+                        system.edge_id = Some(o.identity.device_id.as_str().into());
                         (c.device_id, c.generation_id)
                     }
                     None => (

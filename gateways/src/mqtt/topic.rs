@@ -96,7 +96,7 @@ pub fn decode_bag(bag: &str) -> Result<(SystemProperties, Vec<(String, String)>)
         };
         match slot {
             Some(s) if s.is_some() => return Err(BagError::Duplicate(key)),
-            Some(s) => *s = Some(value),
+            Some(s) => *s = Some(value.into_boxed_str()),
             None if repeated(&app, &mut seen, &key) => return Err(BagError::Duplicate(key)),
             None => app.push((key, value)),
         }
