@@ -91,7 +91,6 @@ impl Template {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
     use weir_core::{Delivery, DeviceId, Event};
@@ -102,14 +101,7 @@ mod tests {
     fn fills_placeholders_and_refuses_unknown_ones() {
         let mut e = Event::telemetry(DeviceId::parse("dev1").expect("id"), 0, Bytes::new());
         e.properties.push(("Kind".into(), "alarm".into()));
-        let d = Delivery {
-            event: Arc::new(e),
-            enrichments: Vec::new(),
-            columns: Vec::new(),
-            priority: 5,
-            rules_version: Arc::from("v"),
-            route: Arc::from("hot"),
-        };
+        let d = Delivery::plain(e, "hot");
         let t = Template::parse("{route}.{deviceId}.{app.kind}.{app.none}!{endpoint}").expect("ok");
         let mut out = String::new();
         t.render(&d, "alerts", &mut out);

@@ -315,6 +315,21 @@ pub struct Delivery {
     pub route: Arc<str>,
 }
 
+impl Delivery {
+    /// `event` sent by `route`, without enrichments or columns, at the default priority
+    /// (tools and tests).
+    pub fn plain(event: Event, route: &str) -> Delivery {
+        Delivery {
+            priority: crate::DEFAULT_PRIORITY,
+            event: Arc::new(event),
+            enrichments: Vec::new(),
+            columns: Vec::new(),
+            rules_version: Arc::from("v"),
+            route: Arc::from(route),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::SecretUrl;

@@ -12,6 +12,7 @@ pub mod context;
 pub mod metrics;
 pub mod mqtt;
 pub mod quic;
+pub mod quic_client;
 pub mod ratelog;
 pub mod sas;
 pub mod tls;

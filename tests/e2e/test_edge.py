@@ -155,11 +155,38 @@ class Child:
         self.raw.close()
 
 
+def wait_for(check, what, timeout=15):
+    deadline = time.time() + timeout
+    while not check():
+        assert time.time() < deadline, what
+        time.sleep(0.1)
+
+
 def make_hub(tmp_path, name, rules_text, **kw):
     """A hub in its own directory under `tmp_path`."""
     work = tmp_path / name
     work.mkdir()
     return Hub(work, rules_dir(work, rules_text), **kw)
+
+
+def start_edge(tmp_path, hub, edge_doc, rules, port=None, settings="", tail="", name="edge", children=()):
+    """An edge of `hub` as the IoT Edge device `edge_doc` (its SAS key unless `settings`
+    names another credential), dialling `port` (default: the hub's MQTT/TLS), once it has
+    its `children`."""
+    credential = "" if "cert =" in settings else f'key = "{edge_doc["authentication"]["symmetricKey"]["primaryKey"]}"'
+    config = f"""
+[upstream]
+hub = "hub.test"
+device_id = "{edge_doc["deviceId"]}"
+{credential}
+address = "127.0.0.1:{port or hub.mqtts_port}"
+ca = "{hub.ca}"
+{settings}
+{tail}"""
+    edge = make_hub(tmp_path, name, rules, hostname="edge.test", config=config).start()
+    wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in children),
+             "the edge did not get its children\n" + edge.log_text()[-3000:])
+    return edge
 
 
 def put_device(hub, device_id, body):
@@ -176,7 +203,6 @@ def test_children_reach_the_hub_exactly_once_in_order_across_outages(tmp_path):
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         assert e["capabilities"]["iotEdge"] is True
         assert e["deviceScope"] == "ms-azure-iot-edge://edge1"
-        edge_key = e["authentication"]["symmetricKey"]["primaryKey"]
         children = {}
         for name in ("c1", "c2", "c3"):
             c = put_device(hub, name, {"parentScopes": [e["deviceScope"]]})
@@ -186,19 +212,9 @@ def test_children_reach_the_hub_exactly_once_in_order_across_outages(tmp_path):
         r = hub.call("PUT", "/devices/orphan", {"parentScopes": ["ms-azure-iot-edge://c1"]})
         assert r.status_code == 400 and "IoT Edge" in r.text, r.text
 
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{edge_key}"
-address = "127.0.0.1:{proxy.port}"
-ca = "{hub.ca}"
-"""
-        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
-        assert edge.wait_log("connected to the hub", timeout=20)
         # The edge gets its children's identities from the hub.
-        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in children),
-                 "the edge did not get its children")
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, port=proxy.port, children=children)
+        assert edge.wait_log("connected to the hub", timeout=20)
 
         devices = [Child(edge, name, key) for name, key in children.items()]
         for d in devices:
@@ -384,13 +400,6 @@ address = "127.0.0.1:9"
         edge.stop()
 
 
-def wait_for(check, what, timeout=15):
-    deadline = time.time() + timeout
-    while not check():
-        assert time.time() < deadline, what
-        time.sleep(0.1)
-
-
 def test_children_are_kept_at_the_edge_authenticate_offline_and_get_desired_patches(tmp_path):
     from mqttclients import Device
 
@@ -404,18 +413,7 @@ def test_children_are_kept_at_the_edge_authenticate_offline_and_get_desired_patc
             doc = put_device(hub, name, {"parentScopes": [e["deviceScope"]]})
             keys[name] = doc["authentication"]["symmetricKey"]["primaryKey"]
         put_device(hub, "stranger", {})
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
-address = "127.0.0.1:{hub.mqtts_port}"
-ca = "{hub.ca}"
-sync_secs = 1
-"""
-        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
-        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in keys),
-                 "the edge did not get its children\n" + edge.log_text()[-3000:])
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, settings="sync_secs = 1", children=keys)
         assert edge.call("GET", "/devices/stranger").status_code == 404
         local = edge.call("GET", "/devices/k1").json()
         assert local["authentication"]["symmetricKey"]["primaryKey"] == keys["k1"]
@@ -492,22 +490,8 @@ def test_a_plain_mqtt_client_reaches_the_hub_as_its_device_through_translation(t
     try:
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         put_device(hub, "dev7", {"parentScopes": [e["deviceScope"]]})
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
-address = "127.0.0.1:{hub.mqtts_port}"
-ca = "{hub.ca}"
-
-[[translate]]
-name = "plant"
-topic = "plant/{{deviceId}}/telemetry"
-auth = "password"
-password = "plant-secret"
-"""
-        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
-        wait_for(lambda: edge.call("GET", "/devices/dev7").status_code == 200, "dev7 did not reach the edge")
+        translate = '[[translate]]\nname = "plant"\ntopic = "plant/{deviceId}/telemetry"\nauth = "password"\npassword = "plant-secret"\n'
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, tail=translate, children=["dev7"])
 
         def pub(password, topic="plant/dev7/telemetry", body='{"t": 21}'):
             return subprocess.run(
@@ -568,18 +552,7 @@ def test_a_full_budget_drops_only_the_oldest_low_priority_messages_and_says_so(t
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         keys = {n: put_device(hub, n, {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
                 for n in ("d1", "d2")}
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
-address = "127.0.0.1:{proxy.port}"
-ca = "{hub.ca}"
-budget_mb = 0.2
-"""
-        edge = make_hub(tmp_path, "edge", BUDGET_RULES, hostname="edge.test", config=config).start()
-        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in keys),
-                 "the edge did not get its children")
+        edge = start_edge(tmp_path, hub, e, BUDGET_RULES, port=proxy.port, settings="budget_mb = 0.2", children=keys)
         proxy.set("closed")
         clients = {}
         for n, k in keys.items():
@@ -637,17 +610,7 @@ def test_the_upstream_link_runs_over_quic(tmp_path):
     try:
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         key = put_device(hub, "q1", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
-transport = "quic"
-address = "127.0.0.1:{hub.quic_port}"
-ca = "{hub.ca}"
-"""
-        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
-        wait_for(lambda: edge.call("GET", "/devices/q1").status_code == 200, "q1 did not reach the edge")
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, port=hub.quic_port, settings='transport = "quic"', children=["q1"])
         r = Raw(edge.mqtt_port, timeout=10)
         assert r.connect("q1", edge.username("q1"), edge.device_token("q1", key)) == 0
         for i in range(50):
@@ -680,17 +643,7 @@ def test_an_edge_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path):
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         keys = {n: put_device(hub, n, {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
                 for n in ("x1", "x2")}
-        config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge1"
-key = "{e["authentication"]["symmetricKey"]["primaryKey"]}"
-address = "127.0.0.1:{hub.mqtts_port}"
-ca = "{hub.ca}"
-"""
-        edge = make_hub(tmp_path, "edge", EDGE_RULES, hostname="edge.test", config=config).start()
-        wait_for(lambda: all(edge.call("GET", f"/devices/{n}").status_code == 200 for n in keys),
-                 "the edge did not get its children")
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, children=keys)
         devices = [Child(edge, n, k) for n, k in keys.items()]
         for d in devices:
             d.thread.start()
@@ -732,18 +685,9 @@ def test_the_edge_can_prove_its_identity_with_a_certificate(tmp_path):
         })
         key = put_device(hub, "cx", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
         for transport, port in (("mqtts", hub.mqtts_port), ("quic", hub.quic_port)):
-            config = f"""
-[upstream]
-hub = "hub.test"
-device_id = "edge-x509"
-cert = "{cert_path}"
-cert_key = "{key_path}"
-transport = "{transport}"
-address = "127.0.0.1:{port}"
-ca = "{hub.ca}"
-"""
-            edge = make_hub(tmp_path, f"edge-{transport}", EDGE_RULES, hostname="edge.test", config=config).start()
-            wait_for(lambda: edge.call("GET", "/devices/cx").status_code == 200, "cx did not reach the edge")
+            settings = f'cert = "{cert_path}"\ncert_key = "{key_path}"\ntransport = "{transport}"'
+            edge = start_edge(tmp_path, hub, e, EDGE_RULES, port=port, settings=settings,
+                              name=f"edge-{transport}", children=["cx"])
             r = Raw(edge.mqtt_port, timeout=10)
             assert r.connect("cx", edge.username("cx"), edge.device_token("cx", key)) == 0
             assert r.publish(f"devices/cx/messages/events/%24.mid={transport}", b'{"x": 1}', pkid=1) == 1

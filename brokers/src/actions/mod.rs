@@ -36,73 +36,43 @@ pub struct Method;
 /// `type = "c2d"` endpoints.
 pub struct C2d;
 
-impl Kind for Method {
-    const NAME: &'static str = METHOD;
-    type Message = Action;
-    type Context = Hub;
+/// The two kinds differ only in their variant and the task that acts.
+macro_rules! action_kind {
+    ($kind:ident, $name:expr, $variant:path, $run:path) => {
+        impl Kind for $kind {
+            const NAME: &'static str = $name;
+            type Message = Action;
+            type Context = Hub;
 
-    fn template(kind: &EndpointKind) -> Option<&str> {
-        match kind {
-            EndpointKind::Method(o) => Some(&o.target),
-            _ => None,
+            fn template(kind: &EndpointKind) -> Option<&str> {
+                match kind {
+                    $variant(o) => Some(&o.target),
+                    _ => None,
+                }
+            }
+
+            fn open(
+                hub: &Hub,
+                rt: &tokio::runtime::Handle,
+                kind: &EndpointKind,
+                endpoint: &str,
+                _worker: usize,
+            ) -> Option<Link<Action>> {
+                let $variant(o) = kind else {
+                    return None;
+                };
+                Some($run(rt, hub.clone(), o.clone(), endpoint.to_owned()))
+            }
+
+            fn message(d: &Delivery, target: &str) -> Action {
+                Action {
+                    target: target.to_owned(),
+                    delivery: d.clone(),
+                }
+            }
         }
-    }
-
-    fn open(
-        hub: &Hub,
-        rt: &tokio::runtime::Handle,
-        kind: &EndpointKind,
-        endpoint: &str,
-        _worker: usize,
-    ) -> Option<Link<Action>> {
-        let EndpointKind::Method(o) = kind else {
-            return None;
-        };
-        Some(run::methods(
-            rt,
-            hub.clone(),
-            o.clone(),
-            endpoint.to_owned(),
-        ))
-    }
-
-    fn message(d: &Delivery, target: &str) -> Action {
-        Action {
-            target: target.to_owned(),
-            delivery: d.clone(),
-        }
-    }
+    };
 }
 
-impl Kind for C2d {
-    const NAME: &'static str = C2D;
-    type Message = Action;
-    type Context = Hub;
-
-    fn template(kind: &EndpointKind) -> Option<&str> {
-        match kind {
-            EndpointKind::C2d(o) => Some(&o.target),
-            _ => None,
-        }
-    }
-
-    fn open(
-        hub: &Hub,
-        rt: &tokio::runtime::Handle,
-        kind: &EndpointKind,
-        endpoint: &str,
-        _worker: usize,
-    ) -> Option<Link<Action>> {
-        let EndpointKind::C2d(o) = kind else {
-            return None;
-        };
-        Some(run::c2d(rt, hub.clone(), o.clone(), endpoint.to_owned()))
-    }
-
-    fn message(d: &Delivery, target: &str) -> Action {
-        Action {
-            target: target.to_owned(),
-            delivery: d.clone(),
-        }
-    }
-}
+action_kind!(Method, METHOD, EndpointKind::Method, run::methods);
+action_kind!(C2d, C2D, EndpointKind::C2d, run::c2d);

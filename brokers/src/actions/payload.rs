@@ -95,7 +95,6 @@ fn render(n: &Node, d: &Delivery, endpoint: &str, body: &mut Option<Value>) -> V
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
     use serde_json::json;
@@ -109,14 +108,7 @@ mod tests {
             0,
             Bytes::from_static(body),
         );
-        Delivery {
-            event: Arc::new(e),
-            enrichments: Vec::new(),
-            columns: Vec::new(),
-            priority: 5,
-            rules_version: Arc::from("v"),
-            route: Arc::from("hot"),
-        }
+        Delivery::plain(e, "hot")
     }
 
     #[test]

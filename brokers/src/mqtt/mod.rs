@@ -1,6 +1,7 @@
 //! The `mqtt` endpoint kind: publishes to an external MQTT broker at QoS 1 and commits
 //! after the PUBACK, at least once (see `crate::sink`).
 
+pub(crate) mod client;
 pub mod options;
 mod publisher;
 

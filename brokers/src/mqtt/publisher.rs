@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use weir_core::MqttOptions;
 use weir_gateways::mqtt::codec::{self, Inbound};
 
+use super::client::{Refused, Stream, handshake};
 use super::options::parse_url;
 use crate::link::{Link, Outgoing, Progress};
 
@@ -25,9 +26,6 @@ pub struct Message {
     pub topic: String,
     pub body: Bytes,
 }
-
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 /// Starts publishing for `endpoint` (worker `worker`) with `options` on `rt`.
 pub fn open(
@@ -75,29 +73,21 @@ async fn connect(
         }
         _ => Box::new(tcp),
     };
-    let mut out = BytesMut::new();
     let login = url.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
-    codec::connect(client_id, KEEP_ALIVE, true, login, &mut out);
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        match codec::decode(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
-            Some(Inbound::ConnAck { code: 0, .. }) => return Ok((stream, buf)),
-            Some(Inbound::ConnAck { code, .. }) => {
-                return Err(format!(
-                    "{redacted} refused the connection (CONNACK {code})"
-                ));
-            }
-            Some(other) => return Err(format!("expected CONNACK, got {}", other.name())),
-            None => {}
-        }
-        let n = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_buf(&mut buf))
-            .await
-            .map_err(|_| format!("{redacted} sent no CONNACK"))?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err(format!("{redacted} closed the connection before CONNACK"));
-        }
+    let peer = redacted.to_string();
+    match handshake(
+        &mut stream,
+        client_id,
+        KEEP_ALIVE,
+        login,
+        CONNECT_TIMEOUT,
+        &peer,
+    )
+    .await
+    {
+        Ok(buf) => Ok((stream, buf)),
+        Err(Refused::Code(code)) => Err(format!("{peer} refused the connection (CONNACK {code})")),
+        Err(Refused::Failed(e)) => Err(e),
     }
 }
 

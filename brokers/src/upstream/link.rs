@@ -15,10 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use weir_core::{DeviceDirectory, Ingest};
-use weir_gateways::mqtt::codec::{self, Inbound};
 use weir_gateways::sas;
 use weir_storage::outbox::{Backlog, Outbox};
 
@@ -70,8 +68,8 @@ pub struct Uplink {
     pub config: UpstreamConfig,
 }
 
-pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+pub(crate) use crate::mqtt::client::Stream;
+use crate::mqtt::client::{Refused, handshake};
 
 impl Uplink {
     /// Starts connecting to the hub in the background, and keeps reconnecting; forwards
@@ -183,34 +181,22 @@ pub(crate) async fn connect(cfg: &UpstreamConfig) -> Result<(Box<dyn Stream>, By
         Credential::X509 { .. } => String::new(),
     };
     let username = format!("{}/{}/?api-version=2021-04-12", cfg.hub, cfg.device_id);
-    let mut out = BytesMut::new();
-    codec::connect(
+    let login = Some((username.as_str(), token.as_str()));
+    match handshake(
+        &mut stream,
         &cfg.device_id,
         KEEP_ALIVE,
-        true,
-        Some((&username, &token)),
-        &mut out,
-    );
-    stream.write_all(&out).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(4096);
-    loop {
-        match codec::decode(&mut buf, 1 << 20).map_err(|e| e.to_string())? {
-            Some(Inbound::ConnAck { code: 0, .. }) => return Ok((stream, buf)),
-            Some(Inbound::ConnAck { code, .. }) => {
-                return Err(format!(
-                    "the hub refused the edge's connection (CONNACK {code}): check [upstream] device_id and its key or certificate, and that the device is registered with --edge"
-                ));
-            }
-            Some(other) => return Err(format!("expected CONNACK, got {}", other.name())),
-            None => {}
-        }
-        let n = tokio::time::timeout(CONNECT_TIMEOUT, stream.read_buf(&mut buf))
-            .await
-            .map_err(|_| "the hub sent no CONNACK".to_owned())?
-            .map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the hub closed the connection before CONNACK".into());
-        }
+        login,
+        CONNECT_TIMEOUT,
+        "the hub",
+    )
+    .await
+    {
+        Ok(buf) => Ok((stream, buf)),
+        Err(Refused::Code(code)) => Err(format!(
+            "the hub refused the edge's connection (CONNACK {code}): check [upstream] device_id and its key or certificate, and that the device is registered with --edge"
+        )),
+        Err(Refused::Failed(e)) => Err(e),
     }
 }
 

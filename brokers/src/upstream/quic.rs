@@ -2,52 +2,13 @@
 //! (ALPN `mqtt`), as Weir's QUIC gateway serves it. A lost UDP path shows as the QUIC
 //! idle timeout, shorter than the link's silence limit.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weir_gateways::quic_client::QuicStream;
 
 use super::config::UpstreamConfig;
-
-/// The stream, with the endpoint that drives it.
-pub(crate) struct QuicStream {
-    _endpoint: quinn::Endpoint,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-}
-
-impl AsyncRead for QuicStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.recv).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for QuicStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.send)
-            .poll_write(cx, buf)
-            .map_err(std::io::Error::other)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.send).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.send).poll_shutdown(cx)
-    }
-}
 
 /// Dials the hub's QUIC listener and opens the MQTT stream.
 pub(crate) async fn dial(
@@ -81,13 +42,7 @@ pub(crate) async fn dial(
         .map_err(|e| format!("cannot dial {address} over QUIC: {e}"))?
         .await
         .map_err(|e| format!("QUIC with {address} failed: {e}"))?;
-    let (send, recv) = conn
-        .open_bi()
+    QuicStream::open(conn, Some(endpoint))
         .await
-        .map_err(|e| format!("QUIC with {address}: no stream: {e}"))?;
-    Ok(QuicStream {
-        _endpoint: endpoint,
-        send,
-        recv,
-    })
+        .map_err(|e| format!("QUIC with {address}: no stream: {e}"))
 }

@@ -110,7 +110,6 @@ pub fn line(d: &Delivery) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use bytes::Bytes;
     use weir_core::{DeviceId, Event};
@@ -125,14 +124,7 @@ mod tests {
         );
         e.offset = 9;
         e.properties.push(("k".into(), "v".into()));
-        Delivery {
-            event: Arc::new(e),
-            enrichments: Vec::new(),
-            columns: Vec::new(),
-            priority: 5,
-            rules_version: Arc::from("v"),
-            route: Arc::from("r"),
-        }
+        Delivery::plain(e, "r")
     }
 
     #[test]

@@ -3,48 +3,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::io::{AsyncRead, AsyncWrite, Join, ReadBuf};
 
-/// The MQTT stream of a QUIC connection. Holds the connection: dropping the last handle
-/// closes it.
-pub struct QuicStream {
-    io: Join<quinn::RecvStream, quinn::SendStream>,
-    _conn: quinn::Connection,
-}
-
-impl AsyncRead for QuicStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for QuicStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
+pub use weir_gateways::quic_client::QuicStream;
 
 /// A client endpoint (one UDP socket shared by every simulated device) trusting `ca`.
 pub fn endpoint(ca: &Path, server: SocketAddr) -> anyhow::Result<quinn::Endpoint> {
@@ -81,12 +45,7 @@ pub async fn connect(
         .with_context(|| format!("cannot connect to {server} over QUIC"))?
         .await
         .with_context(|| format!("QUIC handshake with {server} failed"))?;
-    let (send, recv) = conn
-        .open_bi()
+    QuicStream::open(conn, None)
         .await
-        .context("cannot open the MQTT stream")?;
-    Ok(QuicStream {
-        io: tokio::io::join(recv, send),
-        _conn: conn,
-    })
+        .context("cannot open the MQTT stream")
 }
