@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::recovery::{Candidate, Phase, Recovery, first_request, retain_uncommitted};
+use weir_core::recovery::{Candidate, Recovery, first_request, retain_uncommitted};
 use weir_core::{
     Delivery, EndpointSpec, EndpointState as Health, HealthBoard, ReplayRequest, Sink, SinkError,
 };
@@ -322,12 +322,6 @@ impl<K: Kind> Sink for BrokerSink<K> {
 
     fn replay_request(&mut self) -> Option<ReplayRequest> {
         let parts = &self.partitions;
-        let failed: Vec<String> = self
-            .endpoints
-            .iter()
-            .filter(|(_, s)| matches!(s.recovery.phase(), Phase::Failed { .. }))
-            .map(|(n, _)| n.clone())
-            .collect();
         let candidates = self.endpoints.iter_mut().map(|(name, s)| Candidate {
             name,
             committed_min: s.committed_min(parts),
@@ -337,11 +331,12 @@ impl<K: Kind> Sink for BrokerSink<K> {
         let (request, changed) = first_request(candidates, self.watermark);
         if let Some(r) = &request
             && r.dead_letter.is_none()
-            && failed.iter().any(|n| **n == *r.endpoint)
+            && changed.iter().any(|n| **n == *r.endpoint)
             && let Some(s) = self.endpoints.get_mut(&*r.endpoint)
         {
-            // A retry: a new connection, and everything unconfirmed is published again.
-            // Only when the retry starts: the chunks of its replay go out on that one
+            // A retry starts (the endpoint's phase changed with this request, from failed
+            // to resuming): a new connection, and everything unconfirmed is published
+            // again. Only then: the chunks of its replay go out on that one
             // connection, in order, and what it has not confirmed keeps the commit point
             // below it.
             s.link = None;

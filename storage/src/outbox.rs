@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use weir_core::Event;
 use weir_core::codec;
 
@@ -301,19 +301,6 @@ impl Outbox {
             }
         }
         Ok((seqs, rows))
-    }
-
-    /// The number of rows, for checks.
-    pub fn len(&self) -> Result<u64, OutboxError> {
-        let r = self.db.begin_read().map_err(storage)?;
-        r.open_table(PENDING)
-            .map_err(storage)?
-            .len()
-            .map_err(storage)
-    }
-
-    pub fn is_empty(&self) -> Result<bool, OutboxError> {
-        self.len().map(|n| n == 0)
     }
 }
 

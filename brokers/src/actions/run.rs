@@ -40,10 +40,21 @@ impl Render {
         }
     }
 
+    /// The payload as bytes (a C2D message): the rendered template, or the body as is.
     fn payload(&self, a: &Action) -> Bytes {
         match &self.payload {
             Some(p) => Bytes::from(p.render(&a.delivery, &self.endpoint).to_string()),
             None => a.delivery.event.body.clone(),
+        }
+    }
+
+    /// The payload as JSON (a method's): the rendered template, or the body parsed.
+    fn value(&self, a: &Action) -> serde_json::Value {
+        match &self.payload {
+            Some(p) => p.render(&a.delivery, &self.endpoint),
+            None => {
+                serde_json::from_slice(&a.delivery.event.body).unwrap_or(serde_json::Value::Null)
+            }
         }
     }
 }
@@ -69,8 +80,7 @@ pub fn methods(
                     if let Some(t) = &render.method {
                         t.render(&a.delivery, &render.endpoint, &mut method);
                     }
-                    let payload = serde_json::from_slice(&render.payload(&a))
-                        .unwrap_or(serde_json::Value::Null);
+                    let payload = render.value(&a);
                     running.push_back(invoke(hub.clone(), Arc::clone(&render.endpoint), a.target, method.clone(), payload, timeout));
                 }
             }

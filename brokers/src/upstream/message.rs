@@ -26,13 +26,18 @@ impl Message {
     /// `weir-device`: the hub would refuse them under the device's id.
     pub fn of(e: &Event, as_device: bool) -> Message {
         let s = &e.system;
-        let fallback_id = format!("edge-{}", e.offset);
+        // Only an event without a message id needs one made up.
+        let fallback_id;
+        let mid = match s.message_id.as_deref() {
+            Some(m) => m,
+            None => {
+                fallback_id = format!("edge-{}", e.offset);
+                &fallback_id
+            }
+        };
         let own = !as_device || e.source != EventSource::DeviceMessages;
         let system = [
-            (
-                "$.mid",
-                Some(s.message_id.as_deref().unwrap_or(&fallback_id)),
-            ),
+            ("$.mid", Some(mid)),
             ("$.cid", s.correlation_id.as_deref()),
             ("$.ct", s.content_type.as_deref()),
             ("$.ce", s.content_encoding.as_deref()),

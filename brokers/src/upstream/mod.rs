@@ -44,8 +44,9 @@ impl Kind for Upstream {
     type Context = Option<Arc<Uplink>>;
 
     fn template(kind: &EndpointKind) -> Option<&str> {
-        // The topic is the device's own; the generic sink only needs a template to render.
-        matches!(kind, EndpointKind::Upstream).then_some("{deviceId}")
+        // The topic is the device's own: the generic sink needs a template, an empty one
+        // renders nothing.
+        matches!(kind, EndpointKind::Upstream).then_some("")
     }
 
     fn open(
