@@ -701,3 +701,95 @@ def test_the_edge_can_prove_its_identity_with_a_certificate(tmp_path):
         if edge:
             edge.stop()
         hub.stop()
+
+
+def test_translated_clients_may_log_in_with_their_device_key(tmp_path):
+    import subprocess
+
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+    edge = None
+    try:
+        e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
+        key = put_device(hub, "dev8", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
+        translate = '[[translate]]\nname = "legacy"\ntopic = "legacy/+/{deviceId}"\nauth = "device-key"\n'
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, tail=translate, children=["dev8"])
+
+        def pub(password, topic):
+            return subprocess.run(
+                ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(edge.mqtt_port), "-i", "old-8",
+                 "-u", "dev8", "-P", password, "-t", topic, "-m", '{"t": 8}', "-q", "1"],
+                capture_output=True, text=True, timeout=20)
+
+        ok = pub(key, "legacy/line2/dev8")
+        assert ok.returncode == 0, ok.stderr
+        assert pub("bm90LXRoZS1rZXk=", "legacy/line2/dev8").returncode != 0
+        hub.wait_rows("archive", 1, timeout=30)
+        rows = hub.query("archive", "SELECT device_id, body FROM t")
+        assert rows == [("dev8", '{"t": 8}')], rows
+    finally:
+        if edge:
+            edge.stop()
+        hub.stop()
+
+
+C2D_RULES = """
+[[endpoint]]
+name = "notify"
+type = "c2d"
+target = "{app.to}"
+payload = { alarm = "{body.temp}", from = "{deviceId}" }
+
+[[route]]
+name = "alarm"
+condition = "$body.temp > 80"
+endpoints = ["notify"]
+"""
+
+
+def test_a_rule_queues_a_cloud_to_device_message_for_another_device(tmp_path):
+    from rawmqtt import subscribe_packet
+
+    hub = make_hub(tmp_path, "hub", C2D_RULES).start()
+    try:
+        skey = hub.create_device("sensor")["authentication"]["symmetricKey"]["primaryKey"]
+        ckey = hub.create_device("controller")["authentication"]["symmetricKey"]["primaryKey"]
+        controller = Raw(hub.mqtt_port, timeout=10)
+        assert controller.connect("controller", hub.username("controller"), hub.device_token("controller", ckey)) == 0
+        controller.send(subscribe_packet(1, "devices/controller/messages/devicebound/#"))
+        assert controller.packet()[0] == 9
+        sensor = Raw(hub.mqtt_port, timeout=10)
+        assert sensor.connect("sensor", hub.username("sensor"), hub.device_token("sensor", skey)) == 0
+        assert sensor.publish("devices/sensor/messages/events/to=controller", b'{"temp": 20}', pkid=1) == 1
+        assert sensor.publish("devices/sensor/messages/events/to=controller", b'{"temp": 91}', pkid=2) == 2
+        topic, payload = read_publish(controller)
+        assert topic.startswith("devices/controller/messages/devicebound/"), topic
+        assert "weir-route=alarm" in topic, topic
+        assert json.loads(payload) == {"alarm": 91, "from": "sensor"}
+        # Only the hot message made one.
+        controller.sock.settimeout(1)
+        try:
+            extra = read_publish(controller)
+        except OSError:
+            extra = None
+        assert extra is None, extra
+    finally:
+        hub.stop()
+
+
+def test_weir_device_create_registers_edges_and_their_children(tmp_path):
+    from conftest import run_weir
+
+    hub = make_hub(tmp_path, "hub", HUB_RULES).start()
+    try:
+        common = ["--api", hub.api, "--data-dir", hub.data]
+        r = run_weir("device", "create", "edge9", "--edge", *common)
+        assert r.returncode == 0, r.stderr
+        r = run_weir("device", "create", "kid9", "--parent", "edge9", *common)
+        assert r.returncode == 0, r.stderr
+        kid = hub.call("GET", "/devices/kid9").json()
+        assert kid["parentScopes"] == ["ms-azure-iot-edge://edge9"]
+        assert hub.call("GET", "/devices/edge9").json()["capabilities"]["iotEdge"] is True
+        r = run_weir("device", "create", "orphan9", "--parent", "kid9", *common)
+        assert r.returncode != 0 and "IoT Edge" in (r.stderr + r.stdout), r.stderr
+    finally:
+        hub.stop()
