@@ -11,9 +11,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from rawmqtt import Raw, publish_packet
 from sinkdevice import rules_dir
-from weirhub import Hub
+from weirhub import Hub, free_port
 
 HUB_RULES = """
 [[endpoint]]
@@ -604,13 +606,15 @@ def test_a_full_budget_drops_only_the_oldest_low_priority_messages_and_says_so(t
         hub.stop()
 
 
-def test_the_upstream_link_runs_over_quic(tmp_path):
-    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test").start()
+@pytest.mark.parametrize("transport,protocol", [("quic", "mqtt-quic"), ("websocket", "mqtt-ws")])
+def test_the_upstream_link_runs_over_quic_and_websocket(tmp_path, transport, protocol):
+    hub = make_hub(tmp_path, "hub", HUB_RULES, hostname="hub.test", fixed_ports={"https": free_port()}).start()
     edge = None
     try:
         e = put_device(hub, "edge1", {"capabilities": {"iotEdge": True}})
         key = put_device(hub, "q1", {"parentScopes": [e["deviceScope"]]})["authentication"]["symmetricKey"]["primaryKey"]
-        edge = start_edge(tmp_path, hub, e, EDGE_RULES, port=hub.quic_port, settings='transport = "quic"', children=["q1"])
+        port = hub.quic_port if transport == "quic" else hub.https_port
+        edge = start_edge(tmp_path, hub, e, EDGE_RULES, port=port, settings=f'transport = "{transport}"', children=["q1"])
         r = Raw(edge.mqtt_port, timeout=10)
         assert r.connect("q1", edge.username("q1"), edge.device_token("q1", key)) == 0
         for i in range(50):
@@ -626,7 +630,7 @@ def test_the_upstream_link_runs_over_quic(tmp_path):
         assert [x[0] for x in rows] == list(range(50))
         own = hub.query("archive", "SELECT device_id, properties['weir-device'], body FROM t WHERE device_id = 'edge1'")
         assert own == [("edge1", "local1", '{"local": 1}')], own
-        assert hub.metric("weir_gateway_messages_total", protocol="mqtt-quic") >= 50
+        assert hub.metric("weir_gateway_messages_total", protocol=protocol) >= 50
         assert hub.metric("weir_gateway_messages_total", protocol="mqtt") == 0
     finally:
         if edge:

@@ -165,7 +165,7 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
     }
     let Some(transport) = Transport::parse(u.transport.trim()) else {
         bail!(
-            "`upstream.transport` = {:?} must be \"mqtts\" or \"quic\" (WebSocket is not built yet)",
+            "`upstream.transport` = {:?} must be \"mqtts\", \"quic\" or \"websocket\"",
             u.transport
         );
     };

@@ -10,6 +10,9 @@ pub enum Transport {
     Mqtts,
     /// MQTT over QUIC (ALPN `mqtt`, Weir's QUIC gateway; port 14567).
     Quic,
+    /// MQTT over WebSocket over TLS at `/$iothub/websocket` (port 443), for networks that
+    /// let only HTTPS out.
+    WebSocket,
 }
 
 impl Transport {
@@ -17,6 +20,7 @@ impl Transport {
         match s {
             "mqtts" => Some(Transport::Mqtts),
             "quic" => Some(Transport::Quic),
+            "websocket" => Some(Transport::WebSocket),
             _ => None,
         }
     }
@@ -25,6 +29,7 @@ impl Transport {
         match self {
             Transport::Mqtts => 8883,
             Transport::Quic => 14567,
+            Transport::WebSocket => 443,
         }
     }
 }

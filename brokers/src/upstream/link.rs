@@ -212,7 +212,7 @@ fn roots(cfg: &UpstreamConfig) -> Result<rustls::RootCertStore, String> {
     Ok(roots)
 }
 
-/// The transport to the hub: TLS over TCP, or QUIC.
+/// The transport to the hub: TLS over TCP, a WebSocket over that, or QUIC.
 async fn dial(cfg: &UpstreamConfig) -> Result<Box<dyn Stream>, String> {
     let address = cfg.address();
     let auth = match &cfg.credential {
@@ -240,9 +240,21 @@ async fn dial(cfg: &UpstreamConfig) -> Result<Box<dyn Stream>, String> {
         auth,
         false,
     )?));
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
-        .await
-        .map_err(|_| format!("TLS with {address} did not finish within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("TLS with {address} failed: {e}"))?;
-    Ok(Box::new(tls))
+    let tls: Box<dyn Stream> = Box::new(
+        tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| format!("TLS with {address} did not finish within {CONNECT_TIMEOUT:?}"))?
+            .map_err(|e| format!("TLS with {address} failed: {e}"))?,
+    );
+    if cfg.transport == Transport::WebSocket {
+        let ws = tokio::time::timeout(CONNECT_TIMEOUT, super::ws::upgrade(tls, &cfg.hub))
+            .await
+            .map_err(|_| {
+                format!(
+                    "the WebSocket upgrade at {address} did not finish within {CONNECT_TIMEOUT:?}"
+                )
+            })??;
+        return Ok(Box::new(ws));
+    }
+    Ok(tls)
 }

@@ -14,6 +14,7 @@ mod link;
 mod message;
 mod queue;
 mod quic;
+mod ws;
 
 pub use children::Children;
 pub use config::{Credential, Transport, UpstreamConfig};
