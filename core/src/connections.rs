@@ -57,6 +57,9 @@ pub enum ToDevice {
         version: u64,
         patch: Bytes,
     },
+    /// To an edge: a cloud-to-device message for its child `child`, which the edge
+    /// acknowledges once it holds the message itself (and delivers it to the child).
+    ChildCloudToDevice { child: String, message: C2dDelivery },
 }
 
 /// The features a device turns on by subscribing (spec §2.3).

@@ -11,7 +11,7 @@ use weir_core::{
     ToDevice,
 };
 use weir_gateways::mqtt::codec::{self, Inbound};
-use weir_gateways::mqtt::dialect::IotHub;
+use weir_gateways::mqtt::dialect::{C2dLock, IotHub};
 use weir_gateways::mqtt::session::{Action, End, Session, SessionConfig};
 use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
 use weir_gateways::sas;
@@ -402,7 +402,44 @@ fn methods_and_cloud_to_device_messages_flow_both_ways() {
     s.received(&mut ack, now, NOW_MS);
     assert!(matches!(
         actions(&mut s).as_slice(),
-        [Action::C2dAcknowledged { lock: 42 }]
+        [Action::C2dAcknowledged(C2dLock {
+            lock: 42,
+            child: None
+        })]
+    ));
+
+    // On an edge's connection, a child's message names the child, and so does its PUBACK.
+    s.to_device(&ToDevice::ChildCloudToDevice {
+        child: "c9".into(),
+        message: C2dDelivery {
+            lock: 43,
+            message_id: "m2".into(),
+            correlation_id: None,
+            content_type: None,
+            content_encoding: None,
+            properties: vec![],
+            payload: Bytes::from_static(b"for c9"),
+        },
+    })
+    .expect("child c2d");
+    let sent = written(&mut s);
+    let Inbound::Publish(p) = &sent[0] else {
+        panic!("a publish");
+    };
+    assert_eq!(p.qos, 1);
+    assert!(
+        p.topic.starts_with(
+            b"$weir/edge/c9/messages/devicebound/%24.mid=m2&%24.to=%2Fdevices%2Fc9%2F"
+        ),
+        "{:?}",
+        p.topic
+    );
+    let mut ack = BytesMut::from(&[0x40u8, 0x02][..]);
+    ack.extend_from_slice(&p.pkid.to_be_bytes());
+    s.received(&mut ack, now, NOW_MS);
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::C2dAcknowledged(C2dLock { lock: 43, child: Some(c) })] if &**c == "c9"
     ));
 }
 

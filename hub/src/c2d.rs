@@ -151,13 +151,18 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Sends the device its oldest waiting message, if it is subscribed and has none in
-    /// flight. Blocking.
+    /// Sends the device its oldest waiting message, if it is subscribed (or, when it is
+    /// not connected itself, its edge is) and has none in flight. Blocking.
     pub(crate) fn deliver_c2d(&self, device: &str) {
         let links = &self.inner.connections;
-        if !links.subscribed(device, Feature::CloudToDevice) {
-            return;
-        }
+        let carrier = if links.subscribed(device, Feature::CloudToDevice) {
+            device.to_owned()
+        } else {
+            match self.edge_of(device) {
+                Some(edge) => edge,
+                None => return,
+            }
+        };
         let Ok(mut inflight) = self.inner.c2d_inflight.lock() else {
             return;
         };
@@ -177,10 +182,37 @@ impl Hub {
                 return;
             }
         };
-        if links.send(device, delivery(&msg)) {
-            inflight.insert(device.to_owned(), msg.seq);
+        let out = match delivery(&msg) {
+            ToDevice::CloudToDevice(message) if carrier != device => ToDevice::ChildCloudToDevice {
+                child: device.to_owned(),
+                message,
+            },
+            direct => direct,
+        };
+        if links.send(&carrier, out) {
+            inflight.insert(device.to_owned(), (msg.seq, carrier));
             if let Err(e) = self.inner.c2d.delivering(&msg) {
                 tracing::warn!(device, error = %e, "cannot record a cloud-to-device delivery");
+            }
+        }
+    }
+
+    /// The connected edge that speaks for `device`, if it has one.
+    fn edge_of(&self, device: &str) -> Option<String> {
+        let parent = self.inner.registry.get(device)?.parent.clone()?;
+        self.inner
+            .connections
+            .subscribed(&parent, Feature::Edge)
+            .then_some(parent)
+    }
+
+    /// A device (or an edge, for its children) can take cloud-to-device messages now.
+    /// Blocking.
+    pub(crate) fn c2d_ready(&self, device: &str) {
+        self.deliver_c2d(device);
+        if self.inner.registry.get(device).is_some_and(|r| r.iot_edge) {
+            for child in self.inner.registry.children(device) {
+                self.deliver_c2d(child.device_id.as_str());
             }
         }
     }
@@ -189,7 +221,7 @@ impl Hub {
     /// Blocking.
     pub(crate) fn c2d_acknowledged(&self, device: &str, lock: u64) {
         if let Ok(mut inflight) = self.inner.c2d_inflight.lock()
-            && inflight.get(device) == Some(&lock)
+            && inflight.get(device).is_some_and(|(l, _)| *l == lock)
         {
             inflight.remove(device);
         }
@@ -203,10 +235,11 @@ impl Hub {
         self.deliver_c2d(device);
     }
 
-    /// A message in flight on a connection that went away is sent again on the next one.
-    pub(crate) fn c2d_connection_changed(&self, device: &str) {
+    /// Messages in flight on a connection that went away (the device's own, or an edge's
+    /// for its children) are sent again on the next one.
+    pub(crate) fn c2d_connection_changed(&self, connection: &str) {
         if let Ok(mut inflight) = self.inner.c2d_inflight.lock() {
-            inflight.remove(device);
+            inflight.retain(|device, (_, carrier)| carrier != connection && device != connection);
         }
     }
 

@@ -35,7 +35,9 @@ struct Inner {
     methods: methods::Methods,
     connections: Arc<ConnectionRegistry>,
     /// The cloud-to-device message each device has in flight (one at a time, in order).
-    c2d_inflight: Mutex<HashMap<String, u64>>,
+    /// Per device, the cloud-to-device message on its way: its lock, and the connection
+    /// that carries it (the device's own, or its edge's).
+    c2d_inflight: Mutex<HashMap<String, (u64, String)>>,
 }
 
 /// A handle on the hub's services; cloning is cheap.

@@ -94,13 +94,21 @@ impl DeviceServices for Hub {
 
     fn disconnected(&self, device: &DeviceId) -> ServiceFuture<()> {
         let (hub, d) = (self.clone(), device.clone());
-        Box::pin(async move { hub.connection_changed(d.as_str(), "deviceDisconnected") })
+        Box::pin(async move {
+            hub.connection_changed(d.as_str(), "deviceDisconnected");
+            // A child gone from the hub is reached through its edge from now on.
+            if weir_core::DeviceDirectory::get(hub.inner.registry.as_ref(), d.as_str())
+                .is_some_and(|r| r.parent.is_some())
+            {
+                let _ = tokio::task::spawn_blocking(move || hub.deliver_c2d(d.as_str())).await;
+            }
+        })
     }
 
     fn c2d_ready(&self, device: &DeviceId) -> ServiceFuture<()> {
         let (hub, d) = (self.clone(), device.clone());
         Box::pin(async move {
-            let _ = tokio::task::spawn_blocking(move || hub.deliver_c2d(d.as_str())).await;
+            let _ = tokio::task::spawn_blocking(move || hub.c2d_ready(d.as_str())).await;
         })
     }
 }

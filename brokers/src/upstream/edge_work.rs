@@ -3,6 +3,9 @@
 
 use weir_gateways::mqtt::codec;
 use weir_gateways::mqtt::requests::{self, ToEdge};
+use weir_gateways::mqtt::topic::decode_bag;
+use weir_hub::NewC2dMessage;
+use weir_storage::c2d::AckMode;
 
 use super::children::Children;
 use super::link::Uplink;
@@ -21,10 +24,50 @@ pub(crate) enum EdgeWork {
         timeout_secs: u64,
         payload: bytes::Bytes,
     },
+    /// A cloud-to-device message for a child, to be acknowledged (packet `pkid` of
+    /// connection `conn`) once the edge's own queue holds it.
+    C2d {
+        message: NewC2dMessage,
+        conn: u64,
+        pkid: u16,
+    },
 }
 
-/// A publish for the hub on the link: (topic, payload).
-pub(crate) type Reply = (String, bytes::Bytes);
+/// What goes back to the hub on the link.
+pub(crate) enum Reply {
+    /// A QoS 0 publish: (topic, payload).
+    Publish(String, bytes::Bytes),
+    /// The PUBACK of the hub's packet `pkid`, if connection `conn` is still the live one
+    /// (on a later one the packet id means another message).
+    PubAck { conn: u64, pkid: u16 },
+}
+
+/// A cloud-to-device message as the hub sent it for a child: its properties in `bag`.
+fn c2d_message(child: &str, bag: &str, payload: bytes::Bytes) -> Option<NewC2dMessage> {
+    let (sys, app) = match decode_bag(bag) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(device = child, error = %e, "a cloud-to-device message from the hub has a malformed property bag");
+            return None;
+        }
+    };
+    let text = |v: Option<Box<str>>| v.map(String::from);
+    Some(NewC2dMessage {
+        device_id: child.to_owned(),
+        message_id: text(sys.message_id),
+        correlation_id: text(sys.correlation_id),
+        content_type: text(sys.content_type),
+        content_encoding: text(sys.content_encoding),
+        // `$.to` and the like are the hub's; the edge sets its own.
+        properties: app
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("$."))
+            .collect(),
+        payload,
+        expiry_ms: None,
+        ack: AckMode::None,
+    })
+}
 
 /// Runs a direct method the hub sent for a child on the edge's own hub library (the child
 /// is connected here, or it is not online) and answers for it.
@@ -48,7 +91,7 @@ async fn method(
         ),
     };
     let topic = requests::child_method_response_topic(&child, status, &rid);
-    let _ = replies.send((topic, bytes::Bytes::from(body.to_string())));
+    let _ = replies.send(Reply::Publish(topic, bytes::Bytes::from(body.to_string())));
 }
 
 pub(crate) async fn apply(
@@ -85,13 +128,31 @@ pub(crate) async fn apply(
                     tracing::warn!(device = child, error = %e, "cannot pass a desired patch on");
                 }
             }
+            EdgeWork::C2d {
+                message,
+                conn,
+                pkid,
+            } => {
+                let child = message.device_id.clone();
+                match children.hub.send_c2d(message).await {
+                    Ok(()) => {
+                        let _ = replies.send(Reply::PubAck { conn, pkid });
+                    }
+                    // Unacknowledged, the hub sends it again on the next connection.
+                    Err(e) => tracing::warn!(
+                        device = child,
+                        error = %e,
+                        "cannot keep a cloud-to-device message from the hub for a child"
+                    ),
+                }
+            }
         }
     }
 }
 
 impl Uplink {
     /// Hands what the hub sent on `$weir/edge/...` to the children's keeper.
-    pub(crate) fn hub_sent(&self, p: &codec::Publish) {
+    pub(crate) fn hub_sent(&self, p: &codec::Publish, conn: u64) {
         let (Some(tx), Ok(topic)) = (&self.edge_tx, p.topic_str()) else {
             return;
         };
@@ -128,6 +189,16 @@ impl Uplink {
                 child: child.to_owned(),
                 patch: p.payload.clone(),
             },
+            Some(ToEdge::ChildC2d { child, bag }) => {
+                let Some(message) = c2d_message(child, bag, p.payload.clone()) else {
+                    return;
+                };
+                EdgeWork::C2d {
+                    message,
+                    conn,
+                    pkid: p.pkid,
+                }
+            }
             None => return,
         };
         let _ = tx.send(work);

@@ -111,8 +111,11 @@ pub(crate) async fn serve(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut rids: u64 = 0;
     let mut last_sync = Instant::now();
+    // Which connection this is, so a PUBACK decided after it ended is not sent on the next.
+    let conn = uplink.connects.load(Ordering::Relaxed);
     if uplink.edge_tx.is_some() {
-        codec::subscribe(1, requests::EDGE_FILTER, 0, &mut out);
+        // QoS 1: cloud-to-device messages for children come this way.
+        codec::subscribe(1, requests::EDGE_FILTER, 1, &mut out);
         codec::publish(
             &requests::children_request_topic("0"),
             &[],
@@ -148,7 +151,7 @@ pub(crate) async fn serve(
                             }
                         }
                         Inbound::PingResp => ping_owed = false,
-                        Inbound::Publish(p) => uplink.hub_sent(&p),
+                        Inbound::Publish(p) => uplink.hub_sent(&p, conn),
                         _ => {}
                     }
                 }
@@ -160,11 +163,15 @@ pub(crate) async fn serve(
                 buf.reserve(4096);
             }
             _ = uplink.ready.notified() => wire.drained = false,
-            Some((topic, payload)) = replies.recv() => {
+            Some(reply) = replies.recv() => match reply {
                 // An answer for a child; one whose topic does not fit is dropped (the
                 // hub's caller times out).
-                let _ = codec::publish(&topic, &payload, 0, 0, false, &mut out);
-            }
+                Reply::Publish(topic, payload) => {
+                    let _ = codec::publish(&topic, &payload, 0, 0, false, &mut out);
+                }
+                Reply::PubAck { conn: c, pkid } if c == conn => codec::puback(pkid, &mut out),
+                Reply::PubAck { .. } => {}
+            },
             _ = tick.tick() => {
                 wire.drained = false;
                 if uplink.edge_tx.is_some() && last_sync.elapsed() >= uplink.config.sync {

@@ -60,7 +60,7 @@ pub struct Uplink {
     pub(crate) dropped: AtomicU64,
     pub(crate) forwarded: AtomicU64,
     up: AtomicBool,
-    connects: AtomicU64,
+    pub(crate) connects: AtomicU64,
     last_error: Mutex<Option<String>>,
     pub(crate) edge_tx: Option<mpsc::UnboundedSender<EdgeWork>>,
     /// The edge's registry, which says who its children are.

@@ -68,7 +68,15 @@ pub struct Outbound {
     pub payload: Bytes,
     pub qos: u8,
     /// For cloud-to-device messages: what the device's PUBACK completes.
-    pub lock: Option<u64>,
+    pub lock: Option<C2dLock>,
+}
+
+/// What a PUBACK of a cloud-to-device message completes: the message with this lock,
+/// queued for the connected device or, on an edge's connection, for its `child`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct C2dLock {
+    pub lock: u64,
+    pub child: Option<Box<str>>,
 }
 
 /// A device dialect of MQTT: how CONNECT authenticates, what topics a device may use and
@@ -259,7 +267,19 @@ impl Dialect for IotHub {
                 topic: c2d_topic(id.device_id.as_str(), c),
                 payload: c.payload.clone(),
                 qos: 1,
-                lock: Some(c.lock),
+                lock: Some(C2dLock {
+                    lock: c.lock,
+                    child: None,
+                }),
+            },
+            ToDevice::ChildCloudToDevice { child, message } => Outbound {
+                topic: requests::child_c2d_topic(child, &c2d_bag(child, message)),
+                payload: message.payload.clone(),
+                qos: 1,
+                lock: Some(C2dLock {
+                    lock: message.lock,
+                    child: Some(child.as_str().into()),
+                }),
             },
             ToDevice::ChildMethodRequest {
                 child,
@@ -305,6 +325,15 @@ impl IotHub {
 /// `devices/{id}/messages/devicebound/{bag}`, every key and value percent-encoded but for
 /// unreserved characters, as the device SDK expects (spec §2.5).
 fn c2d_topic(device: &str, m: &C2dDelivery) -> String {
+    format!(
+        "devices/{device}/messages/devicebound/{}",
+        c2d_bag(device, m)
+    )
+}
+
+/// The property bag of a cloud-to-device message: system properties, then the
+/// application's.
+fn c2d_bag(device: &str, m: &C2dDelivery) -> String {
     let to = format!("/devices/{device}/messages/deviceBound");
     let system = [
         ("$.mid", Some(m.message_id.as_str())),
@@ -313,13 +342,12 @@ fn c2d_topic(device: &str, m: &C2dDelivery) -> String {
         ("$.ct", m.content_type.as_deref()),
         ("$.ce", m.content_encoding.as_deref()),
     ];
-    let bag = encode_bag(
+    encode_bag(
         system
             .into_iter()
             .filter_map(|(k, v)| v.map(|v| (k, v)))
             .chain(m.properties.iter().map(|(k, v)| (k.as_str(), v.as_str()))),
-    );
-    format!("devices/{device}/messages/devicebound/{bag}")
+    )
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio::time::{Instant, timeout_at};
 use weir_core::{Connection, DeviceId, Outbox, Peer, Registration, Role};
 
 use super::Mqtt;
+use super::dialect::C2dLock;
 use super::session::{Action, End, Session};
 use crate::context::Admitted;
 use crate::metrics::ProtocolMetrics;
@@ -257,9 +258,14 @@ async fn act(
                 services.method_response(&l.device, &rid, status, payload);
             }
         }
-        Action::C2dAcknowledged { lock } => {
-            if let Some(l) = live {
-                services.c2d_acknowledged(&l.device, lock).await;
+        Action::C2dAcknowledged(C2dLock { lock, child }) => {
+            // A child's id came from the hub's own delivery, never from the device.
+            let device = live.as_ref().and_then(|l| match child.as_deref() {
+                Some(c) => DeviceId::parse(c).ok(),
+                None => Some(l.device.clone()),
+            });
+            if let Some(d) = device {
+                services.c2d_acknowledged(&d, lock).await;
             }
         }
         Action::StoreSubscriptions(filters) => {

@@ -32,6 +32,12 @@ pub fn child_method_topic(child: &str, method: &str, rid: &str, timeout_secs: u6
     format!("$weir/edge/{child}/methods/POST/{method}/?$rid={rid}&$timeout={timeout_secs}")
 }
 
+/// `$weir/edge/{child}/messages/devicebound/{bag}`: a cloud-to-device message for a child,
+/// its properties as the device topic carries them.
+pub fn child_c2d_topic(child: &str, bag: &str) -> String {
+    format!("$weir/edge/{child}/messages/devicebound/{bag}")
+}
+
 /// `$weir/edge/{child}/methods/res/{status}/?$rid={rid}`: the edge answers for its child.
 pub fn child_method_response_topic(child: &str, status: i32, rid: &str) -> String {
     format!("$weir/edge/{child}/methods/res/{status}/?$rid={rid}")
@@ -62,6 +68,11 @@ pub enum ToEdge<'a> {
         rid: &'a str,
         timeout_secs: u64,
     },
+    /// A cloud-to-device message for `child` with its encoded property bag.
+    ChildC2d {
+        child: &'a str,
+        bag: &'a str,
+    },
 }
 
 /// Recognises the hub's publishes to an edge.
@@ -83,6 +94,9 @@ pub fn to_edge(topic: &str) -> Option<ToEdge<'_>> {
             rid: param(query, "$rid").filter(|r| !r.is_empty())?,
             timeout_secs: param(query, "$timeout")?.parse().ok()?,
         });
+    }
+    if let Some(bag) = r.strip_prefix("messages/devicebound/") {
+        return Some(ToEdge::ChildC2d { child, bag });
     }
     r.starts_with("twin/PATCH/properties/desired/")
         .then_some(ToEdge::ChildDesired { child })
@@ -192,6 +206,13 @@ mod tests {
         assert_eq!(
             child_method_response("$weir/edge/c1/methods/res/x/?$rid=7"),
             None
+        );
+        assert_eq!(
+            to_edge(&child_c2d_topic("c1", "%24.mid=m1&a=b")),
+            Some(ToEdge::ChildC2d {
+                child: "c1",
+                bag: "%24.mid=m1&a=b"
+            })
         );
         assert_eq!(to_edge("$iothub/twin/res/200/?$rid=1"), None);
     }

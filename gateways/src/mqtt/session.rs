@@ -17,7 +17,7 @@ use weir_core::{
 };
 
 use super::codec::{self, CodecError, Inbound, Publish};
-use super::dialect::{Dialect, Incoming};
+use super::dialect::{C2dLock, Dialect, Incoming};
 
 /// Limits a session enforces.
 #[derive(Debug, Clone, Copy)]
@@ -107,9 +107,7 @@ pub enum Action {
         operation_id: Option<String>,
         payload: Bytes,
     },
-    C2dAcknowledged {
-        lock: u64,
-    },
+    C2dAcknowledged(C2dLock),
     /// A persistent session's subscriptions changed.
     StoreSubscriptions(Vec<String>),
     /// The device subscribed to cloud-to-device messages: waiting ones can go out.
@@ -136,7 +134,7 @@ struct Open {
     /// When the credential stops being valid.
     expires: Option<Instant>,
     /// Cloud-to-device messages sent and not yet acknowledged: packet id → lock.
-    inflight: HashMap<u16, u64>,
+    inflight: HashMap<u16, C2dLock>,
     next_pkid: u16,
     acks: VecDeque<Ack>,
     batch: Vec<Event>,
@@ -434,7 +432,7 @@ impl Session {
                     return;
                 };
                 if let Some(lock) = o.inflight.remove(&pkid) {
-                    self.actions.push_back(Action::C2dAcknowledged { lock });
+                    self.actions.push_back(Action::C2dAcknowledged(lock));
                 }
             }
             Inbound::Disconnect => {
@@ -615,7 +613,8 @@ impl Session {
                 return;
             };
             o.features.set(feature, true);
-            c2d |= feature == Feature::CloudToDevice;
+            // An edge delivers its children's messages.
+            c2d |= matches!(feature, Feature::CloudToDevice | Feature::Edge);
             if !o.filters.contains(&f.path) {
                 o.filters.push(f.path.clone());
             }
