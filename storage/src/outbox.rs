@@ -155,6 +155,13 @@ impl Outbox {
         }
     }
 
+    /// The place of the newest message in the queue, if there is one.
+    pub fn newest(&self) -> Result<Option<u64>, OutboxError> {
+        let r = self.db.begin_read().map_err(storage)?;
+        let t = r.open_table(PENDING).map_err(storage)?;
+        Ok(t.last().map_err(storage)?.map(|(k, _)| k.value()))
+    }
+
     pub fn over_budget(&self) -> bool {
         self.bytes.load(Ordering::Relaxed) > self.budget
     }
@@ -194,11 +201,24 @@ impl Outbox {
 
     /// Up to `max` messages after `after` (everything when `None`), in the order put in.
     pub fn peek(&self, after: Option<u64>, max: usize) -> Result<Vec<Item>, OutboxError> {
+        self.peek_until(after, u64::MAX, max)
+    }
+
+    /// [`Outbox::peek`], but only messages up to `last`.
+    pub fn peek_until(
+        &self,
+        after: Option<u64>,
+        last: u64,
+        max: usize,
+    ) -> Result<Vec<Item>, OutboxError> {
         let r = self.db.begin_read().map_err(storage)?;
         let t = r.open_table(PENDING).map_err(storage)?;
         let from = after.map_or(0, |a| a + 1);
         let mut out = Vec::new();
-        for row in t.range(from..).map_err(storage)?.take(max) {
+        if from > last {
+            return Ok(out);
+        }
+        for row in t.range(from..=last).map_err(storage)?.take(max) {
             let (k, v) = row.map_err(storage)?;
             out.push(decode(k.value(), v.value())?);
         }
@@ -350,6 +370,17 @@ mod tests {
             vec![0, 1, 2, 3, 4, 5]
         );
         assert_eq!(all[1].event, events[1]);
+        assert_eq!(o.newest().expect("newest"), Some(all[5].seq));
+        let upto = |after, last| -> Vec<u64> {
+            o.peek_until(after, last, 100)
+                .expect("peek")
+                .iter()
+                .map(|i| i.event.offset)
+                .collect()
+        };
+        assert_eq!(upto(None, all[2].seq), vec![0, 1, 2]);
+        assert_eq!(upto(Some(all[0].seq), all[2].seq), vec![1, 2]);
+        assert!(upto(Some(all[2].seq), all[2].seq).is_empty());
         assert_eq!(
             o.peek(Some(all[3].seq), 1).expect("peek")[0].event.offset,
             4

@@ -540,4 +540,24 @@ mod tests {
         ))
         .expect("the largest message the log stores is accepted");
     }
+
+    #[test]
+    fn upstream_settings_are_checked_before_anything_starts() {
+        let edge = "[upstream]\nhub = \"hub.test\"\ndevice_id = \"edge1\"\nkey = \"a2V5\"\n";
+        let c = with_file(&format!(
+            "{edge}transport = \"websocket\"\ncatchup_share = 0.25\n"
+        ))
+        .expect("a valid edge");
+        let u = c.upstream.expect("an edge");
+        assert_eq!(u.address(), "hub.test:443");
+        assert!((u.catchup_share - 0.25).abs() < f64::EPSILON);
+        for (line, key) in [
+            ("catchup_share = 1.5", "upstream.catchup_share"),
+            ("transport = \"carrier-pigeon\"", "upstream.transport"),
+            ("budget_mb = 0", "upstream.budget_mb"),
+        ] {
+            let e = with_file(&format!("{edge}{line}\n")).expect_err(line);
+            assert!(e.to_string().contains(key), "{line}: {e}");
+        }
+    }
 }

@@ -118,6 +118,7 @@ pub struct UpstreamSection {
     ca: String,
     sync_secs: f64,
     budget_mb: f64,
+    catchup_share: f64,
 }
 
 /// Checks `[upstream]`; `None` when `hub` is empty (not an edge).
@@ -198,6 +199,12 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
     if !(u.budget_mb > 0.0 && u.budget_mb.is_finite()) {
         bail!("`upstream.budget_mb` must be a positive number of MiB");
     }
+    if !(0.0..=1.0).contains(&u.catchup_share) {
+        bail!(
+            "`upstream.catchup_share` = {} must be between 0 and 1 (the backlog's share of the link while live messages wait; 1 keeps every device's order)",
+            u.catchup_share
+        );
+    }
     Ok(Some(UpstreamConfig {
         hub: hub.to_owned(),
         device_id: u.device_id,
@@ -207,5 +214,6 @@ pub fn upstream(u: UpstreamSection) -> anyhow::Result<Option<UpstreamConfig>> {
         ca,
         sync: std::time::Duration::from_secs_f64(u.sync_secs),
         budget_bytes: (u.budget_mb * 1024.0 * 1024.0) as u64,
+        catchup_share: u.catchup_share,
     }))
 }

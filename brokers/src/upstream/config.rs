@@ -61,6 +61,9 @@ pub struct UpstreamConfig {
     pub sync: std::time::Duration,
     /// The store-and-forward queue's size limit.
     pub budget_bytes: u64,
+    /// The backlog's share of the link while live messages wait too (0..=1; 1: backlog
+    /// first, every device's messages in order). See `lanes.rs`.
+    pub catchup_share: f64,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -80,6 +83,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("ca", &self.ca)
             .field("sync", &self.sync)
             .field("budget_bytes", &self.budget_bytes)
+            .field("catchup_share", &self.catchup_share)
             .finish()
     }
 }

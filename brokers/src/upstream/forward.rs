@@ -12,6 +12,7 @@ use weir_gateways::mqtt::codec::{self, Inbound};
 use weir_gateways::mqtt::requests;
 
 use super::edge_work::Reply;
+use super::lanes::Lanes;
 use super::link::{KEEP_ALIVE, SILENCE, Stream, Uplink};
 use super::message::Message;
 
@@ -40,24 +41,21 @@ async fn write(wr: &mut (impl AsyncWrite + Unpin), out: &mut BytesMut) -> Result
 struct Wire {
     inflight: VecDeque<InFlight>,
     pkid: u16,
-    /// The last queue entry sent on this connection.
-    cursor: Option<u64>,
-    /// The queue had nothing after the cursor at the last look.
-    drained: bool,
+    /// What to send next: the backlog and live lanes.
+    lanes: Lanes,
 }
 
 impl Wire {
-    /// Publishes what the queue has after the cursor, as far as the window allows.
+    /// Publishes what the queue has that was not sent yet, as far as the window allows.
     fn fill(&mut self, uplink: &Uplink, out: &mut BytesMut) -> Result<(), String> {
         let room = MAX_IN_FLIGHT - self.inflight.len();
-        if room == 0 || self.drained {
+        if room == 0 {
             return Ok(());
         }
-        let items = uplink
-            .outbox
-            .peek(self.cursor, room)
+        let items = self
+            .lanes
+            .next(&uplink.outbox, room)
             .map_err(|e| e.to_string())?;
-        self.drained = items.is_empty();
         let edge = &uplink.config.device_id;
         for item in items {
             let m = Message::of(&item.event, uplink.is_child(item.event.device_id.as_str()));
@@ -74,7 +72,6 @@ impl Wire {
                 acked: false,
                 seq: item.seq,
             });
-            self.cursor = Some(item.seq);
         }
         Ok(())
     }
@@ -98,11 +95,11 @@ pub(crate) async fn serve(
     replies: &mut tokio::sync::mpsc::UnboundedReceiver<Reply>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = tokio::io::split(stream);
+    let boundary = uplink.outbox.newest().map_err(|e| e.to_string())?;
     let mut wire = Wire {
         inflight: VecDeque::new(),
         pkid: 0,
-        cursor: None,
-        drained: false,
+        lanes: Lanes::new(boundary, uplink.config.catchup_share),
     };
     let mut out = BytesMut::new();
     let mut last_heard = Instant::now();
@@ -162,7 +159,7 @@ pub(crate) async fn serve(
                 }
                 buf.reserve(4096);
             }
-            _ = uplink.ready.notified() => wire.drained = false,
+            _ = uplink.ready.notified() => wire.lanes.wake(),
             Some(reply) = replies.recv() => match reply {
                 // An answer for a child; one whose topic does not fit is dropped (the
                 // hub's caller times out).
@@ -173,7 +170,7 @@ pub(crate) async fn serve(
                 Reply::PubAck { .. } => {}
             },
             _ = tick.tick() => {
-                wire.drained = false;
+                wire.lanes.wake();
                 if uplink.edge_tx.is_some() && last_sync.elapsed() >= uplink.config.sync {
                     rids += 1;
                     codec::publish(&requests::children_request_topic(&rids.to_string()), &[], 0, 0, false, &mut out)

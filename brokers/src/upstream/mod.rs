@@ -10,6 +10,7 @@ mod children;
 mod config;
 mod edge_work;
 mod forward;
+mod lanes;
 mod link;
 mod message;
 mod queue;
