@@ -65,6 +65,14 @@ def test_catch_up_shares_the_link_with_live_messages(tmp_path, share):
         got = [x[0] for x in hub.query("archive", "SELECT CAST(json_extract(body, '$.i') AS BIGINT) FROM t "
                                                   "WHERE device_id = 'live1' ORDER BY ingest_offset")]
         assert got == list(range(LIVE))
+        # When the edge took each message travels with it: it says the live messages are
+        # the newest, whichever order they reached the hub in.
+        times = dict(hub.query("archive", """
+            SELECT device_id, [min(CAST(properties['weir-edge-enqueued'] AS BIGINT)),
+                               max(CAST(properties['weir-edge-enqueued'] AS BIGINT)), count(properties['weir-edge-enqueued'])]
+            FROM t GROUP BY 1"""))
+        assert times["edge1"][2] == backlog and times["live1"][2] == LIVE, times
+        assert times["live1"][0] >= times["edge1"][1], times
         if share == 1.0:
             # The backlog first: every live message after the whole backlog.
             assert min(live_offsets) > max(backlog_offsets)

@@ -46,9 +46,13 @@ impl Message {
             ("$.sub", s.dt_subject.as_deref()),
             ("iothub-creation-time-utc", s.creation_time_utc.as_deref()),
         ];
+        // When the edge took the message (ms since the epoch): with catch-up sharing the
+        // link, a device's messages may reach the hub out of order, and this restores it.
+        let enqueued = e.enqueued_ms.to_string();
         let source = [
             ("weir-source", own.then_some(e.source.as_str())),
             ("weir-device", own.then_some(e.device_id.as_str())),
+            ("weir-edge-enqueued", Some(enqueued.as_str())),
         ];
         let topic_bag = encode_bag(
             system
@@ -104,7 +108,13 @@ mod tests {
         assert_eq!(device, "child-1");
         let (sys, app) = decode_bag(bag).expect("bag");
         assert_eq!(sys.message_id.as_deref(), Some("edge-42"));
-        assert_eq!(app, vec![("a&b".to_owned(), "c=d %".to_owned())]);
+        assert_eq!(
+            app,
+            vec![
+                ("weir-edge-enqueued".to_owned(), "5".to_owned()),
+                ("a&b".to_owned(), "c=d %".to_owned())
+            ]
+        );
     }
 
     #[test]
