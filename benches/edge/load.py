@@ -24,7 +24,7 @@ os.environ.setdefault("WEIR_BIN", str(ROOT / "target" / "release" / "weir"))
 
 import requests  # noqa: E402
 
-from weirhub import WEIR, Hub  # noqa: E402
+from weirhub import WEIR, Hub, free_port  # noqa: E402
 
 DEVICES = 100
 RATE = float(os.environ.get("RATE", "20000"))
@@ -55,13 +55,13 @@ def upstream(edge):
 
 def setup(base, transport, hub_running=True):
     hub = make(base, "hub", HUB_RULES, hostname="hub.bench",
-               config='[archive]\nmax_age_secs = 5\n')
+               config='[archive]\nmax_age_secs = 5\n', fixed_ports={"https": free_port()})
     hub.start()
     e = hub.call("PUT", "/devices/edge1", {"deviceId": "edge1", "capabilities": {"iotEdge": True}}).json()
     for i in range(DEVICES):
         r = hub.call("PUT", f"/devices/sim-{i:04}", {"deviceId": f"sim-{i:04}", "parentScopes": [e["deviceScope"]]})
         assert r.status_code == 200, r.text
-    port = hub.quic_port if transport == "quic" else hub.mqtts_port
+    port = {"quic": hub.quic_port, "websocket": hub.https_port}.get(transport, hub.mqtts_port)
     config = f"""
 [upstream]
 hub = "hub.bench"
