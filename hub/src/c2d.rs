@@ -220,17 +220,22 @@ impl Hub {
     /// The device acknowledged the message with this lock: it is done; the next goes out.
     /// Blocking.
     pub(crate) fn c2d_acknowledged(&self, device: &str, lock: u64) {
-        if let Ok(mut inflight) = self.inner.c2d_inflight.lock()
-            && inflight.get(device).is_some_and(|(l, _)| *l == lock)
         {
-            inflight.remove(device);
-        }
-        if let Err(e) = self
-            .inner
-            .c2d
-            .complete(device, lock, &self.generation(device))
-        {
-            tracing::error!(device, error = %e, "cannot complete a cloud-to-device message");
+            // Completed before it stops being in flight: a delivery in between would send
+            // the same message again.
+            let Ok(mut inflight) = self.inner.c2d_inflight.lock() else {
+                return;
+            };
+            if let Err(e) = self
+                .inner
+                .c2d
+                .complete(device, lock, &self.generation(device))
+            {
+                tracing::error!(device, error = %e, "cannot complete a cloud-to-device message");
+            }
+            if inflight.get(device).is_some_and(|(l, _)| *l == lock) {
+                inflight.remove(device);
+            }
         }
         self.deliver_c2d(device);
     }

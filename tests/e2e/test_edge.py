@@ -191,6 +191,18 @@ ca = "{hub.ca}"
     return edge
 
 
+def shut_down(clients, edge, hub):
+    """Closes the test's clients (whatever state they are in), then the edge and the hub."""
+    for c in clients:
+        try:
+            c.close()
+        except Exception:  # noqa: BLE001 - cleanup
+            pass
+    if edge:
+        edge.stop()
+    hub.stop()
+
+
 def put_device(hub, device_id, body):
     r = hub.call("PUT", f"/devices/{device_id}", {"deviceId": device_id, **body})
     assert r.status_code == 200, r.text
@@ -474,14 +486,7 @@ def test_children_are_kept_at_the_edge_authenticate_offline_and_get_desired_patc
         assert hub.call("DELETE", "/devices/k3").status_code == 204
         wait_for(lambda: edge.call("GET", "/devices/k3").status_code == 404, "k3 is still at the edge")
     finally:
-        for c in clients:
-            try:
-                c.close()
-            except Exception:  # noqa: BLE001 - cleanup
-                pass
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down(clients, edge, hub)
 
 
 def test_a_plain_mqtt_client_reaches_the_hub_as_its_device_through_translation(tmp_path):

@@ -10,7 +10,7 @@ import urllib.parse
 
 import requests
 from mqttclients import Device
-from test_edge import EDGE_RULES, HUB_RULES, make_hub, put_device, start_edge, wait_for
+from test_edge import EDGE_RULES, HUB_RULES, make_hub, put_device, shut_down, start_edge, wait_for
 
 
 def post_c2d(hub, device, body, message_id, **app):
@@ -116,11 +116,4 @@ def test_cloud_to_device_messages_reach_children_through_the_edge(tmp_path):
         assert sorted(got) == sorted([("c1", f"m{i}", "Success") for i in range(1, 7)]
                                      + [("c2", "for-c2", "Success"), ("c3", "for-c3", "Success")]), got
     finally:
-        for r in receivers:
-            try:
-                r.close()
-            except Exception:  # noqa: BLE001 - cleanup
-                pass
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down(receivers, edge, hub)
