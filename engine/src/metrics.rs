@@ -1,5 +1,8 @@
 //! Counters the engine keeps; the binary exposes them on `/metrics`.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
@@ -34,6 +37,9 @@ pub struct EngineMetrics {
     pub insight_too_late: AtomicU64,
     /// Late events an insight sent to its `late` endpoint instead of correcting a window.
     pub insight_late: AtomicU64,
+    /// Events each route took, by route name (kept across rule reloads), plus
+    /// `$fallback`.
+    pub route_matches: Mutex<BTreeMap<Arc<str>, u64>>,
 }
 
 impl EngineMetrics {
@@ -43,5 +49,22 @@ impl EngineMetrics {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    /// Adds one batch's matches per route: one lock per batch, not per event.
+    pub fn add_route_matches(&self, names: impl Iterator<Item = (Arc<str>, u64)>) {
+        if let Ok(mut m) = self.route_matches.lock() {
+            for (name, n) in names.filter(|(_, n)| *n > 0) {
+                *m.entry(name).or_default() += n;
+            }
+        }
+    }
+
+    /// Every route's matches so far.
+    pub fn route_matches(&self) -> Vec<(Arc<str>, u64)> {
+        self.route_matches
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (Arc::clone(k), *v)).collect())
+            .unwrap_or_default()
     }
 }

@@ -42,6 +42,17 @@ pub enum Command {
     Edge(EdgeArgs),
     /// Simulate devices publishing telemetry, and report throughput and latency.
     Simulate(simulate::SimulateArgs),
+    /// Print a link that opens the live page of a running hub, signed in for a while.
+    Dashboard(DashboardArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub hub: HubArgs,
+    /// How long the link signs the browser in for, in seconds.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=86_400))]
+    pub valid_secs: i64,
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -373,5 +384,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dps(d) => dps_cmd::run(d),
         Command::Edge(e) => crate::edge::status(e),
         Command::Simulate(s) => simulate::run(s),
+        Command::Dashboard(d) => {
+            let client = crate::client::HubClient::new(&d.hub)?;
+            println!("{}", client.dashboard_link(d.valid_secs)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -95,13 +95,27 @@ impl HubClient {
     }
 
     fn token(&self) -> anyhow::Result<String> {
-        let expiry = weir_core::time::now_secs() + 3600;
+        self.token_for(3600)
+    }
+
+    fn token_for(&self, secs: i64) -> anyhow::Result<String> {
+        let expiry = weir_core::time::now_secs() + secs;
         Ok(sas::build(
             &self.hostname,
             &self.key,
             expiry,
             Some(&self.policy),
         )?)
+    }
+
+    /// The live page's address with a service token valid for `secs`: opening it signs the
+    /// browser in (the page moves the token into a cookie and off the address bar).
+    pub fn dashboard_link(&self, secs: i64) -> anyhow::Result<String> {
+        let token = self.token_for(secs)?;
+        let base = self.uri.to_string();
+        let encoded =
+            percent_encoding::utf8_percent_encode(&token, percent_encoding::NON_ALPHANUMERIC);
+        Ok(format!("{}/?token={encoded}", base.trim_end_matches('/')))
     }
 
     /// Sends one request and reads the JSON reply.

@@ -416,6 +416,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         http: Arc::clone(&http_limits),
         max_message_bytes: cfg.mqtt_settings.max_message_bytes,
         upstream: uplink.clone(),
+        log_budget_bytes: cfg.log.budget_bytes,
+        workers: cfg.workers,
     });
     let app = api::router(state);
     if let Some(l) = http_l {

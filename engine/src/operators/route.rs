@@ -36,6 +36,8 @@ impl<'s> Route<'s> for Events<'s> {
             setup,
             outcome: Outcome::default(),
             last_warning: None,
+            matches: Vec::new(),
+            fallbacks: 0,
         };
         read_as_of(
             "Route",
@@ -56,6 +58,9 @@ struct Router {
     setup: RouteSetup,
     outcome: Outcome,
     last_warning: Option<Instant>,
+    /// This batch's matches per route index, and the fallback's.
+    matches: Vec<u64>,
+    fallbacks: u64,
 }
 
 impl Router {
@@ -69,6 +74,9 @@ impl Router {
     ) {
         let reads_body = rules.reads_body();
         let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
+        self.matches.clear();
+        self.matches.resize(rules.routes.len(), 0);
+        self.fallbacks = 0;
         for (k, event) in events.iter().enumerate() {
             // The insights' clock: no route can select it.
             if event.source == EventSource::Clock {
@@ -98,6 +106,12 @@ impl Router {
             if let Some(t) = &self.setup.trace {
                 t(event, rules, &self.outcome);
             }
+            for &r in &self.outcome.routes {
+                if let Some(n) = self.matches.get_mut(r) {
+                    *n += 1;
+                }
+            }
+            self.fallbacks += u64::from(self.outcome.fallback);
             if self.outcome.endpoints.is_empty() {
                 unrouted += 1;
                 continue;
@@ -116,5 +130,14 @@ impl Router {
         EngineMetrics::add(&m.events_unrouted, unrouted);
         EngineMetrics::add(&m.deliveries, deliveries);
         EngineMetrics::add(&m.dead_letters, dead);
+        let fallback = (Arc::from("$fallback"), self.fallbacks);
+        m.add_route_matches(
+            rules
+                .routes
+                .iter()
+                .zip(&self.matches)
+                .map(|(r, n)| (Arc::clone(&r.name), *n))
+                .chain(std::iter::once(fallback)),
+        );
     }
 }

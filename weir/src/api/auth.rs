@@ -63,6 +63,17 @@ fn check(state: &ApiState, req: &Request, allowed: impl Fn(&str) -> bool) -> Res
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| unauthorized("missing Authorization header with a service SAS token"))?;
+    verify(state, header, allowed)
+}
+
+/// The hub's service credential, for the dashboard: any policy but the provisioning
+/// service's.
+pub(super) fn verify_service(state: &ApiState, token: &str) -> Result<(), ApiError> {
+    verify(state, token, |p| !p.eq_ignore_ascii_case(PROVISIONING))
+}
+
+/// Verifies a service SAS token signed with a key of a policy `allowed` admits.
+fn verify(state: &ApiState, header: &str, allowed: impl Fn(&str) -> bool) -> Result<(), ApiError> {
     let token = sas::parse(header).map_err(|e| unauthorized(e.to_string()))?;
     let policy = token
         .skn

@@ -400,6 +400,13 @@ pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {
         &e.insight_late,
     );
     endpoint_metrics(&mut out, &s);
+    let _ = writeln!(
+        out,
+        "# HELP weir_route_matches_total Events each route took ($fallback: device messages no route took, sent to the fallback endpoints).\n# TYPE weir_route_matches_total counter"
+    );
+    for (route, n) in e.route_matches() {
+        let _ = writeln!(out, "weir_route_matches_total{{route=\"{route}\"}} {n}");
+    }
     gauge(
         &mut out,
         "weir_registry_devices",

@@ -2,6 +2,7 @@
 
 mod auth;
 mod certificates;
+mod dashboard;
 mod devices;
 mod dps;
 mod endpoints;
@@ -48,6 +49,10 @@ pub struct ApiState {
     pub max_message_bytes: usize,
     /// Edge mode: the link to the hub.
     pub upstream: Option<Arc<weir_brokers::upstream::Uplink>>,
+    /// The ingest log's disk budget.
+    pub log_budget_bytes: u64,
+    /// Engine worker threads.
+    pub workers: usize,
 }
 
 /// A JSON answer with its `ETag` header (IoT Hub quotes etags).
@@ -138,6 +143,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
             auth::require_provisioning_token,
         ));
     Router::new()
+        // The live page checks the credential itself: without one it offers to sign in.
+        .route("/", get(dashboard::page))
+        .route("/dashboard/sign-in", post(dashboard::sign_in))
+        .route("/dashboard/sign-out", post(dashboard::sign_out))
+        .route("/dashboard/snapshot", get(dashboard::snapshot))
+        .route("/dashboard/stream", get(dashboard::stream))
         .route("/health", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics::render))
         // Devices authenticate inside MQTT (their SAS token is in CONNECT), not here.

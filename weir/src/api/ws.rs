@@ -18,6 +18,10 @@ use super::ApiState;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Whether the request came over TLS (cookies set on it are `Secure`).
+#[derive(Debug, Clone, Copy)]
+pub struct Secure(pub bool);
+
 /// The TLS client certificate chain of the connection a request came on, if any.
 #[derive(Debug, Clone)]
 pub struct ClientCerts(pub Option<Arc<[Vec<u8>]>>);

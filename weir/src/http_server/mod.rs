@@ -79,12 +79,13 @@ pub async fn serve(
         let app = app.clone();
         // The TLS client certificate chain (MQTT over WebSocket may authenticate with it)
         // goes with each request too.
-        let service = move |certs: Option<Arc<[Vec<u8>]>>| {
+        let service = move |certs: Option<Arc<[Vec<u8>]>>, secure: bool| {
             let app = app.clone();
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let extensions = req.extensions_mut();
                 extensions.insert(crate::api::ws::ClientAddr(peer));
                 extensions.insert(crate::api::ws::ClientCerts(certs.clone()));
+                extensions.insert(crate::api::ws::Secure(secure));
                 let mut app = app.clone();
                 async move { app.call(req).await }
             })
@@ -108,7 +109,10 @@ pub async fn serve(
                         return;
                     };
                     let conn = builder
-                        .serve_connection(TokioIo::new(Prefixed::new(head, socket)), service(None))
+                        .serve_connection(
+                            TokioIo::new(Prefixed::new(head, socket)),
+                            service(None, false),
+                        )
                         .with_upgrades();
                     tokio::pin!(conn);
                     tokio::select! {
@@ -130,7 +134,7 @@ pub async fn serve(
                             let conn = builder
                                 .serve_connection(
                                     TokioIo::new(Prefixed::new(head, stream)),
-                                    service(certs),
+                                    service(certs, true),
                                 )
                                 .with_upgrades();
                             tokio::pin!(conn);

@@ -1,0 +1,126 @@
+//! One snapshot of the hub's counters for the live page: totals, which the page turns into
+//! rates by differencing consecutive snapshots.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use super::super::ApiState;
+use super::super::endpoints::reports;
+
+pub fn take(s: &ApiState) -> Value {
+    let protocols = s.gateway_metrics.all();
+    let load = |f: fn(&weir_gateways::ProtocolMetrics) -> u64| -> u64 {
+        protocols.iter().map(|(_, m)| f(m)).sum()
+    };
+    let connections: serde_json::Map<String, Value> = protocols
+        .iter()
+        .map(|(p, m)| {
+            (
+                (*p).to_owned(),
+                json!(m.connections_open.load(Ordering::Relaxed).max(0)),
+            )
+        })
+        .collect();
+    let mut refusals = serde_json::Map::new();
+    refusals.insert(
+        "credentials".into(),
+        json!(load(|m| m.connects_refused.load(Ordering::Relaxed))),
+    );
+    refusals.insert(
+        "connection limit".into(),
+        json!(load(|m| m.rejected_limit.load(Ordering::Relaxed))),
+    );
+    refusals.insert(
+        "pending limit".into(),
+        json!(load(|m| m.rejected_pending.load(Ordering::Relaxed))),
+    );
+    refusals.insert(
+        "protocol errors".into(),
+        json!(load(|m| m.protocol_errors.load(Ordering::Relaxed))),
+    );
+    for (i, why) in weir_core::Revocation::ALL.iter().enumerate() {
+        let n: u64 = protocols
+            .iter()
+            .map(|(_, m)| m.revoked[i].load(Ordering::Relaxed))
+            .sum();
+        refusals.insert(format!("revoked: {}", why.as_str()), json!(n));
+    }
+    refusals.insert(
+        "HTTP connection limit".into(),
+        json!(s.http.refused.load(Ordering::Relaxed)),
+    );
+    let e = &s.engine_metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let endpoints: Vec<Value> = reports(s)
+        .into_iter()
+        .map(|r| {
+            json!({
+                "name": r.name,
+                "type": r.kind,
+                "state": r.health.state.as_str(),
+                "lag": r.lag,
+                "failures": r.health.failures,
+                "deadLettered": r.health.dead_lettered,
+                "lastError": r.health.last_error,
+            })
+        })
+        .collect();
+    let archived_by_endpoint: serde_json::Map<String, Value> = s
+        .archive_metrics
+        .rows_by_endpoint
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.to_string(), json!(v))).collect())
+        .unwrap_or_default();
+    let routes: Vec<Value> = e
+        .route_matches()
+        .into_iter()
+        .map(|(name, n)| json!({ "name": &*name, "matched": n }))
+        .collect();
+    let l = s.log_metrics.metrics();
+    json!({
+        "timeMs": weir_core::time::now_ms(),
+        "hub": s.hostname,
+        "cluster": {
+            "processes": [{
+                "process": 0,
+                "workers": s.workers,
+                "partitions": weir_core::feed::PARTITIONS,
+            }],
+        },
+        "connections": connections,
+        "devicesConnected": s.hub.connections().connected(),
+        "messagesIn": load(|m| m.messages_in.load(Ordering::Relaxed)),
+        "bytesIn": load(|m| m.bytes_in.load(Ordering::Relaxed)),
+        "engine": {
+            "eventsIn": get(&e.events_in),
+            "routed": get(&e.events_routed),
+            "unrouted": get(&e.events_unrouted),
+            "deliveries": get(&e.deliveries),
+            "duplicates": get(&e.duplicates),
+            "deadLetters": get(&e.dead_letters),
+        },
+        "archivedRows": get(&s.archive_metrics.rows_committed),
+        "archivedByEndpoint": archived_by_endpoint,
+        "routes": routes,
+        "endpoints": endpoints,
+        "log": {
+            "endOffset": s.log_metrics.end(),
+            "backlog": s.log_metrics.end().saturating_sub(s.endpoint_health.floor()),
+            "diskBytes": get(&l.disk_bytes),
+            "budgetBytes": s.log_budget_bytes,
+            "writeFailing": s.log_metrics.write_failing(),
+        },
+        "refusals": refusals,
+        "devices": s.registry.len(),
+        "upstream": s.upstream.as_ref().map(|u| {
+            let st = u.state();
+            json!({
+                "connected": st.connected,
+                "backlogMessages": st.backlog.messages,
+                "dropped": st.dropped,
+                "forwarded": st.forwarded,
+            })
+        }),
+    })
+}
