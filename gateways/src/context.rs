@@ -11,6 +11,7 @@ use weir_core::{ConnectionRegistry, DeviceDirectory, DeviceServices, Ingest, Pro
 
 use crate::metrics::{GatewayMetrics, ProtocolMetrics};
 use crate::ratelog::LogLimiter;
+use crate::throttle::ConnectThrottle;
 
 /// Connection limits shared by every gateway: what unauthenticated clients can make the
 /// hub hold is bounded, and a clean stop waits for connections to end.
@@ -19,6 +20,8 @@ pub struct Admission {
     max_pending: usize,
     connections: Arc<Semaphore>,
     pending: Arc<Semaphore>,
+    /// Connect rate limits, which sessions apply when a CONNECT arrives.
+    pub throttle: Arc<ConnectThrottle>,
     /// Refusals are logged at a bounded rate.
     pub refusals: LogLimiter,
 }
@@ -36,8 +39,15 @@ impl Admission {
             max_pending,
             connections: Arc::new(Semaphore::new(max_connections)),
             pending: Arc::new(Semaphore::new(max_pending)),
+            throttle: Arc::new(ConnectThrottle::new(0, 0)),
             refusals: LogLimiter::default(),
         }
+    }
+
+    /// With connect rate limits.
+    pub fn with_throttle(mut self, throttle: ConnectThrottle) -> Admission {
+        self.throttle = Arc::new(throttle);
+        self
     }
 
     /// Both slots, or `None` (counted in `metrics` and logged at a bounded rate) when

@@ -15,6 +15,7 @@ pub mod quic;
 pub mod quic_client;
 pub mod ratelog;
 pub mod sas;
+pub mod throttle;
 pub mod tls;
 pub mod x509;
 

@@ -16,6 +16,8 @@ pub struct ProtocolMetrics {
     pub rejected_limit: AtomicU64,
     /// Closed at once because `mqtt.max_pending_connections` were still authenticating.
     pub rejected_pending: AtomicU64,
+    /// Answered CONNACK 3 because a connect rate limit was reached.
+    pub connects_throttled: AtomicU64,
     pub messages_in: AtomicU64,
     pub bytes_in: AtomicU64,
     pub protocol_errors: AtomicU64,

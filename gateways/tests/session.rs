@@ -15,6 +15,7 @@ use weir_gateways::mqtt::dialect::{C2dLock, IotHub};
 use weir_gateways::mqtt::session::{Action, End, Session, SessionConfig};
 use weir_gateways::mqtt::translate::{TranslateAuth, Translation};
 use weir_gateways::sas;
+use weir_gateways::throttle::{ConnectThrottle, Throttled};
 
 const KEY: &str = "c2Vzc2lvbi10ZXN0LWtleS0xMjM0NTY3OA==";
 const NOW_MS: i64 = 1_800_000_000_000;
@@ -590,5 +591,37 @@ fn a_translated_client_publishes_on_its_entrys_topics_as_its_device() {
     assert!(matches!(
         written(&mut s).as_slice(),
         [Inbound::ConnAck { code: 5, .. }]
+    ));
+}
+
+#[test]
+fn a_throttled_connect_gets_connack_3_before_its_credentials_are_checked() {
+    let limits = Arc::new(ConnectThrottle::new(1, 0));
+    let (mut s, now) = session();
+    s.throttle(Arc::clone(&limits));
+    s.received(
+        &mut connect_bytes("dev1", 60, true, &token("dev1", NOW_MS / 1000 + 60)),
+        now,
+        NOW_MS,
+    );
+    assert!(matches!(
+        actions(&mut s).first(),
+        Some(Action::Register { .. })
+    ));
+    // The second within the same second is over the limit.
+    let (mut s, now) = session();
+    s.throttle(limits);
+    s.received(
+        &mut connect_bytes("dev1", 60, true, "not even a token"),
+        now,
+        NOW_MS,
+    );
+    assert!(matches!(
+        written(&mut s).as_slice(),
+        [Inbound::ConnAck { code: 3, .. }]
+    ));
+    assert!(matches!(
+        actions(&mut s).as_slice(),
+        [Action::Close(End::Throttled(Throttled::Hub))]
     ));
 }

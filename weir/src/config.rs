@@ -112,6 +112,8 @@ struct Mqtt {
     connect_timeout_secs: u64,
     max_connections: usize,
     max_pending_connections: usize,
+    connect_rate: u32,
+    connect_rate_per_address: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +138,9 @@ struct HttpSection {
 pub struct MqttLimits {
     pub max_connections: usize,
     pub max_pending: usize,
+    /// Connects a second, hub-wide and per source address (0: no limit).
+    pub connect_rate: u32,
+    pub connect_rate_per_address: u32,
 }
 
 /// Limits of the HTTP listeners.
@@ -466,6 +471,8 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         mqtt_limits: MqttLimits {
             max_connections: f.mqtt.max_connections,
             max_pending: f.mqtt.max_pending_connections,
+            connect_rate: f.mqtt.connect_rate,
+            connect_rate_per_address: f.mqtt.connect_rate_per_address,
         },
         http_settings: HttpSettings {
             max_connections: f.http.max_connections,

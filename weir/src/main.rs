@@ -9,6 +9,7 @@ mod device_cmd;
 mod dps;
 mod dps_cmd;
 mod edge;
+mod fdlimit;
 mod http_server;
 mod reload;
 mod rules_cmd;

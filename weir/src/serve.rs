@@ -137,14 +137,16 @@ fn load_rules(cfg: &Config) -> anyhow::Result<weir_rules::RuleSet> {
     }
 }
 
-/// Every connection is a file descriptor; the soft limit (often 1024) would cap the hub far
-/// below `mqtt.max_connections`. Raise it to the hard limit.
-fn raise_fd_limit() {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::info!(
+/// The soft limit (often 1024) would cap the hub far below `mqtt.max_connections`.
+fn raise_fd_limit(max_connections: usize) {
+    match crate::fdlimit::raise() {
+        // Files besides connections: logs, archives, the registry, HTTP.
+        Ok(n) if n < max_connections as u64 + 1024 => tracing::warn!(
             limit = n,
-            "open file limit (RLIMIT_NOFILE) raised to its hard limit"
+            max_connections,
+            "the open file limit (RLIMIT_NOFILE) is below mqtt.max_connections: connections beyond it are refused; raise the hard limit (ulimit -Hn, LimitNOFILE=) or run as root"
         ),
+        Ok(n) => tracing::info!(limit = n, "open file limit (RLIMIT_NOFILE)"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot raise the open file limit; connections beyond it are refused")
         }
@@ -168,7 +170,7 @@ fn broker<K: weir_brokers::Kind>(
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    raise_fd_limit();
+    raise_fd_limit(cfg.mqtt_limits.max_connections);
     // Keys, device records and device data live here: only the hub's user may read them.
     weir_storage::fsutil::create_dir_durable(&cfg.data_dir)
         .and_then(|()| weir_storage::fsutil::restrict(&cfg.data_dir))
@@ -361,10 +363,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .clone()
             .map(|d| Arc::new(d) as Arc<dyn weir_core::Provisioning>),
         connections,
-        admission: Arc::new(Admission::new(
-            cfg.mqtt_limits.max_connections,
-            cfg.mqtt_limits.max_pending,
-        )),
+        admission: Arc::new(
+            Admission::new(cfg.mqtt_limits.max_connections, cfg.mqtt_limits.max_pending)
+                .with_throttle(weir_gateways::throttle::ConnectThrottle::new(
+                    cfg.mqtt_limits.connect_rate,
+                    cfg.mqtt_limits.connect_rate_per_address,
+                )),
+        ),
         metrics: Arc::clone(&gateway_metrics),
         shutdown: stop_rx.clone(),
     });

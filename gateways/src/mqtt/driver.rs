@@ -69,6 +69,9 @@ where
         peer,
         Instant::now(),
     );
+    if !mqtt.ctx.admission.throttle.is_off() {
+        session.throttle(Arc::clone(&mqtt.ctx.admission.throttle));
+    }
     let mut buf = BytesMut::new();
     let mut read_size = MIN_READ;
     let mut live: Option<Live> = None;
@@ -310,6 +313,13 @@ async fn finish(
     let Some(l) = live else {
         let reason = match end {
             End::ShuttingDown => return,
+            End::Throttled(t) => {
+                ProtocolMetrics::inc(&m.connects_throttled, 1);
+                if let Some(suppressed) = mqtt.ctx.admission.refusals.allow() {
+                    tracing::warn!(%peer, reason = t.reason(), suppressed, "CONNACK 3: retry later");
+                }
+                return;
+            }
             End::Refused(r) | End::Violation(r) => r,
             End::PeerClosed | End::Disconnect => "closed before CONNECT".into(),
             End::Io(e) => format!("read error before CONNECT: {e}"),
@@ -350,6 +360,9 @@ async fn finish(
             tracing::warn!(%peer, %device, error = %e, "messages not stored; closed without acknowledging them")
         }
         End::Refused(reason) => tracing::warn!(%peer, %device, %reason, "connection refused"),
+        End::Throttled(t) => {
+            tracing::warn!(%peer, %device, reason = t.reason(), "connection refused")
+        }
         End::PeerClosed | End::Disconnect | End::ShuttingDown => {
             tracing::debug!(%peer, %device, "device disconnected")
         }

@@ -18,6 +18,7 @@ use weir_core::{
 
 use super::codec::{self, CodecError, Inbound, Publish};
 use super::dialect::{C2dLock, Dialect, Incoming};
+use crate::throttle::{ConnectThrottle, Throttled};
 
 /// Limits a session enforces.
 #[derive(Debug, Clone, Copy)]
@@ -35,6 +36,8 @@ pub struct SessionConfig {
 pub enum End {
     /// Refused before CONNACK 0 (the reason is for the log; no secrets).
     Refused(String),
+    /// CONNACK 3: a connect rate limit was reached.
+    Throttled(Throttled),
     PeerClosed,
     Disconnect,
     Replaced,
@@ -161,6 +164,8 @@ pub struct Session {
     last_activity: Instant,
     out: BytesMut,
     actions: VecDeque<Action>,
+    /// The connect rate limits this session's CONNECT is held to, if any.
+    throttle: Option<Arc<ConnectThrottle>>,
 }
 
 /// The idle limit for a keep-alive: 1.5 times it, as IoT Hub does, with 0 meaning the
@@ -196,7 +201,15 @@ impl Session {
             last_activity: now,
             out: BytesMut::new(),
             actions: VecDeque::new(),
+            throttle: None,
         }
+    }
+
+    /// Holds the CONNECT to connect rate limits: past them it gets CONNACK 3 (server
+    /// unavailable) before anything in it is checked, so clients retry later and the hub
+    /// spends nothing on authenticating them.
+    pub fn throttle(&mut self, limits: Arc<ConnectThrottle>) {
+        self.throttle = Some(limits);
     }
 
     pub fn peer(&self) -> &Peer {
@@ -336,6 +349,15 @@ impl Session {
             self.close(End::Refused(why));
             return;
         };
+        if let Some(Err(t)) = self
+            .throttle
+            .as_ref()
+            .map(|l| l.check(self.peer.addr.ip(), now.into_std()))
+        {
+            codec::connack(3, false, &mut self.out);
+            self.close(End::Throttled(t));
+            return;
+        }
         let identity =
             match self
                 .dialect

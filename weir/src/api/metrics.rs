@@ -101,7 +101,7 @@ fn gateway_metrics(out: &mut String, s: &ApiState) {
             m.connections_open.load(Ordering::Relaxed)
         );
     }
-    let counters: [ProtocolSeries; 8] = [
+    let counters: [ProtocolSeries; 9] = [
         (
             "weir_gateway_connections_total",
             "Connections accepted.",
@@ -121,6 +121,11 @@ fn gateway_metrics(out: &mut String, s: &ApiState) {
             "weir_gateway_connections_over_pending_limit_total",
             "Connections closed because mqtt.max_pending_connections were still authenticating.",
             |m| m.rejected_pending.load(Ordering::Relaxed),
+        ),
+        (
+            "weir_gateway_connects_throttled_total",
+            "CONNECTs answered with CONNACK 3 because mqtt.connect_rate or mqtt.connect_rate_per_address was reached.",
+            |m| m.connects_throttled.load(Ordering::Relaxed),
         ),
         (
             "weir_gateway_messages_total",

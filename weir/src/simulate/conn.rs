@@ -8,9 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use std::net::IpAddr;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use weir_gateways::mqtt::codec::{self, Inbound};
 
 use super::payload::{Rng, Template};
@@ -31,6 +33,9 @@ pub struct Plan {
     pub template: Arc<Template>,
     /// Connect, then send nothing until `stop` (keep-alive pings only).
     pub idle: bool,
+    /// The local address to connect from (spreading connections over 127.0.0.0/8 gives
+    /// each address its own ephemeral ports).
+    pub source: Option<IpAddr>,
 }
 
 /// Shared counters for progress and the report.
@@ -40,7 +45,40 @@ pub struct Counters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub stop: AtomicBool,
+    /// Woken with `stop`, for connections that wait.
+    pub halt: Notify,
+    /// Storm mode: connections back after the drop, attempts refused with CONNACK 3,
+    /// attempts that failed otherwise.
+    pub reconnected: AtomicU64,
+    pub throttled: AtomicU64,
+    pub failed: AtomicU64,
 }
+
+impl Counters {
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.halt.notify_waiters();
+    }
+}
+
+/// The server answered CONNACK with a refusal.
+#[derive(Debug)]
+pub struct Refused {
+    pub client_id: String,
+    pub code: u8,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: connection refused, CONNACK return code {}",
+            self.client_id, self.code
+        )
+    }
+}
+
+impl std::error::Error for Refused {}
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
@@ -54,7 +92,11 @@ pub enum Transport {
     Quic(quinn::Endpoint, String),
 }
 
-pub async fn connect(addr: &str, transport: &Transport) -> anyhow::Result<Box<dyn Stream>> {
+pub async fn connect(
+    addr: &str,
+    transport: &Transport,
+    source: Option<IpAddr>,
+) -> anyhow::Result<Box<dyn Stream>> {
     if let Transport::Quic(ep, name) = transport {
         let server = tokio::net::lookup_host(addr)
             .await?
@@ -62,9 +104,25 @@ pub async fn connect(addr: &str, transport: &Transport) -> anyhow::Result<Box<dy
             .with_context(|| format!("{addr} resolves to no address"))?;
         return Ok(Box::new(super::quic::connect(ep, server, name).await?));
     }
-    let tcp = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("cannot connect to {addr}"))?;
+    let tcp = match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let server = tokio::net::lookup_host(addr)
+                .await?
+                .next()
+                .with_context(|| format!("{addr} resolves to no address"))?;
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket
+                .bind((ip, 0).into())
+                .with_context(|| format!("cannot bind {ip}"))?;
+            socket.connect(server).await
+        }
+    }
+    .with_context(|| format!("cannot connect to {addr}"))?;
     tcp.set_nodelay(true)?;
     Ok(match transport {
         Transport::Tls(c, name) => {
@@ -90,7 +148,11 @@ pub async fn mqtt_connect(
             match p {
                 Inbound::ConnAck { code: 0, .. } => return Ok(buf),
                 Inbound::ConnAck { code, .. } => {
-                    bail!("{client_id}: connection refused, CONNACK return code {code}")
+                    return Err(Refused {
+                        client_id: client_id.to_owned(),
+                        code,
+                    }
+                    .into());
                 }
                 other => bail!("{client_id}: expected CONNACK, got {other:?}"),
             }
@@ -107,23 +169,14 @@ pub async fn publish(
     counters: Arc<Counters>,
     seed: u64,
 ) -> anyhow::Result<Histogram<u64>> {
-    let mut stream = connect(&plan.addr, &plan.transport).await?;
+    if plan.idle {
+        super::storm::idle(&plan, &counters, seed).await?;
+        return Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
+    }
+    let mut stream = connect(&plan.addr, &plan.transport, plan.source).await?;
     let login = plan.login.as_ref().map(|(u, p)| (u.as_str(), p.as_str()));
     let leftover = mqtt_connect(&mut stream, &plan.client_id, login).await?;
     counters.connected.fetch_add(1, Ordering::Relaxed);
-    if plan.idle {
-        let mut ping = BytesMut::new();
-        codec::pingreq(&mut ping);
-        let mut last_ping = Instant::now();
-        while !counters.stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if last_ping.elapsed() > Duration::from_secs(30) {
-                stream.write_all(&ping).await?;
-                last_ping = Instant::now();
-            }
-        }
-        return Ok(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?);
-    }
     let (mut rd, mut wr) = tokio::io::split(stream);
     let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..65536).map(|_| AtomicU64::new(0)).collect());
@@ -229,7 +282,7 @@ pub async fn subscribe(
     last: Arc<std::sync::Mutex<Option<Instant>>>,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<()> {
-    let mut s = connect(&addr, &Transport::Tcp).await?;
+    let mut s = connect(&addr, &Transport::Tcp, None).await?;
     let mut buf = mqtt_connect(&mut s, "weir-simulate-subscriber", None).await?;
     let mut out = BytesMut::new();
     codec::subscribe(1, &filter, qos, &mut out);

@@ -5,6 +5,7 @@
 mod conn;
 mod payload;
 mod quic;
+mod storm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -88,6 +89,16 @@ pub struct SimulateArgs {
     /// (for measuring the memory an idle connection costs).
     #[arg(long, requires = "duration")]
     pub idle: bool,
+    /// Connect from these local addresses in turn (`127.0.0.2-127.0.0.200`): each has its
+    /// own ~28 k ephemeral ports, so 100 k connections to one server need several.
+    #[arg(long)]
+    pub source_ips: Option<String>,
+    /// A reconnect storm: connect every device, then drop all connections at once (no
+    /// DISCONNECT, as in a network outage) and reconnect them all at once, retrying with
+    /// backoff when refused; reports the time until all are back. Ends after --duration
+    /// seconds more.
+    #[arg(long, requires = "duration", conflicts_with = "idle")]
+    pub storm: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -110,6 +121,14 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> {
     if args.messages == 0 && args.duration.is_none() {
         bail!("give --messages or --duration, or the simulation never ends");
     }
+    let files = crate::fdlimit::raise()?;
+    // Connections, and a few files besides.
+    if files < args.devices as u64 + 64 {
+        bail!(
+            "--devices {} needs as many open files, and only {files} are allowed: raise the hard limit (ulimit -Hn) or run as root",
+            args.devices
+        );
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -122,35 +141,59 @@ struct Device {
 }
 
 /// Registers (or looks up) the simulated devices and builds their MQTT credentials.
+/// Registration requests in flight at once.
+const REGISTER_CONCURRENCY: usize = 32;
+
 async fn register(
     args: &SimulateArgs,
     client: &HubClient,
     ttl: i64,
 ) -> anyhow::Result<Vec<Device>> {
-    let mut out = Vec::with_capacity(args.devices);
-    for i in 0..args.devices {
-        let id = format!("{}{i:04}", args.prefix);
-        let path = format!("/devices/{id}");
-        let body = json!({"deviceId": id, "authentication": {"type": "sas"}});
-        let reply = client.call(Method::PUT, &path, Some(&body), None).await?;
-        let dev = if reply.status == StatusCode::CONFLICT {
-            client.call(Method::GET, &path, None, None).await?.ok()?
-        } else {
-            reply.ok()?
-        };
-        let key = dev["authentication"]["symmetricKey"]["primaryKey"]
-            .as_str()
-            .context("device without a key")?;
-        let resource = format!("{}/devices/{id}", client.hostname);
-        let token =
-            weir_gateways::sas::build(&resource, key, weir_core::time::now_secs() + ttl, None)?;
-        let user = format!("{}/{id}/?api-version=2021-04-12", client.hostname);
-        out.push(Device {
-            id,
-            login: Some((user, token)),
-        });
-    }
-    Ok(out)
+    use futures_util::{StreamExt, TryStreamExt};
+    let bar = if args.quiet || args.json || args.devices < 1000 {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(args.devices as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("registering {bar:40} {pos}/{len} {per_sec}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let out = futures_util::stream::iter(0..args.devices)
+        .map(|i| {
+            let bar = bar.clone();
+            async move {
+                let d = register_one(&format!("{}{i:04}", args.prefix), client, ttl).await;
+                bar.inc(1);
+                d
+            }
+        })
+        .buffered(REGISTER_CONCURRENCY)
+        .try_collect()
+        .await;
+    bar.finish_and_clear();
+    out
+}
+
+async fn register_one(id: &str, client: &HubClient, ttl: i64) -> anyhow::Result<Device> {
+    let path = format!("/devices/{id}");
+    let body = json!({"deviceId": id, "authentication": {"type": "sas"}});
+    let reply = client.call(Method::PUT, &path, Some(&body), None).await?;
+    let dev = if reply.status == StatusCode::CONFLICT {
+        client.call(Method::GET, &path, None, None).await?.ok()?
+    } else {
+        reply.ok()?
+    };
+    let key = dev["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .context("device without a key")?;
+    let resource = format!("{}/devices/{id}", client.hostname);
+    let token = weir_gateways::sas::build(&resource, key, weir_core::time::now_secs() + ttl, None)?;
+    let user = format!("{}/{id}/?api-version=2021-04-12", client.hostname);
+    Ok(Device {
+        id: id.to_owned(),
+        login: Some((user, token)),
+    })
 }
 
 async fn metric(client: &HubClient, name: &str) -> anyhow::Result<u64> {
@@ -258,6 +301,35 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    let sources = match &args.source_ips {
+        Some(r) if kind == TransportKind::Quic => {
+            bail!("--source-ips {r}: only TCP and TLS connections take a source address")
+        }
+        Some(r) => storm::source_ips(r)?,
+        None => Vec::new(),
+    };
+    if args.storm {
+        let plans = devices
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| conn::Plan {
+                addr: addr.clone(),
+                transport: transport.clone(),
+                topic: String::new(),
+                client_id: d.id,
+                login: d.login,
+                qos: 0,
+                messages: 0,
+                rate: 0.0,
+                inflight: 1,
+                template: Arc::clone(&template),
+                idle: true,
+                source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
+            })
+            .collect();
+        let hold = Duration::from_secs_f64(args.duration.unwrap_or(0.0));
+        return storm::run(plans, hold, &bar, args.json).await;
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (i, d) in devices.into_iter().enumerate() {
@@ -273,6 +345,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             inflight: args.inflight,
             template: Arc::clone(&template),
             idle: args.idle,
+            source: (!sources.is_empty()).then(|| sources[i % sources.len()]),
         };
         tasks.push(tokio::spawn(conn::publish(
             plan,
@@ -293,7 +366,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
                     counters.acked.load(Ordering::Relaxed)
                 ));
                 if duration.is_some_and(|d| started.elapsed() >= d) {
-                    counters.stop.store(true, Ordering::Relaxed);
+                    counters.stop();
                 }
             }
         })

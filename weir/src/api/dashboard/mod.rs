@@ -189,3 +189,42 @@ pub async fn stream(State(s): State<Arc<ApiState>>, headers: HeaderMap) -> Respo
         .keep_alive(KeepAlive::default())
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_comes_from_the_header_or_the_sign_in_cookie() {
+        let mut h = HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static(
+                "theme=dark; weir_dashboard=SharedAccessSignature%20sr%3Dhub; x=1",
+            ),
+        );
+        assert_eq!(
+            credential(&h).as_deref(),
+            Some("SharedAccessSignature sr=hub")
+        );
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("SharedAccessSignature sr=other"),
+        );
+        assert_eq!(
+            credential(&h).as_deref(),
+            Some("SharedAccessSignature sr=other")
+        );
+        let mut other = HeaderMap::new();
+        other.insert(
+            header::COOKIE,
+            HeaderValue::from_static("weir_dashboardx=1; not_weir_dashboard=2"),
+        );
+        assert_eq!(credential(&other), None);
+        assert_eq!(
+            html_escape("<b a=\"1\">&"),
+            "&lt;b a=&quot;1&quot;&gt;&amp;"
+        );
+    }
+}

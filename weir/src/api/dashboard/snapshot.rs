@@ -32,6 +32,10 @@ pub fn take(s: &ApiState) -> Value {
         json!(load(|m| m.rejected_limit.load(Ordering::Relaxed))),
     );
     refusals.insert(
+        "connect rate (CONNACK 3)".into(),
+        json!(load(|m| m.connects_throttled.load(Ordering::Relaxed))),
+    );
+    refusals.insert(
         "pending limit".into(),
         json!(load(|m| m.rejected_pending.load(Ordering::Relaxed))),
     );

@@ -1,0 +1,175 @@
+"""Connections at scale, Weir and mosquitto in the same run (see benches/scale.sh).
+
+idle:  N idle authenticated plain connections (spread over 127.0.0.2-... source
+       addresses); RSS per connection = (RSS with them - RSS before) / N. Also over TLS
+       with TLS_IDLE connections.
+storm: STORM devices connect over TLS, then every connection drops at once and all
+       reconnect at once, retrying with backoff when refused; time until all are back,
+       the server's peak RSS, and, meanwhile, publish->PUBACK latency of 10 devices that
+       were connected before (plain MQTT, QoS 1, 200 msg/s) on Weir.
+Prints one JSON line per measurement."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+from weirhub import Hub, free_port  # noqa: E402
+
+WEIR = ROOT / "target" / "release" / "weir"
+IDLE = int(os.environ.get("IDLE", "100000"))
+TLS_IDLE = int(os.environ.get("TLS_IDLE", "20000"))
+STORM = int(os.environ.get("STORM", "50000"))
+SOURCES = os.environ.get("SOURCES", "127.0.0.2-127.0.0.41")
+ONLY = os.environ.get("ONLY", "idle,storm").split(",")
+RULES = '[[endpoint]]\nname = "archive"\ntype = "parquet"\n\n[[route]]\nname = "all"\ncondition = "true"\nendpoints = ["archive"]\n'
+
+
+def status(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def weir_hub(base, connect_rate):
+    work = base / f"hub-{time.monotonic_ns()}"
+    (work / "rules").mkdir(parents=True)
+    (work / "rules" / "rules.toml").write_text(RULES)
+    config = f"[mqtt]\nmax_connections = {max(IDLE, STORM) + 10000}\nmax_pending_connections = 4096\nconnect_rate = {connect_rate}\n"
+    # The release build, with its log at warn: 100 k connection lines are not the point.
+    hub = Hub(work, work / "rules", config=config)
+    hub.config_path.write_text(hub.config_path.read_text().replace('level = "info"', 'level = "warn"'))
+    return hub
+
+
+def simulate(*args, background=False):
+    cmd = [str(WEIR), "simulate", *map(str, args), "--quiet", "--json"]
+    if background:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise SystemExit(f"simulate {args} failed: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def hub_args(hub, transport="tcp"):
+    return ["--api", hub.api, "--data-dir", hub.data, "--mqtt", f"127.0.0.1:{hub.mqtt_port}",
+            "--mqtts", f"127.0.0.1:{hub.mqtts_port}", "--transport", transport]
+
+
+def wait_connected(pid_alive, read, n, limit=600):
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        if read() >= n:
+            return time.time() - t0
+        if not pid_alive():
+            break
+        time.sleep(0.5)
+    return None
+
+
+def idle_cost(server_pid, sim_args, n, connected):
+    time.sleep(1)
+    before = status(server_pid, "VmRSS")
+    sim = simulate(*sim_args, "--devices", n, "--idle", "--duration", 600, "--source-ips", SOURCES, background=True)
+    took = wait_connected(lambda: sim.poll() is None, connected, n)
+    time.sleep(3)
+    after = status(server_pid, "VmRSS")
+    sim.terminate()
+    sim.wait(30)
+    return {"connections": n, "connect_seconds": took, "rss_before_kib": before, "rss_after_kib": after,
+            "kib_per_connection": (after - before) / n}
+
+
+def mosquitto(base, tls):
+    port = free_port()
+    conf = base / f"mosquitto-{port}.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "user root", "set_tcp_nodelay true",
+             "max_inflight_messages 1000", "persistence false", "log_dest none", "max_connections -1"]
+    if tls:
+        lines += [f"cafile {tls}/ca.pem", f"certfile {tls}/server.pem", f"keyfile {tls}/server.key"]
+    conf.write_text("\n".join(lines) + "\n")
+    p = subprocess.Popen(["prlimit", "--nofile=300000:300000", "mosquitto", "-c", str(conf)])
+    time.sleep(0.5)
+    return p, port
+
+
+def mosquitto_connections(port):
+    # mosquitto counts clients in $SYS every 10 s by default; count established sockets instead.
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return len(out.splitlines())
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="weir-scale-") as d:
+        base = Path(d)
+        if "idle" in ONLY:
+            hub = weir_hub(base, 0).start()
+            try:
+                simulate(*hub_args(hub), "--devices", IDLE, "--prefix", "idle-", "--register-only")
+                r = idle_cost(hub.proc.pid, [*hub_args(hub), "--prefix", "idle-"], IDLE,
+                              lambda: hub.metric("weir_devices_connected"))
+                print(json.dumps({"server": "weir", "test": "idle plain", **r}), flush=True)
+                r = idle_cost(hub.proc.pid, [*hub_args(hub, "tls"), "--prefix", "idle-"], TLS_IDLE,
+                              lambda: hub.metric("weir_devices_connected"))
+                print(json.dumps({"server": "weir", "test": "idle tls", **r}), flush=True)
+                tls_dir = Path(hub.data) / "tls"
+                mq, port = mosquitto(base, None)
+                try:
+                    r = idle_cost(mq.pid, ["--broker", "--mqtt", f"127.0.0.1:{port}", "--prefix", "idle-"], IDLE,
+                                  lambda: mosquitto_connections(port))
+                    print(json.dumps({"server": "mosquitto", "test": "idle plain", **r}), flush=True)
+                finally:
+                    mq.terminate()
+                mq, port = mosquitto(base, tls_dir)
+                try:
+                    r = idle_cost(mq.pid, ["--broker", "--mqtts", f"127.0.0.1:{port}", "--transport", "tls",
+                                           "--ca", tls_dir / "ca.pem", "--prefix", "idle-"], TLS_IDLE,
+                                  lambda: mosquitto_connections(port))
+                    print(json.dumps({"server": "mosquitto", "test": "idle tls", **r}), flush=True)
+                finally:
+                    mq.terminate()
+            finally:
+                hub.stop()
+        if "storm" in ONLY:
+            for rate in (int(x) for x in os.environ.get("RATES", "2000,0").split(",")):
+                hub = weir_hub(base, rate).start()
+                try:
+                    simulate(*hub_args(hub), "--devices", STORM, "--prefix", "storm-", "--register-only")
+                    probe = simulate(*hub_args(hub), "--devices", 10, "--prefix", "probe-", "--messages", 0,
+                                     "--duration", 10_000, "--rate", 200, background=True)
+                    storm = simulate(*hub_args(hub, "tls"), "--devices", STORM, "--prefix", "storm-", "--storm",
+                                     "--duration", 2, "--source-ips", SOURCES)
+                    probe.terminate()
+                    out, _ = probe.communicate(timeout=60)
+                    lines = out.strip().splitlines()
+                    latency = json.loads(lines[-1])["latency_ms"] if lines else None
+                    print(json.dumps({"server": "weir", "test": "tls storm", "connect_rate": rate, **storm,
+                                      "peak_rss_kib": status(hub.proc.pid, "VmHWM"),
+                                      "probe_latency_ms": latency}), flush=True)
+                finally:
+                    hub.stop()
+            tls_dir = None
+            hub = weir_hub(base, 0).start()
+            tls_dir = Path(hub.data) / "tls"
+            mq, port = mosquitto(base, tls_dir)
+            try:
+                storm = simulate("--broker", "--mqtts", f"127.0.0.1:{port}", "--transport", "tls", "--ca",
+                                 tls_dir / "ca.pem", "--devices", STORM, "--prefix", "storm-", "--storm",
+                                 "--duration", 2, "--source-ips", SOURCES)
+                print(json.dumps({"server": "mosquitto", "test": "tls storm", **storm,
+                                  "peak_rss_kib": status(mq.pid, "VmHWM")}), flush=True)
+            finally:
+                mq.terminate()
+                hub.stop()
+
+
+if __name__ == "__main__":
+    main()
