@@ -63,23 +63,24 @@ pub fn reports(s: &ApiState) -> Vec<EndpointReport> {
     out
 }
 
+/// An endpoint's report as `GET /endpoints` and the live page show it.
+pub fn report_json(r: EndpointReport) -> Value {
+    json!({
+        "name": r.name,
+        "type": r.kind,
+        "state": r.health.state.as_str(),
+        "lastError": r.health.last_error,
+        "lastErrorTime": r.health.last_error_ms.map(weir_rules::view::rfc3339_ms),
+        "failures": r.health.failures,
+        "deadLettered": r.health.dead_lettered,
+        "deadLetter": r.dead_letter,
+        "committedOffset": r.health.committed,
+        "lag": r.lag,
+    })
+}
+
 pub async fn list(State(s): State<Arc<ApiState>>) -> Json<Value> {
-    let list: Vec<Value> = reports(&s)
-        .into_iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "type": r.kind,
-                "state": r.health.state.as_str(),
-                "lastError": r.health.last_error,
-                "lastErrorTime": r.health.last_error_ms.map(weir_rules::view::rfc3339_ms),
-                "failures": r.health.failures,
-                "deadLettered": r.health.dead_lettered,
-                "deadLetter": r.dead_letter,
-                "committedOffset": r.health.committed,
-                "lag": r.lag,
-            })
-        })
-        .collect();
-    Json(Value::Array(list))
+    Json(Value::Array(
+        reports(&s).into_iter().map(report_json).collect(),
+    ))
 }

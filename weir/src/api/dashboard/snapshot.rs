@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::super::ApiState;
-use super::super::endpoints::reports;
+use super::super::endpoints::{report_json, reports};
 
 pub fn take(s: &ApiState) -> Value {
     let protocols = s.gateway_metrics.all();
@@ -22,27 +22,24 @@ pub fn take(s: &ApiState) -> Value {
             )
         })
         .collect();
-    let mut refusals = serde_json::Map::new();
-    refusals.insert(
-        "credentials".into(),
-        json!(load(|m| m.connects_refused.load(Ordering::Relaxed))),
-    );
-    refusals.insert(
-        "connection limit".into(),
-        json!(load(|m| m.rejected_limit.load(Ordering::Relaxed))),
-    );
-    refusals.insert(
-        "connect rate (CONNACK 3)".into(),
-        json!(load(|m| m.connects_throttled.load(Ordering::Relaxed))),
-    );
-    refusals.insert(
-        "pending limit".into(),
-        json!(load(|m| m.rejected_pending.load(Ordering::Relaxed))),
-    );
-    refusals.insert(
-        "protocol errors".into(),
-        json!(load(|m| m.protocol_errors.load(Ordering::Relaxed))),
-    );
+    type Counter = fn(&weir_gateways::ProtocolMetrics) -> &std::sync::atomic::AtomicU64;
+    let kinds: [(&str, Counter); 5] = [
+        ("credentials", |m| &m.connects_refused),
+        ("connection limit", |m| &m.rejected_limit),
+        ("connect rate (CONNACK 3)", |m| &m.connects_throttled),
+        ("pending limit", |m| &m.rejected_pending),
+        ("protocol errors", |m| &m.protocol_errors),
+    ];
+    let mut refusals: serde_json::Map<String, Value> = kinds
+        .into_iter()
+        .map(|(name, counter)| {
+            let n: u64 = protocols
+                .iter()
+                .map(|(_, m)| counter(m).load(Ordering::Relaxed))
+                .sum();
+            (name.to_owned(), json!(n))
+        })
+        .collect();
     for (i, why) in weir_core::Revocation::ALL.iter().enumerate() {
         let n: u64 = protocols
             .iter()
@@ -56,20 +53,7 @@ pub fn take(s: &ApiState) -> Value {
     );
     let e = &s.engine_metrics;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let endpoints: Vec<Value> = reports(s)
-        .into_iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "type": r.kind,
-                "state": r.health.state.as_str(),
-                "lag": r.lag,
-                "failures": r.health.failures,
-                "deadLettered": r.health.dead_lettered,
-                "lastError": r.health.last_error,
-            })
-        })
-        .collect();
+    let endpoints: Vec<Value> = reports(s).into_iter().map(report_json).collect();
     let archived_by_endpoint: serde_json::Map<String, Value> = s
         .archive_metrics
         .rows_by_endpoint
