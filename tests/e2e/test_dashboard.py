@@ -92,3 +92,30 @@ def test_the_live_page_refuses_without_the_credential_and_moves_with_traffic(hub
         finally:
             browser.close()
     assert (artifacts / "dashboard.png").stat().st_size > 10_000
+
+
+def test_signing_in_over_https_sets_a_secure_cookie(tmp_path, rules_dir):
+    from weirhub import Hub, free_port
+
+    hub = Hub(tmp_path, rules_dir, fixed_ports={"https": free_port()}).start()
+    try:
+        link = run_weir("dashboard", "--api", hub.api, "--data-dir", hub.data).stdout.strip()
+        token = link.split("?token=", 1)[1]
+        https = f"https://localhost:{hub.https_port}"
+        r = requests.get(f"{https}/?token={token}", verify=str(hub.ca), allow_redirects=False, timeout=10)
+        assert r.status_code == 303 and r.headers["location"] == "/", r.status_code
+        cookie = r.headers["set-cookie"]
+        for attribute in ("HttpOnly", "SameSite=Strict", "Secure", "Max-Age="):
+            assert attribute in cookie, cookie
+        name, value = cookie.split(";", 1)[0].split("=", 1)
+        page = requests.get(f"{https}/", cookies={name: value}, verify=str(hub.ca), timeout=10)
+        assert page.status_code == 200 and 'id="messages-in"' in page.text
+        # Over plain HTTP the same sign-in sets no Secure flag (the browser would drop it).
+        r = requests.get(link, allow_redirects=False, timeout=10)
+        assert r.status_code == 303 and "Secure" not in r.headers["set-cookie"]
+        # Signing out clears it.
+        r = requests.post(f"{https}/dashboard/sign-out", cookies={name: value}, verify=str(hub.ca),
+                          allow_redirects=False, timeout=10)
+        assert "Max-Age=0" in r.headers["set-cookie"]
+    finally:
+        hub.stop()
