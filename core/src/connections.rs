@@ -108,11 +108,16 @@ impl Features {
 /// by whoever sent them: cloud-to-device messages stay queued).
 pub const OUTBOUND_QUEUE: usize = 64;
 
-/// A connection's queue of what the hub sends it. Unlike a channel it allocates nothing
-/// until used, which matters when most of 100k connections never receive anything.
+/// A connection's queue of what the hub sends it, and the hub's word that it must end.
+/// Unlike a channel it allocates nothing until used, which matters when most of 100k
+/// connections never receive anything; one allocation and one waker per connection carry
+/// both, since an idle connection's memory is mostly what it waits on.
 #[derive(Default)]
 pub struct Outbox {
     queue: Mutex<VecDeque<ToDevice>>,
+    /// Why the connection must end ([`KickReason`] code; 0: it need not).
+    kick: AtomicU8,
+    /// Something was queued, or the connection was told to end.
     pub ready: Notify,
 }
 
@@ -128,6 +133,21 @@ impl Outbox {
         drop(q);
         self.ready.notify_one();
         true
+    }
+
+    /// Tells the connection to end; the first reason given wins. Out of band of the
+    /// queue, so it overtakes whatever is queued.
+    pub fn kick(&self, why: KickReason) {
+        let _ = self
+            .kick
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+        self.ready.notify_one();
+    }
+
+    /// Set once the connection has been told to end; it must not acknowledge anything
+    /// more.
+    pub fn kicked(&self) -> Option<KickReason> {
+        KickReason::from_code(self.kick.load(Ordering::Acquire))
     }
 
     /// Everything queued, oldest first.
@@ -168,52 +188,18 @@ impl KickReason {
     }
 }
 
-/// How the hub tells a connection to end: the first reason given wins. Out of band of the
-/// outbox, so it overtakes whatever is queued.
-#[derive(Default)]
-pub struct Kick {
-    reason: AtomicU8,
-    notify: Notify,
-}
-
-impl Kick {
-    pub fn kick(&self, why: KickReason) {
-        let _ = self
-            .reason
-            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.notify.notify_one();
-    }
-
-    /// Set once the connection has been told to end; it must not acknowledge anything
-    /// more.
-    pub fn reason(&self) -> Option<KickReason> {
-        KickReason::from_code(self.reason.load(Ordering::Acquire))
-    }
-
-    pub async fn kicked(&self) -> KickReason {
-        loop {
-            if let Some(r) = self.reason() {
-                return r;
-            }
-            self.notify.notified().await;
-        }
-    }
-}
-
 struct Entry {
     id: u64,
     protocol: &'static str,
     identity: Arc<Identity>,
-    kick: Arc<Kick>,
     outbox: Arc<Outbox>,
     features: Arc<Features>,
 }
 
-/// A registered connection; `kick` fires when another connection takes its place or the
-/// hub revokes its credential.
+/// A registered connection. It is told to end through its outbox when another connection
+/// takes its place or the hub revokes its credential.
 pub struct Registration {
     pub id: u64,
-    pub kick: Arc<Kick>,
 }
 
 /// What a gateway registers for a new connection.
@@ -235,22 +221,20 @@ impl ConnectionRegistry {
     /// end.
     pub fn register(&self, c: Connection) -> Registration {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let kick = Arc::new(Kick::default());
         let device = c.identity.device_id.clone();
         let entry = Entry {
             id,
             protocol: c.protocol,
             identity: c.identity,
-            kick: Arc::clone(&kick),
             outbox: c.outbox,
             features: c.features,
         };
         if let Ok(mut live) = self.live.lock()
             && let Some(old) = live.insert(device, entry)
         {
-            old.kick.kick(KickReason::Replaced);
+            old.outbox.kick(KickReason::Replaced);
         }
-        Registration { id, kick }
+        Registration { id }
     }
 
     /// Removes the entry if it is still this connection's; true when it was.
@@ -292,7 +276,7 @@ impl ConnectionRegistry {
         let live = self.live.lock().ok()?;
         let e = live.get(device)?;
         let why = e.identity.revoked_by(current)?;
-        e.kick.kick(KickReason::Revoked(why));
+        e.outbox.kick(KickReason::Revoked(why));
         Some(why)
     }
 
@@ -307,7 +291,7 @@ impl ConnectionRegistry {
             .values()
             .filter(|e| e.identity.credential == credential)
         {
-            e.kick.kick(KickReason::Revoked(why));
+            e.outbox.kick(KickReason::Revoked(why));
             n += 1;
         }
         n
@@ -348,13 +332,15 @@ mod tests {
     #[test]
     fn one_connection_per_device_across_protocols() {
         let r = ConnectionRegistry::default();
-        let tcp = r.register(connection("mqtt", "d1"));
+        let tcp_conn = connection("mqtt", "d1");
+        let tcp_outbox = Arc::clone(&tcp_conn.outbox);
+        let tcp = r.register(tcp_conn);
         let quic_conn = connection("mqtt-quic", "d1");
         let outbox = Arc::clone(&quic_conn.outbox);
         quic_conn.features.set(Feature::Methods, true);
         let quic = r.register(quic_conn);
-        assert_eq!(tcp.kick.reason(), Some(KickReason::Replaced));
-        assert_eq!(quic.kick.reason(), None);
+        assert_eq!(tcp_outbox.kicked(), Some(KickReason::Replaced));
+        assert_eq!(outbox.kicked(), None);
         assert_eq!(r.protocol("d1"), Some("mqtt-quic"));
         assert!(r.subscribed("d1", Feature::Methods));
         let d1 = DeviceId::parse("d1").expect("id");
@@ -372,7 +358,7 @@ mod tests {
         assert_eq!(outbox.take().len(), 1);
         assert_eq!(r.revalidate("d1", None), Some(Revocation::Deleted));
         assert_eq!(
-            quic.kick.reason(),
+            outbox.kicked(),
             Some(KickReason::Revoked(Revocation::Deleted))
         );
         assert!(r.unregister(&d1, quic.id));

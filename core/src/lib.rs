@@ -27,7 +27,7 @@ pub mod twin;
 
 pub use checkpoint::{Checkpoint, CheckpointError, Checkpoints};
 pub use connections::{
-    C2dDelivery, Connection, ConnectionRegistry, Feature, Features, Kick, KickReason, Outbox,
+    C2dDelivery, Connection, ConnectionRegistry, Feature, Features, KickReason, Outbox,
     Registration, ToDevice,
 };
 pub use device::{

@@ -36,14 +36,8 @@ impl Drop for Counted<'_> {
     }
 }
 
-async fn kicked(live: &Option<Live>) -> weir_core::KickReason {
-    match live {
-        Some(l) => l.registration.kick.kicked().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn delivery(live: &Option<Live>) {
+/// Something was queued for the connection, or it was told to end.
+async fn signalled(live: &Option<Live>) {
     match live {
         Some(l) => l.outbox.ready.notified().await,
         None => std::future::pending().await,
@@ -100,16 +94,27 @@ where
             }
             continue;
         }
+        if buf.is_empty() && read_size == MIN_READ {
+            // Quiet (nothing buffered, small reads): about to wait, give back what a
+            // busier moment grew.
+            if buf.capacity() > MIN_READ {
+                buf = BytesMut::new();
+            }
+            session.shrink();
+        }
         if buf.capacity() - buf.len() < read_size {
             buf.reserve(read_size);
         }
         let deadline = session.deadline().unwrap_or_else(Instant::now);
         tokio::select! {
             biased;
-            why = kicked(&live) => session.close(End::from(why)),
             _ = shutdown.changed() => session.close(End::ShuttingDown),
-            _ = delivery(&live) => {
+            () = signalled(&live) => {
                 if let Some(l) = &live {
+                    if let Some(why) = l.outbox.kicked() {
+                        session.close(End::from(why));
+                        continue;
+                    }
                     for m in l.outbox.take() {
                         if let Err(e) = session.to_device(&m) {
                             tracing::error!(device = %l.device, error = %e, "a message for the device cannot be sent over MQTT; dropped");
@@ -133,10 +138,6 @@ where
                 }
                 Ok(Err(e)) => session.close(End::Io(e)),
             },
-        }
-        if buf.is_empty() && read_size == MIN_READ && buf.capacity() > 4 * MIN_READ {
-            // Give an idle connection's buffer back.
-            buf = BytesMut::new();
         }
     };
     if let Some(out) = session.output() {
@@ -215,7 +216,7 @@ async fn act(
             };
             // Nothing is acknowledged once the hub has told this connection to end: the
             // REST call that revoked it has returned.
-            if let Some(why) = l.registration.kick.reason() {
+            if let Some(why) = l.outbox.kicked() {
                 session.close(End::from(why));
                 return;
             }

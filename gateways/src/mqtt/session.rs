@@ -5,7 +5,7 @@
 //! packet ids, the order of PUBACKs, keep-alive and token expiry), so Rust tests drive them
 //! directly, with no socket and no clock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,7 +137,9 @@ struct Open {
     /// When the credential stops being valid.
     expires: Option<Instant>,
     /// Cloud-to-device messages sent and not yet acknowledged: packet id → lock.
-    inflight: HashMap<u16, C2dLock>,
+    /// A list, not a map: one message per device is in flight (one per child on an
+    /// edge's connection), and an empty list costs an idle connection half as much.
+    inflight: Vec<(u16, C2dLock)>,
     next_pkid: u16,
     acks: VecDeque<Ack>,
     batch: Vec<Event>,
@@ -247,6 +249,18 @@ impl Session {
         self.out.clear();
         if self.out.capacity() > 4096 {
             self.out = BytesMut::new();
+        }
+    }
+
+    /// Gives back the output and action buffers while they are empty: an idle
+    /// connection keeps nothing it is not using (the action queue alone grows to a few
+    /// hundred bytes at CONNECT).
+    pub fn shrink(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > 0 {
+            self.out = BytesMut::new();
+        }
+        if self.actions.is_empty() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
         }
     }
 
@@ -393,7 +407,7 @@ impl Session {
             filters: Vec::new(),
             clean,
             idle: idle_limit(connect.keep_alive),
-            inflight: HashMap::new(),
+            inflight: Vec::new(),
             next_pkid: 0,
             acks: VecDeque::new(),
             batch: Vec::new(),
@@ -453,7 +467,8 @@ impl Session {
                 let State::Open(o) = &mut self.state else {
                     return;
                 };
-                if let Some(lock) = o.inflight.remove(&pkid) {
+                if let Some(i) = o.inflight.iter().position(|(p, _)| *p == pkid) {
+                    let (_, lock) = o.inflight.swap_remove(i);
                     self.actions.push_back(Action::C2dAcknowledged(lock));
                 }
             }
@@ -740,7 +755,7 @@ impl Session {
         if out.qos > 0 {
             loop {
                 o.next_pkid = o.next_pkid.wrapping_add(1).max(1);
-                if !o.inflight.contains_key(&o.next_pkid) {
+                if !o.inflight.iter().any(|(p, _)| *p == o.next_pkid) {
                     break;
                 }
             }
@@ -755,7 +770,7 @@ impl Session {
             &mut self.out,
         )?;
         if let Some(lock) = out.lock.filter(|_| pkid != 0) {
-            o.inflight.insert(pkid, lock);
+            o.inflight.push((pkid, lock));
         }
         Ok(())
     }
