@@ -220,8 +220,10 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path, rules_dir):
         with open(f"/proc/{hub.hub_pid()}/limits") as f:
             line = next(l for l in f if l.startswith("Max open files"))
         got_soft, got_hard = (int(x) for x in line.split()[3:5])
-        assert (got_soft, got_hard) == (hard, hard), line
-        assert "open file limit (RLIMIT_NOFILE) raised" in hub.log_text()
+        # The soft limit goes to the hard one, which goes up to fs.nr_open where the
+        # process may raise it (root with CAP_SYS_RESOURCE), and stays otherwise.
+        assert got_soft == got_hard >= hard, line
+        assert "open file limit (RLIMIT_NOFILE)" in hub.log_text()
         assert hub.stop() == 0
     finally:
         hub.stop()
