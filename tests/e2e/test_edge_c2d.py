@@ -10,7 +10,7 @@ import urllib.parse
 
 import requests
 from mqttclients import Device
-from test_edge import EDGE_RULES, HUB_RULES, make_hub, put_device, shut_down, start_edge, wait_for
+from edgehub import EDGE_RULES, HUB_RULES, make_hub, put_device, shut_down, start_edge, wait_for
 
 
 def post_c2d(hub, device, body, message_id, **app):

@@ -11,7 +11,7 @@ import time
 import pytest
 from conftest import run_weir
 from rawmqtt import Raw
-from test_edge import EDGE_RULES, HUB_RULES, Proxy, make_hub, put_device, start_edge, wait_for
+from edgehub import EDGE_RULES, HUB_RULES, Proxy, make_hub, put_device, start_edge, wait_for
 
 DEVICES, PER_DEVICE, LIVE = 20, 2500, 20
 
