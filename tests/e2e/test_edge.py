@@ -89,9 +89,7 @@ def test_children_reach_the_hub_exactly_once_in_order_across_outages(tmp_path):
         assert hub.metric("weir_engine_duplicates_total") > 0
     finally:
         proxy.close()
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 def test_the_hub_admits_an_edge_only_for_its_own_children(tmp_path):
@@ -322,9 +320,7 @@ def test_a_plain_mqtt_client_reaches_the_hub_as_its_device_through_translation(t
         local = edge.query("local", "SELECT device_id FROM t")
         assert local == [("dev7",)]
     finally:
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 BUDGET_RULES = """
@@ -411,9 +407,7 @@ def test_a_full_budget_drops_only_the_oldest_low_priority_messages_and_says_so(t
         assert local[0][0] == missing
     finally:
         proxy.close()
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 @pytest.mark.parametrize("transport,protocol", [("quic", "mqtt-quic"), ("websocket", "mqtt-ws")])
@@ -443,9 +437,7 @@ def test_the_upstream_link_runs_over_quic_and_websocket(tmp_path, transport, pro
         assert hub.metric("weir_gateway_messages_total", protocol=protocol) >= 50
         assert hub.metric("weir_gateway_messages_total", protocol="mqtt") == 0
     finally:
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 def test_an_edge_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path):
@@ -480,9 +472,7 @@ def test_an_edge_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path):
             assert seq[:len(d.acked)] == d.acked, (d.name, len(seq), len(d.acked))
             assert seq[len(d.acked):] in ([], [len(d.acked)]), seq[len(d.acked):]
     finally:
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 def test_the_edge_can_prove_its_identity_with_a_certificate(tmp_path):
@@ -512,9 +502,7 @@ def test_the_edge_can_prove_its_identity_with_a_certificate(tmp_path):
         rows = hub.query("archive", "SELECT device_id, system['weir-edge'] FROM t ORDER BY ingest_offset")
         assert rows == [("cx", "edge-x509"), ("cx", "edge-x509")], rows
     finally:
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 def test_translated_clients_may_log_in_with_their_device_key(tmp_path):
@@ -541,9 +529,7 @@ def test_translated_clients_may_log_in_with_their_device_key(tmp_path):
         rows = hub.query("archive", "SELECT device_id, body FROM t")
         assert rows == [("dev8", '{"t": 8}')], rows
     finally:
-        if edge:
-            edge.stop()
-        hub.stop()
+        shut_down([], edge, hub)
 
 
 C2D_RULES = """

@@ -62,10 +62,17 @@ impl Lanes {
             }
             _ => Vec::new(),
         };
+        // With a full backlog the live lane gets at most its share of the slots: reading
+        // (and decoding) more would be thrown away, at every fill of a catch-up.
+        let live_room = if backlog.len() == room {
+            ((1.0 - self.share) * room as f64).ceil() as usize + 1
+        } else {
+            room
+        };
         let live = if self.live.drained {
             Vec::new()
         } else {
-            outbox.peek(self.live.cursor, room)?
+            outbox.peek(self.live.cursor, live_room.min(room))?
         };
         self.backlog.drained |= backlog.is_empty();
         self.live.drained = live.is_empty();

@@ -38,6 +38,7 @@ impl<'s> Route<'s> for Events<'s> {
             last_warning: None,
             matches: Vec::new(),
             fallbacks: 0,
+            fallback_name: Arc::from("$fallback"),
         };
         read_as_of(
             "Route",
@@ -61,6 +62,8 @@ struct Router {
     /// This batch's matches per route index, and the fallback's.
     matches: Vec<u64>,
     fallbacks: u64,
+    /// The name the fallback's matches are counted under, made once.
+    fallback_name: Arc<str>,
 }
 
 impl Router {
@@ -130,7 +133,7 @@ impl Router {
         EngineMetrics::add(&m.events_unrouted, unrouted);
         EngineMetrics::add(&m.deliveries, deliveries);
         EngineMetrics::add(&m.dead_letters, dead);
-        let fallback = (Arc::from("$fallback"), self.fallbacks);
+        let fallback = (Arc::clone(&self.fallback_name), self.fallbacks);
         m.add_route_matches(
             rules
                 .routes
