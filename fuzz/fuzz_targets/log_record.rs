@@ -6,7 +6,7 @@ use libfuzzer_sys::fuzz_target;
 use weir_core::{codec, record};
 
 fuzz_target!(|data: &[u8]| {
-    let s = record::scan(data);
+    let s = record::scan(data, 0);
     assert!(s.valid_bytes as usize <= data.len());
     if let Ok(e) = codec::decode(data, 0, None) {
         let mut out = Vec::new();

@@ -75,8 +75,8 @@ fn legacy_end(dir: &Path) -> Result<u64, LogError> {
     let Some((base, path)) = segments.last() else {
         return Ok(0);
     };
-    let scan = segment::scan(path).map_err(|e| io_err(path, e))?;
-    Ok(base + scan.records)
+    let scan = segment::scan(path, *base).map_err(|e| io_err(path, e))?;
+    Ok(scan.end.next)
 }
 
 /// Replaces a format-1 log whose every record has been archived by an empty current-format
@@ -132,6 +132,33 @@ pub struct LogConfig {
     /// Keep segments this long after they are committed, so duplicate detection can be
     /// rebuilt after a restart (ignored when the budget is reached).
     pub keep: Duration,
+    /// In a cluster, offsets follow the clock (decision 037); alone, they are dense.
+    pub clock: Option<ClusterClock>,
+}
+
+/// Process `process` of `processes`: its offsets are `now_µs · processes + process` or the
+/// previous offset plus `processes`, whichever is larger. Offsets of different processes
+/// never collide, and all move with time, also where nothing arrives, so the frontier of
+/// a dataflow reading every process's log keeps moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterClock {
+    pub process: u64,
+    pub processes: u64,
+}
+
+impl ClusterClock {
+    /// The first offset of this process at or after `floor` and the wall clock.
+    pub fn at_least(&self, floor: u64) -> u64 {
+        let us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let n = self.processes.max(1);
+        let t = floor.max(us.saturating_mul(n));
+        let r = t % n;
+        let p = self.process % n;
+        let up = if r <= p { p - r } else { n - r + p };
+        t.saturating_add(up)
+    }
 }
 
 impl LogConfig {
@@ -144,6 +171,7 @@ impl LogConfig {
             budget_bytes: 4 * 1024 * 1024 * 1024,
             queue: 1024,
             keep: Duration::from_secs(300),
+            clock: None,
         }
     }
 }
@@ -196,6 +224,9 @@ pub(crate) struct Shared {
     pub dir: PathBuf,
     /// The offset after the last durable record.
     pub durable_end: AtomicU64,
+    /// No record will be appended below this; at least `durable_end`. Under a cluster
+    /// clock the writer raises it with time while idle.
+    pub promise: AtomicU64,
     pub segments: RwLock<Vec<SegmentInfo>>,
     /// Offsets below this are committed by every sink.
     pub retain_floor: AtomicU64,
@@ -279,7 +310,7 @@ impl Log {
             .collect();
         let last = segments.len() - 1;
         let tail = &mut segments[last];
-        let scan = segment::scan(&tail.path).map_err(|e| io_err(&tail.path, e))?;
+        let scan = segment::scan(&tail.path, tail.base).map_err(|e| io_err(&tail.path, e))?;
         if scan.valid_bytes < scan.file_bytes {
             let f = std::fs::OpenOptions::new()
                 .write(true)
@@ -297,7 +328,7 @@ impl Log {
             );
         }
         tail.bytes = scan.valid_bytes;
-        rec.end = tail.base + scan.records;
+        rec.end = scan.end.next;
         rec.last_enqueued_ms = scan.last_enqueued_ms.unwrap_or(tail.last_write_ms);
         rec.first = segments[0].base;
         rec.segments = segments.len();
@@ -305,6 +336,7 @@ impl Log {
         let shared = Arc::new(Shared {
             dir,
             durable_end: AtomicU64::new(rec.end),
+            promise: AtomicU64::new(rec.end),
             segments: RwLock::new(segments),
             retain_floor: AtomicU64::new(0),
             closed: AtomicBool::new(false),
@@ -319,7 +351,7 @@ impl Log {
             config,
             Arc::clone(&shared),
             rx,
-            rec.end,
+            scan.end,
             rec.last_enqueued_ms,
         )?;
         Ok((

@@ -9,8 +9,9 @@ use std::time::Instant;
 use weir_core::feed::{partition_of, worker_of};
 use weir_core::{Event, EventFeed, FeedError, FeedReader, codec};
 
-use super::segment::{HEADER, MAX_RECORD, header, verify};
+use super::segment::{HEADER, Header, MAX_RECORD, Position, header, verify};
 use super::{SegmentInfo, Shared};
+use weir_core::record::CLOCK_HASH;
 
 /// The log as an [`EventFeed`].
 #[derive(Clone)]
@@ -76,8 +77,8 @@ impl EventFeed for LogFeed {
 /// A position in one segment file.
 struct Cursor {
     file: BufReader<File>,
-    /// Offset of the next record in the file.
-    next: u64,
+    /// Where the next record in the file sits.
+    at: Position,
     /// The base of the segment after this one, if any: where this one ends.
     end: Option<u64>,
 }
@@ -151,19 +152,38 @@ impl LogReader {
             .map_err(|e| FeedError::Read(format!("{}: {e}", s.path.display())))?;
         let mut c = Cursor {
             file: BufReader::with_capacity(1 << 20, f),
-            next: s.base,
+            at: Position::start(s.base),
             end: segs.get(i + 1).map(|n| n.base),
         };
-        while c.next < self.next {
+        while c.at.next < self.next {
             let h = read_header(&mut c.file)?;
-            c.file
-                .seek_relative(h.len as i64)
-                .map_err(|e| FeedError::Read(e.to_string()))?;
-            c.next += 1;
+            if h.hash == CLOCK_HASH {
+                read_clock(&mut c, &h, &mut self.payload)?;
+            } else {
+                c.file
+                    .seek_relative(h.len as i64)
+                    .map_err(|e| FeedError::Read(e.to_string()))?;
+                c.at.skip();
+            }
         }
+        // A clock record may have moved past `next`: nothing was written in between.
+        self.next = self.next.max(c.at.next);
         self.cursor = Some(c);
         Ok(())
     }
+}
+
+/// Reads a clock record's payload and moves the cursor by it.
+fn read_clock(c: &mut Cursor, h: &Header, buf: &mut Vec<u8>) -> Result<(), FeedError> {
+    buf.resize(h.len, 0);
+    c.file
+        .read_exact(buf)
+        .map_err(|e| FeedError::Read(format!("reading a clock record: {e}")))?;
+    if !verify(h, buf) || weir_core::record::clock(buf).is_none() {
+        return Err(FeedError::Read("a corrupt clock record".into()));
+    }
+    c.at.take(h, buf);
+    Ok(())
 }
 
 fn read_header(r: &mut BufReader<File>) -> Result<super::segment::Header, FeedError> {
@@ -183,13 +203,16 @@ fn read_header(r: &mut BufReader<File>) -> Result<super::segment::Header, FeedEr
 impl FeedReader for LogReader {
     fn read(&mut self, max: usize, out: &mut Vec<Event>) -> Result<u64, FeedError> {
         let closed = self.shared.closed.load(Ordering::Acquire);
+        // The promise before the end: everything written before the promise was made is
+        // below the end read after it.
+        let promise = self.shared.promise.load(Ordering::Acquire);
         let end = self.shared.durable_end.load(Ordering::Acquire);
         let mut taken = 0;
         while taken < max && self.next < end {
             if self
                 .cursor
                 .as_ref()
-                .is_none_or(|c| c.end.is_some_and(|e| c.next >= e))
+                .is_none_or(|c| c.end.is_some_and(|e| c.at.next >= e))
             {
                 self.cursor = None;
                 self.open()?;
@@ -220,8 +243,25 @@ impl FeedReader for LogReader {
                     continue;
                 }
             };
-            let mine = worker_of(partition_of(h.hash), self.workers) == self.worker
-                && self.next >= self.from;
+            if h.hash == CLOCK_HASH {
+                if let Err(e) = read_clock(c, &h, &mut self.payload) {
+                    // Where the records after it sit is unknown: on to the next segment.
+                    let seg_end = c.end;
+                    self.shared
+                        .metrics
+                        .corrupt_records
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.warn(&format!("{e}; skipping to the next segment"));
+                    self.next = seg_end.unwrap_or(end);
+                    self.cursor = None;
+                    continue;
+                }
+                self.next = c.at.next;
+                continue;
+            }
+            let offset = c.at.next;
+            let mine =
+                worker_of(partition_of(h.hash), self.workers) == self.worker && offset >= self.from;
             let mut problem = None;
             if mine {
                 self.payload.resize(h.len, 0);
@@ -229,7 +269,7 @@ impl FeedReader for LogReader {
                     .read_exact(&mut self.payload)
                     .map_err(|e| FeedError::Read(format!("reading a record: {e}")))?;
                 let decoded = if verify(&h, &self.payload) {
-                    codec::decode(&self.payload, self.next, None).map_err(|e| e.to_string())
+                    codec::decode(&self.payload, offset, None).map_err(|e| e.to_string())
                 } else {
                     Err("checksum mismatch".to_string())
                 };
@@ -245,7 +285,8 @@ impl FeedReader for LogReader {
                     .seek_relative(h.len as i64)
                     .map_err(|e| FeedError::Read(e.to_string()))?;
             }
-            c.next += 1;
+            c.at.skip();
+            let after = c.at.next;
             if let Some(why) = problem {
                 self.shared
                     .metrics
@@ -253,9 +294,13 @@ impl FeedReader for LogReader {
                     .fetch_add(1, Ordering::Relaxed);
                 self.warn(&format!("corrupt record skipped: {why}"));
             }
-            self.next += 1;
+            self.next = after;
         }
         self.finished = closed && self.next >= end;
+        if self.next >= end {
+            // Read to the durable end: nothing will be appended below the writer's promise.
+            return Ok(self.next.max(promise));
+        }
         Ok(self.next)
     }
 
@@ -270,26 +315,33 @@ fn payload_enqueued(payload: &[u8]) -> Option<i64> {
     Some(i64::from_le_bytes(b))
 }
 
-/// The enqueued time of the record at `offset`.
+/// The enqueued time of the first record at or after `offset`.
 pub(crate) fn enqueued_at(shared: &Shared, offset: u64) -> Option<i64> {
-    if offset >= shared.durable_end.load(Ordering::Acquire) {
+    let end = shared.durable_end.load(Ordering::Acquire);
+    if offset >= end {
         return None;
     }
     let segs: Vec<SegmentInfo> = shared.segments.read().ok()?.clone();
-    let s = &segs[Shared::segment_for(&segs, offset)?];
+    let i = Shared::segment_for(&segs, offset)?;
+    let s = &segs[i];
+    let limit = segs.get(i + 1).map_or(end, |n| n.base);
     let mut r = BufReader::with_capacity(1 << 16, File::open(&s.path).ok()?);
-    let mut off = s.base;
+    let mut at = Position::start(s.base);
     let mut payload = Vec::new();
-    loop {
+    while at.next < limit {
         let h = read_header(&mut r).ok()?;
-        if off == offset {
+        if h.hash == CLOCK_HASH || at.next >= offset {
             payload.resize(h.len, 0);
             r.read_exact(&mut payload).ok()?;
-            return payload_enqueued(&payload);
+            if at.take(&h, &payload).is_some() {
+                return payload_enqueued(&payload);
+            }
+        } else {
+            r.seek_relative(h.len as i64).ok()?;
+            at.skip();
         }
-        r.seek_relative(h.len as i64).ok()?;
-        off += 1;
     }
+    None
 }
 
 /// The first offset whose enqueued time is at or after `ms`; the end of the log if none.
@@ -309,20 +361,20 @@ pub(crate) fn offset_at_time(shared: &Shared, ms: i64) -> u64 {
     };
     let mut r = BufReader::with_capacity(1 << 20, f);
     let limit = segs.get(i + 1).map_or(end, |n| n.base);
-    let mut off = s.base;
+    let mut at = Position::start(s.base);
     let mut payload = Vec::new();
-    while off < limit {
+    while at.next < limit {
         let Ok(h) = read_header(&mut r) else {
-            return off;
+            return at.next;
         };
         payload.resize(h.len, 0);
         if r.read_exact(&mut payload).is_err() {
-            return off;
+            return at.next;
         }
-        if payload_enqueued(&payload).is_some_and(|t| t >= ms) {
-            return off;
+        let here = at.next;
+        if at.take(&h, &payload).is_some() && payload_enqueued(&payload).is_some_and(|t| t >= ms) {
+            return here;
         }
-        off += 1;
     }
     limit
 }

@@ -7,7 +7,9 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-pub use weir_core::record::{HEADER, Header, MAX_RECORD, frame, header, verify};
+pub use weir_core::record::{
+    HEADER, Header, MAX_RECORD, Position, frame, frame_clock, header, verify,
+};
 
 pub fn file_name(base: u64) -> String {
     format!("{base:020}.log")
@@ -28,18 +30,21 @@ pub struct Scan {
     pub valid_bytes: u64,
     pub file_bytes: u64,
     pub last_enqueued_ms: Option<i64>,
+    /// Where the next record would sit.
+    pub end: Position,
 }
 
-/// Reads a segment and finds where its valid records end.
-pub fn scan(path: &Path) -> io::Result<Scan> {
+/// Reads the segment named `base` and finds where its valid records end.
+pub fn scan(path: &Path, base: u64) -> io::Result<Scan> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
-    let s = weir_core::record::scan(&data);
+    let s = weir_core::record::scan(&data, base);
     Ok(Scan {
         records: s.records,
         valid_bytes: s.valid_bytes,
         file_bytes: data.len() as u64,
         last_enqueued_ms: s.last_enqueued_ms,
+        end: s.end,
     })
 }
 

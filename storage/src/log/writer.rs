@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use weir_core::{Event, IngestError, codec};
 
-use super::segment::{self, MAX_RECORD, frame};
+use super::segment::{self, MAX_RECORD, Position, frame, frame_clock};
 use super::{FsyncPolicy, LogConfig, LogError, SegmentInfo, Shared, io_err, now_ms};
 use crate::fsutil;
 
@@ -31,7 +31,10 @@ pub(crate) struct Writer {
     file: File,
     /// Size of the active segment.
     bytes: u64,
-    next: u64,
+    /// Where the next record goes.
+    at: Position,
+    /// The highest promise made: no record goes below it.
+    promised: u64,
     last_enqueued: i64,
     buf: Vec<u8>,
     scratch: Vec<u8>,
@@ -49,7 +52,7 @@ impl Writer {
         config: LogConfig,
         shared: Arc<Shared>,
         rx: flume::Receiver<Append>,
-        next: u64,
+        at: Position,
         last_enqueued: i64,
     ) -> Result<JoinHandle<()>, LogError> {
         let (path, bytes) = {
@@ -66,7 +69,8 @@ impl Writer {
             shared,
             file,
             bytes,
-            next,
+            at,
+            promised: at.next,
             last_enqueued,
             buf: Vec::with_capacity(GROUP_BYTES + 64 * 1024),
             scratch: Vec::with_capacity(1024),
@@ -82,14 +86,25 @@ impl Writer {
 
     fn run(&mut self, rx: flume::Receiver<Append>) {
         let mut batch: Vec<Append> = Vec::new();
+        // Under a cluster clock an idle writer promises later offsets often, since the
+        // cluster's frontier waits for the slowest promise.
+        let idle = match self.config.clock {
+            Some(_) => Duration::from_millis(10),
+            None => Duration::from_millis(100),
+        };
+        let mut retained = Instant::now();
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            match rx.recv_timeout(idle) {
                 Ok(a) => batch.push(a),
                 Err(flume::RecvTimeoutError::Timeout) => {
                     if self.shared.stopping.load(Ordering::Relaxed) && rx.is_empty() {
                         break;
                     }
-                    self.retain(false);
+                    self.promise_clock();
+                    if retained.elapsed() >= Duration::from_millis(100) {
+                        retained = Instant::now();
+                        self.retain(false);
+                    }
                     continue;
                 }
                 Err(flume::RecvTimeoutError::Disconnected) => break,
@@ -133,31 +148,56 @@ impl Writer {
         }
     }
 
+    /// Under a cluster clock, promises that nothing will be appended below the clock's
+    /// present, and wakes the readers so their frontier moves with it.
+    fn promise_clock(&mut self) {
+        let Some(clock) = self.config.clock else {
+            return;
+        };
+        let t = clock.at_least(self.promised.max(self.at.next));
+        if t > self.promised {
+            self.promised = t;
+            self.shared.promise.store(t, Ordering::Release);
+            self.shared.wake();
+        }
+    }
+
     /// Makes a batch durable and acknowledges it, or fails it without acknowledging.
     fn commit(&mut self, batch: &mut Vec<Append>) {
         self.buf.clear();
         let now = now_ms().max(self.last_enqueued);
-        let start = self.next;
-        let mut next = self.next;
+        let mut at = self.at;
+        if let Some(clock) = self.config.clock {
+            // Every batch says where it sits, so its offsets never depend on the segment
+            // it lands in (a failed write moves it to a fresh one).
+            at = Position {
+                next: clock.at_least(self.promised.max(self.at.next)),
+                stride: clock.processes.max(1),
+            };
+            frame_clock(at.next, at.stride, &mut self.buf);
+        }
+        let mut records = 0u64;
         let mut refused = Vec::new();
         for (i, a) in batch.iter_mut().enumerate() {
-            let (mark, first) = (self.buf.len(), next);
+            let (mark, first, counted) = (self.buf.len(), at, records);
             for e in a.events.iter_mut() {
                 e.enqueued_ms = now;
-                e.offset = next;
+                e.offset = at.next;
                 self.scratch.clear();
                 codec::encode(e, &mut self.scratch);
                 if self.scratch.len() > MAX_RECORD {
                     refused.push((i, self.scratch.len()));
                     break;
                 }
-                next += 1;
+                at.skip();
+                records += 1;
                 frame(a.hash, &self.scratch, &mut self.buf);
             }
             // An append is stored whole or not at all.
             if refused.last().is_some_and(|(r, _)| *r == i) {
                 self.buf.truncate(mark);
-                next = first;
+                at = first;
+                records = counted;
             }
         }
         for (i, size) in refused.into_iter().rev() {
@@ -198,13 +238,14 @@ impl Writer {
                 .fetch_add(sync_started.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         m.appends.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        m.records.fetch_add(next - start, Ordering::Relaxed);
+        m.records.fetch_add(records, Ordering::Relaxed);
         m.bytes_written
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         m.disk_bytes
             .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
         self.bytes += self.buf.len() as u64;
-        self.next = next;
+        self.at = at;
+        self.promised = self.promised.max(at.next);
         self.last_enqueued = now;
         if let Ok(mut segs) = self.shared.segments.write()
             && let Some(s) = segs.last_mut()
@@ -212,7 +253,8 @@ impl Writer {
             s.bytes = self.bytes;
             s.last_write_ms = now;
         }
-        self.shared.durable_end.store(next, Ordering::Release);
+        self.shared.durable_end.store(at.next, Ordering::Release);
+        self.shared.promise.store(self.promised, Ordering::Release);
         for a in batch.drain(..) {
             let _ = a.done.send(Ok(()));
         }
@@ -344,7 +386,8 @@ impl Writer {
     /// Opens `<next>.log` as the active segment. Its directory entry is synced before
     /// anything written to it is acknowledged.
     fn start_segment(&mut self) -> std::io::Result<()> {
-        let path = self.shared.dir.join(segment::file_name(self.next));
+        let base = self.at.next;
+        let path = self.shared.dir.join(segment::file_name(base));
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -357,13 +400,14 @@ impl Writer {
         self.dir_unsynced = true;
         self.file = file;
         self.bytes = 0;
+        self.at = Position::start(base);
         if let Ok(mut segs) = self.shared.segments.write() {
             match segs.last_mut() {
-                Some(last) if last.base == self.next => {
+                Some(last) if last.base == base => {
                     last.bytes = 0;
                 }
                 _ => segs.push(SegmentInfo {
-                    base: self.next,
+                    base,
                     path,
                     bytes: 0,
                     last_write_ms: now_ms(),
