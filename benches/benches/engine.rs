@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
             tick: Duration::from_millis(50),
             dedupe: Some(DedupeConfig::default()),
             close_insights_at_end: false,
+            cluster: None,
         },
         Arc::new(ArcSwap::from_pointee(weir_benches::ten_routes())),
         Arc::new(NoDevices),

@@ -116,6 +116,7 @@ fn shape(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, s: &Shape
             // engine bench.
             dedupe: None,
             close_insights_at_end: false,
+            cluster: None,
         },
         Arc::new(ArcSwap::from_pointee(rules)),
         Arc::new(NoDevices),

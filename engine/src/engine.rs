@@ -1,5 +1,7 @@
 //! Starting and stopping the dataflow workers.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +11,13 @@ use weir_core::feed::{device_hash, partition_of};
 use weir_core::{Checkpoints, DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
+use crate::cluster::{self, ClusterConfig};
 use crate::context::{self, Lookup, Seed};
 use crate::insights::resume::{CHECKPOINT, Progress, Resume};
 use crate::metrics::EngineMetrics;
-use crate::operators::{Dedupe, InsightSetup, Route, RouteSetup, RunInsights, SinkTo, feed_source};
+use crate::operators::{
+    Dedupe, InOffsetOrder, InsightSetup, Route, RouteSetup, RunInsights, SinkTo, feed_source,
+};
 use crate::replay::Replayer;
 use crate::sinks::{Floors, SinkSet};
 
@@ -34,6 +39,9 @@ pub struct Hooks {
     /// Where insights keep how far they have come, so a restart replays only what their
     /// state needs and writes no result twice. Without it, insights start empty.
     pub checkpoints: Option<Arc<dyn Checkpoints>>,
+    /// Counters kept across starts of the engine (a cluster's dataflow restarts); new ones
+    /// without.
+    pub metrics: Option<Arc<EngineMetrics>>,
 }
 
 /// How long, and for how many messages per device, repeats are recognised.
@@ -65,6 +73,8 @@ pub struct EngineConfig {
     /// Close every insight window once the feed has ended (rule tests over recorded
     /// events). A hub never does: its feed ends only when it stops.
     pub close_insights_at_end: bool,
+    /// Run over several processes; `None`: this process alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +84,7 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(200),
             dedupe: Some(DedupeConfig::default()),
             close_insights_at_end: false,
+            cluster: None,
         }
     }
 }
@@ -102,6 +113,9 @@ impl Engine {
     /// (less a duplicate window, so repeats of committed messages are still recognised);
     /// sinks skip what they had committed; and the feed is released only below what every
     /// sink of every worker has committed since.
+    ///
+    /// In a cluster this blocks until every process has joined, and the lowest offset is
+    /// every process's lowest.
     pub fn start(
         config: EngineConfig,
         rules: RulesHandle,
@@ -121,6 +135,14 @@ impl Engine {
         };
         let sinks_floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
         let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
+        let floor = match &config.cluster {
+            Some(c) => cluster::agree_floor(c, config.workers, floor)?,
+            None => floor,
+        };
+        let (processes, process) = config
+            .cluster
+            .as_ref()
+            .map_or((1, 0), |c| (c.processes(), c.process));
         let resume = Arc::new(match checkpoint {
             Some(c) => Resume::scan(&*feed, c),
             None => Resume::fresh(),
@@ -140,19 +162,29 @@ impl Engine {
                 (Some(_), c) => c.map_or(floor, |c| c.floor),
             },
             Arc::clone(&feed),
+            (processes, process),
         ));
         let progress = Arc::new(Progress::new(
             config.workers,
             hooks.checkpoints.clone(),
             Arc::clone(&floors),
         ));
-        let metrics = Arc::new(EngineMetrics::default());
+        let metrics = hooks.metrics.clone().unwrap_or_default();
         let worker_metrics = Arc::clone(&metrics);
         let (tick, dedupe, close_at_end) =
             (config.tick, config.dedupe, config.close_insights_at_end);
-        let guards = timely::execute(timely::Config::process(config.workers), move |worker| {
+        let threads = config.workers;
+        let in_cluster = config.cluster.is_some();
+        let timely_config = match &config.cluster {
+            Some(c) => c.timely(threads),
+            None => timely::Config::process(threads),
+        };
+        let guards = timely::execute(timely_config, move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
-            let reader = match feed.reader(index, peers, from) {
+            // This process's log, split over this process's workers; the exchange below
+            // takes each event to the worker that owns its partition, in any process.
+            let local = index % threads;
+            let reader = match feed.reader(local, threads, from) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot read the event feed; worker stops");
@@ -166,14 +198,18 @@ impl Engine {
                     return;
                 }
             };
-            let mut replayer = Replayer::new(
-                Arc::clone(&feed),
-                index,
-                peers,
-                Arc::clone(&rules),
-                Arc::clone(&directory),
-                dedupe,
-            );
+            // In a cluster what an endpoint missed is in every process's log: no replay
+            // from this one (the sink restarts the dataflow instead).
+            let mut replayer = (!in_cluster).then(|| {
+                Replayer::new(
+                    Arc::clone(&feed),
+                    index,
+                    peers,
+                    Arc::clone(&rules),
+                    Arc::clone(&directory),
+                    dedupe,
+                )
+            });
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, end) = feed_source(scope, reader, &*feed, tick);
                 // By virtual partition, as the feed splits them: a device stays on the
@@ -181,13 +217,29 @@ impl Engine {
                 let events = events.exchange(|e: &Arc<Event>| {
                     u64::from(partition_of(device_hash(e.device_id.as_str())))
                 });
+                let (events, end) = if in_cluster {
+                    let (last, ended) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+                    cluster::share_floors(
+                        scope,
+                        Arc::clone(&floors),
+                        process,
+                        local == 0,
+                        tick,
+                        Rc::clone(&ended),
+                    );
+                    (events.in_offset_order(Rc::clone(&last), ended), last)
+                } else {
+                    (events, end)
+                };
                 let events = match dedupe {
                     Some(cfg) => events.dedupe(cfg, Arc::clone(&worker_metrics)),
                     None => events,
                 };
                 // Each device's tags by offset, next to the device's events.
                 let context = context::arrange(events.clone());
-                replayer.read_context(Lookup::new(context.trace.clone(), Arc::clone(&seed)));
+                if let Some(r) = replayer.as_mut() {
+                    r.read_context(Lookup::new(context.trace.clone(), Arc::clone(&seed)));
+                }
                 events.clone().insights(
                     context.clone(),
                     InsightSetup {

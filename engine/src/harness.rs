@@ -136,6 +136,7 @@ pub fn run(
         tick: Duration::from_millis(20),
         dedupe: None,
         close_insights_at_end: true,
+        cluster: None,
     };
     let engine = Engine::start(
         config,
@@ -147,6 +148,7 @@ pub fn run(
             trace: Some(trace),
             log: Some(Arc::clone(&log) as Arc<dyn Ingest>),
             checkpoints: None,
+            metrics: None,
         },
     )?;
     let pushed = feed.push(events);

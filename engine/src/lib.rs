@@ -11,6 +11,7 @@
 //! complete, which is what its exactly-once commits are built on.
 
 mod append;
+pub mod cluster;
 pub(crate) mod context;
 pub mod deadletter;
 mod engine;

@@ -8,12 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use weir_core::{Delivery, EndpointSpec, EventFeed, ReplayRequest, Sink, SinkError, SinkFactory};
 
-/// The lowest committed offset of every (worker, sink), and the feed to tell.
+/// The lowest committed offset of every (worker, sink) of this process, and the feed to
+/// tell. In a cluster the feed holds events of other processes' partitions too, so it is
+/// released only below every process's floor as well (`peers`, shared by the dataflow).
 pub(crate) struct Floors {
     floors: Mutex<Vec<u64>>,
     /// What the insights' stored checkpoint still needs (`u64::MAX`: nothing).
     insights: Mutex<u64>,
+    workers: usize,
     sinks: usize,
+    /// The last floor each other process reported; `u64::MAX` for this one.
+    peers: Mutex<Vec<u64>>,
     released: Mutex<u64>,
     feed: Arc<dyn EventFeed>,
 }
@@ -21,28 +26,67 @@ pub(crate) struct Floors {
 impl Floors {
     /// `insights` is what the insights need at the start (`u64::MAX` when they keep no
     /// checkpoint).
+    /// `processes` and `process`: the cluster and this process's place in it (1 and 0
+    /// alone).
     pub(crate) fn new(
         workers: usize,
         sinks: usize,
         start: u64,
         insights: u64,
         feed: Arc<dyn EventFeed>,
+        (processes, process): (usize, usize),
     ) -> Floors {
         feed.release(start);
+        let mut peers = vec![start; processes.max(1)];
+        if let Some(me) = peers.get_mut(process) {
+            *me = u64::MAX;
+        }
         Floors {
-            floors: Mutex::new(vec![start; workers * sinks.max(1)]),
+            floors: Mutex::new(vec![start; workers.max(1) * sinks.max(1)]),
             insights: Mutex::new(insights),
+            workers: workers.max(1),
             sinks: sinks.max(1),
+            peers: Mutex::new(peers),
             released: Mutex::new(start),
             feed,
         }
     }
 
+    /// This process's floor: its sinks' and insights' lowest.
+    pub(crate) fn local(&self) -> u64 {
+        let sinks = self
+            .floors
+            .lock()
+            .ok()
+            .and_then(|v| v.iter().copied().min())
+            .unwrap_or(0);
+        sinks.min(self.insights.lock().map_or(0, |i| *i))
+    }
+
+    /// Another process's floor, as it reported it.
+    pub(crate) fn set_peer(&self, process: usize, floor: u64) {
+        let changed = match self.peers.lock() {
+            Ok(mut p) => match p.get_mut(process) {
+                Some(slot) if *slot != u64::MAX && *slot != floor => {
+                    *slot = floor;
+                    true
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+        if changed {
+            self.release(self.local());
+        }
+    }
+
+    /// `worker` is timely's index: timely numbers workers process by process, so modulo
+    /// the thread count it is this process's slot.
     fn set(&self, worker: usize, sink: usize, floor: u64) {
         let Ok(mut v) = self.floors.lock() else {
             return;
         };
-        let i = worker * self.sinks + sink;
+        let i = (worker % self.workers) * self.sinks + sink;
         if i >= v.len() || v[i] == floor {
             return;
         }
@@ -70,9 +114,14 @@ impl Floors {
         }
     }
 
-    /// Lets the feed go below `sinks` (the sinks' lowest floor) and the insights' floor.
+    /// Lets the feed go below `sinks` (the sinks' lowest floor), the insights' floor and
+    /// every other process's floor.
     fn release(&self, sinks: u64) {
-        let min = sinks.min(self.insights.lock().map_or(0, |i| *i));
+        let peers = self
+            .peers
+            .lock()
+            .map_or(0, |p| p.iter().copied().min().unwrap_or(u64::MAX));
+        let min = sinks.min(self.insights.lock().map_or(0, |i| *i)).min(peers);
         if let Ok(mut released) = self.released.lock()
             && min > *released
         {

@@ -89,6 +89,12 @@ pub struct ServeArgs {
     /// Engine worker threads (default: the number of cores).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// This process's index in the cluster's hosts file (`cluster.process`).
+    #[arg(long, requires = "hosts")]
+    pub process: Option<usize>,
+    /// A cluster's hosts file: one host:port a line, in process order (`cluster.hosts`).
+    #[arg(long)]
+    pub hosts: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

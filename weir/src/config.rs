@@ -26,6 +26,7 @@ struct File {
     http: HttpSection,
     amqp: AmqpSection,
     engine: EngineSection,
+    cluster: crate::cluster::ClusterSection,
     log: LogSection,
     dedupe: DedupeSection,
     archive: Archive,
@@ -211,6 +212,8 @@ pub struct Config {
     /// The AMQP gateway, when `amqp.url` is set.
     pub amqp: Option<weir_gateways::amqp::AmqpGatewayConfig>,
     pub workers: usize,
+    /// Process `process` of a cluster; `None` alone.
+    pub cluster: Option<weir_engine::cluster::ClusterConfig>,
     pub log: weir_storage::log::LogConfig,
     pub dedupe: Option<weir_engine::DedupeConfig>,
     pub archive: weir_storage::ParquetConfig,
@@ -365,6 +368,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         n if n > 256 => bail!("`engine.workers` = {n} is more than 256"),
         n => n,
     };
+    let cluster = crate::cluster::load(&f.cluster, a.process, a.hosts.as_deref())?;
     let Some(fsync) = weir_storage::log::FsyncPolicy::parse(&f.log.fsync) else {
         bail!(
             "`log.fsync` = {:?}: use \"batch\", \"always\" or \"never\"",
@@ -481,6 +485,10 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
         amqp,
         workers,
         log: weir_storage::log::LogConfig {
+            clock: cluster.as_ref().map(|c| weir_storage::log::ClusterClock {
+                process: c.process as u64,
+                processes: c.processes() as u64,
+            }),
             dir: data_dir_for_log.join("log"),
             fsync,
             max_delay: Duration::from_millis(f.log.max_delay_ms),
@@ -493,6 +501,7 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
             window: Duration::from_secs(f.dedupe.window_secs),
             per_device: f.dedupe.per_device,
         }),
+        cluster,
         archive,
         log_level: f.logging.level,
         dps,

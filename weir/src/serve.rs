@@ -11,17 +11,17 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use weir_core::{ConnectionRegistry, HealthBoard, SinkFactory};
-use weir_engine::{Engine, EngineConfig, Hooks};
+use weir_core::{ConnectionRegistry, HealthBoard};
+use weir_engine::EngineConfig;
 use weir_gateways::mqtt::Mqtt;
 use weir_gateways::{
     Admission, Gateway, GatewayContext, GatewayMetrics, MqttListener, QuicListener,
 };
+use weir_storage::Registry;
 use weir_storage::c2d::C2dStore;
 use weir_storage::commit::CommitStore;
 use weir_storage::log::Log;
 use weir_storage::secret::{generate_key, write_private};
-use weir_storage::{ParquetSinkFactory, Registry};
 
 use crate::api::{self, ApiState, ServiceKeys};
 use crate::config::Config;
@@ -153,22 +153,6 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// The sink of one broker kind, its links on this runtime.
-fn broker<K: weir_brokers::Kind>(
-    commits: &Arc<CommitStore>,
-    health: &Arc<HealthBoard>,
-    ctx: K::Context,
-) -> anyhow::Result<Arc<dyn SinkFactory>> {
-    let f = weir_brokers::factory::BrokerSinkFactory::<K>::new(
-        tokio::runtime::Handle::current(),
-        Arc::clone(commits),
-        Arc::clone(health),
-        Arc::new(ctx),
-    )
-    .with_context(|| format!("reading the {} endpoints' commit points", K::NAME))?;
-    Ok(Arc::new(f))
-}
-
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     raise_fd_limit(cfg.mqtt_limits.max_connections);
     // Keys, device records and device data live here: only the hub's user may read them.
@@ -241,25 +225,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .context("opening the archive's commit store")?,
     );
     let endpoint_health = Arc::new(HealthBoard::default());
-    let parquet = Arc::new(
-        ParquetSinkFactory::new(
-            cfg.archive.clone(),
-            Arc::clone(&commits),
-            Arc::clone(&endpoint_health),
-        )
-        .context("recovering the Parquet archive")?,
-    );
-    let archived = parquet.recovery();
     tracing::info!(
         log_end = recovered.end,
         segments = recovered.segments,
         torn_bytes_cut = recovered.truncated_bytes,
-        archive_committed_to = parquet.recovered_floor(),
-        renames_completed = archived.completed_renames,
-        uncommitted_files_removed = archived.removed_temporaries,
-        "ingest log and archive recovered"
+        "ingest log recovered"
     );
-    let archive_metrics = parquet.metrics();
+    let archive_metrics = Arc::new(weir_storage::parquet::ArchiveMetrics::default());
     let c2d = Arc::new(
         C2dStore::open(&cfg.data_dir.join("c2d.redb"))
             .context("opening the cloud-to-device message store")?,
@@ -289,15 +261,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
     })
     .transpose()?;
-    let sinks: Vec<Arc<dyn SinkFactory>> = vec![
-        parquet,
-        broker::<weir_brokers::amqp::Amqp>(&commits, &endpoint_health, ())?,
-        broker::<weir_brokers::mqtt::Mqtt>(&commits, &endpoint_health, ())?,
-        broker::<weir_brokers::webhook::Webhook>(&commits, &endpoint_health, ())?,
-        broker::<weir_brokers::upstream::Upstream>(&commits, &endpoint_health, uplink.clone())?,
-        broker::<weir_brokers::actions::Method>(&commits, &endpoint_health, hub.clone())?,
-        broker::<weir_brokers::actions::C2d>(&commits, &endpoint_health, hub.clone())?,
-    ];
     // Hub events a crash left in the registry's outbox go into the log first: the engine
     // takes the registry's tags as they are now as the device context at the log's end.
     let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
@@ -312,23 +275,31 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
         }
     }
-    let engine = Engine::start(
-        EngineConfig {
+    let engine_metrics = Arc::new(weir_engine::EngineMetrics::default());
+    if let Some(c) = &cfg.cluster {
+        tracing::info!(process = c.process, processes = c.processes(), peers = ?c.hosts, "cluster: the dataflow starts once every process has joined");
+    }
+    let engine = crate::engine_run::Running::start(crate::engine_run::EngineParts {
+        config: EngineConfig {
             workers: cfg.workers,
             tick: Duration::from_millis(200),
             dedupe: cfg.dedupe,
             close_insights_at_end: false,
+            cluster: cfg.cluster.clone(),
         },
-        Arc::clone(&rules),
-        registry.clone(),
-        Arc::new(log.feed()),
-        sinks,
-        Hooks {
-            trace: None,
-            log: Some(Arc::new(log.ingest())),
-            checkpoints: Some(Arc::clone(&commits) as Arc<dyn weir_core::Checkpoints>),
-        },
-    )?;
+        archive: cfg.archive.clone(),
+        commits: Arc::clone(&commits),
+        health: Arc::clone(&endpoint_health),
+        uplink: uplink.clone(),
+        hub: hub.clone(),
+        rules: Arc::clone(&rules),
+        registry: registry.clone(),
+        feed: log.feed(),
+        ingest: log.ingest(),
+        metrics: Arc::clone(&engine_metrics),
+        archive_metrics: Arc::clone(&archive_metrics),
+        runtime: tokio::runtime::Handle::current(),
+    })?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
 
     let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
@@ -411,7 +382,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         registry: registry.clone(),
         hub: hub.clone(),
         websocket: Mqtt::iothub(Arc::clone(&gateways), &cfg.mqtt_settings, "mqtt-ws"),
-        engine_metrics: engine.metrics(),
+        engine_metrics,
         gateway_metrics,
         archive_metrics,
         log_metrics: log.metrics(),
@@ -497,6 +468,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let stopped = tokio::time::timeout(
         STOP_LIMIT,
         tokio::task::spawn_blocking(move || {
+            engine.stopping();
             log.close();
             engine.join()
         }),
@@ -507,7 +479,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             tracing::info!("stopped; everything accepted is archived and committed");
             Ok(())
         }
-        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Ok(Err(e))) => Err(e),
         Ok(Err(e)) => Err(e.into()),
         Err(_) => bail!(
             "the engine did not stop within {} s; nothing is lost: the log is replayed at the next start",

@@ -133,7 +133,10 @@ impl Progress {
             let Ok(mut w) = self.workers.lock() else {
                 return;
             };
-            if let Some(slot) = w.get_mut(worker) {
+            // Timely numbers workers process by process: modulo the thread count, the
+            // index is this process's slot.
+            let n = w.len().max(1);
+            if let Some(slot) = w.get_mut(worker % n) {
                 *slot = Some(c);
             }
             let all: Option<Vec<Checkpoint>> = w.iter().copied().collect();

@@ -3,6 +3,7 @@
 
 mod dedupe;
 mod insights;
+mod order;
 mod route;
 mod sample;
 mod sink;
@@ -10,6 +11,7 @@ mod source;
 
 pub(crate) use dedupe::{Dedupe, DedupeState};
 pub(crate) use insights::{InsightSetup, RunInsights};
+pub(crate) use order::InOffsetOrder;
 pub(crate) use route::{Route, RouteSetup};
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;

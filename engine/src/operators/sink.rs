@@ -147,11 +147,13 @@ impl Replays {
 pub(crate) trait SinkTo {
     /// Writes every delivery to the sink of its endpoint's kind, grouped by endpoint, calls
     /// `advance` as the frontier moves, and `close` with the source's final position once
-    /// the input is exhausted.
+    /// the input is exhausted. Without a `replayer` (in a cluster, where what an endpoint
+    /// missed is in every process's log) an endpoint that asks for a replay restarts the
+    /// cluster's dataflow, which reads every log again from the commit points.
     fn sink_to(
         self,
         sinks: SinkSet,
-        replayer: Replayer,
+        replayer: Option<Replayer>,
         log: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
@@ -163,14 +165,14 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
     fn sink_to(
         self,
         mut sinks: SinkSet,
-        replayer: Replayer,
+        replayer: Option<Replayer>,
         log: Option<Arc<dyn Ingest>>,
         end: Rc<Cell<u64>>,
         tick: Duration,
         metrics: Arc<EngineMetrics>,
     ) {
         let mut closed = false;
-        let mut replays = Replays::new(replayer, log, Arc::clone(&metrics));
+        let mut replays = replayer.map(|r| Replays::new(r, log, Arc::clone(&metrics)));
         // Sinks log their endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
         let mut report = move |r: Result<(), SinkError>| {
@@ -205,11 +207,13 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                     let Some(t) = frontier.frontier().iter().min().copied() else {
                         // Before the final commit, failed endpoints get one more chance to
                         // catch up, so a clean stop leaves as little as possible to replay.
-                        sinks.retry_now();
-                        while let Some(req) = sinks.replay_request() {
-                            let progress = replays.serve(&mut sinks, &req, &mut report);
-                            if progress != Progress::Moved {
-                                break;
+                        if let Some(replays) = replays.as_mut() {
+                            sinks.retry_now();
+                            while let Some(req) = sinks.replay_request() {
+                                let progress = replays.serve(&mut sinks, &req, &mut report);
+                                if progress != Progress::Moved {
+                                    break;
+                                }
                             }
                         }
                         closed = true;
@@ -217,6 +221,19 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                         return;
                     };
                     sinks.advance(t).into_iter().for_each(&mut report);
+                    let Some(replays) = replays.as_mut() else {
+                        if let Some((_, req)) = sinks.replay_request() {
+                            // Timely stops a computation over processes by a failure
+                            // that reaches every peer; the hub starts it again.
+                            panic!(
+                                "{}: endpoint {} missed deliveries, which are in every process's log",
+                                crate::cluster::RESTART,
+                                req.endpoint
+                            );
+                        }
+                        activator.activate_after(tick);
+                        return;
+                    };
                     replays.replayer.done_below(sinks.floor());
                     let Some(req) = sinks.replay_request() else {
                         activator.activate_after(tick);

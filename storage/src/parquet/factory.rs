@@ -118,6 +118,12 @@ impl ParquetSinkFactory {
         Arc::clone(&self.metrics)
     }
 
+    /// Counts into `metrics` (kept across restarts of a cluster's dataflow).
+    pub fn with_metrics(mut self, metrics: Arc<ArchiveMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
     pub fn recovery(&self) -> ArchiveRecovery {
         self.recovery
     }

@@ -1,0 +1,118 @@
+//! The engine over several processes on timely's own cluster (decision 037).
+//!
+//! Every process reads its own ingest log and exchanges each event to the worker that owns
+//! its partition, wherever that worker runs. Offsets follow a clock shared by the logs, so
+//! the frontier means the same thing in every process. Two things cross processes besides
+//! events: where reading starts (the lowest commit point of any process, agreed before the
+//! dataflow starts) and how far each log may be released (the lowest floor of any process,
+//! shared while it runs).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use timely::dataflow::Scope;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::{Inspect, ToStream};
+
+use crate::engine::EngineError;
+use crate::sinks::Floors;
+
+/// This process's place in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Index of this process in `hosts`.
+    pub process: usize,
+    /// `host:port` of every process's timely endpoint, in process order.
+    pub hosts: Vec<String>,
+}
+
+/// Begins every panic that tears the cluster's dataflow down on purpose: timely's way to
+/// stop a computation over processes is a failure that cascades to every peer.
+pub const RESTART: &str = "weir cluster dataflow restarts";
+
+impl ClusterConfig {
+    pub(crate) fn timely(&self, threads: usize) -> timely::Config {
+        timely::Config {
+            communication: timely::CommunicationConfig::Cluster {
+                threads,
+                process: self.process,
+                addresses: self.hosts.clone(),
+                report: false,
+                zerocopy: false,
+            },
+            worker: timely::WorkerConfig::default(),
+        }
+    }
+
+    pub fn processes(&self) -> usize {
+        self.hosts.len()
+    }
+}
+
+/// The lowest `floor` of every process: where each must start reading its log, since its
+/// log holds events of every process's partitions. Forms the cluster (waiting for every
+/// process), exchanges one number per process, and parts again.
+pub(crate) fn agree_floor(
+    cluster: &ClusterConfig,
+    threads: usize,
+    floor: u64,
+) -> Result<u64, EngineError> {
+    let guards = timely::execute(cluster.timely(threads), move |worker| {
+        let lowest = Rc::new(Cell::new(u64::MAX));
+        let seen = Rc::clone(&lowest);
+        let mine: Vec<u64> = if worker.index() % threads == 0 {
+            vec![floor]
+        } else {
+            Vec::new()
+        };
+        worker.dataflow::<u64, _, _>(move |scope| {
+            mine.to_stream(scope)
+                .broadcast()
+                .inspect(move |f| seen.set(seen.get().min(*f)));
+        });
+        while worker.step_or_park(None) {}
+        lowest.get()
+    })
+    .map_err(EngineError::Start)?;
+    let mut lowest = u64::MAX;
+    for r in guards.join() {
+        lowest = lowest.min(r.map_err(EngineError::Worker)?);
+    }
+    Ok(lowest.min(floor))
+}
+
+/// Shares floors while the dataflow runs: worker 0 of each process sends its process's
+/// floor to every worker each `tick`, and every process releases its log only below the
+/// lowest. Stops once `ended` is set (this worker's input has ended).
+pub(crate) fn share_floors(
+    scope: Scope<'_, u64>,
+    floors: Arc<Floors>,
+    process: usize,
+    first_of_process: bool,
+    tick: Duration,
+    ended: Rc<Cell<bool>>,
+) {
+    let floors_in = Arc::clone(&floors);
+    source(scope, "FloorsOut", move |cap, info| {
+        let activator = scope.activator_for(info.address.clone());
+        let mut cap = Some(cap);
+        move |output| {
+            if ended.get() {
+                cap = None;
+                return;
+            }
+            if let Some(c) = &cap
+                && first_of_process
+            {
+                output.session(c).give((process, floors.local()));
+            }
+            activator.activate_after(tick);
+        }
+    })
+    .container::<Vec<(usize, u64)>>()
+    .broadcast()
+    .inspect(move |(p, f)| floors_in.set_peer(*p, *f));
+}

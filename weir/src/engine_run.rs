@@ -1,0 +1,175 @@
+//! Building the engine's sinks and running it: once when this process runs alone; in a
+//! cluster again after every failure (a process that died or restarted, an endpoint that
+//! must replay), while this process's gateways keep accepting into its log.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use weir_core::{HealthBoard, SinkFactory};
+use weir_engine::{Engine, EngineConfig, EngineMetrics, Hooks, RulesHandle};
+use weir_hub::Hub;
+use weir_storage::commit::CommitStore;
+use weir_storage::log::{LogFeed, LogIngest};
+use weir_storage::parquet::ArchiveMetrics;
+use weir_storage::{ParquetConfig, ParquetSinkFactory, Registry};
+
+/// Everything the engine is started from, again at each restart.
+pub struct EngineParts {
+    pub config: EngineConfig,
+    pub archive: ParquetConfig,
+    pub commits: Arc<CommitStore>,
+    pub health: Arc<HealthBoard>,
+    pub uplink: Option<Arc<weir_brokers::upstream::Uplink>>,
+    pub hub: Hub,
+    pub rules: RulesHandle,
+    pub registry: Arc<Registry>,
+    pub feed: LogFeed,
+    pub ingest: LogIngest,
+    pub metrics: Arc<EngineMetrics>,
+    pub archive_metrics: Arc<ArchiveMetrics>,
+    pub runtime: tokio::runtime::Handle,
+}
+
+/// The sink of one broker kind, its links on the hub's runtime.
+fn broker<K: weir_brokers::Kind>(
+    parts: &EngineParts,
+    ctx: K::Context,
+) -> anyhow::Result<Arc<dyn SinkFactory>> {
+    let f = weir_brokers::factory::BrokerSinkFactory::<K>::new(
+        parts.runtime.clone(),
+        Arc::clone(&parts.commits),
+        Arc::clone(&parts.health),
+        Arc::new(ctx),
+    )
+    .with_context(|| format!("reading the {} endpoints' commit points", K::NAME))?;
+    Ok(Arc::new(f))
+}
+
+impl EngineParts {
+    /// Every sink kind, after recovering the archive: renames the last run committed are
+    /// completed and files it had not committed are deleted (the log still has their rows).
+    fn sinks(&self) -> anyhow::Result<Vec<Arc<dyn SinkFactory>>> {
+        let parquet = ParquetSinkFactory::new(
+            self.archive.clone(),
+            Arc::clone(&self.commits),
+            Arc::clone(&self.health),
+        )
+        .context("recovering the Parquet archive")?
+        .with_metrics(Arc::clone(&self.archive_metrics));
+        let archived = parquet.recovery();
+        tracing::info!(
+            archive_committed_to = parquet.recovered_floor(),
+            renames_completed = archived.completed_renames,
+            uncommitted_files_removed = archived.removed_temporaries,
+            "archive recovered"
+        );
+        use weir_brokers::{actions, amqp, mqtt, upstream, webhook};
+        Ok(vec![
+            Arc::new(parquet),
+            broker::<amqp::Amqp>(self, ())?,
+            broker::<mqtt::Mqtt>(self, ())?,
+            broker::<webhook::Webhook>(self, ())?,
+            broker::<upstream::Upstream>(self, self.uplink.clone())?,
+            broker::<actions::Method>(self, self.hub.clone())?,
+            broker::<actions::C2d>(self, self.hub.clone())?,
+        ])
+    }
+
+    fn start(&self) -> anyhow::Result<Engine> {
+        let sinks = self.sinks()?;
+        Ok(Engine::start(
+            self.config.clone(),
+            Arc::clone(&self.rules),
+            self.registry.clone(),
+            Arc::new(self.feed.clone()),
+            sinks,
+            Hooks {
+                trace: None,
+                log: Some(Arc::new(self.ingest.clone())),
+                checkpoints: Some(Arc::clone(&self.commits) as Arc<dyn weir_core::Checkpoints>),
+                metrics: Some(Arc::clone(&self.metrics)),
+            },
+        )?)
+    }
+}
+
+/// The engine, running on its own thread.
+pub struct Running {
+    thread: JoinHandle<anyhow::Result<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Running {
+    /// Starts the engine. Alone, an error starting it is returned here; in a cluster the
+    /// engine starts once every process has joined, on the engine's thread.
+    pub fn start(parts: EngineParts) -> anyhow::Result<Running> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let thread = if parts.config.cluster.is_none() {
+            let engine = parts.start()?;
+            std::thread::Builder::new()
+                .name("weir-engine".into())
+                .spawn(move || Ok(engine.join()?))?
+        } else {
+            let stop = Arc::clone(&stopping);
+            std::thread::Builder::new()
+                .name("weir-engine".into())
+                .spawn(move || supervise(&parts, &stop))?
+        };
+        Ok(Running { thread, stopping })
+    }
+
+    /// Says the log is about to close: an engine that ends now is not started again.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for the engine to end (close the log first). Blocks.
+    pub fn join(self) -> anyhow::Result<()> {
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the engine thread panicked"))?
+    }
+}
+
+/// How long a cluster's dataflow must have run for a failure to count as new: a restart
+/// after a shorter run waits longer first (1 s doubling to 30 s), so an endpoint that
+/// keeps failing does not make the cluster replay without pause.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = Instant::now();
+        // A process that dies while the cluster forms fails timely's handshake with a
+        // panic on this thread; that is one more failure to start again from.
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            let engine = parts.start()?;
+            tracing::info!("cluster dataflow running");
+            engine.join().map_err(anyhow::Error::from)
+        }));
+        let failure = match outcome {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => format!("{e:#}"),
+            Err(_) => "a peer left while the cluster formed".to_string(),
+        };
+        if stopping.load(Ordering::SeqCst) {
+            anyhow::bail!(
+                "the cluster's dataflow failed while stopping ({failure}); nothing is lost: the log is read again at the next start"
+            );
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = Duration::from_secs(1);
+        }
+        tracing::warn!(
+            error = %failure,
+            retry_in_secs = backoff.as_secs(),
+            "the cluster's dataflow stopped; this process keeps accepting into its log and rejoins when every process is back"
+        );
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
