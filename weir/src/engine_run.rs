@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use weir_core::{HealthBoard, SinkFactory};
+use weir_engine::cluster::RESTART;
 use weir_engine::{Engine, EngineConfig, EngineMetrics, Hooks, RulesHandle};
 use weir_hub::Hub;
 use weir_storage::commit::CommitStore;
@@ -114,6 +115,7 @@ impl Running {
                 .name("weir-engine".into())
                 .spawn(move || Ok(engine.join()?))?
         } else {
+            quiet_cascades();
             let stop = Arc::clone(&stopping);
             std::thread::Builder::new()
                 .name("weir-engine".into())
@@ -154,7 +156,7 @@ fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
         let failure = match outcome {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => format!("{e:#}"),
-            Err(_) => "a peer left while the cluster formed".to_string(),
+            Err(payload) => text(&*payload),
         };
         if stopping.load(Ordering::SeqCst) {
             anyhow::bail!(
@@ -172,4 +174,42 @@ fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+fn text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a dataflow worker failed".into())
+}
+
+/// When one process of a cluster goes, every thread of every other process's dataflow
+/// panics on purpose (timely's cascade): that is one warning each, not a backtrace each.
+/// Any other panic is reported as usual.
+fn quiet_cascades() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = text(info.payload());
+            let cascade = [
+                "timely communication error",
+                "MergeQueue poisoned",
+                "thread panic",
+                RESTART,
+            ]
+            .iter()
+            .any(|m| message.contains(m));
+            if cascade {
+                let thread = std::thread::current();
+                tracing::warn!(
+                    thread = thread.name().unwrap_or("?"),
+                    "cluster dataflow: {message}"
+                );
+            } else {
+                report(info);
+            }
+        }));
+    });
 }
