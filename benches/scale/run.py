@@ -3,6 +3,10 @@
 idle:  N idle authenticated plain connections (spread over 127.0.0.2-... source
        addresses); RSS per connection = (RSS with them - RSS before) / N. Also over TLS
        with TLS_IDLE connections.
+cluster: CLUSTER_PROCS processes of one cluster (--process/--hosts, one worker each),
+       CLUSTER_PER idle plain connections each from its own `weir simulate` (one process
+       holds at most RLIMIT_NOFILE connections, 20 000 here): all connected at once, RSS
+       per connection per process.
 storm: STORM devices connect over TLS, then every connection drops at once and all
        reconnect at once, retrying with backoff when refused; time until all are back,
        the server's peak RSS, and, meanwhile, publish->PUBACK latency of 10 devices that
@@ -30,6 +34,8 @@ STORM = int(os.environ.get("STORM", "18000"))
 SOURCES = os.environ.get("SOURCES", "127.0.0.2-127.0.0.41")
 PROBE_SECS = int(os.environ.get("PROBE_SECS", "40"))
 ONLY = os.environ.get("ONLY", "idle,storm").split(",")
+CLUSTER_PROCS = int(os.environ.get("CLUSTER_PROCS", "6"))
+CLUSTER_PER = int(os.environ.get("CLUSTER_PER", "16700"))
 RULES = '[[endpoint]]\nname = "archive"\ntype = "parquet"\n\n[[route]]\nname = "all"\ncondition = "true"\nendpoints = ["archive"]\n'
 
 
@@ -120,9 +126,64 @@ def mosquitto_connections(port):
     return len(out.splitlines())
 
 
+def cluster_idle(base):
+    """CLUSTER_PROCS processes of one cluster, CLUSTER_PER idle connections on each, all
+    held at the same time; each simulator uses its own range of source addresses."""
+    hosts = base / "hosts"
+    hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(CLUSTER_PROCS)))
+    hubs = []
+    for i in range(CLUSTER_PROCS):
+        hub = weir_hub(base, 0)
+        hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
+        hub.workers = 1
+        hubs.append(hub)
+    sims = []
+    try:
+        for h in hubs:
+            h.start()
+        for i, h in enumerate(hubs):
+            register(h, CLUSTER_PER, f"c{i}-")
+        rss_before = [status(h.proc.pid, "VmRSS") for h in hubs]
+        t0 = time.time()
+        for i, h in enumerate(hubs):
+            first = 2 + i * 40
+            sims.append(simulate(*hub_args(h), "--prefix", f"c{i}-", "--devices", CLUSTER_PER, "--idle",
+                                 "--duration", 900, "--source-ips", f"127.0.1.{first}-127.0.1.{first + 39}",
+                                 background=True))
+        total = CLUSTER_PROCS * CLUSTER_PER
+        took = wait_connected(lambda: all(s.poll() is None for s in sims),
+                              lambda: sum(h.metric("weir_devices_connected") for h in hubs), total, limit=900)
+        time.sleep(5)
+        connected = sum(h.metric("weir_devices_connected") for h in hubs)
+        rss_after = [status(h.proc.pid, "VmRSS") for h in hubs]
+        per = [(a - b) / CLUSTER_PER for a, b in zip(rss_after, rss_before)]
+        print(json.dumps({"server": "weir", "test": "idle plain cluster", "processes": CLUSTER_PROCS,
+                          "connections": int(connected), "connect_seconds": took,
+                          "rss_after_kib": rss_after, "kib_per_connection": per,
+                          "total_rss_mib": sum(rss_after) / 1024}), flush=True)
+    finally:
+        for s in sims:
+            s.terminate()
+        for s in sims:
+            try:
+                s.wait(60)
+            except subprocess.TimeoutExpired:
+                s.kill()
+        for h in hubs:
+            if h.proc and h.proc.poll() is None:
+                h.signal_hub(15)
+        for h in hubs:
+            try:
+                h.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                h.proc.kill()
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="weir-scale-") as d:
         base = Path(d)
+        if "cluster" in ONLY:
+            cluster_idle(base)
         if "idle" in ONLY:
             hub = weir_hub(base, 0).start()
             try:

@@ -185,6 +185,9 @@ def test_kill_9_of_one_process_mid_load_loses_and_repeats_nothing(tmp_path, proc
         for h in hubs:
             if h is not hubs[victim]:
                 assert h.metric("weir_gateway_messages_total") > 0, "every process took messages"
+        snap = hubs[0].call("GET", "/dashboard/snapshot").json()["cluster"]["processes"]
+        assert [p["process"] for p in snap] == list(range(processes))
+        assert sum(p["partitions"] for p in snap) == 64 and all(p["partitions"] > 0 for p in snap)
 
         deadline = time.time() + 90
         rows = []

@@ -112,3 +112,123 @@ mod tests {
         );
     }
 }
+
+/// What a data directory last ran as: which process of how many, with how many workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    process: usize,
+    processes: usize,
+    workers: usize,
+}
+
+impl Shape {
+    fn text(&self) -> String {
+        format!(
+            "process={} processes={} workers={}\n",
+            self.process, self.processes, self.workers
+        )
+    }
+
+    fn parse(text: &str) -> Option<Shape> {
+        let field = |name: &str| -> Option<usize> {
+            text.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        Some(Shape {
+            process: field("process")?,
+            processes: field("processes")?,
+            workers: field("workers")?,
+        })
+    }
+}
+
+const SHAPE_FILE: &str = "cluster-shape";
+
+/// Refuses to start a data directory in another cluster shape than it ran in. Partitions
+/// would move between processes, and each process keeps the commit points of the
+/// partitions it owned: a new owner would archive again what the old one had committed.
+/// Alone, the worker count may change (one commit store holds every partition).
+pub fn check_shape(
+    data_dir: &Path,
+    cluster: Option<&ClusterConfig>,
+    workers: usize,
+) -> anyhow::Result<()> {
+    let now = Shape {
+        process: cluster.map_or(0, |c| c.process),
+        processes: cluster.map_or(1, ClusterConfig::processes),
+        workers,
+    };
+    let path = data_dir.join(SHAPE_FILE);
+    let before = match std::fs::read_to_string(&path) {
+        Ok(text) => Shape::parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let ran_before = data_dir.join("commits.redb").exists();
+    let refuse = match before {
+        Some(b) => b != now && (b.processes > 1 || now.processes > 1),
+        None => ran_before && now.processes > 1,
+    };
+    if refuse {
+        let was = before.map_or("alone, by an older Weir".to_string(), |b| {
+            format!(
+                "as process {} of {} with {} worker(s) each",
+                b.process, b.processes, b.workers
+            )
+        });
+        bail!(
+            "{} ran {was}; a cluster's shape cannot change yet (decision 037): start it as before \
+             (the same hosts file, --process and --workers), or give this process an empty data directory",
+            data_dir.display()
+        );
+    }
+    if before != Some(now) {
+        std::fs::write(&path, now.text()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod shape_tests {
+    use super::*;
+
+    fn cluster(process: usize, n: usize) -> ClusterConfig {
+        ClusterConfig {
+            process,
+            hosts: (0..n).map(|i| format!("127.0.0.1:{}", 7000 + i)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_cluster_keeps_its_shape_and_a_lone_process_may_change_workers() {
+        let dir = tempfile::tempdir().expect("tmp");
+        check_shape(dir.path(), None, 2).expect("first start");
+        std::fs::write(dir.path().join("commits.redb"), b"").expect("ran");
+        check_shape(dir.path(), None, 4).expect("alone, workers may change");
+        let e = check_shape(dir.path(), Some(&cluster(0, 2)), 4).expect_err("alone to cluster");
+        assert!(e.to_string().contains("cannot change"), "{e}");
+
+        let dir = tempfile::tempdir().expect("tmp");
+        check_shape(dir.path(), Some(&cluster(1, 3)), 2).expect("first start");
+        std::fs::write(dir.path().join("commits.redb"), b"").expect("ran");
+        check_shape(dir.path(), Some(&cluster(1, 3)), 2).expect("same shape");
+        assert!(
+            check_shape(dir.path(), Some(&cluster(1, 4)), 2).is_err(),
+            "more processes"
+        );
+        assert!(
+            check_shape(dir.path(), Some(&cluster(1, 3)), 1).is_err(),
+            "fewer workers"
+        );
+        assert!(
+            check_shape(dir.path(), Some(&cluster(2, 3)), 2).is_err(),
+            "another index"
+        );
+        assert!(
+            check_shape(dir.path(), None, 2).is_err(),
+            "cluster to alone"
+        );
+    }
+}

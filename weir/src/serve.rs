@@ -164,6 +164,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
                 cfg.data_dir.display()
             )
         })?;
+    crate::cluster::check_shape(&cfg.data_dir, cfg.cluster.as_ref(), cfg.workers)?;
     let mut signals = Signals::new()?;
     // Bind first, so a busy port fails before anything else starts.
     let mqtt_l = bind(cfg.mqtt, "mqtt").await?;
@@ -394,6 +395,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         upstream: uplink.clone(),
         log_budget_bytes: cfg.log.budget_bytes,
         workers: cfg.workers,
+        cluster: cfg
+            .cluster
+            .as_ref()
+            .map_or((0, 1), |c| (c.process, c.processes())),
     });
     let app = api::router(state);
     if let Some(l) = http_l {

@@ -53,6 +53,8 @@ pub struct ApiState {
     pub log_budget_bytes: u64,
     /// Engine worker threads.
     pub workers: usize,
+    /// This process's index and the cluster's process count (0 and 1 alone).
+    pub cluster: (usize, usize),
 }
 
 /// A JSON answer with its `ETag` header (IoT Hub quotes etags).

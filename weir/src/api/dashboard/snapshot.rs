@@ -70,11 +70,7 @@ pub fn take(s: &ApiState) -> Value {
         "timeMs": weir_core::time::now_ms(),
         "hub": s.hostname,
         "cluster": {
-            "processes": [{
-                "process": 0,
-                "workers": s.workers,
-                "partitions": weir_core::feed::PARTITIONS,
-            }],
+            "processes": processes(s.cluster, s.workers),
         },
         "connections": connections,
         "devicesConnected": s.hub.connections().connected(),
@@ -111,4 +107,18 @@ pub fn take(s: &ApiState) -> Value {
             })
         }),
     })
+}
+
+/// Every process of the cluster with the partitions its workers own (timely numbers
+/// workers process by process; partition `p` belongs to worker `p % (processes · workers)`).
+fn processes((this, n): (usize, usize), workers: usize) -> Vec<Value> {
+    let all = n.max(1) * workers.max(1);
+    (0..n.max(1))
+        .map(|i| {
+            let owned = (0..weir_core::feed::PARTITIONS)
+                .filter(|p| (*p as usize % all) / workers.max(1) == i)
+                .count();
+            json!({ "process": i, "workers": workers, "partitions": owned, "this": i == this })
+        })
+        .collect()
 }
