@@ -8,6 +8,7 @@
 #   benches/scale.sh                              # IDLE=18000 TLS_IDLE=10000 STORM=18000
 #   ONLY=storm STORM=10000 RATES=2000 benches/scale.sh
 #   ONLY=cluster CLUSTER_PROCS=6 CLUSTER_PER=16700 benches/scale.sh   # 100 k over 6 processes
+#   ONLY=throughput THRU_WORKERS=2 benches/scale.sh   # 1 process vs a cluster of 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mosquitto >/dev/null || { echo "mosquitto is missing: apt-get install -y mosquitto" >&2; exit 2; }

@@ -7,6 +7,10 @@ cluster: CLUSTER_PROCS processes of one cluster (--process/--hosts, one worker e
        CLUSTER_PER idle plain connections each from its own `weir simulate` (one process
        holds at most RLIMIT_NOFILE connections, 20 000 here): all connected at once, RSS
        per connection per process.
+throughput: THRU_PUBS publishers, THRU_MSGS QoS 1 messages each, against one process
+       (THRU_WORKERS workers) and then a cluster of two processes (half the workers
+       each, half the publishers on each): messages per second until every row is in a
+       committed Parquet file on some process.
 storm: STORM devices connect over TLS, then every connection drops at once and all
        reconnect at once, retrying with backoff when refused; time until all are back,
        the server's peak RSS, and, meanwhile, publish->PUBACK latency of 10 devices that
@@ -36,6 +40,9 @@ PROBE_SECS = int(os.environ.get("PROBE_SECS", "40"))
 ONLY = os.environ.get("ONLY", "idle,storm").split(",")
 CLUSTER_PROCS = int(os.environ.get("CLUSTER_PROCS", "6"))
 CLUSTER_PER = int(os.environ.get("CLUSTER_PER", "16700"))
+THRU_PUBS = int(os.environ.get("THRU_PUBS", "100"))
+THRU_MSGS = int(os.environ.get("THRU_MSGS", "2000"))
+THRU_WORKERS = int(os.environ.get("THRU_WORKERS", "2"))
 RULES = '[[endpoint]]\nname = "archive"\ntype = "parquet"\n\n[[route]]\nname = "all"\ncondition = "true"\nendpoints = ["archive"]\n'
 
 
@@ -126,6 +133,18 @@ def mosquitto_connections(port):
     return len(out.splitlines())
 
 
+def stop_all(hubs):
+    """Signals every process first: a cluster's dataflow ends once every log has closed."""
+    for h in hubs:
+        if h.proc and h.proc.poll() is None:
+            h.signal_hub(15)
+    for h in hubs:
+        try:
+            h.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            h.proc.kill()
+
+
 def cluster_idle(base):
     """CLUSTER_PROCS processes of one cluster, CLUSTER_PER idle connections on each, all
     held at the same time; each simulator uses its own range of source addresses."""
@@ -144,7 +163,6 @@ def cluster_idle(base):
         for i, h in enumerate(hubs):
             register(h, CLUSTER_PER, f"c{i}-")
         rss_before = [status(h.proc.pid, "VmRSS") for h in hubs]
-        t0 = time.time()
         for i, h in enumerate(hubs):
             first = 2 + i * 40
             sims.append(simulate(*hub_args(h), "--prefix", f"c{i}-", "--devices", CLUSTER_PER, "--idle",
@@ -169,19 +187,55 @@ def cluster_idle(base):
                 s.wait(60)
             except subprocess.TimeoutExpired:
                 s.kill()
+        stop_all(hubs)
+
+
+def throughput(base, procs, qos):
+    """THRU_PUBS publishers spread over `procs` processes (1: alone)."""
+    hubs = []
+    if procs > 1:
+        hosts = base / f"hosts-{time.monotonic_ns()}"
+        hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(procs)))
+    for i in range(procs):
+        hub = weir_hub(base, 0)
+        hub.workers = max(1, THRU_WORKERS // procs)
+        if procs > 1:
+            hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
+        hubs.append(hub)
+    try:
         for h in hubs:
-            if h.proc and h.proc.poll() is None:
-                h.signal_hub(15)
-        for h in hubs:
-            try:
-                h.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                h.proc.kill()
+            h.start()
+        if procs > 1:
+            for h in hubs:
+                assert h.wait_log("cluster dataflow running", timeout=60), h.log_text()[-2000:]
+        per = THRU_PUBS // procs
+        for i, h in enumerate(hubs):
+            register(h, per, f"t{i}-")
+        total = per * procs * THRU_MSGS
+        t0 = time.time()
+        sims = [simulate(*hub_args(h), "--prefix", f"t{i}-", "--devices", per, "--messages", THRU_MSGS,
+                         "--qos", qos, background=True) for i, h in enumerate(hubs)]
+        for s in sims:
+            s.communicate(timeout=900)
+        published = time.time() - t0
+        archived = wait_connected(lambda: True, lambda: sum(h.metric("weir_archive_rows_total") for h in hubs),
+                                  total, limit=600)
+        took = time.time() - t0
+        print(json.dumps({"server": "weir", "test": "throughput", "processes": procs,
+                          "workers_each": hubs[0].workers, "qos": qos, "messages": total,
+                          "published_per_s": total / published,
+                          "archived_per_s": total / took if archived is not None else None}), flush=True)
+    finally:
+        stop_all(hubs)
 
 
 def main():
     with tempfile.TemporaryDirectory(prefix="weir-scale-") as d:
         base = Path(d)
+        if "throughput" in ONLY:
+            for qos in (1, 0):
+                for procs in (1, 2):
+                    throughput(base, procs, qos)
         if "cluster" in ONLY:
             cluster_idle(base)
         if "idle" in ONLY:
