@@ -41,7 +41,7 @@ ONLY = os.environ.get("ONLY", "idle,storm").split(",")
 CLUSTER_PROCS = int(os.environ.get("CLUSTER_PROCS", "6"))
 CLUSTER_PER = int(os.environ.get("CLUSTER_PER", "16700"))
 THRU_PUBS = int(os.environ.get("THRU_PUBS", "100"))
-THRU_MSGS = int(os.environ.get("THRU_MSGS", "2000"))
+THRU_MSGS = int(os.environ.get("THRU_MSGS", "10000"))
 THRU_WORKERS = int(os.environ.get("THRU_WORKERS", "2"))
 RULES = '[[endpoint]]\nname = "archive"\ntype = "parquet"\n\n[[route]]\nname = "all"\ncondition = "true"\nendpoints = ["archive"]\n'
 
@@ -198,6 +198,8 @@ def throughput(base, procs, qos):
         hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(procs)))
     for i in range(procs):
         hub = weir_hub(base, 0)
+        # At info: the cluster says when its dataflow runs.
+        hub.config_path.write_text(hub.config_path.read_text().replace('level = "warn"', 'level = "info"'))
         hub.workers = max(1, THRU_WORKERS // procs)
         if procs > 1:
             hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
