@@ -185,7 +185,9 @@ pub fn check_shape(
         );
     }
     if before != Some(now) {
-        std::fs::write(&path, now.text()).with_context(|| format!("writing {}", path.display()))?;
+        // Private like everything in the data directory.
+        weir_storage::secret::write_private(&path, now.text().as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
