@@ -1,9 +1,11 @@
 """Connect storms: past `mqtt.connect_rate` a CONNECT is answered with CONNACK 3 (server
 unavailable) before its credentials are read, and clients that retry get in; `weir
 simulate --storm` drops every connection at once and measures the reconnect, spreading
-connections over loopback source addresses."""
+connections over loopback source addresses. `mqtt.connect_rate_per_address` limits one
+source address without touching the others."""
 
 import json
+import socket
 import subprocess
 import time
 
@@ -63,5 +65,36 @@ def test_source_addresses_spread_connections(tmp_path, rules_dir):
         r = run_weir("simulate", "--api", hub.api, "--data-dir", hub.data, "--devices", "1",
                      "--source-ips", "127.0.0.9-127.0.0.1")
         assert r.returncode != 0 and "--source-ips" in r.stderr
+    finally:
+        hub.stop()
+
+
+class RawFrom(Raw):
+    """A raw MQTT client whose connection comes from `source` (a loopback address)."""
+
+    def __init__(self, port, source, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0))
+        self.buf = b""
+
+
+def test_the_per_address_rate_limits_one_address_and_not_the_others(tmp_path, rules_dir):
+    hub = Hub(tmp_path, rules_dir, config="[mqtt]\nconnect_rate = 0\nconnect_rate_per_address = 4\n").start()
+    try:
+        key = hub.create_device("d1")["authentication"]["symmetricKey"]["primaryKey"]
+
+        def attempt(source):
+            r = RawFrom(hub.mqtt_port, source)
+            code = r.connect("d1", hub.username("d1"), hub.device_token("d1", key))
+            r.close()
+            return code
+
+        busy = [attempt("127.0.0.20") for _ in range(10)]
+        # Four tokens for that address, then refusals (one may refill meanwhile).
+        assert busy[:4] == [0] * 4, busy
+        assert busy.count(3) >= 4 and set(busy) <= {0, 3}, busy
+        # Other addresses have buckets of their own, full.
+        others = [attempt(f"127.0.0.{21 + i}") for i in range(4) for _ in range(3)]
+        assert others == [0] * 12, others
+        assert hub.metric("weir_gateway_connects_throttled_total") == busy.count(3)
     finally:
         hub.stop()
