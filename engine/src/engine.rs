@@ -211,7 +211,8 @@ impl Engine {
                 )
             });
             worker.dataflow::<u64, _, _>(|scope| {
-                let (events, end) = feed_source(scope, reader, &*feed, tick);
+                let (events, end) =
+                    feed_source(scope, reader, &*feed, tick, Arc::clone(&worker_metrics));
                 // By virtual partition, as the feed splits them: a device stays on the
                 // worker that owns its partition.
                 let events = events.exchange(|e: &Arc<Event>| {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct EngineMetrics {
-    /// Events taken from the ingress queues.
+    /// Events read from the log (in a cluster, from this process's log).
     pub events_in: AtomicU64,
     /// Events that reached at least one endpoint.
     pub events_routed: AtomicU64,

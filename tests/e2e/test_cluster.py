@@ -202,6 +202,8 @@ def test_kill_9_of_one_process_mid_load_loses_and_repeats_nothing(tmp_path, proc
         assert not missing, f"{len(missing)} acknowledged messages not archived: {sorted(missing)[:10]}"
         repeated = {m: c for m, c in counts.items() if c > 1}
         assert not repeated, f"archived more than once: {list(repeated.items())[:10]}"
+        # Every process read its own log: together at least every message once.
+        assert sum(h.metric("weir_engine_events_total") for h in hubs) >= len(acked)
 
         # The conditional route: exactly the raw rows with temp > 50.
         deadline = time.time() + 30

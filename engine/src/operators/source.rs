@@ -10,6 +10,8 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use weir_core::{Event, EventFeed, FeedReader};
 
+use crate::metrics::EngineMetrics;
+
 /// Events taken per activation before yielding to the rest of the dataflow.
 const EVENTS_PER_ACTIVATION: usize = 8192;
 /// Read-buffer capacity (in events) kept between reads when the feed is quiet.
@@ -23,6 +25,7 @@ pub(crate) fn feed_source<'s>(
     mut reader: Box<dyn FeedReader>,
     feed: &dyn EventFeed,
     tick: Duration,
+    metrics: Arc<EngineMetrics>,
 ) -> (Events<'s>, Rc<Cell<u64>>) {
     let end = Rc::new(Cell::new(0u64));
     let position = Rc::clone(&end);
@@ -42,6 +45,7 @@ pub(crate) fn feed_source<'s>(
                     if let Some(first) = buf.first() {
                         let t = first.offset.max(*c.time());
                         let n = buf.len();
+                        EngineMetrics::add(&metrics.events_in, n as u64);
                         output
                             .session(&c.delayed(&t))
                             .give_iterator(buf.drain(..).map(Arc::new));
