@@ -144,7 +144,7 @@ class Device(threading.Thread):
                 if self.killed.is_set():
                     self.acked_during_outage += 1
                 k += 1
-                time.sleep(0.004)
+                time.sleep(0.01)
             r.close()
         except Exception as e:  # noqa: BLE001 - reported by the test
             self.error = e
