@@ -7,9 +7,9 @@ cluster: CLUSTER_PROCS processes of one cluster (--process/--hosts, one worker e
        CLUSTER_PER idle plain connections each from its own `weir simulate` (one process
        holds at most RLIMIT_NOFILE connections, 20 000 here): all connected at once, RSS
        per connection per process.
-throughput: THRU_PUBS publishers, THRU_MSGS QoS 1 messages each, against one process
-       (THRU_WORKERS workers) and then a cluster of two processes (half the workers
-       each, half the publishers on each): messages per second until every row is in a
+throughput: THRU_PUBS publishers, THRU_MSGS messages each (QoS 1, then 0), against one
+       process with one worker, with THRU_WORKERS workers, and a cluster of two processes
+       (half the workers each, half the publishers on each): messages per second until every row is in a
        committed Parquet file on some process.
 storm: STORM devices connect over TLS, then every connection drops at once and all
        reconnect at once, retrying with backoff when refused; time until all are back,
@@ -190,7 +190,7 @@ def cluster_idle(base):
         stop_all(hubs)
 
 
-def throughput(base, procs, qos):
+def throughput(base, procs, qos, workers):
     """THRU_PUBS publishers spread over `procs` processes (1: alone)."""
     hubs = []
     if procs > 1:
@@ -200,7 +200,7 @@ def throughput(base, procs, qos):
         hub = weir_hub(base, 0)
         # At info: the cluster says when its dataflow runs.
         hub.config_path.write_text(hub.config_path.read_text().replace('level = "warn"', 'level = "info"'))
-        hub.workers = max(1, THRU_WORKERS // procs)
+        hub.workers = workers
         if procs > 1:
             hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
         hubs.append(hub)
@@ -236,8 +236,9 @@ def main():
         base = Path(d)
         if "throughput" in ONLY:
             for qos in (1, 0):
-                for procs in (1, 2):
-                    throughput(base, procs, qos)
+                # One worker, two workers, two processes of one worker.
+                for procs, workers in ((1, 1), (1, THRU_WORKERS), (2, max(1, THRU_WORKERS // 2))):
+                    throughput(base, procs, qos, workers)
         if "cluster" in ONLY:
             cluster_idle(base)
         if "idle" in ONLY:
