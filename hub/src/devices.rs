@@ -30,7 +30,7 @@ impl Hub {
                 .upsert(req, if_match.as_deref(), |c| change_events(events, c))?)
         })
         .await?;
-        self.inner.events.staged.notify_one();
+        self.inner.events.settle(&self.inner.registry).await;
         if created {
             tracing::info!(device = %id, "device created");
         } else if self.revalidate(&id) {
@@ -67,7 +67,7 @@ impl Hub {
             Ok(rec)
         })
         .await?;
-        self.inner.events.staged.notify_one();
+        self.inner.events.settle(&self.inner.registry).await;
         tracing::info!(device = %id, "device deleted");
         self.revalidate(id);
         Ok(rec)

@@ -24,6 +24,9 @@ pub struct Events {
     runtime: tokio::runtime::Handle,
     /// Wakes the outbox dispatcher after a registry change staged events.
     pub staged: Arc<Notify>,
+    /// One outbox drain at a time (the dispatcher's, or a change settling its events), so
+    /// an event is not appended twice by two drains that read it together.
+    draining: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Events {
@@ -37,6 +40,35 @@ impl Events {
             ingest,
             runtime,
             staged: Arc::new(Notify::new()),
+            draining: Arc::default(),
+        }
+    }
+
+    /// Moves what a registry change staged into the log before the change is answered, so
+    /// whatever a device sends after the answer has a later offset than the change (the
+    /// device context, tags as of each event, then sees it). A log that does not take
+    /// them within `SETTLE` leaves them to the dispatcher; the change itself is committed.
+    pub async fn settle(&self, registry: &Arc<Registry>) {
+        let work = async {
+            let _one = self.draining.lock().await;
+            loop {
+                match drain_outbox(registry, &self.ingest).await {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        match tokio::time::timeout(SETTLE, work).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "a registry change's events wait in the registry until the log takes them");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the log did not take a registry change's events within 5 s; they follow"
+                );
+            }
         }
     }
 
@@ -169,17 +201,24 @@ pub async fn drain_outbox(
     error.map_or(Ok(moved), Err)
 }
 
+/// How long a registry change waits for its events to reach the log.
+const SETTLE: Duration = Duration::from_secs(5);
+
 /// Runs [`drain_outbox`] whenever a registry change staged events, until `shutdown`; what
 /// is left is moved at the next start.
 pub async fn dispatch_outbox(
     registry: Arc<Registry>,
-    ingest: Arc<dyn Ingest>,
-    wake: Arc<Notify>,
+    events: Events,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failing = false;
+    let (ingest, wake) = (Arc::clone(&events.ingest), Arc::clone(&events.staged));
     loop {
-        let wait = match drain_outbox(&registry, &ingest).await {
+        let drained = {
+            let _one = events.draining.lock().await;
+            drain_outbox(&registry, &ingest).await
+        };
+        let wait = match drained {
             Ok(0) => {
                 failing = false;
                 Duration::from_secs(5)

@@ -97,15 +97,10 @@ impl Hub {
 
     /// Keeps the hub's queues in order until `shutdown`: expires cloud-to-device messages
     /// and feedback (every second) and moves staged hub events to the log.
-    pub async fn maintain(
-        self,
-        ingest: Arc<dyn weir_core::Ingest>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    pub async fn maintain(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let outbox = tokio::spawn(events::dispatch_outbox(
             Arc::clone(&self.inner.registry),
-            ingest,
-            Arc::clone(&self.inner.events.staged),
+            self.inner.events.clone(),
             shutdown.clone(),
         ));
         loop {

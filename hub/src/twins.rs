@@ -87,7 +87,7 @@ impl Hub {
             Ok(rec)
         })
         .await?;
-        self.inner.events.staged.notify_one();
+        self.inner.events.settle(&self.inner.registry).await;
         if let Some(d) = &desired {
             let version = rec.desired.version;
             let patch = Bytes::from(versioned(d, version).to_string());

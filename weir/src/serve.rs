@@ -419,10 +419,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             stop_rx.clone(),
         )));
     }
-    tasks.push(tokio::spawn(
-        hub.clone()
-            .maintain(Arc::clone(&event_ingest), stop_rx.clone()),
-    ));
+    tasks.push(tokio::spawn(hub.clone().maintain(stop_rx.clone())));
     tasks.push(tokio::spawn(reload::watch_rules(
         cfg.rules.clone(),
         cfg.hostname.clone(),
