@@ -3,8 +3,8 @@
 //! Every process reads its own ingest log and exchanges each event to the worker that owns
 //! its partition, wherever that worker runs. Offsets follow a clock shared by the logs, so
 //! the frontier means the same thing in every process. Two things cross processes besides
-//! events: where reading starts (the lowest commit point of any process, agreed before the
-//! dataflow starts) and how far each log may be released (the lowest floor of any process,
+//! events: where reading starts (the lowest commit point of any process, agreed by a first
+//! small dataflow) and how far each log may be released (the lowest floor of any process,
 //! shared while it runs).
 
 use std::cell::Cell;
@@ -15,9 +15,8 @@ use std::time::Duration;
 use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Inspect, ToStream};
+use timely::dataflow::operators::{Inspect, Probe, ToStream};
 
-use crate::engine::EngineError;
 use crate::sinks::Floors;
 
 /// This process's place in the cluster.
@@ -53,35 +52,26 @@ impl ClusterConfig {
 }
 
 /// The lowest `floor` of every process: where each must start reading its log, since its
-/// log holds events of every process's partitions. Forms the cluster (waiting for every
-/// process), exchanges one number per process, and parts again.
-pub(crate) fn agree_floor(
-    cluster: &ClusterConfig,
-    threads: usize,
-    floor: u64,
-) -> Result<u64, EngineError> {
-    let guards = timely::execute(cluster.timely(threads), move |worker| {
-        let lowest = Rc::new(Cell::new(u64::MAX));
-        let seen = Rc::clone(&lowest);
-        let mine: Vec<u64> = if worker.index() % threads == 0 {
-            vec![floor]
-        } else {
-            Vec::new()
-        };
-        worker.dataflow::<u64, _, _>(move |scope| {
-            mine.to_stream(scope)
-                .broadcast()
-                .inspect(move |f| seen.set(seen.get().min(*f)));
-        });
-        while worker.step_or_park(None) {}
-        lowest.get()
-    })
-    .map_err(EngineError::Start)?;
-    let mut lowest = u64::MAX;
-    for r in guards.join() {
-        lowest = lowest.min(r.map_err(EngineError::Worker)?);
-    }
-    Ok(lowest.min(floor))
+/// log holds events of every process's partitions. The first dataflow of every worker of
+/// the cluster: worker 0 of each process sends its process's floor to every worker.
+pub(crate) fn agree_floor(worker: &mut timely::worker::Worker, threads: usize, floor: u64) -> u64 {
+    let lowest = Rc::new(Cell::new(floor));
+    let seen = Rc::clone(&lowest);
+    let mine: Vec<u64> = if worker.index().is_multiple_of(threads) {
+        vec![floor]
+    } else {
+        Vec::new()
+    };
+    let probe = worker.dataflow::<u64, _, _>(move |scope| {
+        let (probe, _) = mine
+            .to_stream(scope)
+            .broadcast()
+            .inspect(move |f| seen.set(seen.get().min(*f)))
+            .probe();
+        probe
+    });
+    worker.step_while(|| !probe.done());
+    lowest.get()
 }
 
 /// Shares floors while the dataflow runs: worker 0 of each process sends its process's

@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -135,40 +135,21 @@ impl Engine {
         };
         let sinks_floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
         let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
-        let floor = match &config.cluster {
-            Some(c) => cluster::agree_floor(c, config.workers, floor)?,
-            None => floor,
-        };
         let (processes, process) = config
             .cluster
             .as_ref()
             .map_or((1, 0), |c| (c.processes(), c.process));
-        let resume = Arc::new(match checkpoint {
-            Some(c) => Resume::scan(&*feed, c),
-            None => Resume::fresh(),
-        });
-        let from = match config.dedupe {
-            Some(d) => feed.offset_before(floor, d.window),
-            None => floor,
+        let prepare = Prepare {
+            checkpoint,
+            feed: Arc::clone(&feed),
+            directory: Arc::clone(&directory),
+            dedupe: config.dedupe,
+            workers: config.workers,
+            sinks: sinks.len(),
+            checkpoints: hooks.checkpoints.clone(),
+            cluster: (processes, process),
         };
-        tracing::debug!(floor, from, "engine starts reading");
-        let seed = Arc::new(Seed::build(&*feed, from, &*directory));
-        let floors = Arc::new(Floors::new(
-            config.workers,
-            sinks.len(),
-            floor,
-            match (&hooks.checkpoints, checkpoint) {
-                (None, _) => u64::MAX,
-                (Some(_), c) => c.map_or(floor, |c| c.floor),
-            },
-            Arc::clone(&feed),
-            (processes, process),
-        ));
-        let progress = Arc::new(Progress::new(
-            config.workers,
-            hooks.checkpoints.clone(),
-            Arc::clone(&floors),
-        ));
+        let shared: Arc<OnceLock<Shared>> = Arc::default();
         let metrics = hooks.metrics.clone().unwrap_or_default();
         let worker_metrics = Arc::clone(&metrics);
         let (tick, dedupe, close_at_end) =
@@ -184,6 +165,18 @@ impl Engine {
             // This process's log, split over this process's workers; the exchange below
             // takes each event to the worker that owns its partition, in any process.
             let local = index % threads;
+            let floor = if in_cluster {
+                cluster::agree_floor(worker, threads, floor)
+            } else {
+                floor
+            };
+            let Shared {
+                from,
+                seed,
+                resume,
+                floors,
+                progress,
+            } = shared.get_or_init(|| prepare.start(floor)).clone();
             let reader = match feed.reader(local, threads, from) {
                 Ok(r) => r,
                 Err(e) => {
@@ -290,5 +283,68 @@ impl Engine {
             r.map_err(EngineError::Worker)?;
         }
         Ok(())
+    }
+}
+
+/// What every worker of this process shares, made once the start floor is known.
+#[derive(Clone)]
+struct Shared {
+    from: u64,
+    seed: Arc<Seed>,
+    resume: Arc<Resume>,
+    floors: Arc<Floors>,
+    progress: Arc<Progress>,
+}
+
+/// The inputs of [`Shared`].
+struct Prepare {
+    checkpoint: Option<weir_core::Checkpoint>,
+    feed: Arc<dyn EventFeed>,
+    directory: Arc<dyn DeviceDirectory>,
+    dedupe: Option<DedupeConfig>,
+    workers: usize,
+    sinks: usize,
+    checkpoints: Option<Arc<dyn Checkpoints>>,
+    cluster: (usize, usize),
+}
+
+impl Prepare {
+    /// Reads from `floor` (less a duplicate window), seeds the device context there and
+    /// resumes insights from their checkpoint.
+    fn start(&self, floor: u64) -> Shared {
+        let feed = &self.feed;
+        let resume = Arc::new(match self.checkpoint {
+            Some(c) => Resume::scan(&**feed, c),
+            None => Resume::fresh(),
+        });
+        let from = match self.dedupe {
+            Some(d) => feed.offset_before(floor, d.window),
+            None => floor,
+        };
+        tracing::debug!(floor, from, "engine starts reading");
+        let seed = Arc::new(Seed::build(&**feed, from, &*self.directory));
+        let floors = Arc::new(Floors::new(
+            self.workers,
+            self.sinks,
+            floor,
+            match (&self.checkpoints, self.checkpoint) {
+                (None, _) => u64::MAX,
+                (Some(_), c) => c.map_or(floor, |c| c.floor),
+            },
+            Arc::clone(feed),
+            self.cluster,
+        ));
+        let progress = Arc::new(Progress::new(
+            self.workers,
+            self.checkpoints.clone(),
+            Arc::clone(&floors),
+        ));
+        Shared {
+            from,
+            seed,
+            resume,
+            floors,
+            progress,
+        }
     }
 }
