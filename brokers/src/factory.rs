@@ -50,6 +50,10 @@ impl<K: Kind> SinkFactory for BrokerSinkFactory<K> {
     }
 
     fn recovered_floor(&self) -> u64 {
+        self.recovered_floor_of(&(0..weir_core::feed::PARTITIONS).collect::<Vec<_>>())
+    }
+
+    fn recovered_floor_of(&self, partitions: &[u16]) -> u64 {
         // Nothing recorded yet (the first run with this kind): no constraint on where the
         // engine starts reading; the other sinks' commit points decide.
         let fresh =
@@ -57,7 +61,7 @@ impl<K: Kind> SinkFactory for BrokerSinkFactory<K> {
         if fresh {
             u64::MAX
         } else {
-            self.committed.floor()
+            self.committed.floor_of(partitions)
         }
     }
 

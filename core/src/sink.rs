@@ -125,5 +125,11 @@ pub trait SinkFactory: Send + Sync {
     /// partition: the engine reads from there, so nothing uncommitted is missed.
     fn recovered_floor(&self) -> u64;
 
+    /// The same over `partitions` only. A process of a cluster keeps the commit points of
+    /// the partitions its workers own and nothing for the others.
+    fn recovered_floor_of(&self, _partitions: &[u16]) -> u64 {
+        self.recovered_floor()
+    }
+
     fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError>;
 }

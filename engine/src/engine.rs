@@ -133,12 +133,22 @@ impl Engine {
                 .map_err(|e| EngineError::Start(e.to_string()))?,
             None => None,
         };
-        let sinks_floor = sinks.iter().map(|s| s.recovered_floor()).min().unwrap_or(0);
-        let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
         let (processes, process) = config
             .cluster
             .as_ref()
             .map_or((1, 0), |c| (c.processes(), c.process));
+        // The partitions this process's workers own: in a cluster its commit store has
+        // nothing for the others (their owners bring theirs to the agreement).
+        let all_workers = processes * config.workers;
+        let owned: Vec<u16> = (0..weir_core::feed::PARTITIONS)
+            .filter(|p| usize::from(*p) % all_workers / config.workers == process)
+            .collect();
+        let sinks_floor = sinks
+            .iter()
+            .map(|s| s.recovered_floor_of(&owned))
+            .min()
+            .unwrap_or(0);
+        let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
         let prepare = Prepare {
             checkpoint,
             feed: Arc::clone(&feed),
@@ -321,7 +331,7 @@ impl Prepare {
             Some(d) => feed.offset_before(floor, d.window),
             None => floor,
         };
-        tracing::debug!(floor, from, "engine starts reading");
+        tracing::info!(floor, from, "engine starts reading the log");
         let seed = Arc::new(Seed::build(&**feed, from, &*self.directory));
         let floors = Arc::new(Floors::new(
             self.workers,

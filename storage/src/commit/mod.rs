@@ -70,6 +70,23 @@ impl Committed {
         let own = self.endpoints.values().flatten().flatten().copied();
         self.frontier.iter().copied().chain(own).min().unwrap_or(0)
     }
+
+    /// The lowest committed offset over `partitions` only.
+    pub fn floor_of(&self, partitions: &[u16]) -> u64 {
+        let at = |v: &[Option<u64>], p: u16| v.get(usize::from(p)).copied().flatten();
+        partitions
+            .iter()
+            .flat_map(|&p| {
+                let own = self.endpoints.values().filter_map(move |v| at(v, p));
+                self.frontier
+                    .get(usize::from(p))
+                    .copied()
+                    .into_iter()
+                    .chain(own)
+            })
+            .min()
+            .unwrap_or(0)
+    }
 }
 
 /// One worker's complete state for its partitions, written atomically.
@@ -253,6 +270,24 @@ impl weir_core::Checkpoints for CommitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_floor_over_some_partitions_ignores_the_others() {
+        let mut c = Committed::default();
+        c.frontier.iter_mut().for_each(|f| *f = 100);
+        c.frontier[3] = 0;
+        let mut own = vec![None; usize::from(PARTITIONS)];
+        own[5] = Some(40);
+        c.endpoints.insert("e".into(), own);
+        assert_eq!(c.floor(), 0);
+        assert_eq!(c.floor_of(&[3, 5]), 0);
+        assert_eq!(
+            c.floor_of(&[4, 5, 6]),
+            40,
+            "an endpoint's own offset counts"
+        );
+        assert_eq!(c.floor_of(&[4, 6]), 100, "partition 3 is someone else's");
+    }
 
     #[test]
     fn offsets_are_kept_per_partition_and_survive_reopening() {

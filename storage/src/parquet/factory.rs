@@ -138,6 +138,10 @@ impl SinkFactory for ParquetSinkFactory {
         self.committed.floor()
     }
 
+    fn recovered_floor_of(&self, partitions: &[u16]) -> u64 {
+        self.committed.floor_of(partitions)
+    }
+
     fn open(&self, worker: usize, workers: usize) -> Result<Box<dyn Sink>, SinkError> {
         let partitions = partitions_of(worker, workers);
         let frontiers = self.committed.frontier.clone();
