@@ -145,17 +145,24 @@ def stop_all(hubs):
             h.proc.kill()
 
 
+def cluster_hubs(base, procs, workers):
+    """`procs` hubs (not started) of one cluster on loopback, `workers` each; one alone."""
+    hosts = base / f"hosts-{time.monotonic_ns()}"
+    hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(procs)))
+    hubs = []
+    for i in range(procs):
+        hub = weir_hub(base, 0)
+        hub.workers = workers
+        if procs > 1:
+            hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
+        hubs.append(hub)
+    return hubs
+
+
 def cluster_idle(base):
     """CLUSTER_PROCS processes of one cluster, CLUSTER_PER idle connections on each, all
     held at the same time; each simulator uses its own range of source addresses."""
-    hosts = base / "hosts"
-    hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(CLUSTER_PROCS)))
-    hubs = []
-    for i in range(CLUSTER_PROCS):
-        hub = weir_hub(base, 0)
-        hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
-        hub.workers = 1
-        hubs.append(hub)
+    hubs = cluster_hubs(base, CLUSTER_PROCS, 1)
     sims = []
     try:
         for h in hubs:
@@ -192,18 +199,10 @@ def cluster_idle(base):
 
 def throughput(base, procs, qos, workers):
     """THRU_PUBS publishers spread over `procs` processes (1: alone)."""
-    hubs = []
-    if procs > 1:
-        hosts = base / f"hosts-{time.monotonic_ns()}"
-        hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(procs)))
-    for i in range(procs):
-        hub = weir_hub(base, 0)
+    hubs = cluster_hubs(base, procs, workers)
+    for hub in hubs:
         # At info: the cluster says when its dataflow runs.
         hub.config_path.write_text(hub.config_path.read_text().replace('level = "warn"', 'level = "info"'))
-        hub.workers = workers
-        if procs > 1:
-            hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
-        hubs.append(hub)
     try:
         for h in hubs:
             h.start()

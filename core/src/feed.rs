@@ -92,6 +92,15 @@ pub fn partitions_of(worker: usize, workers: usize) -> Vec<u16> {
         .collect()
 }
 
+/// The partitions the workers of process `process` own, in a cluster of `processes` that
+/// run `workers` each: timely numbers workers process by process.
+pub fn partitions_of_process(process: usize, processes: usize, workers: usize) -> Vec<u16> {
+    let workers = workers.max(1);
+    (0..PARTITIONS)
+        .filter(|p| worker_of(*p, processes.max(1) * workers) / workers == process)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -88,17 +88,14 @@ pub(crate) fn share_floors(
     let floors_in = Arc::clone(&floors);
     source(scope, "FloorsOut", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
-        let mut cap = Some(cap);
+        // Worker 0 speaks for its process; the others have nothing to send.
+        let mut cap = first_of_process.then_some(cap);
         move |output| {
             if ended.get() {
                 cap = None;
-                return;
             }
-            if let Some(c) = &cap
-                && first_of_process
-            {
-                output.session(c).give((process, floors.local()));
-            }
+            let Some(c) = &cap else { return };
+            output.session(c).give((process, floors.local()));
             activator.activate_after(tick);
         }
     })

@@ -139,10 +139,7 @@ impl Engine {
             .map_or((1, 0), |c| (c.processes(), c.process));
         // The partitions this process's workers own: in a cluster its commit store has
         // nothing for the others (their owners bring theirs to the agreement).
-        let all_workers = processes * config.workers;
-        let owned: Vec<u16> = (0..weir_core::feed::PARTITIONS)
-            .filter(|p| usize::from(*p) % all_workers / config.workers == process)
-            .collect();
+        let owned = weir_core::feed::partitions_of_process(process, processes, config.workers);
         let sinks_floor = sinks
             .iter()
             .map(|s| s.recovered_floor_of(&owned))

@@ -76,7 +76,7 @@ impl Floors {
             Err(_) => false,
         };
         if changed {
-            self.release(self.local());
+            self.release();
         }
     }
 
@@ -91,11 +91,8 @@ impl Floors {
             return;
         }
         v[i] = floor;
-        let Some(min) = v.iter().copied().min() else {
-            return;
-        };
         drop(v);
-        self.release(min);
+        self.release();
     }
 
     pub(crate) fn set_insights(&self, floor: u64) {
@@ -104,24 +101,16 @@ impl Floors {
         };
         *i = floor;
         drop(i);
-        let sinks = self
-            .floors
-            .lock()
-            .ok()
-            .and_then(|v| v.iter().copied().min());
-        if let Some(min) = sinks {
-            self.release(min);
-        }
+        self.release();
     }
 
-    /// Lets the feed go below `sinks` (the sinks' lowest floor), the insights' floor and
-    /// every other process's floor.
-    fn release(&self, sinks: u64) {
+    /// Lets the feed go below this process's floor and every other process's.
+    fn release(&self) {
         let peers = self
             .peers
             .lock()
             .map_or(0, |p| p.iter().copied().min().unwrap_or(u64::MAX));
-        let min = sinks.min(self.insights.lock().map_or(0, |i| *i)).min(peers);
+        let min = self.local().min(peers);
         if let Ok(mut released) = self.released.lock()
             && min > *released
         {

@@ -112,12 +112,9 @@ pub fn take(s: &ApiState) -> Value {
 /// Every process of the cluster with the partitions its workers own (timely numbers
 /// workers process by process; partition `p` belongs to worker `p % (processes · workers)`).
 fn processes((this, n): (usize, usize), workers: usize) -> Vec<Value> {
-    let all = n.max(1) * workers.max(1);
     (0..n.max(1))
         .map(|i| {
-            let owned = (0..weir_core::feed::PARTITIONS)
-                .filter(|p| (*p as usize % all) / workers.max(1) == i)
-                .count();
+            let owned = weir_core::feed::partitions_of_process(i, n, workers).len();
             json!({ "process": i, "workers": workers, "partitions": owned, "this": i == this })
         })
         .collect()
