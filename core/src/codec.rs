@@ -91,6 +91,7 @@ fn source_code(s: EventSource) -> u8 {
         EventSource::Insights => 4,
         EventSource::Clock => 5,
         EventSource::EdgeDrops => 6,
+        EventSource::Registry => 7,
     }
 }
 
@@ -240,6 +241,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         4 => EventSource::Insights,
         5 => EventSource::Clock,
         6 => EventSource::EdgeDrops,
+        7 => EventSource::Registry,
         _ => return Err(DecodeError::Invalid("source")),
     };
     let auth_method = match r.u8()? {

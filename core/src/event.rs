@@ -24,6 +24,10 @@ pub enum EventSource {
     /// by wall-clock time happens at a position in the log, the same again on a replay.
     /// No route can select it (it is not in [`EventSource::ALL`]).
     Clock,
+    /// A device's whole registry record after a change, written by a process of a cluster
+    /// so that every process applies it to its own registry (decision 039). No route can
+    /// select it.
+    Registry,
 }
 
 impl EventSource {
@@ -45,7 +49,13 @@ impl EventSource {
             EventSource::Insights => "Insights",
             EventSource::EdgeDrops => "EdgeDrops",
             EventSource::Clock => "Clock",
+            EventSource::Registry => "Registry",
         }
+    }
+
+    /// Weir's own bookkeeping, never routed, sampled or archived.
+    pub fn is_internal(self) -> bool {
+        matches!(self, EventSource::Clock | EventSource::Registry)
     }
 
     /// Parses a route's `source`, case-insensitively as IoT Hub does.

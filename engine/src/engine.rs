@@ -8,7 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use timely::dataflow::operators::Exchange;
 use weir_core::feed::{device_hash, partition_of};
-use weir_core::{Checkpoints, DeviceDirectory, Event, EventFeed, Ingest, SinkFactory};
+use weir_core::{Checkpoints, DeviceDirectory, Event, EventFeed, Ingest, Replica, SinkFactory};
 use weir_rules::{Outcome, RuleSet};
 
 use crate::cluster::{self, ClusterConfig};
@@ -16,7 +16,8 @@ use crate::context::{self, Lookup, Seed};
 use crate::insights::resume::{CHECKPOINT, Progress, Resume};
 use crate::metrics::EngineMetrics;
 use crate::operators::{
-    Dedupe, InOffsetOrder, InsightSetup, Route, RouteSetup, RunInsights, SinkTo, feed_source,
+    ApplyRegistry, Dedupe, InOffsetOrder, InsightSetup, Route, RouteSetup, RunInsights, SinkTo,
+    feed_source,
 };
 use crate::replay::Replayer;
 use crate::sinks::{Floors, SinkSet};
@@ -42,6 +43,9 @@ pub struct Hooks {
     /// Counters kept across starts of the engine (a cluster's dataflow restarts); new ones
     /// without.
     pub metrics: Option<Arc<EngineMetrics>>,
+    /// In a cluster, this process's registry: every process's registry changes are applied
+    /// to it (decision 039). Unused alone.
+    pub replica: Option<Arc<dyn Replica>>,
 }
 
 /// How long, and for how many messages per device, repeats are recognised.
@@ -146,6 +150,10 @@ impl Engine {
             .min()
             .unwrap_or(0);
         let floor = checkpoint.map_or(sinks_floor, |c| c.floor.min(sinks_floor));
+        // A registry replica needs every change it has not applied: they are in the logs.
+        let replica = hooks.replica.clone().filter(|_| config.cluster.is_some());
+        let replica_floor = replica.as_ref().map_or(u64::MAX, |r| r.applied());
+        let floor = floor.min(replica_floor);
         let prepare = Prepare {
             checkpoint,
             feed: Arc::clone(&feed),
@@ -155,6 +163,7 @@ impl Engine {
             sinks: sinks.len(),
             checkpoints: hooks.checkpoints.clone(),
             cluster: (processes, process),
+            replica_floor,
         };
         let shared: Arc<OnceLock<Shared>> = Arc::default();
         let metrics = hooks.metrics.clone().unwrap_or_default();
@@ -213,6 +222,11 @@ impl Engine {
             worker.dataflow::<u64, _, _>(|scope| {
                 let (events, end) =
                     feed_source(scope, reader, &*feed, tick, Arc::clone(&worker_metrics));
+                if let Some(r) = &replica {
+                    events
+                        .clone()
+                        .apply_registry(Arc::clone(r), Arc::clone(&floors), local == 0);
+                }
                 // By virtual partition, as the feed splits them: a device stays on the
                 // worker that owns its partition.
                 let events = events.exchange(|e: &Arc<Event>| {
@@ -313,6 +327,7 @@ struct Prepare {
     sinks: usize,
     checkpoints: Option<Arc<dyn Checkpoints>>,
     cluster: (usize, usize),
+    replica_floor: u64,
 }
 
 impl Prepare {
@@ -334,10 +349,13 @@ impl Prepare {
             self.workers,
             self.sinks,
             floor,
-            match (&self.checkpoints, self.checkpoint) {
-                (None, _) => u64::MAX,
-                (Some(_), c) => c.map_or(floor, |c| c.floor),
-            },
+            (
+                match (&self.checkpoints, self.checkpoint) {
+                    (None, _) => u64::MAX,
+                    (Some(_), c) => c.map_or(floor, |c| c.floor),
+                },
+                self.replica_floor,
+            ),
             Arc::clone(feed),
             self.cluster,
         ));

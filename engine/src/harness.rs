@@ -149,6 +149,7 @@ pub fn run(
             log: Some(Arc::clone(&log) as Arc<dyn Ingest>),
             checkpoints: None,
             metrics: None,
+            replica: None,
         },
     )?;
     let pushed = feed.push(events);

@@ -15,6 +15,9 @@ pub(crate) struct Floors {
     floors: Mutex<Vec<u64>>,
     /// What the insights' stored checkpoint still needs (`u64::MAX`: nothing).
     insights: Mutex<u64>,
+    /// Below what the registry replica has applied every process's changes (`u64::MAX`:
+    /// no replica).
+    replica: Mutex<u64>,
     workers: usize,
     sinks: usize,
     /// The last floor each other process reported; `u64::MAX` for this one.
@@ -25,14 +28,14 @@ pub(crate) struct Floors {
 
 impl Floors {
     /// `insights` is what the insights need at the start (`u64::MAX` when they keep no
-    /// checkpoint).
+    /// checkpoint); `replica` what the registry replica does (`u64::MAX`: none).
     /// `processes` and `process`: the cluster and this process's place in it (1 and 0
     /// alone).
     pub(crate) fn new(
         workers: usize,
         sinks: usize,
         start: u64,
-        insights: u64,
+        (insights, replica): (u64, u64),
         feed: Arc<dyn EventFeed>,
         (processes, process): (usize, usize),
     ) -> Floors {
@@ -44,6 +47,7 @@ impl Floors {
         Floors {
             floors: Mutex::new(vec![start; workers.max(1) * sinks.max(1)]),
             insights: Mutex::new(insights),
+            replica: Mutex::new(replica),
             workers: workers.max(1),
             sinks: sinks.max(1),
             peers: Mutex::new(peers),
@@ -52,7 +56,7 @@ impl Floors {
         }
     }
 
-    /// This process's floor: its sinks' and insights' lowest.
+    /// This process's floor: its sinks', insights' and registry replica's lowest.
     pub(crate) fn local(&self) -> u64 {
         let sinks = self
             .floors
@@ -60,7 +64,9 @@ impl Floors {
             .ok()
             .and_then(|v| v.iter().copied().min())
             .unwrap_or(0);
-        sinks.min(self.insights.lock().map_or(0, |i| *i))
+        sinks
+            .min(self.insights.lock().map_or(0, |i| *i))
+            .min(self.replica.lock().map_or(0, |r| *r))
     }
 
     /// Another process's floor, as it reported it.
@@ -96,12 +102,19 @@ impl Floors {
     }
 
     pub(crate) fn set_insights(&self, floor: u64) {
-        let Ok(mut i) = self.insights.lock() else {
-            return;
-        };
-        *i = floor;
-        drop(i);
+        Self::set_one(&self.insights, floor);
         self.release();
+    }
+
+    pub(crate) fn set_replica(&self, floor: u64) {
+        Self::set_one(&self.replica, floor);
+        self.release();
+    }
+
+    fn set_one(slot: &Mutex<u64>, floor: u64) {
+        if let Ok(mut s) = slot.lock() {
+            *s = floor;
+        }
     }
 
     /// Lets the feed go below this process's floor and every other process's.

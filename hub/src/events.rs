@@ -89,7 +89,8 @@ impl Events {
             EventSource::DeviceMessages
             | EventSource::Insights
             | EventSource::EdgeDrops
-            | EventSource::Clock => "deviceMessage",
+            | EventSource::Clock
+            | EventSource::Registry => "deviceMessage",
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let message_id = weir_storage::secret::random_hex(16)

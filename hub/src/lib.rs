@@ -13,6 +13,7 @@ pub mod documents;
 mod error;
 pub mod events;
 pub mod methods;
+mod replica;
 mod services;
 mod twins;
 
@@ -27,6 +28,7 @@ use weir_storage::c2d::C2dStore;
 pub use c2d::NewC2dMessage;
 pub use error::HubError;
 pub use events::Events;
+pub use replica::RegistryReplica;
 
 struct Inner {
     registry: Arc<Registry>,

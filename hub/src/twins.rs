@@ -89,28 +89,34 @@ impl Hub {
         .await?;
         self.inner.events.settle(&self.inner.registry).await;
         if let Some(d) = &desired {
-            let version = rec.desired.version;
-            let patch = Bytes::from(versioned(d, version).to_string());
-            let connections = &self.inner.connections;
-            if connections.subscribed(device, Feature::DesiredPatches) {
-                connections.send(device, ToDevice::DesiredPatch { version, patch });
-            } else if let Some(edge) = rec.parent.as_deref()
-                && connections.subscribed(edge, Feature::Edge)
-            {
-                // A child behind its edge: the edge passes the patch on (and keeps it for
-                // when the child connects there).
-                let child = device.to_owned();
-                connections.send(
-                    edge,
-                    ToDevice::ChildDesiredPatch {
-                        child,
-                        version,
-                        patch,
-                    },
-                );
-            }
+            self.push_desired(device, &rec, d);
         }
         Ok(rec)
+    }
+
+    /// Sends a desired-properties patch to the device if it listens for them, or to its
+    /// edge if it is behind one.
+    pub(crate) fn push_desired(&self, device: &str, rec: &DeviceRecord, patch: &Value) {
+        let version = rec.desired.version;
+        let patch = Bytes::from(versioned(patch, version).to_string());
+        let connections = &self.inner.connections;
+        if connections.subscribed(device, Feature::DesiredPatches) {
+            connections.send(device, ToDevice::DesiredPatch { version, patch });
+        } else if let Some(edge) = rec.parent.as_deref()
+            && connections.subscribed(edge, Feature::Edge)
+        {
+            // A child behind its edge: the edge passes the patch on (and keeps it for
+            // when the child connects there).
+            let child = device.to_owned();
+            connections.send(
+                edge,
+                ToDevice::ChildDesiredPatch {
+                    child,
+                    version,
+                    patch,
+                },
+            );
+        }
     }
 
     /// The twin as a device reads it.

@@ -36,4 +36,4 @@ impl weir_core::EndpointCatalog for Catalog {
         }
     }
 }
-pub use registry::{AuthType, CaInfo, CaRecord, DeviceUpsert, Registry, RegistryError};
+pub use registry::{AuthType, CaInfo, CaRecord, DeviceUpsert, Registry, RegistryError, Replaced};

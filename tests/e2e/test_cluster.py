@@ -4,20 +4,21 @@ message is archived exactly once (DuckDB over every process's archive), a route 
 condition holds exactly the matching rows, and window insights equal DuckDB's GROUP BY
 over the raw archive, as in one process.
 
-The device registry is not shared between processes yet (README "Not yet"): the test
-registers each device on every process with the same key."""
+Each device is registered through one process; the registry is the same on every
+process (decision 039), so it connects to any of them."""
 
 import base64
 import json
 import os
 import signal
+import struct
 import threading
 import time
 
 import duckdb
 import pytest
 
-from rawmqtt import Raw
+from rawmqtt import Raw, publish_packet, subscribe_packet
 from sinkdevice import rules_dir
 from weirhub import Hub, free_port
 
@@ -80,13 +81,17 @@ def start_cluster(tmp_path, n, workers):
     return hubs
 
 
-def register(hubs, device):
+def register(hubs, device, on):
+    """Registers `device` through process `on` and waits until every process has it."""
     keys = [base64.b64encode(os.urandom(32)).decode() for _ in range(2)]
     body = {"deviceId": device, "authentication": {"type": "sas", "symmetricKey": {
         "primaryKey": keys[0], "secondaryKey": keys[1]}}}
+    r = hubs[on].call("PUT", f"/devices/{device}", body)
+    assert r.status_code == 200, r.text
+    etag = r.json()["etag"]
     for h in hubs:
-        r = h.call("PUT", f"/devices/{device}", body)
-        assert r.status_code == 200, r.text
+        assert wait_for(lambda: h.call("GET", f"/devices/{device}").json().get("etag") == etag), \
+            f"{device} registered on process {on} did not reach {h.data}"
     return keys[0]
 
 
@@ -157,7 +162,7 @@ def test_kill_9_of_one_process_mid_load_loses_and_repeats_nothing(tmp_path, proc
     try:
         t0 = (int(time.time() * 1000) // WINDOW_MS) * WINDOW_MS - 60_000
         names = [f"cl-{i}" for i in range(2 * processes)]
-        keys = {d: register(hubs, d) for d in names}
+        keys = {d: register(hubs, d, on=i % processes) for i, d in enumerate(names)}
         killed = threading.Event()
         devices = [Device(hubs, d, keys[d], i % processes, t0, killed) for i, d in enumerate(names)]
         for d in devices:
@@ -243,6 +248,70 @@ def test_kill_9_of_one_process_mid_load_loses_and_repeats_nothing(tmp_path, proc
     finally:
         codes = stop_together(hubs)
     assert codes == [0] * processes, codes
+
+
+def wait_for(check, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    return check()
+
+
+def test_registry_changes_on_one_process_reach_every_process(tmp_path):
+    """A device registered, changed or deleted through any process's API is the same on
+    every process (decision 039): it connects anywhere, a desired-properties change made
+    through another process reaches its connection, and disabling or deleting it anywhere
+    closes that connection and refuses it everywhere."""
+    hubs = start_cluster(tmp_path, 2, 1)
+    try:
+        key = register(hubs, "shared-1", on=0)
+        r = hubs[1].call("GET", "/devices/shared-1").json()
+        assert r["authentication"]["symmetricKey"]["primaryKey"] == key
+
+        dev = Raw(hubs[1].mqtt_port, timeout=10)
+        assert dev.connect("shared-1", hubs[1].username("shared-1"), hubs[1].device_token("shared-1", key)) == 0
+        for pkid, topic in ((1, "$iothub/twin/PATCH/properties/desired/#"), (2, "$iothub/twin/res/#")):
+            dev.send(subscribe_packet(pkid, topic, qos=0))
+            assert dev.packet()[0] == 9, "SUBACK"
+
+        r = hubs[0].call("PATCH", "/twins/shared-1", {"tags": {"site": "north"}, "properties": {"desired": {"fan": "on"}}})
+        assert r.status_code == 200, r.text
+        p = dev.packet()
+        assert p is not None and p[0] == 3, f"expected the desired patch, got {p}"
+        topic_len = struct.unpack(">H", p[2][:2])[0]
+        topic = p[2][2:2 + topic_len].decode()
+        assert topic.startswith("$iothub/twin/PATCH/properties/desired/"), topic
+        patch = json.loads(p[2][2 + topic_len:])
+        assert patch["fan"] == "on" and patch["$version"] == 2, patch
+        assert wait_for(lambda: hubs[1].call("GET", "/twins/shared-1").json().get("tags") == {"site": "north"})
+
+        # Reported properties the device sends to process 1 are read through process 0.
+        dev.send(publish_packet("$iothub/twin/PATCH/properties/reported/?$rid=7", b'{"firmware": "2.1"}', qos=0))
+        p = dev.packet()
+        assert p is not None and p[0] == 3 and b"$iothub/twin/res/204/" in p[2], p
+        assert wait_for(lambda: hubs[0].call("GET", "/twins/shared-1").json()["properties"]["reported"].get("firmware") == "2.1")
+
+        # Disabled through process 0: its connection to process 1 is closed.
+        r = hubs[0].call("PUT", "/devices/shared-1", {"deviceId": "shared-1", "status": "disabled",
+                                                      "authentication": {"type": "sas", "symmetricKey": {"primaryKey": key, "secondaryKey": key}}},
+                         headers={"If-Match": "*"})
+        assert r.status_code == 200, r.text
+        assert dev.closed(timeout=15), "the connection of a device disabled on another process stays open"
+        dev.close()
+        assert hubs[1].metric("weir_connections_revoked_total", protocol="mqtt", reason="disabled") == 1
+
+        # Deleted through process 1: gone on process 0, and refused there.
+        assert hubs[1].call("DELETE", "/devices/shared-1", headers={"If-Match": "*"}).status_code == 204
+        assert wait_for(lambda: hubs[0].call("GET", "/devices/shared-1").status_code == 404)
+        again = Raw(hubs[0].mqtt_port, timeout=10)
+        assert again.connect("shared-1", hubs[0].username("shared-1"), hubs[0].device_token("shared-1", key)) != 0
+        again.close()
+    finally:
+        codes = stop_together(hubs)
+    assert codes == [0, 0], codes
 
 
 def stop_together(hubs):

@@ -1,7 +1,8 @@
 //! Two engines of one cluster in this test process, each over its own ingest log on the
 //! cluster clock (decision 037): every event reaches the worker that owns its partition,
 //! exactly once, and each worker sees its events in offset order, also those of a device
-//! that moved from one process to the other.
+//! that moved from one process to the other. Registry changes written to either log reach
+//! the registry replica of both processes, once each and in offset order (decision 039).
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -12,7 +13,8 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use weir_core::feed::{device_hash, partition_of};
 use weir_core::{
-    Delivery, DeviceId, EndpointSpec, Event, Ingest, NoDevices, Sink, SinkError, SinkFactory,
+    Delivery, DeviceId, EndpointSpec, Event, EventSource, Ingest, NoDevices, Replica, ReplicaError,
+    Sink, SinkError, SinkFactory,
 };
 use weir_engine::cluster::ClusterConfig;
 use weir_engine::{Engine, EngineConfig, Hooks};
@@ -75,6 +77,35 @@ impl Sink for RecorderSink {
     }
 }
 
+/// A process's registry replica: the (offset, body) of every change it was given.
+#[derive(Default)]
+struct Applied(Mutex<Vec<(u64, String)>>);
+
+impl Replica for Applied {
+    fn applied(&self) -> u64 {
+        0
+    }
+    fn apply(&self, changes: &[Arc<Event>], through: u64) -> Result<u64, ReplicaError> {
+        let mut v = self.0.lock().map_err(|e| ReplicaError(e.to_string()))?;
+        for c in changes {
+            assert!(
+                c.offset < through,
+                "a change is applied once the frontier passed it"
+            );
+            v.push((c.offset, String::from_utf8_lossy(&c.body).into_owned()));
+        }
+        Ok(through)
+    }
+}
+
+async fn change_registry(log: &Log, device: &str, body: String) {
+    let id = DeviceId::parse(device).expect("id");
+    let mut e = Event::telemetry(id.clone(), 0, Bytes::from(body));
+    e.source = EventSource::Registry;
+    let ack = log.ingest().ingest(&id, vec![e]).await.expect("queued");
+    ack.await.expect("durable");
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -116,6 +147,7 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
     ];
     let seen: Seen = Arc::default();
     let mut logs = Vec::new();
+    let replicas: Vec<Arc<Applied>> = (0..2).map(|_| Arc::default()).collect();
     let mut starting = Vec::new();
     for (process, dir) in dirs.iter().enumerate() {
         let mut config = LogConfig::new(dir.path().to_path_buf());
@@ -130,6 +162,7 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
             hosts: hosts.clone(),
         };
         let sink: Arc<dyn SinkFactory> = Arc::new(Recorder(Arc::clone(&seen)));
+        let replica: Arc<dyn Replica> = Arc::clone(&replicas[process]) as Arc<dyn Replica>;
         // Each start waits for the other process: start both at once.
         starting.push(std::thread::spawn(move || {
             Engine::start(
@@ -144,7 +177,10 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
                 Arc::new(NoDevices),
                 feed,
                 vec![sink],
-                Hooks::default(),
+                Hooks {
+                    replica: Some(replica),
+                    ..Hooks::default()
+                },
             )
         }));
         logs.push(log);
@@ -161,6 +197,7 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
                 let bodies = (0..20).map(move |i| format!("{{\"p\":{p},\"r\":{round},\"i\":{i}}}"));
                 append(log, &format!("dev-{p}-{d}"), bodies).await;
             }
+            change_registry(log, &format!("dev-{p}-0"), format!("change {p}/{round}")).await;
         }
     }
     append(&logs[0], "mover", (0..50).map(|i| format!("{{\"m\":{i}}}"))).await;
@@ -173,7 +210,16 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
 
     let total = 2 * 10 * 5 * 20 + 100;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while seen.lock().map_or(0, |v| v.len()) < total && std::time::Instant::now() < deadline {
+    let applied = || -> usize {
+        replicas
+            .iter()
+            .map(|r| r.0.lock().map_or(0, |v| v.len()))
+            .min()
+            .unwrap_or(0)
+    };
+    while (seen.lock().map_or(0, |v| v.len()) < total || applied() < 10)
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for log in &mut logs {
@@ -210,4 +256,19 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
         .collect();
     let want: Vec<String> = (0..100).map(|i| format!("{{\"m\":{i}}}")).collect();
     assert_eq!(mover, want, "a device that moved keeps its order");
+
+    let mut want: Vec<String> = (0..5)
+        .flat_map(|r| (0..2).map(move |p| format!("change {p}/{r}")))
+        .collect();
+    want.sort();
+    for (p, r) in replicas.iter().enumerate() {
+        let applied = r.0.lock().expect("applied").clone();
+        assert!(
+            applied.windows(2).all(|w| w[0].0 < w[1].0),
+            "process {p}: changes in offset order, once each: {applied:?}"
+        );
+        let mut bodies: Vec<String> = applied.into_iter().map(|(_, b)| b).collect();
+        bodies.sort();
+        assert_eq!(bodies, want, "process {p} has every process's changes");
+    }
 }

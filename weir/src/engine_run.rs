@@ -93,6 +93,7 @@ impl EngineParts {
                 log: Some(Arc::new(self.ingest.clone())),
                 checkpoints: Some(Arc::clone(&self.commits) as Arc<dyn weir_core::Checkpoints>),
                 metrics: Some(Arc::clone(&self.metrics)),
+                replica: Some(Arc::new(weir_hub::RegistryReplica::new(self.hub.clone()))),
             },
         )?)
     }

@@ -214,6 +214,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             format!("opening the device registry in {}", cfg.data_dir.display())
         })?,
     );
+    if let Some(c) = &cfg.cluster {
+        // Every process keeps the whole registry: a device may connect to any of them.
+        registry.replicate_as(c.process);
+    }
     let rules = load_rules(&cfg)?;
     tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
     let rules = Arc::new(ArcSwap::from_pointee(rules));

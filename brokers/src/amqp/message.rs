@@ -20,6 +20,7 @@ pub fn message_source(source: EventSource) -> &'static str {
         EventSource::Insights => "insights",
         EventSource::EdgeDrops => "edgeDrops",
         EventSource::Clock => "clock",
+        EventSource::Registry => "registry",
     }
 }
 

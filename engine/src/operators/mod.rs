@@ -4,6 +4,7 @@
 mod dedupe;
 mod insights;
 mod order;
+mod replica;
 mod route;
 mod sample;
 mod sink;
@@ -12,6 +13,7 @@ mod source;
 pub(crate) use dedupe::{Dedupe, DedupeState};
 pub(crate) use insights::{InsightSetup, RunInsights};
 pub(crate) use order::InOffsetOrder;
+pub(crate) use replica::ApplyRegistry;
 pub(crate) use route::{Route, RouteSetup};
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;

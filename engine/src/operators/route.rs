@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use timely::dataflow::Stream;
-use weir_core::{DeviceDirectory, Event, EventSource};
+use weir_core::{DeviceDirectory, Event};
 use weir_rules::{EventView, Outcome, RuleSet};
 
 use super::{Events, Routed};
@@ -81,8 +81,8 @@ impl Router {
         self.matches.resize(rules.routes.len(), 0);
         self.fallbacks = 0;
         for (k, event) in events.iter().enumerate() {
-            // The insights' clock: no route can select it.
-            if event.source == EventSource::Clock {
+            // The insights' clock and registry copies: no route can select them.
+            if event.source.is_internal() {
                 continue;
             }
             let registry = AsOf::new(

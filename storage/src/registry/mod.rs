@@ -8,8 +8,10 @@
 
 mod certs;
 mod outbox;
+mod replica;
 
 pub use certs::{CaInfo, CaRecord};
+pub use replica::Replaced;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -138,6 +140,8 @@ pub struct Registry {
     writer: Mutex<()>,
     /// The next outbox sequence number.
     next_event: std::sync::atomic::AtomicU64,
+    /// In a cluster, how changes reach the other processes' registries.
+    replica: replica::Replication,
 }
 
 fn now() -> String {
@@ -156,6 +160,7 @@ impl Registry {
         txn.open_table(SESSIONS).map_err(storage)?;
         txn.open_table(QUARANTINE).map_err(storage)?;
         txn.open_table(OUTBOX).map_err(storage)?;
+        txn.open_table(replica::REPLICA).map_err(storage)?;
         txn.open_table(certs::CERTIFICATES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let cas = certs::load(&db)?;
@@ -217,6 +222,7 @@ impl Registry {
             quarantined,
             writer: Mutex::new(()),
             next_event: std::sync::atomic::AtomicU64::new(next_event),
+            replica: replica::Replication::default(),
         })
     }
 
@@ -367,7 +373,8 @@ impl Registry {
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         check_etag(Some(&existing), if_match)?;
-        let events = events(&existing);
+        let mut events = events(&existing);
+        events.extend(self.replica_event(id, None)?);
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
@@ -377,6 +384,7 @@ impl Registry {
             self.stage_events(&txn, &events)?;
         }
         txn.commit().map_err(storage)?;
+        self.replica_sent(id);
         self.devices.write().map_err(storage)?.remove(id);
         Ok(existing)
     }
@@ -452,14 +460,19 @@ impl Registry {
         events: &[Event],
     ) -> Result<Arc<DeviceRecord>, RegistryError> {
         let bytes = serde_json::to_vec(&rec).map_err(storage)?;
+        let copy = self.replica_event(&rec.device_id, Some(&rec))?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.insert(rec.device_id.as_str(), bytes.as_slice())
                 .map_err(storage)?;
             self.stage_events(&txn, events)?;
+            if let Some(c) = copy {
+                self.stage_events(&txn, &[c])?;
+            }
         }
         txn.commit().map_err(storage)?;
+        self.replica_sent(&rec.device_id);
         let rec = Arc::new(rec);
         self.devices
             .write()
