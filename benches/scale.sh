@@ -9,6 +9,7 @@
 #   ONLY=storm STORM=10000 RATES=2000 benches/scale.sh
 #   ONLY=cluster CLUSTER_PROCS=6 CLUSTER_PER=16700 benches/scale.sh   # 100 k over 6 processes
 #   ONLY=throughput THRU_WORKERS=2 benches/scale.sh   # 1 process vs a cluster of 2
+#   ONLY=cluster-storm STORM_PROCS=3 STORM_PER=16700 benches/scale.sh   # 50 k TLS storm
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mosquitto >/dev/null || { echo "mosquitto is missing: apt-get install -y mosquitto" >&2; exit 2; }

@@ -11,6 +11,9 @@ throughput: THRU_PUBS publishers, THRU_MSGS messages each (QoS 1, then 0), again
        process with one worker, with THRU_WORKERS workers, and a cluster of two processes
        (half the workers each, half the publishers on each): messages per second until every row is in a
        committed Parquet file on some process.
+cluster-storm: STORM_PROCS processes of one cluster, STORM_PER TLS devices each (one
+       `weir simulate --storm` per process, all dropping together through --drop-when),
+       then mosquitto (TLS) with STORM_MOSQ devices, its most in one process here.
 storm: STORM devices connect over TLS, then every connection drops at once and all
        reconnect at once, retrying with backoff when refused; time until all are back,
        the server's peak RSS, and, meanwhile, publish->PUBACK latency of 10 devices that
@@ -40,6 +43,10 @@ PROBE_SECS = int(os.environ.get("PROBE_SECS", "40"))
 ONLY = os.environ.get("ONLY", "idle,storm").split(",")
 CLUSTER_PROCS = int(os.environ.get("CLUSTER_PROCS", "6"))
 CLUSTER_PER = int(os.environ.get("CLUSTER_PER", "16700"))
+STORM_PROCS = int(os.environ.get("STORM_PROCS", "3"))
+STORM_PER = int(os.environ.get("STORM_PER", "16700"))
+STORM_MOSQ = int(os.environ.get("STORM_MOSQ", "18000"))
+STORM_RATE = int(os.environ.get("STORM_RATE", "0"))
 THRU_PUBS = int(os.environ.get("THRU_PUBS", "100"))
 THRU_MSGS = int(os.environ.get("THRU_MSGS", "10000"))
 THRU_WORKERS = int(os.environ.get("THRU_WORKERS", "2"))
@@ -145,13 +152,13 @@ def stop_all(hubs):
             h.proc.kill()
 
 
-def cluster_hubs(base, procs, workers):
+def cluster_hubs(base, procs, workers, connect_rate=0):
     """`procs` hubs (not started) of one cluster on loopback, `workers` each; one alone."""
     hosts = base / f"hosts-{time.monotonic_ns()}"
     hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(procs)))
     hubs = []
     for i in range(procs):
-        hub = weir_hub(base, 0)
+        hub = weir_hub(base, connect_rate)
         hub.workers = workers
         if procs > 1:
             hub.extra_args = ["--process", str(i), "--hosts", str(hosts)]
@@ -197,6 +204,83 @@ def cluster_idle(base):
         stop_all(hubs)
 
 
+def cluster_storm(base):
+    """STORM_PROCS processes, STORM_PER TLS devices on each, one storm for all of them;
+    each process registers its own devices and the registry carries them to the others."""
+    hubs = cluster_hubs(base, STORM_PROCS, 1, STORM_RATE)
+    sims, probe = [], None
+    drop = base / f"drop-{time.monotonic_ns()}"
+    try:
+        for h in hubs:
+            h.config_path.write_text(h.config_path.read_text().replace('level = "warn"', 'level = "info"'))
+            h.start()
+        for h in hubs:
+            assert h.wait_log("cluster dataflow running", timeout=60), h.log_text()[-2000:]
+        t0 = time.time()
+        regs = [subprocess.Popen([str(WEIR), "simulate", *map(str, hub_args(h)), "--devices", str(STORM_PER),
+                                  "--prefix", f"s{i}-", "--register-only", "--quiet"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                for i, h in enumerate(hubs)]
+        for r in regs:
+            _, err = r.communicate(timeout=900)
+            if r.returncode != 0:
+                raise SystemExit(f"registering failed: {err[-2000:]}")
+        register(hubs[0], 10, "probe-")
+        total = STORM_PROCS * STORM_PER
+        replicated = wait_connected(lambda: True, lambda: min(h.metric("weir_devices_registered") for h in hubs),
+                                    total + 10, limit=300)
+        print(json.dumps({"server": "weir", "test": "cluster register", "devices": total,
+                          "seconds": time.time() - t0, "every_process_has_all_after": replicated}), flush=True)
+        for i, h in enumerate(hubs):
+            first = 2 + i * 40
+            sims.append(simulate(*hub_args(h, "tls"), "--prefix", f"s{i}-", "--devices", STORM_PER, "--storm",
+                                 "--duration", 2, "--drop-when", drop,
+                                 "--source-ips", f"127.0.2.{first}-127.0.2.{first + 39}", background=True))
+        took = wait_connected(lambda: all(s.poll() is None for s in sims),
+                              lambda: sum(h.metric("weir_devices_connected") for h in hubs), total, limit=900)
+        rss_before = [status(h.proc.pid, "VmRSS") for h in hubs]
+        # Devices connected before the storm publish through it.
+        probe = simulate(*hub_args(hubs[0]), "--devices", 10, "--prefix", "probe-", "--messages", 0,
+                         "--duration", PROBE_SECS, "--rate", 200, background=True)
+        time.sleep(3)
+        drop.touch()
+        reports = []
+        for s in sims:
+            out, err = s.communicate(timeout=900)
+            lines = out.strip().splitlines()
+            reports.append(json.loads(lines[-1]) if lines else {"error": err[-500:]})
+        out, _ = probe.communicate(timeout=PROBE_SECS + 60)
+        lines = out.strip().splitlines()
+        latency = json.loads(lines[-1]).get("latency_ms") if lines else None
+        backs = [r.get("storm_seconds") for r in reports]
+        print(json.dumps({"server": "weir", "test": "tls storm cluster", "processes": STORM_PROCS,
+                          "connect_rate": STORM_RATE, "devices": total, "first_connect_seconds": took,
+                          "all_back_seconds": max(backs) if None not in backs else None,
+                          "per_process_back_seconds": backs,
+                          "throttled": sum(r.get("storm_throttled", 0) for r in reports),
+                          "failed": sum(r.get("storm_failed", 0) for r in reports),
+                          "rss_connected_kib": rss_before,
+                          "peak_rss_kib": [status(h.proc.pid, "VmHWM") for h in hubs],
+                          "probe_latency_ms": latency}), flush=True)
+    finally:
+        for s in [*sims, probe]:
+            if s is not None and s.poll() is None:
+                s.kill()
+        stop_all(hubs)
+    hub = weir_hub(base, 0).start()
+    tls_dir = Path(hub.data) / "tls"
+    mq, port = mosquitto(base, tls_dir)
+    try:
+        storm = simulate("--broker", "--mqtts", f"127.0.0.1:{port}", "--transport", "tls", "--ca",
+                         tls_dir / "ca.pem", "--devices", STORM_MOSQ, "--prefix", "storm-", "--storm",
+                         "--duration", 2, "--source-ips", SOURCES)
+        print(json.dumps({"server": "mosquitto", "test": "tls storm", **storm,
+                          "peak_rss_kib": status(mq.pid, "VmHWM")}), flush=True)
+    finally:
+        mq.terminate()
+        hub.stop()
+
+
 def throughput(base, procs, qos, workers):
     """THRU_PUBS publishers spread over `procs` processes (1: alone)."""
     hubs = cluster_hubs(base, procs, workers)
@@ -240,6 +324,8 @@ def main():
                     throughput(base, procs, qos, workers)
         if "cluster" in ONLY:
             cluster_idle(base)
+        if "cluster-storm" in ONLY:
+            cluster_storm(base)
         if "idle" in ONLY:
             hub = weir_hub(base, 0).start()
             try:

@@ -92,6 +92,7 @@ fn source_code(s: EventSource) -> u8 {
         EventSource::Clock => 5,
         EventSource::EdgeDrops => 6,
         EventSource::Registry => 7,
+        EventSource::Cluster => 8,
     }
 }
 
@@ -242,6 +243,7 @@ pub fn decode(buf: &[u8], offset: u64, body_owner: Option<&Bytes>) -> Result<Eve
         5 => EventSource::Clock,
         6 => EventSource::EdgeDrops,
         7 => EventSource::Registry,
+        8 => EventSource::Cluster,
         _ => return Err(DecodeError::Invalid("source")),
     };
     let auth_method = match r.u8()? {

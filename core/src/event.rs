@@ -28,6 +28,9 @@ pub enum EventSource {
     /// so that every process applies it to its own registry (decision 039). No route can
     /// select it.
     Registry,
+    /// A message from one process of a cluster to the others (a direct method for a device
+    /// connected elsewhere, and its answer). No route can select it.
+    Cluster,
 }
 
 impl EventSource {
@@ -50,12 +53,16 @@ impl EventSource {
             EventSource::EdgeDrops => "EdgeDrops",
             EventSource::Clock => "Clock",
             EventSource::Registry => "Registry",
+            EventSource::Cluster => "Cluster",
         }
     }
 
     /// Weir's own bookkeeping, never routed, sampled or archived.
     pub fn is_internal(self) -> bool {
-        matches!(self, EventSource::Clock | EventSource::Registry)
+        matches!(
+            self,
+            EventSource::Clock | EventSource::Registry | EventSource::Cluster
+        )
     }
 
     /// Parses a route's `source`, case-insensitively as IoT Hub does.

@@ -1,5 +1,5 @@
 //! How the engine hands registry changes made on other processes of a cluster to this
-//! process's registry (decision 039).
+//! process's registry, and the processes' messages to each other (decision 039).
 
 use std::sync::Arc;
 
@@ -18,4 +18,9 @@ pub trait Replica: Send + Sync {
     /// `through`) and returns how far the replica is now durably applied: `through`, or
     /// less when it saves only now and then while nothing changes.
     fn apply(&self, changes: &[Arc<Event>], through: u64) -> Result<u64, ReplicaError>;
+    /// A `Cluster` event (a message between processes), as soon as it arrives: messages
+    /// need no order, and answer calls someone waits for.
+    fn deliver(&self, message: &Event) {
+        let _ = message;
+    }
 }

@@ -90,7 +90,8 @@ impl Events {
             | EventSource::Insights
             | EventSource::EdgeDrops
             | EventSource::Clock
-            | EventSource::Registry => "deviceMessage",
+            | EventSource::Registry
+            | EventSource::Cluster => "deviceMessage",
         };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let message_id = weir_storage::secret::random_hex(16)
@@ -139,11 +140,16 @@ impl Events {
 
     /// Appends an event for `device` directly (connection state: nothing stored backs it).
     pub fn emit(&self, device: &str, source: EventSource, op_type: &str, body: Value) {
-        let Some(event) = self.event(device, source, op_type, body) else {
-            return;
-        };
+        if let Some(event) = self.event(device, source, op_type, body) {
+            self.append(event, op_type);
+        }
+    }
+
+    /// Appends `event` to the log in the background; `what` names it in a warning if the
+    /// log does not take it.
+    pub(crate) fn append(&self, event: Event, what: &str) {
         let ingest = Arc::clone(&self.ingest);
-        let op = op_type.to_owned();
+        let what = what.to_owned();
         self.runtime.spawn(async move {
             let device_id = event.device_id.clone();
             let stored = match ingest.ingest(&device_id, vec![event]).await {
@@ -151,9 +157,13 @@ impl Events {
                 Err(e) => Err(e),
             };
             if let Err(e) = stored {
-                tracing::warn!(device = %device_id, op = %op, error = %e, "could not log a hub event");
+                tracing::warn!(device = %device_id, op = %what, error = %e, "could not log a hub event");
             }
         });
+    }
+
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 }
 

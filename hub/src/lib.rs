@@ -13,6 +13,7 @@ pub mod documents;
 mod error;
 pub mod events;
 pub mod methods;
+mod peers;
 mod replica;
 mod services;
 mod twins;
@@ -40,6 +41,8 @@ struct Inner {
     /// Per device, the cloud-to-device message on its way: its lock, and the connection
     /// that carries it (the device's own, or its edge's).
     c2d_inflight: Mutex<HashMap<String, (u64, String)>>,
+    /// In a cluster: the other processes, for direct methods.
+    peers: std::sync::OnceLock<peers::Peers>,
 }
 
 /// A handle on the hub's services; cloning is cheap.
@@ -72,6 +75,7 @@ impl Hub {
                 methods: methods::Methods::default(),
                 connections,
                 c2d_inflight: Mutex::new(HashMap::new()),
+                peers: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -55,6 +55,10 @@ impl Replica for RegistryReplica {
         }
         Ok(through)
     }
+
+    fn deliver(&self, message: &Event) {
+        self.hub.cluster_message(&message.device_id, &message.body);
+    }
 }
 
 impl RegistryReplica {

@@ -156,7 +156,8 @@ impl Hub {
         Ok(rec.reported.version)
     }
 
-    /// Runs a direct method on a device: its status and payload, or why there is none.
+    /// Runs a direct method on a device: its status and payload, or why there is none. A
+    /// device not connected here is looked for on the cluster's other processes.
     pub async fn invoke(
         &self,
         device: &str,
@@ -164,6 +165,32 @@ impl Hub {
         payload: &Value,
         timeout: Duration,
     ) -> Result<(i32, Value), HubError> {
+        let here = self.invoke_here(device, method, payload, timeout).await;
+        let answer = match here {
+            Err(MethodError::NotOnline) => {
+                self.invoke_elsewhere(device, method, payload, timeout)
+                    .await
+            }
+            other => other,
+        };
+        answer.map_err(|e| match e {
+            MethodError::NotOnline => HubError::NotOnline(device.to_owned()),
+            MethodError::Timeout => HubError::Timeout {
+                device: device.to_owned(),
+                method: method.to_owned(),
+                secs: timeout.as_secs(),
+            },
+        })
+    }
+
+    /// Runs a direct method on a device connected to this process (or through its edge).
+    pub(crate) async fn invoke_here(
+        &self,
+        device: &str,
+        method: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<(i32, Value), MethodError> {
         let parent = self
             .inner
             .registry
@@ -180,13 +207,5 @@ impl Hub {
                 timeout,
             )
             .await
-            .map_err(|e| match e {
-                MethodError::NotOnline => HubError::NotOnline(device.to_owned()),
-                MethodError::Timeout => HubError::Timeout {
-                    device: device.to_owned(),
-                    method: method.to_owned(),
-                    secs: timeout.as_secs(),
-                },
-            })
     }
 }

@@ -262,9 +262,9 @@ def wait_for(check, timeout=15):
 
 def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     """A device registered, changed or deleted through any process's API is the same on
-    every process (decision 039): it connects anywhere, a desired-properties change made
-    through another process reaches its connection, and disabling or deleting it anywhere
-    closes that connection and refuses it everywhere."""
+    every process (decision 039): it connects anywhere, a desired-properties change or a
+    direct method through another process reaches its connection, and disabling or
+    deleting it anywhere closes that connection and refuses it everywhere."""
     hubs = start_cluster(tmp_path, 2, 1)
     try:
         key = register(hubs, "shared-1", on=0)
@@ -273,7 +273,8 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
 
         dev = Raw(hubs[1].mqtt_port, timeout=10)
         assert dev.connect("shared-1", hubs[1].username("shared-1"), hubs[1].device_token("shared-1", key)) == 0
-        for pkid, topic in ((1, "$iothub/twin/PATCH/properties/desired/#"), (2, "$iothub/twin/res/#")):
+        for pkid, topic in ((1, "$iothub/twin/PATCH/properties/desired/#"), (2, "$iothub/twin/res/#"),
+                            (3, "$iothub/methods/POST/#")):
             dev.send(subscribe_packet(pkid, topic, qos=0))
             assert dev.packet()[0] == 9, "SUBACK"
 
@@ -293,6 +294,31 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         p = dev.packet()
         assert p is not None and p[0] == 3 and b"$iothub/twin/res/204/" in p[2], p
         assert wait_for(lambda: hubs[0].call("GET", "/twins/shared-1").json()["properties"]["reported"].get("firmware") == "2.1")
+
+        # A direct method called through process 0 reaches the device on process 1, and its
+        # answer comes back to the caller.
+        call = {}
+        caller = threading.Thread(target=lambda: call.update(r=hubs[0].call(
+            "POST", "/twins/shared-1/methods", {"methodName": "reboot", "payload": {"in": 3},
+                                                "responseTimeoutInSeconds": 10})))
+        caller.start()
+        p = dev.packet()
+        assert p is not None and p[0] == 3, f"expected the method request, got {p}"
+        topic_len = struct.unpack(">H", p[2][:2])[0]
+        topic = p[2][2:2 + topic_len].decode()
+        assert topic.startswith("$iothub/methods/POST/reboot/?$rid="), topic
+        assert json.loads(p[2][2 + topic_len:]) == {"in": 3}
+        rid = topic.split("$rid=")[1]
+        dev.send(publish_packet(f"$iothub/methods/res/201/?$rid={rid}", b'{"rebooting": true}', qos=0))
+        caller.join(timeout=15)
+        assert call["r"].status_code == 200, call["r"].text
+        assert call["r"].json() == {"status": 201, "payload": {"rebooting": True}}
+        # A device connected nowhere: "not online" at once, not after the timeout.
+        register(hubs, "nowhere-1", on=1)
+        t = time.time()
+        r = hubs[0].call("POST", "/twins/nowhere-1/methods", {"methodName": "m", "responseTimeoutInSeconds": 20})
+        assert r.status_code == 404 and time.time() - t < 5, (r.status_code, r.text, time.time() - t)
+        assert hubs[1].metric("weir_devices_registered") == 2
 
         # Disabled through process 0: its connection to process 1 is closed.
         r = hubs[0].call("PUT", "/devices/shared-1", {"deviceId": "shared-1", "status": "disabled",

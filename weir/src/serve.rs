@@ -248,6 +248,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let connections = Arc::new(ConnectionRegistry::default());
     let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
+    if let Some(c) = &cfg.cluster {
+        hub.join_cluster(c.process, c.processes());
+    }
     let uplink = cfg.upstream.clone().map(|u| {
         tracing::info!(hub = %u.hub, edge = %u.device_id, address = %u.address(), "edge mode: forwarding to the hub through upstream endpoints");
         let children = weir_brokers::upstream::Children {

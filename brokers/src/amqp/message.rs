@@ -21,6 +21,7 @@ pub fn message_source(source: EventSource) -> &'static str {
         EventSource::EdgeDrops => "edgeDrops",
         EventSource::Clock => "clock",
         EventSource::Registry => "registry",
+        EventSource::Cluster => "cluster",
     }
 }
 

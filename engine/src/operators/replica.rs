@@ -2,7 +2,8 @@
 //! process's log go to every process, where worker 0 applies every process's changes in
 //! offset order once the frontier has passed them. What it has applied durably holds the
 //! log's release like a sink's commit point, so a change is never released before every
-//! process has it.
+//! process has it. Messages between processes (`Cluster` events) take the same way but are
+//! handed over as they arrive.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,12 +26,18 @@ impl ApplyRegistry for Events<'_> {
     fn apply_registry(self, replica: Arc<dyn Replica>, floors: Arc<Floors>, applies: bool) {
         let mut held: Vec<Arc<Event>> = Vec::new();
         let mut warned: Option<Instant> = None;
-        self.filter(|e| e.source == EventSource::Registry)
+        self.filter(|e| matches!(e.source, EventSource::Registry | EventSource::Cluster))
             .broadcast()
             .sink(Pipeline, "ApplyRegistry", move |(input, frontier)| {
                 input.for_each(|_, data| {
                     if applies {
-                        held.append(data);
+                        for e in data.drain(..) {
+                            if e.source == EventSource::Cluster {
+                                replica.deliver(&e);
+                            } else {
+                                held.push(e);
+                            }
+                        }
                     }
                 });
                 let Some(through) = frontier.frontier().first().copied() else {

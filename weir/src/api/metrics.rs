@@ -174,6 +174,12 @@ fn gateway_metrics(out: &mut String, s: &ApiState) {
         "Devices with a live connection, over all protocols.",
         s.hub.connections().connected() as i64,
     );
+    gauge(
+        out,
+        "weir_devices_registered",
+        "Devices in this process's registry (in a cluster, every process's).",
+        s.hub.registry().len() as i64,
+    );
 }
 
 pub async fn render(State(s): State<Arc<ApiState>>) -> impl IntoResponse {

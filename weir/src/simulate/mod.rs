@@ -99,6 +99,10 @@ pub struct SimulateArgs {
     /// seconds more.
     #[arg(long, requires = "duration", conflicts_with = "idle")]
     pub storm: bool,
+    /// With --storm: once all are connected, wait for this file to exist before the drop,
+    /// so that several simulators (one per server process) drop together.
+    #[arg(long, value_name = "FILE", requires = "storm")]
+    pub drop_when: Option<std::path::PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -328,7 +332,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
             })
             .collect();
         let hold = Duration::from_secs_f64(args.duration.unwrap_or(0.0));
-        return storm::run(plans, hold, &bar, args.json).await;
+        let storm = storm::Storm {
+            hold,
+            drop_when: args.drop_when.clone(),
+        };
+        return storm::run(plans, storm, &bar, args.json).await;
     }
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -170,12 +170,20 @@ async fn phase_done(
     None
 }
 
+/// How a storm run ends and starts its drop.
+pub struct Storm {
+    /// How long the connections are held after all are back.
+    pub hold: Duration,
+    /// Drop only once this file exists.
+    pub drop_when: Option<std::path::PathBuf>,
+}
+
 /// Runs a storm over `plans` and reports: the time until all were connected, then, after
 /// every connection dropped at once, until all were back; refusals and failed attempts
-/// on the way. Holds the connections `hold` longer before ending.
+/// on the way.
 pub async fn run(
     plans: Vec<Plan>,
-    hold: Duration,
+    storm_at: Storm,
     bar: &indicatif::ProgressBar,
     json: bool,
 ) -> anyhow::Result<std::process::ExitCode> {
@@ -194,9 +202,15 @@ pub async fn run(
     if first.is_some() {
         // Everything settles (CONNACKs, registrations) before the drop.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(f) = &storm_at.drop_when {
+            bar.set_message(format!("waiting for {}", f.display()));
+            while !f.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
         let _ = phase.send(Phase::Drop);
         storm = phase_done(bar, "reconnecting", || load(&counters.reconnected), n).await;
-        tokio::time::sleep(hold).await;
+        tokio::time::sleep(storm_at.hold).await;
     }
     counters.stop();
     let _ = phase.send(Phase::Stop);

@@ -1,0 +1,371 @@
+//! Direct methods for a device connected to another process of the cluster (decision 039).
+//!
+//! A call for a device that is not connected here is written to this process's log as a
+//! `Cluster` message; the engine brings it to every other process, and each answers once,
+//! the same way: the device's answer, "timed out", or "not connected here". The caller
+//! has its answer with the first real one, or "not online" once every other process has
+//! said so. A message replayed after a restart is past its deadline and ignored.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use weir_core::{AuthMethod, DeviceId, Event, EventSource};
+
+use crate::Hub;
+use crate::methods::MethodError;
+
+/// This process's place in its cluster, and the calls it waits for elsewhere.
+pub(crate) struct Peers {
+    process: u32,
+    processes: u32,
+    waiting: Mutex<HashMap<String, Waiting>>,
+}
+
+struct Waiting {
+    answer: oneshot::Sender<Outcome>,
+    /// Processes that said the device is not connected there.
+    not_here: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+enum Message {
+    Method {
+        id: String,
+        origin: u32,
+        method: String,
+        payload: Value,
+        deadline_ms: i64,
+    },
+    MethodResult {
+        id: String,
+        origin: u32,
+        outcome: Outcome,
+    },
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+enum Outcome {
+    Answered { status: i32, payload: Value },
+    NotOnline,
+    Timeout,
+}
+
+impl Peers {
+    pub(crate) fn new(process: usize, processes: usize) -> Peers {
+        Peers {
+            process: u32::try_from(process).unwrap_or(u32::MAX),
+            processes: u32::try_from(processes).unwrap_or(u32::MAX),
+            waiting: Mutex::default(),
+        }
+    }
+}
+
+impl Hub {
+    /// Makes this hub process `process` of a cluster of `processes`: direct methods reach
+    /// devices connected to the others. Set once, before it serves.
+    pub fn join_cluster(&self, process: usize, processes: usize) {
+        let _ = self.inner.peers.set(Peers::new(process, processes));
+    }
+
+    /// Runs a direct method on a device connected to another process; `NotOnline` when
+    /// none has it.
+    pub(crate) async fn invoke_elsewhere(
+        &self,
+        device: &str,
+        method: &str,
+        payload: &Value,
+        timeout: Duration,
+    ) -> Result<(i32, Value), MethodError> {
+        let Some(peers) = self.inner.peers.get().filter(|p| p.processes > 1) else {
+            return Err(MethodError::NotOnline);
+        };
+        let id = weir_storage::secret::random_hex(16).map_err(|_| MethodError::NotOnline)?;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = peers.waiting.lock() {
+            w.insert(
+                id.clone(),
+                Waiting {
+                    answer: tx,
+                    not_here: 0,
+                },
+            );
+        }
+        let deadline_ms = weir_core::time::now_ms()
+            .saturating_add(i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX));
+        let call = Message::Method {
+            id: id.clone(),
+            origin: peers.process,
+            method: method.to_owned(),
+            payload: payload.clone(),
+            deadline_ms,
+        };
+        self.send_peers(device, &call);
+        let outcome = tokio::time::timeout(timeout, rx).await;
+        if let Ok(mut w) = peers.waiting.lock() {
+            w.remove(&id);
+        }
+        match outcome {
+            Ok(Ok(Outcome::Answered { status, payload })) => Ok((status, payload)),
+            Ok(Ok(Outcome::NotOnline)) => Err(MethodError::NotOnline),
+            _ => Err(MethodError::Timeout),
+        }
+    }
+
+    /// A message from another process (a `Cluster` event's body), from the engine's thread.
+    pub fn cluster_message(&self, device: &DeviceId, body: &[u8]) {
+        let Some(peers) = self.inner.peers.get() else {
+            return;
+        };
+        let message: Message = match serde_json::from_slice(body) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable message from the cluster; ignored");
+                return;
+            }
+        };
+        match message {
+            Message::Method {
+                id,
+                origin,
+                method,
+                payload,
+                deadline_ms,
+            } if origin != peers.process => {
+                let left = deadline_ms - weir_core::time::now_ms();
+                let Ok(left) = u64::try_from(left) else {
+                    return;
+                };
+                let hub = self.clone();
+                let device = device.clone();
+                self.inner.events.runtime().spawn(async move {
+                    let outcome = match hub
+                        .invoke_here(
+                            device.as_str(),
+                            &method,
+                            &payload,
+                            Duration::from_millis(left),
+                        )
+                        .await
+                    {
+                        Ok((status, payload)) => Outcome::Answered { status, payload },
+                        Err(MethodError::NotOnline) => Outcome::NotOnline,
+                        Err(MethodError::Timeout) => Outcome::Timeout,
+                    };
+                    let answer = Message::MethodResult {
+                        id,
+                        origin,
+                        outcome,
+                    };
+                    hub.send_peers(device.as_str(), &answer);
+                });
+            }
+            Message::MethodResult {
+                id,
+                origin,
+                outcome,
+            } if origin == peers.process => {
+                let Ok(mut w) = peers.waiting.lock() else {
+                    return;
+                };
+                let done = match (&outcome, w.get_mut(&id)) {
+                    (_, None) => false,
+                    (Outcome::NotOnline, Some(waiting)) => {
+                        waiting.not_here += 1;
+                        waiting.not_here + 1 >= peers.processes
+                    }
+                    (_, Some(_)) => true,
+                };
+                if done && let Some(waiting) = w.remove(&id) {
+                    let _ = waiting.answer.send(outcome);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn send_peers(&self, device: &str, message: &Message) {
+        let Ok(id) = DeviceId::parse(device) else {
+            return;
+        };
+        let body = match serde_json::to_vec(message) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a message for the cluster");
+                return;
+            }
+        };
+        let mut e = Event::telemetry(id, 0, body.into());
+        e.source = EventSource::Cluster;
+        e.auth_method = AuthMethod::Internal;
+        self.inner.events.append(e, "cluster message");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use weir_core::{
+        AckFuture, ConnectionRegistry, DeviceId, Event, EventSource, Ingest, IngestFuture,
+    };
+    use weir_storage::Registry;
+    use weir_storage::c2d::C2dStore;
+
+    use crate::methods::MethodError;
+    use crate::{Events, Hub};
+
+    /// Stands in for the log: keeps the messages the hub sends to its peers.
+    #[derive(Default)]
+    struct Sent(Mutex<Vec<Event>>);
+
+    impl Ingest for Sent {
+        fn ingest(&self, _device: &DeviceId, batch: Vec<Event>) -> IngestFuture {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend(batch);
+            }
+            Box::pin(async { Ok(Box::pin(async { Ok(()) }) as AckFuture) })
+        }
+    }
+
+    impl Sent {
+        /// The bodies of the `Cluster` messages sent so far, as JSON.
+        fn messages(&self) -> Vec<Value> {
+            self.0.lock().map_or_else(
+                |_| Vec::new(),
+                |v| {
+                    v.iter()
+                        .filter(|e| e.source == EventSource::Cluster)
+                        .filter_map(|e| serde_json::from_slice(&e.body).ok())
+                        .collect()
+                },
+            )
+        }
+
+        async fn wait_for(&self, n: usize) -> Vec<Value> {
+            for _ in 0..200 {
+                if self.messages().len() >= n {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            self.messages()
+        }
+    }
+
+    /// Process `process` of three.
+    fn hub(process: usize) -> (tempfile::TempDir, Hub, Arc<Sent>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let registry = Arc::new(Registry::open(&dir.path().join("r.redb")).expect("registry"));
+        let c2d = Arc::new(C2dStore::open(&dir.path().join("c.redb")).expect("c2d"));
+        let sent = Arc::new(Sent::default());
+        let events = Events::new(
+            "hub".into(),
+            Arc::clone(&sent) as Arc<dyn Ingest>,
+            tokio::runtime::Handle::current(),
+        );
+        let hub = Hub::new(
+            registry,
+            c2d,
+            events,
+            Arc::new(ConnectionRegistry::default()),
+        );
+        hub.join_cluster(process, 3);
+        (dir, hub, sent)
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::parse("d1").expect("id")
+    }
+
+    fn deliver(hub: &Hub, message: &Value) {
+        hub.cluster_message(&device(), message.to_string().as_bytes());
+    }
+
+    /// Calls a method from `hub` and returns its call message and the call.
+    async fn call(
+        hub: &Hub,
+        sent: &Sent,
+    ) -> (
+        String,
+        tokio::task::JoinHandle<Result<(i32, Value), MethodError>>,
+    ) {
+        let caller = hub.clone();
+        let task = tokio::spawn(async move {
+            caller
+                .invoke_elsewhere("d1", "reboot", &json!({"in": 1}), Duration::from_secs(5))
+                .await
+        });
+        let sent = sent.wait_for(1).await;
+        assert_eq!(sent[0]["kind"], "method");
+        assert_eq!(sent[0]["origin"], 0);
+        let id = sent[0]["id"].as_str().expect("id").to_owned();
+        (id, task)
+    }
+
+    #[tokio::test]
+    async fn the_first_answer_from_another_process_is_the_callers() {
+        let (_d, hub, sent) = hub(0);
+        let (id, task) = call(&hub, &sent).await;
+        deliver(
+            &hub,
+            &json!({"kind": "method-result", "id": id, "origin": 0, "outcome": {"outcome": "not-online"}}),
+        );
+        deliver(
+            &hub,
+            &json!({"kind": "method-result", "id": id, "origin": 0,
+                              "outcome": {"outcome": "answered", "status": 201, "payload": {"ok": true}}}),
+        );
+        let got = task.await.expect("task");
+        assert_eq!(got.ok(), Some((201, json!({"ok": true}))));
+    }
+
+    #[tokio::test]
+    async fn not_online_once_every_other_process_said_so() {
+        let (_d, hub, sent) = hub(0);
+        let (id, task) = call(&hub, &sent).await;
+        let not_here = json!({"kind": "method-result", "id": id, "origin": 0, "outcome": {"outcome": "not-online"}});
+        deliver(&hub, &not_here);
+        assert!(!task.is_finished(), "one of two other processes answered");
+        deliver(&hub, &not_here);
+        let got = tokio::time::timeout(Duration::from_secs(1), task).await;
+        assert_eq!(
+            got.expect("at once").expect("task"),
+            Err(MethodError::NotOnline)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_process_without_the_device_says_so_and_ignores_stale_calls() {
+        let (_d, hub, sent) = hub(1);
+        let now = weir_core::time::now_ms();
+        deliver(
+            &hub,
+            &json!({"kind": "method", "id": "old", "origin": 0, "method": "m",
+                              "payload": null, "deadline_ms": now - 1}),
+        );
+        deliver(
+            &hub,
+            &json!({"kind": "method", "id": "own", "origin": 1, "method": "m",
+                              "payload": null, "deadline_ms": now + 5000}),
+        );
+        deliver(
+            &hub,
+            &json!({"kind": "method", "id": "new", "origin": 0, "method": "m",
+                              "payload": null, "deadline_ms": now + 5000}),
+        );
+        let answers = sent.wait_for(1).await;
+        assert_eq!(answers.len(), 1, "{answers:?}");
+        assert_eq!(answers[0]["id"], "new");
+        assert_eq!(answers[0]["origin"], 0);
+        assert_eq!(answers[0]["outcome"]["outcome"], "not-online");
+        deliver(&hub, &json!("garbage"));
+    }
+}
