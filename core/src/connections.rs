@@ -190,6 +190,9 @@ impl KickReason {
 
 struct Entry {
     id: u64,
+    /// When it registered (ms since the epoch): a cluster compares it with the time the
+    /// device connected to another process.
+    since_ms: i64,
     protocol: &'static str,
     identity: Arc<Identity>,
     outbox: Arc<Outbox>,
@@ -224,6 +227,7 @@ impl ConnectionRegistry {
         let device = c.identity.device_id.clone();
         let entry = Entry {
             id,
+            since_ms: crate::time::now_ms(),
             protocol: c.protocol,
             identity: c.identity,
             outbox: c.outbox,
@@ -235,6 +239,21 @@ impl ConnectionRegistry {
             old.outbox.kick(KickReason::Replaced);
         }
         Registration { id }
+    }
+
+    /// The device connected to another process of the cluster at `at_ms`: its connection
+    /// here, if older, is told to end as a replaced one. True when one was.
+    pub fn replaced_elsewhere(&self, device: &str, at_ms: i64) -> bool {
+        let Ok(live) = self.live.lock() else {
+            return false;
+        };
+        match live.get(device) {
+            Some(e) if e.since_ms < at_ms => {
+                e.outbox.kick(KickReason::Replaced);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes the entry if it is still this connection's; true when it was.
@@ -363,5 +382,22 @@ mod tests {
         );
         assert!(r.unregister(&d1, quic.id));
         assert_eq!(r.connected(), 0);
+    }
+
+    #[test]
+    fn a_later_connection_on_another_process_replaces_this_one_not_an_earlier_one() {
+        let r = ConnectionRegistry::default();
+        let c = connection("mqtt", "d1");
+        let outbox = Arc::clone(&c.outbox);
+        r.register(c);
+        let now = crate::time::now_ms();
+        assert!(
+            !r.replaced_elsewhere("d1", now - 60_000),
+            "it connected here later"
+        );
+        assert_eq!(outbox.kicked(), None);
+        assert!(!r.replaced_elsewhere("d2", now + 1), "not connected here");
+        assert!(r.replaced_elsewhere("d1", now + 1));
+        assert_eq!(outbox.kicked(), Some(KickReason::Replaced));
     }
 }

@@ -5,6 +5,9 @@
 //! the same way: the device's answer, "timed out", or "not connected here". The caller
 //! has its answer with the first real one, or "not online" once every other process has
 //! said so. A message replayed after a restart is past its deadline and ignored.
+//!
+//! A device's connection also ends when the device connects to another process later, as
+//! a newer connection replaces an older one within a process.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -46,6 +49,9 @@ enum Message {
         origin: u32,
         outcome: Outcome,
     },
+    /// The device connected to process `origin` at `at_ms`: an older connection of it
+    /// elsewhere ends, as within one process.
+    Connected { origin: u32, at_ms: i64 },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -185,8 +191,30 @@ impl Hub {
                     let _ = waiting.answer.send(outcome);
                 }
             }
+            Message::Connected { origin, at_ms } if origin != peers.process => {
+                if self
+                    .inner
+                    .connections
+                    .replaced_elsewhere(device.as_str(), at_ms)
+                {
+                    tracing::info!(%device, process = origin, "the device connected to another process; its connection here ends");
+                }
+            }
             _ => {}
         }
+    }
+
+    /// Tells the other processes that `device` connected here, so that an older connection
+    /// of it there ends.
+    pub(crate) fn connected_here(&self, device: &str) {
+        let Some(peers) = self.inner.peers.get().filter(|p| p.processes > 1) else {
+            return;
+        };
+        let message = Message::Connected {
+            origin: peers.process,
+            at_ms: weir_core::time::now_ms(),
+        };
+        self.send_peers(device, &message);
     }
 
     fn send_peers(&self, device: &str, message: &Message) {

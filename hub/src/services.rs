@@ -88,6 +88,7 @@ impl DeviceServices for Hub {
         let (hub, d) = (self.clone(), device.clone());
         Box::pin(async move {
             hub.connection_changed(d.as_str(), "deviceConnected");
+            hub.connected_here(d.as_str());
             let _ = tokio::task::spawn_blocking(move || hub.deliver_c2d(d.as_str())).await;
         })
     }

@@ -263,8 +263,9 @@ def wait_for(check, timeout=15):
 def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     """A device registered, changed or deleted through any process's API is the same on
     every process (decision 039): it connects anywhere, a desired-properties change or a
-    direct method through another process reaches its connection, and disabling or
-    deleting it anywhere closes that connection and refuses it everywhere."""
+    direct method through another process reaches its connection, connecting to another
+    process ends the older connection, and disabling or deleting it anywhere closes its
+    connection and refuses it everywhere."""
     hubs = start_cluster(tmp_path, 2, 1)
     try:
         key = register(hubs, "shared-1", on=0)
@@ -320,14 +321,21 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         assert r.status_code == 404 and time.time() - t < 5, (r.status_code, r.text, time.time() - t)
         assert hubs[1].metric("weir_devices_registered") == 2
 
-        # Disabled through process 0: its connection to process 1 is closed.
-        r = hubs[0].call("PUT", "/devices/shared-1", {"deviceId": "shared-1", "status": "disabled",
+        # The device connects to process 0 as well: its older connection to process 1 ends,
+        # as a newer connection replaces an older one within a process.
+        dev0 = Raw(hubs[0].mqtt_port, timeout=10)
+        assert dev0.connect("shared-1", hubs[0].username("shared-1"), hubs[0].device_token("shared-1", key)) == 0
+        assert dev.closed(timeout=15), "the older connection on process 1 stays open"
+        dev.close()
+
+        # Disabled through process 1: its connection to process 0 is closed.
+        r = hubs[1].call("PUT", "/devices/shared-1", {"deviceId": "shared-1", "status": "disabled",
                                                       "authentication": {"type": "sas", "symmetricKey": {"primaryKey": key, "secondaryKey": key}}},
                          headers={"If-Match": "*"})
         assert r.status_code == 200, r.text
-        assert dev.closed(timeout=15), "the connection of a device disabled on another process stays open"
-        dev.close()
-        assert hubs[1].metric("weir_connections_revoked_total", protocol="mqtt", reason="disabled") == 1
+        assert dev0.closed(timeout=15), "the connection of a device disabled on another process stays open"
+        dev0.close()
+        assert hubs[0].metric("weir_connections_revoked_total", protocol="mqtt", reason="disabled") == 1
 
         # Deleted through process 1: gone on process 0, and refused there.
         assert hubs[1].call("DELETE", "/devices/shared-1", headers={"If-Match": "*"}).status_code == 204
