@@ -99,6 +99,7 @@ impl Hub {
                 Err(e) => return Err(HubError::internal(e)),
             }
             hub.deliver_c2d(&msg.device_id);
+            hub.move_c2d(&msg.device_id, false);
             Ok(())
         })
         .await

@@ -7,7 +7,10 @@
 //! said so. A message replayed after a restart is past its deadline and ignored.
 //!
 //! A device's connection also ends when the device connects to another process later, as
-//! a newer connection replaces an older one within a process.
+//! a newer connection replaces an older one within a process, and its queued C2D messages
+//! follow it there: the process that holds them sends them, the other queues them and
+//! says which it took, and only then are they dropped where they were (a message may be
+//! delivered twice if a process dies in between, never lost).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -17,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use weir_core::{AuthMethod, DeviceId, Event, EventSource};
+use weir_storage::c2d::C2dMessage;
 
 use crate::Hub;
 use crate::methods::MethodError;
@@ -26,7 +30,11 @@ pub(crate) struct Peers {
     process: u32,
     processes: u32,
     waiting: Mutex<HashMap<String, Waiting>>,
+    elsewhere: Mutex<Elsewhere>,
 }
+
+/// Where a device was last seen connecting, when that was another process.
+type Elsewhere = HashMap<String, u32>;
 
 struct Waiting {
     answer: oneshot::Sender<Outcome>,
@@ -52,7 +60,26 @@ enum Message {
     /// The device connected to process `origin` at `at_ms`: an older connection of it
     /// elsewhere ends, as within one process.
     Connected { origin: u32, at_ms: i64 },
+    /// Process `origin` hands the device's queued C2D messages to process `to`.
+    C2dMove {
+        origin: u32,
+        to: u32,
+        sent_ms: i64,
+        messages: Vec<C2dMessage>,
+    },
+    /// Process `to` has queued these (sequence number at `origin`, message id): `origin`
+    /// drops them.
+    C2dMoved {
+        origin: u32,
+        to: u32,
+        sent_ms: i64,
+        taken: Vec<(u64, String)>,
+    },
 }
+
+/// Moves and connects older than this are from a replay of the log after a restart: the
+/// messages they concern stay where they are until the device connects again.
+const STALE_MS: i64 = 10_000;
 
 #[derive(Serialize, Deserialize, Debug)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
@@ -68,6 +95,7 @@ impl Peers {
             process: u32::try_from(process).unwrap_or(u32::MAX),
             processes: u32::try_from(processes).unwrap_or(u32::MAX),
             waiting: Mutex::default(),
+            elsewhere: Mutex::default(),
         }
     }
 }
@@ -192,27 +220,117 @@ impl Hub {
                 }
             }
             Message::Connected { origin, at_ms } if origin != peers.process => {
-                if self
-                    .inner
-                    .connections
-                    .replaced_elsewhere(device.as_str(), at_ms)
-                {
-                    tracing::info!(%device, process = origin, "the device connected to another process; its connection here ends");
+                if weir_core::time::now_ms() - at_ms > STALE_MS {
+                    return;
                 }
+                let connections = &self.inner.connections;
+                let replaced = connections.replaced_elsewhere(device.as_str(), at_ms);
+                if replaced {
+                    tracing::info!(%device, process = origin, "the device connected to another process; its connection here ends");
+                } else if connections.is_connected(device.as_str()) {
+                    // It connected here since.
+                    return;
+                }
+                if let Ok(mut e) = peers.elsewhere.lock() {
+                    e.insert(device.as_str().to_owned(), origin);
+                }
+                let hub = self.clone();
+                let device = device.clone();
+                self.inner
+                    .events
+                    .runtime()
+                    .spawn_blocking(move || hub.move_c2d(device.as_str(), true));
+            }
+            Message::C2dMove {
+                origin,
+                to,
+                sent_ms,
+                messages,
+            } if to == peers.process && weir_core::time::now_ms() - sent_ms <= STALE_MS => {
+                let hub = self.clone();
+                let device = device.clone();
+                self.inner.events.runtime().spawn_blocking(move || {
+                    match hub.inner.c2d.take_in(messages) {
+                        Ok(taken) if !taken.is_empty() => {
+                            let moved = Message::C2dMoved {
+                                origin,
+                                to,
+                                sent_ms: weir_core::time::now_ms(),
+                                taken,
+                            };
+                            hub.send_peers(device.as_str(), &moved);
+                            hub.deliver_c2d(device.as_str());
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(%device, error = %e, "cannot take in cloud-to-device messages from another process; they stay there");
+                        }
+                    }
+                });
+            }
+            Message::C2dMoved {
+                origin,
+                sent_ms,
+                taken,
+                ..
+            } if origin == peers.process && weir_core::time::now_ms() - sent_ms <= STALE_MS => {
+                let hub = self.clone();
+                let device = device.clone();
+                self.inner.events.runtime().spawn_blocking(move || {
+                    if let Err(e) = hub.inner.c2d.moved_out(device.as_str(), &taken) {
+                        tracing::warn!(%device, error = %e, "cannot drop cloud-to-device messages another process took; they may be delivered twice");
+                    }
+                });
             }
             _ => {}
         }
     }
 
     /// Tells the other processes that `device` connected here, so that an older connection
-    /// of it there ends.
+    /// of it there ends and its C2D messages there come here.
     pub(crate) fn connected_here(&self, device: &str) {
         let Some(peers) = self.inner.peers.get().filter(|p| p.processes > 1) else {
             return;
         };
+        if let Ok(mut e) = peers.elsewhere.lock() {
+            e.remove(device);
+        }
         let message = Message::Connected {
             origin: peers.process,
             at_ms: weir_core::time::now_ms(),
+        };
+        self.send_peers(device, &message);
+    }
+
+    /// Hands the device's queued C2D messages to the process it last connected to, when
+    /// that is another one and it is not connected here (`replaced`: its connection here
+    /// is older and ending). Blocking (reads the queue).
+    pub(crate) fn move_c2d(&self, device: &str, replaced: bool) {
+        let Some(peers) = self.inner.peers.get() else {
+            return;
+        };
+        let to = peers
+            .elsewhere
+            .lock()
+            .ok()
+            .and_then(|e| e.get(device).copied());
+        let Some(to) = to else { return };
+        if !replaced && self.inner.connections.is_connected(device) {
+            return;
+        }
+        let messages = match self.inner.c2d.queued(device) {
+            Ok(m) if m.is_empty() => return,
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(device, error = %e, "cannot read cloud-to-device messages to move");
+                return;
+            }
+        };
+        let message = Message::C2dMove {
+            origin: peers.process,
+            to,
+            sent_ms: weir_core::time::now_ms(),
+            messages,
         };
         self.send_peers(device, &message);
     }

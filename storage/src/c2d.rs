@@ -192,6 +192,59 @@ impl C2dStore {
         Ok(out)
     }
 
+    /// The messages queued for `device`, oldest first.
+    pub fn queued(&self, device: &str) -> Result<Vec<C2dMessage>, C2dError> {
+        self.device_messages(device)
+    }
+
+    /// Queues messages another process moved here (a cluster's queue follows its device),
+    /// except one already queued (a move seen twice); returns the `(seq, message id)` they
+    /// had there, of those now queued here.
+    pub fn take_in(&self, moved: Vec<C2dMessage>) -> Result<Vec<(u64, String)>, C2dError> {
+        let mut taken = Vec::new();
+        for m in moved {
+            let there = (m.seq, m.message_id.clone());
+            let known = self
+                .device_messages(&m.device_id)?
+                .iter()
+                .any(|q| q.message_id == m.message_id);
+            if known {
+                taken.push(there);
+                continue;
+            }
+            match self.enqueue(m) {
+                Ok(_) => taken.push(there),
+                Err(C2dError::QueueFull(_)) => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Removes messages another process has taken in, without feedback: each only if its
+    /// sequence number and message id both match (sequence numbers can be reused).
+    pub fn moved_out(&self, device: &str, moved: &[(u64, String)]) -> Result<usize, C2dError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut n = 0;
+        {
+            let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            for (seq, id) in moved {
+                let k = key(device, *seq);
+                let matches = match t.get(k.as_str()).map_err(storage)? {
+                    Some(v) => serde_json::from_slice::<C2dMessage>(v.value())
+                        .is_ok_and(|m| &m.message_id == id),
+                    None => false,
+                };
+                if matches {
+                    t.remove(k.as_str()).map_err(storage)?;
+                    n += 1;
+                }
+            }
+        }
+        txn.commit().map_err(storage)?;
+        Ok(n)
+    }
+
     pub fn pending(&self, device: &str) -> usize {
         self.device_messages(device).map_or(0, |v| v.len())
     }
@@ -528,5 +581,42 @@ mod tests {
             1
         );
         assert!(s.feedback(10).expect("fb").is_none());
+    }
+
+    #[test]
+    fn a_queue_moves_to_another_store_once_and_leaves_only_what_was_taken() {
+        let dirs = [
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        ];
+        let from = C2dStore::open(&dirs[0].path().join("c.redb")).expect("open");
+        let to = C2dStore::open(&dirs[1].path().join("c.redb")).expect("open");
+        for id in ["a", "b"] {
+            from.enqueue(msg("d1", id, i64::MAX, AckMode::Full))
+                .expect("enqueue");
+        }
+        let queued = from.queued("d1").expect("queued");
+        let taken = to.take_in(queued.clone()).expect("take in");
+        assert_eq!(taken.len(), 2);
+        // The same move seen again queues nothing twice.
+        assert_eq!(to.take_in(queued).expect("again").len(), 2);
+        assert_eq!(to.pending("d1"), 2);
+        // A message queued at the source meanwhile is not dropped with the moved ones.
+        from.enqueue(msg("d1", "c", i64::MAX, AckMode::Full))
+            .expect("enqueue");
+        let wrong_id = vec![(taken[0].0, "other".to_owned())];
+        assert_eq!(from.moved_out("d1", &wrong_id).expect("moved"), 0);
+        assert_eq!(from.moved_out("d1", &taken).expect("moved"), 2);
+        let left: Vec<String> = from
+            .queued("d1")
+            .expect("queued")
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect();
+        assert_eq!(left, vec!["c".to_owned()]);
+        assert!(
+            from.feedback(10).expect("feedback").is_none(),
+            "a move is not a delivery"
+        );
     }
 }

@@ -18,7 +18,7 @@ import time
 import duckdb
 import pytest
 
-from rawmqtt import Raw, publish_packet, subscribe_packet
+from rawmqtt import Raw, puback_packet, publish_packet, subscribe_packet
 from sinkdevice import rules_dir
 from weirhub import Hub, free_port
 
@@ -260,11 +260,22 @@ def wait_for(check, timeout=15):
     return check()
 
 
+def take_c2d(dev, p):
+    """Acknowledges the C2D publish `p` and returns its topic."""
+    assert p is not None and p[0] == 3 and (p[1] >> 1) & 3 == 1, f"expected a QoS 1 C2D message, got {p}"
+    n = struct.unpack(">H", p[2][:2])[0]
+    topic = p[2][2:2 + n].decode()
+    assert topic.startswith("devices/shared-1/messages/devicebound/"), topic
+    dev.send(puback_packet(struct.unpack(">H", p[2][2 + n:4 + n])[0]))
+    return topic
+
+
 def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     """A device registered, changed or deleted through any process's API is the same on
     every process (decision 039): it connects anywhere, a desired-properties change or a
-    direct method through another process reaches its connection, connecting to another
-    process ends the older connection, and disabling or deleting it anywhere closes its
+    direct method or a C2D message through another process reaches its connection (a
+    queued C2D message follows the device), connecting to another process ends the older
+    connection, and disabling or deleting it anywhere closes its
     connection and refuses it everywhere."""
     hubs = start_cluster(tmp_path, 2, 1)
     try:
@@ -272,12 +283,23 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         r = hubs[1].call("GET", "/devices/shared-1").json()
         assert r["authentication"]["symmetricKey"]["primaryKey"] == key
 
+        # A C2D message sent through process 0 while the device is offline waits there and
+        # follows the device to process 1 when it connects.
+        r = hubs[0].call("POST", "/devices/shared-1/messages/deviceBound", None, headers={"iothub-messageid": "early"})
+        assert r.status_code == 204, r.text
+        assert hubs[0].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 1
+
         dev = Raw(hubs[1].mqtt_port, timeout=10)
         assert dev.connect("shared-1", hubs[1].username("shared-1"), hubs[1].device_token("shared-1", key)) == 0
-        for pkid, topic in ((1, "$iothub/twin/PATCH/properties/desired/#"), (2, "$iothub/twin/res/#"),
-                            (3, "$iothub/methods/POST/#")):
-            dev.send(subscribe_packet(pkid, topic, qos=0))
-            assert dev.packet()[0] == 9, "SUBACK"
+        subs = ((1, "$iothub/twin/PATCH/properties/desired/#", 0), (2, "$iothub/twin/res/#", 0),
+                (3, "$iothub/methods/POST/#", 0), (4, "devices/shared-1/messages/devicebound/#", 1))
+        for pkid, topic, qos in subs:
+            dev.send(subscribe_packet(pkid, topic, qos=qos))
+        got = [dev.packet() for _ in range(len(subs) + 1)]
+        assert [p[0] for p in got].count(9) == len(subs), got
+        c2d = next(p for p in got if p[0] == 3)
+        assert "%24.mid=early" in take_c2d(dev, c2d)
+        assert wait_for(lambda: hubs[0].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 0)
 
         r = hubs[0].call("PATCH", "/twins/shared-1", {"tags": {"site": "north"}, "properties": {"desired": {"fan": "on"}}})
         assert r.status_code == 200, r.text
@@ -314,6 +336,13 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         caller.join(timeout=15)
         assert call["r"].status_code == 200, call["r"].text
         assert call["r"].json() == {"status": 201, "payload": {"rebooting": True}}
+        # A C2D message sent through process 0 reaches the device connected to process 1.
+        r = hubs[0].call("POST", "/devices/shared-1/messages/deviceBound", None, headers={"iothub-messageid": "live"})
+        assert r.status_code == 204, r.text
+        assert "%24.mid=live" in take_c2d(dev, dev.packet())
+        assert wait_for(lambda: hubs[1].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 0)
+        assert wait_for(lambda: hubs[0].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 0), \
+            "the sending process still holds a message the device's process took"
         # A device connected nowhere: "not online" at once, not after the timeout.
         register(hubs, "nowhere-1", on=1)
         t = time.time()
