@@ -235,6 +235,14 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// The last append failed (a full disk, an I/O error): publishes are being refused.
     pub write_failing: AtomicBool,
+    /// Failed appends so far. Bytes past `durable_end` a reader buffered before one are
+    /// not what the log holds after it (the retry goes to a fresh segment or over them),
+    /// so a reader that sees this move reopens where it is.
+    pub failed_writes: AtomicU64,
+    /// Tests only: the next append writes its bytes and then fails, and the bytes stay in
+    /// the file (as when cutting them off fails too).
+    #[cfg(test)]
+    pub fail_next_write: AtomicBool,
     pub wakers: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     pub metrics: LogMetrics,
 }
@@ -342,6 +350,9 @@ impl Log {
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             write_failing: AtomicBool::new(false),
+            failed_writes: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_write: AtomicBool::new(false),
             wakers: Mutex::new(Vec::new()),
             metrics: LogMetrics::default(),
         });
@@ -453,3 +464,6 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+#[cfg(test)]
+mod tests;

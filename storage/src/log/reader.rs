@@ -81,6 +81,8 @@ struct Cursor {
     at: Position,
     /// The base of the segment after this one, if any: where this one ends.
     end: Option<u64>,
+    /// `Shared::failed_writes` when it was opened.
+    failed_writes: u64,
 }
 
 pub struct LogReader {
@@ -154,6 +156,7 @@ impl LogReader {
             file: BufReader::with_capacity(1 << 20, f),
             at: Position::start(s.base),
             end: segs.get(i + 1).map(|n| n.base),
+            failed_writes: self.shared.failed_writes.load(Ordering::Acquire),
         };
         while c.at.next < self.next {
             let h = read_header(&mut c.file)?;
@@ -207,6 +210,12 @@ impl FeedReader for LogReader {
         // below the end read after it.
         let promise = self.shared.promise.load(Ordering::Acquire);
         let end = self.shared.durable_end.load(Ordering::Acquire);
+        // Loaded after the end: a failed write before the append that moved the end is
+        // seen, and what the cursor buffered past its position may be that write's.
+        let failed = self.shared.failed_writes.load(Ordering::Acquire);
+        if self.cursor.as_ref().is_some_and(|c| c.failed_writes != failed) {
+            self.cursor = None;
+        }
         let mut taken = 0;
         while taken < max && self.next < end {
             if self

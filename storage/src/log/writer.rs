@@ -226,6 +226,11 @@ impl Writer {
                 FsyncPolicy::Never => Ok(()),
                 _ => self.file.sync_data(),
             });
+        #[cfg(test)]
+        if result.is_ok() && self.shared.fail_next_write.swap(false, Ordering::AcqRel) {
+            self.write_failed_keeping_bytes(batch);
+            return;
+        }
         if let Err(e) = result {
             self.write_failed(e, batch);
             return;
@@ -302,17 +307,30 @@ impl Writer {
             .ok_or_else(|| std::io::Error::other("log state is unavailable"))
     }
 
-    fn write_failed(&mut self, e: std::io::Error, batch: &mut Vec<Append>) {
+    /// A write that failed after its bytes reached the file, whose cut failed too.
+    #[cfg(test)]
+    fn write_failed_keeping_bytes(&mut self, batch: &mut Vec<Append>) {
+        self.note_failure();
+        fail(batch, IngestError::Unavailable("injected".into()));
+    }
+
+    fn note_failure(&mut self) {
         self.shared
             .metrics
             .write_errors
             .fetch_add(1, Ordering::Relaxed);
+        self.shared.failed_writes.fetch_add(1, Ordering::Release);
         self.shared.write_failing.store(true, Ordering::Relaxed);
+        self.poisoned = true;
+    }
+
+    fn write_failed(&mut self, e: std::io::Error, batch: &mut Vec<Append>) {
         // Nothing of this batch is acknowledged, and nothing more goes through this
         // descriptor. Cutting what reached the file keeps a restart from having to; if
         // that fails too, the torn tail is cut at the next start (or ends a segment that
-        // is no longer the last, where readers never look past its records).
-        self.poisoned = true;
+        // is no longer the last, where readers never look past its records, and readers
+        // that buffered it reopen: `failed_writes`).
+        self.note_failure();
         if let Err(cut) = self.file.set_len(self.bytes) {
             tracing::warn!(error = %cut, "ingest log: cannot cut a failed write off the segment; a new segment follows it");
         }
