@@ -45,7 +45,13 @@ pub(crate) struct Writer {
     poisoned: bool,
     /// The directory entry of the active segment is not known to be durable yet.
     dir_unsynced: bool,
+    /// When the log last reached the disk (a batch, or a written promise).
+    last_durable: Instant,
 }
+
+/// How often an idle writer under a cluster clock writes its promise down, so that after
+/// a restart no offset goes below one it promised, even if the host's clock stepped back.
+const PERSIST_PROMISE: Duration = Duration::from_secs(1);
 
 impl Writer {
     pub fn start(
@@ -77,6 +83,7 @@ impl Writer {
             last_error_log: None,
             poisoned: false,
             dir_unsynced: false,
+            last_durable: Instant::now(),
         };
         std::thread::Builder::new()
             .name("weir-log".into())
@@ -101,6 +108,9 @@ impl Writer {
                         break;
                     }
                     self.promise_clock();
+                    if self.last_durable.elapsed() >= PERSIST_PROMISE {
+                        self.persist_promise();
+                    }
                     if retained.elapsed() >= Duration::from_millis(100) {
                         retained = Instant::now();
                         self.retain(false);
@@ -112,6 +122,7 @@ impl Writer {
             self.gather(&rx, &mut batch);
             self.commit(&mut batch);
         }
+        self.persist_promise();
         if let Err(e) = self.file.sync_all() {
             tracing::error!(error = %e, "ingest log: final sync failed");
         }
@@ -160,6 +171,49 @@ impl Writer {
             self.shared.promise.store(t, Ordering::Release);
             self.shared.wake();
         }
+    }
+
+    /// Writes the promise down as a clock record with no records after it: the torn-tail
+    /// scan at the next start then resumes from it. A failure is left to the next batch,
+    /// which opens a fresh segment.
+    fn persist_promise(&mut self) {
+        self.last_durable = Instant::now();
+        let Some(clock) = self.config.clock else {
+            return;
+        };
+        if self.promised <= self.at.next {
+            return;
+        }
+        let at = Position {
+            next: self.promised,
+            stride: clock.processes.max(1),
+        };
+        self.buf.clear();
+        frame_clock(at.next, at.stride, &mut self.buf);
+        let written = self.ready_file().and_then(|()| {
+            self.file
+                .write_all(&self.buf)
+                .and_then(|()| self.file.sync_data())
+        });
+        if let Err(e) = written {
+            self.note_failure();
+            let _ = self.file.set_len(self.bytes);
+            tracing::warn!(error = %e, "ingest log: cannot write the clock's promise down");
+            return;
+        }
+        self.bytes += self.buf.len() as u64;
+        self.shared
+            .metrics
+            .disk_bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        if let Ok(mut segs) = self.shared.segments.write()
+            && let Some(s) = segs.last_mut()
+        {
+            s.bytes = self.bytes;
+        }
+        self.at = at;
+        self.shared.durable_end.store(at.next, Ordering::Release);
+        self.shared.wake();
     }
 
     /// Makes a batch durable and acknowledges it, or fails it without acknowledging.
@@ -260,6 +314,7 @@ impl Writer {
         }
         self.shared.durable_end.store(at.next, Ordering::Release);
         self.shared.promise.store(self.promised, Ordering::Release);
+        self.last_durable = Instant::now();
         for a in batch.drain(..) {
             let _ = a.done.send(Ok(()));
         }
