@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the same load against mosquitto and Weir on this machine, in one run, and prints
-# the ratios: 100 publishers → 1 subscriber (mosquitto) vs 100 publishers → rules →
-# Parquet (Weir), at QoS 0 and QoS 1, plus the memory of idle connections.
+# Runs the same load against mosquitto, rumqttd and Weir on this machine, in one run, and
+# prints the ratios: 100 publishers → 1 subscriber (the brokers) vs 100 publishers → rules
+# → Parquet (Weir), at QoS 0 and QoS 1, plus the memory of idle connections. rumqttd is
+# run when it is on PATH (`cargo install rumqttd --version 0.20.0`, ~5 min here; without
+# `--locked`, see ../shared/docs/environment-notes.md); the summary says when it was not.
 #
 #   benches/mqtt-vs-mosquitto.sh                 # defaults below
 #   PUBS=100 MSGS=20000 IDLE=2000 benches/mqtt-vs-mosquitto.sh
@@ -14,6 +16,7 @@ MSGS=${MSGS:-20000}
 IDLE=${IDLE:-2000}
 OUT=${OUT:-bench-out}
 MOSQ_PORT=${MOSQ_PORT:-18830}
+RUMQ_PORT=${RUMQ_PORT:-18832}
 WEIR_PORT=${WEIR_PORT:-18831}
 API_PORT=${API_PORT:-18080}
 PAYLOAD='{"temp": {{rand:15:35}}, "hum": {{randint:20:80}}, "seq": {{seq}}, "site": "plant-7", "line": "assembly-b", "status": "nominal"}'
@@ -68,6 +71,41 @@ sleep 0.5
 idle_cost "$MOSQ" --broker --mqtt "127.0.0.1:$MOSQ_PORT" > "$OUT/mosquitto-idle.json"
 echo "idle: $(cat "$OUT/mosquitto-idle.json")"
 kill "$MOSQ"; wait "$MOSQ" 2>/dev/null || true
+
+if command -v rumqttd >/dev/null; then
+  echo "== rumqttd on 127.0.0.1:$RUMQ_PORT"
+  # Its sample configuration with one MQTT 3.1.1 server on loopback, the same in-flight
+  # window as the clients, and no prometheus or v5 listener.
+  cat > "$TMP/rumqttd.toml" <<CONF
+id = 0
+[router]
+id = 0
+max_connections = 20000
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:$RUMQ_PORT"
+next_connection_delay_ms = 1
+    [v4.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = 20480
+    max_inflight_count = 100
+    dynamic_filters = true
+CONF
+  for q in 0 1; do
+    rumqttd -c "$TMP/rumqttd.toml" >/dev/null 2>&1 & PIDS+=($!); RUMQ=$!
+    sleep 1
+    "$W" simulate --broker --mqtt "127.0.0.1:$RUMQ_PORT" --devices "$PUBS" --messages "$MSGS" --qos "$q" \
+      --subscribe '#' --inflight 100 --payload "$PAYLOAD" --json --quiet > "$OUT/rumqttd-qos$q.json" || true
+    echo "qos $q: $(cat "$OUT/rumqttd-qos$q.json")"
+    kill "$RUMQ"; wait "$RUMQ" 2>/dev/null || true
+  done
+else
+  echo "== rumqttd is not on PATH: not measured (cargo install rumqttd --version 0.20.0)"
+  rm -f "$OUT"/rumqttd-qos*.json
+fi
 
 echo "== weir on 127.0.0.1:$WEIR_PORT"
 HUB=(--api "http://127.0.0.1:$API_PORT" --data-dir "$TMP/weir" --mqtt "127.0.0.1:$WEIR_PORT")
@@ -124,11 +162,24 @@ print(f"QoS 1  mosquitto → subscriber {m1:>10,.0f} msg/s   weir → rules → 
 for name, r in [("always", wa), ("never", wn)]:
     x = r["archived"]["rate"]
     print(f"QoS 1  fsync {name:<6}                                  weir → rules → Parquet {x:>10,.0f} msg/s   ratio {x/m1:.2f}")
+def rumqttd(q):
+    try:
+        return j(f"rumqttd-qos{q}")["subscriber"]["rate"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+r0, r1 = rumqttd(0), rumqttd(1)
+for q, r, a in ((0, r0, a0), (1, r1, a1)):
+    if r:
+        print(f"QoS {q}  rumqttd → subscriber  {r:>10,.0f} msg/s   weir → rules → Parquet {a:>10,.0f} msg/s   ratio {a/r:.2f}")
+    else:
+        print(f"QoS {q}  rumqttd: not measured")
 l = w20.get("latency_ms") or {}
 print(f"QoS 1 at ~20k msg/s: publish→PUBACK p50 {l.get('p50')} ms  p99 {l.get('p99')} ms  max {l.get('max')} ms")
 print(f"idle connection RSS: mosquitto {mi['kib_per_connection']:.2f} KiB   weir {wi['kib_per_connection']:.2f} KiB")
 json.dump({"mosquitto_qos0": m0, "mosquitto_qos1": m1, "weir_qos0": a0, "weir_qos1": a1,
            "ratio_qos0": a0/m0, "ratio_qos1": a1/m1,
+           "rumqttd_qos0": r0, "rumqttd_qos1": r1,
+           "ratio_rumqttd_qos0": a0/r0 if r0 else None, "ratio_rumqttd_qos1": a1/r1 if r1 else None,
           "weir_qos1_always": wa["archived"]["rate"], "weir_qos1_never": wn["archived"]["rate"],
           "weir_qos1_full_speed_latency_ms": w1.get("latency_ms"), "weir_qos1_20k_latency_ms": l,
            "idle_kib_mosquitto": mi["kib_per_connection"], "idle_kib_weir": wi["kib_per_connection"]},

@@ -76,7 +76,8 @@ pub(crate) fn agree_floor(worker: &mut timely::worker::Worker, threads: usize, f
 
 /// Shares floors while the dataflow runs: worker 0 of each process sends its process's
 /// floor to every worker each `tick`, and every process releases its log only below the
-/// lowest. Stops once `ended` is set (this worker's input has ended).
+/// lowest. With it goes whether the process's log is closed: sources end only once every
+/// process's is. Stops once `ended` is set (this worker's input has ended).
 pub(crate) fn share_floors(
     scope: Scope<'_, u64>,
     floors: Arc<Floors>,
@@ -95,11 +96,13 @@ pub(crate) fn share_floors(
                 cap = None;
             }
             let Some(c) = &cap else { return };
-            output.session(c).give((process, floors.local()));
+            output
+                .session(c)
+                .give((process, floors.local(), floors.local_closed()));
             activator.activate_after(tick);
         }
     })
-    .container::<Vec<(usize, u64)>>()
+    .container::<Vec<(usize, u64, bool)>>()
     .broadcast()
-    .inspect(move |(p, f)| floors_in.set_peer(*p, *f));
+    .inspect(move |(p, f, closed)| floors_in.set_peer(*p, *f, *closed));
 }

@@ -220,8 +220,14 @@ impl Engine {
                 )
             });
             worker.dataflow::<u64, _, _>(|scope| {
-                let (events, end) =
-                    feed_source(scope, reader, &*feed, tick, Arc::clone(&worker_metrics));
+                let (events, end) = feed_source(
+                    scope,
+                    reader,
+                    &*feed,
+                    tick,
+                    Arc::clone(&worker_metrics),
+                    in_cluster.then(|| Arc::clone(&floors)),
+                );
                 if let Some(r) = &replica {
                     events
                         .clone()

@@ -22,8 +22,11 @@ pub(crate) struct Floors {
     sinks: usize,
     /// The last floor each other process reported; `u64::MAX` for this one.
     peers: Mutex<Vec<u64>>,
+    /// Which processes said their log is closed (this one's slot: this process's own).
+    closed: Mutex<Vec<bool>>,
     released: Mutex<u64>,
     feed: Arc<dyn EventFeed>,
+    process: usize,
 }
 
 impl Floors {
@@ -50,6 +53,8 @@ impl Floors {
             replica: Mutex::new(replica),
             workers: workers.max(1),
             sinks: sinks.max(1),
+            closed: Mutex::new(vec![false; processes.max(1)]),
+            process,
             peers: Mutex::new(peers),
             released: Mutex::new(start),
             feed,
@@ -69,8 +74,36 @@ impl Floors {
             .min(self.replica.lock().map_or(0, |r| *r))
     }
 
-    /// Another process's floor, as it reported it.
-    pub(crate) fn set_peer(&self, process: usize, floor: u64) {
+    /// This process's log is closed and read to its end.
+    pub(crate) fn close_local(&self) {
+        if let Ok(mut c) = self.closed.lock()
+            && let Some(me) = c.get_mut(self.process)
+        {
+            *me = true;
+        }
+    }
+
+    pub(crate) fn local_closed(&self) -> bool {
+        self.closed
+            .lock()
+            .is_ok_and(|c| c.get(self.process).copied().unwrap_or(false))
+    }
+
+    /// Every process's log is closed: only then do the sources end. A source that ended
+    /// while others run would let the cluster's frontier follow the others' clocks, and
+    /// this process's next events could then fall below their commits.
+    pub(crate) fn all_closed(&self) -> bool {
+        self.closed.lock().is_ok_and(|c| c.iter().all(|x| *x))
+    }
+
+    /// Another process's floor, and whether its log is closed, as it reported them.
+    pub(crate) fn set_peer(&self, process: usize, floor: u64, closed: bool) {
+        if closed
+            && let Ok(mut c) = self.closed.lock()
+            && let Some(slot) = c.get_mut(process)
+        {
+            *slot = true;
+        }
         let changed = match self.peers.lock() {
             Ok(mut p) => match p.get_mut(process) {
                 Some(slot) if *slot != u64::MAX && *slot != floor => {

@@ -377,6 +377,45 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     assert codes == [0, 0], codes
 
 
+def test_a_process_stopped_alone_holds_the_clusters_frontier_until_it_returns(tmp_path):
+    """Stopping one process while the others run (decision 037): from the moment it
+    stops, nothing more is archived anywhere (its sources hold the cluster's frontier, so
+    no commit passes offsets it may still write after its return); the others keep
+    acknowledging; it exits by itself, and once it is back every message is archived
+    exactly once."""
+    hubs = start_cluster(tmp_path, 2, 1)
+    try:
+        key = register(hubs, "stop-1", on=0)
+        dev = Raw(hubs[0].mqtt_port, timeout=10)
+        assert dev.connect("stop-1", hubs[0].username("stop-1"), hubs[0].device_token("stop-1", key)) == 0
+
+        def send(k):
+            body = json.dumps({"k": k, "temp": 20, "ts": int(time.time() * 1000)}).encode()
+            assert dev.publish("devices/stop-1/messages/events/", body, k % 60000 + 1) == k % 60000 + 1
+
+        def rows():
+            return sql(hubs, "SELECT count(*) FROM raw WHERE device_id = 'stop-1'")[0][0]
+
+        for k in range(5):
+            send(k)
+        assert wait_for(lambda: rows() == 5), rows()
+        hubs[1].signal_hub(signal.SIGTERM)
+        for k in range(5, 10):
+            send(k)
+        time.sleep(2)
+        assert rows() == 5, "archived while a process of the cluster was stopping"
+        assert hubs[1].proc.wait(timeout=30) == 0
+        assert "other processes of the cluster run" in hubs[1].log_text()
+        hubs[1].start()
+        assert wait_for(lambda: rows() >= 10, timeout=60), rows()
+        got = sql(hubs, "SELECT json_extract_string(body, '$.k'), count(*) FROM raw WHERE device_id = 'stop-1' GROUP BY 1")
+        assert sorted(int(k) for k, n in got if n == 1) == list(range(10)), got
+        dev.close()
+    finally:
+        codes = stop_together(hubs)
+    assert codes == [0, 0], codes
+
+
 def stop_together(hubs):
     """A cluster stops when every process is told to: each one's dataflow ends once every
     process's log has closed."""

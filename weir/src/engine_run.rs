@@ -160,9 +160,12 @@ fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
             Err(payload) => text(&*payload),
         };
         if stopping.load(Ordering::SeqCst) {
-            anyhow::bail!(
-                "the cluster's dataflow failed while stopping ({failure}); nothing is lost: the log is read again at the next start"
+            // Another process left first (or stopped alone): expected in a cluster's stop.
+            tracing::info!(
+                reason = %failure,
+                "the cluster's dataflow ended while stopping; nothing is lost: the log is read again at the next start"
             );
+            return Ok(());
         }
         if started.elapsed() >= HEALTHY_RUN {
             backoff = Duration::from_secs(1);

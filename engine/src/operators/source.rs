@@ -11,6 +11,7 @@ use timely::dataflow::operators::generic::operator::source;
 use weir_core::{Event, EventFeed, FeedReader};
 
 use crate::metrics::EngineMetrics;
+use crate::sinks::Floors;
 
 /// Events taken per activation before yielding to the rest of the dataflow.
 const EVENTS_PER_ACTIVATION: usize = 8192;
@@ -26,6 +27,7 @@ pub(crate) fn feed_source<'s>(
     feed: &dyn EventFeed,
     tick: Duration,
     metrics: Arc<EngineMetrics>,
+    cluster: Option<Arc<Floors>>,
 ) -> (Events<'s>, Rc<Cell<u64>>) {
     let end = Rc::new(Cell::new(0u64));
     let position = Rc::clone(&end);
@@ -62,8 +64,15 @@ pub(crate) fn feed_source<'s>(
                     }
                     position.set(position.get().max(frontier));
                     if reader.finished() {
-                        cap = None;
-                        return;
+                        // In a cluster the capability is held (at this log's last
+                        // promise) until every process's log is closed.
+                        if let Some(floors) = &cluster {
+                            floors.close_local();
+                        }
+                        if cluster.as_ref().is_none_or(|f| f.all_closed()) {
+                            cap = None;
+                            return;
+                        }
                     }
                 }
                 Err(e) => {

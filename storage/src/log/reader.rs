@@ -213,7 +213,11 @@ impl FeedReader for LogReader {
         // Loaded after the end: a failed write before the append that moved the end is
         // seen, and what the cursor buffered past its position may be that write's.
         let failed = self.shared.failed_writes.load(Ordering::Acquire);
-        if self.cursor.as_ref().is_some_and(|c| c.failed_writes != failed) {
+        if self
+            .cursor
+            .as_ref()
+            .is_some_and(|c| c.failed_writes != failed)
+        {
             self.cursor = None;
         }
         let mut taken = 0;

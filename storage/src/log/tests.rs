@@ -43,7 +43,11 @@ async fn a_reader_never_returns_what_a_failed_write_left_in_the_file() {
     while after.len() < 10 {
         let before = after.len();
         reader.read(100, &mut after).expect("read");
-        assert!(after.len() > before, "the retried write is read: {:?}", bodies(&after));
+        assert!(
+            after.len() > before,
+            "the retried write is read: {:?}",
+            bodies(&after)
+        );
     }
     let want: Vec<(u64, String)> = (0..10).map(|i| (10 + i, format!("b{i}"))).collect();
     assert_eq!(bodies(&after), want);
