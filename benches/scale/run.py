@@ -267,12 +267,17 @@ def cluster_storm(base):
             if s is not None and s.poll() is None:
                 s.kill()
         stop_all(hubs)
+    mosquitto_tls_storm(base, STORM_MOSQ)
+
+
+def mosquitto_tls_storm(base, n):
+    """The same TLS storm against mosquitto, with a Weir hub's development certificate."""
     hub = weir_hub(base, 0).start()
     tls_dir = Path(hub.data) / "tls"
     mq, port = mosquitto(base, tls_dir)
     try:
         storm = simulate("--broker", "--mqtts", f"127.0.0.1:{port}", "--transport", "tls", "--ca",
-                         tls_dir / "ca.pem", "--devices", STORM_MOSQ, "--prefix", "storm-", "--storm",
+                         tls_dir / "ca.pem", "--devices", n, "--prefix", "storm-", "--storm",
                          "--duration", 2, "--source-ips", SOURCES)
         print(json.dumps({"server": "mosquitto", "test": "tls storm", **storm,
                           "peak_rss_kib": status(mq.pid, "VmHWM")}), flush=True)
@@ -372,19 +377,7 @@ def main():
                                       "probe_latency_ms": latency}), flush=True)
                 finally:
                     hub.stop()
-            tls_dir = None
-            hub = weir_hub(base, 0).start()
-            tls_dir = Path(hub.data) / "tls"
-            mq, port = mosquitto(base, tls_dir)
-            try:
-                storm = simulate("--broker", "--mqtts", f"127.0.0.1:{port}", "--transport", "tls", "--ca",
-                                 tls_dir / "ca.pem", "--devices", STORM, "--prefix", "storm-", "--storm",
-                                 "--duration", 2, "--source-ips", SOURCES)
-                print(json.dumps({"server": "mosquitto", "test": "tls storm", **storm,
-                                  "peak_rss_kib": status(mq.pid, "VmHWM")}), flush=True)
-            finally:
-                mq.terminate()
-                hub.stop()
+            mosquitto_tls_storm(base, STORM)
 
 
 if __name__ == "__main__":
