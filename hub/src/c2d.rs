@@ -123,6 +123,13 @@ impl Hub {
         .await
     }
 
+    /// Drops the messages of a device deleted through another process (blocking).
+    pub(crate) fn purge_c2d_of(&self, device: &str, generation: &str) {
+        if let Err(e) = self.inner.c2d.purge(device, generation) {
+            tracing::warn!(device, error = %e, "cannot drop a deleted device's messages");
+        }
+    }
+
     /// Feedback records not handed out yet, under a new lock token.
     pub async fn feedback(&self, max: usize) -> Result<Option<(String, Vec<Feedback>)>, HubError> {
         let hub = self.clone();

@@ -12,7 +12,7 @@
 //! says which it took, and only then are they dropped where they were (a message may be
 //! delivered twice if a process dies in between, never lost).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ pub(crate) struct Peers {
     processes: u32,
     waiting: Mutex<HashMap<String, Waiting>>,
     elsewhere: Mutex<Elsewhere>,
+    /// Messages acted on, until they expire: a restarted dataflow reads the logs again
+    /// from its floor, and a call or move seen twice must not run twice.
+    seen: Mutex<HashMap<String, i64>>,
 }
 
 /// Where a device was last seen connecting, when that was another process.
@@ -39,7 +42,7 @@ type Elsewhere = HashMap<String, u32>;
 struct Waiting {
     answer: oneshot::Sender<Outcome>,
     /// Processes that said the device is not connected there.
-    not_here: u32,
+    not_here: HashSet<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -55,6 +58,8 @@ enum Message {
     MethodResult {
         id: String,
         origin: u32,
+        /// The process that answers.
+        from: u32,
         outcome: Outcome,
     },
     /// The device connected to process `origin` at `at_ms`: an older connection of it
@@ -62,6 +67,7 @@ enum Message {
     Connected { origin: u32, at_ms: i64 },
     /// Process `origin` hands the device's queued C2D messages to process `to`.
     C2dMove {
+        id: String,
         origin: u32,
         to: u32,
         sent_ms: i64,
@@ -96,7 +102,20 @@ impl Peers {
             processes: u32::try_from(processes).unwrap_or(u32::MAX),
             waiting: Mutex::default(),
             elsewhere: Mutex::default(),
+            seen: Mutex::default(),
         }
+    }
+
+    /// True the first time `key` is seen before `until_ms`.
+    fn first_time(&self, key: String, until_ms: i64) -> bool {
+        let Ok(mut seen) = self.seen.lock() else {
+            return true;
+        };
+        if seen.len() >= 4096 {
+            let now = weir_core::time::now_ms();
+            seen.retain(|_, until| *until > now);
+        }
+        seen.insert(key, until_ms).is_none()
     }
 }
 
@@ -126,7 +145,7 @@ impl Hub {
                 id.clone(),
                 Waiting {
                     answer: tx,
-                    not_here: 0,
+                    not_here: HashSet::new(),
                 },
             );
         }
@@ -175,6 +194,10 @@ impl Hub {
                 let Ok(left) = u64::try_from(left) else {
                     return;
                 };
+                if !peers.first_time(format!("m/{id}"), deadline_ms) {
+                    return;
+                }
+                let from = peers.process;
                 let hub = self.clone();
                 let device = device.clone();
                 self.inner.events.runtime().spawn(async move {
@@ -194,6 +217,7 @@ impl Hub {
                     let answer = Message::MethodResult {
                         id,
                         origin,
+                        from,
                         outcome,
                     };
                     hub.send_peers(device.as_str(), &answer);
@@ -202,6 +226,7 @@ impl Hub {
             Message::MethodResult {
                 id,
                 origin,
+                from,
                 outcome,
             } if origin == peers.process => {
                 let Ok(mut w) = peers.waiting.lock() else {
@@ -210,8 +235,8 @@ impl Hub {
                 let done = match (&outcome, w.get_mut(&id)) {
                     (_, None) => false,
                     (Outcome::NotOnline, Some(waiting)) => {
-                        waiting.not_here += 1;
-                        waiting.not_here + 1 >= peers.processes
+                        waiting.not_here.insert(from);
+                        waiting.not_here.len() + 1 >= peers.processes as usize
                     }
                     (_, Some(_)) => true,
                 };
@@ -234,6 +259,9 @@ impl Hub {
                 if let Ok(mut e) = peers.elsewhere.lock() {
                     e.insert(device.as_str().to_owned(), origin);
                 }
+                if self.inner.c2d.nothing_waits() {
+                    return;
+                }
                 let hub = self.clone();
                 let device = device.clone();
                 self.inner
@@ -242,11 +270,15 @@ impl Hub {
                     .spawn_blocking(move || hub.move_c2d(device.as_str(), true));
             }
             Message::C2dMove {
+                id,
                 origin,
                 to,
                 sent_ms,
                 messages,
             } if to == peers.process && weir_core::time::now_ms() - sent_ms <= STALE_MS => {
+                if !peers.first_time(format!("c/{id}"), sent_ms + STALE_MS) {
+                    return;
+                }
                 let hub = self.clone();
                 let device = device.clone();
                 self.inner.events.runtime().spawn_blocking(move || {
@@ -260,6 +292,8 @@ impl Hub {
                             };
                             hub.send_peers(device.as_str(), &moved);
                             hub.deliver_c2d(device.as_str());
+                            // It may have connected elsewhere meanwhile: on they go.
+                            hub.move_c2d(device.as_str(), false);
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -326,7 +360,11 @@ impl Hub {
                 return;
             }
         };
+        let Ok(id) = weir_storage::secret::random_hex(16) else {
+            return;
+        };
         let message = Message::C2dMove {
+            id,
             origin: peers.process,
             to,
             sent_ms: weir_core::time::now_ms(),
@@ -462,11 +500,12 @@ mod tests {
         let (id, task) = call(&hub, &sent).await;
         deliver(
             &hub,
-            &json!({"kind": "method-result", "id": id, "origin": 0, "outcome": {"outcome": "not-online"}}),
+            &json!({"kind": "method-result", "id": id, "origin": 0, "from": 1,
+                    "outcome": {"outcome": "not-online"}}),
         );
         deliver(
             &hub,
-            &json!({"kind": "method-result", "id": id, "origin": 0,
+            &json!({"kind": "method-result", "id": id, "origin": 0, "from": 2,
                               "outcome": {"outcome": "answered", "status": 201, "payload": {"ok": true}}}),
         );
         let got = task.await.expect("task");
@@ -477,10 +516,15 @@ mod tests {
     async fn not_online_once_every_other_process_said_so() {
         let (_d, hub, sent) = hub(0);
         let (id, task) = call(&hub, &sent).await;
-        let not_here = json!({"kind": "method-result", "id": id, "origin": 0, "outcome": {"outcome": "not-online"}});
-        deliver(&hub, &not_here);
-        assert!(!task.is_finished(), "one of two other processes answered");
-        deliver(&hub, &not_here);
+        let not_here = |from: u32| json!({"kind": "method-result", "id": id, "origin": 0, "from": from, "outcome": {"outcome": "not-online"}});
+        deliver(&hub, &not_here(1));
+        deliver(&hub, &not_here(1));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !task.is_finished(),
+            "one of two other processes answered, twice"
+        );
+        deliver(&hub, &not_here(2));
         let got = tokio::time::timeout(Duration::from_secs(1), task).await;
         assert_eq!(
             got.expect("at once").expect("task"),
@@ -502,15 +546,18 @@ mod tests {
             &json!({"kind": "method", "id": "own", "origin": 1, "method": "m",
                               "payload": null, "deadline_ms": now + 5000}),
         );
-        deliver(
-            &hub,
-            &json!({"kind": "method", "id": "new", "origin": 0, "method": "m",
-                              "payload": null, "deadline_ms": now + 5000}),
-        );
-        let answers = sent.wait_for(1).await;
+        let new = json!({"kind": "method", "id": "new", "origin": 0, "method": "m",
+                         "payload": null, "deadline_ms": now + 5000});
+        deliver(&hub, &new);
+        // The same call read again (a restarted dataflow re-reads the logs): run once.
+        deliver(&hub, &new);
+        sent.wait_for(1).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let answers = sent.messages();
         assert_eq!(answers.len(), 1, "{answers:?}");
         assert_eq!(answers[0]["id"], "new");
         assert_eq!(answers[0]["origin"], 0);
+        assert_eq!(answers[0]["from"], 1);
         assert_eq!(answers[0]["outcome"]["outcome"], "not-online");
         deliver(&hub, &json!("garbage"));
     }

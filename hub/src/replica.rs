@@ -42,7 +42,10 @@ impl Replica for RegistryReplica {
         if changes.is_empty() && (through <= saved.0 || saved.1.elapsed() < SAVE_EVERY) {
             return Ok(saved.0);
         }
-        let bodies: Vec<&[u8]> = changes.iter().map(|e| e.body.as_ref()).collect();
+        let bodies: Vec<(u64, &[u8])> = changes
+            .iter()
+            .map(|e| (e.offset, e.body.as_ref()))
+            .collect();
         let replaced = self
             .hub
             .registry()
@@ -63,13 +66,21 @@ impl Replica for RegistryReplica {
 
 impl RegistryReplica {
     fn act_on(&self, r: &Replaced) {
+        // Deleted (or deleted and created again) elsewhere: its messages here go with it.
+        if let Some(before) = &r.before
+            && r.now
+                .as_ref()
+                .is_none_or(|n| n.generation_id != before.generation_id)
+        {
+            self.hub.purge_c2d_of(&r.device_id, &before.generation_id);
+        }
         if self.hub.revalidate(&r.device_id) {
             return;
         }
         let (Some(before), Some(now)) = (&r.before, &r.now) else {
             return;
         };
-        if now.desired.version != before.desired.version {
+        if now.desired.values != before.desired.values {
             let patch = merge_diff(&before.desired.values, &now.desired.values);
             self.hub.push_desired(&r.device_id, now, &patch);
         }

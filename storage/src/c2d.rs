@@ -125,6 +125,9 @@ struct StoredFeedback {
 pub struct C2dStore {
     db: Database,
     next: AtomicU64,
+    /// Messages waiting, over all devices: lets a cluster skip looking for a device's
+    /// queue when nothing waits at all (every connect elsewhere would otherwise read it).
+    waiting: AtomicU64,
     /// Feedback handed out under a lock token and not yet completed.
     locks: Mutex<HashMap<String, (Instant, Vec<u64>)>>,
 }
@@ -151,6 +154,7 @@ impl C2dStore {
         txn.open_table(FEEDBACK).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let mut next = 1;
+        let mut waiting = 0;
         {
             let txn = db.begin_read().map_err(storage)?;
             for row in txn
@@ -160,6 +164,7 @@ impl C2dStore {
                 .map_err(storage)?
             {
                 let (_, v) = row.map_err(storage)?;
+                waiting += 1;
                 if let Ok(m) = serde_json::from_slice::<C2dMessage>(v.value()) {
                     next = next.max(m.seq + 1);
                 }
@@ -176,6 +181,7 @@ impl C2dStore {
         Ok(C2dStore {
             db,
             next: AtomicU64::new(next),
+            waiting: AtomicU64::new(waiting),
             locks: Mutex::new(HashMap::new()),
         })
     }
@@ -198,26 +204,40 @@ impl C2dStore {
     }
 
     /// Queues messages another process moved here (a cluster's queue follows its device),
-    /// except one already queued (a move seen twice); returns the `(seq, message id)` they
-    /// had there, of those now queued here.
+    /// except one already queued (a move seen twice), in one transaction; returns the
+    /// `(seq, message id)` they had there, of those now queued here.
     pub fn take_in(&self, moved: Vec<C2dMessage>) -> Result<Vec<(u64, String)>, C2dError> {
         let mut taken = Vec::new();
-        for m in moved {
-            let there = (m.seq, m.message_id.clone());
-            let known = self
-                .device_messages(&m.device_id)?
-                .iter()
-                .any(|q| q.message_id == m.message_id);
-            if known {
+        let mut added = 0;
+        let txn = self.db.begin_write().map_err(storage)?;
+        {
+            let mut t = txn.open_table(MESSAGES).map_err(storage)?;
+            for mut m in moved {
+                let there = (m.seq, m.message_id.clone());
+                let (lo, hi) = (format!("{}/", m.device_id), format!("{}0", m.device_id));
+                let mut queued = 0;
+                let mut known = false;
+                for row in t.range(lo.as_str()..hi.as_str()).map_err(storage)? {
+                    let (_, v) = row.map_err(storage)?;
+                    queued += 1;
+                    known |= serde_json::from_slice::<C2dMessage>(v.value())
+                        .is_ok_and(|q| q.message_id == m.message_id);
+                }
+                if !known {
+                    if queued >= MAX_PENDING {
+                        break;
+                    }
+                    m.seq = self.next.fetch_add(1, Ordering::Relaxed);
+                    let v = serde_json::to_vec(&m).map_err(storage)?;
+                    t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
+                        .map_err(storage)?;
+                    added += 1;
+                }
                 taken.push(there);
-                continue;
-            }
-            match self.enqueue(m) {
-                Ok(_) => taken.push(there),
-                Err(C2dError::QueueFull(_)) => break,
-                Err(e) => return Err(e),
             }
         }
+        txn.commit().map_err(storage)?;
+        self.waiting.fetch_add(added, Ordering::Relaxed);
         Ok(taken)
     }
 
@@ -242,6 +262,7 @@ impl C2dStore {
             }
         }
         txn.commit().map_err(storage)?;
+        self.taken_out(n as u64);
         Ok(n)
     }
 
@@ -267,17 +288,34 @@ impl C2dStore {
                 .map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
         Ok(m)
+    }
+
+    /// True when no message waits for any device.
+    pub fn nothing_waits(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) == 0
+    }
+
+    fn taken_out(&self, n: u64) {
+        let _ = self
+            .waiting
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                Some(w.saturating_sub(n))
+            });
     }
 
     /// Removes a message and records feedback for it when its sender asked for it.
     fn finish(&self, m: &C2dMessage, status: &str, generation: &str) -> Result<(), C2dError> {
         let success = status == "Success";
         let txn = self.db.begin_write().map_err(storage)?;
+        let removed;
         {
             let mut t = txn.open_table(MESSAGES).map_err(storage)?;
-            t.remove(key(&m.device_id, m.seq).as_str())
-                .map_err(storage)?;
+            removed = t
+                .remove(key(&m.device_id, m.seq).as_str())
+                .map_err(storage)?
+                .is_some();
             if m.ack.wants(success) {
                 let f = StoredFeedback {
                     recorded_ms: weir_core::time::now_ms(),
@@ -295,7 +333,11 @@ impl C2dStore {
                 fb.insert(m.seq, v.as_slice()).map_err(storage)?;
             }
         }
-        txn.commit().map_err(storage)
+        txn.commit().map_err(storage)?;
+        if removed {
+            self.taken_out(1);
+        }
+        Ok(())
     }
 
     /// The oldest message for `device` that has not expired; expired ones are removed
@@ -591,6 +633,7 @@ mod tests {
         ];
         let from = C2dStore::open(&dirs[0].path().join("c.redb")).expect("open");
         let to = C2dStore::open(&dirs[1].path().join("c.redb")).expect("open");
+        assert!(from.nothing_waits() && to.nothing_waits());
         for id in ["a", "b"] {
             from.enqueue(msg("d1", id, i64::MAX, AckMode::Full))
                 .expect("enqueue");
@@ -614,6 +657,15 @@ mod tests {
             .map(|m| m.message_id)
             .collect();
         assert_eq!(left, vec!["c".to_owned()]);
+        assert!(!from.nothing_waits(), "one left at the source");
+        let ids: Vec<(u64, String)> = to
+            .queued("d1")
+            .expect("queued")
+            .into_iter()
+            .map(|m| (m.seq, m.message_id))
+            .collect();
+        assert_eq!(to.moved_out("d1", &ids).expect("moved"), 2);
+        assert!(to.nothing_waits(), "the count follows removals");
         assert!(
             from.feedback(10).expect("feedback").is_none(),
             "a move is not a delivery"

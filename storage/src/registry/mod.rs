@@ -161,6 +161,7 @@ impl Registry {
         txn.open_table(QUARANTINE).map_err(storage)?;
         txn.open_table(OUTBOX).map_err(storage)?;
         txn.open_table(replica::REPLICA).map_err(storage)?;
+        txn.open_table(replica::TOMBSTONES).map_err(storage)?;
         txn.open_table(certs::CERTIFICATES).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let cas = certs::load(&db)?;
@@ -374,17 +375,17 @@ impl Registry {
             .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
         check_etag(Some(&existing), if_match)?;
         let mut events = events(&existing);
-        events.extend(self.replica_event(id, None)?);
+        events.extend(self.replica_event(&existing, true)?);
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
             t.remove(id).map_err(storage)?;
             let mut s = txn.open_table(SESSIONS).map_err(storage)?;
             s.remove(id).map_err(storage)?;
+            Self::bury(&txn, &existing)?;
             self.stage_events(&txn, &events)?;
         }
         txn.commit().map_err(storage)?;
-        self.replica_sent(id);
         self.devices.write().map_err(storage)?.remove(id);
         Ok(existing)
     }
@@ -460,7 +461,7 @@ impl Registry {
         events: &[Event],
     ) -> Result<Arc<DeviceRecord>, RegistryError> {
         let bytes = serde_json::to_vec(&rec).map_err(storage)?;
-        let copy = self.replica_event(&rec.device_id, Some(&rec))?;
+        let copy = self.replica_event(&rec, false)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(DEVICES).map_err(storage)?;
@@ -472,7 +473,6 @@ impl Registry {
             }
         }
         txn.commit().map_err(storage)?;
-        self.replica_sent(&rec.device_id);
         let rec = Arc::new(rec);
         self.devices
             .write()

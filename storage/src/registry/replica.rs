@@ -2,33 +2,33 @@
 //!
 //! Every change (a device stored or deleted) is also staged as a `Registry` event holding
 //! the device's whole record, which reaches the log with the change's other hub events.
-//! The engine brings every process's such events to every process in offset order, and
-//! [`Registry::apply_replicated`] stores them. Applying whole records in one order makes
-//! every process end with the same record; the one exception is a process's own change,
-//! which it stored before its offset was known. While a process has own changes of a
-//! device on their way through the log, it keeps its record and skips others' changes of
-//! that device: those have lower offsets than the own change still to come, which wins
-//! everywhere else too.
+//! The engine brings every process's such events to every process, and
+//! [`Registry::apply_replicated`] stores a record only if it is newer than the one held:
+//! later incarnation (a device deleted and created again), then more changes (the etag
+//! and twin versions, each change moves one), then, for two changes made at once through
+//! two processes, the greater serialized record. Every process therefore ends with the
+//! same record whatever order, repeats or replays it sees. A deletion leaves a tombstone,
+//! so a late copy of a change to the deleted device does not bring it back.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
-use redb::{ReadableDatabase, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use weir_core::{AuthMethod, DeviceDirectory, DeviceId, DeviceRecord, Event, EventSource};
 
-use super::{DEVICES, Registry, RegistryError, SESSIONS, storage};
+use super::{DEVICES, Registry, RegistryError, SESSIONS, etag_version, storage};
 
 /// How far this process has applied the cluster's registry changes.
 pub(super) const REPLICA: TableDefinition<&str, u64> = TableDefinition::new("replica");
+/// Deleted devices: the creation time of the incarnation deleted last.
+pub(super) const TOMBSTONES: TableDefinition<&str, &str> = TableDefinition::new("tombstones");
 const THROUGH: &str = "through";
 
 /// Whether and as which process this registry writes its changes for the others.
 #[derive(Default)]
 pub(super) struct Replication {
     process: OnceLock<u32>,
-    /// Own changes per device not yet seen back through the log.
-    pending: Mutex<HashMap<String, u32>>,
 }
 
 /// What a `Registry` event carries.
@@ -36,10 +36,9 @@ pub(super) struct Replication {
 struct Replicated {
     /// The process that made the change.
     process: u32,
-    #[serde(rename = "deviceId")]
-    device_id: String,
-    /// The record after the change; `None`: deleted.
-    device: Option<DeviceRecord>,
+    /// The record after the change, or the record deleted.
+    device: DeviceRecord,
+    deleted: bool,
 }
 
 /// A device whose record a replicated change replaced: its record now (`None`: deleted)
@@ -48,6 +47,13 @@ pub struct Replaced {
     pub device_id: String,
     pub before: Option<Arc<DeviceRecord>>,
     pub now: Option<Arc<DeviceRecord>>,
+}
+
+/// Orders versions of one device: incarnation, changes, then the record itself.
+fn stamp(rec: &DeviceRecord, deleted: bool) -> (String, u64, Vec<u8>) {
+    let changes = etag_version(&rec.etag) + rec.twin_version + u64::from(deleted);
+    let bytes = serde_json::to_vec(rec).unwrap_or_default();
+    (rec.created_time.clone(), changes, bytes)
 }
 
 impl Registry {
@@ -60,36 +66,27 @@ impl Registry {
             .set(u32::try_from(process).unwrap_or(u32::MAX));
     }
 
-    /// The `Registry` event for a change of `device_id` (`None` when this registry does not
-    /// replicate); [`Registry::replica_sent`] once it is committed.
+    /// The `Registry` event for a change of `device` (`None` when this registry does not
+    /// replicate).
     pub(super) fn replica_event(
         &self,
-        device_id: &str,
-        device: Option<&DeviceRecord>,
+        device: &DeviceRecord,
+        deleted: bool,
     ) -> Result<Option<Event>, RegistryError> {
         let Some(&process) = self.replica.process.get() else {
             return Ok(None);
         };
         let copy = Replicated {
             process,
-            device_id: device_id.to_owned(),
-            device: device.cloned(),
+            device: device.clone(),
+            deleted,
         };
         let body = serde_json::to_vec(&copy).map_err(storage)?;
-        let mut e = Event::telemetry(DeviceId::parse(device_id)?, 0, body.into());
+        let id = DeviceId::parse(&device.device_id)?;
+        let mut e = Event::telemetry(id, 0, body.into());
         e.source = EventSource::Registry;
         e.auth_method = AuthMethod::Internal;
         Ok(Some(e))
-    }
-
-    /// Counts a committed own change of `device_id` as on its way through the log.
-    pub(super) fn replica_sent(&self, device_id: &str) {
-        if self.replica.process.get().is_none() {
-            return;
-        }
-        if let Ok(mut p) = self.replica.pending.lock() {
-            *p.entry(device_id.to_owned()).or_default() += 1;
-        }
     }
 
     /// Every replicated change below this offset is applied.
@@ -102,95 +99,110 @@ impl Registry {
         read().unwrap_or(0)
     }
 
-    /// Applies `changes` (bodies of `Registry` events in offset order, all below
-    /// `through`) and records `through`, in one transaction. Returns the devices whose
-    /// record changed, for their connections to be checked. A body that cannot be read is
-    /// skipped with an error in the log: it cannot become readable later.
+    /// Applies `changes` (offsets and bodies of `Registry` events, all below `through`)
+    /// and records `through`, in one transaction; changes below what was applied before
+    /// (a replay) are skipped. Returns the devices whose record changed, for their
+    /// connections to be checked. A body that cannot be read is skipped with an error in
+    /// the log: it cannot become readable later.
     pub fn apply_replicated(
         &self,
-        changes: &[&[u8]],
+        changes: &[(u64, &[u8])],
         through: u64,
     ) -> Result<Vec<Replaced>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
-        let mine = self.replica.process.get().copied();
+        let applied = self.replica_through();
+        // This batch's records so far, by device: later changes compare with them.
+        let mut held: HashMap<String, Option<Arc<DeviceRecord>>> = HashMap::new();
         let mut replaced = Vec::new();
         let txn = self.db.begin_write().map_err(storage)?;
-        for body in changes {
+        for (offset, body) in changes.iter().filter(|(o, _)| *o >= applied) {
             let copy: Replicated = match serde_json::from_slice(body) {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::error!(error = %e, "unreadable registry change from the cluster; skipped");
+                    tracing::error!(offset, error = %e, "unreadable registry change from the cluster; skipped");
                     continue;
                 }
             };
-            if !self.takes(&copy, mine) {
+            let id = copy.device.device_id.clone();
+            let before = match held.get(&id) {
+                Some(r) => r.clone(),
+                None => self.get(&id),
+            };
+            if !newer(&txn, &copy, before.as_deref())? {
                 continue;
             }
-            let before = self.get(&copy.device_id);
-            if before.as_deref() == copy.device.as_ref() {
-                continue;
-            }
-            write(&txn, &copy)?;
+            let now = write(&txn, &copy)?;
+            held.insert(id.clone(), now.clone());
             replaced.push(Replaced {
-                device_id: copy.device_id,
+                device_id: id,
                 before,
-                now: copy.device.map(Arc::new),
+                now,
             });
         }
         txn.open_table(REPLICA)
             .map_err(storage)?
-            .insert(THROUGH, through)
+            .insert(THROUGH, through.max(applied))
             .map_err(storage)?;
         txn.commit().map_err(storage)?;
         let mut devices = self.devices.write().map_err(storage)?;
-        for r in &replaced {
-            match &r.now {
-                Some(rec) => devices.insert(r.device_id.clone(), Arc::clone(rec)),
-                None => devices.remove(&r.device_id),
+        for (id, rec) in held {
+            match rec {
+                Some(rec) => devices.insert(id, rec),
+                None => devices.remove(&id),
             };
         }
         Ok(replaced)
     }
 
-    /// Whether a change is applied: not while own changes of the device are on their way
-    /// (they come later and win); an own change once it is the last of those.
-    fn takes(&self, copy: &Replicated, mine: Option<u32>) -> bool {
-        let Ok(mut pending) = self.replica.pending.lock() else {
-            return true;
-        };
-        let own = mine == Some(copy.process);
-        match pending.get_mut(&copy.device_id) {
-            Some(n) if own => {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    pending.remove(&copy.device_id);
-                    return true;
-                }
-                false
-            }
-            Some(_) => false,
-            None => true,
-        }
+    /// Remembers inside `txn` that the incarnation of `rec` is deleted.
+    pub(super) fn bury(txn: &WriteTransaction, rec: &DeviceRecord) -> Result<(), RegistryError> {
+        txn.open_table(TOMBSTONES)
+            .map_err(storage)?
+            .insert(rec.device_id.as_str(), rec.created_time.as_str())
+            .map_err(storage)?;
+        Ok(())
     }
 }
 
-/// Stores one change inside `txn`.
-fn write(txn: &WriteTransaction, copy: &Replicated) -> Result<(), RegistryError> {
-    let mut devices = txn.open_table(DEVICES).map_err(storage)?;
-    match &copy.device {
-        Some(rec) => {
-            let bytes = serde_json::to_vec(rec).map_err(storage)?;
-            devices
-                .insert(copy.device_id.as_str(), bytes.as_slice())
-                .map_err(storage)?;
-        }
-        None => {
-            devices.remove(copy.device_id.as_str()).map_err(storage)?;
-            let mut sessions = txn.open_table(SESSIONS).map_err(storage)?;
-            sessions.remove(copy.device_id.as_str()).map_err(storage)?;
-        }
+/// Whether `copy` is newer than `held`, the record this process has of the device.
+fn newer(
+    txn: &WriteTransaction,
+    copy: &Replicated,
+    held: Option<&DeviceRecord>,
+) -> Result<bool, RegistryError> {
+    let rec = &copy.device;
+    let tombs = txn.open_table(TOMBSTONES).map_err(storage)?;
+    if let Some(t) = tombs.get(rec.device_id.as_str()).map_err(storage)?
+        && t.value() >= rec.created_time.as_str()
+    {
+        return Ok(false);
     }
-    Ok(())
+    Ok(match held {
+        None => true,
+        Some(h) => stamp(h, false) < stamp(rec, copy.deleted),
+    })
+}
+
+/// Stores one change inside `txn`; returns the device's record now.
+fn write(
+    txn: &WriteTransaction,
+    copy: &Replicated,
+) -> Result<Option<Arc<DeviceRecord>>, RegistryError> {
+    let rec = &copy.device;
+    let id = rec.device_id.as_str();
+    let mut devices = txn.open_table(DEVICES).map_err(storage)?;
+    if copy.deleted {
+        devices.remove(id).map_err(storage)?;
+        txn.open_table(SESSIONS)
+            .map_err(storage)?
+            .remove(id)
+            .map_err(storage)?;
+        Registry::bury(txn, rec)?;
+        return Ok(None);
+    }
+    let bytes = serde_json::to_vec(rec).map_err(storage)?;
+    devices.insert(id, bytes.as_slice()).map_err(storage)?;
+    Ok(Some(Arc::new(rec.clone())))
 }
 
 #[cfg(test)]
