@@ -55,6 +55,7 @@ class Hub:
         self.rules = Path(rules_dir)
         self.hostname = hostname
         ports = fixed_ports or {}
+        self.fixed_ports = dict(ports)
         self.mqtt_port = ports.get("mqtt") or free_port()
         self.mqtts_port = ports.get("mqtts") or free_port()
         self.http_port = ports.get("http") or free_port()
@@ -80,7 +81,26 @@ class Hub:
     def ca(self):
         return str(self.data / "tls" / "ca.pem")
 
-    def start(self, timeout=30):
+    def start(self, timeout=30, attempts=3):
+        """Starts the hub. A port picked free can be taken by another process before the
+        hub binds it (an ephemeral port of some client): then the hub says "Address already
+        in use" and exits, and it is started again on newly picked ports."""
+        for attempt in range(attempts):
+            mark = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                taken = "Address already in use" in self.log_path.read_bytes()[mark:].decode(errors="replace")
+                if not taken or attempt == attempts - 1:
+                    raise
+                self.repick_ports()
+
+    def repick_ports(self):
+        for name, pick in (("mqtt", free_port), ("mqtts", free_port), ("http", free_port), ("quic", free_udp_port)):
+            if not self.fixed_ports.get(name):
+                setattr(self, f"{name}_port", pick())
+
+    def _start(self, timeout):
         if getattr(self, "log", None) and not self.log.closed:
             self.log.close()
         self.log = open(self.log_path, "ab")
