@@ -4,7 +4,8 @@
 //! `Cluster` message; the engine brings it to every other process, and each answers once,
 //! the same way: the device's answer, "timed out", or "not connected here". The caller
 //! has its answer with the first real one, or "not online" once every other process has
-//! said so. A message replayed after a restart is past its deadline and ignored.
+//! said so. A call or move read again (a restarted dataflow reads the logs from its floor)
+//! is recognised by its id and not acted on twice.
 //!
 //! A device's connection also ends when the device connects to another process later, as
 //! a newer connection replaces an older one within a process, and its queued C2D messages
@@ -120,9 +121,11 @@ impl Peers {
 }
 
 impl Hub {
-    /// Makes this hub process `process` of a cluster of `processes`: direct methods reach
-    /// devices connected to the others. Set once, before it serves.
+    /// Makes this hub process `process` of a cluster of `processes`: its registry changes
+    /// go to the others, and direct methods, C2D messages and connects reach devices
+    /// connected to them. Set once, before it serves.
     pub fn join_cluster(&self, process: usize, processes: usize) {
+        self.inner.registry.replicate_as(process);
         let _ = self.inner.peers.set(Peers::new(process, processes));
     }
 

@@ -214,24 +214,11 @@ impl C2dStore {
             let mut t = txn.open_table(MESSAGES).map_err(storage)?;
             for mut m in moved {
                 let there = (m.seq, m.message_id.clone());
-                let (lo, hi) = (format!("{}/", m.device_id), format!("{}0", m.device_id));
-                let mut queued = 0;
-                let mut known = false;
-                for row in t.range(lo.as_str()..hi.as_str()).map_err(storage)? {
-                    let (_, v) = row.map_err(storage)?;
-                    queued += 1;
-                    known |= serde_json::from_slice::<C2dMessage>(v.value())
-                        .is_ok_and(|q| q.message_id == m.message_id);
-                }
-                if !known {
-                    if queued >= MAX_PENDING {
-                        break;
-                    }
-                    m.seq = self.next.fetch_add(1, Ordering::Relaxed);
-                    let v = serde_json::to_vec(&m).map_err(storage)?;
-                    t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
-                        .map_err(storage)?;
-                    added += 1;
+                match self.queue_in(&mut t, &mut m, true) {
+                    Ok(true) => added += 1,
+                    Ok(false) => {}
+                    Err(C2dError::QueueFull(_)) => break,
+                    Err(e) => return Err(e),
                 }
                 taken.push(there);
             }
@@ -277,19 +264,42 @@ impl C2dStore {
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(MESSAGES).map_err(storage)?;
-            let (lo, hi) = (format!("{}/", m.device_id), format!("{}0", m.device_id));
-            let waiting = t.range(lo.as_str()..hi.as_str()).map_err(storage)?.count();
-            if waiting >= MAX_PENDING {
-                return Err(C2dError::QueueFull(m.device_id));
-            }
-            m.seq = self.next.fetch_add(1, Ordering::Relaxed);
-            let v = serde_json::to_vec(&m).map_err(storage)?;
-            t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
-                .map_err(storage)?;
+            self.queue_in(&mut t, &mut m, false)?;
         }
         txn.commit().map_err(storage)?;
         self.waiting.fetch_add(1, Ordering::Relaxed);
         Ok(m)
+    }
+
+    /// Puts `m` in the queue table under a new sequence number unless its device's queue
+    /// is full (`QueueFull`) or, with `unless_known`, a message with its id is queued
+    /// already (false).
+    fn queue_in(
+        &self,
+        t: &mut redb::Table<&str, &[u8]>,
+        m: &mut C2dMessage,
+        unless_known: bool,
+    ) -> Result<bool, C2dError> {
+        let (lo, hi) = (format!("{}/", m.device_id), format!("{}0", m.device_id));
+        let mut queued = 0;
+        for row in t.range(lo.as_str()..hi.as_str()).map_err(storage)? {
+            let (_, v) = row.map_err(storage)?;
+            queued += 1;
+            if unless_known
+                && serde_json::from_slice::<C2dMessage>(v.value())
+                    .is_ok_and(|q| q.message_id == m.message_id)
+            {
+                return Ok(false);
+            }
+        }
+        if queued >= MAX_PENDING {
+            return Err(C2dError::QueueFull(m.device_id.clone()));
+        }
+        m.seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let v = serde_json::to_vec(&*m).map_err(storage)?;
+        t.insert(key(&m.device_id, m.seq).as_str(), v.as_slice())
+            .map_err(storage)?;
+        Ok(true)
     }
 
     /// True when no message waits for any device.

@@ -222,10 +222,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             format!("opening the device registry in {}", cfg.data_dir.display())
         })?,
     );
-    if let Some(c) = &cfg.cluster {
-        // Every process keeps the whole registry: a device may connect to any of them.
-        registry.replicate_as(c.process);
-    }
     let rules = load_rules(&cfg)?;
     tracing::info!(dir = %cfg.rules.display(), rules = %reload::describe(&rules), "rules loaded");
     let rules = Arc::new(ArcSwap::from_pointee(rules));
@@ -257,6 +253,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     let connections = Arc::new(ConnectionRegistry::default());
     let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
     if let Some(c) = &cfg.cluster {
+        // Every process keeps the whole registry: a device may connect to any of them.
         hub.join_cluster(c.process, c.processes());
     }
     let uplink = cfg.upstream.clone().map(|u| {
