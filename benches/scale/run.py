@@ -1,5 +1,6 @@
 """Connections at scale, Weir and mosquitto in the same run (see benches/scale.sh).
 
+idle-weir: the first of these alone (Weir, plain).
 idle:  N idle authenticated plain connections (spread over 127.0.0.2-... source
        addresses); RSS per connection = (RSS with them - RSS before) / N. Also over TLS
        with TLS_IDLE connections.
@@ -331,6 +332,16 @@ def main():
             cluster_idle(base)
         if "cluster-storm" in ONLY:
             cluster_storm(base)
+        if "idle-weir" in ONLY:
+            # Weir's plain idle figure alone: the quick loop while working on it.
+            hub = weir_hub(base, 0).start()
+            try:
+                register(hub, IDLE, "idle-")
+                r = idle_cost(hub.proc.pid, [*hub_args(hub), "--prefix", "idle-"], IDLE,
+                              lambda: hub.metric("weir_devices_connected"))
+                print(json.dumps({"server": "weir", "test": "idle plain", **r}), flush=True)
+            finally:
+                hub.stop()
         if "idle" in ONLY:
             hub = weir_hub(base, 0).start()
             try:

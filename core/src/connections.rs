@@ -5,11 +5,12 @@
 //! What the hub sends is typed ([`ToDevice`]); each gateway encodes it in its protocol.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
+use atomic_waker::AtomicWaker;
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::device::DeviceRecord;
 use crate::identity::{Credential, Identity, Revocation};
@@ -110,15 +111,17 @@ pub const OUTBOUND_QUEUE: usize = 64;
 
 /// A connection's queue of what the hub sends it, and the hub's word that it must end.
 /// Unlike a channel it allocates nothing until used, which matters when most of 100k
-/// connections never receive anything; one allocation and one waker per connection carry
-/// both, since an idle connection's memory is mostly what it waits on.
+/// connections never receive anything. It holds the connection's waker itself (no
+/// `Notified` future per waiting connection), since an idle connection's memory is
+/// mostly what it waits on.
 #[derive(Default)]
 pub struct Outbox {
     queue: Mutex<VecDeque<ToDevice>>,
     /// Why the connection must end ([`KickReason`] code; 0: it need not).
     kick: AtomicU8,
-    /// Something was queued, or the connection was told to end.
-    pub ready: Notify,
+    /// Something was queued, or the connection was told to end, since it last looked.
+    signalled: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Outbox {
@@ -131,7 +134,7 @@ impl Outbox {
         }
         q.push_back(m);
         drop(q);
-        self.ready.notify_one();
+        self.signal();
         true
     }
 
@@ -141,7 +144,27 @@ impl Outbox {
         let _ = self
             .kick
             .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
-        self.ready.notify_one();
+        self.signal();
+    }
+
+    fn signal(&self) {
+        self.signalled.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once something was queued or the connection was told to end since the last
+    /// time this was ready; otherwise wakes the task when that happens.
+    pub fn poll_signalled(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A signal between the first look and the registration woke no one.
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Set once the connection has been told to end; it must not acknowledge anything
@@ -165,14 +188,17 @@ pub enum KickReason {
     /// A newer connection for the same device, on any gateway, took its place.
     Replaced,
     Revoked(Revocation),
+    /// The hub is stopping.
+    ShuttingDown,
 }
 
 impl KickReason {
     fn code(self) -> u8 {
         match self {
             KickReason::Replaced => 1,
+            KickReason::ShuttingDown => 2,
             KickReason::Revoked(r) => {
-                2 + Revocation::ALL.iter().position(|x| *x == r).unwrap_or(0) as u8
+                3 + Revocation::ALL.iter().position(|x| *x == r).unwrap_or(0) as u8
             }
         }
     }
@@ -181,8 +207,9 @@ impl KickReason {
         match c {
             0 => None,
             1 => Some(KickReason::Replaced),
+            2 => Some(KickReason::ShuttingDown),
             c => Revocation::ALL
-                .get(usize::from(c - 2))
+                .get(usize::from(c - 3))
                 .map(|r| KickReason::Revoked(*r)),
         }
     }
@@ -215,8 +242,15 @@ pub struct Connection {
 
 #[derive(Default)]
 pub struct ConnectionRegistry {
-    live: Mutex<HashMap<DeviceId, Entry>>,
+    live: Mutex<Live>,
     next: AtomicU64,
+}
+
+#[derive(Default)]
+struct Live {
+    devices: HashMap<DeviceId, Entry>,
+    /// The hub is stopping: a connection that registers now is told to end at once.
+    shut: bool,
 }
 
 impl ConnectionRegistry {
@@ -233,12 +267,27 @@ impl ConnectionRegistry {
             outbox: c.outbox,
             features: c.features,
         };
-        if let Ok(mut live) = self.live.lock()
-            && let Some(old) = live.insert(device, entry)
-        {
-            old.outbox.kick(KickReason::Replaced);
+        if let Ok(mut live) = self.live.lock() {
+            if live.shut {
+                entry.outbox.kick(KickReason::ShuttingDown);
+            }
+            if let Some(old) = live.devices.insert(device, entry) {
+                old.outbox.kick(KickReason::Replaced);
+            }
         }
         Registration { id }
+    }
+
+    /// The hub is stopping: every connection, and any that registers from now on, is
+    /// told to end (connections not yet registered watch the hub's shutdown themselves).
+    pub fn shut(&self) {
+        let Ok(mut live) = self.live.lock() else {
+            return;
+        };
+        live.shut = true;
+        for e in live.devices.values() {
+            e.outbox.kick(KickReason::ShuttingDown);
+        }
     }
 
     /// The device connected to another process of the cluster at `at_ms`: its connection
@@ -247,7 +296,7 @@ impl ConnectionRegistry {
         let Ok(live) = self.live.lock() else {
             return false;
         };
-        match live.get(device) {
+        match live.devices.get(device) {
             Some(e) if e.since_ms < at_ms => {
                 e.outbox.kick(KickReason::Replaced);
                 true
@@ -261,29 +310,31 @@ impl ConnectionRegistry {
         let Ok(mut live) = self.live.lock() else {
             return false;
         };
-        if live.get(device).is_some_and(|e| e.id == id) {
-            live.remove(device);
+        if live.devices.get(device).is_some_and(|e| e.id == id) {
+            live.devices.remove(device);
             return true;
         }
         false
     }
 
     pub fn is_connected(&self, device: &str) -> bool {
-        self.live.lock().is_ok_and(|l| l.contains_key(device))
+        self.live
+            .lock()
+            .is_ok_and(|l| l.devices.contains_key(device))
     }
 
     /// True when the device is connected and subscribed to `feature`.
     pub fn subscribed(&self, device: &str, f: Feature) -> bool {
         self.live
             .lock()
-            .is_ok_and(|l| l.get(device).is_some_and(|e| e.features.has(f)))
+            .is_ok_and(|l| l.devices.get(device).is_some_and(|e| e.features.has(f)))
     }
 
     /// Queues `m` for the device's connection without waiting; false when it has none
     /// or its queue is full.
     pub fn send(&self, device: &str, m: ToDevice) -> bool {
         let outbox = match self.live.lock() {
-            Ok(l) => l.get(device).map(|e| Arc::clone(&e.outbox)),
+            Ok(l) => l.devices.get(device).map(|e| Arc::clone(&e.outbox)),
             Err(_) => None,
         };
         outbox.is_some_and(|o| o.push(m))
@@ -293,7 +344,7 @@ impl ConnectionRegistry {
     /// deleted) and tells it to end if that no longer admits it.
     pub fn revalidate(&self, device: &str, current: Option<&DeviceRecord>) -> Option<Revocation> {
         let live = self.live.lock().ok()?;
-        let e = live.get(device)?;
+        let e = live.devices.get(device)?;
         let why = e.identity.revoked_by(current)?;
         e.outbox.kick(KickReason::Revoked(why));
         Some(why)
@@ -307,6 +358,7 @@ impl ConnectionRegistry {
         };
         let mut n = 0;
         for e in live
+            .devices
             .values()
             .filter(|e| e.identity.credential == credential)
         {
@@ -318,12 +370,17 @@ impl ConnectionRegistry {
 
     /// Connected devices, in all.
     pub fn connected(&self) -> usize {
-        self.live.lock().map_or(0, |l| l.len())
+        self.live.lock().map_or(0, |l| l.devices.len())
     }
 
     /// The protocol of the device's connection, if it has one.
     pub fn protocol(&self, device: &str) -> Option<&'static str> {
-        self.live.lock().ok()?.get(device).map(|e| e.protocol)
+        self.live
+            .lock()
+            .ok()?
+            .devices
+            .get(device)
+            .map(|e| e.protocol)
     }
 }
 
@@ -399,5 +456,49 @@ mod tests {
         assert!(!r.replaced_elsewhere("d2", now + 1), "not connected here");
         assert!(r.replaced_elsewhere("d1", now + 1));
         assert_eq!(outbox.kicked(), Some(KickReason::Replaced));
+    }
+
+    #[test]
+    fn an_outbox_signal_is_seen_once_and_wakes_the_waiting_task() {
+        struct Woken(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Woken {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let woken = Arc::new(Woken(Default::default()));
+        let waker = std::task::Waker::from(Arc::clone(&woken));
+        let mut cx = Context::from_waker(&waker);
+        let o = Outbox::default();
+        assert!(o.poll_signalled(&mut cx).is_pending());
+        assert!(o.push(ToDevice::DesiredPatch {
+            version: 1,
+            patch: Bytes::from_static(b"{}"),
+        }));
+        assert_eq!(woken.0.load(Ordering::SeqCst), 1);
+        assert!(o.poll_signalled(&mut cx).is_ready());
+        assert!(o.poll_signalled(&mut cx).is_pending(), "seen once");
+        // Signalled while no one waits: the next look sees it.
+        o.kick(KickReason::ShuttingDown);
+        assert!(o.poll_signalled(&mut cx).is_ready());
+        assert_eq!(o.kicked(), Some(KickReason::ShuttingDown));
+    }
+
+    #[test]
+    fn a_shut_registry_tells_every_connection_to_end_and_each_later_one() {
+        let r = ConnectionRegistry::default();
+        let before = connection("mqtt", "d1");
+        let before_outbox = Arc::clone(&before.outbox);
+        r.register(before);
+        r.shut();
+        assert_eq!(before_outbox.kicked(), Some(KickReason::ShuttingDown));
+        let after = connection("mqtt", "d2");
+        let after_outbox = Arc::clone(&after.outbox);
+        r.register(after);
+        assert_eq!(after_outbox.kicked(), Some(KickReason::ShuttingDown));
+        // Revocation reasons still round-trip after the new code.
+        let o = Outbox::default();
+        o.kick(KickReason::Revoked(Revocation::Disabled));
+        assert_eq!(o.kicked(), Some(KickReason::Revoked(Revocation::Disabled)));
     }
 }

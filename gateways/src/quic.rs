@@ -168,7 +168,7 @@ async fn connection(incoming: Incoming, mqtt: Arc<Mqtt>, admitted: Admitted) {
             .and_then(|certs| crate::tls::client_chain(Some(&certs))),
     };
     let mut io = tokio::io::join(recv, send);
-    driver::serve(&mut io, peer, &mqtt, admitted).await;
+    driver::serve(&mut io, peer, mqtt, admitted).await;
     // The driver has finished the stream; closing the connection now would discard what
     // the peer has not read yet. Wait until it has, briefly.
     let (_, send) = io.into_inner();

@@ -152,7 +152,7 @@ async fn hub_shutdown_closes_the_endpoint() {
     let (send, recv) = conn.open_bi().await.expect("stream");
     let mut c = Client::new(tokio::io::join(recv, send));
     c.connect(60).await;
-    server.hub.stop.send(true).expect("stop");
+    server.hub.shut_down();
     assert!(
         tokio::time::timeout(Duration::from_secs(5), c.recv())
             .await

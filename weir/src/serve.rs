@@ -457,6 +457,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     signals.recv().await;
     tracing::info!("stopping: no new connections; draining accepted messages");
     let _ = stop_tx.send(true);
+    // Registered connections hear it from the connection registry (those still
+    // authenticating watch `stop_rx`).
+    gateways.connections.shut();
     // A second signal stops at once.
     tokio::spawn(async move {
         signals.recv().await;

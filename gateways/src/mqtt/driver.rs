@@ -3,12 +3,16 @@
 //! wakes it when time is up. Protocol decisions are the session's; this file only does
 //! I/O and waiting.
 
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::{Instant, timeout_at};
-use weir_core::{Connection, DeviceId, Outbox, Peer, Registration, Role};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep, sleep_until};
+use weir_core::{Connection, DeviceId, Identity, Outbox, Peer, Registration, Role};
 
 use super::Mqtt;
 use super::dialect::C2dLock;
@@ -19,136 +23,304 @@ use crate::metrics::ProtocolMetrics;
 /// Reads are sized to what the peer sends: small while idle, up to this when busy.
 const MAX_READ: usize = 64 * 1024;
 const MIN_READ: usize = 64;
+/// A quiet connection (nothing buffered, small reads) reads into the stack and copies
+/// what came: while it waits it holds no read buffer at all.
+const STACK_READ: usize = 512;
 
 /// A registered connection: how the hub reaches it and ends it.
 struct Live {
     registration: Registration,
     outbox: Arc<Outbox>,
-    device: DeviceId,
+    identity: Arc<Identity>,
 }
 
-/// Counts the connection for as long as it lives.
-struct Counted<'a>(&'a ProtocolMetrics);
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.closed();
+impl Live {
+    fn device(&self) -> &DeviceId {
+        &self.identity.device_id
     }
 }
 
-/// Something was queued for the connection, or it was told to end.
-async fn signalled(live: &Option<Live>) {
-    match live {
-        Some(l) => l.outbox.ready.notified().await,
-        None => std::future::pending().await,
-    }
+/// What ended a wait.
+enum Woke {
+    /// The hub is stopping (seen by a connection not yet registered).
+    Stopping,
+    /// Something was queued for the connection, or it was told to end.
+    Signalled,
+    Read(std::io::Result<usize>),
+    /// The session's deadline passed.
+    Deadline,
 }
 
-pub async fn serve<S>(mut stream: S, peer: Peer, mqtt: &Mqtt, admitted: Admitted)
+type Stopping = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The hub's shutdown, watched by a connection until it registers (from then on the
+/// connection registry tells it through its outbox). Boxed, so a registered connection
+/// gives it back.
+fn stopping(mqtt: &Mqtt) -> Stopping {
+    let mut shutdown = mqtt.ctx.shutdown.clone();
+    Box::pin(async move {
+        let _ = shutdown.changed().await;
+    })
+}
+
+/// Reads what the peer sent into `buf`: through the stack when `quiet`, otherwise into
+/// the room reserved in `buf`.
+fn poll_read<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    quiet: bool,
+) -> Poll<std::io::Result<usize>> {
+    if quiet {
+        let mut stack = [0u8; STACK_READ];
+        let mut read = ReadBuf::new(&mut stack);
+        ready!(Pin::new(stream).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        return Poll::Ready(Ok(read.filled().len()));
+    }
+    pin!(stream.read_buf(buf)).poll(cx)
+}
+
+/// Serves one connection until it ends. Not an `async fn`: its arguments would be kept
+/// in the future beside the state built from them, and every idle connection holds this
+/// future.
+pub fn serve<S>(
+    stream: S,
+    peer: Peer,
+    mqtt: Arc<Mqtt>,
+    admitted: Admitted,
+) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    mqtt.metrics.opened();
-    let _counted = Counted(&mqtt.metrics);
-    let Admitted {
-        connection: _slot,
-        pending,
-    } = admitted;
-    let mut pending = Some(pending);
-    let mut shutdown = mqtt.ctx.shutdown.clone();
-    let addr = peer.addr;
-    let mut session = Session::new(
-        Arc::clone(&mqtt.dialect),
-        mqtt.session,
-        peer,
-        Instant::now(),
-    );
-    if !mqtt.ctx.admission.throttle.is_off() {
-        session.throttle(Arc::clone(&mqtt.ctx.admission.throttle));
+    let mut conn = Conn::new(stream, peer, mqtt, admitted);
+    async move { conn.run().await }
+}
+
+/// One connection: its stream, its session, and what the driver keeps between waits.
+struct Conn<S> {
+    stream: S,
+    session: Session,
+    mqtt: Arc<Mqtt>,
+    buf: BytesMut,
+    /// How much the next read asks for (at most [`MAX_READ`]).
+    read_size: u32,
+    live: Option<Live>,
+    /// An authenticated registration with the provisioning service (no `live` entry).
+    registering: bool,
+    /// Until the connection registers (boxed: a registered connection holds 8 bytes).
+    unregistered: Option<Box<Unregistered>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// What a connection holds until it registers.
+struct Unregistered {
+    /// The pre-authentication slot, given back once it authenticates.
+    pending: Option<OwnedSemaphorePermit>,
+    /// The hub's shutdown; once registered, the connection registry tells it instead.
+    stopping: Stopping,
+}
+
+impl<S> Drop for Conn<S> {
+    fn drop(&mut self) {
+        self.mqtt.metrics.closed();
     }
-    let mut buf = BytesMut::new();
-    let mut read_size = MIN_READ;
-    let mut live: Option<Live> = None;
-    // An authenticated registration with the provisioning service (no `live` entry).
-    let mut registering = false;
-    let end = loop {
-        if let Some(out) = session.output() {
-            if let Err(e) = stream.write_all(out).await {
-                session.close(End::Io(e));
-            }
-            session.written();
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(stream: S, peer: Peer, mqtt: Arc<Mqtt>, admitted: Admitted) -> Self {
+        mqtt.metrics.opened();
+        let mut session = Session::new(
+            Arc::clone(&mqtt.dialect),
+            mqtt.session,
+            peer,
+            Instant::now(),
+        );
+        if !mqtt.ctx.admission.throttle.is_off() {
+            session.throttle(Arc::clone(&mqtt.ctx.admission.throttle));
         }
-        if let Some(action) = session.next_action() {
-            if let Action::Close(end) = action {
-                break end;
-            }
-            // Boxed: rare, and it would otherwise grow every connection's future (an idle
-            // connection should stay under 2 KiB).
-            if let Action::Register { identity, .. } = &action {
-                registering = identity.role == Role::Registration;
-            }
-            Box::pin(act(action, &mut session, &mut live, &mut buf, mqtt)).await;
-            if live.is_some() || registering {
-                // Authenticated: its pre-authentication slot is free for others.
-                pending.take();
-            }
-            continue;
+        Conn {
+            stream,
+            session,
+            unregistered: Some(Box::new(Unregistered {
+                pending: Some(admitted.pending),
+                stopping: stopping(&mqtt),
+            })),
+            mqtt,
+            buf: BytesMut::new(),
+            read_size: MIN_READ as u32,
+            live: None,
+            registering: false,
+            _slot: admitted.connection,
         }
-        if buf.is_empty() && read_size == MIN_READ {
-            // Quiet (nothing buffered, small reads): about to wait, give back what a
-            // busier moment grew.
-            if buf.capacity() > MIN_READ {
-                buf = BytesMut::new();
+    }
+
+    async fn run(&mut self) {
+        let end = self.until_end().await;
+        // Boxed: run once, and its state would otherwise be held by every idle connection.
+        Box::pin(self.close(end)).await;
+    }
+
+    /// Sends what is left, closes the stream, and unregisters the connection.
+    async fn close(&mut self, end: End) {
+        if let Some(out) = self.session.output() {
+            let _ = self.stream.write_all(out).await;
+        }
+        let _ = self.stream.shutdown().await;
+        let addr = self.session.peer().addr;
+        if self.registering {
+            tracing::debug!(peer = %addr, ?end, "registration connection ended");
+            return;
+        }
+        finish(end, &self.session, self.live.take(), &self.mqtt, addr).await;
+    }
+
+    /// Serves the session until it ends, and says how.
+    async fn until_end(&mut self) -> End {
+        // One timer for the connection's life, moved to each new deadline. Its own
+        // function, so the timer is gone by the time `run` closes the connection.
+        let mut timer = pin!(sleep_until(Instant::now()));
+        loop {
+            if let Some(out) = self.session.output() {
+                if let Err(e) = self.stream.write_all(out).await {
+                    self.session.close(End::Io(e));
+                }
+                self.session.written();
             }
-            session.shrink();
+            if self.session.has_action() {
+                // Boxed: an action's state would otherwise grow every connection's future.
+                match Box::pin(self.act_next()).await {
+                    Some(end) => return end,
+                    None => continue,
+                }
+            }
+            let quiet = self.ready_to_wait(timer.as_mut());
+            let woke = self.wait(timer.as_mut(), quiet).await;
+            self.woke(woke, quiet);
         }
-        if buf.capacity() - buf.len() < read_size {
-            buf.reserve(read_size);
+    }
+
+    /// Gives back what a busier moment grew and sets the timer to the session's
+    /// deadline. True when the connection is quiet (see [`STACK_READ`]).
+    fn ready_to_wait(&mut self, timer: Pin<&mut Sleep>) -> bool {
+        let read_size = self.read_size as usize;
+        let quiet = self.buf.is_empty() && read_size <= STACK_READ;
+        if quiet {
+            if self.buf.capacity() > 0 {
+                self.buf = BytesMut::new();
+            }
+            self.session.shrink();
+        } else if self.buf.capacity() - self.buf.len() < read_size {
+            self.buf.reserve(read_size);
         }
-        let deadline = session.deadline().unwrap_or_else(Instant::now);
-        tokio::select! {
-            biased;
-            _ = shutdown.changed() => session.close(End::ShuttingDown),
-            () = signalled(&live) => {
-                if let Some(l) = &live {
-                    if let Some(why) = l.outbox.kicked() {
-                        session.close(End::from(why));
-                        continue;
-                    }
-                    for m in l.outbox.take() {
-                        if let Err(e) = session.to_device(&m) {
-                            tracing::error!(device = %l.device, error = %e, "a message for the device cannot be sent over MQTT; dropped");
-                        }
+        let deadline = self.session.deadline().unwrap_or_else(Instant::now);
+        if timer.deadline() != deadline {
+            timer.reset(deadline);
+        }
+        quiet
+    }
+
+    /// Waits for the first wake-up source, in this order of priority. One future over
+    /// all of them: an idle connection then holds only its timer, and its waker sits in
+    /// the outbox.
+    fn wait<'a>(
+        &'a mut self,
+        mut timer: Pin<&'a mut Sleep>,
+        quiet: bool,
+    ) -> impl Future<Output = Woke> + 'a {
+        poll_fn(move |cx| {
+            if let Some(u) = self.unregistered.as_mut()
+                && u.stopping.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Woke::Stopping);
+            }
+            if let Some(l) = &self.live
+                && l.outbox.poll_signalled(cx).is_ready()
+            {
+                return Poll::Ready(Woke::Signalled);
+            }
+            if let Poll::Ready(r) = poll_read(&mut self.stream, cx, &mut self.buf, quiet) {
+                return Poll::Ready(Woke::Read(r));
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Woke::Deadline);
+            }
+            Poll::Pending
+        })
+    }
+
+    fn woke(&mut self, woke: Woke, quiet: bool) {
+        let session = &mut self.session;
+        match woke {
+            Woke::Stopping => {
+                // Its future is done: never polled again.
+                self.unregistered = None;
+                session.close(End::ShuttingDown);
+            }
+            Woke::Signalled => {
+                let Some(l) = &self.live else { return };
+                if let Some(why) = l.outbox.kicked() {
+                    session.close(End::from(why));
+                    return;
+                }
+                for m in l.outbox.take() {
+                    if let Err(e) = session.to_device(&m) {
+                        tracing::error!(device = %l.device(), error = %e, "a message for the device cannot be sent over MQTT; dropped");
                     }
                 }
             }
-            r = timeout_at(deadline, stream.read_buf(&mut buf)) => match r {
-                Err(_) => session.timeout(Instant::now()),
-                Ok(Ok(0)) => session.close(End::PeerClosed),
-                Ok(Ok(n)) => {
-                    ProtocolMetrics::inc(&mqtt.metrics.bytes_in, n as u64);
-                    // Grow reads while the peer keeps them full; shrink back when it goes
-                    // quiet.
-                    read_size = if n >= read_size {
-                        (read_size * 2).min(MAX_READ)
-                    } else {
-                        MIN_READ.max(n)
-                    };
-                    session.received(&mut buf, Instant::now(), weir_core::time::now_ms());
-                }
-                Ok(Err(e)) => session.close(End::Io(e)),
-            },
+            Woke::Deadline => session.timeout(Instant::now()),
+            Woke::Read(Ok(0)) => session.close(End::PeerClosed),
+            Woke::Read(Ok(n)) => {
+                ProtocolMetrics::inc(&self.mqtt.metrics.bytes_in, n as u64);
+                // Grow reads while the peer keeps them full; shrink back when it goes
+                // quiet.
+                let room = if quiet {
+                    STACK_READ
+                } else {
+                    self.read_size as usize
+                };
+                let next = if n >= room {
+                    (room * 2).min(MAX_READ)
+                } else {
+                    MIN_READ.max(n)
+                };
+                // At most MAX_READ: it fits.
+                self.read_size = next as u32;
+                session.received(&mut self.buf, Instant::now(), weir_core::time::now_ms());
+            }
+            Woke::Read(Err(e)) => session.close(End::Io(e)),
         }
-    };
-    if let Some(out) = session.output() {
-        let _ = stream.write_all(out).await;
     }
-    let _ = stream.shutdown().await;
-    if registering {
-        tracing::debug!(peer = %addr, ?end, "registration connection ended");
-        return;
+
+    /// Carries out the session's next action; its end when that is to close.
+    async fn act_next(&mut self) -> Option<End> {
+        let action = self.session.next_action()?;
+        if let Action::Close(end) = action {
+            return Some(end);
+        }
+        if let Action::Register { identity, .. } = &action {
+            self.registering = identity.role == Role::Registration;
+        }
+        act(
+            action,
+            &mut self.session,
+            &mut self.live,
+            &mut self.buf,
+            &self.mqtt,
+        )
+        .await;
+        if self.live.is_some() {
+            // The connection registry tells it of the shutdown now, and its
+            // pre-authentication slot is free for others.
+            self.unregistered = None;
+        } else if self.registering
+            && let Some(u) = self.unregistered.as_mut()
+        {
+            u.pending = None;
+        }
+        None
     }
-    finish(end, &session, live, mqtt, addr).await;
 }
 
 /// Carries out one action of the session.
@@ -178,7 +350,7 @@ async fn act(
             let outbox = Arc::new(Outbox::default());
             let registration = mqtt.ctx.connections.register(Connection {
                 protocol: mqtt.protocol,
-                identity,
+                identity: Arc::clone(&identity),
                 outbox: Arc::clone(&outbox),
                 features,
             });
@@ -193,7 +365,7 @@ async fn act(
             *live = Some(Live {
                 registration,
                 outbox,
-                device,
+                identity,
             });
             session.registered(filters);
             // Packets that came with the CONNECT.
@@ -201,7 +373,7 @@ async fn act(
         }
         Action::Connected => {
             if let Some(l) = live {
-                services.connected(&l.device).await;
+                services.connected(l.device()).await;
             }
         }
         Action::Ingest { events, acks } => {
@@ -209,7 +381,7 @@ async fn act(
             let count = events.len() as u64;
             // Waiting here is the backpressure: nothing more is read from this device
             // until its events are queued, and, for QoS 1, durable.
-            let stored = match mqtt.ctx.ingest.ingest(&l.device, events).await {
+            let stored = match mqtt.ctx.ingest.ingest(l.device(), events).await {
                 Ok(ack) if acks => ack.await,
                 Ok(_) => Ok(()),
                 Err(e) => Err(e),
@@ -227,7 +399,7 @@ async fn act(
         }
         Action::TwinGet { rid } => {
             if let Some(l) = live {
-                let twin = services.twin(&l.device).await;
+                let twin = services.twin(l.device()).await;
                 session.twin_read(&rid, twin);
             }
         }
@@ -243,13 +415,13 @@ async fn act(
         }
         Action::ChildrenGet { rid } => {
             if let Some(l) = live {
-                let children = services.children(&l.device).await;
+                let children = services.children(l.device()).await;
                 session.children_read(&rid, children);
             }
         }
         Action::TwinPatch { rid, patch } => {
             if let Some(l) = live {
-                let version = services.patch_reported(&l.device, patch).await;
+                let version = services.patch_reported(l.device(), patch).await;
                 session.twin_patched(&rid, version);
             }
         }
@@ -259,14 +431,14 @@ async fn act(
             payload,
         } => {
             if let Some(l) = live {
-                services.method_response(&l.device, &rid, status, payload);
+                services.method_response(l.device(), &rid, status, payload);
             }
         }
         Action::C2dAcknowledged(C2dLock { lock, child }) => {
             // A child's id came from the hub's own delivery, never from the device.
             let device = live.as_ref().and_then(|l| match child.as_deref() {
                 Some(c) => DeviceId::parse(c).ok(),
-                None => Some(l.device.clone()),
+                None => Some(l.device().clone()),
             });
             if let Some(d) = device {
                 services.c2d_acknowledged(&d, lock).await;
@@ -274,12 +446,12 @@ async fn act(
         }
         Action::StoreSubscriptions(filters) => {
             if let Some(l) = live {
-                services.store_subscriptions(&l.device, filters).await;
+                services.store_subscriptions(l.device(), filters).await;
             }
         }
         Action::C2dReady => {
             if let Some(l) = live {
-                tokio::spawn(services.c2d_ready(&l.device));
+                tokio::spawn(services.c2d_ready(l.device()));
             }
         }
         Action::Provision {
@@ -335,11 +507,11 @@ async fn finish(
     if mqtt
         .ctx
         .connections
-        .unregister(&l.device, l.registration.id)
+        .unregister(l.device(), l.registration.id)
     {
-        mqtt.ctx.services.disconnected(&l.device).await;
+        mqtt.ctx.services.disconnected(l.device()).await;
     }
-    let device = &l.device;
+    let device = l.device();
     debug_assert!(session.is_closed());
     match end {
         End::Violation(why) => {

@@ -93,10 +93,7 @@ impl Mqtt {
         let Some(admitted) = self.ctx.admission.admit(peer.addr, &self.metrics) else {
             return false;
         };
-        let mqtt = Arc::clone(self);
-        tokio::spawn(async move {
-            driver::serve(stream, peer, &mqtt, admitted).await;
-        });
+        tokio::spawn(driver::serve(stream, peer, Arc::clone(self), admitted));
         true
     }
 }
@@ -145,12 +142,11 @@ impl Gateway for MqttListener {
                 };
                 let m = Arc::clone(&mqtt);
                 // Separate tasks for plain and TLS connections: one future holding both
-                // would carry the TLS state (kilobytes) on every plain connection too.
+                // would carry the TLS state (kilobytes) on every plain connection too. The
+                // driver's future is the plain task itself, with no wrapper around it.
                 match self.tls.clone() {
                     None => {
-                        tokio::spawn(async move {
-                            driver::serve(socket, peer, &m, admitted).await;
-                        });
+                        tokio::spawn(driver::serve(socket, peer, m, admitted));
                     }
                     Some(acceptor) => {
                         tokio::spawn(async move {
@@ -160,7 +156,7 @@ impl Gateway for MqttListener {
                                     peer.client_certs = crate::tls::client_chain(
                                         stream.get_ref().1.peer_certificates(),
                                     );
-                                    driver::serve(stream, peer, &m, admitted).await
+                                    driver::serve(stream, peer, m, admitted).await
                                 }
                                 Ok(Err(e)) => {
                                     tracing::debug!(peer = %addr, error = %e, "TLS handshake failed")

@@ -55,6 +55,7 @@ impl From<KickReason> for End {
         match k {
             KickReason::Replaced => End::Replaced,
             KickReason::Revoked(r) => End::Revoked(r),
+            KickReason::ShuttingDown => End::ShuttingDown,
         }
     }
 }
@@ -160,7 +161,9 @@ enum State {
 
 pub struct Session {
     dialect: Arc<dyn Dialect>,
-    config: SessionConfig,
+    /// From [`SessionConfig`]: what a session needs once it has started.
+    max_packet: u32,
+    max_connect: u32,
     peer: Peer,
     state: State,
     last_activity: Instant,
@@ -195,7 +198,8 @@ impl Session {
     pub fn new(dialect: Arc<dyn Dialect>, config: SessionConfig, peer: Peer, now: Instant) -> Self {
         Session {
             dialect,
-            config,
+            max_packet: u32::try_from(config.max_packet).unwrap_or(u32::MAX),
+            max_connect: u32::try_from(config.max_connect).unwrap_or(u32::MAX),
             peer,
             state: State::AwaitConnect {
                 deadline: now + config.connect_timeout,
@@ -268,6 +272,11 @@ impl Session {
         self.actions.pop_front()
     }
 
+    /// True when [`Session::next_action`] has one.
+    pub fn has_action(&self) -> bool {
+        !self.actions.is_empty()
+    }
+
     /// When the driver must call [`Session::timeout`] if nothing else happens first.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
@@ -314,11 +323,11 @@ impl Session {
                 return;
             }
             let max = match &self.state {
-                State::AwaitConnect { .. } => self.config.max_connect,
+                State::AwaitConnect { .. } => self.max_connect,
                 State::Open(o) if !o.registered => return,
-                _ => self.config.max_packet,
+                _ => self.max_packet,
             };
-            let packet = match codec::decode(buf, max) {
+            let packet = match codec::decode(buf, max as usize) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
                 Err(e) => {
@@ -345,12 +354,12 @@ impl Session {
             }
             (State::AwaitConnect { .. }, CodecError::TooLarge(n)) => End::Refused(format!(
                 "first packet claims {n} bytes; a CONNECT may have at most {}",
-                self.config.max_connect
+                self.max_connect
             )),
             (State::AwaitConnect { .. }, e) => End::Refused(e.to_string()),
             (_, CodecError::TooLarge(n)) => End::Violation(format!(
                 "message of {n} bytes exceeds the limit of {} bytes (mqtt.max_message_bytes)",
-                self.config.max_packet
+                self.max_packet
             )),
             (_, e) => End::Violation(e.to_string()),
         };

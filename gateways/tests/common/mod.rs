@@ -79,6 +79,15 @@ pub fn hub_for(protocol: &'static str, config: &MqttConfig) -> Hub {
     }
 }
 
+impl Hub {
+    /// Stops the hub's gateways as `weir serve` does: the shutdown signal, then the
+    /// connection registry tells every registered connection to end.
+    pub fn shut_down(&self) {
+        self.stop.send(true).expect("stop");
+        self.connections.shut();
+    }
+}
+
 /// The device's end of a connection.
 pub struct Client<S> {
     pub io: S,
