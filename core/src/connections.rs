@@ -8,9 +8,11 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytes::Bytes;
+use tokio::time::Instant;
 
 use crate::device::DeviceRecord;
 use crate::identity::{Credential, Identity, Revocation};
@@ -122,6 +124,10 @@ pub struct Outbox {
     /// Something was queued, or the connection was told to end, since it last looked.
     signalled: AtomicBool,
     waker: AtomicWaker,
+    /// When the connection's session must next look at the time (keep-alive, credential
+    /// expiry), in ms of its registry's clock; 0: no deadline. The registry's sweep
+    /// signals the connection once it has passed, so no connection holds a timer.
+    deadline_ms: AtomicU64,
 }
 
 impl Outbox {
@@ -165,6 +171,12 @@ impl Outbox {
         } else {
             Poll::Pending
         }
+    }
+
+    /// Sets the deadline the registry's sweep wakes the connection at (see
+    /// [`ConnectionRegistry::clock_ms`]).
+    pub fn set_deadline(&self, at_ms: u64) {
+        self.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 
     /// Set once the connection has been told to end; it must not acknowledge anything
@@ -240,11 +252,26 @@ pub struct Connection {
     pub features: Arc<Features>,
 }
 
-#[derive(Default)]
 pub struct ConnectionRegistry {
     live: Mutex<Live>,
     next: AtomicU64,
+    /// The start of the clock deadlines are given in.
+    epoch: Instant,
 }
+
+impl Default for ConnectionRegistry {
+    fn default() -> Self {
+        ConnectionRegistry {
+            live: Mutex::default(),
+            next: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+/// How often [`ConnectionRegistry::sweep`] looks at every deadline: keep-alive and
+/// credential expiry are enforced within this of the time.
+pub const SWEEP_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Default)]
 struct Live {
@@ -276,6 +303,45 @@ impl ConnectionRegistry {
             }
         }
         Registration { id }
+    }
+
+    /// `at` on the clock of [`Outbox::set_deadline`] (never 0, which means none).
+    pub fn clock_ms(&self, at: Instant) -> u64 {
+        let ms = at.saturating_duration_since(self.epoch).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Signals every connection whose deadline has passed; returns how many.
+    pub fn expire(&self, now: Instant) -> usize {
+        let now = self.clock_ms(now);
+        let Ok(live) = self.live.lock() else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in live.devices.values() {
+            let at = e.outbox.deadline_ms.load(Ordering::Relaxed);
+            if at != 0 && at <= now {
+                e.outbox.signal();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Enforces the deadlines of registered connections every [`SWEEP_EVERY`] until the
+    /// registry is shut or dropped: one timer for all of them, where each connection
+    /// would otherwise hold its own.
+    pub async fn sweep(registry: std::sync::Weak<ConnectionRegistry>) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(r) = registry.upgrade() else { return };
+            if r.live.lock().map_or(true, |l| l.shut) {
+                return;
+            }
+            r.expire(Instant::now());
+        }
     }
 
     /// The hub is stopping: every connection, and any that registers from now on, is

@@ -251,6 +251,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokio::runtime::Handle::current(),
     );
     let connections = Arc::new(ConnectionRegistry::default());
+    // Keep-alive and credential expiry of every registered connection, on one timer.
+    tokio::spawn(ConnectionRegistry::sweep(Arc::downgrade(&connections)));
     let hub = Hub::new(registry.clone(), c2d, events, Arc::clone(&connections));
     if let Some(c) = &cfg.cluster {
         // Every process keeps the whole registry: a device may connect to any of them.

@@ -119,6 +119,9 @@ struct Unregistered {
     pending: Option<OwnedSemaphorePermit>,
     /// The hub's shutdown; once registered, the connection registry tells it instead.
     stopping: Stopping,
+    /// The session's deadline; once registered, the registry's sweep enforces it
+    /// instead (`ConnectionRegistry::sweep`).
+    timer: Pin<Box<Sleep>>,
 }
 
 impl<S> Drop for Conn<S> {
@@ -145,6 +148,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             unregistered: Some(Box::new(Unregistered {
                 pending: Some(admitted.pending),
                 stopping: stopping(&mqtt),
+                timer: Box::pin(sleep_until(Instant::now())),
             })),
             mqtt,
             buf: BytesMut::new(),
@@ -177,9 +181,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Serves the session until it ends, and says how.
     async fn until_end(&mut self) -> End {
-        // One timer for the connection's life, moved to each new deadline. Its own
-        // function, so the timer is gone by the time `run` closes the connection.
-        let mut timer = pin!(sleep_until(Instant::now()));
         loop {
             if let Some(out) = self.session.output() {
                 if let Err(e) = self.stream.write_all(out).await {
@@ -194,15 +195,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     None => continue,
                 }
             }
-            let quiet = self.ready_to_wait(timer.as_mut());
-            let woke = self.wait(timer.as_mut(), quiet).await;
+            let quiet = self.ready_to_wait();
+            let woke = self.wait(quiet).await;
             self.woke(woke, quiet);
         }
     }
 
-    /// Gives back what a busier moment grew and sets the timer to the session's
-    /// deadline. True when the connection is quiet (see [`STACK_READ`]).
-    fn ready_to_wait(&mut self, timer: Pin<&mut Sleep>) -> bool {
+    /// Gives back what a busier moment grew and sets the session's deadline where it is
+    /// enforced. True when the connection is quiet (see [`STACK_READ`]).
+    fn ready_to_wait(&mut self) -> bool {
         let read_size = self.read_size as usize;
         let quiet = self.buf.is_empty() && read_size <= STACK_READ;
         if quiet {
@@ -214,20 +215,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.buf.reserve(read_size);
         }
         let deadline = self.session.deadline().unwrap_or_else(Instant::now);
-        if timer.deadline() != deadline {
-            timer.reset(deadline);
+        if let Some(u) = self.unregistered.as_mut() {
+            if u.timer.deadline() != deadline {
+                u.timer.as_mut().reset(deadline);
+            }
+        } else if let Some(l) = &self.live {
+            l.outbox
+                .set_deadline(self.mqtt.ctx.connections.clock_ms(deadline));
         }
         quiet
     }
 
     /// Waits for the first wake-up source, in this order of priority. One future over
-    /// all of them: an idle connection then holds only its timer, and its waker sits in
+    /// all of them: a registered idle connection holds nothing for it but its waker, in
     /// the outbox.
-    fn wait<'a>(
-        &'a mut self,
-        mut timer: Pin<&'a mut Sleep>,
-        quiet: bool,
-    ) -> impl Future<Output = Woke> + 'a {
+    fn wait(&mut self, quiet: bool) -> impl Future<Output = Woke> + '_ {
         poll_fn(move |cx| {
             if let Some(u) = self.unregistered.as_mut()
                 && u.stopping.as_mut().poll(cx).is_ready()
@@ -242,7 +244,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Poll::Ready(r) = poll_read(&mut self.stream, cx, &mut self.buf, quiet) {
                 return Poll::Ready(Woke::Read(r));
             }
-            if timer.as_mut().poll(cx).is_ready() {
+            if let Some(u) = self.unregistered.as_mut()
+                && u.timer.as_mut().poll(cx).is_ready()
+            {
                 return Poll::Ready(Woke::Deadline);
             }
             Poll::Pending
@@ -268,6 +272,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                         tracing::error!(device = %l.device(), error = %e, "a message for the device cannot be sent over MQTT; dropped");
                     }
                 }
+                // Also how the registry's sweep says a deadline passed.
+                session.timeout(Instant::now());
             }
             Woke::Deadline => session.timeout(Instant::now()),
             Woke::Read(Ok(0)) => session.close(End::PeerClosed),

@@ -58,6 +58,7 @@ pub fn hub_for(protocol: &'static str, config: &MqttConfig) -> Hub {
         [("dev1".to_string(), Arc::new(rec))].into();
     let ingest = Arc::new(Recorded::default());
     let connections = Arc::new(ConnectionRegistry::default());
+    tokio::spawn(ConnectionRegistry::sweep(Arc::downgrade(&connections)));
     let (stop, shutdown) = watch::channel(false);
     let ctx = Arc::new(GatewayContext {
         hub_name: "hub".into(),
