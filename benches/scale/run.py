@@ -121,6 +121,13 @@ def idle_cost(server_pid, sim_args, n, connected):
             "kib_per_connection": (after - before) / n}
 
 
+def weir_idle_plain(hub):
+    register(hub, IDLE, "idle-")
+    r = idle_cost(hub.proc.pid, [*hub_args(hub), "--prefix", "idle-"], IDLE,
+                  lambda: hub.metric("weir_devices_connected"))
+    print(json.dumps({"server": "weir", "test": "idle plain", **r}), flush=True)
+
+
 def mosquitto(base, tls):
     port = free_port()
     conf = base / f"mosquitto-{port}.conf"
@@ -336,19 +343,13 @@ def main():
             # Weir's plain idle figure alone: the quick loop while working on it.
             hub = weir_hub(base, 0).start()
             try:
-                register(hub, IDLE, "idle-")
-                r = idle_cost(hub.proc.pid, [*hub_args(hub), "--prefix", "idle-"], IDLE,
-                              lambda: hub.metric("weir_devices_connected"))
-                print(json.dumps({"server": "weir", "test": "idle plain", **r}), flush=True)
+                weir_idle_plain(hub)
             finally:
                 hub.stop()
         if "idle" in ONLY:
             hub = weir_hub(base, 0).start()
             try:
-                register(hub, IDLE, "idle-")
-                r = idle_cost(hub.proc.pid, [*hub_args(hub), "--prefix", "idle-"], IDLE,
-                              lambda: hub.metric("weir_devices_connected"))
-                print(json.dumps({"server": "weir", "test": "idle plain", **r}), flush=True)
+                weir_idle_plain(hub)
                 r = idle_cost(hub.proc.pid, [*hub_args(hub, "tls"), "--prefix", "idle-"], TLS_IDLE,
                               lambda: hub.metric("weir_devices_connected"))
                 print(json.dumps({"server": "weir", "test": "idle tls", **r}), flush=True)
