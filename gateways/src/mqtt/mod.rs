@@ -1,7 +1,8 @@
 //! MQTT 3.1.1 in the Azure IoT Hub device dialect: the codec, the I/O-free session core
-//! (`session.rs`), the dialect (`dialect.rs`), and the driver that runs a session over any
+//! (`session.rs`, speaking to its driver in `action.rs`), the dialect (`dialect.rs`), and the driver that runs a session over any
 //! byte stream (`driver.rs`): TCP and TLS here, WebSocket and QUIC in their own modules.
 
+pub mod action;
 pub mod codec;
 pub mod connect;
 pub mod dialect;
