@@ -17,8 +17,8 @@ fn expected<'a>(doc: &'a Value, path: &[Seg]) -> Val<'a> {
 fuzz_target!(|data: &[u8]| {
     let lazy = LazyBody::parse(data);
     let Ok(doc) = serde_json::from_slice::<Value>(data) else {
-        // The split skips over numbers without converting them, so it accepts bodies
-        // whose numbers overflow f64; everything else serde_json rejects, it rejects.
+        // The split accepts a little more than serde_json's full parse: a lone surrogate
+        // escape inside a string value, and nesting deeper than serde_json's 128 levels.
         return;
     };
     let Some(lazy) = lazy else {

@@ -2,20 +2,18 @@
 //!
 //! Routes usually read a few top-level fields of small bodies. Building a full
 //! `serde_json::Value` allocates every key and value; instead the top-level object is
-//! split into `(key, raw value)` pairs borrowed from the body (serde_json still validates
-//! the whole document), and a field's value is parsed the first time a path needs it.
+//! split into `(key, raw value)` pairs borrowed from the body (the [`crate::scan`]
+//! validates the whole document on the way), and a field's value is parsed the first
+//! time a path needs it.
 
 use std::borrow::Cow;
 use std::cell::OnceCell;
-use std::fmt;
 
-use serde::Deserializer as _;
-use serde::de::{MapAccess, Visitor};
 use serde_json::Value as Json;
-use serde_json::value::RawValue;
 
 use crate::ast::Seg;
 use crate::eval::walk;
+use crate::scan::split_object;
 use crate::value::Val;
 
 pub enum LazyBody<'a> {
@@ -27,67 +25,29 @@ pub enum LazyBody<'a> {
 
 pub struct Field<'a> {
     key: Cow<'a, str>,
-    raw: &'a RawValue,
+    raw: &'a str,
+    /// The value as a condition sees it, read the first time one does.
+    scalar: OnceCell<Option<Val<'a>>>,
     parsed: OnceCell<Option<Json>>,
-}
-
-struct Fields;
-
-/// A key borrowed from the body unless it has escapes. serde's own `Cow<str>` always
-/// allocates, which was a `String` per field per event.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Visitor<'de> for Fields {
-    type Value = Vec<Field<'de>>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(map.size_hint().unwrap_or(8));
-        while let Some(Key(key)) = map.next_key()? {
-            let raw: &'de RawValue = map.next_value()?;
-            out.push(Field {
-                key,
-                raw,
-                parsed: OnceCell::new(),
-            });
-        }
-        Ok(out)
-    }
 }
 
 impl<'a> LazyBody<'a> {
     /// Splits `body` if it is valid JSON; `None` otherwise.
     pub fn parse(body: &'a [u8]) -> Option<LazyBody<'a>> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-        // JSON is UTF-8; checking the whole body at once is cheaper than serde_json
-        // checking each string of a byte slice on its own.
+        // JSON is UTF-8; checking the whole body at once is cheaper than checking each
+        // string on its own.
         let body = std::str::from_utf8(body).ok()?;
         if *first == b'{' {
-            let mut de = serde_json::Deserializer::from_str(body);
-            let fields = de.deserialize_map(Fields).ok()?;
-            de.end().ok()?;
+            let mut fields = Vec::with_capacity(8);
+            split_object(body, |key, raw| {
+                fields.push(Field {
+                    key,
+                    raw,
+                    scalar: OnceCell::new(),
+                    parsed: OnceCell::new(),
+                })
+            })?;
             Some(LazyBody::Object(fields))
         } else {
             serde_json::from_str(body).ok().map(LazyBody::Other)
@@ -115,13 +75,13 @@ impl<'a> LazyBody<'a> {
                     return Val::Undef;
                 };
                 if rest.is_empty()
-                    && let Some(v) = scalar(field.raw.get())
+                    && let Some(v) = field.scalar.get_or_init(|| scalar(field.raw))
                 {
-                    return v;
+                    return v.clone();
                 }
                 field
                     .parsed
-                    .get_or_init(|| serde_json::from_str(field.raw.get()).ok())
+                    .get_or_init(|| serde_json::from_str(field.raw).ok())
                     .as_ref()
                     .and_then(|v| walk(v, rest))
                     .map_or(Val::Undef, Val::from_json)
@@ -141,9 +101,41 @@ fn scalar(raw: &str) -> Option<Val<'_>> {
         b't' => Some(Val::Bool(true)),
         b'f' => Some(Val::Bool(false)),
         b'n' => Some(Val::Null),
-        b'-' | b'0'..=b'9' => Some(serde_json::from_str::<f64>(raw).map_or(Val::Undef, Val::Num)),
+        b'-' | b'0'..=b'9' => Some(short_number(raw).map_or_else(
+            || serde_json::from_str::<f64>(raw).map_or(Val::Undef, Val::Num),
+            Val::Num,
+        )),
         _ => None,
     }
+}
+
+/// A number of at most 15 digits and no exponent (`-12`, `21.50`), the common case in
+/// telemetry, without serde_json's deserializer. Its digits fit an f64's 53-bit
+/// significand exactly, so one division by an exact power of ten is correctly rounded and
+/// gives the same double as serde_json (which computes it the same way). The text is
+/// already valid JSON.
+fn short_number(raw: &str) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, text) = match raw.strip_prefix('-') {
+        Some(t) => (true, t),
+        None => (false, raw),
+    };
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if int.len() + frac.len() > 15 {
+        return None;
+    }
+    let mut n = 0i64;
+    for b in int.bytes().chain(frac.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(b - b'0');
+    }
+    let v = n as f64 / *POW10.get(frac.len())?;
+    // `-0` is a zero with its sign, as serde_json reads it.
+    Some(if negative { -v } else { v })
 }
 
 #[cfg(test)]
@@ -172,14 +164,39 @@ mod tests {
         assert_eq!(escaped.get(&[f("temp")]), Val::Num(3.0));
         let dup = LazyBody::parse(br#"{"a": 1, "a": 2}"#).expect("dup");
         assert_eq!(dup.get(&[f("a")]), Val::Num(2.0));
-        let scalars =
-            LazyBody::parse(br#"{"t": true, "f": false, "n": null, "e": "", "big": 1e400}"#)
-                .expect("scalars");
+        let scalars = LazyBody::parse(br#"{"t": true, "f": false, "n": null, "e": "", "i": -0}"#)
+            .expect("scalars");
         assert_eq!(scalars.get(&[f("t")]), Val::Bool(true));
         assert_eq!(scalars.get(&[f("f")]), Val::Bool(false));
         assert_eq!(scalars.get(&[f("n")]), Val::Null);
         assert_eq!(scalars.get(&[f("e")]), Val::Str("".into()));
-        assert_eq!(scalars.get(&[f("big")]), Val::Undef);
+        assert_eq!(scalars.get(&[f("i")]), Val::Num(0.0));
+        // The short path and serde_json read numbers to the same double.
+        for text in [
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "21.50",
+            "0.1",
+            "0.3",
+            "123456789.012345",
+            "-0.000001",
+        ] {
+            let body = format!(r#"{{"x": {text}}}"#);
+            let lazy = LazyBody::parse(body.as_bytes()).expect("valid");
+            let json: serde_json::Value = serde_json::from_str(&body).expect("valid");
+            assert_eq!(lazy.get(&[f("x")]), Val::from_json(&json["x"]), "{text}");
+            assert_eq!(
+                short_number(text).map(f64::to_bits),
+                json["x"].as_f64().map(f64::to_bits),
+                "{text}"
+            );
+        }
+        assert!(
+            LazyBody::parse(br#"{"big": 1e400}"#).is_none(),
+            "serde_json refuses a number a double cannot hold"
+        );
         assert_eq!(scalars.get(&[f("t"), f("deeper")]), Val::Undef);
     }
 }

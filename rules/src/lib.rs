@@ -20,6 +20,7 @@ pub mod lex;
 pub mod load;
 pub mod parse;
 pub mod ruleset;
+mod scan;
 pub mod value;
 pub mod view;
 
