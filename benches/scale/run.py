@@ -92,16 +92,37 @@ def register(hub, n, prefix):
     print(json.dumps({"server": "weir", "test": "register", "devices": n, "seconds": took, "per_s": n / took}), flush=True)
 
 
+def register_each(hubs, n, prefix):
+    """Every process registers its own `n` devices (`{prefix}{i}-…`) at the same time; the
+    registry carries each device to every process."""
+    t0 = time.time()
+    regs = [subprocess.Popen([str(WEIR), "simulate", *map(str, hub_args(h)), "--devices", str(n),
+                              "--prefix", f"{prefix}{i}-", "--register-only", "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            for i, h in enumerate(hubs)]
+    for r in regs:
+        _, err = r.communicate(timeout=1800)
+        if r.returncode != 0:
+            raise SystemExit(f"registering failed: {err[-2000:]}")
+    took = time.time() - t0
+    print(json.dumps({"server": "weir", "test": "register", "processes": len(hubs), "devices": n * len(hubs),
+                      "seconds": took, "per_s": n * len(hubs) / took}), flush=True)
+
+
 def hub_args(hub, transport="tcp"):
     return ["--api", hub.api, "--data-dir", hub.data, "--mqtt", f"127.0.0.1:{hub.mqtt_port}",
             "--mqtts", f"127.0.0.1:{hub.mqtts_port}", "--transport", transport]
 
 
 def wait_connected(pid_alive, read, n, limit=600):
-    t0 = time.time()
+    t0 = last = time.time()
     while time.time() - t0 < limit:
-        if read() >= n:
+        got = read()
+        if got >= n:
             return time.time() - t0
+        if time.time() - last >= 10:
+            last = time.time()
+            print(f"  {got:.0f} of {n} after {last - t0:.0f} s", file=sys.stderr, flush=True)
         if not pid_alive():
             break
         time.sleep(0.5)
@@ -182,8 +203,7 @@ def cluster_idle(base):
     try:
         for h in hubs:
             h.start()
-        for i, h in enumerate(hubs):
-            register(h, CLUSTER_PER, f"c{i}-")
+        register_each(hubs, CLUSTER_PER, "c")
         rss_before = [status(h.proc.pid, "VmRSS") for h in hubs]
         for i, h in enumerate(hubs):
             first = 2 + i * 40
@@ -225,14 +245,7 @@ def cluster_storm(base):
         for h in hubs:
             assert h.wait_log("cluster dataflow running", timeout=60), h.log_text()[-2000:]
         t0 = time.time()
-        regs = [subprocess.Popen([str(WEIR), "simulate", *map(str, hub_args(h)), "--devices", str(STORM_PER),
-                                  "--prefix", f"s{i}-", "--register-only", "--quiet"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                for i, h in enumerate(hubs)]
-        for r in regs:
-            _, err = r.communicate(timeout=900)
-            if r.returncode != 0:
-                raise SystemExit(f"registering failed: {err[-2000:]}")
+        register_each(hubs, STORM_PER, "s")
         register(hubs[0], 10, "probe-")
         total = STORM_PROCS * STORM_PER
         replicated = wait_connected(lambda: True, lambda: min(h.metric("weir_devices_registered") for h in hubs),

@@ -52,6 +52,8 @@ pub struct Counters {
     pub reconnected: AtomicU64,
     pub throttled: AtomicU64,
     pub failed: AtomicU64,
+    /// Connections the hub ended after CONNACK (each connected again).
+    pub lost: AtomicU64,
 }
 
 impl Counters {

@@ -442,6 +442,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<std::process::ExitCode> 
     let report = json!({
         "devices": args.devices,
         "connected": counters.connected.load(Ordering::Relaxed),
+        "lost": counters.lost.load(Ordering::Relaxed),
         "qos": args.qos,
         "sent": sent,
         "acked": acked,

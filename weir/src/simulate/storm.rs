@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use weir_gateways::mqtt::codec;
 
@@ -24,32 +24,59 @@ const MAX_BACKOFF: Duration = Duration::from_secs(8);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `--idle`: connects (retrying, as a burst of 100 k meets the server's limits), then
-/// holds the connection until the run stops.
+/// holds the connection until the run stops, connecting again when the hub ends it.
 pub async fn idle(plan: &Plan, counters: &Counters, seed: u64) -> anyhow::Result<()> {
     let mut rng = Rng::new(seed);
-    let Some(mut stream) = connect_retrying(plan, counters, &mut rng).await else {
-        return Ok(());
-    };
-    counters.connected.fetch_add(1, Ordering::Relaxed);
-    hold(&mut stream, counters).await
-}
-
-/// Holds the connection, pinging, until the run stops. One timer per connection and no
-/// polling: a simulator holding 100 k connections must not eat the cores it shares with
-/// the hub it measures.
-async fn hold(stream: &mut Box<dyn Stream>, counters: &Counters) -> anyhow::Result<()> {
-    let mut ping = BytesMut::new();
-    codec::pingreq(&mut ping);
     loop {
-        let halted = counters.halt.notified();
-        tokio::pin!(halted);
-        halted.as_mut().enable();
-        if counters.stop.load(Ordering::Relaxed) {
+        let Some(mut stream) = connect_retrying(plan, counters, &mut rng).await else {
+            return Ok(());
+        };
+        counters.connected.fetch_add(1, Ordering::Relaxed);
+        let stopped = async {
+            let halted = counters.halt.notified();
+            tokio::pin!(halted);
+            halted.as_mut().enable();
+            if !counters.stop.load(Ordering::Relaxed) {
+                halted.await;
+            }
+        };
+        if hold(&mut stream, stopped).await == Held::Stopped {
             return Ok(());
         }
+        counters.connected.fetch_sub(1, Ordering::Relaxed);
+        counters.lost.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How holding a connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    Stopped,
+    /// The hub closed it. Under a burst this happens to a live connection when an attempt
+    /// the device had already given up on reaches the hub after the one that worked: the
+    /// later CONNECT of a device id replaces the earlier connection, as on IoT Hub, and
+    /// then finds its own socket closed. A device SDK connects again; so does this.
+    Lost,
+}
+
+/// Holds the connection, pinging, until `stop` or the hub closes it. One timer per
+/// connection and no polling: a simulator holding 100 k connections must not eat the
+/// cores it shares with the hub it measures.
+async fn hold(stream: &mut Box<dyn Stream>, stop: impl Future<Output = ()>) -> Held {
+    let mut ping = BytesMut::new();
+    codec::pingreq(&mut ping);
+    // Only PINGRESPs arrive; they are read to see the connection end.
+    let mut answers = [0u8; 16];
+    tokio::pin!(stop);
+    loop {
         tokio::select! {
-            () = &mut halted => return Ok(()),
-            () = tokio::time::sleep(PING_EVERY) => stream.write_all(&ping).await?,
+            () = &mut stop => return Held::Stopped,
+            r = stream.read(&mut answers) => if !matches!(r, Ok(n) if n > 0) {
+                return Held::Lost;
+            },
+            () = tokio::time::sleep(PING_EVERY) => if stream.write_all(&ping).await.is_err() {
+                return Held::Lost;
+            },
         }
     }
 }
@@ -132,15 +159,18 @@ pub async fn device(
         return Ok(());
     };
     counters.reconnected.fetch_add(1, Ordering::Relaxed);
-    let mut ping = BytesMut::new();
-    codec::pingreq(&mut ping);
     loop {
-        tokio::select! {
-            r = async { phase.wait_for(|p| *p >= Phase::Stop).await.map(|_| ()) } => {
-                r?;
-                return Ok(());
-            }
-            () = tokio::time::sleep(PING_EVERY) => again.write_all(&ping).await?,
+        let stop = async {
+            // A closed channel (the run is over) ends the hold as the stop does.
+            let _ = phase.wait_for(|p| *p >= Phase::Stop).await;
+        };
+        if hold(&mut again, stop).await == Held::Stopped {
+            return Ok(());
+        }
+        counters.lost.fetch_add(1, Ordering::Relaxed);
+        match connect_retrying(&plan, &counters, &mut rng).await {
+            Some(s) => again = s,
+            None => return Ok(()),
         }
     }
 }
@@ -235,6 +265,7 @@ pub async fn run(
         "storm_seconds": secs(storm),
         "storm_throttled": load(&counters.throttled) - throttled_first,
         "storm_failed": load(&counters.failed) - failed_first,
+        "lost": load(&counters.lost),
         "errors": errors,
     });
     if json {
