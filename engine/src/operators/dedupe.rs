@@ -74,14 +74,17 @@ fn is_repeat(w: &mut Window, e: &Event, cfg: &DedupeConfig, keys: &RandomState) 
         .message_id
         .as_deref()
         .map(|m| keys.hash_one((0u8, m)));
-    let repeat = mid.is_some_and(|k| w.seen.contains(&k))
-        || (e.redelivered && packet.is_some_and(|k| w.seen.contains(&k)));
-    for k in [mid, packet].into_iter().flatten() {
-        if w.seen.insert(k) {
+    // One probe per digest: `insert` says whether it was there.
+    let mut seen_before = |k: Key| {
+        let new = w.seen.insert(k);
+        if new {
             w.order.push_back((e.enqueued_ms, k));
         }
-    }
-    repeat
+        !new
+    };
+    let mid_repeat = mid.is_some_and(&mut seen_before);
+    let packet_repeat = packet.is_some_and(&mut seen_before);
+    mid_repeat || (e.redelivered && packet_repeat)
 }
 
 /// The recent message ids of every device one worker has seen. The dataflow's operator
