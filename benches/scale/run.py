@@ -280,6 +280,7 @@ def cluster_storm(base):
                           "per_process_back_seconds": backs,
                           "throttled": sum(r.get("storm_throttled", 0) for r in reports),
                           "failed": sum(r.get("storm_failed", 0) for r in reports),
+                          "lost_after_connack": sum(r.get("lost", 0) for r in reports),
                           "rss_connected_kib": rss_before,
                           "peak_rss_kib": [status(h.proc.pid, "VmHWM") for h in hubs],
                           "probe_latency_ms": latency}), flush=True)

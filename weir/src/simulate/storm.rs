@@ -306,4 +306,21 @@ mod tests {
         assert!(source_ips("127.0.0.9-127.0.0.1").is_err());
         assert!(source_ips("localhost").is_err());
     }
+
+    #[tokio::test]
+    async fn a_held_connection_ends_as_lost_or_stopped() {
+        // The hub answers a ping, then closes: the device sees it lost.
+        let (client, mut hub) = tokio::io::duplex(64);
+        let mut stream: Box<dyn Stream> = Box::new(client);
+        hub.write_all(&[0xd0, 0]).await.expect("pingresp");
+        drop(hub);
+        let held = hold(&mut stream, std::future::pending()).await;
+        assert_eq!(held, Held::Lost);
+
+        // While the hub keeps it open, only the stop ends it.
+        let (client, _hub) = tokio::io::duplex(64);
+        let mut stream: Box<dyn Stream> = Box::new(client);
+        let held = hold(&mut stream, async {}).await;
+        assert_eq!(held, Held::Stopped);
+    }
 }
