@@ -3,9 +3,11 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
-use weir_core::{DeviceDirectory, DeviceRecord, Event, EventSource};
-use weir_storage::DeviceUpsert;
+use weir_core::{
+    Credential, DeviceDirectory, DeviceRecord, Event, EventSource, Revocation, key_digest,
+};
 use weir_storage::registry::Change;
+use weir_storage::{CaRecord, DeviceUpsert};
 
 use crate::documents::twin_json;
 use crate::events::Events;
@@ -114,4 +116,18 @@ fn change_events(events: &Events, c: Change<'_>) -> Vec<Event> {
         );
     }
     out
+}
+
+impl Hub {
+    /// A CA certificate was deleted or replaced by another certificate, here or on another
+    /// process of the cluster: the connections that authenticated with it are closed.
+    pub fn withdraw_ca(&self, ca: &CaRecord) {
+        let n = self.connections().revoke_credential(
+            Credential::X509Ca(key_digest(&ca.sha256)),
+            Revocation::Credential,
+        );
+        if n > 0 {
+            tracing::info!(certificate = %ca.name, connections = n, "CA certificate withdrawn: connections that authenticated with it were closed");
+        }
+    }
 }

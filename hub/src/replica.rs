@@ -46,15 +46,18 @@ impl Replica for RegistryReplica {
             .iter()
             .map(|e| (e.offset, e.body.as_ref()))
             .collect();
-        let replaced = self
+        let applied = self
             .hub
             .registry()
             .apply_replicated(&bodies, through)
             .map_err(|e| ReplicaError(e.to_string()))?;
         *saved = (through, Instant::now());
         drop(saved);
-        for r in replaced {
+        for r in applied.devices {
             self.act_on(&r);
+        }
+        for ca in applied.withdrawn_cas {
+            self.hub.withdraw_ca(&ca);
         }
         Ok(through)
     }

@@ -36,4 +36,6 @@ impl weir_core::EndpointCatalog for Catalog {
         }
     }
 }
-pub use registry::{AuthType, CaInfo, CaRecord, DeviceUpsert, Registry, RegistryError, Replaced};
+pub use registry::{
+    Applied, AuthType, CaInfo, CaRecord, DeviceUpsert, Registry, RegistryError, Replaced,
+};

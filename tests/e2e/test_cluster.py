@@ -11,15 +11,19 @@ import base64
 import json
 import os
 import signal
+import ssl
 import struct
 import threading
 import time
 
 import duckdb
+import paho.mqtt.client as paho
 import pytest
 
+import certs
 from rawmqtt import Raw, puback_packet, publish_packet, subscribe_packet
 from sinkdevice import rules_dir
+from test_x509 import paho_connack
 from weirhub import Hub, free_port
 
 WINDOW_MS = 10_000
@@ -373,6 +377,64 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         assert again.connect("shared-1", hubs[0].username("shared-1"), hubs[0].device_token("shared-1", key)) != 0
         again.close()
     finally:
+        codes = stop_together(hubs)
+    assert codes == [0, 0], codes
+
+
+def test_a_ca_verified_through_one_process_admits_its_devices_on_every_process(tmp_path):
+    """CA certificates are part of the cluster's registry (decision 039): a CA added and
+    verified through process 0 admits its devices on process 1; deleting it through
+    process 0 closes their connections on process 1 and refuses them there."""
+    hubs = start_cluster(tmp_path, 2, 1)
+    client = None
+    try:
+        root = certs.ca("Cluster Root")
+        r = hubs[0].call("PUT", "/certificates/root",
+                         {"properties": {"certificate": base64.b64encode(root.der).decode()}})
+        assert r.status_code == 200, r.text
+        etag = r.json()["etag"]
+        r = hubs[0].call("POST", "/certificates/root/generateVerificationCode", headers={"If-Match": f'"{etag}"'})
+        assert r.status_code == 200, r.text
+        code, etag = r.json()["properties"]["verificationCode"], r.json()["etag"]
+        r = hubs[0].call("POST", "/certificates/root/verify", {"certificate": certs.device(code, issuer=root).pem},
+                         headers={"If-Match": f'"{etag}"'})
+        assert r.status_code == 200 and r.json()["properties"]["isVerified"] is True, r.text
+
+        def verified_on_1():
+            r = hubs[1].call("GET", "/certificates/root")
+            return r.status_code == 200 and r.json()["properties"]["isVerified"] is True
+        assert wait_for(verified_on_1), "the CA verified on process 0 did not reach process 1"
+
+        r = hubs[0].call("PUT", "/devices/ca-dev", {"deviceId": "ca-dev", "authentication": {"type": "certificateAuthority"}})
+        assert r.status_code == 200, r.text
+        etag = r.json()["etag"]
+        assert wait_for(lambda: hubs[1].call("GET", "/devices/ca-dev").json().get("etag") == etag)
+        files = certs.device("ca-dev", issuer=root).write(tmp_path, "ca-dev")
+
+        # Connected to process 1 with the CA-signed certificate, and held.
+        acks, gone = [], []
+        client = paho.Client(client_id="ca-dev", protocol=paho.MQTTv311, clean_session=True)
+        client.username_pw_set(f"{hubs[1].hostname}/ca-dev/?api-version=2019-10-01")
+        client.tls_set(ca_certs=hubs[1].ca, certfile=files[0], keyfile=files[1], tls_version=ssl.PROTOCOL_TLSv1_2)
+        client.on_connect = lambda c, u, f, rc: acks.append(rc)
+        client.on_disconnect = lambda c, u, rc: gone.append(rc)
+        client.reconnect_delay_set(60, 60)
+        client.connect("127.0.0.1", hubs[1].mqtts_port, 30)
+        client.loop_start()
+        assert wait_for(lambda: acks), "no CONNACK from process 1"
+        assert acks == [0], f"process 1 refused a device of the CA verified on process 0: {acks}"
+
+        # Deleted through process 0: the connection on process 1 goes, and it is refused there.
+        assert hubs[0].call("DELETE", "/certificates/root", headers={"If-Match": "*"}).status_code == 204
+        assert wait_for(lambda: gone), "the device of a CA deleted on process 0 is still connected to process 1"
+        assert hubs[1].metric("weir_connections_revoked_total", protocol="mqtt") >= 1
+        client.loop_stop()
+        client = None
+        assert wait_for(lambda: hubs[1].call("GET", "/certificates/root").status_code == 404)
+        assert paho_connack(hubs[1], "ca-dev", files) == 5
+    finally:
+        if client is not None:
+            client.loop_stop()
         codes = stop_together(hubs)
     assert codes == [0, 0], codes
 

@@ -204,10 +204,15 @@ impl Registry {
     ) -> Result<Arc<CaRecord>, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let existing = self.existing_ca(name, if_match)?;
+        let copy = self.ca_replica_event(&existing, true)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(CERTIFICATES).map_err(storage)?;
             t.remove(name).map_err(storage)?;
+            Self::bury_ca(&txn, &existing)?;
+            if let Some(c) = copy {
+                self.stage_events(&txn, &[c])?;
+            }
         }
         txn.commit().map_err(storage)?;
         let mut cas = self.cas.write().map_err(storage)?;
@@ -247,11 +252,15 @@ impl Registry {
     /// Writes `rec`, then serves it. Callers hold `writer`.
     fn store_ca(&self, rec: CaRecord) -> Result<Arc<CaRecord>, RegistryError> {
         let bytes = serde_json::to_vec(&rec).map_err(storage)?;
+        let copy = self.ca_replica_event(&rec, false)?;
         let txn = self.db.begin_write().map_err(storage)?;
         {
             let mut t = txn.open_table(CERTIFICATES).map_err(storage)?;
             t.insert(rec.name.as_str(), bytes.as_slice())
                 .map_err(storage)?;
+            if let Some(c) = copy {
+                self.stage_events(&txn, &[c])?;
+            }
         }
         txn.commit().map_err(storage)?;
         let rec = Arc::new(rec);

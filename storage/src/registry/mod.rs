@@ -11,7 +11,7 @@ mod outbox;
 mod replica;
 
 pub use certs::{CaInfo, CaRecord};
-pub use replica::Replaced;
+pub use replica::{Applied, Replaced};
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -8,7 +8,9 @@
 //! and twin versions, each change moves one), then, for two changes made at once through
 //! two processes, the greater serialized record. Every process therefore ends with the
 //! same record whatever order, repeats or replays it sees. A deletion leaves a tombstone,
-//! so a late copy of a change to the deleted device does not bring it back.
+//! so a late copy of a change to the deleted device does not bring it back. CA
+//! certificates travel the same way, each as its whole record, ordered by creation time
+//! then etag.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -17,12 +19,15 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use weir_core::{AuthMethod, DeviceDirectory, DeviceId, DeviceRecord, Event, EventSource};
 
+use super::certs::{CERTIFICATES, CaRecord, verified};
 use super::{DEVICES, Registry, RegistryError, SESSIONS, etag_version, storage};
 
 /// How far this process has applied the cluster's registry changes.
 pub(super) const REPLICA: TableDefinition<&str, u64> = TableDefinition::new("replica");
 /// Deleted devices: the creation time of the incarnation deleted last.
 pub(super) const TOMBSTONES: TableDefinition<&str, &str> = TableDefinition::new("tombstones");
+/// Deleted CA certificates, the same way.
+pub(super) const CA_TOMBSTONES: TableDefinition<&str, &str> = TableDefinition::new("ca_tombstones");
 const THROUGH: &str = "through";
 
 /// Whether and as which process this registry writes its changes for the others.
@@ -31,14 +36,27 @@ pub(super) struct Replication {
     process: OnceLock<u32>,
 }
 
-/// What a `Registry` event carries.
+/// What a `Registry` event carries: one device's record or one CA certificate's, after the
+/// change or as deleted.
 #[derive(Serialize, Deserialize)]
 struct Replicated {
     /// The process that made the change.
     process: u32,
-    /// The record after the change, or the record deleted.
-    device: DeviceRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    device: Option<DeviceRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    certificate: Option<CaRecord>,
     deleted: bool,
+}
+
+/// What applying the cluster's registry changes changed here.
+#[derive(Default)]
+pub struct Applied {
+    pub devices: Vec<Replaced>,
+    /// CA certificates that were deleted or replaced by another certificate elsewhere,
+    /// as they were here: connections that authenticated with them must go, as when that
+    /// happens through this process's API.
+    pub withdrawn_cas: Vec<Arc<CaRecord>>,
 }
 
 /// A device whose record a replicated change replaced: its record now (`None`: deleted)
@@ -73,17 +91,40 @@ impl Registry {
         device: &DeviceRecord,
         deleted: bool,
     ) -> Result<Option<Event>, RegistryError> {
+        self.replicated(&device.device_id, |process| Replicated {
+            process,
+            device: Some(device.clone()),
+            certificate: None,
+            deleted,
+        })
+    }
+
+    /// The `Registry` event for a change of the CA certificate `ca`.
+    pub(super) fn ca_replica_event(
+        &self,
+        ca: &CaRecord,
+        deleted: bool,
+    ) -> Result<Option<Event>, RegistryError> {
+        // Certificate names are valid device ids; the id only places the event in a
+        // partition, and every process reads every `Registry` event.
+        self.replicated(&ca.name, |process| Replicated {
+            process,
+            device: None,
+            certificate: Some(ca.clone()),
+            deleted,
+        })
+    }
+
+    fn replicated(
+        &self,
+        id: &str,
+        copy: impl FnOnce(u32) -> Replicated,
+    ) -> Result<Option<Event>, RegistryError> {
         let Some(&process) = self.replica.process.get() else {
             return Ok(None);
         };
-        let copy = Replicated {
-            process,
-            device: device.clone(),
-            deleted,
-        };
-        let body = serde_json::to_vec(&copy).map_err(storage)?;
-        let id = DeviceId::parse(&device.device_id)?;
-        let mut e = Event::telemetry(id, 0, body.into());
+        let body = serde_json::to_vec(&copy(process)).map_err(storage)?;
+        let mut e = Event::telemetry(DeviceId::parse(id)?, 0, body.into());
         e.source = EventSource::Registry;
         e.auth_method = AuthMethod::Internal;
         Ok(Some(e))
@@ -108,12 +149,14 @@ impl Registry {
         &self,
         changes: &[(u64, &[u8])],
         through: u64,
-    ) -> Result<Vec<Replaced>, RegistryError> {
+    ) -> Result<Applied, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let applied = self.replica_through();
-        // This batch's records so far, by device: later changes compare with them.
+        // This batch's records so far, by device or certificate name: later changes
+        // compare with them.
         let mut held: HashMap<String, Option<Arc<DeviceRecord>>> = HashMap::new();
-        let mut replaced = Vec::new();
+        let mut held_cas: HashMap<String, Option<Arc<CaRecord>>> = HashMap::new();
+        let mut out = Applied::default();
         let txn = self.db.begin_write().map_err(storage)?;
         for (offset, body) in changes.iter().filter(|(o, _)| *o >= applied) {
             let copy: Replicated = match serde_json::from_slice(body) {
@@ -123,17 +166,39 @@ impl Registry {
                     continue;
                 }
             };
-            let id = copy.device.device_id.clone();
+            if let Some(ca) = &copy.certificate {
+                let before = match held_cas.get(&ca.name) {
+                    Some(r) => r.clone(),
+                    None => self.ca(&ca.name),
+                };
+                if let Some(now) = apply_ca(&txn, ca, copy.deleted, before.as_deref())? {
+                    if let Some(old) = before
+                        .filter(|b| now.as_ref().is_none_or(|n| n.sha256 != b.sha256) && b.verified)
+                    {
+                        out.withdrawn_cas.push(old);
+                    }
+                    held_cas.insert(ca.name.clone(), now);
+                }
+                continue;
+            }
+            let Some(device) = &copy.device else {
+                tracing::error!(
+                    offset,
+                    "registry change from the cluster names neither a device nor a certificate; skipped"
+                );
+                continue;
+            };
+            let id = device.device_id.clone();
             let before = match held.get(&id) {
                 Some(r) => r.clone(),
                 None => self.get(&id),
             };
-            if !newer(&txn, &copy, before.as_deref())? {
+            if !newer(&txn, device, copy.deleted, before.as_deref())? {
                 continue;
             }
-            let now = write(&txn, &copy)?;
+            let now = write(&txn, device, copy.deleted)?;
             held.insert(id.clone(), now.clone());
-            replaced.push(Replaced {
+            out.devices.push(Replaced {
                 device_id: id,
                 before,
                 now,
@@ -151,7 +216,26 @@ impl Registry {
                 None => devices.remove(&id),
             };
         }
-        Ok(replaced)
+        if !held_cas.is_empty() {
+            let mut cas = self.cas.write().map_err(storage)?;
+            for (name, rec) in held_cas {
+                match rec {
+                    Some(rec) => cas.insert(name, rec),
+                    None => cas.remove(&name),
+                };
+            }
+            *self.verified.write().map_err(storage)? = verified(&cas);
+        }
+        Ok(out)
+    }
+
+    /// Remembers inside `txn` that the CA certificate `rec` is deleted.
+    pub(super) fn bury_ca(txn: &WriteTransaction, rec: &CaRecord) -> Result<(), RegistryError> {
+        txn.open_table(CA_TOMBSTONES)
+            .map_err(storage)?
+            .insert(rec.name.as_str(), rec.created.as_str())
+            .map_err(storage)?;
+        Ok(())
     }
 
     /// Remembers inside `txn` that the incarnation of `rec` is deleted.
@@ -164,13 +248,14 @@ impl Registry {
     }
 }
 
-/// Whether `copy` is newer than `held`, the record this process has of the device.
+/// Whether `rec` (deleted or not) is newer than `held`, the record this process has of
+/// the device.
 fn newer(
     txn: &WriteTransaction,
-    copy: &Replicated,
+    rec: &DeviceRecord,
+    deleted: bool,
     held: Option<&DeviceRecord>,
 ) -> Result<bool, RegistryError> {
-    let rec = &copy.device;
     let tombs = txn.open_table(TOMBSTONES).map_err(storage)?;
     if let Some(t) = tombs.get(rec.device_id.as_str()).map_err(storage)?
         && t.value() >= rec.created_time.as_str()
@@ -179,19 +264,19 @@ fn newer(
     }
     Ok(match held {
         None => true,
-        Some(h) => stamp(h, false) < stamp(rec, copy.deleted),
+        Some(h) => stamp(h, false) < stamp(rec, deleted),
     })
 }
 
 /// Stores one change inside `txn`; returns the device's record now.
 fn write(
     txn: &WriteTransaction,
-    copy: &Replicated,
+    rec: &DeviceRecord,
+    deleted: bool,
 ) -> Result<Option<Arc<DeviceRecord>>, RegistryError> {
-    let rec = &copy.device;
     let id = rec.device_id.as_str();
     let mut devices = txn.open_table(DEVICES).map_err(storage)?;
-    if copy.deleted {
+    if deleted {
         devices.remove(id).map_err(storage)?;
         txn.open_table(SESSIONS)
             .map_err(storage)?
@@ -203,6 +288,47 @@ fn write(
     let bytes = serde_json::to_vec(rec).map_err(storage)?;
     devices.insert(id, bytes.as_slice()).map_err(storage)?;
     Ok(Some(Arc::new(rec.clone())))
+}
+
+/// Stores one CA certificate change inside `txn` if it is newer than `held`, the record
+/// this process has: `None` when it is not, else the certificate's record now (`None`
+/// inside: deleted).
+fn apply_ca(
+    txn: &WriteTransaction,
+    rec: &CaRecord,
+    deleted: bool,
+    held: Option<&CaRecord>,
+) -> Result<Option<Option<Arc<CaRecord>>>, RegistryError> {
+    let name = rec.name.as_str();
+    {
+        let tombs = txn.open_table(CA_TOMBSTONES).map_err(storage)?;
+        if let Some(t) = tombs.get(name).map_err(storage)?
+            && t.value() >= rec.created.as_str()
+        {
+            return Ok(None);
+        }
+    }
+    let stamp = |r: &CaRecord, deleted: bool| {
+        let bytes = serde_json::to_vec(r).unwrap_or_default();
+        (
+            r.created.clone(),
+            etag_version(&r.etag) + u64::from(deleted),
+            bytes,
+        )
+    };
+    if held.is_some_and(|h| stamp(h, false) >= stamp(rec, deleted)) {
+        return Ok(None);
+    }
+    let mut table = txn.open_table(CERTIFICATES).map_err(storage)?;
+    if deleted {
+        table.remove(name).map_err(storage)?;
+        drop(table);
+        Registry::bury_ca(txn, rec)?;
+        return Ok(Some(None));
+    }
+    let bytes = serde_json::to_vec(rec).map_err(storage)?;
+    table.insert(name, bytes.as_slice()).map_err(storage)?;
+    Ok(Some(Some(Arc::new(rec.clone()))))
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
-use weir_core::{Credential, Revocation, key_digest};
 use weir_gateways::x509;
 use weir_storage::{CaInfo, CaRecord};
 
@@ -124,7 +123,7 @@ pub async fn put(
     if let Some(old) = existing
         && old.sha256 != rec.sha256
     {
-        revoke(&s, &old);
+        s.hub.withdraw_ca(&old);
     }
     Ok(respond(&rec))
 }
@@ -177,17 +176,6 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let rec = s.registry.delete_ca(&name, if_match(&headers))?;
-    revoke(&s, &rec);
+    s.hub.withdraw_ca(&rec);
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// Cuts the connections that authenticated with `ca`.
-fn revoke(s: &ApiState, ca: &CaRecord) {
-    let n = s.hub.connections().revoke_credential(
-        Credential::X509Ca(key_digest(&ca.sha256)),
-        Revocation::Credential,
-    );
-    if n > 0 {
-        tracing::info!(certificate = %ca.name, connections = n, "CA certificate withdrawn: connections that authenticated with it were closed");
-    }
 }

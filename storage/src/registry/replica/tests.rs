@@ -1,7 +1,7 @@
 use serde_json::json;
-use weir_core::EventSource;
+use weir_core::{DeviceDirectory, EventSource};
 
-use super::super::{DeviceUpsert, Registry};
+use super::super::{CaInfo, DeviceUpsert, Registry};
 
 /// A registry of process `process` in a cluster, in its own directory.
 fn registry(process: usize) -> (tempfile::TempDir, Registry) {
@@ -46,6 +46,7 @@ fn apply(r: &Registry, changes: &[Vec<u8>], at: u64) -> usize {
         .collect();
     r.apply_replicated(&offsets, at + changes.len() as u64)
         .expect("apply")
+        .devices
         .len()
 }
 
@@ -173,4 +174,74 @@ fn a_registry_alone_writes_no_copies() {
     let r = Registry::open(&dir.path().join("registry.redb")).expect("open");
     put(&r, "d1", json!({}));
     assert!(sent(&r).is_empty());
+}
+
+fn ca_info(sha: &str) -> CaInfo {
+    CaInfo {
+        subject: "CN=root".into(),
+        sha1: "AB".repeat(20),
+        sha256: sha.into(),
+        not_after: 4_000_000_000,
+    }
+}
+
+#[test]
+fn a_ca_certificate_verified_on_one_process_authenticates_on_every_process() {
+    let (_a_dir, a) = registry(0);
+    let (_b_dir, b) = registry(1);
+    a.put_ca("root", b"der", ca_info("S1"), None).expect("put");
+    a.set_verification_code("root", "C0DE".into(), None)
+        .expect("code");
+    a.mark_ca_verified("root", "S1", "C0DE", None)
+        .expect("verified");
+    let changes = sent(&a);
+    assert_eq!(changes.len(), 3, "added, coded, verified");
+    let applied = b
+        .apply_replicated(
+            &changes
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (10 + i as u64, c.as_slice()))
+                .collect::<Vec<_>>(),
+            13,
+        )
+        .expect("apply");
+    assert!(applied.devices.is_empty() && applied.withdrawn_cas.is_empty());
+    assert_eq!(b.ca("root"), a.ca("root"), "the whole record");
+    assert_eq!(b.verified_cas().len(), 1);
+    assert_eq!(b.verified_cas()[0].name, "root");
+    // The maker's own changes come back through its log: nothing to do.
+    apply(&a, &changes, 10);
+    assert_eq!(a.verified_cas().len(), 1);
+
+    // Replaced by another certificate on b: a sees the verified one withdrawn.
+    b.put_ca("root", b"der2", ca_info("S2"), Some("*"))
+        .expect("replace");
+    let replaced = sent(&b);
+    let applied = a
+        .apply_replicated(&[(20, replaced[0].as_slice())], 21)
+        .expect("apply");
+    assert_eq!(applied.withdrawn_cas.len(), 1);
+    assert_eq!(applied.withdrawn_cas[0].sha256, "S1");
+    assert!(
+        a.verified_cas().is_empty(),
+        "the new certificate is not verified yet"
+    );
+
+    // Deleted on a; a late copy of b's earlier change does not bring it back.
+    a.delete_ca("root", Some("*")).expect("delete");
+    let deleted = sent(&a);
+    apply(&b, &deleted, 30);
+    assert!(b.ca("root").is_none());
+    apply(&b, &replaced, 40);
+    assert!(b.ca("root").is_none(), "a tombstone keeps it deleted");
+    // Added again later: a new incarnation, which wins over the tombstone.
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    a.put_ca("root", b"der3", ca_info("S3"), None)
+        .expect("again");
+    apply(&b, &sent(&a), 50);
+    assert_eq!(
+        b.ca("root").map(|c| c.sha256.clone()).as_deref(),
+        Some("S3")
+    );
 }
