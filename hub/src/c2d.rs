@@ -90,6 +90,7 @@ impl Hub {
             expiry_ms,
             ack: msg.ack,
             deliveries: 0,
+            origin: None,
         };
         let hub = self.clone();
         blocking(move || {
@@ -245,6 +246,7 @@ impl Hub {
                 inflight.remove(device);
             }
         }
+        self.forward_feedback();
         self.deliver_c2d(device);
     }
 
@@ -271,5 +273,6 @@ impl Hub {
             Ok(n) => tracing::info!(expired = n, "cloud-to-device messages expired undelivered"),
             Err(e) => tracing::error!(error = %e, "cannot expire cloud-to-device messages"),
         }
+        self.forward_feedback();
     }
 }

@@ -162,6 +162,31 @@ impl Events {
         });
     }
 
+    /// Appends `event` to the log in the background and calls `stored` once the log has
+    /// it durably (not at all if it does not).
+    pub(crate) fn append_then(
+        &self,
+        event: Event,
+        what: &str,
+        stored: impl FnOnce() + Send + 'static,
+    ) {
+        let ingest = Arc::clone(&self.ingest);
+        let what = what.to_owned();
+        self.runtime.spawn(async move {
+            let device_id = event.device_id.clone();
+            let result = match ingest.ingest(&device_id, vec![event]).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(_) => stored(),
+                Err(e) => {
+                    tracing::warn!(device = %device_id, op = %what, error = %e, "could not log a hub event");
+                }
+            }
+        });
+    }
+
     pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
     }

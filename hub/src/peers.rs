@@ -11,7 +11,10 @@
 //! a newer connection replaces an older one within a process, and its queued C2D messages
 //! follow it there: the process that holds them sends them, the other queues them and
 //! says which it took, and only then are they dropped where they were (a message may be
-//! delivered twice if a process dies in between, never lost).
+//! delivered twice if a process dies in between, never lost). Feedback for a message that
+//! moved goes back to the process it was sent through, where the service reads it: owed
+//! feedback waits in the C2D store until this process's log has it, and the receiver
+//! records each once (at least once across a restart of the receiver).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -21,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use weir_core::{AuthMethod, DeviceId, Event, EventSource};
-use weir_storage::c2d::C2dMessage;
+use weir_storage::c2d::{C2dMessage, FEEDBACK_TTL_MS, Feedback};
 
 use crate::Hub;
 use crate::methods::MethodError;
@@ -81,6 +84,13 @@ enum Message {
         to: u32,
         sent_ms: i64,
         taken: Vec<(u64, String)>,
+    },
+    /// Feedback for a message sent through process `to` and finished elsewhere; `id` is
+    /// the sender's process and sequence number.
+    Feedback {
+        id: String,
+        to: u32,
+        feedback: Feedback,
     },
 }
 
@@ -277,10 +287,18 @@ impl Hub {
                 origin,
                 to,
                 sent_ms,
-                messages,
+                mut messages,
             } if to == peers.process && weir_core::time::now_ms() - sent_ms <= STALE_MS => {
                 if !peers.first_time(format!("c/{id}"), sent_ms + STALE_MS) {
                     return;
+                }
+                // Feedback goes to where each was sent, which is not always `origin`: a
+                // queue can move more than once.
+                for m in &mut messages {
+                    let sent_through = *m.origin.get_or_insert(origin);
+                    if sent_through == peers.process {
+                        m.origin = None;
+                    }
                 }
                 let hub = self.clone();
                 let device = device.clone();
@@ -319,7 +337,49 @@ impl Hub {
                     }
                 });
             }
+            Message::Feedback { id, to, feedback } if to == peers.process => {
+                let now = weir_core::time::now_ms();
+                if !peers.first_time(format!("f/{id}"), now + FEEDBACK_TTL_MS) {
+                    return;
+                }
+                let hub = self.clone();
+                self.inner.events.runtime().spawn_blocking(move || {
+                    if let Err(e) = hub.inner.c2d.record_feedback(feedback) {
+                        tracing::error!(error = %e, "cannot record feedback from another process");
+                    }
+                });
+            }
             _ => {}
+        }
+    }
+
+    /// Sends the feedback this process owes others to them (blocking). Each record leaves
+    /// the C2D store once this process's log has it; until then it is sent again on the
+    /// next call, and the receiver keeps one.
+    pub(crate) fn forward_feedback(&self) {
+        let Some(peers) = self.inner.peers.get().filter(|p| p.processes > 1) else {
+            return;
+        };
+        let owed = match self.inner.c2d.owed_feedback(100) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the feedback owed to other processes");
+                return;
+            }
+        };
+        for (seq, owed) in owed {
+            let device = owed.feedback.device_id.clone();
+            let message = Message::Feedback {
+                id: format!("{}/{seq}", peers.process),
+                to: owed.to,
+                feedback: owed.feedback,
+            };
+            let hub = self.clone();
+            self.send_peers_then(&device, &message, move || {
+                if let Err(e) = hub.inner.c2d.feedback_sent(seq) {
+                    tracing::warn!(error = %e, "cannot mark feedback as sent; it is sent again");
+                }
+            });
         }
     }
 
@@ -377,21 +437,38 @@ impl Hub {
     }
 
     fn send_peers(&self, device: &str, message: &Message) {
-        let Ok(id) = DeviceId::parse(device) else {
-            return;
-        };
-        let body = match serde_json::to_vec(message) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode a message for the cluster");
-                return;
-            }
-        };
-        let mut e = Event::telemetry(id, 0, body.into());
-        e.source = EventSource::Cluster;
-        e.auth_method = AuthMethod::Internal;
-        self.inner.events.append(e, "cluster message");
+        if let Some(e) = cluster_event(device, message) {
+            self.inner.events.append(e, "cluster message");
+        }
     }
+
+    /// As [`Hub::send_peers`], then `stored` once this process's log has it.
+    fn send_peers_then(
+        &self,
+        device: &str,
+        message: &Message,
+        stored: impl FnOnce() + Send + 'static,
+    ) {
+        if let Some(e) = cluster_event(device, message) {
+            self.inner.events.append_then(e, "cluster message", stored);
+        }
+    }
+}
+
+/// The `Cluster` event that carries `message`.
+fn cluster_event(device: &str, message: &Message) -> Option<Event> {
+    let id = DeviceId::parse(device).ok()?;
+    let body = match serde_json::to_vec(message) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot encode a message for the cluster");
+            return None;
+        }
+    };
+    let mut e = Event::telemetry(id, 0, body.into());
+    e.source = EventSource::Cluster;
+    e.auth_method = AuthMethod::Internal;
+    Some(e)
 }
 
 #[cfg(test)]

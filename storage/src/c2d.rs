@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 /// Messages by `"{device}/{seq:020}"`, so one device's queue is a key range in order.
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("c2d_messages");
 const FEEDBACK: TableDefinition<u64, &[u8]> = TableDefinition::new("c2d_feedback");
+/// Feedback owed to the process a message was sent through, by this store's sequence
+/// number, kept until that process's log has it.
+const FEEDBACK_OUT: TableDefinition<u64, &[u8]> = TableDefinition::new("c2d_feedback_out");
 
 /// The most messages waiting for one device.
 pub const MAX_PENDING: usize = 50;
@@ -89,6 +92,10 @@ pub struct C2dMessage {
     pub expiry_ms: i64,
     pub ack: AckMode,
     pub deliveries: u32,
+    /// In a cluster, the process the message was sent through when it was moved here
+    /// (its queue follows the device): that process's readers get its feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<u32>,
 }
 
 impl C2dMessage {
@@ -111,6 +118,13 @@ pub struct Feedback {
     pub description: String,
     pub device_id: String,
     pub device_generation_id: String,
+}
+
+/// Feedback for another process of a cluster: the one message `to` was sent through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OwedFeedback {
+    pub to: u32,
+    pub feedback: Feedback,
 }
 
 /// A feedback record as stored: when it was recorded, for its time to live.
@@ -152,6 +166,7 @@ impl C2dStore {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(MESSAGES).map_err(storage)?;
         txn.open_table(FEEDBACK).map_err(storage)?;
+        txn.open_table(FEEDBACK_OUT).map_err(storage)?;
         txn.commit().map_err(storage)?;
         let mut next = 1;
         let mut waiting = 0;
@@ -169,13 +184,15 @@ impl C2dStore {
                     next = next.max(m.seq + 1);
                 }
             }
-            if let Some(row) = txn
-                .open_table(FEEDBACK)
-                .map_err(storage)?
-                .last()
-                .map_err(storage)?
-            {
-                next = next.max(row.0.value() + 1);
+            for table in [FEEDBACK, FEEDBACK_OUT] {
+                if let Some(row) = txn
+                    .open_table(table)
+                    .map_err(storage)?
+                    .last()
+                    .map_err(storage)?
+                {
+                    next = next.max(row.0.value() + 1);
+                }
             }
         }
         Ok(C2dStore {
@@ -338,9 +355,19 @@ impl C2dStore {
                         device_generation_id: generation.into(),
                     },
                 };
-                let mut fb = txn.open_table(FEEDBACK).map_err(storage)?;
-                let v = serde_json::to_vec(&f).map_err(storage)?;
-                fb.insert(m.seq, v.as_slice()).map_err(storage)?;
+                if let Some(to) = m.origin {
+                    let owed = OwedFeedback {
+                        to,
+                        feedback: f.feedback,
+                    };
+                    let mut out = txn.open_table(FEEDBACK_OUT).map_err(storage)?;
+                    let v = serde_json::to_vec(&owed).map_err(storage)?;
+                    out.insert(m.seq, v.as_slice()).map_err(storage)?;
+                } else {
+                    let mut fb = txn.open_table(FEEDBACK).map_err(storage)?;
+                    let v = serde_json::to_vec(&f).map_err(storage)?;
+                    fb.insert(m.seq, v.as_slice()).map_err(storage)?;
+                }
             }
         }
         txn.commit().map_err(storage)?;
@@ -521,6 +548,50 @@ impl C2dStore {
         Ok(true)
     }
 
+    /// Feedback owed to other processes, oldest first, by sequence number.
+    pub fn owed_feedback(&self, max: usize) -> Result<Vec<(u64, OwedFeedback)>, C2dError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let t = txn.open_table(FEEDBACK_OUT).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(storage)?.take(max) {
+            let (k, v) = row.map_err(storage)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(owed) => out.push((k.value(), owed)),
+                Err(e) => {
+                    tracing::error!(seq = k.value(), error = %e, "unreadable feedback owed to another process; left in place")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The owed feedback `seq` is in this process's log, on its way.
+    pub fn feedback_sent(&self, seq: u64) -> Result<(), C2dError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(FEEDBACK_OUT)
+            .map_err(storage)?
+            .remove(seq)
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// Records feedback another process owed this one (for a message sent through here
+    /// and completed there).
+    pub fn record_feedback(&self, feedback: Feedback) -> Result<(), C2dError> {
+        let f = StoredFeedback {
+            recorded_ms: weir_core::time::now_ms(),
+            feedback,
+        };
+        let v = serde_json::to_vec(&f).map_err(storage)?;
+        let seq = self.next.fetch_add(1, Ordering::Relaxed);
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(FEEDBACK)
+            .map_err(storage)?
+            .insert(seq, v.as_slice())
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
     /// Releases the feedback handed out under `token` so it is read again.
     pub fn abandon_feedback(&self, token: &str) -> bool {
         self.locks
@@ -547,6 +618,7 @@ mod tests {
             expiry_ms,
             ack,
             deliveries: 0,
+            origin: None,
         }
     }
 
@@ -680,5 +752,34 @@ mod tests {
             from.feedback(10).expect("feedback").is_none(),
             "a move is not a delivery"
         );
+    }
+
+    #[test]
+    fn feedback_for_a_message_sent_through_another_process_is_owed_to_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = C2dStore::open(&dir.path().join("c2d.redb")).expect("open");
+        let mut moved = msg("d1", "from-p0", i64::MAX, AckMode::Full);
+        moved.origin = Some(0);
+        let taken = s.take_in(vec![moved]).expect("take in");
+        assert_eq!(taken.len(), 1);
+        let queued = s.queued("d1").expect("queued");
+        assert!(s.complete("d1", queued[0].seq, "gen").expect("complete"));
+        assert!(
+            s.feedback(10).expect("feedback").is_none(),
+            "not this process's to hand out"
+        );
+        let owed = s.owed_feedback(10).expect("owed");
+        assert_eq!(owed.len(), 1);
+        assert_eq!(owed[0].1.to, 0);
+        assert_eq!(owed[0].1.feedback.original_message_id, "from-p0");
+        assert_eq!(owed[0].1.feedback.status_code, "Success");
+        s.feedback_sent(owed[0].0).expect("sent");
+        assert!(s.owed_feedback(10).expect("owed").is_empty());
+
+        // On the process it was sent through, it is feedback like any other.
+        s.record_feedback(owed[0].1.feedback.clone())
+            .expect("record");
+        let (_, got) = s.feedback(10).expect("feedback").expect("some");
+        assert_eq!(got, vec![owed[0].1.feedback.clone()]);
     }
 }

@@ -280,7 +280,8 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     direct method or a C2D message through another process reaches its connection (a
     queued C2D message follows the device), connecting to another process ends the older
     connection, and disabling or deleting it anywhere closes its
-    connection and refuses it everywhere."""
+    connection and refuses it everywhere. Feedback for a C2D message that moved is read on
+    the process it was sent through."""
     hubs = start_cluster(tmp_path, 2, 1)
     try:
         key = register(hubs, "shared-1", on=0)
@@ -289,7 +290,8 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
 
         # A C2D message sent through process 0 while the device is offline waits there and
         # follows the device to process 1 when it connects.
-        r = hubs[0].call("POST", "/devices/shared-1/messages/deviceBound", None, headers={"iothub-messageid": "early"})
+        r = hubs[0].call("POST", "/devices/shared-1/messages/deviceBound", None,
+                         headers={"iothub-messageid": "early", "iothub-ack": "full"})
         assert r.status_code == 204, r.text
         assert hubs[0].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 1
 
@@ -304,6 +306,15 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
         c2d = next(p for p in got if p[0] == 3)
         assert "%24.mid=early" in take_c2d(dev, c2d)
         assert wait_for(lambda: hubs[0].call("GET", "/devices/shared-1").json()["cloudToDeviceMessageCount"] == 0)
+        # Completed on process 1, its feedback is read where it was sent: process 0.
+        feedback = wait_for(lambda: (lambda r: r.status_code == 200 and r)(
+            hubs[0].call("GET", "/messages/serviceBound/feedback")))
+        assert feedback, "no feedback on process 0 for the message completed on process 1"
+        assert [(f["originalMessageId"], f["statusCode"], f["deviceId"]) for f in feedback.json()] == \
+            [("early", "Success", "shared-1")]
+        token = feedback.headers["iothub-lockToken"]
+        assert hubs[0].call("DELETE", f"/messages/serviceBound/feedback/{token}").status_code == 204
+        assert hubs[1].call("GET", "/messages/serviceBound/feedback").status_code == 204
 
         r = hubs[0].call("PATCH", "/twins/shared-1", {"tags": {"site": "north"}, "properties": {"desired": {"fan": "on"}}})
         assert r.status_code == 200, r.text
