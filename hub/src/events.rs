@@ -148,18 +148,7 @@ impl Events {
     /// Appends `event` to the log in the background; `what` names it in a warning if the
     /// log does not take it.
     pub(crate) fn append(&self, event: Event, what: &str) {
-        let ingest = Arc::clone(&self.ingest);
-        let what = what.to_owned();
-        self.runtime.spawn(async move {
-            let device_id = event.device_id.clone();
-            let stored = match ingest.ingest(&device_id, vec![event]).await {
-                Ok(ack) => ack.await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = stored {
-                tracing::warn!(device = %device_id, op = %what, error = %e, "could not log a hub event");
-            }
-        });
+        self.append_then(event, what, || {});
     }
 
     /// Appends `event` to the log in the background and calls `stored` once the log has

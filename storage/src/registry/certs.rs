@@ -271,18 +271,24 @@ impl Registry {
     }
 }
 
+/// What tests say the caller read of a CA certificate with SHA-256 `sha`.
+#[cfg(test)]
+pub(super) fn test_info(sha: &str) -> CaInfo {
+    CaInfo {
+        subject: "CN=root".into(),
+        sha1: "AB".repeat(20),
+        sha256: sha.into(),
+        not_after: 4_000_000_000,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use weir_core::DeviceDirectory;
 
     fn info(sha: &str) -> CaInfo {
-        CaInfo {
-            subject: "CN=root".into(),
-            sha1: "AB".repeat(20),
-            sha256: sha.into(),
-            not_after: 4_000_000_000,
-        }
+        test_info(sha)
     }
 
     #[test]

@@ -1,7 +1,8 @@
 use serde_json::json;
 use weir_core::{DeviceDirectory, EventSource};
 
-use super::super::{CaInfo, DeviceUpsert, Registry};
+use super::super::certs::test_info;
+use super::super::{DeviceUpsert, Registry};
 
 /// A registry of process `process` in a cluster, in its own directory.
 fn registry(process: usize) -> (tempfile::TempDir, Registry) {
@@ -176,20 +177,12 @@ fn a_registry_alone_writes_no_copies() {
     assert!(sent(&r).is_empty());
 }
 
-fn ca_info(sha: &str) -> CaInfo {
-    CaInfo {
-        subject: "CN=root".into(),
-        sha1: "AB".repeat(20),
-        sha256: sha.into(),
-        not_after: 4_000_000_000,
-    }
-}
-
 #[test]
 fn a_ca_certificate_verified_on_one_process_authenticates_on_every_process() {
     let (_a_dir, a) = registry(0);
     let (_b_dir, b) = registry(1);
-    a.put_ca("root", b"der", ca_info("S1"), None).expect("put");
+    a.put_ca("root", b"der", test_info("S1"), None)
+        .expect("put");
     a.set_verification_code("root", "C0DE".into(), None)
         .expect("code");
     a.mark_ca_verified("root", "S1", "C0DE", None)
@@ -215,7 +208,7 @@ fn a_ca_certificate_verified_on_one_process_authenticates_on_every_process() {
     assert_eq!(a.verified_cas().len(), 1);
 
     // Replaced by another certificate on b: a sees the verified one withdrawn.
-    b.put_ca("root", b"der2", ca_info("S2"), Some("*"))
+    b.put_ca("root", b"der2", test_info("S2"), Some("*"))
         .expect("replace");
     let replaced = sent(&b);
     let applied = a
@@ -237,7 +230,7 @@ fn a_ca_certificate_verified_on_one_process_authenticates_on_every_process() {
     assert!(b.ca("root").is_none(), "a tombstone keeps it deleted");
     // Added again later: a new incarnation, which wins over the tombstone.
     std::thread::sleep(std::time::Duration::from_millis(5));
-    a.put_ca("root", b"der3", ca_info("S3"), None)
+    a.put_ca("root", b"der3", test_info("S3"), None)
         .expect("again");
     apply(&b, &sent(&a), 50);
     assert_eq!(
