@@ -246,7 +246,6 @@ impl Hub {
                 inflight.remove(device);
             }
         }
-        self.forward_feedback();
         self.deliver_c2d(device);
     }
 
@@ -258,8 +257,10 @@ impl Hub {
         }
     }
 
-    /// Removes expired messages (recording feedback) and feedback nobody collected.
-    /// Blocking; run periodically.
+    /// Removes expired messages (recording feedback) and feedback nobody collected, and
+    /// sends the feedback owed to other processes of a cluster. Blocking; run every second
+    /// (not per acknowledgement: a read of the store per C2D message was not worth the
+    /// second it saves).
     pub(crate) fn expire_c2d(&self) {
         let registry = Arc::clone(&self.inner.registry);
         let generation = move |d: &str| {

@@ -231,21 +231,27 @@ impl Registry {
 
     /// Remembers inside `txn` that the CA certificate `rec` is deleted.
     pub(super) fn bury_ca(txn: &WriteTransaction, rec: &CaRecord) -> Result<(), RegistryError> {
-        txn.open_table(CA_TOMBSTONES)
-            .map_err(storage)?
-            .insert(rec.name.as_str(), rec.created.as_str())
-            .map_err(storage)?;
-        Ok(())
+        tombstone(txn, CA_TOMBSTONES, &rec.name, &rec.created)
     }
 
     /// Remembers inside `txn` that the incarnation of `rec` is deleted.
     pub(super) fn bury(txn: &WriteTransaction, rec: &DeviceRecord) -> Result<(), RegistryError> {
-        txn.open_table(TOMBSTONES)
-            .map_err(storage)?
-            .insert(rec.device_id.as_str(), rec.created_time.as_str())
-            .map_err(storage)?;
-        Ok(())
+        tombstone(txn, TOMBSTONES, &rec.device_id, &rec.created_time)
     }
+}
+
+/// Records in `table` that the incarnation of `name` created at `created` is deleted.
+fn tombstone(
+    txn: &WriteTransaction,
+    table: TableDefinition<&str, &str>,
+    name: &str,
+    created: &str,
+) -> Result<(), RegistryError> {
+    txn.open_table(table)
+        .map_err(storage)?
+        .insert(name, created)
+        .map_err(storage)?;
+    Ok(())
 }
 
 /// Whether `rec` (deleted or not) is newer than `held`, the record this process has of
