@@ -20,16 +20,28 @@ ROOT = Path(__file__).resolve().parents[2]
 WEIR = Path(os.environ.get("WEIR_BIN", ROOT / "target" / "debug" / "weir"))
 
 
+# Ports already handed out in this run. The kernel may give the same ephemeral port to
+# two binds in a row once the first socket is closed, and a hub then refuses to start
+# with two listeners on one address (a CI run failed that way).
+_HANDED_OUT = set()
+
+
+def _unused_port(kind):
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _unused_port(socket.SOCK_STREAM)
 
 
 def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _unused_port(socket.SOCK_DGRAM)
 
 
 def sas_token(resource, key_b64, expiry, policy=None):
