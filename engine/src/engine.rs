@@ -46,6 +46,9 @@ pub struct Hooks {
     /// In a cluster, this process's registry: every process's registry changes are applied
     /// to it (decision 039). Unused alone.
     pub replica: Option<Arc<dyn Replica>>,
+    /// In a cluster, what this process tells the others for their live pages, and where
+    /// theirs go. Unused alone.
+    pub reports: Option<Arc<dyn cluster::Reports>>,
 }
 
 /// How long, and for how many messages per device, repeats are recognised.
@@ -101,6 +104,8 @@ pub enum EngineError {
     Start(String),
     #[error("a dataflow worker failed: {0}")]
     Worker(String),
+    #[error("cannot join the cluster: {0}")]
+    Join(#[from] cluster::join::JoinError),
 }
 
 /// A running engine. It stops by itself once its feed is closed and read to the end.
@@ -172,11 +177,14 @@ impl Engine {
             (config.tick, config.dedupe, config.close_insights_at_end);
         let threads = config.workers;
         let in_cluster = config.cluster.is_some();
-        let timely_config = match &config.cluster {
-            Some(c) => c.timely(threads),
-            None => timely::Config::process(threads),
+        let (allocators, guard) = match &config.cluster {
+            Some(c) => c.allocators(threads)?,
+            None => timely::CommunicationConfig::Process(threads)
+                .try_build()
+                .map_err(EngineError::Start)?,
         };
-        let guards = timely::execute(timely_config, move |worker| {
+        let worker_config = timely::WorkerConfig::default();
+        let guards = timely::execute::execute_from(allocators, guard, worker_config, move |worker| {
             let (index, peers) = (worker.index(), worker.peers());
             // This process's log, split over this process's workers; the exchange below
             // takes each event to the worker that owns its partition, in any process.
@@ -243,8 +251,8 @@ impl Engine {
                     cluster::share_floors(
                         scope,
                         Arc::clone(&floors),
-                        process,
-                        local == 0,
+                        hooks.reports.clone(),
+                        (process, local == 0),
                         tick,
                         Rc::clone(&ended),
                     );

@@ -150,6 +150,7 @@ pub fn run(
             checkpoints: None,
             metrics: None,
             replica: None,
+            reports: None,
         },
     )?;
     let pushed = feed.push(events);

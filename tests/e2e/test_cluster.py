@@ -489,6 +489,67 @@ def test_a_process_stopped_alone_holds_the_clusters_frontier_until_it_returns(tm
     assert codes == [0, 0], codes
 
 
+def test_a_process_with_another_worker_count_is_refused_and_the_cluster_goes_on(tmp_path):
+    """Processes compare their shape when they join (decision 037): one started with
+    another `--workers` stops with an error naming the setting instead of breaking
+    timely's exchange; the process that had run with the cluster says so, keeps accepting,
+    and rejoins once the process is started as before. Each live page then shows the
+    other process as it reports itself."""
+    hubs = start_cluster(tmp_path, 2, 2)
+    try:
+        key = register(hubs, "shape-1", on=0)
+        hubs[1].proc.send_signal(signal.SIGKILL)
+        hubs[1].proc.wait(timeout=10)
+        odd_dir = tmp_path / "p1-one-worker"
+        odd_dir.mkdir()
+        odd = Hub(odd_dir, hubs[1].rules, workers=1, extra_args=hubs[1].extra_args)
+        try:
+            odd.start()
+        except RuntimeError:
+            pass  # it may already have found the mismatch and stopped
+        code = odd.proc.wait(timeout=60)
+        odd.log.close()
+        log = odd.log_text()
+        assert code == 1, log[-3000:]
+        assert "does not fit the cluster" in log and "engine.workers" in log, log[-3000:]
+        assert "process 0" in log and "runs 2 worker(s), this process runs 1" in log, log[-3000:]
+
+        assert hubs[0].proc.poll() is None, "the process that had run stopped"
+        assert hubs[0].wait_log("runs 1 worker(s), this process runs 2", timeout=30), hubs[0].log_text()[-3000:]
+        dev = Raw(hubs[0].mqtt_port, timeout=10)
+        assert dev.connect("shape-1", hubs[0].username("shape-1"), hubs[0].device_token("shape-1", key)) == 0
+        body = json.dumps({"temp": 1, "ts": int(time.time() * 1000)}).encode()
+        assert dev.publish("devices/shape-1/messages/events/", body, 1) == 1, "not accepted while the cluster is down"
+
+        runs = hubs[0].log_text().count("cluster dataflow running")
+        hubs[1].start()
+        assert wait_for(lambda: hubs[0].log_text().count("cluster dataflow running") > runs, timeout=90), \
+            hubs[0].log_text()[-3000:]
+        assert wait_for(lambda: sql(hubs, "SELECT count(*) FROM raw WHERE device_id = 'shape-1'")[0][0] == 1,
+                        timeout=60)
+
+        # Process 1's live page shows process 0 as process 0 reports itself.
+        def heard():
+            r = hubs[1].call("GET", "/dashboard/snapshot")
+            assert r.status_code == 200, r.text
+            p0 = r.json()["cluster"]["processes"][0]
+            return p0 if p0["report"] and p0["report"]["messagesIn"] >= 1 else None
+        p0 = wait_for(heard, timeout=30)
+        assert p0, hubs[1].call("GET", "/dashboard/snapshot").json()["cluster"]
+        assert p0["report"]["devicesConnected"] == 1 and p0["heardMsAgo"] < 5000, p0
+        # Seconds of log in a cluster (its offsets follow a clock), not a huge offset count;
+        # unknown until every partition has committed once.
+        secs = p0["report"]["backlogSecs"]
+        assert p0["report"]["backlog"] is None and (secs is None or 0 <= secs < 60), p0
+        # The row is archived by its partition's owner, on either process: the table shows both.
+        procs = hubs[1].call("GET", "/dashboard/snapshot").json()["cluster"]["processes"]
+        assert sum(p["report"]["archivedRows"] for p in procs) >= 1, procs
+        dev.close()
+    finally:
+        codes = stop_together(hubs)
+    assert codes == [0, 0], codes
+
+
 def stop_together(hubs):
     """A cluster stops when every process is told to: each one's dataflow ends once every
     process's log has closed."""

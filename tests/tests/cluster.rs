@@ -3,6 +3,7 @@
 //! exactly once, and each worker sees its events in offset order, also those of a device
 //! that moved from one process to the other. Registry changes written to either log reach
 //! the registry replica of both processes, once each and in offset order (decision 039).
+//! Each process hears the other's report for its live page.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -98,6 +99,24 @@ impl Replica for Applied {
     }
 }
 
+/// Reports heard from other processes: (from, report).
+#[derive(Default)]
+struct Heard {
+    me: usize,
+    heard: Mutex<Vec<(usize, String)>>,
+}
+
+impl weir_engine::cluster::Reports for Heard {
+    fn local(&self) -> String {
+        format!("report of process {}", self.me)
+    }
+    fn peer(&self, process: usize, report: String) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.push((process, report));
+        }
+    }
+}
+
 async fn change_registry(log: &Log, device: &str, body: String) {
     let id = DeviceId::parse(device).expect("id");
     let mut e = Event::telemetry(id.clone(), 0, Bytes::from(body));
@@ -148,6 +167,14 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
     let seen: Seen = Arc::default();
     let mut logs = Vec::new();
     let replicas: Vec<Arc<Applied>> = (0..2).map(|_| Arc::default()).collect();
+    let heard: Vec<Arc<Heard>> = (0..2)
+        .map(|me| {
+            Arc::new(Heard {
+                me,
+                ..Heard::default()
+            })
+        })
+        .collect();
     let mut starting = Vec::new();
     for (process, dir) in dirs.iter().enumerate() {
         let mut config = LogConfig::new(dir.path().to_path_buf());
@@ -163,6 +190,7 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
         };
         let sink: Arc<dyn SinkFactory> = Arc::new(Recorder(Arc::clone(&seen)));
         let replica: Arc<dyn Replica> = Arc::clone(&replicas[process]) as Arc<dyn Replica>;
+        let reports = Arc::clone(&heard[process]) as Arc<dyn weir_engine::cluster::Reports>;
         // Each start waits for the other process: start both at once.
         starting.push(std::thread::spawn(move || {
             Engine::start(
@@ -179,6 +207,7 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
                 vec![sink],
                 Hooks {
                     replica: Some(replica),
+                    reports: Some(reports),
                     ..Hooks::default()
                 },
             )
@@ -270,5 +299,16 @@ async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
         let mut bodies: Vec<String> = applied.into_iter().map(|(_, b)| b).collect();
         bodies.sort();
         assert_eq!(bodies, want, "process {p} has every process's changes");
+    }
+    for (p, h) in heard.iter().enumerate() {
+        let heard = h.heard.lock().expect("heard").clone();
+        let other = 1 - p;
+        assert!(!heard.is_empty(), "process {p} heard no report");
+        assert!(
+            heard
+                .iter()
+                .all(|(from, r)| *from == other && *r == format!("report of process {other}")),
+            "process {p} heard only process {other}'s reports: {heard:?}"
+        );
     }
 }

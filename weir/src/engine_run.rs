@@ -33,6 +33,8 @@ pub struct EngineParts {
     pub metrics: Arc<EngineMetrics>,
     pub archive_metrics: Arc<ArchiveMetrics>,
     pub runtime: tokio::runtime::Handle,
+    /// This process's report to the others of its cluster, and theirs.
+    pub reports: Arc<dyn weir_engine::cluster::Reports>,
 }
 
 /// The sink of one broker kind, its links on the hub's runtime.
@@ -94,6 +96,7 @@ impl EngineParts {
                 checkpoints: Some(Arc::clone(&self.commits) as Arc<dyn weir_core::Checkpoints>),
                 metrics: Some(Arc::clone(&self.metrics)),
                 replica: Some(Arc::new(weir_hub::RegistryReplica::new(self.hub.clone()))),
+                reports: Some(Arc::clone(&self.reports)),
             },
         )?)
     }
@@ -103,6 +106,7 @@ impl EngineParts {
 pub struct Running {
     thread: JoinHandle<anyhow::Result<()>>,
     stopping: Arc<AtomicBool>,
+    ended: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Running {
@@ -110,19 +114,40 @@ impl Running {
     /// engine starts once every process has joined, on the engine's thread.
     pub fn start(parts: EngineParts) -> anyhow::Result<Running> {
         let stopping = Arc::new(AtomicBool::new(false));
-        let thread = if parts.config.cluster.is_none() {
-            let engine = parts.start()?;
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        let spawn = |run: Box<dyn FnOnce() -> anyhow::Result<()> + Send>| {
             std::thread::Builder::new()
                 .name("weir-engine".into())
-                .spawn(move || Ok(engine.join()?))?
+                .spawn(move || {
+                    let outcome = run();
+                    let _ = ended_tx.send(());
+                    outcome
+                })
+        };
+        let thread = if parts.config.cluster.is_none() {
+            let engine = parts.start()?;
+            spawn(Box::new(move || Ok(engine.join()?)))?
         } else {
             quiet_cascades();
             let stop = Arc::clone(&stopping);
-            std::thread::Builder::new()
-                .name("weir-engine".into())
-                .spawn(move || supervise(&parts, &stop))?
+            spawn(Box::new(move || supervise(&parts, &stop)))?
         };
-        Ok(Running { thread, stopping })
+        Ok(Running {
+            thread,
+            stopping,
+            ended: Some(ended),
+        })
+    }
+
+    /// Resolves when the engine ends by itself, before this process stops: it failed (or,
+    /// in a cluster, cannot join it), and `join` says why. Pending forever once taken.
+    pub async fn ended(&mut self) {
+        match self.ended.take() {
+            Some(rx) => {
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
     }
 
     /// Says the log is about to close: an engine that ends now is not started again.
@@ -145,17 +170,27 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
     let mut backoff = Duration::from_secs(1);
+    let joined = std::cell::Cell::new(false);
     loop {
         let started = Instant::now();
-        // A process that dies while the cluster forms fails timely's handshake with a
-        // panic on this thread; that is one more failure to start again from.
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
             let engine = parts.start()?;
+            joined.set(true);
             tracing::info!("cluster dataflow running");
             engine.join().map_err(anyhow::Error::from)
         }));
         let failure = match outcome {
             Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if mismatched(&e) => {
+                // A process started in another shape than the cluster it joins: refused
+                // before it ever runs; a process that had run waits for the other to be
+                // started again as before.
+                if !joined.get() {
+                    return Err(e.context("this process does not fit the cluster"));
+                }
+                tracing::error!(error = %format!("{e:#}"), "a process of the cluster does not fit it; waiting for it to be started as the others");
+                format!("{e:#}")
+            }
             Ok(Err(e)) => format!("{e:#}"),
             Err(payload) => text(&*payload),
         };
@@ -178,6 +213,15 @@ fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(30));
     }
+}
+
+fn mismatched(e: &anyhow::Error) -> bool {
+    use weir_engine::EngineError;
+    use weir_engine::cluster::join::JoinError;
+    matches!(
+        e.downcast_ref::<EngineError>(),
+        Some(EngineError::Join(JoinError::Mismatch(_)))
+    )
 }
 
 fn text(payload: &(dyn std::any::Any + Send)) -> String {

@@ -294,7 +294,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     if let Some(c) = &cfg.cluster {
         tracing::info!(process = c.process, processes = c.processes(), peers = ?c.hosts, "cluster: the dataflow starts once every process has joined");
     }
-    let engine = crate::engine_run::Running::start(crate::engine_run::EngineParts {
+    let cluster_reports = Arc::new(api::dashboard::peers::ClusterReports::default());
+    let mut engine = crate::engine_run::Running::start(crate::engine_run::EngineParts {
         config: EngineConfig {
             workers: cfg.workers,
             tick: Duration::from_millis(200),
@@ -314,6 +315,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics: Arc::clone(&engine_metrics),
         archive_metrics: Arc::clone(&archive_metrics),
         runtime: tokio::runtime::Handle::current(),
+        reports: Arc::clone(&cluster_reports) as Arc<dyn weir_engine::cluster::Reports>,
     })?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
 
@@ -413,6 +415,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map_or((0, 1), |c| (c.process, c.processes())),
+        cluster_reports: Arc::clone(&cluster_reports),
+    });
+    let weak = Arc::downgrade(&state);
+    cluster_reports.set_local(move || {
+        weak.upgrade()
+            .map_or(serde_json::Value::Null, |s| api::dashboard::snapshot::report(&s))
     });
     let app = api::router(state);
     if let Some(l) = http_l {
@@ -456,7 +464,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         "Weir is ready"
     );
 
-    signals.recv().await;
+    tokio::select! {
+        () = signals.recv() => {}
+        () = engine.ended() => tracing::error!("the engine ended by itself; stopping (the reason follows)"),
+    }
     tracing::info!("stopping: no new connections; draining accepted messages");
     let _ = stop_tx.send(true);
     // Registered connections hear it from the connection registry (those still

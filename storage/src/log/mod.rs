@@ -449,6 +449,16 @@ impl LogMetricsHandle {
         self.0.retain_floor.load(Ordering::Relaxed)
     }
 
+    /// The first offset the log still holds (its end when it holds nothing).
+    pub fn first(&self) -> u64 {
+        self.0
+            .segments
+            .read()
+            .ok()
+            .and_then(|s| s.first().map(|seg| seg.base))
+            .unwrap_or_else(|| self.end())
+    }
+
     pub fn segments(&self) -> usize {
         self.0.segments.read().map_or(0, |s| s.len())
     }

@@ -2,7 +2,7 @@
 
 mod auth;
 mod certificates;
-mod dashboard;
+pub mod dashboard;
 mod devices;
 mod dps;
 mod endpoints;
@@ -55,6 +55,8 @@ pub struct ApiState {
     pub workers: usize,
     /// This process's index and the cluster's process count (0 and 1 alone).
     pub cluster: (usize, usize),
+    /// The other processes' reports for the live page (empty alone).
+    pub cluster_reports: Arc<dashboard::peers::ClusterReports>,
 }
 
 /// A JSON answer with its `ETag` header (IoT Hub quotes etags).

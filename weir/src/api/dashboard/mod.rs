@@ -7,7 +7,8 @@
 //! `weir_dashboard` cookie set by signing in, either with a connection string on the
 //! sign-in page or through the short-lived link `weir dashboard` prints.
 
-mod snapshot;
+pub mod peers;
+pub mod snapshot;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -70,7 +70,7 @@ pub fn take(s: &ApiState) -> Value {
         "timeMs": weir_core::time::now_ms(),
         "hub": s.hostname,
         "cluster": {
-            "processes": processes(s.cluster, s.workers),
+            "processes": processes(s),
         },
         "connections": connections,
         "devicesConnected": s.hub.connections().connected(),
@@ -90,7 +90,8 @@ pub fn take(s: &ApiState) -> Value {
         "endpoints": endpoints,
         "log": {
             "endOffset": s.log_metrics.end(),
-            "backlog": s.log_metrics.end().saturating_sub(s.endpoint_health.floor()),
+            "backlog": backlog(s).0,
+            "backlogSecs": backlog(s).1,
             "diskBytes": get(&l.disk_bytes),
             "budgetBytes": s.log_budget_bytes,
             "writeFailing": s.log_metrics.write_failing(),
@@ -109,13 +110,55 @@ pub fn take(s: &ApiState) -> Value {
     })
 }
 
+/// What this process tells the others of its cluster for their live pages: totals, which
+/// the page turns into rates.
+pub fn report(s: &ApiState) -> Value {
+    json!({
+        "timeMs": weir_core::time::now_ms(),
+        "devicesConnected": s.hub.connections().connected(),
+        "messagesIn": s.gateway_metrics.all().iter()
+            .map(|(_, m)| m.messages_in.load(Ordering::Relaxed)).sum::<u64>(),
+        "archivedRows": s.archive_metrics.rows_committed.load(Ordering::Relaxed),
+        "backlog": backlog(s).0,
+        "backlogSecs": backlog(s).1,
+    })
+}
+
+/// The log not yet behind every endpoint: (records, seconds). Alone offsets count records;
+/// in a cluster they follow a clock (`now_µs · processes + process`, decision 037), so the
+/// backlog is seconds of log there, unknown (`None`) until every partition's endpoints
+/// have committed once (the floor is 0 until then, not a time).
+fn backlog(s: &ApiState) -> (Option<u64>, Option<f64>) {
+    let floor = s.endpoint_health.floor().max(s.log_metrics.first());
+    let behind = s.log_metrics.end().saturating_sub(floor);
+    match s.cluster.1 {
+        0 | 1 => (Some(behind), None),
+        _ if floor == 0 => (None, None),
+        n => (None, Some(behind as f64 / n as f64 / 1e6)),
+    }
+}
+
 /// Every process of the cluster with the partitions its workers own (timely numbers
-/// workers process by process; partition `p` belongs to worker `p % (processes · workers)`).
-fn processes((this, n): (usize, usize), workers: usize) -> Vec<Value> {
+/// workers process by process; partition `p` belongs to worker `p % (processes · workers)`),
+/// and its latest report: this process's own, the others' as last heard.
+fn processes(s: &ApiState) -> Vec<Value> {
+    let ((this, n), workers) = (s.cluster, s.workers);
+    let mut heard = s.cluster_reports.peers();
+    let now = weir_core::time::now_ms();
     (0..n.max(1))
         .map(|i| {
             let owned = weir_core::feed::partitions_of_process(i, n, workers).len();
-            json!({ "process": i, "workers": workers, "partitions": owned, "this": i == this })
+            let (report, heard_ms_ago) = if i == this {
+                (report(s), Some(0))
+            } else {
+                heard
+                    .remove(&i)
+                    .map_or((Value::Null, None), |h| (h.report, Some(now - h.at_ms)))
+            };
+            json!({
+                "process": i, "workers": workers, "partitions": owned, "this": i == this,
+                "report": report, "heardMsAgo": heard_ms_ago,
+            })
         })
         .collect()
 }

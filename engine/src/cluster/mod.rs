@@ -19,6 +19,14 @@ use timely::dataflow::operators::{Inspect, Probe, ToStream};
 
 use crate::sinks::Floors;
 
+pub mod join;
+
+/// What `timely::execute::execute_from` starts workers from.
+pub(crate) type Allocators = (
+    Vec<timely::communication::allocator::AllocatorBuilder>,
+    Box<dyn std::any::Any + Send>,
+);
+
 /// This process's place in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -33,17 +41,25 @@ pub struct ClusterConfig {
 pub const RESTART: &str = "weir cluster dataflow restarts";
 
 impl ClusterConfig {
-    pub(crate) fn timely(&self, threads: usize) -> timely::Config {
-        timely::Config {
-            communication: timely::CommunicationConfig::Cluster {
-                threads,
-                process: self.process,
-                addresses: self.hosts.clone(),
-                report: false,
-                zerocopy: false,
-            },
-            worker: timely::WorkerConfig::default(),
-        }
+    /// Joins every other process (see [`join`]) and builds timely's allocators over the
+    /// connections: what `timely::execute` would build from a `Cluster` config, after
+    /// Weir's own hello instead of timely's.
+    pub(crate) fn allocators(&self, threads: usize) -> Result<Allocators, join::JoinError> {
+        use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+        use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+        let sockets = join::connect(&join::Hello::new(self.process, &self.hosts, threads))?;
+        let hooks = timely::communication::Hooks::default();
+        let local = ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+        let (builders, guard) =
+            initialize_networking_from_sockets(local, sockets, self.process, threads, hooks)
+                .map_err(|source| join::JoinError::Listen {
+                    address: self.hosts[self.process].clone(),
+                    source,
+                })?;
+        Ok((
+            builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+            Box::new(guard),
+        ))
     }
 
     pub fn processes(&self) -> usize {
@@ -74,35 +90,66 @@ pub(crate) fn agree_floor(worker: &mut timely::worker::Worker, threads: usize, f
     lowest.get()
 }
 
+/// What each process tells the others about itself for their live pages, once a second
+/// while the cluster's dataflow runs (a process not heard from lately is down or
+/// cut off). The text is opaque to the engine.
+pub trait Reports: Send + Sync {
+    /// This process's report.
+    fn local(&self) -> String;
+    /// Another process's latest report.
+    fn peer(&self, process: usize, report: String);
+}
+
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
 /// Shares floors while the dataflow runs: worker 0 of each process sends its process's
 /// floor to every worker each `tick`, and every process releases its log only below the
 /// lowest. With it goes whether the process's log is closed: sources end only once every
-/// process's is. Stops once `ended` is set (this worker's input has ended).
+/// process's is, and the process's report once a second. Stops once `ended` is set (this
+/// worker's input has ended).
 pub(crate) fn share_floors(
     scope: Scope<'_, u64>,
     floors: Arc<Floors>,
-    process: usize,
-    first_of_process: bool,
+    reports: Option<Arc<dyn Reports>>,
+    (process, first_of_process): (usize, bool),
     tick: Duration,
     ended: Rc<Cell<bool>>,
 ) {
     let floors_in = Arc::clone(&floors);
+    let reports_in = reports.clone().filter(|_| first_of_process);
     source(scope, "FloorsOut", move |cap, info| {
         let activator = scope.activator_for(info.address.clone());
         // Worker 0 speaks for its process; the others have nothing to send.
         let mut cap = first_of_process.then_some(cap);
+        let mut reported: Option<std::time::Instant> = None;
         move |output| {
             if ended.get() {
                 cap = None;
             }
             let Some(c) = &cap else { return };
+            let report = match &reports {
+                Some(r) if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) => {
+                    reported = Some(std::time::Instant::now());
+                    r.local()
+                }
+                _ => String::new(),
+            };
             output
                 .session(c)
-                .give((process, floors.local(), floors.local_closed()));
+                .give((process, floors.local(), floors.local_closed(), report));
             activator.activate_after(tick);
         }
     })
-    .container::<Vec<(usize, u64, bool)>>()
+    .container::<Vec<(usize, u64, bool, String)>>()
     .broadcast()
-    .inspect(move |(p, f, closed)| floors_in.set_peer(*p, *f, *closed));
+    .inspect(move |(p, f, closed, report)| {
+        floors_in.set_peer(*p, *f, *closed);
+        // One worker per process keeps the reports.
+        if let Some(r) = &reports_in
+            && *p != process
+            && !report.is_empty()
+        {
+            r.peer(*p, report.clone());
+        }
+    });
 }
