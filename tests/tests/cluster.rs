@@ -125,11 +125,14 @@ async fn change_registry(log: &Log, device: &str, body: String) {
     ack.await.expect("durable");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+/// `n` distinct free loopback addresses: each listener is held until all are picked.
+fn free_hosts(n: usize) -> Vec<String> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("bound").to_string())
+        .collect()
 }
 
 fn rules() -> weir_rules::RuleSet {
@@ -157,9 +160,7 @@ async fn append(log: &Log, device: &str, bodies: impl Iterator<Item = String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_deliver_every_event_once_to_its_owner_in_offset_order() {
-    let hosts: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
-        .collect();
+    let hosts = free_hosts(2);
     let dirs = [
         tempfile::tempdir().expect("tmp"),
         tempfile::tempdir().expect("tmp"),

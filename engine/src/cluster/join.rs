@@ -269,12 +269,13 @@ fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
 mod tests {
     use super::*;
 
+    /// `n` distinct free ports: each listener is held until all are picked.
     fn hosts(n: usize) -> Vec<String> {
-        (0..n)
-            .map(|_| {
-                let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-                l.local_addr().expect("addr").to_string()
-            })
+        let held: Vec<TcpListener> = (0..n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        held.iter()
+            .map(|l| l.local_addr().expect("addr").to_string())
             .collect()
     }
 
