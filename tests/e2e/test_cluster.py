@@ -392,6 +392,47 @@ def test_registry_changes_on_one_process_reach_every_process(tmp_path):
     assert codes == [0, 0], codes
 
 
+def test_c2d_feedback_for_a_paho_device_on_another_process_is_read_where_it_was_sent(tmp_path):
+    """The cluster's C2D path with a standard MQTT client (paho) as the device: a message
+    with `iothub-ack: full` sent through process 0 reaches the device connected to process
+    1, paho acknowledges it (the IoT Hub MQTT way to complete), and its `Success` feedback
+    is read on process 0, not on process 1 (decision 039)."""
+    hubs = start_cluster(tmp_path, 2, 1)
+    client = None
+    try:
+        key = register(hubs, "paho-c2d", on=0)
+        got, subscribed = [], threading.Event()
+        client = paho.Client(client_id="paho-c2d", protocol=paho.MQTTv311, clean_session=False)
+        client.username_pw_set(hubs[1].username("paho-c2d"), hubs[1].device_token("paho-c2d", key))
+        client.on_connect = lambda c, u, f, rc: c.subscribe("devices/paho-c2d/messages/devicebound/#", qos=1)
+        client.on_subscribe = lambda c, u, mid, granted: subscribed.set()
+        client.on_message = lambda c, u, m: got.append((m.topic, m.payload, m.qos))
+        client.connect("127.0.0.1", hubs[1].mqtt_port, 30)
+        client.loop_start()
+        assert subscribed.wait(10), "no SUBACK"
+
+        r = hubs[0].call("POST", "/devices/paho-c2d/messages/deviceBound", b"open the valve",
+                         headers={"iothub-messageid": "valve-1", "iothub-ack": "full"})
+        assert r.status_code == 204, r.text
+        assert wait_for(lambda: got, timeout=15), "the message sent through process 0 did not reach paho on process 1"
+        topic, payload, qos = got[0]
+        assert payload == b"open the valve" and qos == 1 and "%24.mid=valve-1" in topic, got
+
+        feedback = wait_for(lambda: (lambda r: r.status_code == 200 and r)(
+            hubs[0].call("GET", "/messages/serviceBound/feedback")), timeout=20)
+        assert feedback, "no feedback on process 0 for the message paho completed on process 1"
+        assert [(f["originalMessageId"], f["statusCode"], f["deviceId"]) for f in feedback.json()] == \
+            [("valve-1", "Success", "paho-c2d")]
+        assert hubs[1].call("GET", "/messages/serviceBound/feedback").status_code == 204
+        assert hubs[0].call("GET", "/devices/paho-c2d").json()["cloudToDeviceMessageCount"] == 0
+    finally:
+        if client:
+            client.loop_stop()
+            client.disconnect()
+        codes = stop_together(hubs)
+    assert codes == [0, 0], codes
+
+
 def test_a_ca_verified_through_one_process_admits_its_devices_on_every_process(tmp_path):
     """CA certificates are part of the cluster's registry (decision 039): a CA added and
     verified through process 0 admits its devices on process 1; deleting it through

@@ -207,7 +207,10 @@ class Hub:
         h = self.service_headers() if auth else {}
         h.update(headers or {})
         sep = "&" if "?" in path else "?"
-        return requests.request(method, f"{self.api}{path}{sep}api-version=2021-04-12", json=body, headers=h, timeout=10)
+        # Bytes go as they are (a C2D message's body); anything else as JSON.
+        raw = body if isinstance(body, bytes) else None
+        return requests.request(method, f"{self.api}{path}{sep}api-version=2021-04-12",
+                                json=None if raw is not None else body, data=raw, headers=h, timeout=10)
 
     def create_device(self, device_id, status="enabled", tags=None):
         body = {"deviceId": device_id, "status": status, "authentication": {"type": "sas"}}
