@@ -8,6 +8,7 @@
 #   benches/scale.sh                              # IDLE=18000 TLS_IDLE=10000 STORM=18000
 #   ONLY=storm STORM=10000 RATES=2000 benches/scale.sh
 #   ONLY=cluster CLUSTER_PROCS=6 CLUSTER_PER=16700 benches/scale.sh   # 100 k over 6 processes
+#   (SETTLE_SECS=40: how long connections idle before RSS is read; RSS printed each second)
 #   ONLY=throughput THRU_WORKERS=2 benches/scale.sh   # 1 process vs a cluster of 2
 #   ONLY=cluster-storm STORM_PROCS=3 STORM_PER=16700 benches/scale.sh   # 50 k TLS storm
 set -euo pipefail

@@ -109,6 +109,29 @@ def register_each(hubs, n, prefix):
                       "seconds": took, "per_s": n * len(hubs) / took}), flush=True)
 
 
+def replicated(hubs, total, limit=600):
+    """Waits until every process holds all `total` devices, then until their RSS stops
+    growing: registry changes reach the other processes through the cluster's dataflow
+    after the API has answered, and a baseline taken before they are applied would count
+    the registry as connection memory."""
+    t0 = time.time()
+    while time.time() - t0 < limit:
+        counts = [h.metric("weir_devices_registered") for h in hubs]
+        if all(c >= total for c in counts):
+            break
+        time.sleep(1)
+    else:
+        raise SystemExit(f"the registry did not reach every process: {counts} of {total}")
+    before = None
+    while time.time() - t0 < limit:
+        now = [status(h.proc.pid, "VmRSS") for h in hubs]
+        if before and all(abs(a - b) <= 0.002 * b for a, b in zip(now, before)):
+            return now
+        before = now
+        time.sleep(3)
+    return before
+
+
 def hub_args(hub, transport="tcp"):
     return ["--api", hub.api, "--data-dir", hub.data, "--mqtt", f"127.0.0.1:{hub.mqtt_port}",
             "--mqtts", f"127.0.0.1:{hub.mqtts_port}", "--transport", transport]
@@ -204,7 +227,7 @@ def cluster_idle(base):
         for h in hubs:
             h.start()
         register_each(hubs, CLUSTER_PER, "c")
-        rss_before = [status(h.proc.pid, "VmRSS") for h in hubs]
+        rss_before = replicated(hubs, CLUSTER_PROCS * CLUSTER_PER)
         for i, h in enumerate(hubs):
             first = 2 + i * 40
             sims.append(simulate(*hub_args(h), "--prefix", f"c{i}-", "--devices", CLUSTER_PER, "--idle",
@@ -213,7 +236,9 @@ def cluster_idle(base):
         total = CLUSTER_PROCS * CLUSTER_PER
         took = wait_connected(lambda: all(s.poll() is None for s in sims),
                               lambda: sum(h.metric("weir_devices_connected") for h in hubs), total, limit=900)
-        time.sleep(5)
+        for _ in range(int(os.environ.get("SETTLE_SECS", "5"))):
+            time.sleep(1)
+            print("  rss", [status(h.proc.pid, "VmRSS") for h in hubs], file=sys.stderr, flush=True)
         connected = sum(h.metric("weir_devices_connected") for h in hubs)
         rss_after = [status(h.proc.pid, "VmRSS") for h in hubs]
         per = [(a - b) / CLUSTER_PER for a, b in zip(rss_after, rss_before)]
