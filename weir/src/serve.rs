@@ -419,8 +419,9 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     });
     let weak = Arc::downgrade(&state);
     cluster_reports.set_local(move || {
-        weak.upgrade()
-            .map_or(serde_json::Value::Null, |s| api::dashboard::snapshot::report(&s))
+        weak.upgrade().map_or(serde_json::Value::Null, |s| {
+            api::dashboard::snapshot::report(&s)
+        })
     });
     let app = api::router(state);
     if let Some(l) = http_l {

@@ -50,11 +50,15 @@ pub enum JoinError {
     /// waiting does not fix.
     #[error("{0}")]
     Mismatch(String),
-    #[error("cannot listen for the cluster on {address} (this process's line in the hosts file): {source}")]
+    #[error(
+        "cannot listen for the cluster on {address} (this process's line in the hosts file): {source}"
+    )]
     Listen {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot start timely's network threads over the joined connections: {0}")]
+    Network(std::io::Error),
     /// The other side of the join failed first.
     #[error("joining the cluster was abandoned")]
     Abandoned,
@@ -206,7 +210,12 @@ fn check(mine: &Hello, theirs: &Hello, index: usize) -> Result<(), JoinError> {
             theirs.hosts.join(", "),
             mine.hosts.join(", ")
         )
-    } else if theirs.process != index || theirs.process == mine.process {
+    } else if theirs.process == mine.process {
+        format!(
+            "another process also runs as process {} (`cluster.process`, --process): each process of a cluster needs its own index",
+            mine.process
+        )
+    } else if theirs.process != index {
         format!(
             "the process at {address} says it is process {}, the hosts file makes it process {index}: check its --process (`cluster.process`)",
             theirs.process
@@ -252,7 +261,9 @@ fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
         .map_err(|e| format!("no hello: {e}"))?;
     let (magic, len) = head.split_at(8);
     if magic != MAGIC {
-        return Err("it does not speak Weir's cluster protocol (an older Weir or another program?)".into());
+        return Err(
+            "it does not speak Weir's cluster protocol (an older Weir or another program?)".into(),
+        );
     }
     let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
     if len > MAX_HELLO {

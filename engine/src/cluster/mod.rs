@@ -45,17 +45,15 @@ impl ClusterConfig {
     /// connections: what `timely::execute` would build from a `Cluster` config, after
     /// Weir's own hello instead of timely's.
     pub(crate) fn allocators(&self, threads: usize) -> Result<Allocators, join::JoinError> {
-        use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
         use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+        use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
         let sockets = join::connect(&join::Hello::new(self.process, &self.hosts, threads))?;
         let hooks = timely::communication::Hooks::default();
-        let local = ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+        let local =
+            ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
         let (builders, guard) =
             initialize_networking_from_sockets(local, sockets, self.process, threads, hooks)
-                .map_err(|source| join::JoinError::Listen {
-                    address: self.hosts[self.process].clone(),
-                    source,
-                })?;
+                .map_err(join::JoinError::Network)?;
         Ok((
             builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
             Box::new(guard),
