@@ -43,7 +43,7 @@ pub(crate) struct Peers {
 
 /// Where a device was last seen connecting, when that was another process, by the
 /// device's stable hash: every process holds an entry for nearly every device connected
-/// anywhere else, and 12 bytes a device instead of its id keeps that small (decision
+/// anywhere else, and 16 bytes a device instead of its id keeps that small (decision
 /// 040). Two devices with one hash (about one chance in 10^9 for 100 000 devices) would
 /// at worst send one's queued C2D messages to the other's process, where they wait for
 /// it as on any process.

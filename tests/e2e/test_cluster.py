@@ -552,7 +552,7 @@ def test_a_process_with_another_worker_count_is_refused_and_the_cluster_goes_on(
         odd.log.close()
         log = odd.log_text()
         assert code == 1, log[-3000:]
-        assert "does not fit the cluster" in log and "engine.workers" in log, log[-3000:]
+        assert "cannot join its cluster" in log and "engine.workers" in log, log[-3000:]
         assert "process 0" in log and "runs 2 worker(s), this process runs 1" in log, log[-3000:]
 
         assert hubs[0].proc.poll() is None, "the process that had run stopped"

@@ -182,13 +182,15 @@ fn supervise(parts: &EngineParts, stopping: &AtomicBool) -> anyhow::Result<()> {
         let failure = match outcome {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) if mismatched(&e) => {
-                // A process started in another shape than the cluster it joins: refused
-                // before it ever runs; a process that had run waits for the other to be
-                // started again as before.
+                // This process and one it dialled differ: before this process ever ran,
+                // it stops (its settings may be the wrong ones); once it has run with the
+                // cluster, it waits for the other to be started again as before.
                 if !joined.get() {
-                    return Err(e.context("this process does not fit the cluster"));
+                    return Err(e.context(
+                        "this process cannot join its cluster; correct the setting named here on whichever process is wrong, then start it again",
+                    ));
                 }
-                tracing::error!(error = %format!("{e:#}"), "a process of the cluster does not fit it; waiting for it to be started as the others");
+                tracing::error!(error = %format!("{e:#}"), "a process of the cluster differs from this one; waiting for it to be started as before");
                 format!("{e:#}")
             }
             Ok(Err(e)) => format!("{e:#}"),

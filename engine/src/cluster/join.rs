@@ -9,7 +9,7 @@
 //! process before it in the hosts list and accepts every process after it.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,15 +18,20 @@ use serde::{Deserialize, Serialize};
 /// Opens every hello; anything else on the cluster port is not a Weir process.
 const MAGIC: &[u8; 8] = b"WEIRJOIN";
 const MAX_HELLO: usize = 64 * 1024;
-/// How long a connection may take to say hello before it is dropped.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may take to connect and say its whole hello before it is dropped.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 const RETRY: Duration = Duration::from_millis(500);
 /// How often "still waiting for process N" is logged.
 const WAIT_REPORT: Duration = Duration::from_secs(30);
 
+/// Moves whenever what processes exchange changes (the dataflow's streams and their
+/// types), so builds that cannot run together do not join even at one crate version.
+const PROTOCOL: u32 = 1;
+
 /// What a process says about itself when it joins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
+    pub protocol: u32,
     pub version: String,
     pub process: usize,
     pub hosts: Vec<String>,
@@ -36,6 +41,7 @@ pub struct Hello {
 impl Hello {
     pub fn new(process: usize, hosts: &[String], workers: usize) -> Hello {
         Hello {
+            protocol: PROTOCOL,
             version: env!("CARGO_PKG_VERSION").to_string(),
             process,
             hosts: hosts.to_vec(),
@@ -69,15 +75,18 @@ pub enum JoinError {
 /// this process's own index: what timely's networking is built from.
 pub fn connect(mine: &Hello) -> Result<Vec<Option<TcpStream>>, JoinError> {
     let stop = AtomicBool::new(false);
-    let give_up = |r: Result<Vec<Option<TcpStream>>, JoinError>| {
+    // Either side failing, a panic included, stops the other.
+    let side = |f: &dyn Fn() -> Joined| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+            .unwrap_or(Err(JoinError::Abandoned));
         if r.is_err() {
             stop.store(true, Ordering::SeqCst);
         }
         r
     };
     let (before, after) = std::thread::scope(|s| {
-        let before = s.spawn(|| give_up(connect_before(mine, &stop)));
-        let after = s.spawn(|| give_up(accept_after(mine, &stop)));
+        let before = s.spawn(|| side(&|| connect_before(mine, &stop)));
+        let after = s.spawn(|| side(&|| accept_after(mine, &stop)));
         (joined(before), joined(after))
     });
     let (mut before, after) = match (before, after) {
@@ -90,14 +99,14 @@ pub fn connect(mine: &Hello) -> Result<Vec<Option<TcpStream>>, JoinError> {
     Ok(before)
 }
 
-fn joined(
-    handle: std::thread::ScopedJoinHandle<'_, Result<Vec<Option<TcpStream>>, JoinError>>,
-) -> Result<Vec<Option<TcpStream>>, JoinError> {
+type Joined = Result<Vec<Option<TcpStream>>, JoinError>;
+
+fn joined(handle: std::thread::ScopedJoinHandle<'_, Joined>) -> Joined {
     handle.join().unwrap_or(Err(JoinError::Abandoned))
 }
 
 /// Connections to processes `0..mine.process`, dialled until each answers.
-fn connect_before(mine: &Hello, stop: &AtomicBool) -> Result<Vec<Option<TcpStream>>, JoinError> {
+fn connect_before(mine: &Hello, stop: &AtomicBool) -> Joined {
     let mut streams = Vec::with_capacity(mine.process);
     for (index, address) in mine.hosts.iter().enumerate().take(mine.process) {
         let mut reported = None::<Instant>;
@@ -125,7 +134,14 @@ fn connect_before(mine: &Hello, stop: &AtomicBool) -> Result<Vec<Option<TcpStrea
 }
 
 fn dial(address: &str, mine: &Hello) -> Result<(TcpStream, Hello), String> {
-    let mut stream = TcpStream::connect(address).map_err(|e| e.to_string())?;
+    let target = address
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or_else(|| format!("{address} resolves to no address"))?;
+    // Bounded, so a host that drops packets does not hold off `stop` for minutes.
+    let mut stream =
+        TcpStream::connect_timeout(&target, HELLO_TIMEOUT).map_err(|e| e.to_string())?;
     prepare(&stream).map_err(|e| e.to_string())?;
     write_hello(&mut stream, mine).map_err(|e| e.to_string())?;
     let theirs = read_hello(&mut stream)?;
@@ -134,7 +150,7 @@ fn dial(address: &str, mine: &Hello) -> Result<(TcpStream, Hello), String> {
 }
 
 /// Connections from processes `mine.process + 1..`, accepted until each has said hello.
-fn accept_after(mine: &Hello, stop: &AtomicBool) -> Result<Vec<Option<TcpStream>>, JoinError> {
+fn accept_after(mine: &Hello, stop: &AtomicBool) -> Joined {
     let later = mine.hosts.len().saturating_sub(mine.process + 1);
     let mut streams: Vec<Option<TcpStream>> = (0..later).map(|_| None).collect();
     if later == 0 {
@@ -174,20 +190,26 @@ fn accept_after(mine: &Hello, stop: &AtomicBool) -> Result<Vec<Option<TcpStream>
                 continue;
             }
         };
-        // Answered before checking, so the other side learns of a mismatch too.
+        // Answered before checking: the joining side finds a mismatch itself and stops.
+        // This side only drops the connection, since any hello may reach this port and
+        // only the one that dialled is sure which process it meant.
         if let Err(e) = write_hello(&mut stream, mine) {
             tracing::warn!(%peer, error = %e, "a joining process went away during its hello");
             continue;
         }
         let index = theirs.process;
-        check(mine, &theirs, index)?;
+        if let Err(JoinError::Mismatch(why)) = check(mine, &theirs, index) {
+            tracing::error!(%peer, "a process that does not fit the cluster tried to join: {why}");
+            continue;
+        }
         let Some(slot) = index.checked_sub(mine.process + 1) else {
-            return Err(JoinError::Mismatch(format!(
-                "process {index} ({peer}) connected to this one, but only processes after {} do",
-                mine.process
-            )));
+            tracing::warn!(%peer, process = index, "dropped a join from a process before this one (it should be dialled, not dial)");
+            continue;
         };
-        ready(&stream).map_err(listen_error)?;
+        if let Err(e) = ready(&stream) {
+            tracing::warn!(%peer, error = %e, "dropped a joining connection");
+            continue;
+        }
         // A process that restarted while the cluster formed replaces its earlier stream.
         streams[slot] = Some(stream);
     }
@@ -199,16 +221,22 @@ fn accept_after(mine: &Hello, stop: &AtomicBool) -> Result<Vec<Option<TcpStream>
 fn check(mine: &Hello, theirs: &Hello, index: usize) -> Result<(), JoinError> {
     let address = mine.hosts.get(index).map_or("?", String::as_str);
     let who = format!("process {} ({address})", theirs.process);
-    let why = if theirs.version != mine.version {
+    let why = if theirs.protocol != mine.protocol || theirs.version != mine.version {
         format!(
-            "{who} runs Weir {}, this process runs {}: every process of a cluster runs the same version",
-            theirs.version, mine.version
+            "{who} runs Weir {} (cluster protocol {}), this process runs {} (protocol {}): every process of a cluster runs the same build",
+            theirs.version, theirs.protocol, mine.version, mine.protocol
         )
     } else if theirs.hosts != mine.hosts {
         format!(
             "{who} was started with another hosts file ({}), this process with ({}): every process needs the same hosts file (`cluster.hosts`), lines in the same order",
             theirs.hosts.join(", "),
             mine.hosts.join(", ")
+        )
+    } else if theirs.process >= mine.hosts.len() {
+        format!(
+            "a process says it is process {}, but the hosts file names {}",
+            theirs.process,
+            mine.hosts.len()
         )
     } else if theirs.process == mine.process {
         format!(
@@ -254,11 +282,30 @@ fn write_hello(stream: &mut TcpStream, hello: &Hello) -> std::io::Result<()> {
     stream.write_all(&frame)
 }
 
+/// Fills `buf` by `deadline`: one limit for the whole hello, so a connection that trickles
+/// bytes cannot hold the accept loop past it.
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf[filled..]) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
+    let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut head = [0u8; 12];
-    stream
-        .read_exact(&mut head)
-        .map_err(|e| format!("no hello: {e}"))?;
+    read_by(stream, &mut head, deadline).map_err(|e| format!("no hello: {e}"))?;
     let (magic, len) = head.split_at(8);
     if magic != MAGIC {
         return Err(
@@ -270,9 +317,7 @@ fn read_hello(stream: &mut TcpStream) -> Result<Hello, String> {
         return Err(format!("a hello of {len} bytes is too long"));
     }
     let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .map_err(|e| format!("hello cut short: {e}"))?;
+    read_by(stream, &mut body, deadline).map_err(|e| format!("hello cut short: {e}"))?;
     serde_json::from_slice(&body).map_err(|e| format!("unreadable hello: {e}"))
 }
 
@@ -314,33 +359,61 @@ mod tests {
         }
     }
 
-    #[test]
-    fn different_worker_counts_are_refused_on_both_sides_naming_the_setting() {
-        let h = hosts(2);
-        let results = join_all(vec![Hello::new(0, &h, 2), Hello::new(1, &h, 1)]);
-        for r in results {
-            match r {
-                Err(JoinError::Mismatch(why)) => {
-                    assert!(why.contains("engine.workers"), "{why}");
-                    assert!(why.contains("runs 1 worker(s)") || why.contains("runs 2 worker(s)"));
-                }
-                other => panic!("expected a mismatch, got {other:?}"),
-            }
+    /// Process 0 waits for process 1; `odd` (as process 1) must be refused by itself, and
+    /// process 0 must go on to join a right process 1.
+    fn refused_then_joined(h: &[String], odd: Hello, needle: &str) {
+        let first = Hello::new(0, h, 2);
+        let waiting = std::thread::spawn(move || connect(&first));
+        match connect(&odd) {
+            Err(JoinError::Mismatch(why)) => assert!(why.contains(needle), "{why}"),
+            other => panic!("expected a mismatch, got {other:?}"),
         }
+        let right = connect(&Hello::new(1, h, 2)).expect("a right process 1 joins");
+        assert!(right[0].is_some());
+        let first = waiting.join().expect("no panic").expect("process 0 joined");
+        assert!(first[1].is_some());
     }
 
     #[test]
-    fn another_hosts_file_is_refused() {
+    fn another_worker_count_is_refused_by_the_joining_process_naming_the_setting() {
+        let h = hosts(2);
+        refused_then_joined(
+            &h,
+            Hello::new(1, &h, 1),
+            "runs 2 worker(s), this process runs 1: every process of a cluster needs the same `engine.workers`",
+        );
+    }
+
+    #[test]
+    fn another_hosts_file_or_build_is_refused() {
         let h = hosts(2);
         let mut other = h.clone();
         other.push("127.0.0.1:1".into());
-        let results = join_all(vec![Hello::new(0, &h, 2), Hello::new(1, &other, 2)]);
-        for r in results {
-            assert!(
-                matches!(&r, Err(JoinError::Mismatch(why)) if why.contains("hosts file")),
-                "{r:?}"
-            );
-        }
+        refused_then_joined(&h, Hello::new(1, &other, 2), "hosts file");
+        let h = hosts(2);
+        let mut newer = Hello::new(1, &h, 2);
+        newer.protocol += 1;
+        refused_then_joined(&h, newer, "same build");
+    }
+
+    #[test]
+    fn a_hello_naming_a_process_beyond_the_hosts_file_is_dropped_without_panic() {
+        let h = hosts(2);
+        let first = Hello::new(0, &h, 2);
+        let waiting = std::thread::spawn(move || connect(&first));
+        let mut bogus = Hello::new(1, &h, 2);
+        bogus.process = 99;
+        let mut stream = loop {
+            match TcpStream::connect(&h[0]) {
+                Ok(s) => break s,
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        write_hello(&mut stream, &bogus).expect("write");
+        let _answer = read_hello(&mut stream).expect("process 0 answers before checking");
+        let joined = connect(&Hello::new(1, &h, 2)).expect("the real process 1 joins");
+        assert!(joined[0].is_some());
+        assert!(waiting.join().expect("no panic").is_ok());
     }
 
     #[test]

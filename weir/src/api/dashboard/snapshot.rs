@@ -129,11 +129,14 @@ pub fn report(s: &ApiState) -> Value {
 /// backlog is seconds of log there, unknown (`None`) until every partition's endpoints
 /// have committed once (the floor is 0 until then, not a time).
 fn backlog(s: &ApiState) -> (Option<u64>, Option<f64>) {
-    let floor = s.endpoint_health.floor().max(s.log_metrics.first());
-    let behind = s.log_metrics.end().saturating_sub(floor);
+    let committed = s.endpoint_health.floor();
+    let behind = s
+        .log_metrics
+        .end()
+        .saturating_sub(committed.max(s.log_metrics.first()));
     match s.cluster.1 {
         0 | 1 => (Some(behind), None),
-        _ if floor == 0 => (None, None),
+        _ if committed == 0 => (None, None),
         n => (None, Some(behind as f64 / n as f64 / 1e6)),
     }
 }
