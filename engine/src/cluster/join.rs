@@ -259,10 +259,10 @@ fn check(mine: &Hello, theirs: &Hello, index: usize) -> Result<(), JoinError> {
     Err(JoinError::Mismatch(why))
 }
 
+/// Reads are bounded by `read_by`'s deadline; writes here.
 fn prepare(stream: &TcpStream) -> std::io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
     stream.set_write_timeout(Some(HELLO_TIMEOUT))
 }
 

@@ -66,11 +66,12 @@ pub fn take(s: &ApiState) -> Value {
         .map(|(name, n)| json!({ "name": &*name, "matched": n }))
         .collect();
     let l = s.log_metrics.metrics();
+    let (backlog, backlog_secs) = backlog(s);
     json!({
         "timeMs": weir_core::time::now_ms(),
         "hub": s.hostname,
         "cluster": {
-            "processes": processes(s),
+            "processes": processes(s, report(s)),
         },
         "connections": connections,
         "devicesConnected": s.hub.connections().connected(),
@@ -90,8 +91,8 @@ pub fn take(s: &ApiState) -> Value {
         "endpoints": endpoints,
         "log": {
             "endOffset": s.log_metrics.end(),
-            "backlog": backlog(s).0,
-            "backlogSecs": backlog(s).1,
+            "backlog": backlog,
+            "backlogSecs": backlog_secs,
             "diskBytes": get(&l.disk_bytes),
             "budgetBytes": s.log_budget_bytes,
             "writeFailing": s.log_metrics.write_failing(),
@@ -113,14 +114,15 @@ pub fn take(s: &ApiState) -> Value {
 /// What this process tells the others of its cluster for their live pages: totals, which
 /// the page turns into rates.
 pub fn report(s: &ApiState) -> Value {
+    let (backlog, backlog_secs) = backlog(s);
     json!({
         "timeMs": weir_core::time::now_ms(),
         "devicesConnected": s.hub.connections().connected(),
         "messagesIn": s.gateway_metrics.all().iter()
             .map(|(_, m)| m.messages_in.load(Ordering::Relaxed)).sum::<u64>(),
         "archivedRows": s.archive_metrics.rows_committed.load(Ordering::Relaxed),
-        "backlog": backlog(s).0,
-        "backlogSecs": backlog(s).1,
+        "backlog": backlog,
+        "backlogSecs": backlog_secs,
     })
 }
 
@@ -143,16 +145,17 @@ fn backlog(s: &ApiState) -> (Option<u64>, Option<f64>) {
 
 /// Every process of the cluster with the partitions its workers own (timely numbers
 /// workers process by process; partition `p` belongs to worker `p % (processes · workers)`),
-/// and its latest report: this process's own, the others' as last heard.
-fn processes(s: &ApiState) -> Vec<Value> {
+/// and its latest report: this process's own (`own`), the others' as last heard.
+fn processes(s: &ApiState, own: Value) -> Vec<Value> {
     let ((this, n), workers) = (s.cluster, s.workers);
     let mut heard = s.cluster_reports.peers();
     let now = weir_core::time::now_ms();
+    let mut own = Some(own);
     (0..n.max(1))
         .map(|i| {
             let owned = weir_core::feed::partitions_of_process(i, n, workers).len();
             let (report, heard_ms_ago) = if i == this {
-                (report(s), Some(0))
+                (own.take().unwrap_or(Value::Null), Some(0))
             } else {
                 heard
                     .remove(&i)
