@@ -146,12 +146,13 @@ impl Replayer {
                 }
                 _ => Vec::new(),
             };
+            let names = rules.names();
             for (k, event) in events.iter().enumerate() {
                 let registry = AsOf::new(&*self.directory, event.device_id.as_str(), tags.get(k));
                 let view = EventView::new(event, &registry);
                 rules.evaluate_event(&view, event, &mut self.outcome);
                 if self.outcome.endpoints.contains(&ep) {
-                    deliveries.push(rules.delivery(ep, &self.outcome, &view, event));
+                    deliveries.push(rules.delivery(&names, ep, &self.outcome, &view, event));
                 }
             }
         }

@@ -63,6 +63,24 @@ pub struct RuleSet {
     pub version: Arc<str>,
 }
 
+/// The route name of deliveries that no route matched.
+pub const FALLBACK: &str = "$fallback";
+/// The route name of dead letters.
+pub const DEAD_LETTER: &str = "$deadLetter";
+
+/// One worker's copies of what deliveries share (see [`RuleSet::names`]).
+#[derive(Debug, Clone)]
+pub struct Names {
+    /// The rule set's version: names are equal for rule sets with the same version.
+    pub version: Arc<str>,
+    /// Per route, its name.
+    pub routes: Vec<Arc<str>>,
+    pub fallback: Arc<str>,
+    pub dead_letter: Arc<str>,
+    /// Per endpoint, its spec.
+    pub endpoints: Vec<Arc<EndpointSpec>>,
+}
+
 /// The routing decision for one event.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -157,23 +175,42 @@ impl RuleSet {
     }
 
     /// The name of the first route of `outcome` that sends the event to `endpoint`, or
-    /// `$fallback`.
-    pub fn route_to(&self, endpoint: usize, outcome: &Outcome) -> Arc<str> {
+    /// `$fallback` (`$deadLetter` for a dead letter), as one of `names`.
+    pub fn route_to<'n>(&self, names: &'n Names, endpoint: usize, outcome: &Outcome) -> &'n Arc<str> {
         if outcome.dead_letter {
-            return Arc::from("$deadLetter");
+            return &names.dead_letter;
         }
         outcome
             .routes
             .iter()
-            .filter_map(|&r| self.routes.get(r))
-            .find(|r| r.endpoints.contains(&endpoint))
-            .map_or_else(|| Arc::from("$fallback"), |r| Arc::clone(&r.name))
+            .filter(|&&r| self.routes.get(r).is_some_and(|r| r.endpoints.contains(&endpoint)))
+            .find_map(|&r| names.routes.get(r))
+            .unwrap_or(&names.fallback)
+    }
+
+    /// Copies of the strings and endpoint specs every delivery points at, for one worker.
+    /// Each delivery clones several of them: with every worker cloning the same `Arc`s,
+    /// their reference counts moved between cores on every event.
+    pub fn names(&self) -> Names {
+        Names {
+            version: Arc::from(&*self.version),
+            routes: self.routes.iter().map(|r| Arc::from(&*r.name)).collect(),
+            fallback: Arc::from(FALLBACK),
+            dead_letter: Arc::from(DEAD_LETTER),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| Arc::new(EndpointSpec::clone(e)))
+                .collect(),
+        }
     }
 
     /// Builds what `endpoint` receives for this event (as `outcome` decided): its
-    /// enrichments, typed columns and the route that sent it.
+    /// enrichments, typed columns and the route that sent it. `names` comes from
+    /// [`RuleSet::names`] of this rule set.
     pub fn delivery(
         &self,
+        names: &Names,
         endpoint: usize,
         outcome: &Outcome,
         view: &EventView<'_>,
@@ -199,8 +236,8 @@ impl RuleSet {
             event: Arc::clone(event),
             enrichments,
             columns,
-            rules_version: Arc::clone(&self.version),
-            route: self.route_to(endpoint, outcome),
+            rules_version: Arc::clone(&names.version),
+            route: Arc::clone(self.route_to(names, endpoint, outcome)),
             priority: self.priority_to(endpoint, outcome),
         }
     }

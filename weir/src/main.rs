@@ -13,6 +13,7 @@ mod edge;
 mod engine_run;
 mod fdlimit;
 mod http_server;
+mod memory;
 mod reload;
 mod rules_cmd;
 mod serve;
@@ -29,6 +30,7 @@ use clap::Parser;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    memory::configure();
     let cli = cli::Cli::parse();
     match cli::run(cli) {
         Ok(code) => code,

@@ -6,7 +6,6 @@
 //! sends again. State is per device, bounded by count and time; it is rebuilt after a
 //! restart because the engine replays a window of the log before what it must archive.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -110,10 +109,11 @@ impl DedupeState {
         if e.dead_letter.is_some() || (e.system.message_id.is_none() && e.packet_id.is_none()) {
             return false;
         }
-        let w = match self.devices.entry(e.device_id.clone()) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => v.insert(Window::default()),
-        };
+        // Looked up before inserting, so a device already known costs no clone of its id.
+        if let Some(w) = self.devices.get_mut(&e.device_id) {
+            return is_repeat(w, e, &self.config, &self.keys);
+        }
+        let w = self.devices.entry(e.device_id.clone()).or_default();
         is_repeat(w, e, &self.config, &self.keys)
     }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use timely::dataflow::Stream;
 use weir_core::{DeviceDirectory, Event};
-use weir_rules::{EventView, Outcome, RuleSet};
+use weir_rules::{EventView, Names, Outcome, RuleSet};
 
 use super::{Events, Routed};
 use crate::context::{AsOf, Context, Seed, Tags, read_as_of};
@@ -38,7 +38,7 @@ impl<'s> Route<'s> for Events<'s> {
             last_warning: None,
             matches: Vec::new(),
             fallbacks: 0,
-            fallback_name: Arc::from("$fallback"),
+            names: None,
         };
         read_as_of(
             "Route",
@@ -62,8 +62,8 @@ struct Router {
     /// This batch's matches per route index, and the fallback's.
     matches: Vec<u64>,
     fallbacks: u64,
-    /// The name the fallback's matches are counted under, made once.
-    fallback_name: Arc<str>,
+    /// This worker's copies of the current rule set's names (see [`RuleSet::names`]).
+    names: Option<Names>,
 }
 
 impl Router {
@@ -76,6 +76,11 @@ impl Router {
         give: &mut dyn FnMut(Routed),
     ) {
         let reads_body = rules.reads_body();
+        // A version is a hash of the rule files, so an equal one means equal names.
+        if self.names.as_ref().is_none_or(|n| n.version != rules.version) {
+            self.names = Some(rules.names());
+        }
+        let Some(names) = &self.names else { return };
         let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
         self.matches.clear();
         self.matches.resize(rules.routes.len(), 0);
@@ -122,9 +127,12 @@ impl Router {
             routed += 1;
             for &ep in &self.outcome.endpoints {
                 deliveries += 1;
+                let Some(endpoint) = names.endpoints.get(ep) else {
+                    continue;
+                };
                 give(Routed {
-                    endpoint: Arc::clone(&rules.endpoints[ep]),
-                    delivery: rules.delivery(ep, &self.outcome, &view, event),
+                    endpoint: Arc::clone(endpoint),
+                    delivery: rules.delivery(names, ep, &self.outcome, &view, event),
                 });
             }
         }
@@ -133,13 +141,13 @@ impl Router {
         EngineMetrics::add(&m.events_unrouted, unrouted);
         EngineMetrics::add(&m.deliveries, deliveries);
         EngineMetrics::add(&m.dead_letters, dead);
-        let fallback = (Arc::clone(&self.fallback_name), self.fallbacks);
+        let fallback = (Arc::clone(&names.fallback), self.fallbacks);
         m.add_route_matches(
-            rules
+            names
                 .routes
                 .iter()
                 .zip(&self.matches)
-                .map(|(r, n)| (Arc::clone(&r.name), *n))
+                .map(|(r, n)| (Arc::clone(r), *n))
                 .chain(std::iter::once(fallback)),
         );
     }

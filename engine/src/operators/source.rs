@@ -17,6 +17,8 @@ use crate::sinks::Floors;
 const EVENTS_PER_ACTIVATION: usize = 8192;
 /// Read-buffer capacity (in events) kept between reads when the feed is quiet.
 const RETAINED_CAPACITY: usize = 512;
+/// Reads in a row smaller than [`RETAINED_CAPACITY`] after which a burst is over.
+const SMALL_READS_BEFORE_SHRINK: u32 = 64;
 
 /// Emits the partition's events at their offsets and holds its capability at the reader's
 /// position, so the frontier downstream says which offsets are complete. The returned cell
@@ -39,6 +41,7 @@ pub(crate) fn feed_source<'s>(
         }));
         let mut cap = Some(cap);
         let mut buf = Vec::new();
+        let mut small_reads = 0u32;
         let mut last_error: Option<Instant> = None;
         move |output| {
             let Some(c) = cap.as_mut() else { return };
@@ -55,8 +58,17 @@ pub(crate) fn feed_source<'s>(
                             activator.activate();
                         } else if n < RETAINED_CAPACITY && buf.capacity() > RETAINED_CAPACITY {
                             // A burst (a connect storm's connection events) is over: give
-                            // its megabytes back rather than hold them while idle.
-                            buf.shrink_to(RETAINED_CAPACITY);
+                            // its megabytes back rather than hold them while idle. Not at
+                            // the first small read: under load, small and full reads
+                            // alternate, and each regrowth cost fresh pages.
+                            small_reads += 1;
+                            if small_reads >= SMALL_READS_BEFORE_SHRINK {
+                                buf.shrink_to(RETAINED_CAPACITY);
+                                small_reads = 0;
+                            }
+                        }
+                        if n >= RETAINED_CAPACITY {
+                            small_reads = 0;
                         }
                     }
                     if frontier > *c.time() {
