@@ -71,7 +71,7 @@ pub const DEAD_LETTER: &str = "$deadLetter";
 /// One worker's copies of what deliveries share (see [`RuleSet::names`]).
 #[derive(Debug, Clone)]
 pub struct Names {
-    /// The rule set's version: names are equal for rule sets with the same version.
+    /// The rule set's version.
     pub version: Arc<str>,
     /// Per route, its name.
     pub routes: Vec<Arc<str>>,
@@ -176,14 +176,23 @@ impl RuleSet {
 
     /// The name of the first route of `outcome` that sends the event to `endpoint`, or
     /// `$fallback` (`$deadLetter` for a dead letter), as one of `names`.
-    pub fn route_to<'n>(&self, names: &'n Names, endpoint: usize, outcome: &Outcome) -> &'n Arc<str> {
+    pub fn route_to<'n>(
+        &self,
+        names: &'n Names,
+        endpoint: usize,
+        outcome: &Outcome,
+    ) -> &'n Arc<str> {
         if outcome.dead_letter {
             return &names.dead_letter;
         }
         outcome
             .routes
             .iter()
-            .filter(|&&r| self.routes.get(r).is_some_and(|r| r.endpoints.contains(&endpoint)))
+            .filter(|&&r| {
+                self.routes
+                    .get(r)
+                    .is_some_and(|r| r.endpoints.contains(&endpoint))
+            })
             .find_map(|&r| names.routes.get(r))
             .unwrap_or(&names.fallback)
     }

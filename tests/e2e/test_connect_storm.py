@@ -98,3 +98,27 @@ def test_the_per_address_rate_limits_one_address_and_not_the_others(tmp_path, ru
         assert hub.metric("weir_gateway_connects_throttled_total") == busy.count(3)
     finally:
         hub.stop()
+
+
+def thp_enabled(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("THP_enabled:"):
+            return int(line.split()[1])
+    raise AssertionError("the kernel reports no THP_enabled line")
+
+
+def test_the_hub_turns_transparent_huge_pages_off_unless_mimalloc_is_told(tmp_path, rules_dir):
+    # Huge pages kept a connection's scattered small allocations resident 2 MiB at a time
+    # (decision 042); an operator can still ask mimalloc for them.
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    hub = Hub(tmp_path / "a", rules_dir).start()
+    try:
+        assert thp_enabled(hub.proc.pid) == 0
+    finally:
+        hub.stop()
+    asked = Hub(tmp_path / "b", rules_dir, wrapper=("env", "MIMALLOC_ALLOW_THP=1")).start()
+    try:
+        assert thp_enabled(asked.proc.pid) == 1
+    finally:
+        asked.stop()

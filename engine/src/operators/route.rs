@@ -62,25 +62,32 @@ struct Router {
     /// This batch's matches per route index, and the fallback's.
     matches: Vec<u64>,
     fallbacks: u64,
-    /// This worker's copies of the current rule set's names (see [`RuleSet::names`]).
-    names: Option<Names>,
+    /// The current rule set and this worker's copies of its names (see
+    /// [`RuleSet::names`]).
+    names: Option<(Arc<RuleSet>, Names)>,
 }
 
 impl Router {
     /// Routes one batch; `tags` holds each event's tags when the rules read them.
     fn batch(
         &mut self,
-        rules: &RuleSet,
+        rules: &Arc<RuleSet>,
         events: &[Arc<Event>],
         tags: &[Tags],
         give: &mut dyn FnMut(Routed),
     ) {
         let reads_body = rules.reads_body();
-        // A version is a hash of the rule files, so an equal one means equal names.
-        if self.names.as_ref().is_none_or(|n| n.version != rules.version) {
-            self.names = Some(rules.names());
+        // The rule set is held with its names, so a new one is never at an old address.
+        if self
+            .names
+            .as_ref()
+            .is_none_or(|(held, _)| !Arc::ptr_eq(held, rules))
+        {
+            self.names = Some((Arc::clone(rules), rules.names()));
         }
-        let Some(names) = &self.names else { return };
+        let Some((_, names)) = &self.names else {
+            return;
+        };
         let (mut routed, mut unrouted, mut deliveries, mut dead) = (0, 0, 0, 0);
         self.matches.clear();
         self.matches.resize(rules.routes.len(), 0);
