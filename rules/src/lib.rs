@@ -26,5 +26,5 @@ pub mod view;
 
 pub use diag::Diagnostic;
 pub use load::{SourceFile, load_dir, load_sources, read_dir};
-pub use ruleset::{DEAD_LETTER, FALLBACK, Names, Outcome, Route, RuleSet};
+pub use ruleset::{Names, Outcome, Route, RuleSet};
 pub use view::{EventView, MessageView};

@@ -64,9 +64,9 @@ pub struct RuleSet {
 }
 
 /// The route name of deliveries that no route matched.
-pub const FALLBACK: &str = "$fallback";
+const FALLBACK: &str = "$fallback";
 /// The route name of dead letters.
-pub const DEAD_LETTER: &str = "$deadLetter";
+const DEAD_LETTER: &str = "$deadLetter";
 
 /// One worker's copies of what deliveries share (see [`RuleSet::names`]).
 #[derive(Debug, Clone)]
@@ -188,12 +188,12 @@ impl RuleSet {
         outcome
             .routes
             .iter()
-            .filter(|&&r| {
+            .find(|&&r| {
                 self.routes
                     .get(r)
                     .is_some_and(|r| r.endpoints.contains(&endpoint))
             })
-            .find_map(|&r| names.routes.get(r))
+            .and_then(|&r| names.routes.get(r))
             .unwrap_or(&names.fallback)
     }
 

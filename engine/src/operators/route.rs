@@ -133,10 +133,10 @@ impl Router {
             }
             routed += 1;
             for &ep in &self.outcome.endpoints {
-                deliveries += 1;
                 let Some(endpoint) = names.endpoints.get(ep) else {
                     continue;
                 };
+                deliveries += 1;
                 give(Routed {
                     endpoint: Arc::clone(endpoint),
                     delivery: rules.delivery(names, ep, &self.outcome, &view, event),

@@ -71,7 +71,7 @@ pub fn take(s: &ApiState) -> Value {
         "timeMs": weir_core::time::now_ms(),
         "hub": s.hostname,
         "cluster": {
-            "processes": processes(s, report(s)),
+            "processes": processes(s),
         },
         "connections": connections,
         "devicesConnected": s.hub.connections().connected(),
@@ -145,17 +145,16 @@ fn backlog(s: &ApiState) -> (Option<u64>, Option<f64>) {
 
 /// Every process of the cluster with the partitions its workers own (timely numbers
 /// workers process by process; partition `p` belongs to worker `p % (processes · workers)`),
-/// and its latest report: this process's own (`own`), the others' as last heard.
-fn processes(s: &ApiState, own: Value) -> Vec<Value> {
+/// and its latest report: this process's own, the others' as last heard.
+fn processes(s: &ApiState) -> Vec<Value> {
     let ((this, n), workers) = (s.cluster, s.workers);
     let mut heard = s.cluster_reports.peers();
     let now = weir_core::time::now_ms();
-    let mut own = Some(own);
     (0..n.max(1))
         .map(|i| {
             let owned = weir_core::feed::partitions_of_process(i, n, workers).len();
             let (report, heard_ms_ago) = if i == this {
-                (own.take().unwrap_or(Value::Null), Some(0))
+                (report(s), Some(0))
             } else {
                 heard
                     .remove(&i)
