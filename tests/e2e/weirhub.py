@@ -136,7 +136,7 @@ class Hub:
             time.sleep(0.05)
         raise RuntimeError("weir did not become ready:\n" + self.log_text())
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=50):
         try:
             if self.proc is None or self.proc.poll() is not None:
                 return self.proc.returncode if self.proc else None
@@ -144,10 +144,32 @@ class Hub:
             try:
                 return self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                threads = self.thread_states()
                 self.proc.kill()
-                raise
+                raise AssertionError(
+                    f"the hub did not stop within {timeout} s; its threads:\n{threads}"
+                    f"\nthe end of its log:\n{self.log_text()[-3000:]}"
+                ) from None
         finally:
             self.log.close()
+
+    def thread_states(self):
+        """Each thread of the hub: name, state and the kernel function it waits in."""
+        lines = []
+        try:
+            pid = self.hub_pid()
+            for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+                base = f"/proc/{pid}/task/{tid}"
+                try:
+                    name = open(f"{base}/comm").read().strip()
+                    state = open(f"{base}/stat").read().rsplit(")", 1)[1].split()[0]
+                    wchan = open(f"{base}/wchan").read().strip()
+                except OSError:
+                    continue
+                lines.append(f"  {tid} {name} {state} {wchan}")
+        except OSError as e:
+            lines.append(f"  (cannot read: {e})")
+        return "\n".join(lines)
 
     def signal_hub(self, sig):
         """Signals the hub itself, not a wrapper it runs under (the wrapper exits with it)."""

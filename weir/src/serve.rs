@@ -392,6 +392,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let reload_status = Arc::new(ReloadStatus::default());
     let http_limits = http_server::HttpLimits::new(cfg.http_settings.clone());
+    let log_view = log.metrics();
     let state = Arc::new(ApiState {
         hostname: cfg.hostname.clone(),
         keys: ServiceKeys { policies },
@@ -402,10 +403,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         engine_metrics,
         gateway_metrics,
         archive_metrics,
-        log_metrics: log.metrics(),
+        log_metrics: log_view.clone(),
         reload: Arc::clone(&reload_status),
         rules: Arc::clone(&rules),
-        endpoint_health,
+        endpoint_health: Arc::clone(&endpoint_health),
         http: Arc::clone(&http_limits),
         max_message_bytes: cfg.mqtt_settings.max_message_bytes,
         upstream: uplink.clone(),
@@ -470,6 +471,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         () = engine.ended() => tracing::error!("the engine ended by itself; stopping (the reason follows)"),
     }
     tracing::info!("stopping: no new connections; draining accepted messages");
+    let stopping_since = std::time::Instant::now();
+    let phase = Arc::new(std::sync::Mutex::new("waiting for connections to close"));
+    let watch = tokio::spawn(watch_stop(
+        Arc::clone(&phase),
+        log_view,
+        Arc::clone(&endpoint_health),
+    ));
     let _ = stop_tx.send(true);
     // Registered connections hear it from the connection registry (those still
     // authenticating watch `stop_rx`).
@@ -486,6 +494,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
+    set_phase(&phase, "logging the last hub events");
     // Hub events staged by the last registry changes go into the log before it closes, so
     // this stop archives them too (otherwise the next start would).
     while let Ok(n) = weir_hub::events::drain_outbox(&registry, &event_ingest).await {
@@ -497,6 +506,10 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // The writer syncs what is queued; the engine then reads the log to its end, and the
     // sinks commit everything before the workers exit.
     let in_cluster = cfg.cluster.is_some();
+    set_phase(
+        &phase,
+        "waiting for the engine to archive and commit the log's end",
+    );
     let stopped = tokio::time::timeout(
         if in_cluster {
             CLUSTER_STOP_LIMIT
@@ -510,9 +523,13 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }),
     )
     .await;
+    watch.abort();
     match stopped {
         Ok(Ok(Ok(()))) => {
-            tracing::info!("stopped; everything accepted is archived and committed");
+            tracing::info!(
+                secs = format!("{:.1}", stopping_since.elapsed().as_secs_f64()),
+                "stopped; everything accepted is archived and committed"
+            );
             Ok(())
         }
         Ok(Ok(Err(e))) => Err(e),
@@ -527,6 +544,34 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
             "the engine did not stop within {} s; nothing is lost: the log is replayed at the next start",
             STOP_LIMIT.as_secs()
         ),
+    }
+}
+
+fn set_phase(phase: &std::sync::Mutex<&'static str>, now: &'static str) {
+    if let Ok(mut p) = phase.lock() {
+        *p = now;
+    }
+}
+
+/// While a stop takes longer than a few seconds, says every few seconds what it waits
+/// for, so an operator (or a test's log) sees whether connections, the log or the archive
+/// hold it up.
+async fn watch_stop(
+    phase: Arc<std::sync::Mutex<&'static str>>,
+    log: weir_storage::log::LogMetricsHandle,
+    health: Arc<HealthBoard>,
+) {
+    let every = Duration::from_secs(5);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        ticks.tick().await;
+        let now = phase.lock().map_or("unknown", |p| *p);
+        tracing::info!(
+            waiting_for = now,
+            log_end = log.end(),
+            committed_to = health.floor(),
+            "still stopping"
+        );
     }
 }
 
