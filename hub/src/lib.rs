@@ -10,6 +10,7 @@
 mod c2d;
 mod devices;
 pub mod documents;
+mod elsewhere;
 mod error;
 pub mod events;
 pub mod methods;

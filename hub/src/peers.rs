@@ -28,6 +28,7 @@ use weir_core::{AuthMethod, DeviceId, Event, EventSource};
 use weir_storage::c2d::{C2dMessage, FEEDBACK_TTL_MS, Feedback};
 
 use crate::Hub;
+use crate::elsewhere::Elsewhere;
 use crate::methods::MethodError;
 
 /// This process's place in its cluster, and the calls it waits for elsewhere.
@@ -39,42 +40,6 @@ pub(crate) struct Peers {
     /// Messages acted on, until they expire: a restarted dataflow reads the logs again
     /// from its floor, and a call or move seen twice must not run twice.
     seen: Mutex<HashMap<String, i64>>,
-}
-
-/// Where devices were last seen connecting, when that was another process: one set of
-/// device hashes per process. Every process holds an entry for nearly every device
-/// connected anywhere else. A hash instead of the id, and the process given by the set it
-/// is in rather than stored beside it, keeps that at about 9 bytes a device in the table
-/// (17 with the process beside it; decision 040). Two devices with one hash (about one
-/// chance in 10^9 for 100 000 devices) would at worst send one's queued C2D messages to
-/// the other's process, where they wait for it as on any process.
-#[derive(Default)]
-struct Elsewhere {
-    by_process: Vec<HashSet<u64>>,
-}
-
-impl Elsewhere {
-    fn insert(&mut self, device: u64, process: u32) {
-        self.remove(device);
-        let p = process as usize;
-        if self.by_process.len() <= p {
-            self.by_process.resize_with(p + 1, HashSet::default);
-        }
-        self.by_process[p].insert(device);
-    }
-
-    fn remove(&mut self, device: u64) {
-        for set in &mut self.by_process {
-            if set.remove(&device) {
-                return;
-            }
-        }
-    }
-
-    fn get(&self, device: u64) -> Option<u32> {
-        let p = self.by_process.iter().position(|s| s.contains(&device))?;
-        u32::try_from(p).ok()
-    }
 }
 
 struct Waiting {
@@ -520,8 +485,6 @@ mod tests {
     use crate::methods::MethodError;
     use crate::{Events, Hub};
 
-    use super::Elsewhere;
-
     /// Stands in for the log: keeps the messages the hub sends to its peers.
     #[derive(Default)]
     struct Sent(Mutex<Vec<Event>>);
@@ -608,20 +571,6 @@ mod tests {
         assert_eq!(sent[0]["origin"], 0);
         let id = sent[0]["id"].as_str().expect("id").to_owned();
         (id, task)
-    }
-
-    #[test]
-    fn a_device_is_elsewhere_on_the_process_it_last_connected_to() {
-        let mut e = Elsewhere::default();
-        assert_eq!(e.get(7), None);
-        e.insert(7, 2);
-        e.insert(8, 1);
-        assert_eq!((e.get(7), e.get(8)), (Some(2), Some(1)));
-        e.insert(7, 0);
-        assert_eq!(e.get(7), Some(0), "moved: in one set only");
-        assert_eq!(e.by_process.iter().filter(|s| s.contains(&7)).count(), 1);
-        e.remove(7);
-        assert_eq!((e.get(7), e.get(8)), (None, Some(1)));
     }
 
     #[tokio::test]

@@ -36,6 +36,9 @@ pub struct ClusterConfig {
     pub hosts: Vec<String>,
 }
 
+/// Spare 1 MiB buffers kept per connection to a peer, per direction.
+const SPARE_BUFFERS: usize = 1;
+
 /// Begins every panic that tears the cluster's dataflow down on purpose: timely's way to
 /// stop a computation over processes is a failure that cascades to every peer.
 pub const RESTART: &str = "weir cluster dataflow restarts";
@@ -48,7 +51,12 @@ impl ClusterConfig {
         use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
         use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
         let sockets = join::connect(&join::Hello::new(self.process, &self.hosts, threads))?;
-        let hooks = timely::communication::Hooks::default();
+        let mut hooks = timely::communication::Hooks::default();
+        // Each connection to a peer writes through 1 MiB buffers; a burst (a connect storm's
+        // events) can leave several of them spare, and timely keeps every spare one for
+        // good unless told otherwise. One spare per buffer is enough to reuse under steady
+        // load; the rest go back to the allocator.
+        hooks.refill.limit = Some(SPARE_BUFFERS);
         let local =
             ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
         let (builders, guard) =
