@@ -11,6 +11,8 @@
 #   (SETTLE_SECS=40: how long connections idle before RSS is read; RSS printed each second)
 #   ONLY=throughput THRU_WORKERS=2 benches/scale.sh   # 1 process vs a cluster of 2
 #   ONLY=cluster-storm STORM_PROCS=3 STORM_PER=16700 benches/scale.sh   # 50 k TLS storm
+#   ONLY=idle-cpu benches/scale.sh   # CPU of an idle hub: alone, 2 and 3 processes
+#   (CLUSTER_ON=5: only process 5 gets connections; EXTRA_CONFIG='[dedupe]\nwindow_secs = 0')
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v mosquitto >/dev/null || { echo "mosquitto is missing: apt-get install -y mosquitto" >&2; exit 2; }

@@ -51,6 +51,7 @@ STORM_PROCS = int(os.environ.get("STORM_PROCS", "3"))
 STORM_PER = int(os.environ.get("STORM_PER", "16700"))
 STORM_MOSQ = int(os.environ.get("STORM_MOSQ", "18000"))
 STORM_RATE = int(os.environ.get("STORM_RATE", "0"))
+IDLE_CPU_SECS = int(os.environ.get("IDLE_CPU_SECS", "20"))
 THRU_PUBS = int(os.environ.get("THRU_PUBS", "100"))
 THRU_MSGS = int(os.environ.get("THRU_MSGS", "10000"))
 THRU_WORKERS = int(os.environ.get("THRU_WORKERS", "2"))
@@ -69,6 +70,8 @@ def weir_hub(base, connect_rate):
     (work / "rules").mkdir(parents=True)
     (work / "rules" / "rules.toml").write_text(RULES)
     config = f"[mqtt]\nmax_connections = {max(IDLE, STORM) + 10000}\nmax_pending_connections = 4096\nconnect_rate = {connect_rate}\n"
+    # Settings to try against the defaults (`EXTRA_CONFIG='[dedupe]\nwindow_secs = 0'`).
+    config += os.environ.get("EXTRA_CONFIG", "").replace("\\n", "\n")
     # The release build, with its log at warn: 100 k connection lines are not the point.
     hub = Hub(work, work / "rules", config=config)
     hub.config_path.write_text(hub.config_path.read_text().replace('level = "info"', 'level = "warn"'))
@@ -262,6 +265,31 @@ def cluster_idle(base):
         stop_all(hubs)
 
 
+def cpu_ticks(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def idle_cpu(base):
+    """CPU an idle hub uses, alone and in clusters of 2 and 3 (no devices, no load): what a
+    cluster's clock and progress traffic cost while nothing happens."""
+    hz = os.sysconf("SC_CLK_TCK")
+    for procs in (1, 2, 3):
+        hubs = cluster_hubs(base, procs, 1)
+        try:
+            for h in hubs:
+                h.start()
+            time.sleep(10)
+            before = [cpu_ticks(h.proc.pid) for h in hubs]
+            time.sleep(IDLE_CPU_SECS)
+            after = [cpu_ticks(h.proc.pid) for h in hubs]
+            pct = [round(100 * (a - b) / hz / IDLE_CPU_SECS, 1) for a, b in zip(after, before)]
+            print(json.dumps({"server": "weir", "test": "idle cpu", "processes": procs,
+                              "seconds": IDLE_CPU_SECS, "cpu_percent_of_a_core": pct}), flush=True)
+        finally:
+            stop_all(hubs)
+
+
 def cluster_storm(base):
     """STORM_PROCS processes, STORM_PER TLS devices on each, one storm for all of them;
     each process registers its own devices and the registry carries them to the others."""
@@ -381,6 +409,8 @@ def main():
                     throughput(base, procs, qos, workers)
         if "cluster" in ONLY:
             cluster_idle(base)
+        if "idle-cpu" in ONLY:
+            idle_cpu(base)
         if "cluster-storm" in ONLY:
             cluster_storm(base)
         if "idle-weir" in ONLY:

@@ -109,6 +109,7 @@ impl<K: Kind> SinkFactory for BrokerSinkFactory<K> {
             endpoints,
             durable_floor,
             last_record: Instant::now(),
+            recorded: None,
             key: String::new(),
         }))
     }

@@ -30,6 +30,10 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// How long a clean stop waits for outstanding confirms.
 const DRAIN: Duration = Duration::from_secs(10);
 const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// How often a sink records when only its frontier moved (a cluster's clock moves it while
+/// the hub is idle): every record is a durable transaction, and an idle process had one a
+/// second for each broker kind, configured or not.
+const IDLE_RECORD_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) struct Endpoint<M> {
     spec: Option<Arc<EndpointSpec>>,
@@ -88,6 +92,9 @@ pub struct BrokerSink<K: Kind> {
     pub(crate) endpoints: HashMap<String, Endpoint<K::Message>>,
     pub(crate) durable_floor: u64,
     pub(crate) last_record: Instant,
+    /// The frontier and the sum of the commit points at the last record: nothing to
+    /// record while neither moved.
+    pub(crate) recorded: Option<(u64, u64)>,
     pub(crate) key: String,
 }
 
@@ -240,9 +247,19 @@ impl<K: Kind> BrokerSink<K> {
         })?;
         self.durable_floor = floor;
         self.last_record = Instant::now();
+        self.recorded = Some((self.frontier, self.commits()));
         let names: Vec<String> = self.endpoints.keys().cloned().collect();
         names.iter().for_each(|n| self.publish_health(n));
         Ok(())
+    }
+
+    /// The sum of every endpoint's commit points: it changes whenever one does, as they
+    /// only rise (or an endpoint goes with a reload).
+    fn commits(&self) -> u64 {
+        self.endpoints
+            .values()
+            .flat_map(|s| s.committed.iter())
+            .fold(0u64, |a, c| a.wrapping_add(*c))
     }
 
     fn publish_health(&self, name: &str) {
@@ -292,7 +309,13 @@ impl<K: Kind> Sink for BrokerSink<K> {
         self.watermark = self.watermark.max(self.frontier);
         self.check_links();
         self.settle();
-        if self.last_record.elapsed() >= RECORD_EVERY {
+        let now = (self.frontier, self.commits());
+        let every = match self.recorded {
+            Some(r) if r == now => return Ok(()),
+            Some((_, commits)) if commits == now.1 => IDLE_RECORD_EVERY,
+            _ => RECORD_EVERY,
+        };
+        if self.last_record.elapsed() >= every {
             self.record()?;
         }
         Ok(())

@@ -124,7 +124,7 @@ pub(crate) fn share_floors(
     let floors_in = Arc::clone(&floors);
     let reports_in = reports.clone().filter(|_| first_of_process);
     source(scope, "FloorsOut", move |cap, info| {
-        let activator = scope.activator_for(info.address.clone());
+        let mut wake = crate::operators::Wake::new(scope.activator_for(info.address.clone()), tick);
         // Worker 0 speaks for its process; the others have nothing to send.
         let mut cap = first_of_process.then_some(cap);
         let mut reported: Option<std::time::Instant> = None;
@@ -143,7 +143,7 @@ pub(crate) fn share_floors(
             output
                 .session(c)
                 .give((process, floors.local(), floors.local_closed(), report));
-            activator.activate_after(tick);
+            wake.later();
         }
     })
     .container::<Vec<(usize, u64, bool, String)>>()

@@ -110,12 +110,13 @@ impl<'s> RunInsights<'s> for Events<'s> {
             route,
             "Windows",
             move |_cap, info| {
-                let activator = scope.activator_for(info.address.clone());
+                let mut wake =
+                    super::Wake::new(scope.activator_for(info.address.clone()), setup.tick);
                 let mut w = Worker::new(scope.index(), setup);
                 move |(input, frontier), _output| {
                     input.for_each(|_cap, data| w.pending.append(data));
                     w.step(frontier.frontier().first().copied());
-                    activator.activate_after(w.setup.tick);
+                    wake.later();
                 }
             },
         );

@@ -9,6 +9,7 @@ mod route;
 mod sample;
 mod sink;
 mod source;
+mod wake;
 
 pub(crate) use dedupe::{Dedupe, DedupeState};
 pub(crate) use insights::{InsightSetup, RunInsights};
@@ -17,6 +18,7 @@ pub(crate) use replica::ApplyRegistry;
 pub(crate) use route::{Route, RouteSetup};
 pub(crate) use sink::SinkTo;
 pub(crate) use source::feed_source;
+pub(crate) use wake::Wake;
 
 use std::sync::Arc;
 

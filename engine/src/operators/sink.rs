@@ -193,7 +193,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
             Pipeline,
             "Sink",
             move |_cap, info| {
-                let activator = scope.activator_for(info.address.clone());
+                let mut wake = super::Wake::new(scope.activator_for(info.address.clone()), tick);
                 move |(input, frontier), _output| {
                     let mut groups: Vec<(Arc<EndpointSpec>, Vec<Delivery>)> = Vec::new();
                     input.for_each(|_cap, data| {
@@ -248,17 +248,17 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                                 req.endpoint
                             );
                         }
-                        activator.activate_after(tick);
+                        wake.later();
                         return;
                     };
                     replays.replayer.done_below(sinks.floor());
                     let Some(req) = sinks.replay_request() else {
-                        activator.activate_after(tick);
+                        wake.later();
                         return;
                     };
                     match replays.serve(&mut sinks, &req, &mut report) {
-                        Progress::Moved => activator.activate(),
-                        Progress::Stuck => activator.activate_after(tick),
+                        Progress::Moved => wake.now(),
+                        Progress::Stuck => wake.later(),
                     }
                 }
             },

@@ -34,7 +34,7 @@ pub(crate) fn feed_source<'s>(
     let end = Rc::new(Cell::new(0u64));
     let position = Rc::clone(&end);
     let stream = source(scope, "Feed", |cap, info| {
-        let activator = scope.activator_for(info.address.clone());
+        let mut wake = super::Wake::new(scope.activator_for(info.address.clone()), tick);
         let remote = scope.worker().sync_activator_for(info.address.to_vec());
         feed.on_data(Box::new(move || {
             let _ = remote.activate();
@@ -55,7 +55,7 @@ pub(crate) fn feed_source<'s>(
                             .session(&c.delayed(&t))
                             .give_iterator(buf.drain(..).map(Arc::new));
                         if n == EVENTS_PER_ACTIVATION {
-                            activator.activate();
+                            wake.now();
                         } else if n < RETAINED_CAPACITY && buf.capacity() > RETAINED_CAPACITY {
                             // A burst (a connect storm's connection events) is over: give
                             // its megabytes back rather than hold them while idle. Not at
@@ -94,7 +94,7 @@ pub(crate) fn feed_source<'s>(
                     }
                 }
             }
-            activator.activate_after(tick);
+            wake.later();
         }
     })
     .container::<Vec<Arc<Event>>>();
