@@ -43,3 +43,70 @@ impl Wake {
         self.activator.activate();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use timely::container::CapacityContainerBuilder;
+    use timely::dataflow::operators::generic::operator::source;
+
+    use super::*;
+
+    #[test]
+    fn an_operator_woken_often_by_others_still_has_one_timer() {
+        timely::execute_directly(|worker| {
+            let tick = Duration::from_millis(50);
+            let runs = Rc::new(Cell::new(0u32));
+            let poke: Rc<RefCell<Option<Activator>>> = Rc::default();
+            let done = Rc::new(Cell::new(false));
+            let (counted, handle, finish) = (Rc::clone(&runs), Rc::clone(&poke), Rc::clone(&done));
+            worker.dataflow::<u64, _, _>(move |scope| {
+                source::<_, CapacityContainerBuilder<Vec<()>>, _, _>(
+                    scope,
+                    "Ticking",
+                    move |cap, info| {
+                        *handle.borrow_mut() = Some(scope.activator_for(info.address.clone()));
+                        let mut wake = Wake::new(scope.activator_for(info.address.clone()), tick);
+                        // Held until the test is done: the dataflow stays up while it steps it.
+                        let mut cap = Some(cap);
+                        move |_output| {
+                            if finish.get() {
+                                cap = None;
+                            }
+                            if cap.is_none() {
+                                return;
+                            }
+                            counted.set(counted.get() + 1);
+                            wake.later();
+                        }
+                    },
+                );
+            });
+            // Woken 40 times by something else, a millisecond apart: with a timer queued
+            // at each run, 40 timers would each wake it once a tick from then on.
+            for _ in 0..40 {
+                if let Some(a) = poke.borrow().as_ref() {
+                    a.activate();
+                }
+                worker.step();
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let before = runs.get();
+            let until = Instant::now() + tick * 10;
+            while Instant::now() < until {
+                worker.step_or_park(Some(tick));
+            }
+            let timer_runs = runs.get() - before;
+            done.set(true);
+            if let Some(a) = poke.borrow().as_ref() {
+                a.activate();
+            }
+            assert!(
+                (3..=20).contains(&timer_runs),
+                "{timer_runs} runs in 10 ticks"
+            );
+        });
+    }
+}
