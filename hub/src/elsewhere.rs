@@ -57,25 +57,12 @@ impl Devices {
     /// Merges the pending inserts into a new sorted vector of exactly the size needed.
     fn merge(&mut self) {
         self.pending.sort_unstable();
-        self.pending.dedup();
         let mut merged = Vec::with_capacity(self.sorted.len() + self.pending.len());
-        let (mut a, mut b) = (
-            self.sorted.iter().peekable(),
-            self.pending.iter().peekable(),
-        );
-        loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(x), Some(y)) if x < y => a.next(),
-                (Some(x), Some(y)) if x == y => {
-                    a.next();
-                    b.next()
-                }
-                (Some(_), Some(_)) | (None, Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, None) => break,
-            };
-            merged.extend(next);
-        }
+        merged.extend_from_slice(&self.sorted);
+        merged.extend_from_slice(&self.pending);
+        // Two sorted runs: the stable sort finds them and merges them in one pass.
+        merged.sort();
+        merged.dedup();
         self.sorted = merged;
         self.pending.clear();
     }

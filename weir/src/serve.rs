@@ -472,12 +472,8 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopping: no new connections; draining accepted messages");
     let stopping_since = std::time::Instant::now();
-    let phase = Arc::new(std::sync::Mutex::new("waiting for connections to close"));
-    let watch = tokio::spawn(watch_stop(
-        Arc::clone(&phase),
-        log_view,
-        Arc::clone(&endpoint_health),
-    ));
+    let (phase, phase_rx) = tokio::sync::watch::channel("waiting for connections to close");
+    let watch = tokio::spawn(watch_stop(phase_rx, log_view, Arc::clone(&endpoint_health)));
     let _ = stop_tx.send(true);
     // Registered connections hear it from the connection registry (those still
     // authenticating watch `stop_rx`).
@@ -494,7 +490,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     for t in tasks {
         t.abort();
     }
-    set_phase(&phase, "logging the last hub events");
+    phase.send_replace("logging the last hub events");
     // Hub events staged by the last registry changes go into the log before it closes, so
     // this stop archives them too (otherwise the next start would).
     while let Ok(n) = weir_hub::events::drain_outbox(&registry, &event_ingest).await {
@@ -506,10 +502,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     // The writer syncs what is queued; the engine then reads the log to its end, and the
     // sinks commit everything before the workers exit.
     let in_cluster = cfg.cluster.is_some();
-    set_phase(
-        &phase,
-        "waiting for the engine to archive and commit the log's end",
-    );
+    phase.send_replace("waiting for the engine to archive and commit the log's end");
     let stopped = tokio::time::timeout(
         if in_cluster {
             CLUSTER_STOP_LIMIT
@@ -547,17 +540,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 }
 
-fn set_phase(phase: &std::sync::Mutex<&'static str>, now: &'static str) {
-    if let Ok(mut p) = phase.lock() {
-        *p = now;
-    }
-}
-
 /// While a stop takes longer than a few seconds, says every few seconds what it waits
 /// for, so an operator (or a test's log) sees whether connections, the log or the archive
 /// hold it up.
 async fn watch_stop(
-    phase: Arc<std::sync::Mutex<&'static str>>,
+    phase: tokio::sync::watch::Receiver<&'static str>,
     log: weir_storage::log::LogMetricsHandle,
     health: Arc<HealthBoard>,
 ) {
@@ -565,9 +552,8 @@ async fn watch_stop(
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticks.tick().await;
-        let now = phase.lock().map_or("unknown", |p| *p);
         tracing::info!(
-            waiting_for = now,
+            waiting_for = *phase.borrow(),
             log_end = log.end(),
             committed_to = health.floor(),
             "still stopping"
