@@ -27,6 +27,8 @@ struct State {
     unconfirmed: VecDeque<u64>,
     confirmed: u64,
     error: Option<String>,
+    /// The task has ended and its error, if any, is recorded.
+    ended: bool,
 }
 
 /// What the sink and the task both see.
@@ -68,6 +70,26 @@ impl Progress {
     pub(crate) fn fail(&self, e: String) {
         self.with(|s| s.error.get_or_insert(e).clone());
     }
+
+    fn end(&self) {
+        self.with(|s| s.ended = true);
+    }
+
+    /// Why the task ended, once it has. The task's channel closes as its future finishes,
+    /// a moment before the error is recorded, so a sender that saw the channel closed
+    /// waits briefly for the cause rather than reporting a bare "closed".
+    fn ended_error(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let (ended, error) = self
+                .with(|s| (s.ended, s.error.clone()))
+                .unwrap_or((true, None));
+            if ended || std::time::Instant::now() >= deadline {
+                return error.unwrap_or_else(|| "the broker connection closed".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +122,7 @@ impl<M: Send + 'static> Link<M> {
                 tracing::debug!(endpoint, error = %e, "broker link ended");
                 p.fail(e);
             }
+            p.end();
         });
         Link { tx, progress }
     }
@@ -118,11 +141,7 @@ impl<M: Send + 'static> Link<M> {
             match self.tx.try_send(m) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Err(LinkError::Broker(
-                        self.progress
-                            .error()
-                            .unwrap_or_else(|| "the broker connection closed".into()),
-                    ));
+                    return Err(LinkError::Broker(self.progress.ended_error()));
                 }
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     if std::time::Instant::now() >= deadline {
@@ -144,5 +163,37 @@ impl<M: Send + 'static> Link<M> {
         {
             std::thread::sleep(Duration::from_millis(2));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_that_sees_the_channel_closed_reports_why_the_task_ended() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .expect("runtime");
+        // The receiver is gone well before the error is recorded: the widest form of the
+        // race between a closing channel and the task's result.
+        let link: Link<u32> = Link::spawn(rt.handle(), "e".into(), |rx, _| async move {
+            drop(rx);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Err("HTTP 500 from the receiver".to_string())
+        });
+        std::thread::sleep(Duration::from_millis(5));
+        let e = link
+            .send(
+                Outgoing {
+                    offset: 1,
+                    message: 7,
+                },
+                Duration::from_secs(1),
+            )
+            .expect_err("the task has ended");
+        assert_eq!(e.to_string(), "HTTP 500 from the receiver");
     }
 }
