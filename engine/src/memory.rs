@@ -12,6 +12,7 @@ struct State {
     next: u64,
     queues: Vec<VecDeque<Event>>,
     closed: bool,
+    held: bool,
 }
 
 struct Inner {
@@ -41,6 +42,7 @@ impl MemoryFeed {
                     next: 0,
                     queues: (0..workers.max(1)).map(|_| VecDeque::new()).collect(),
                     closed: false,
+                    held: false,
                 }),
                 space: Condvar::new(),
                 capacity: capacity.max(1),
@@ -70,6 +72,22 @@ impl MemoryFeed {
         drop(st);
         self.wake();
         Ok(())
+    }
+
+    /// Readers see nothing until [`MemoryFeed::release`]: a benchmark fills the queues
+    /// first so that making events does not share the cores with the engine it measures.
+    pub fn hold(&self) {
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.held = true;
+        }
+    }
+
+    /// Lets readers read what was pushed while held.
+    pub fn release(&self) {
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.held = false;
+        }
+        self.wake();
     }
 
     /// No more events; workers finish once they have read what is queued.
@@ -131,11 +149,12 @@ impl FeedReader for Reader {
             .lock()
             .map_err(|e| FeedError::Read(e.to_string()))?;
         let next = st.next;
+        let held = st.held;
         let q = &mut st.queues[self.worker];
-        let n = q.len().min(max);
+        let n = if held { 0 } else { q.len().min(max) };
         out.extend(q.drain(..n));
         let frontier = q.front().map_or(next, |e| e.offset);
-        self.finished = st.closed && st.queues[self.worker].is_empty();
+        self.finished = st.closed && !held && st.queues[self.worker].is_empty();
         drop(st);
         if n > 0 {
             self.inner.space.notify_all();
@@ -145,5 +164,35 @@ impl FeedReader for Reader {
 
     fn finished(&self) -> bool {
         self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weir_core::DeviceId;
+
+    fn event(device: &str) -> Event {
+        Event::telemetry(
+            DeviceId::parse(device).expect("valid id"),
+            0,
+            bytes::Bytes::new(),
+        )
+    }
+
+    #[test]
+    fn a_held_feed_reads_nothing_until_released() {
+        let feed = MemoryFeed::new(1, 16);
+        let mut reader = feed.reader(0, 1, 0).expect("one worker");
+        feed.hold();
+        feed.push(vec![event("a"), event("b")]).expect("open");
+        feed.close();
+        let mut out = Vec::new();
+        assert_eq!(reader.read(10, &mut out).expect("read"), 0);
+        assert!(out.is_empty() && !reader.finished());
+        feed.release();
+        assert_eq!(reader.read(10, &mut out).expect("read"), 2);
+        assert_eq!(out.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1]);
+        assert!(reader.finished());
     }
 }
