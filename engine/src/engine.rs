@@ -302,7 +302,9 @@ impl Engine {
                         Arc::clone(&worker_metrics),
                     );
             });
+            EngineMetrics::add(&worker_metrics.workers_running, 1);
             while worker.step_or_park(None) {}
+            worker_metrics.workers_running.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         })
         .map_err(EngineError::Start)?;
         Ok(Engine { guards, metrics })

@@ -37,6 +37,12 @@ pub struct EngineMetrics {
     pub insight_too_late: AtomicU64,
     /// Late events an insight sent to its `late` endpoint instead of correcting a window.
     pub insight_late: AtomicU64,
+    /// Workers whose dataflow is running (a gauge): what a stop waits for.
+    pub workers_running: AtomicU64,
+    /// Workers whose feed has ended since the engine started: the first step of a stop.
+    pub sources_ended: AtomicU64,
+    /// Workers whose sink has seen the end of its input and made its final commit.
+    pub sinks_closed: AtomicU64,
     /// Events each route took, by route name (kept across rule reloads), plus
     /// `$fallback`.
     pub route_matches: Mutex<BTreeMap<Arc<str>, u64>>,

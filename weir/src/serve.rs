@@ -291,6 +291,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         }
     }
     let engine_metrics = Arc::new(weir_engine::EngineMetrics::default());
+    let stop_metrics = Arc::clone(&engine_metrics);
     if let Some(c) = &cfg.cluster {
         tracing::info!(process = c.process, processes = c.processes(), peers = ?c.hosts, "cluster: the dataflow starts once every process has joined");
     }
@@ -473,7 +474,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracing::info!("stopping: no new connections; draining accepted messages");
     let stopping_since = std::time::Instant::now();
     let (phase, phase_rx) = tokio::sync::watch::channel("waiting for connections to close");
-    let watch = tokio::spawn(watch_stop(phase_rx, log_view, Arc::clone(&endpoint_health)));
+    let watch = tokio::spawn(watch_stop(
+        phase_rx,
+        log_view,
+        Arc::clone(&endpoint_health),
+        Arc::clone(&stop_metrics),
+    ));
     let _ = stop_tx.send(true);
     // Registered connections hear it from the connection registry (those still
     // authenticating watch `stop_rx`).
@@ -547,7 +553,9 @@ async fn watch_stop(
     phase: tokio::sync::watch::Receiver<&'static str>,
     log: weir_storage::log::LogMetricsHandle,
     health: Arc<HealthBoard>,
+    engine: Arc<weir_engine::EngineMetrics>,
 ) {
+    use weir_engine::EngineMetrics as M;
     let every = Duration::from_secs(5);
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -556,6 +564,9 @@ async fn watch_stop(
             waiting_for = *phase.borrow(),
             log_end = log.end(),
             committed_to = health.floor(),
+            workers_running = M::get(&engine.workers_running),
+            feeds_ended = M::get(&engine.sources_ended),
+            sinks_closed = M::get(&engine.sinks_closed),
             "still stopping"
         );
     }

@@ -82,6 +82,7 @@ pub(crate) fn feed_source<'s>(
                             floors.close_local();
                         }
                         if cluster.as_ref().is_none_or(|f| f.all_closed()) {
+                            EngineMetrics::add(&metrics.sources_ended, 1);
                             cap = None;
                             return;
                         }
