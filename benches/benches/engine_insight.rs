@@ -128,6 +128,8 @@ fn shape(g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, s: &Shape
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // Should a report panic, the feed closes before the engine is dropped (and joined).
+    let _closes = feed.close_on_drop();
     let metrics = engine.metrics();
     let rounds = AtomicU64::new(0);
     g.bench_function(format!("{}_engine", s.name), |b| {

@@ -24,5 +24,5 @@ mod replay;
 mod sinks;
 
 pub use engine::{DedupeConfig, Engine, EngineConfig, EngineError, Hooks, RulesHandle, TraceFn};
-pub use memory::MemoryFeed;
+pub use memory::{CloseOnDrop, MemoryFeed};
 pub use metrics::EngineMetrics;

@@ -90,6 +90,14 @@ impl MemoryFeed {
         self.wake();
     }
 
+    /// A guard that closes the feed when dropped. Timely joins an engine's workers when
+    /// the engine is dropped, and they run until their feed closes: a caller that may
+    /// unwind past its engine (a benchmark whose reporting panics on a closed stdout)
+    /// holds one, declared after the engine, or the unwinding waits forever.
+    pub fn close_on_drop(&self) -> CloseOnDrop {
+        CloseOnDrop(self.clone())
+    }
+
     /// No more events; workers finish once they have read what is queued.
     pub fn close(&self) {
         if let Ok(mut st) = self.inner.state.lock() {
@@ -103,6 +111,15 @@ impl MemoryFeed {
         if let Ok(w) = self.inner.wakers.lock() {
             w.iter().for_each(|f| f());
         }
+    }
+}
+
+/// See [`MemoryFeed::close_on_drop`].
+pub struct CloseOnDrop(MemoryFeed);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -193,6 +210,15 @@ mod tests {
         feed.release();
         assert_eq!(reader.read(10, &mut out).expect("read"), 2);
         assert_eq!(out.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1]);
+        assert!(reader.finished());
+    }
+
+    #[test]
+    fn the_guard_closes_the_feed_when_dropped() {
+        let feed = MemoryFeed::new(1, 16);
+        let mut reader = feed.reader(0, 1, 0).expect("one worker");
+        drop(feed.close_on_drop());
+        reader.read(10, &mut Vec::new()).expect("read");
         assert!(reader.finished());
     }
 }
