@@ -27,8 +27,6 @@ struct State {
     unconfirmed: VecDeque<u64>,
     confirmed: u64,
     error: Option<String>,
-    /// The task has ended and its error, if any, is recorded.
-    ended: bool,
 }
 
 /// What the sink and the task both see.
@@ -70,26 +68,6 @@ impl Progress {
     pub(crate) fn fail(&self, e: String) {
         self.with(|s| s.error.get_or_insert(e).clone());
     }
-
-    fn end(&self) {
-        self.with(|s| s.ended = true);
-    }
-
-    /// Why the task ended, once it has. The task's channel closes as its future finishes,
-    /// a moment before the error is recorded, so a sender that saw the channel closed
-    /// waits briefly for the cause rather than reporting a bare "closed".
-    fn ended_error(&self) -> String {
-        let deadline = std::time::Instant::now() + Duration::from_secs(1);
-        loop {
-            let (ended, error) = self
-                .with(|s| (s.ended, s.error.clone()))
-                .unwrap_or((true, None));
-            if ended || std::time::Instant::now() >= deadline {
-                return error.unwrap_or_else(|| "the broker connection closed".into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +82,8 @@ pub enum LinkError {
 pub struct Link<M> {
     tx: mpsc::Sender<Outgoing<M>>,
     pub progress: Arc<Progress>,
+    /// Finished once the task's error, if any, is in `progress`.
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl<M: Send + 'static> Link<M> {
@@ -117,14 +97,26 @@ impl<M: Send + 'static> Link<M> {
         let progress = Arc::new(Progress::default());
         let task = run(rx, Arc::clone(&progress));
         let p = Arc::clone(&progress);
-        rt.spawn(async move {
+        let task = rt.spawn(async move {
             if let Err(e) = task.await {
                 tracing::debug!(endpoint, error = %e, "broker link ended");
                 p.fail(e);
             }
-            p.end();
         });
-        Link { tx, progress }
+        Link { tx, progress, task }
+    }
+
+    /// Why the task ended. Its channel closes as its future finishes, a moment before the
+    /// error is recorded, so a sender that saw the channel closed waits (at most a second)
+    /// for the task to finish rather than report a bare "closed".
+    fn ended_error(&self) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while !self.task.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.progress
+            .error()
+            .unwrap_or_else(|| "the broker connection closed".into())
     }
 
     /// Hands `m` to the task, waiting (this is the worker thread) while it has
@@ -141,7 +133,7 @@ impl<M: Send + 'static> Link<M> {
             match self.tx.try_send(m) {
                 Ok(()) => return Ok(()),
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    return Err(LinkError::Broker(self.progress.ended_error()));
+                    return Err(LinkError::Broker(self.ended_error()));
                 }
                 Err(mpsc::error::TrySendError::Full(back)) => {
                     if std::time::Instant::now() >= deadline {

@@ -478,7 +478,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         phase_rx,
         log_view,
         Arc::clone(&endpoint_health),
-        Arc::clone(&stop_metrics),
+        stop_metrics,
     ));
     let _ = stop_tx.send(true);
     // Registered connections hear it from the connection registry (those still

@@ -181,7 +181,6 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
         let mut replays = replayer.map(|r| Replays::new(r, log, Arc::clone(&metrics)));
         // Sinks log their endpoints' state changes; here failures are only counted.
         let errors = Arc::clone(&metrics);
-        let closing = Arc::clone(&metrics);
         let mut report = move |r: Result<(), SinkError>| {
             if r.is_err() {
                 EngineMetrics::add(&errors.sink_errors, 1);
@@ -235,7 +234,7 @@ impl SinkTo for Stream<'_, u64, Vec<Routed>> {
                             }
                         }
                         closed = true;
-                        EngineMetrics::add(&closing.sinks_closed, 1);
+                        EngineMetrics::add(&metrics.sinks_closed, 1);
                         sinks.close(end.get()).into_iter().for_each(&mut report);
                         return;
                     };
