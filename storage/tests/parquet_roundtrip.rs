@@ -380,3 +380,18 @@ fn a_different_worker_count_resumes_each_partition_where_it_was_committed() {
     );
     assert_eq!(one.floor(), 150);
 }
+
+/// A frontier that moves while nothing arrives (a cluster's clock) is recorded every 5 s,
+/// not every second.
+#[test]
+fn an_idle_sink_records_a_moving_frontier_every_five_seconds() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut sink = factory(tmp.path()).open(0, 1).expect("open");
+    sink.advance(10).expect("advance");
+    std::thread::sleep(std::time::Duration::from_millis(1_200));
+    sink.advance(20).expect("advance");
+    assert_eq!(sink.floor(), 0, "nothing arrived: no record after 1.2 s");
+    std::thread::sleep(std::time::Duration::from_millis(4_000));
+    sink.advance(30).expect("advance");
+    assert_eq!(sink.floor(), 30, "recorded after 5 s");
+}

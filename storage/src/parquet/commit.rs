@@ -279,6 +279,7 @@ impl ParquetSink {
         self.recorded = f;
         self.durable_floor = floor;
         self.last_record = Instant::now();
+        self.written = false;
         let start = parts
             .iter()
             .map(|&p| self.frontiers[usize::from(p)])

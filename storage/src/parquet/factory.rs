@@ -187,6 +187,7 @@ impl SinkFactory for ParquetSinkFactory {
             watermark: start,
             recorded: start,
             last_record: Instant::now(),
+            written: false,
             record_failing: false,
             endpoints,
             seq: 0,

@@ -56,6 +56,9 @@ pub struct ParquetSink {
     /// The lowest committed offset as of the last record: what the log may let go below.
     pub(super) durable_floor: u64,
     pub(super) last_record: Instant,
+    /// A delivery arrived since the last record: a record now may carry new commit points,
+    /// not only a frontier the cluster's clock moved.
+    pub(super) written: bool,
     /// The last attempt to write the commit record failed (logged once until it works).
     pub(super) record_failing: bool,
     pub(super) endpoints: HashMap<String, EndpointState>,
@@ -68,8 +71,13 @@ pub struct ParquetSink {
     pub(super) done_intents: Vec<u64>,
 }
 
-/// How often an idle sink rewrites its commit record so the log can be trimmed.
+/// How often a sink that has been sent deliveries rewrites its commit record, so the log
+/// can be trimmed.
 pub(super) const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// How often a sink sent nothing rewrites it: in a cluster the frontier moves with the
+/// clock while nothing arrives, and a record (two syncs) every second for that alone was
+/// most of an idle process's disk writes.
+pub(super) const IDLE_RECORD_EVERY: Duration = Duration::from_secs(5);
 
 impl ParquetSink {
     fn open_file(&mut self, endpoint: &EndpointSpec, hour: i64) -> Result<OpenFile, SinkError> {
@@ -179,6 +187,7 @@ impl Sink for ParquetSink {
         // Whatever happens to this batch, it has arrived: a replay must reach past it.
         if let Some(max) = batch.iter().map(|d| d.event.offset).max() {
             self.watermark = self.watermark.max(max + 1);
+            self.written = true;
         }
         let name = endpoint.name.to_string();
         if !self.endpoints.contains_key(&name) {
@@ -209,7 +218,12 @@ impl Sink for ParquetSink {
         self.frontier = self.frontier.max(frontier);
         self.watermark = self.watermark.max(self.frontier);
         let committed = self.commit_due(false);
-        if self.recorded < self.frontier && self.last_record.elapsed() >= RECORD_EVERY {
+        let every = if self.written {
+            RECORD_EVERY
+        } else {
+            IDLE_RECORD_EVERY
+        };
+        if self.recorded < self.frontier && self.last_record.elapsed() >= every {
             self.write_record(Vec::new())?;
             self.finish_renames();
         }
