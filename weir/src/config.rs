@@ -44,6 +44,8 @@ struct DpsSection {
     enabled: bool,
     revoke: String,
     hub: Vec<DpsHubSection>,
+    #[serde(default)]
+    id_scope: Option<String>,
 }
 
 /// The provisioning service's settings.
@@ -53,6 +55,8 @@ pub struct DpsConfig {
     pub hubs: Vec<LinkedHub>,
     /// Revoking an enrollment disables its devices on their hubs.
     pub cascade: bool,
+    /// The ID scope devices name (`None`: made at first start and kept).
+    pub id_scope: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,10 +443,26 @@ fn resolve(f: File, a: &ServeArgs) -> anyhow::Result<Config> {
             "provisioning-only" => false,
             other => bail!("`dps.revoke` = {other:?} must be \"cascade\" or \"provisioning-only\""),
         };
-        Some(DpsConfig { hubs, cascade })
+        let valid =
+            |s: &str| (1..=64).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if let Some(scope) = f.dps.id_scope.as_deref().filter(|s| !valid(s)) {
+            bail!(
+                "`dps.id_scope` = {scope:?} must be 1 to 64 letters and digits, like 0ne00012345"
+            );
+        }
+        Some(DpsConfig {
+            hubs,
+            cascade,
+            id_scope: f.dps.id_scope,
+        })
     } else {
         None
     };
+    if cluster.is_some() && dps.as_ref().is_some_and(|d| d.id_scope.is_none()) {
+        bail!(
+            "`dps.id_scope` must be set in a cluster: devices may register through any process, so every process names the same scope; set it to the same value (e.g. the one `weir dps info` shows) in every process's weir.toml"
+        );
+    }
     let upstream = crate::edge::upstream(f.upstream)?;
     let translations = crate::edge::translations(f.translate)?;
     let data_dir = a.data_dir.clone().unwrap_or(f.hub.data_dir);
@@ -575,5 +595,23 @@ mod tests {
             let e = with_file(&format!("{edge}{line}\n")).expect_err(line);
             assert!(e.to_string().contains(key), "{line}: {e}");
         }
+    }
+
+    #[test]
+    fn a_cluster_with_a_provisioning_service_names_its_id_scope() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let hosts = dir.path().join("hosts");
+        std::fs::write(&hosts, "127.0.0.1:4101\n127.0.0.1:4102\n").expect("hosts");
+        let cluster = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[cluster]\nhosts = {:?}\nprocess = 1\n[dps]\nenabled = true\n",
+            hosts.display().to_string()
+        );
+        let e = with_file(&cluster).expect_err("no scope");
+        assert!(e.to_string().contains("dps.id_scope"), "{e}");
+        let c = with_file(&format!("{cluster}id_scope = \"0ne00C1A5\"\n")).expect("a scope");
+        let scope = c.dps.and_then(|d| d.id_scope);
+        assert_eq!(scope.as_deref(), Some("0ne00C1A5"));
+        let e = with_file(&format!("{cluster}id_scope = \"0ne/../x\"\n")).expect_err("bad");
+        assert!(e.to_string().contains("dps.id_scope"), "{e}");
     }
 }

@@ -276,6 +276,38 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         ))
     })
     .transpose()?;
+    let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
+    let dps = match &cfg.dps {
+        None => None,
+        Some(dps_cfg) => {
+            let dps_key =
+                ensure_policy_key(&cfg.data_dir, &cfg.hostname, "provisioningserviceowner")?;
+            policies.push(("provisioningserviceowner".into(), dps_key));
+            let this_hub = crate::config::LinkedHub {
+                hostname: cfg.hostname.clone(),
+                api: cfg.http.map(|a| format!("http://{a}")).unwrap_or_default(),
+                connection_string: format!(
+                    "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={owner_key}",
+                    cfg.hostname
+                ),
+                weight: 1,
+                ca: None,
+            };
+            let dps = crate::dps::Dps::open(&cfg.data_dir, dps_cfg, this_hub)?;
+            tracing::info!(id_scope = %weir_core::Provisioning::id_scope(&dps), linked_hubs = dps_cfg.hubs.len().max(1), cascade = dps_cfg.cascade, "provisioning service on");
+            if cfg.cluster.is_some() {
+                // Enrollments and registrations reach the other processes with the
+                // registry's changes (decision 043); opened before the engine starts, so
+                // no change from the log passes before the store is linked.
+                let staged = std::sync::Arc::clone(&hub.events().staged);
+                registry.replicate_provisioning(
+                    std::sync::Arc::clone(&dps.inner.store),
+                    Box::new(move || staged.notify_one()),
+                );
+            }
+            Some(dps)
+        }
+    };
     // Hub events a crash left in the registry's outbox go into the log first: the engine
     // takes the registry's tags as they are now as the device context at the log's end.
     let event_ingest: Arc<dyn weir_core::Ingest> = Arc::new(log.ingest());
@@ -320,28 +352,6 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     })?;
     let gateway_metrics = Arc::new(GatewayMetrics::default());
 
-    let mut policies = vec![("iothubowner".to_string(), owner_key.clone())];
-    let dps = match &cfg.dps {
-        None => None,
-        Some(dps_cfg) => {
-            let dps_key =
-                ensure_policy_key(&cfg.data_dir, &cfg.hostname, "provisioningserviceowner")?;
-            policies.push(("provisioningserviceowner".into(), dps_key));
-            let this_hub = crate::config::LinkedHub {
-                hostname: cfg.hostname.clone(),
-                api: cfg.http.map(|a| format!("http://{a}")).unwrap_or_default(),
-                connection_string: format!(
-                    "HostName={};SharedAccessKeyName=iothubowner;SharedAccessKey={owner_key}",
-                    cfg.hostname
-                ),
-                weight: 1,
-                ca: None,
-            };
-            let dps = crate::dps::Dps::open(&cfg.data_dir, dps_cfg, this_hub)?;
-            tracing::info!(id_scope = %weir_core::Provisioning::id_scope(&dps), linked_hubs = dps_cfg.hubs.len().max(1), cascade = dps_cfg.cascade, "provisioning service on");
-            Some(dps)
-        }
-    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let gateways = Arc::new(GatewayContext {
         hub_name: cfg.hostname.clone(),

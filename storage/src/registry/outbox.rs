@@ -41,7 +41,11 @@ impl Registry {
 
     /// Up to `max` events waiting for the log, oldest first, with their sequence numbers.
     /// An entry that does not decode is dropped with an error in the log.
+    /// In a cluster with a provisioning service, its queued changes join the outbox first.
     pub fn outbox(&self, max: usize) -> Result<Vec<(u64, Event)>, RegistryError> {
+        if let Err(e) = self.stage_provisioning() {
+            tracing::error!(error = %e, "provisioning changes wait for the registry's outbox");
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let t = txn.open_table(OUTBOX).map_err(storage)?;
         let mut out = Vec::new();

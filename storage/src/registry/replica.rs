@@ -21,6 +21,8 @@ use weir_core::{AuthMethod, DeviceDirectory, DeviceId, DeviceRecord, Event, Even
 
 use super::certs::{CERTIFICATES, CaRecord, verified};
 use super::{DEVICES, Registry, RegistryError, SESSIONS, etag_version, storage};
+use crate::dps::DpsStore;
+use crate::dps::replica::DpsChange;
 
 /// How far this process has applied the cluster's registry changes.
 pub(super) const REPLICA: TableDefinition<&str, u64> = TableDefinition::new("replica");
@@ -34,6 +36,8 @@ const THROUGH: &str = "through";
 #[derive(Default)]
 pub(super) struct Replication {
     process: OnceLock<u32>,
+    /// The provisioning service's store, replicated through this registry's events.
+    provisioning: OnceLock<Arc<DpsStore>>,
 }
 
 /// What a `Registry` event carries: one device's record or one CA certificate's, after the
@@ -46,6 +50,9 @@ struct Replicated {
     device: Option<DeviceRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     certificate: Option<CaRecord>,
+    /// A change of the provisioning service's state, for its store (not the registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provisioning: Option<DpsChange>,
     deleted: bool,
 }
 
@@ -95,6 +102,7 @@ impl Registry {
             process,
             device: Some(device.clone()),
             certificate: None,
+            provisioning: None,
             deleted,
         })
     }
@@ -111,8 +119,58 @@ impl Registry {
             process,
             device: None,
             certificate: Some(ca.clone()),
+            provisioning: None,
             deleted,
         })
+    }
+
+    /// Replicates the provisioning service's store `dps` with this registry's changes:
+    /// what it queues leaves through this outbox, and what the cluster changed is applied
+    /// to it. `wake` is called after each change `dps` queues (to wake the outbox's
+    /// dispatcher). Set once, after [`Registry::replicate_as`].
+    pub fn replicate_provisioning(&self, dps: Arc<DpsStore>, wake: Box<dyn Fn() + Send + Sync>) {
+        dps.replicate(wake);
+        let _ = self.replica.provisioning.set(dps);
+    }
+
+    /// Moves up to 256 changes the provisioning service queued for the other processes
+    /// into the outbox (then the log): each is staged before it leaves the service's
+    /// queue, so a crash in between sends it twice (applying it again changes nothing),
+    /// never not at all. Returns how many moved.
+    pub(super) fn stage_provisioning(&self) -> Result<usize, RegistryError> {
+        let Some(dps) = self.replica.provisioning.get() else {
+            return Ok(0);
+        };
+        let pending = dps.pending(256).map_err(storage)?;
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut events = Vec::with_capacity(pending.len());
+        for (_, change) in &pending {
+            // The id only places the event in a partition; every process reads them all.
+            let id = if DeviceId::parse(&change.id).is_ok() {
+                change.id.as_str()
+            } else {
+                "provisioning"
+            };
+            let copy = |process| Replicated {
+                process,
+                device: None,
+                certificate: None,
+                provisioning: Some(change.clone()),
+                deleted: change.record.is_none(),
+            };
+            events.extend(self.replicated(id, copy)?);
+        }
+        {
+            let _w = self.writer.lock().map_err(storage)?;
+            let txn = self.db.begin_write().map_err(storage)?;
+            self.stage_events(&txn, &events)?;
+            txn.commit().map_err(storage)?;
+        }
+        let seqs: Vec<u64> = pending.iter().map(|(n, _)| *n).collect();
+        dps.pending_done(&seqs).map_err(storage)?;
+        Ok(seqs.len())
     }
 
     fn replicated(
@@ -152,6 +210,22 @@ impl Registry {
     ) -> Result<Applied, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let applied = self.replica_through();
+        // The provisioning service's changes go to its store first (repeats change
+        // nothing), before `through` is recorded: a crash between cannot skip them.
+        if let Some(dps) = self.replica.provisioning.get() {
+            let provisioning: Vec<DpsChange> = changes
+                .iter()
+                .filter(|(o, _)| *o >= applied)
+                .filter_map(|(_, body)| {
+                    serde_json::from_slice::<Replicated>(body)
+                        .ok()?
+                        .provisioning
+                })
+                .collect();
+            if !provisioning.is_empty() {
+                dps.apply_replicated(&provisioning).map_err(storage)?;
+            }
+        }
         // This batch's records so far, by device or certificate name: later changes
         // compare with them.
         let mut held: HashMap<String, Option<Arc<DeviceRecord>>> = HashMap::new();
@@ -166,6 +240,9 @@ impl Registry {
                     continue;
                 }
             };
+            if copy.provisioning.is_some() {
+                continue;
+            }
             if let Some(ca) = &copy.certificate {
                 let before = match held_cas.get(&ca.name) {
                     Some(r) => r.clone(),

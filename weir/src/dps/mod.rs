@@ -54,7 +54,7 @@ impl Dps {
     pub fn open(data_dir: &Path, config: &DpsConfig, this_hub: LinkedHub) -> anyhow::Result<Dps> {
         let hubs = &config.hubs;
         let store = Arc::new(
-            DpsStore::open(&data_dir.join("dps.redb"))
+            DpsStore::open(&data_dir.join("dps.redb"), config.id_scope.as_deref())
                 .context("opening the provisioning service's store")?,
         );
         let hubs: Vec<LinkedHub> = if hubs.is_empty() {

@@ -238,3 +238,68 @@ fn a_ca_certificate_verified_on_one_process_authenticates_on_every_process() {
         Some("S3")
     );
 }
+
+/// The provisioning service's changes leave through one process's registry outbox and
+/// reach another's provisioning store through its registry, and a replay changes nothing.
+#[test]
+fn provisioning_changes_travel_with_the_registry_events() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::dps::{DpsStore, Kind};
+
+    let linked = |r: &Registry, dir: &tempfile::TempDir, wakes: Arc<AtomicUsize>| {
+        let store = Arc::new(
+            DpsStore::open(&dir.path().join("dps.redb"), Some("0ne00000ABC")).expect("dps"),
+        );
+        r.replicate_provisioning(
+            Arc::clone(&store),
+            Box::new(move || {
+                wakes.fetch_add(1, Ordering::Relaxed);
+            }),
+        );
+        store
+    };
+    let (a_dir, a) = registry(0);
+    let (b_dir, b) = registry(1);
+    let wakes = Arc::new(AtomicUsize::new(0));
+    let a_dps = linked(&a, &a_dir, Arc::clone(&wakes));
+    let b_dps = linked(&b, &b_dir, Arc::default());
+    let enrollment = serde_json::from_value(json!({
+        "enrollmentGroupId": "line-7",
+        "attestation": {"type": "symmetricKey", "symmetricKey": {"primaryKey": "a", "secondaryKey": "b"}},
+    }))
+    .expect("enrollment");
+    a_dps
+        .put_enrollment(Kind::Group, "line-7", enrollment, None)
+        .expect("put");
+    assert_eq!(wakes.load(Ordering::Relaxed), 1, "the dispatcher is woken");
+    let changes = sent(&a);
+    assert_eq!(changes.len(), 1);
+    assert!(
+        a_dps.pending(10).expect("queue").is_empty(),
+        "taken once staged"
+    );
+    assert_eq!(apply(&b, &changes, 0), 0, "no device changed");
+    let on_b = b_dps.enrollment(Kind::Group, "line-7").expect("read");
+    assert!(on_b.is_some_and(|e| e.enrollment_group_id.as_deref() == Some("line-7")));
+    a_dps
+        .delete_enrollment(Kind::Group, "line-7", None)
+        .expect("delete");
+    let deleted = sent(&a);
+    apply(&b, &deleted, 1);
+    assert!(
+        b_dps
+            .enrollment(Kind::Group, "line-7")
+            .expect("read")
+            .is_none()
+    );
+    // Read again from the log after a restart: below what was applied, skipped.
+    apply(&b, &changes, 0);
+    assert!(
+        b_dps
+            .enrollment(Kind::Group, "line-7")
+            .expect("read")
+            .is_none()
+    );
+}

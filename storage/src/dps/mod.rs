@@ -1,9 +1,13 @@
 //! The provisioning service's state (`dps.redb`): its ID scope, individual enrollments,
 //! enrollment groups and registration states, in IoT DPS's service-API shapes so the REST
-//! layer stores what it is sent and returns what it stored.
+//! layer stores what it is sent and returns what it stored. In a cluster every process
+//! holds all of it ([`replica`]).
+
+pub mod replica;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Mutex, OnceLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -177,12 +181,19 @@ pub struct DpsStore {
     id_scope: String,
     /// Serialises read-modify-write (etag checks).
     writer: Mutex<()>,
+    /// In a cluster: every change is also queued for the other processes.
+    replicating: AtomicBool,
+    /// The next sequence number of that queue.
+    next_pending: AtomicU64,
+    /// Called after a change is queued.
+    wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl DpsStore {
     /// Opens (or creates) the store; an ID scope (`0ne` and 8 hex digits, as DPS's) is
-    /// made at the first start and kept.
-    pub fn open(path: &Path) -> Result<DpsStore, DpsError> {
+    /// made at the first start and kept, unless `scope` names one (a cluster's processes
+    /// share theirs), which replaces it.
+    pub fn open(path: &Path, scope: Option<&str>) -> Result<DpsStore, DpsError> {
         crate::fsutil::private_db_file(path).map_err(storage)?;
         let db = Database::create(path).map_err(storage)?;
         let txn = db.begin_write().map_err(storage)?;
@@ -191,13 +202,22 @@ impl DpsStore {
             txn.open_table(ENROLLMENTS).map_err(storage)?;
             txn.open_table(GROUPS).map_err(storage)?;
             txn.open_table(REGISTRATIONS).map_err(storage)?;
+            txn.open_table(replica::VERSIONS).map_err(storage)?;
+            txn.open_table(replica::PENDING).map_err(storage)?;
             let existing = meta
                 .get("id_scope")
                 .map_err(storage)?
                 .map(|v| v.value().to_owned());
-            match existing {
-                Some(s) => s,
-                None => {
+            match (scope, existing) {
+                (Some(s), existing) => {
+                    if existing.as_deref().is_some_and(|e| e != s) {
+                        tracing::warn!(was = ?existing, now = s, "the provisioning service's ID scope changed: devices must use the new one");
+                    }
+                    meta.insert("id_scope", s).map_err(storage)?;
+                    s.to_owned()
+                }
+                (None, Some(s)) => s,
+                (None, None) => {
                     let s = format!("0ne{}", random_hex(4).map_err(storage)?.to_uppercase());
                     meta.insert("id_scope", s.as_str()).map_err(storage)?;
                     s
@@ -205,10 +225,14 @@ impl DpsStore {
             }
         };
         txn.commit().map_err(storage)?;
+        let next_pending = replica::next_pending(&db)?;
         Ok(DpsStore {
             db,
             id_scope,
             writer: Mutex::new(()),
+            replicating: AtomicBool::new(false),
+            next_pending: AtomicU64::new(next_pending),
+            wake: OnceLock::new(),
         })
     }
 
@@ -246,6 +270,8 @@ impl DpsStore {
         Ok(out)
     }
 
+    /// Stores (or, with `None`, removes) one record, with the version the cluster orders
+    /// its changes by, and queues the change for the other processes when replicating.
     fn write<T: Serialize>(
         &self,
         table: TableDefinition<&str, &[u8]>,
@@ -253,9 +279,13 @@ impl DpsStore {
         value: Option<&T>,
     ) -> Result<(), DpsError> {
         let txn = self.db.begin_write().map_err(storage)?;
+        let record = value
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(storage)?;
         {
             let mut t = txn.open_table(table).map_err(storage)?;
-            match value {
+            match &record {
                 Some(v) => {
                     let bytes = serde_json::to_vec(v).map_err(storage)?;
                     t.insert(key, bytes.as_slice()).map_err(storage)?;
@@ -265,7 +295,10 @@ impl DpsStore {
                 }
             }
         }
-        txn.commit().map_err(storage)
+        self.record_change(&txn, table, key, record)?;
+        txn.commit().map_err(storage)?;
+        self.queued();
+        Ok(())
     }
 
     pub fn enrollment(&self, kind: Kind, id: &str) -> Result<Option<Enrollment>, DpsError> {
@@ -368,7 +401,7 @@ mod tests {
     fn enrollments_keep_their_scope_etags_and_defaults_across_reopen() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("dps.redb");
-        let store = DpsStore::open(&path).expect("open");
+        let store = DpsStore::open(&path, None).expect("open");
         let scope = store.id_scope().to_owned();
         assert!(scope.starts_with("0ne") && scope.len() == 11, "{scope}");
         let (e, created) = store
@@ -391,7 +424,7 @@ mod tests {
         assert!(!created && again.created_date_time_utc == e.created_date_time_utc);
         assert!(store.enrollment(Kind::Group, "d1").expect("read").is_none());
         drop(store);
-        let store = DpsStore::open(&path).expect("reopen");
+        let store = DpsStore::open(&path, None).expect("reopen");
         assert_eq!(store.id_scope(), scope);
         assert_eq!(store.enrollments(Kind::Individual).expect("list").len(), 1);
         store
