@@ -68,16 +68,17 @@ aggregates = { n = "count()", max_temp = "max($body.temp)" }
 """
 
 
-def start_cluster(tmp_path, n, workers):
-    rules = rules_dir(tmp_path, RULES)
+def start_cluster(tmp_path, n, workers, rules=RULES, config="[archive]\nmax_age_secs = 0.3\n", each=lambda i: {}):
+    """`n` processes on loopback; `each(i)` gives process `i`'s own `Hub` arguments."""
+    rules = rules_dir(tmp_path, rules)
     hosts = tmp_path / "hosts"
     hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in range(n)))
     hubs = []
     for i in range(n):
         d = tmp_path / f"p{i}"
         d.mkdir()
-        hubs.append(Hub(d, rules, workers=workers, config="[archive]\nmax_age_secs = 0.3\n",
-                        extra_args=["--process", str(i), "--hosts", str(hosts)]))
+        hubs.append(Hub(d, rules, workers=workers, config=config,
+                        extra_args=["--process", str(i), "--hosts", str(hosts)], **each(i)))
     for h in hubs:
         h.start()
     for h in hubs:

@@ -11,9 +11,8 @@ import requests
 from azure.iot.device import ProvisioningDeviceClient
 from azure.iot.device.exceptions import CredentialError
 
-from sinkdevice import rules_dir
-from test_cluster import stop_together, wait_for
-from weirhub import Hub, free_port, sas_token
+from test_cluster import start_cluster, stop_together, wait_for
+from weirhub import sas_token
 
 SCOPE = "0ne00C1A5"
 # The SDK dials 8883, so each process has a loopback address of its own.
@@ -29,26 +28,10 @@ def dps_call(hub, method, path, body=None, headers=None):
     return requests.request(method, f"{hub.api}{path}?api-version=2021-10-01", json=body, headers=h, timeout=30)
 
 
-def start(tmp_path):
-    rules = rules_dir(tmp_path, '[[endpoint]]\nname = "raw"\ntype = "parquet"\n')
-    hosts = tmp_path / "hosts"
-    hosts.write_text("".join(f"127.0.0.1:{free_port()}\n" for _ in IPS))
-    hubs = []
-    for i, ip in enumerate(IPS):
-        d = tmp_path / f"p{i}"
-        d.mkdir()
-        hubs.append(Hub(d, rules, hostname=ip, ip=ip, workers=1, fixed_ports={"mqtts": 8883},
-                        config=f"[dps]\nenabled = true\nid_scope = \"{SCOPE}\"\n",
-                        extra_args=["--process", str(i), "--hosts", str(hosts)]))
-    for h in hubs:
-        h.start()
-    for h in hubs:
-        assert h.wait_log("cluster dataflow running", timeout=30), h.log_text()[-3000:]
-    return hubs
-
-
 def test_an_enrollment_made_through_one_process_provisions_through_another(tmp_path):
-    hubs = start(tmp_path)
+    hubs = start_cluster(tmp_path, 2, 1, rules='[[endpoint]]\nname = "raw"\ntype = "parquet"\n',
+                         config=f"[dps]\nenabled = true\nid_scope = \"{SCOPE}\"\n",
+                         each=lambda i: {"hostname": IPS[i], "ip": IPS[i], "fixed_ports": {"mqtts": 8883}})
     try:
         for h in hubs:
             assert dps_call(h, "GET", "/provisioning").json()["idScope"] == SCOPE
