@@ -63,7 +63,7 @@ impl<'a> LazyBody<'a> {
                 let Some((Seg::Field(name), rest)) = path.split_first() else {
                     return Val::Undef;
                 };
-                let field = fields.iter().rfind(|f| f.key == *name).or_else(|| {
+                let field = fields.iter().rfind(|f| same(&f.key, name)).or_else(|| {
                     // Like `walk` on a parsed object: the first case-insensitive match in
                     // key order.
                     fields
@@ -90,12 +90,21 @@ impl<'a> LazyBody<'a> {
     }
 }
 
+/// Whether two keys are equal. Keys are short: comparing their bytes here costs less
+/// than the call into libc's `memcmp` that `==` makes.
+#[inline]
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 /// A scalar read straight from its validated JSON text: most conditions compare top-level
 /// numbers and plain strings, and building a `serde_json::Value` for them (a `String` per
 /// string field) was most of the cost of evaluating a route. `None` for anything else.
 fn scalar(raw: &str) -> Option<Val<'_>> {
     match raw.as_bytes().first()? {
-        b'"' if !raw.contains('\\') => raw
+        // A byte loop: these strings are short, and a call into `memchr` cost more.
+        b'"' if !raw.bytes().any(|b| b == b'\\') => raw
             .get(1..raw.len() - 1)
             .map(|s| Val::Str(Cow::Borrowed(s))),
         b't' => Some(Val::Bool(true)),
@@ -122,18 +131,24 @@ fn short_number(raw: &str) -> Option<f64> {
         Some(t) => (true, t),
         None => (false, raw),
     };
-    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
-    if int.len() + frac.len() > 15 {
-        return None;
-    }
-    let mut n = 0i64;
-    for b in int.bytes().chain(frac.bytes()) {
-        if !b.is_ascii_digit() {
-            return None;
+    // One pass over the digits (the text is valid JSON: digits, at most one `.`, maybe an
+    // exponent, which sends it to serde_json).
+    let (mut n, mut digits, mut fraction) = (0i64, 0usize, None);
+    for b in text.bytes() {
+        match b {
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits > 15 {
+                    return None;
+                }
+                n = n * 10 + i64::from(b - b'0');
+            }
+            b'.' => fraction = Some(digits),
+            _ => return None,
         }
-        n = n * 10 + i64::from(b - b'0');
     }
-    let v = n as f64 / *POW10.get(frac.len())?;
+    let scale = fraction.map_or(0, |at| digits - at);
+    let v = n as f64 / *POW10.get(scale)?;
     // `-0` is a zero with its sign, as serde_json reads it.
     Some(if negative { -v } else { v })
 }

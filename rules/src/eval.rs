@@ -32,7 +32,7 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
         },
         Ir::Bin(BinOp::And, a, b) => {
             let a = eval(a, m);
-            if a == Val::Bool(false) {
+            if matches!(a, Val::Bool(false)) {
                 return a;
             }
             value::and(&a, &eval(b, m))
@@ -44,7 +44,12 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
             }
             value::or(&a, &eval(b, m))
         }
-        Ir::Bin(op, a, b) => value::binary(*op, &eval(a, m), &eval(b, m)),
+        // Most comparisons have a constant on the right: read it in place rather than
+        // through another call.
+        Ir::Bin(op, a, b) => match &**b {
+            Ir::Const(c) => value::binary(*op, &eval(a, m), &constant(c)),
+            b => value::binary(*op, &eval(a, m), &eval(b, m)),
+        },
         Ir::In(e, items, negated) => {
             let v = eval(e, m);
             if v == Val::Undef {
@@ -71,7 +76,7 @@ fn constant(c: &Const) -> Val<'_> {
         Const::Bool(b) => Val::Bool(*b),
         Const::Num(n) => Val::Num(*n),
         Const::Str(s) => Val::Str(Cow::Borrowed(s)),
-        Const::Doc(d) => Val::Doc(Cow::Borrowed(d)),
+        Const::Doc(d) => Val::Doc(d),
     }
 }
 
@@ -151,10 +156,13 @@ fn call<'a>(f: Func, args: &'a [Ir], m: &'a dyn MessageView) -> Val<'a> {
             _ => Val::Undef,
         },
         Func::Lower => match arg(0) {
+            Val::Str(s) if s.is_ascii() => Val::Str(Cow::Owned(s.to_ascii_lowercase())),
             Val::Str(s) => Val::Str(Cow::Owned(s.to_lowercase())),
             _ => Val::Undef,
         },
+        // ASCII text (most of it) has ASCII case rules, without Unicode's tables.
         Func::Upper => match arg(0) {
+            Val::Str(s) if s.is_ascii() => Val::Str(Cow::Owned(s.to_ascii_uppercase())),
             Val::Str(s) => Val::Str(Cow::Owned(s.to_uppercase())),
             _ => Val::Undef,
         },
@@ -192,5 +200,45 @@ fn call<'a>(f: Func, args: &'a [Ir], m: &'a dyn MessageView) -> Val<'a> {
             }),
             _ => Val::Undef,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use weir_core::{DeviceId, Event, NoDevices};
+
+    use super::*;
+    use crate::compile::compile_str;
+    use crate::view::EventView;
+
+    /// `text` evaluated against a message with `body`, as JSON (undefined: `None`).
+    fn value(text: &str, body: &'static str) -> Option<Json> {
+        let id = DeviceId::parse("d1").expect("id");
+        let event = Event::telemetry(id, 0, Bytes::from_static(body.as_bytes()));
+        let view = EventView::new(&event, &NoDevices);
+        let ir = compile_str(text).unwrap_or_else(|e| panic!("{}", e.message));
+        eval(&ir, &view).to_json()
+    }
+
+    #[test]
+    fn case_functions_take_the_ascii_path_only_for_ascii_text() {
+        let body = r#"{"a": "Line-b 7", "u": "straße İx", "n": [1, {"k": 2}]}"#;
+        let s = |t: &str| Some(Json::String(t.into()));
+        assert_eq!(value("UPPER($body.a)", body), s("LINE-B 7"));
+        assert_eq!(value("LOWER($body.a)", body), s("line-b 7"));
+        assert_eq!(
+            value("UPPER($body.u)", body),
+            s(&"straße İx".to_uppercase())
+        );
+        assert_eq!(
+            value("LOWER($body.u)", body),
+            s(&"straße İx".to_lowercase())
+        );
+        // Documents are borrowed from the body and compare by value.
+        assert_eq!(value("IS_ARRAY($body.n)", body), Some(Json::Bool(true)));
+        assert_eq!(value("$body.n = $body.n", body), Some(Json::Bool(true)));
+        assert_eq!(value("$body.n[1].k > 1", body), Some(Json::Bool(true)));
+        assert_eq!(value("$body.n > 1", body), None);
     }
 }

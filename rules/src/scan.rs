@@ -55,6 +55,20 @@ pub(crate) fn split_object<'a>(
     (sc.i == sc.s.len()).then_some(())
 }
 
+/// The bytes that end a run of plain string text: the quote, the backslash and the control
+/// characters JSON wants escaped.
+static STRING_STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        t[b] = true;
+        b += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
 struct Scan<'a> {
     s: &'a [u8],
     i: usize,
@@ -87,11 +101,12 @@ impl Scan<'_> {
         self.eat(b'"')?;
         let mut escaped = false;
         loop {
-            let rest = self.s.get(self.i..)?;
-            let n = rest
-                .iter()
-                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            self.i += n;
+            // Skips to the next byte a string cannot hold as is: one table load a byte.
+            let mut i = self.i;
+            while i < self.s.len() && !STRING_STOPS[usize::from(self.s[i])] {
+                i += 1;
+            }
+            self.i = i;
             match self.next()? {
                 b'"' => return Some(escaped),
                 b'\\' => {

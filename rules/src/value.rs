@@ -19,8 +19,9 @@ pub enum Val<'a> {
     Bool(bool),
     Num(f64),
     Str(Cow<'a, str>),
-    /// A JSON array or object.
-    Doc(Cow<'a, Json>),
+    /// A JSON array or object. Always borrowed (from the body, a twin or a constant):
+    /// every value is moved on each step of an evaluation, so it is kept small.
+    Doc(&'a Json),
 }
 
 impl<'a> Val<'a> {
@@ -30,7 +31,7 @@ impl<'a> Val<'a> {
             Json::Bool(b) => Val::Bool(*b),
             Json::Number(n) => n.as_f64().map_or(Val::Undef, Val::Num),
             Json::String(s) => Val::Str(Cow::Borrowed(s)),
-            Json::Array(_) | Json::Object(_) => Val::Doc(Cow::Borrowed(v)),
+            Json::Array(_) | Json::Object(_) => Val::Doc(v),
         }
     }
 
@@ -54,7 +55,7 @@ impl<'a> Val<'a> {
             Val::Bool(b) => Json::Bool(*b),
             Val::Num(n) => serde_json::Number::from_f64(*n).map_or(Json::Null, Json::Number),
             Val::Str(s) => Json::String(s.to_string()),
-            Val::Doc(d) => d.as_ref().clone(),
+            Val::Doc(d) => (*d).clone(),
         })
     }
 }

@@ -127,10 +127,13 @@ impl<'a> EventView<'a> {
 /// IoT Hub only looks into bodies declared `application/json` in UTF-8/16/32. Plain MQTT
 /// clients declare nothing, so Weir also tries bodies that declare no content type.
 fn body_may_be_json(e: &Event) -> bool {
+    // `application/json` (as the SDKs send it) without searching it.
     let ct_ok = e.system.content_type.as_deref().is_none_or(|ct| {
-        ct.as_bytes()
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"json"))
+        ct == "application/json"
+            || ct
+                .as_bytes()
+                .windows(4)
+                .any(|w| w.eq_ignore_ascii_case(b"json"))
     });
     let ce_ok = e.system.content_encoding.as_deref().is_none_or(|ce| {
         ce.is_empty()
