@@ -1,78 +1,23 @@
 //! The engine alone: parsed events (from memory, not the log) through the timely dataflow
 //! with duplicate detection and ten routes into a sink that only counts. Workers = cores.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use weir_core::{Delivery, EndpointSpec, Event, NoDevices, Sink, SinkError, SinkFactory};
-use weir_engine::{DedupeConfig, Engine, EngineConfig, MemoryFeed};
+use weir_core::Event;
 
 /// The allocator the `weir` binary uses, so the figures match it.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-struct Count(Arc<AtomicU64>);
-struct CountSink(Arc<AtomicU64>);
-
-impl SinkFactory for Count {
-    fn kind(&self) -> &'static str {
-        weir_core::sink::ANY_KIND
-    }
-    fn recovered_floor(&self) -> u64 {
-        0
-    }
-    fn open(&self, _worker: usize, _workers: usize) -> Result<Box<dyn Sink>, SinkError> {
-        Ok(Box::new(CountSink(Arc::clone(&self.0))))
-    }
-}
-
-impl Sink for CountSink {
-    /// Counts events, not deliveries: every event goes to `archive` exactly once (route
-    /// `r10` is `true`), and some also to `alerts`. Counting both ended a round while
-    /// about a quarter of its events were still queued.
-    fn write(&mut self, e: &Arc<EndpointSpec>, batch: Vec<Delivery>) -> Result<(), SinkError> {
-        if &*e.name == "archive" {
-            self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        }
-        Ok(())
-    }
-    fn advance(&mut self, _f: u64) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn close(&mut self, _end: u64) -> Result<(), SinkError> {
-        Ok(())
-    }
-    fn floor(&self) -> u64 {
-        0
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let workers = std::env::var("WEIR_BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let delivered = Arc::new(AtomicU64::new(0));
     // Room for a whole round in any one queue: a round is pushed while the feed is held.
-    let feed = MemoryFeed::new(workers, 1 << 17);
-    let engine = Engine::start(
-        EngineConfig {
-            workers,
-            tick: Duration::from_millis(50),
-            dedupe: Some(DedupeConfig::default()),
-            close_insights_at_end: false,
-            cluster: None,
-        },
-        Arc::new(ArcSwap::from_pointee(weir_benches::ten_routes())),
-        Arc::new(NoDevices),
-        Arc::new(feed.clone()),
-        vec![Arc::new(Count(Arc::clone(&delivered)))],
-        weir_engine::Hooks::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let (engine, feed, delivered) = weir_benches::ten_route_engine(workers, 1 << 17);
     // Should a report panic, the feed closes before the engine is dropped (and joined).
     let _closes = feed.close_on_drop();
     // A fleet of 1000 devices sending in turn, one event per millisecond in all: each
