@@ -6,7 +6,7 @@
 pub mod replica;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -181,11 +181,9 @@ pub struct DpsStore {
     id_scope: String,
     /// Serialises read-modify-write (etag checks).
     writer: Mutex<()>,
-    /// In a cluster: every change is also queued for the other processes.
-    replicating: AtomicBool,
-    /// The next sequence number of that queue.
+    /// The next sequence number of the queue of changes for a cluster's other processes.
     next_pending: AtomicU64,
-    /// Called after a change is queued.
+    /// Set in a cluster: every change is also queued, and this is called after each.
     wake: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
@@ -230,7 +228,6 @@ impl DpsStore {
             db,
             id_scope,
             writer: Mutex::new(()),
-            replicating: AtomicBool::new(false),
             next_pending: AtomicU64::new(next_pending),
             wake: OnceLock::new(),
         })
@@ -279,15 +276,11 @@ impl DpsStore {
         value: Option<&T>,
     ) -> Result<(), DpsError> {
         let txn = self.db.begin_write().map_err(storage)?;
-        let record = value
-            .map(serde_json::to_value)
-            .transpose()
-            .map_err(storage)?;
+        let record = value.map(serde_json::to_vec).transpose().map_err(storage)?;
         {
             let mut t = txn.open_table(table).map_err(storage)?;
             match &record {
-                Some(v) => {
-                    let bytes = serde_json::to_vec(v).map_err(storage)?;
+                Some(bytes) => {
                     t.insert(key, bytes.as_slice()).map_err(storage)?;
                 }
                 None => {

@@ -14,7 +14,7 @@
 
 use redb::{Database, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{DpsError, DpsStore, ENROLLMENTS, GROUPS, REGISTRATIONS, storage};
 use crate::secret::random_hex;
@@ -25,13 +25,13 @@ pub(super) const VERSIONS: TableDefinition<&str, &str> = TableDefinition::new("v
 pub(super) const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
 
 /// One change of the provisioning service's state, as the other processes receive it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DpsChange {
     /// `enrollments`, `enrollment_groups` or `registrations`.
     pub table: String,
     pub id: String,
-    /// The record now; `None`: removed.
-    pub record: Option<Value>,
+    /// The record now, as stored; `None`: removed.
+    pub record: Option<Box<RawValue>>,
     pub version: String,
 }
 
@@ -63,15 +63,11 @@ impl DpsStore {
     /// `wake` after each. Set once, before the service serves.
     pub fn replicate(&self, wake: Box<dyn Fn() + Send + Sync>) {
         let _ = self.wake.set(wake);
-        self.replicating
-            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Tells the hub a change is queued.
     pub(super) fn queued(&self) {
-        if self.replicating.load(std::sync::atomic::Ordering::Acquire)
-            && let Some(w) = self.wake.get()
-        {
+        if let Some(w) = self.wake.get() {
             w();
         }
     }
@@ -83,7 +79,7 @@ impl DpsStore {
         txn: &WriteTransaction,
         table: TableDefinition<&str, &[u8]>,
         id: &str,
-        record: Option<Value>,
+        record: Option<Vec<u8>>,
     ) -> Result<(), DpsError> {
         let k = key(table.name(), id);
         let mut versions = txn.open_table(VERSIONS).map_err(storage)?;
@@ -96,9 +92,16 @@ impl DpsStore {
         versions
             .insert(k.as_str(), version.as_str())
             .map_err(storage)?;
-        if !self.replicating.load(std::sync::atomic::Ordering::Acquire) {
+        if self.wake.get().is_none() {
             return Ok(());
         }
+        // The record's bytes are the JSON just serialized.
+        let record = record
+            .map(|bytes| String::from_utf8(bytes).map_err(storage))
+            .transpose()?
+            .map(RawValue::from_string)
+            .transpose()
+            .map_err(storage)?;
         let change = DpsChange {
             table: table.name().to_owned(),
             id: id.to_owned(),
@@ -170,9 +173,8 @@ impl DpsStore {
                 let mut records = txn.open_table(t).map_err(storage)?;
                 match &c.record {
                     Some(r) => {
-                        let bytes = serde_json::to_vec(r).map_err(storage)?;
                         records
-                            .insert(c.id.as_str(), bytes.as_slice())
+                            .insert(c.id.as_str(), r.get().as_bytes())
                             .map_err(storage)?;
                     }
                     None => {

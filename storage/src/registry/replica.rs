@@ -210,27 +210,12 @@ impl Registry {
     ) -> Result<Applied, RegistryError> {
         let _w = self.writer.lock().map_err(storage)?;
         let applied = self.replica_through();
-        // The provisioning service's changes go to its store first (repeats change
-        // nothing), before `through` is recorded: a crash between cannot skip them.
-        if let Some(dps) = self.replica.provisioning.get() {
-            let provisioning: Vec<DpsChange> = changes
-                .iter()
-                .filter(|(o, _)| *o >= applied)
-                .filter_map(|(_, body)| {
-                    serde_json::from_slice::<Replicated>(body)
-                        .ok()?
-                        .provisioning
-                })
-                .collect();
-            if !provisioning.is_empty() {
-                dps.apply_replicated(&provisioning).map_err(storage)?;
-            }
-        }
         // This batch's records so far, by device or certificate name: later changes
         // compare with them.
         let mut held: HashMap<String, Option<Arc<DeviceRecord>>> = HashMap::new();
         let mut held_cas: HashMap<String, Option<Arc<CaRecord>>> = HashMap::new();
         let mut out = Applied::default();
+        let mut provisioning: Vec<DpsChange> = Vec::new();
         let txn = self.db.begin_write().map_err(storage)?;
         for (offset, body) in changes.iter().filter(|(o, _)| *o >= applied) {
             let copy: Replicated = match serde_json::from_slice(body) {
@@ -240,7 +225,8 @@ impl Registry {
                     continue;
                 }
             };
-            if copy.provisioning.is_some() {
+            if let Some(change) = copy.provisioning {
+                provisioning.push(change);
                 continue;
             }
             if let Some(ca) = &copy.certificate {
@@ -280,6 +266,13 @@ impl Registry {
                 before,
                 now,
             });
+        }
+        // The provisioning service's changes go to its store (repeats change nothing)
+        // before `through` is recorded: a crash between cannot skip them.
+        if let Some(dps) = self.replica.provisioning.get()
+            && !provisioning.is_empty()
+        {
+            dps.apply_replicated(&provisioning).map_err(storage)?;
         }
         txn.open_table(REPLICA)
             .map_err(storage)?
