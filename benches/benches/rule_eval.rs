@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
         let mut out = Outcome::default();
         b.iter(|| {
             for e in &events {
-                let view = EventView::new(e, &NoDevices);
+                let view = set.view(e, &NoDevices);
                 set.evaluate(&view, e.source, &mut out);
                 black_box(&out);
             }

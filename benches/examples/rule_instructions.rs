@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use weir_core::NoDevices;
-use weir_rules::{EventView, Outcome};
+use weir_rules::Outcome;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -30,7 +30,7 @@ fn main() {
     let mut out = Outcome::default();
     for _ in 0..rounds {
         for e in &events {
-            let view = EventView::new(e, &NoDevices);
+            let view = set.view(e, &NoDevices);
             set.evaluate(&view, e.source, &mut out);
             black_box(&out);
         }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use weir_core::{
     Delivery, DeviceDirectory, EndpointSpec, Event, EventFeed, FeedError, FeedReader, ReplayRequest,
 };
-use weir_rules::{EventView, Outcome};
+use weir_rules::Outcome;
 
 use crate::context::{AsOf, Lookup};
 use crate::engine::{DedupeConfig, RulesHandle};
@@ -149,7 +149,7 @@ impl Replayer {
             let names = rules.names();
             for (k, event) in events.iter().enumerate() {
                 let registry = AsOf::new(&*self.directory, event.device_id.as_str(), tags.get(k));
-                let view = EventView::new(event, &registry);
+                let view = rules.view(event, &registry);
                 rules.evaluate_event(&view, event, &mut self.outcome);
                 if self.outcome.endpoints.contains(&ep) {
                     deliveries.push(rules.delivery(&names, ep, &self.outcome, &view, event));

@@ -14,11 +14,14 @@ use serde_json::Value as Json;
 use crate::ast::Seg;
 use crate::eval::walk;
 use crate::scan::split_object;
-use crate::value::Val;
+use crate::value::{Val, same};
 
 pub enum LazyBody<'a> {
     /// A top-level object: fields in document order, values parsed on demand.
     Object(Vec<Field<'a>>),
+    /// A top-level object of which only the fields a rule set reads were kept, by the
+    /// number the set gave them.
+    Slots(Slots<'a>),
     /// Any other JSON document, parsed whole.
     Other(Json),
 }
@@ -31,27 +34,105 @@ pub struct Field<'a> {
     parsed: OnceCell<Option<Json>>,
 }
 
+pub struct Slots<'a> {
+    slots: Vec<Slot<'a>>,
+    /// The validated body, for a path whose field has no slot.
+    text: &'a str,
+    whole: OnceCell<Option<Box<LazyBody<'a>>>>,
+}
+
+#[derive(Default)]
+struct Slot<'a> {
+    raw: Option<&'a str>,
+    /// True once a key equal to the field's name was seen: it beats any that differ in
+    /// case.
+    exact: bool,
+    /// The value, when it is a scalar: read once the body is validated, as the fields
+    /// kept are the ones the rules read.
+    scalar: Option<Val<'a>>,
+    /// The field's value as JSON, for a path that goes into it.
+    parsed: OnceCell<Option<Json>>,
+}
+
+/// The top-level fields a rule set reads, numbered, with an index that finds the few a
+/// body's key could be in a couple of instructions: comparing every key with every name
+/// cost more than the rest of reading the body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldTable {
+    names: Vec<Box<str>>,
+    /// By a key's length and first letter (ASCII case ignored, as matches may), the slots
+    /// whose name has the same; a bit per slot.
+    buckets: [u64; 64],
+}
+
+impl FieldTable {
+    /// At most this many fields get a slot; a rule set that reads more reads the others
+    /// by name.
+    pub const MAX: usize = 64;
+
+    pub const EMPTY: FieldTable = FieldTable {
+        names: Vec::new(),
+        buckets: [0; 64],
+    };
+
+    /// The slot of `name`, numbering it if it is new; `None` when the table is full.
+    pub fn slot(&mut self, name: &str) -> Option<usize> {
+        if let Some(i) = self.names.iter().position(|n| **n == *name) {
+            return Some(i);
+        }
+        if self.names.len() == Self::MAX {
+            return None;
+        }
+        let i = self.names.len();
+        self.buckets[bucket(name)] |= 1 << i;
+        self.names.push(name.into());
+        Some(i)
+    }
+
+    pub fn names(&self) -> &[Box<str>] {
+        &self.names
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl Default for FieldTable {
+    fn default() -> Self {
+        FieldTable::EMPTY
+    }
+}
+
+fn bucket(key: &str) -> usize {
+    let first = key.as_bytes().first().map_or(0, u8::to_ascii_lowercase);
+    ((key.len() & 7) << 3) | usize::from(first & 7)
+}
+
 impl<'a> LazyBody<'a> {
-    /// Splits `body` if it is valid JSON; `None` otherwise.
-    pub fn parse(body: &'a [u8]) -> Option<LazyBody<'a>> {
+    /// Splits `body` if it is valid JSON; `None` otherwise. With `fields`, a top-level
+    /// object keeps only those fields' values, numbered as in `fields`.
+    pub fn parse(body: &'a [u8], fields: &FieldTable) -> Option<LazyBody<'a>> {
         let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
         // JSON is UTF-8; checking the whole body at once is cheaper than checking each
         // string on its own.
         let body = std::str::from_utf8(body).ok()?;
-        if *first == b'{' {
-            let mut fields = Vec::with_capacity(8);
-            split_object(body, |key, raw| {
-                fields.push(Field {
-                    key,
-                    raw,
-                    scalar: OnceCell::new(),
-                    parsed: OnceCell::new(),
-                })
-            })?;
-            Some(LazyBody::Object(fields))
-        } else {
-            serde_json::from_str(body).ok().map(LazyBody::Other)
+        if *first != b'{' {
+            return serde_json::from_str(body).ok().map(LazyBody::Other);
         }
+        if !fields.is_empty() {
+            return slots(body, fields).map(LazyBody::Slots);
+        }
+        let mut all = Vec::with_capacity(8);
+        split_object(body, |key, raw| {
+            all.push(Field {
+                key,
+                raw,
+                scalar: OnceCell::new(),
+                parsed: OnceCell::new(),
+            })
+        })?;
+        Some(LazyBody::Object(all))
     }
 
     /// The value at `path`; undefined when there is none. Names match exactly first, then
@@ -59,15 +140,24 @@ impl<'a> LazyBody<'a> {
     pub fn get(&self, path: &[Seg]) -> Val<'_> {
         match self {
             LazyBody::Other(doc) => walk(doc, path).map_or(Val::Undef, Val::from_json),
+            LazyBody::Slots(s) => s
+                .whole
+                .get_or_init(|| {
+                    LazyBody::parse(s.text.as_bytes(), &FieldTable::default()).map(Box::new)
+                })
+                .as_ref()
+                .map_or(Val::Undef, |whole| whole.get(path)),
             LazyBody::Object(fields) => {
                 let Some((Seg::Field(name), rest)) = path.split_first() else {
                     return Val::Undef;
                 };
                 let field = fields.iter().rfind(|f| same(&f.key, name)).or_else(|| {
                     // Like `walk` on a parsed object: the first case-insensitive match in
-                    // key order.
+                    // key order, and of equal keys the last (`min_by` keeps the first of
+                    // equals, hence `rev`).
                     fields
                         .iter()
+                        .rev()
                         .filter(|f| f.key.eq_ignore_ascii_case(name))
                         .min_by(|a, b| a.key.cmp(&b.key))
                 });
@@ -88,14 +178,72 @@ impl<'a> LazyBody<'a> {
             }
         }
     }
+
+    /// The value at `path`, whose first field is the one numbered `slot` by the `fields`
+    /// given to [`LazyBody::parse`].
+    pub fn get_field(&self, slot: usize, path: &[Seg]) -> Val<'_> {
+        let LazyBody::Slots(s) = self else {
+            return self.get(path);
+        };
+        let Some(slot) = s.slots.get(slot) else {
+            return self.get(path);
+        };
+        let Some(raw) = slot.raw else {
+            return Val::Undef;
+        };
+        let rest = path.get(1..).unwrap_or_default();
+        if rest.is_empty()
+            && let Some(v) = &slot.scalar
+        {
+            return v.clone();
+        }
+        slot.parsed
+            .get_or_init(|| serde_json::from_str(raw).ok())
+            .as_ref()
+            .and_then(|v| walk(v, rest))
+            .map_or(Val::Undef, Val::from_json)
+    }
 }
 
-/// Whether two keys are equal. Keys are short: comparing their bytes here costs less
-/// than the call into libc's `memcmp` that `==` makes.
-#[inline]
-fn same(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+/// Validates the object `body` and keeps the values of `fields`. A field matches a key
+/// exactly, or else ignoring ASCII case: then, as `walk` does on a parsed object, the
+/// smallest such key, and of duplicates the last.
+fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
+    let names = &fields.names;
+    let mut slots: Vec<Slot<'a>> = names.iter().map(|_| Slot::default()).collect();
+    // Per slot, the key of a match that differs in case, made only when one is seen.
+    let mut kept: Vec<Option<Cow<'a, str>>> = Vec::new();
+    split_object(body, |key, raw| {
+        let mut candidates = fields.buckets[bucket(&key)];
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            let (Some(name), Some(slot)) = (names.get(i), slots.get_mut(i)) else {
+                continue;
+            };
+            if same(&key, name) {
+                slot.raw = Some(raw);
+                slot.exact = true;
+            } else if !slot.exact && key.eq_ignore_ascii_case(name) {
+                if kept.is_empty() {
+                    kept.resize(names.len(), None);
+                }
+                let Some(k) = kept.get_mut(i) else { continue };
+                if k.as_deref().is_none_or(|k| *key <= *k) {
+                    slot.raw = Some(raw);
+                    *k = Some(key.clone());
+                }
+            }
+        }
+    })?;
+    for slot in &mut slots {
+        slot.scalar = slot.raw.and_then(scalar);
+    }
+    Some(Slots {
+        slots,
+        text: body,
+        whole: OnceCell::new(),
+    })
 }
 
 /// A scalar read straight from its validated JSON text: most conditions compare top-level
@@ -164,23 +312,27 @@ mod tests {
     #[test]
     fn reads_fields_lazily_and_rejects_invalid_json() {
         let body = br#" {"temp": 21.5, "Nested": {"x": [1, 2]}, "s": "a\"b"} "#;
-        let b = LazyBody::parse(body).expect("valid");
+        let b = LazyBody::parse(body, &FieldTable::default()).expect("valid");
         assert_eq!(b.get(&[f("temp")]), Val::Num(21.5));
         assert_eq!(b.get(&[f("nested"), f("x"), Seg::Index(1)]), Val::Num(2.0));
         assert_eq!(b.get(&[f("s")]), Val::Str("a\"b".into()));
         assert_eq!(b.get(&[f("missing")]), Val::Undef);
-        assert!(LazyBody::parse(br#"{"temp": 21.5"#).is_none());
-        assert!(LazyBody::parse(br#"{"a": 1} trailing"#).is_none());
-        assert!(LazyBody::parse(br#"{"a": tru}"#).is_none());
-        assert!(LazyBody::parse(b"").is_none());
-        let arr = LazyBody::parse(b"[1, 2]").expect("array");
+        assert!(LazyBody::parse(br#"{"temp": 21.5"#, &FieldTable::default()).is_none());
+        assert!(LazyBody::parse(br#"{"a": 1} trailing"#, &FieldTable::default()).is_none());
+        assert!(LazyBody::parse(br#"{"a": tru}"#, &FieldTable::default()).is_none());
+        assert!(LazyBody::parse(b"", &FieldTable::default()).is_none());
+        let arr = LazyBody::parse(b"[1, 2]", &FieldTable::default()).expect("array");
         assert_eq!(arr.get(&[Seg::Index(0)]), Val::Num(1.0));
-        let escaped = LazyBody::parse(br#"{"t\u0065mp": 3}"#).expect("escaped key");
+        let escaped =
+            LazyBody::parse(br#"{"t\u0065mp": 3}"#, &FieldTable::default()).expect("escaped key");
         assert_eq!(escaped.get(&[f("temp")]), Val::Num(3.0));
-        let dup = LazyBody::parse(br#"{"a": 1, "a": 2}"#).expect("dup");
+        let dup = LazyBody::parse(br#"{"a": 1, "a": 2}"#, &FieldTable::default()).expect("dup");
         assert_eq!(dup.get(&[f("a")]), Val::Num(2.0));
-        let scalars = LazyBody::parse(br#"{"t": true, "f": false, "n": null, "e": "", "i": -0}"#)
-            .expect("scalars");
+        let scalars = LazyBody::parse(
+            br#"{"t": true, "f": false, "n": null, "e": "", "i": -0}"#,
+            &FieldTable::default(),
+        )
+        .expect("scalars");
         assert_eq!(scalars.get(&[f("t")]), Val::Bool(true));
         assert_eq!(scalars.get(&[f("f")]), Val::Bool(false));
         assert_eq!(scalars.get(&[f("n")]), Val::Null);
@@ -199,7 +351,7 @@ mod tests {
             "-0.000001",
         ] {
             let body = format!(r#"{{"x": {text}}}"#);
-            let lazy = LazyBody::parse(body.as_bytes()).expect("valid");
+            let lazy = LazyBody::parse(body.as_bytes(), &FieldTable::default()).expect("valid");
             let json: serde_json::Value = serde_json::from_str(&body).expect("valid");
             assert_eq!(lazy.get(&[f("x")]), Val::from_json(&json["x"]), "{text}");
             assert_eq!(
@@ -209,9 +361,54 @@ mod tests {
             );
         }
         assert!(
-            LazyBody::parse(br#"{"big": 1e400}"#).is_none(),
+            LazyBody::parse(br#"{"big": 1e400}"#, &FieldTable::default()).is_none(),
             "serde_json refuses a number a double cannot hold"
         );
         assert_eq!(scalars.get(&[f("t"), f("deeper")]), Val::Undef);
+    }
+
+    #[test]
+    fn slots_read_what_a_search_by_name_reads() {
+        let mut fields = FieldTable::default();
+        for (i, name) in ["temp", "Temp", "nested", "absent", "s"]
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(fields.slot(name), Some(i));
+        }
+        assert_eq!(fields.slot("nested"), Some(2), "a name has one slot");
+        let paths: Vec<Vec<Seg>> = vec![
+            vec![f("temp")],
+            vec![f("Temp")],
+            vec![f("nested"), f("x")],
+            vec![f("absent")],
+            vec![f("s")],
+        ];
+        for body in [
+            r#"{"temp": 1, "Temp": 2, "s": "a\"b"}"#,
+            r#"{"TEMP": 3, "Temp": 2, "temp": 1, "nested": {"x": [1]}}"#,
+            r#"{"Temp": 1, "TEMP": 2, "Temp": 3}"#,
+            r#"{"tEmp": 1, "NESTED": {"x": 5}, "Nested": {"x": 6}}"#,
+            r#"{"temp": 1, "temp": 2}"#,
+            r#"[1, 2]"#,
+            r#"{}"#,
+        ] {
+            let by_name = LazyBody::parse(body.as_bytes(), &FieldTable::default()).expect("valid");
+            let slotted = LazyBody::parse(body.as_bytes(), &fields).expect("valid");
+            for (slot, path) in paths.iter().enumerate() {
+                assert_eq!(
+                    slotted.get_field(slot, path),
+                    by_name.get(path),
+                    "{body} {path:?}"
+                );
+            }
+            // A field that has no slot is still found.
+            assert_eq!(
+                slotted.get(&[f("TEMP")]),
+                by_name.get(&[f("TEMP")]),
+                "{body}"
+            );
+        }
+        assert!(LazyBody::parse(br#"{"temp": 1,}"#, &fields).is_none());
     }
 }

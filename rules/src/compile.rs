@@ -1,6 +1,6 @@
 //! Lowers a parsed condition to [`Ir`], rejecting what cannot work at run time.
 
-use crate::ast::{Expr, ExprKind, Lit, Seg};
+use crate::ast::{BinOp, Expr, ExprKind, Lit, Seg};
 use crate::ir::{Const, Func, Ir};
 use crate::parse::SyntaxError;
 use crate::view::{SysProp, TwinSection};
@@ -80,11 +80,30 @@ pub fn compile(e: &Expr) -> Result<Ir, SyntaxError> {
         }
         ExprKind::Not(x) => Ir::Not(Box::new(compile(x)?)),
         ExprKind::Neg(x) => Ir::Neg(Box::new(compile(x)?)),
-        ExprKind::Bin(op, a, b) => Ir::Bin(*op, Box::new(compile(a)?), Box::new(compile(b)?)),
+        ExprKind::Bin(op, a, b) => binary(*op, compile(a)?, compile(b)?),
         ExprKind::In(x, items, neg) => {
             Ir::In(Box::new(compile(x)?), items.iter().map(lit).collect(), *neg)
         }
     })
+}
+
+/// Most conditions compare something with a literal (`$body.temp > 30`, `level =
+/// 'critical'`) or do arithmetic with one: those get nodes that test the left value's type
+/// once and compare it directly, instead of going through the generic operators.
+fn binary(op: BinOp, a: Ir, b: Ir) -> Ir {
+    let comparison = matches!(
+        op,
+        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
+    );
+    let arithmetic = matches!(
+        op,
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod
+    );
+    match b {
+        Ir::Const(Const::Num(n)) if comparison || arithmetic => Ir::NumRight(op, Box::new(a), n),
+        Ir::Const(Const::Str(s)) if comparison => Ir::StrRight(op, Box::new(a), s.into()),
+        b => Ir::Bin(op, Box::new(a), Box::new(b)),
+    }
 }
 
 fn twin_section(path: &[Seg]) -> Option<(TwinSection, &[Seg])> {

@@ -10,7 +10,7 @@ use crate::value::{self, Val};
 use crate::view::MessageView;
 
 /// Evaluates `ir` against `m`.
-pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
+pub fn eval<'a, M: MessageView + ?Sized>(ir: &'a Ir, m: &'a M) -> Val<'a> {
     match ir {
         Ir::Const(c) => constant(c),
         Ir::Sys(p) => m.system(*p).map_or(Val::Undef, Val::Str),
@@ -18,6 +18,7 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
             .app(name)
             .map_or(Val::Undef, |s| Val::Str(Cow::Borrowed(s))),
         Ir::Body(path) => m.body_path(path),
+        Ir::Field(slot, path) => m.body_field(*slot, path),
         Ir::Twin(section, path) => m
             .twin(*section)
             .and_then(|t| walk(t, path))
@@ -44,11 +45,20 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
             }
             value::or(&a, &eval(b, m))
         }
-        // Most comparisons have a constant on the right: read it in place rather than
-        // through another call.
         Ir::Bin(op, a, b) => match &**b {
+            // A constant on the right is read in place rather than through another call.
             Ir::Const(c) => value::binary(*op, &eval(a, m), &constant(c)),
             b => value::binary(*op, &eval(a, m), &eval(b, m)),
+        },
+        // The shapes most conditions have (`$body.temp > 30`, `level = 'critical'`): the
+        // left value's type is tested once and compared directly.
+        Ir::NumRight(op, a, n) => match eval(a, m) {
+            Val::Num(x) => value::numbers(*op, x, *n),
+            _ => Val::Undef,
+        },
+        Ir::StrRight(op, a, s) => match eval(a, m) {
+            Val::Str(x) => value::strings(*op, &x, s),
+            _ => Val::Undef,
         },
         Ir::In(e, items, negated) => {
             let v = eval(e, m);
@@ -65,7 +75,7 @@ pub fn eval<'a>(ir: &'a Ir, m: &'a dyn MessageView) -> Val<'a> {
 }
 
 /// True when `ir` evaluates to exactly `true`.
-pub fn matches(ir: &Ir, m: &dyn MessageView) -> bool {
+pub fn matches<M: MessageView + ?Sized>(ir: &Ir, m: &M) -> bool {
     eval(ir, m).is_true()
 }
 
@@ -99,7 +109,7 @@ pub fn walk<'a>(mut v: &'a Json, path: &[Seg]) -> Option<&'a Json> {
     Some(v)
 }
 
-fn call<'a>(f: Func, args: &'a [Ir], m: &'a dyn MessageView) -> Val<'a> {
+fn call<'a, M: MessageView + ?Sized>(f: Func, args: &'a [Ir], m: &'a M) -> Val<'a> {
     let arg = |i: usize| args.get(i).map_or(Val::Undef, |a| eval(a, m));
     let num1 = |g: fn(f64) -> f64| match arg(0) {
         Val::Num(n) => Val::num(g(n)),

@@ -48,6 +48,22 @@ impl Insight {
             .chain(kind)
             .any(Ir::reads_tags)
     }
+
+    /// Every expression of the insight, to rewrite.
+    pub(crate) fn exprs_mut(&mut self) -> impl Iterator<Item = &mut Ir> {
+        let kind: Vec<&mut Ir> = match &mut self.kind {
+            InsightKind::Window { aggregates, .. } => aggregates
+                .iter_mut()
+                .filter_map(|a| a.arg.as_mut())
+                .collect(),
+            InsightKind::Anomaly { value, .. } => vec![value],
+            InsightKind::Silence { .. } => Vec::new(),
+        };
+        std::iter::once(&mut self.condition)
+            .chain(self.time.as_mut())
+            .chain(self.group_by.iter_mut().map(|(_, e)| e))
+            .chain(kind)
+    }
 }
 
 #[derive(Debug, Clone)]

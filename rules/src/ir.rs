@@ -22,18 +22,26 @@ pub enum Ir {
     /// An application property (also what an unknown `$name` falls back to).
     App(String),
     Body(Vec<Seg>),
+    /// A `$body` path whose first step is the top-level field a rule set numbered `.0`
+    /// (see [`crate::RuleSet::view`]): the view reads it from a slot filled while the body
+    /// is validated instead of searching the body's fields by name.
+    Field(usize, Vec<Seg>),
     Twin(TwinSection, Vec<Seg>),
     Call(Func, Vec<Ir>),
     Not(Box<Ir>),
     Neg(Box<Ir>),
     Bin(BinOp, Box<Ir>, Box<Ir>),
+    /// A comparison or arithmetic with a number literal on the right.
+    NumRight(BinOp, Box<Ir>, f64),
+    /// A comparison with a string literal on the right.
+    StrRight(BinOp, Box<Ir>, Box<str>),
     In(Box<Ir>, Vec<Const>, bool),
 }
 
 impl Ir {
     /// True when evaluating this needs the message body.
     pub fn reads_body(&self) -> bool {
-        self.any(&|e| matches!(e, Ir::Body(_)))
+        self.any(&|e| matches!(e, Ir::Body(_) | Ir::Field(..)))
     }
 
     /// True when the expression reads the device's twin tags (`$twin.tags.…`), which the
@@ -42,13 +50,41 @@ impl Ir {
         self.any(&|e| matches!(e, Ir::Twin(crate::view::TwinSection::Tags, _)))
     }
 
+    /// Calls `f` on this expression and every part of it, parts first.
+    pub fn visit_mut(&mut self, f: &mut impl FnMut(&mut Ir)) {
+        match self {
+            Ir::Body(_) | Ir::Field(..) | Ir::Const(_) | Ir::Sys(_) | Ir::App(_) | Ir::Twin(..) => {
+            }
+            Ir::Call(_, args) => args.iter_mut().for_each(|a| a.visit_mut(f)),
+            Ir::Not(e)
+            | Ir::Neg(e)
+            | Ir::In(e, ..)
+            | Ir::NumRight(_, e, _)
+            | Ir::StrRight(_, e, _) => e.visit_mut(f),
+            Ir::Bin(_, a, b) => {
+                a.visit_mut(f);
+                b.visit_mut(f);
+            }
+        }
+        f(self);
+    }
+
     /// True when `f` holds for this expression or any part of it.
     fn any(&self, f: &impl Fn(&Ir) -> bool) -> bool {
         f(self)
             || match self {
-                Ir::Body(_) | Ir::Const(_) | Ir::Sys(_) | Ir::App(_) | Ir::Twin(..) => false,
+                Ir::Body(_)
+                | Ir::Field(..)
+                | Ir::Const(_)
+                | Ir::Sys(_)
+                | Ir::App(_)
+                | Ir::Twin(..) => false,
                 Ir::Call(_, args) => args.iter().any(|a| a.any(f)),
-                Ir::Not(e) | Ir::Neg(e) | Ir::In(e, ..) => e.any(f),
+                Ir::Not(e)
+                | Ir::Neg(e)
+                | Ir::In(e, ..)
+                | Ir::NumRight(_, e, _)
+                | Ir::StrRight(_, e, _) => e.any(f),
                 Ir::Bin(_, a, b) => a.any(f) || b.any(f),
             }
     }

@@ -135,6 +135,7 @@ pub fn load_sources(
         }
     }
     if b.diags.is_empty() {
+        b.set.number_body_fields();
         Ok(b.set)
     } else {
         Err(b.diags)

@@ -41,7 +41,7 @@ pub(crate) fn split_object<'a>(
             sc.eat(b':')?;
             sc.ws();
             let v0 = sc.i;
-            sc.value()?;
+            sc.top_value()?;
             field(key, text.get(v0..sc.i)?);
             sc.ws();
             match sc.next()? {
@@ -181,6 +181,19 @@ impl Scan<'_> {
         self.string()?;
         self.ws();
         self.eat(b':')
+    }
+
+    /// A field's value: scalars (most fields) directly, anything else through
+    /// [`Scan::value`].
+    fn top_value(&mut self) -> Option<()> {
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'-' | b'0'..=b'9' => self.number(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.value(),
+        }
     }
 
     /// One value of any kind. Nesting is tracked on a heap stack, not by recursion, so a

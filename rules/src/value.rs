@@ -112,6 +112,52 @@ pub fn binary<'a>(op: BinOp, a: &Val<'a>, b: &Val<'a>) -> Val<'a> {
     }
 }
 
+/// [`binary`] of two numbers.
+#[inline]
+pub fn numbers<'a>(op: BinOp, x: f64, y: f64) -> Val<'a> {
+    let cmp = |f: fn(Ordering) -> bool| x.partial_cmp(&y).map_or(Val::Undef, |o| Val::Bool(f(o)));
+    match op {
+        BinOp::Eq => Val::Bool(x == y),
+        BinOp::Ne => Val::Bool(x != y),
+        BinOp::Lt => cmp(Ordering::is_lt),
+        BinOp::Le => cmp(Ordering::is_le),
+        BinOp::Gt => cmp(Ordering::is_gt),
+        BinOp::Ge => cmp(Ordering::is_ge),
+        BinOp::Add => Val::num(x + y),
+        BinOp::Sub => Val::num(x - y),
+        BinOp::Mul => Val::num(x * y),
+        BinOp::Div | BinOp::Mod if y == 0.0 => Val::Undef,
+        BinOp::Div => Val::num(x / y),
+        BinOp::Mod => Val::num(x % y),
+        // Two numbers are neither true nor false.
+        BinOp::And | BinOp::Or => Val::Undef,
+    }
+}
+
+/// [`binary`] of two strings.
+#[inline]
+pub fn strings<'a>(op: BinOp, x: &str, y: &str) -> Val<'a> {
+    let o = || x.as_bytes().cmp(y.as_bytes());
+    match op {
+        BinOp::Eq => Val::Bool(same(x, y)),
+        BinOp::Ne => Val::Bool(!same(x, y)),
+        BinOp::Lt => Val::Bool(o().is_lt()),
+        BinOp::Le => Val::Bool(o().is_le()),
+        BinOp::Gt => Val::Bool(o().is_gt()),
+        BinOp::Ge => Val::Bool(o().is_ge()),
+        _ => Val::Undef,
+    }
+}
+
+/// Whether two strings are equal. Those compared here (keys, short values) are short:
+/// comparing their bytes inline costs less than the call into libc's `memcmp` that `==`
+/// makes.
+#[inline]
+pub(crate) fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y)
+}
+
 pub fn and<'a>(a: &Val, b: &Val) -> Val<'a> {
     match (a, b) {
         (Val::Bool(false), _) | (_, Val::Bool(false)) => Val::Bool(false),
@@ -147,5 +193,43 @@ mod tests {
             binary(BinOp::Lt, &Val::Str("B".into()), &Val::Str("a".into())),
             Val::Bool(true)
         );
+    }
+
+    #[test]
+    fn the_typed_operators_agree_with_the_generic_one() {
+        let ops = [
+            BinOp::Eq,
+            BinOp::Ne,
+            BinOp::Lt,
+            BinOp::Le,
+            BinOp::Gt,
+            BinOp::Ge,
+            BinOp::Add,
+            BinOp::Sub,
+            BinOp::Mul,
+            BinOp::Div,
+            BinOp::Mod,
+            BinOp::And,
+            BinOp::Or,
+        ];
+        let nums = [-1.5, 0.0, -0.0, 2.0, 7.0, f64::MAX];
+        let strs = ["", "a", "B", "ab", "é"];
+        for op in ops {
+            for x in nums {
+                for y in nums {
+                    assert_eq!(
+                        numbers(op, x, y),
+                        binary(op, &Val::Num(x), &Val::Num(y)),
+                        "{x} {op:?} {y}"
+                    );
+                }
+            }
+            for x in strs {
+                for y in strs {
+                    let generic = binary(op, &Val::Str(x.into()), &Val::Str(y.into()));
+                    assert_eq!(strings(op, x, y), generic, "{x} {op:?} {y}");
+                }
+            }
+        }
     }
 }

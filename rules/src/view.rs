@@ -8,7 +8,9 @@ use serde_json::Value as Json;
 use weir_core::{DeviceDirectory, DeviceRecord, Event};
 
 use crate::ast::Seg;
-use crate::body::LazyBody;
+use crate::body::{FieldTable, LazyBody};
+
+static NO_FIELDS: FieldTable = FieldTable::EMPTY;
 use crate::value::Val;
 
 /// IoT Hub system properties a condition can reference with `$name`.
@@ -86,6 +88,12 @@ pub trait MessageView {
     /// The value at a `$body` path; undefined when the body is not JSON or has no such
     /// value.
     fn body_path(&self, path: &[Seg]) -> Val<'_>;
+    /// The value at a `$body` path whose first field a rule set numbered `slot` (see
+    /// [`crate::RuleSet::view`]).
+    fn body_field(&self, slot: usize, path: &[Seg]) -> Val<'_> {
+        let _ = slot;
+        self.body_path(path)
+    }
     fn twin(&self, section: TwinSection) -> Option<&Json>;
 }
 
@@ -94,6 +102,8 @@ pub trait MessageView {
 pub struct EventView<'a> {
     event: &'a Event,
     directory: &'a dyn DeviceDirectory,
+    /// The top-level fields the rule set reads, by number (empty: read by name).
+    fields: &'a FieldTable,
     body: OnceCell<Option<LazyBody<'a>>>,
     record: OnceCell<Option<Arc<DeviceRecord>>>,
 }
@@ -103,9 +113,28 @@ impl<'a> EventView<'a> {
         EventView {
             event,
             directory,
+            fields: &NO_FIELDS,
             body: OnceCell::new(),
             record: OnceCell::new(),
         }
+    }
+
+    /// Reads the body's `fields` into slots as it validates it, for expressions that refer
+    /// to them by number (`Ir::Field`).
+    pub(crate) fn reading(mut self, fields: &'a FieldTable) -> Self {
+        self.fields = fields;
+        self
+    }
+
+    fn body(&self) -> Option<&LazyBody<'a>> {
+        self.body
+            .get_or_init(|| {
+                if !body_may_be_json(self.event) {
+                    return None;
+                }
+                LazyBody::parse(&self.event.body, self.fields)
+            })
+            .as_ref()
     }
 
     pub fn event(&self) -> &Event {
@@ -190,15 +219,17 @@ impl<'a> MessageView for EventView<'a> {
     }
 
     fn body_path(&self, path: &[Seg]) -> Val<'_> {
-        self.body
-            .get_or_init(|| {
-                if !body_may_be_json(self.event) {
-                    return None;
-                }
-                LazyBody::parse(&self.event.body)
-            })
-            .as_ref()
-            .map_or(Val::Undef, |b| b.get(path))
+        self.body().map_or(Val::Undef, |b| b.get(path))
+    }
+
+    fn body_field(&self, slot: usize, path: &[Seg]) -> Val<'_> {
+        debug_assert!(
+            self.fields.is_empty()
+                || matches!((self.fields.names().get(slot), path.first()),
+                    (Some(f), Some(Seg::Field(n))) if **f == **n),
+            "an expression of one rule set evaluated with another's view"
+        );
+        self.body().map_or(Val::Undef, |b| b.get_field(slot, path))
     }
 
     fn twin(&self, section: TwinSection) -> Option<&Json> {

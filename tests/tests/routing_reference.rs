@@ -225,6 +225,16 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
             }),
         Just(b"not json".to_vec()),
         Just(b"[1,2]".to_vec()),
+        // Keys that repeat or differ only in case: the last of equal keys counts, and a
+        // path matches its exact key first, else the smallest that differs in case.
+        prop::sample::select(vec![
+            r#"{"temp": 1, "Temp": 2}"#,
+            r#"{"TEMP": 3, "Temp": 2, "temp": 1}"#,
+            r#"{"Temp": 1, "TEMP": 2, "Temp": 3}"#,
+            r#"{"temp": 1, "temp": 2, "HUM": 0}"#,
+            r#"{"Nested": {"x": 1}, "nested": {"x": 3}, "NESTED": 2}"#,
+        ])
+        .prop_map(|b| b.as_bytes().to_vec()),
     ]
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use timely::dataflow::Stream;
 use weir_core::{DeviceDirectory, Event};
-use weir_rules::{EventView, Names, Outcome, RuleSet};
+use weir_rules::{Names, Outcome, RuleSet};
 
 use super::{Events, Routed};
 use crate::context::{AsOf, Context, Seed, Tags, read_as_of};
@@ -102,7 +102,7 @@ impl Router {
                 event.device_id.as_str(),
                 tags.get(k),
             );
-            let view = EventView::new(event, &registry);
+            let view = rules.view(event, &registry);
             rules.evaluate_event(&view, event, &mut self.outcome);
             if reads_body && view.body_is_malformed() {
                 dead += 1;

@@ -8,8 +8,8 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use weir_core::{DeviceDirectory, Event, EventSource};
+use weir_rules::RuleSet;
 use weir_rules::insight::{Insight, Sample};
-use weir_rules::{EventView, RuleSet};
 
 use super::Events;
 use super::insights::Item;
@@ -94,7 +94,7 @@ impl Sampler {
                 continue;
             }
             let registry = AsOf::new(&*self.directory, e.device_id.as_str(), tags.get(k));
-            let view = EventView::new(e, &registry);
+            let view = rules.view(e, &registry);
             for insight in rules.insights.iter().filter(|i| i.source == e.source) {
                 match insight.sample(&view, e.enqueued_ms) {
                     Sample::Take {
