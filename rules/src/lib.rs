@@ -7,6 +7,7 @@
 //! [`interp`] is an independent, naive evaluator that tests compare against.
 
 pub mod ast;
+pub mod batch;
 pub mod body;
 pub mod compile;
 pub mod diag;

@@ -207,6 +207,56 @@ impl RuleSet {
         out.endpoints.dedup();
     }
 
+    /// [`RuleSet::evaluate_event`] for each of `views` (made by [`RuleSet::view`]), into
+    /// `out` (one outcome per view): the same outcomes, but each route's condition is
+    /// evaluated over the batch at once (see [`crate::batch`]).
+    pub fn evaluate_batch(&self, views: &[EventView<'_>], out: &mut Vec<Outcome>) {
+        out.resize_with(views.len(), Outcome::default);
+        out.iter_mut().for_each(Outcome::clear);
+        // Per route, the events of its source that are not dead letters, by index.
+        let mut index: Vec<usize> = Vec::new();
+        let mut picked: Vec<&EventView<'_>> = Vec::new();
+        let mut values = Vec::new();
+        for (r, route) in self.routes.iter().enumerate() {
+            if !route.enabled {
+                continue;
+            }
+            index.clear();
+            picked.clear();
+            for (i, v) in views.iter().enumerate() {
+                let e = v.event();
+                if e.source == route.source && e.dead_letter.is_none() {
+                    index.push(i);
+                    picked.push(v);
+                }
+            }
+            if picked.is_empty() {
+                continue;
+            }
+            crate::batch::eval_batch(&route.condition, &picked, &mut values);
+            for (&i, v) in index.iter().zip(&values) {
+                if let (true, Some(o)) = (v.is_true(), out.get_mut(i)) {
+                    o.routes.push(r);
+                    o.endpoints.extend_from_slice(&route.endpoints);
+                }
+            }
+        }
+        for (v, o) in views.iter().zip(out.iter_mut()) {
+            let e = v.event();
+            if let Some(target) = &e.dead_letter {
+                o.dead_letter = true;
+                o.endpoints.extend(self.endpoint_index(target));
+                continue;
+            }
+            if o.routes.is_empty() && e.source == EventSource::DeviceMessages {
+                o.fallback = !self.fallback.is_empty();
+                o.endpoints.extend_from_slice(&self.fallback);
+            }
+            o.endpoints.sort_unstable();
+            o.endpoints.dedup();
+        }
+    }
+
     /// The highest priority of the routes of `outcome` that send the event to `endpoint`:
     /// what one route wants kept is kept.
     pub fn priority_to(&self, endpoint: usize, outcome: &Outcome) -> u8 {

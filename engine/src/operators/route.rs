@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use timely::dataflow::Stream;
 use weir_core::{DeviceDirectory, Event};
-use weir_rules::{Names, Outcome, RuleSet};
+use weir_rules::{EventView, Names, Outcome, RuleSet};
 
 use super::{Events, Routed};
 use crate::context::{AsOf, Context, Seed, Tags, read_as_of};
@@ -34,7 +34,7 @@ impl<'s> Route<'s> for Events<'s> {
         let rules = Arc::clone(&setup.rules);
         let mut router = Router {
             setup,
-            outcome: Outcome::default(),
+            outcomes: Vec::new(),
             last_warning: None,
             matches: Vec::new(),
             fallbacks: 0,
@@ -57,7 +57,8 @@ impl<'s> Route<'s> for Events<'s> {
 
 struct Router {
     setup: RouteSetup,
-    outcome: Outcome,
+    /// Each event's routing decision, for one batch at a time.
+    outcomes: Vec<Outcome>,
     last_warning: Option<Instant>,
     /// This batch's matches per route index, and the fallback's.
     matches: Vec<u64>,
@@ -92,18 +93,23 @@ impl Router {
         self.matches.clear();
         self.matches.resize(rules.routes.len(), 0);
         self.fallbacks = 0;
-        for (k, event) in events.iter().enumerate() {
+        let directory = &*self.setup.directory;
+        let registries: Vec<AsOf> = events
+            .iter()
+            .enumerate()
+            .map(|(k, e)| AsOf::new(directory, e.device_id.as_str(), tags.get(k)))
+            .collect();
+        let views: Vec<EventView> = events
+            .iter()
+            .zip(&registries)
+            .map(|(e, registry)| rules.view(e, registry))
+            .collect();
+        rules.evaluate_batch(&views, &mut self.outcomes);
+        for ((event, view), outcome) in events.iter().zip(&views).zip(&self.outcomes) {
             // The insights' clock and registry copies: no route can select them.
             if event.source.is_internal() {
                 continue;
             }
-            let registry = AsOf::new(
-                &*self.setup.directory,
-                event.device_id.as_str(),
-                tags.get(k),
-            );
-            let view = rules.view(event, &registry);
-            rules.evaluate_event(&view, event, &mut self.outcome);
             if reads_body && view.body_is_malformed() {
                 dead += 1;
                 if self
@@ -119,27 +125,27 @@ impl Router {
                 }
             }
             if let Some(t) = &self.setup.trace {
-                t(event, rules, &self.outcome);
+                t(event, rules, outcome);
             }
-            for &r in &self.outcome.routes {
+            for &r in &outcome.routes {
                 if let Some(n) = self.matches.get_mut(r) {
                     *n += 1;
                 }
             }
-            self.fallbacks += u64::from(self.outcome.fallback);
-            if self.outcome.endpoints.is_empty() {
+            self.fallbacks += u64::from(outcome.fallback);
+            if outcome.endpoints.is_empty() {
                 unrouted += 1;
                 continue;
             }
             routed += 1;
-            for &ep in &self.outcome.endpoints {
+            for &ep in &outcome.endpoints {
                 let Some(endpoint) = names.endpoints.get(ep) else {
                     continue;
                 };
                 deliveries += 1;
                 give(Routed {
                     endpoint: Arc::clone(endpoint),
-                    delivery: rules.delivery(names, ep, &self.outcome, &view, event),
+                    delivery: rules.delivery(names, ep, outcome, view, event),
                 });
             }
         }
