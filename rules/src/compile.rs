@@ -91,10 +91,7 @@ pub fn compile(e: &Expr) -> Result<Ir, SyntaxError> {
 /// 'critical'`) or do arithmetic with one: those get nodes that test the left value's type
 /// once and compare it directly, instead of going through the generic operators.
 fn binary(op: BinOp, a: Ir, b: Ir) -> Ir {
-    let comparison = matches!(
-        op,
-        BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
-    );
+    let comparison = op.is_comparison();
     let arithmetic = matches!(
         op,
         BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::Mod

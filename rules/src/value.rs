@@ -197,24 +197,9 @@ mod tests {
 
     #[test]
     fn the_typed_operators_agree_with_the_generic_one() {
-        let ops = [
-            BinOp::Eq,
-            BinOp::Ne,
-            BinOp::Lt,
-            BinOp::Le,
-            BinOp::Gt,
-            BinOp::Ge,
-            BinOp::Add,
-            BinOp::Sub,
-            BinOp::Mul,
-            BinOp::Div,
-            BinOp::Mod,
-            BinOp::And,
-            BinOp::Or,
-        ];
         let nums = [-1.5, 0.0, -0.0, 2.0, 7.0, f64::MAX];
         let strs = ["", "a", "B", "ab", "é"];
-        for op in ops {
+        for op in BinOp::ALL {
             for x in nums {
                 for y in nums {
                     assert_eq!(

@@ -71,17 +71,18 @@ fn leaf() -> impl Strategy<Value = Expr> {
     ]
 }
 
+fn comparison_op() -> impl Strategy<Value = BinOp> {
+    let ops: Vec<BinOp> = BinOp::ALL
+        .into_iter()
+        .filter(|o| o.is_comparison())
+        .collect();
+    prop::sample::select(ops)
+}
+
 /// A reference compared with a literal: the shape most real conditions have, and the one
 /// where off-by-one mistakes in comparisons show.
 fn comparison() -> impl Strategy<Value = Expr> {
-    let op = prop::sample::select(vec![
-        BinOp::Eq,
-        BinOp::Ne,
-        BinOp::Lt,
-        BinOp::Le,
-        BinOp::Gt,
-        BinOp::Ge,
-    ]);
+    let op = comparison_op();
     (leaf(), op, lit()).prop_map(|(a, op, l)| {
         e(ExprKind::Bin(
             op,
@@ -93,14 +94,7 @@ fn comparison() -> impl Strategy<Value = Expr> {
 
 /// A numeric field against a nearby number: boundaries (equal values) come up often.
 fn numeric_comparison() -> impl Strategy<Value = Expr> {
-    let op = prop::sample::select(vec![
-        BinOp::Eq,
-        BinOp::Ne,
-        BinOp::Lt,
-        BinOp::Le,
-        BinOp::Gt,
-        BinOp::Ge,
-    ]);
+    let op = comparison_op();
     let lhs =
         prop::sample::select(vec!["temp", "hum"]).prop_map(|f| e(ExprKind::Body(vec![field(f)])));
     (lhs, op, 0i32..4).prop_map(|(a, op, n)| {
@@ -115,21 +109,7 @@ fn numeric_comparison() -> impl Strategy<Value = Expr> {
 fn expr() -> impl Strategy<Value = Expr> {
     let base = prop_oneof![2 => comparison(), 1 => leaf()];
     base.prop_recursive(4, 24, 3, |inner| {
-        let binop = prop::sample::select(vec![
-            BinOp::Or,
-            BinOp::And,
-            BinOp::Eq,
-            BinOp::Ne,
-            BinOp::Lt,
-            BinOp::Le,
-            BinOp::Gt,
-            BinOp::Ge,
-            BinOp::Add,
-            BinOp::Sub,
-            BinOp::Mul,
-            BinOp::Div,
-            BinOp::Mod,
-        ]);
+        let binop = prop::sample::select(BinOp::ALL.to_vec());
         let unary_fn = prop::sample::select(vec![
             "ABS",
             "EXP",
