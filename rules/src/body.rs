@@ -36,12 +36,16 @@ pub struct Field<'a> {
 
 pub struct Slots<'a> {
     slots: Vec<Slot<'a>>,
+    /// Per slot, the field's value as JSON, for a path that goes into it; made on the
+    /// first such path.
+    parsed: OnceCell<Box<[OnceCell<Option<Json>>]>>,
     /// The validated body, for a path whose field has no slot.
     text: &'a str,
     whole: OnceCell<Option<Box<LazyBody<'a>>>>,
 }
 
-#[derive(Default)]
+/// Plain data, so a body's slots are made and dropped without a loop over them.
+#[derive(Default, Clone, Copy)]
 struct Slot<'a> {
     raw: Option<&'a str>,
     /// True once a key equal to the field's name was seen: it beats any that differ in
@@ -49,9 +53,30 @@ struct Slot<'a> {
     exact: bool,
     /// The value, when it is a scalar: read once the body is validated, as the fields
     /// kept are the ones the rules read.
-    scalar: Option<Val<'a>>,
-    /// The field's value as JSON, for a path that goes into it.
-    parsed: OnceCell<Option<Json>>,
+    scalar: Option<Scalar<'a>>,
+}
+
+/// A top-level scalar as read from its text.
+#[derive(Clone, Copy)]
+enum Scalar<'a> {
+    /// A number serde_json would refuse (cannot happen in a validated body).
+    Undef,
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(&'a str),
+}
+
+impl<'a> Scalar<'a> {
+    fn val(self) -> Val<'a> {
+        match self {
+            Scalar::Undef => Val::Undef,
+            Scalar::Null => Val::Null,
+            Scalar::Bool(b) => Val::Bool(b),
+            Scalar::Num(n) => Val::Num(n),
+            Scalar::Str(s) => Val::Str(Cow::Borrowed(s)),
+        }
+    }
 }
 
 /// The top-level fields a rule set reads, numbered, with an index that finds the few a
@@ -185,19 +210,25 @@ impl<'a> LazyBody<'a> {
         let LazyBody::Slots(s) = self else {
             return self.get(path);
         };
-        let Some(slot) = s.slots.get(slot) else {
+        let Some(field) = s.slots.get(slot) else {
             return self.get(path);
         };
-        let Some(raw) = slot.raw else {
+        let Some(raw) = field.raw else {
             return Val::Undef;
         };
         let rest = path.get(1..).unwrap_or_default();
         if rest.is_empty()
-            && let Some(v) = &slot.scalar
+            && let Some(v) = field.scalar
         {
-            return v.clone();
+            return v.val();
         }
-        slot.parsed
+        let parsed = s
+            .parsed
+            .get_or_init(|| s.slots.iter().map(|_| OnceCell::new()).collect());
+        let Some(parsed) = parsed.get(slot) else {
+            return Val::Undef;
+        };
+        parsed
             .get_or_init(|| serde_json::from_str(raw).ok())
             .as_ref()
             .and_then(|v| walk(v, rest))
@@ -210,7 +241,7 @@ impl<'a> LazyBody<'a> {
 /// smallest such key, and of duplicates the last.
 fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
     let names = &fields.names;
-    let mut slots: Vec<Slot<'a>> = names.iter().map(|_| Slot::default()).collect();
+    let mut slots = vec![Slot::default(); names.len()];
     // Per slot, the key of a match that differs in case, made only when one is seen.
     let mut kept: Vec<Option<Cow<'a, str>>> = Vec::new();
     split_object(body, |key, raw| {
@@ -237,10 +268,11 @@ fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
         }
     })?;
     for slot in &mut slots {
-        slot.scalar = slot.raw.and_then(scalar);
+        slot.scalar = slot.raw.and_then(scalar_of);
     }
     Some(Slots {
         slots,
+        parsed: OnceCell::new(),
         text: body,
         whole: OnceCell::new(),
     })
@@ -250,17 +282,19 @@ fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
 /// numbers and plain strings, and building a `serde_json::Value` for them (a `String` per
 /// string field) was most of the cost of evaluating a route. `None` for anything else.
 fn scalar(raw: &str) -> Option<Val<'_>> {
+    scalar_of(raw).map(Scalar::val)
+}
+
+fn scalar_of(raw: &str) -> Option<Scalar<'_>> {
     match raw.as_bytes().first()? {
         // A byte loop: these strings are short, and a call into `memchr` cost more.
-        b'"' if !raw.bytes().any(|b| b == b'\\') => raw
-            .get(1..raw.len() - 1)
-            .map(|s| Val::Str(Cow::Borrowed(s))),
-        b't' => Some(Val::Bool(true)),
-        b'f' => Some(Val::Bool(false)),
-        b'n' => Some(Val::Null),
+        b'"' if !raw.bytes().any(|b| b == b'\\') => raw.get(1..raw.len() - 1).map(Scalar::Str),
+        b't' => Some(Scalar::Bool(true)),
+        b'f' => Some(Scalar::Bool(false)),
+        b'n' => Some(Scalar::Null),
         b'-' | b'0'..=b'9' => Some(short_number(raw).map_or_else(
-            || serde_json::from_str::<f64>(raw).map_or(Val::Undef, Val::Num),
-            Val::Num,
+            || serde_json::from_str::<f64>(raw).map_or(Scalar::Undef, Scalar::Num),
+            Scalar::Num,
         )),
         _ => None,
     }
