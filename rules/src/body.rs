@@ -48,6 +48,8 @@ pub struct Slots<'a> {
 #[derive(Default, Clone, Copy)]
 struct Slot<'a> {
     raw: Option<&'a str>,
+    /// True when `raw` is a string without escapes.
+    plain: bool,
     /// True once a key equal to the field's name was seen: it beats any that differ in
     /// case.
     exact: bool,
@@ -149,7 +151,7 @@ impl<'a> LazyBody<'a> {
             return slots(body, fields).map(LazyBody::Slots);
         }
         let mut all = Vec::with_capacity(8);
-        split_object(body, |key, raw| {
+        split_object(body, |key, raw, _| {
             all.push(Field {
                 key,
                 raw,
@@ -244,7 +246,7 @@ fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
     let mut slots = vec![Slot::default(); names.len()];
     // Per slot, the key of a match that differs in case, made only when one is seen.
     let mut kept: Vec<Option<Cow<'a, str>>> = Vec::new();
-    split_object(body, |key, raw| {
+    split_object(body, |key, raw, plain| {
         let mut candidates = fields.buckets[bucket(&key)];
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize;
@@ -254,6 +256,7 @@ fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
             };
             if same(&key, name) {
                 slot.raw = Some(raw);
+                slot.plain = plain;
                 slot.exact = true;
             } else if !slot.exact && key.eq_ignore_ascii_case(name) {
                 if kept.is_empty() {
@@ -262,13 +265,19 @@ fn slots<'a>(body: &'a str, fields: &FieldTable) -> Option<Slots<'a>> {
                 let Some(k) = kept.get_mut(i) else { continue };
                 if k.as_deref().is_none_or(|k| *key <= *k) {
                     slot.raw = Some(raw);
+                    slot.plain = plain;
                     *k = Some(key.clone());
                 }
             }
         }
     })?;
     for slot in &mut slots {
-        slot.scalar = slot.raw.and_then(scalar_of);
+        slot.scalar = match (slot.raw, slot.plain) {
+            // The scanner saw no escape: the text between the quotes is the value.
+            (Some(raw), true) => raw.get(1..raw.len() - 1).map(Scalar::Str),
+            (Some(raw), false) => scalar_of(raw),
+            (None, _) => None,
+        };
     }
     Some(Slots {
         slots,

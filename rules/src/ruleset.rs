@@ -213,27 +213,29 @@ impl RuleSet {
     pub fn evaluate_batch(&self, views: &[EventView<'_>], out: &mut Vec<Outcome>) {
         out.resize_with(views.len(), Outcome::default);
         out.iter_mut().for_each(Outcome::clear);
-        // Per route, the events of its source that are not dead letters, by index.
-        let mut index: Vec<usize> = Vec::new();
-        let mut picked: Vec<&EventView<'_>> = Vec::new();
-        let mut values = Vec::new();
-        for (r, route) in self.routes.iter().enumerate() {
-            if !route.enabled {
+        // Per source, the events that are not dead letters, by index: a route evaluates
+        // its condition on its source's.
+        let mut groups: Vec<(EventSource, Vec<usize>, Vec<&EventView<'_>>)> = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            let e = v.event();
+            if e.dead_letter.is_some() {
                 continue;
             }
-            index.clear();
-            picked.clear();
-            for (i, v) in views.iter().enumerate() {
-                let e = v.event();
-                if e.source == route.source && e.dead_letter.is_none() {
+            match groups.iter_mut().find(|(s, ..)| *s == e.source) {
+                Some((_, index, picked)) => {
                     index.push(i);
                     picked.push(v);
                 }
+                None => groups.push((e.source, vec![i], vec![v])),
             }
-            if picked.is_empty() {
+        }
+        let mut values = Vec::new();
+        for (r, route) in self.routes.iter().enumerate() {
+            let group = groups.iter().find(|(s, ..)| *s == route.source);
+            let (true, Some((_, index, picked))) = (route.enabled, group) else {
                 continue;
-            }
-            crate::batch::eval_batch(&route.condition, &picked, &mut values);
+            };
+            crate::batch::eval_batch(&route.condition, picked, &mut values);
             for (&i, v) in index.iter().zip(&values) {
                 if let (true, Some(o)) = (v.is_true(), out.get_mut(i)) {
                     o.routes.push(r);

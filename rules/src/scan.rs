@@ -11,11 +11,12 @@
 use std::borrow::Cow;
 
 /// Validates `text` as one JSON object and gives `field` each top-level key (decoded only
-/// when it has escapes) with its value's text, in document order. `None` when `text` is not
+/// when it has escapes) with its value's text, in document order, and whether that value
+/// is a string without escapes. `None` when `text` is not
 /// valid JSON or not an object; `field` may have seen some fields by then.
 pub(crate) fn split_object<'a>(
     text: &'a str,
-    mut field: impl FnMut(Cow<'a, str>, &'a str),
+    mut field: impl FnMut(Cow<'a, str>, &'a str, bool),
 ) -> Option<()> {
     let mut sc = Scan {
         s: text.as_bytes(),
@@ -41,8 +42,8 @@ pub(crate) fn split_object<'a>(
             sc.eat(b':')?;
             sc.ws();
             let v0 = sc.i;
-            sc.top_value()?;
-            field(key, text.get(v0..sc.i)?);
+            let plain = sc.top_value()?;
+            field(key, text.get(v0..sc.i)?, plain);
             sc.ws();
             match sc.next()? {
                 b',' => sc.ws(),
@@ -184,16 +185,17 @@ impl Scan<'_> {
     }
 
     /// A field's value: scalars (most fields) directly, anything else through
-    /// [`Scan::value`].
-    fn top_value(&mut self) -> Option<()> {
+    /// [`Scan::value`]. True when it is a string without escapes.
+    fn top_value(&mut self) -> Option<bool> {
         match self.peek()? {
-            b'"' => self.string().map(drop),
+            b'"' => return self.string().map(|escaped| !escaped),
             b'-' | b'0'..=b'9' => self.number(),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
             _ => self.value(),
         }
+        .map(|()| false)
     }
 
     /// One value of any kind. Nesting is tracked on a heap stack, not by recursion, so a
@@ -263,7 +265,7 @@ mod tests {
 
     fn fields(text: &str) -> Option<Vec<(Cow<'_, str>, &str)>> {
         let mut out = Vec::new();
-        split_object(text, |k, v| out.push((k, v)))?;
+        split_object(text, |k, v, _| out.push((k, v)))?;
         Some(out)
     }
 
