@@ -179,8 +179,7 @@ impl RuleSet {
             return self.evaluate(view, event.source, out);
         };
         out.clear();
-        out.dead_letter = true;
-        out.endpoints.extend(self.endpoint_index(target));
+        self.dead_letter(target, out);
     }
 
     /// Decides where `view`'s event goes. A message goes to every endpoint of every
@@ -199,6 +198,19 @@ impl RuleSet {
                 out.endpoints.extend_from_slice(&r.endpoints);
             }
         }
+        self.settle(source, out);
+    }
+
+    /// Addresses a dead letter to the endpoint it names, when the rules still define it.
+    fn dead_letter(&self, target: &str, out: &mut Outcome) {
+        out.dead_letter = true;
+        out.endpoints.extend(self.endpoint_index(target));
+    }
+
+    /// Completes the outcome of an event whose matching routes are in `out`: the fallback
+    /// for a device message no route matched, and each endpoint once, in order.
+    #[inline]
+    fn settle(&self, source: EventSource, out: &mut Outcome) {
         if out.routes.is_empty() && source == EventSource::DeviceMessages {
             out.fallback = !self.fallback.is_empty();
             out.endpoints.extend_from_slice(&self.fallback);
@@ -245,17 +257,10 @@ impl RuleSet {
         }
         for (v, o) in views.iter().zip(out.iter_mut()) {
             let e = v.event();
-            if let Some(target) = &e.dead_letter {
-                o.dead_letter = true;
-                o.endpoints.extend(self.endpoint_index(target));
-                continue;
+            match &e.dead_letter {
+                Some(target) => self.dead_letter(target, o),
+                None => self.settle(e.source, o),
             }
-            if o.routes.is_empty() && e.source == EventSource::DeviceMessages {
-                o.fallback = !self.fallback.is_empty();
-                o.endpoints.extend_from_slice(&self.fallback);
-            }
-            o.endpoints.sort_unstable();
-            o.endpoints.dedup();
         }
     }
 

@@ -9,9 +9,10 @@ use weir_core::{DeviceDirectory, DeviceRecord, Event};
 
 use crate::ast::Seg;
 use crate::body::{FieldTable, LazyBody};
-
-static NO_FIELDS: FieldTable = FieldTable::EMPTY;
 use crate::value::Val;
+
+/// The table of a view that reads fields by name.
+static NO_FIELDS: FieldTable = FieldTable::EMPTY;
 
 /// IoT Hub system properties a condition can reference with `$name`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
